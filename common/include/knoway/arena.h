@@ -1,0 +1,32 @@
+/* knoway: region allocator. Everything a parsed config or snapshot holds lives in one
+ * arena and dies with it, so freeing a config is one call and cannot leak. */
+#ifndef KNOWAY_ARENA_H
+#define KNOWAY_ARENA_H
+
+#include <stddef.h>
+
+struct kw_arena;
+
+/* Create an arena that refuses to grow past max_bytes. NULL on out-of-memory. */
+struct kw_arena *kw_arena_new(size_t max_bytes);
+
+/* Free the arena and everything allocated from it. kw_arena_free(NULL) is a no-op. */
+void kw_arena_free(struct kw_arena *a);
+
+/* Zeroed memory aligned for any type, or NULL when out of memory or over the limit. */
+void *kw_arena_alloc(struct kw_arena *a, size_t size);
+
+/* Copy len bytes and add a NUL. NULL when out of memory or over the limit. */
+char *kw_arena_strndup(struct kw_arena *a, const char *s, size_t len);
+
+/* kw_arena_strndup(a, s, strlen(s)); s may be NULL (returns NULL). */
+char *kw_arena_strdup(struct kw_arena *a, const char *s);
+
+/* printf into the arena. NULL on failure. */
+char *kw_arena_printf(struct kw_arena *a, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Bytes handed out so far (for tests and metrics). */
+size_t kw_arena_used(const struct kw_arena *a);
+
+#endif

@@ -1,0 +1,24 @@
+/* knoway: JSON (yajl) to kw_node and back. */
+#ifndef KNOWAY_JSON_H
+#define KNOWAY_JSON_H
+
+#include <stddef.h>
+
+#include "arena.h"
+#include "buf.h"
+#include "node.h"
+
+/* Parse one JSON value. On error returns KW_ERROR and writes a one-line reason to err.
+ * Duplicate keys in an object are an error. Depth and sizes are limited (limits.h). */
+int kw_json_parse(struct kw_arena *a, const char *buf, size_t len, struct kw_node **out,
+                  char *err, size_t errlen);
+
+/* Append the canonical JSON form of n to out: no white space, object keys sorted by
+ * bytes, numbers as their text, strings escaped by yajl. Equal trees give equal bytes.
+ * KW_OK, or KW_ERROR when out's limit is reached. */
+int kw_json_write_canonical(const struct kw_node *n, struct kw_buf *out);
+
+/* Append s as a JSON string literal (quotes included). */
+int kw_json_write_string(struct kw_buf *out, const char *s, size_t len);
+
+#endif

@@ -1,0 +1,208 @@
+/* knoway: the resource model of DESIGN.md as C structs (LLMBackend, LLMRoute, Secret,
+ * DataPlane) and the decoder from kw_node that validates them.
+ *
+ * All strings and arrays belong to the arena of the kw_config (or kw_snapshot) that holds
+ * the resource. Durations are milliseconds; 0 means "not set" where a field is optional. */
+#ifndef KNOWAY_RESOURCE_H
+#define KNOWAY_RESOURCE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "node.h"
+
+#define KW_API_GROUP   "llm.knoway.dev"
+#define KW_API_VERSION "llm.knoway.dev/v1alpha1"
+
+enum kw_kind {
+    KW_KIND_LLMBACKEND,
+    KW_KIND_LLMROUTE,
+    KW_KIND_SECRET,
+    KW_KIND_DATAPLANE,
+};
+
+enum kw_provider {
+    KW_PROVIDER_OPENAI,
+    KW_PROVIDER_AZURE_OPENAI,
+    KW_PROVIDER_ANTHROPIC,
+    KW_PROVIDER_AWS_BEDROCK,
+    KW_PROVIDER_GEMINI,
+    KW_PROVIDER_VERTEX_AI,
+    KW_PROVIDER_COHERE,
+    KW_PROVIDER_MISTRAL,
+    KW_PROVIDER_VLLM,
+    KW_PROVIDER_KSERVE,
+    KW_PROVIDER_OLLAMA,
+    KW_PROVIDER__COUNT,
+};
+
+/* "LLMBackend", ... */
+const char *kw_kind_name(enum kw_kind k);
+/* "OpenAI", "AzureOpenAI", ... as spelled in the API. */
+const char *kw_provider_name(enum kw_provider p);
+/* The public API root used when upstream sets no address, or NULL when the provider has
+ * none (self-hosted servers, Azure, Bedrock: their address depends on the user). */
+const char *kw_provider_default_base_url(enum kw_provider p);
+/* The API root below a service's address ("/v1" for vLLM and Ollama, "/openai/v1" for
+ * KServe, "" otherwise): appended to endpoints resolved from a serviceRef. */
+const char *kw_provider_service_path(enum kw_provider p);
+/* True for providers that speak the OpenAI schema. */
+bool kw_provider_is_openai_compatible(enum kw_provider p);
+
+struct kw_meta {
+    const char *name;
+    const char *ns;             /* "default" when absent */
+    const char *uid;            /* from the API; NULL in files */
+    const char *resource_version;
+    const char *creation_timestamp;
+    int64_t generation;         /* from the API; 0 in files */
+    const char *file;           /* where it was read (NULL for API objects) */
+    unsigned line, col;         /* position of the document */
+    size_t order;               /* position among documents of its kind (age in files) */
+};
+
+struct kw_secret_ref {
+    const char *name; /* NULL = not set */
+    const char *key;
+    unsigned line, col; /* where it was written (files) */
+};
+
+struct kw_header {
+    const char *name;
+    const char *value;
+};
+
+struct kw_endpoint {
+    const char *url;
+    uint32_t weight; /* default 1 */
+};
+
+struct kw_upstream {
+    const char *base_url;         /* exactly one of base_url, service_ref, endpoints */
+    struct {
+        const char *name;         /* NULL = not set */
+        uint32_t port;
+    } service_ref;
+    struct kw_endpoint *endpoints;
+    size_t nendpoints;
+    int64_t timeout_ms;           /* 0 = route's timeout */
+    int64_t connect_timeout_ms;   /* default 10s */
+    struct kw_header *headers;
+    size_t nheaders;
+    struct {
+        bool insecure_skip_verify;
+        struct kw_secret_ref ca_secret_ref;
+    } tls;
+};
+
+struct kw_credentials {
+    struct kw_secret_ref secret_ref;
+    struct {
+        const char *api_version; /* NULL = not set */
+        const char *deployment;
+    } azure;
+    struct {
+        const char *region; /* NULL = not set */
+        const char *access_key_id_key;
+        const char *secret_access_key_key;
+        const char *session_token_key;
+    } bedrock;
+};
+
+struct kw_params {
+    struct kw_node *defaults;  /* a map merged under the request body, or NULL */
+    struct kw_node *overrides; /* a map merged over the request body, or NULL */
+    const char **remove;       /* top-level body fields to delete */
+    size_t nremove;
+};
+
+struct kw_backend {
+    struct kw_meta meta;
+    enum kw_provider provider;
+    const char *model_name; /* NULL = pass the client's model through */
+    struct kw_upstream upstream;
+    bool has_credentials;
+    struct kw_credentials credentials;
+    struct kw_params params;
+    bool valid; /* false when any error was reported for it */
+};
+
+struct kw_model_match {
+    const char *value; /* without the trailing '*' */
+    bool prefix;       /* written as "value*"; "*" alone matches every model */
+};
+
+struct kw_backend_ref {
+    const char *name;
+    uint32_t weight;   /* default 1; 0 = receives no traffic */
+    uint32_t priority; /* default 0; lower first, higher ones are the fallback */
+    const char *model_override;
+    struct kw_backend *backend; /* resolved; NULL until then or when missing */
+    unsigned line, col;         /* where name was written (files) */
+};
+
+struct kw_route {
+    struct kw_meta meta;
+    struct kw_model_match *models;
+    size_t nmodels;
+    struct kw_header *headers; /* exact value match, names case-insensitive */
+    size_t nheaders;
+    const char **paths;
+    size_t npaths;
+    struct kw_backend_ref *refs;
+    size_t nrefs;
+    int64_t timeout_ms;             /* default 300s */
+    int64_t stream_idle_timeout_ms; /* default 60s */
+    bool valid;    /* false when the route itself has an error */
+    bool resolved; /* every backendRef names an existing, valid LLMBackend */
+};
+
+struct kw_secret_item {
+    const char *key;
+    const char *value; /* decoded bytes, NUL-terminated */
+    size_t len;
+};
+
+struct kw_secret {
+    struct kw_meta meta;
+    const char *type;
+    struct kw_secret_item *items;
+    size_t nitems;
+    bool valid;
+};
+
+struct kw_dataplane {
+    struct kw_meta meta;
+    const char *listen; /* "0.0.0.0:8080" */
+    const char *admin;  /* "127.0.0.1:9901" */
+    uint32_t workers;   /* 0 = one per core */
+    struct {
+        const char *url; /* NULL = static mode */
+        const char *token_file;
+        const char *node_id;
+        const char *cache_file;
+    } discovery;
+    struct {
+        uint64_t max_body_bytes;
+        uint32_t max_connections;
+    } limits;
+};
+
+/* Route defaults */
+#define KW_DEFAULT_ROUTE_TIMEOUT_MS       300000
+#define KW_DEFAULT_STREAM_IDLE_TIMEOUT_MS 60000
+#define KW_DEFAULT_CONNECT_TIMEOUT_MS     10000
+#define KW_DEFAULT_LISTEN                 "0.0.0.0:8080"
+#define KW_DEFAULT_ADMIN                  "127.0.0.1:9901"
+#define KW_DEFAULT_MAX_BODY_BYTES         10485760u
+#define KW_DEFAULT_MAX_CONNECTIONS        20000u
+#define KW_DEFAULT_CACHE_FILE             "/var/lib/knoway/snapshot.json"
+
+/* Fill a DataPlane with the defaults of DESIGN.md. */
+void kw_dataplane_defaults(struct kw_dataplane *dp);
+
+/* Look up a secret item by key, or NULL. */
+const struct kw_secret_item *kw_secret_get(const struct kw_secret *s, const char *key);
+
+#endif

@@ -1,0 +1,78 @@
+/* knoway: the snapshot - what the controller sends and the data plane runs.
+ *
+ * One JSON document holding the resolved, valid resources and nothing Kubernetes-specific:
+ *   {"backends":[{"name","namespace","spec":{...}}], "credentials":[{"data","key","name",
+ *    "namespace"}], "routes":[{"name","namespace","spec":{...}}], "version":"sha256:..."}
+ * Specs use the field names of the API with every default filled in; a serviceRef is
+ * replaced by the endpoints it resolved to; credentials hold only the Secret keys that a
+ * backend references, base64-encoded. The canonical form (keys sorted, no white space,
+ * items sorted by namespace/name) is what is hashed: version = "sha256:" + hex SHA-256 of
+ * the canonical document without its "version" member. The same inputs give the same
+ * version on every controller replica. See docs/snapshot.md. */
+#ifndef KNOWAY_SNAPSHOT_H
+#define KNOWAY_SNAPSHOT_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include "arena.h"
+#include "buf.h"
+#include "config.h"
+#include "diag.h"
+#include "resource.h"
+
+#define KW_SNAPSHOT_VERSION_LEN (7 + 64) /* "sha256:" + hex */
+
+struct kw_credential {
+    const char *ns, *name, *key;
+    const char *value; /* NUL-terminated */
+    size_t len;
+};
+
+struct kw_snapshot {
+    struct kw_arena *arena;
+    atomic_int refs;
+    char version[KW_SNAPSHOT_VERSION_LEN + 1];
+    struct kw_backend **backends; /* sorted by namespace/name */
+    size_t nbackends;
+    struct kw_route **routes; /* sorted by namespace/name; refs[].backend linked */
+    size_t nroutes;
+    struct kw_credential *credentials; /* sorted by namespace/name/key */
+    size_t ncredentials;
+};
+
+/* Resolves an upstream.serviceRef into endpoints. Fills *eps (allocated from a) and
+ * *neps; returns KW_OK, or KW_ERROR with a reason in err. */
+typedef int (*kw_service_resolver_fn)(void *ud, struct kw_arena *a, const char *ns,
+                                      const char *name, uint32_t port,
+                                      struct kw_endpoint **eps, size_t *neps, char *err,
+                                      size_t errlen);
+
+/* The static-mode resolver: http://NAME.NAMESPACE.svc:PORT (cluster DNS). */
+int kw_service_resolve_dns(void *ud, struct kw_arena *a, const char *ns, const char *name,
+                           uint32_t port, struct kw_endpoint **eps, size_t *neps, char *err,
+                           size_t errlen);
+
+/* Build a snapshot from the valid resources of a checked config (kw_config_check ran).
+ * Routes lose backendRefs whose backend is invalid; a route left without any is left out.
+ * What is left out is reported in diag. Returns the snapshot with one reference, or NULL
+ * on out-of-memory. */
+struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_resolver_fn resolve,
+                                      void *ud, struct kw_diag *diag);
+
+/* Canonical JSON of the snapshot, version included. KW_OK or KW_ERROR (limit). */
+int kw_snapshot_serialize(const struct kw_snapshot *s, struct kw_buf *out);
+
+/* Parse and fully validate a snapshot document; the version must match its content.
+ * Returns a snapshot with one reference, or NULL with the reasons in diag. */
+struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_diag *diag);
+
+/* Reference counting; any thread may call these. The last unref frees. NULL is a no-op. */
+struct kw_snapshot *kw_snapshot_ref(struct kw_snapshot *s);
+void kw_snapshot_unref(struct kw_snapshot *s);
+
+/* The credential a secretRef names in this snapshot, or NULL. */
+const struct kw_credential *kw_snapshot_credential(const struct kw_snapshot *s, const char *ns,
+                                                   const char *name, const char *key);
+
+#endif

@@ -1,0 +1,127 @@
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "knoway/arena.h"
+
+#define CHUNK_MIN 4096u
+#define ALIGN     16u
+
+struct chunk {
+    struct chunk *next;
+    size_t size; /* usable bytes after the header */
+    size_t used;
+    _Alignas(16) unsigned char data[];
+};
+
+struct kw_arena {
+    struct chunk *head;
+    size_t total; /* bytes of chunks allocated */
+    size_t max;
+    size_t handed;
+};
+
+struct kw_arena *kw_arena_new(size_t max_bytes)
+{
+    struct kw_arena *a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        return NULL;
+    a->max = max_bytes;
+    return a;
+}
+
+void kw_arena_free(struct kw_arena *a)
+{
+    if (a == NULL)
+        return;
+    struct chunk *c = a->head;
+    while (c != NULL) {
+        struct chunk *next = c->next;
+        free(c);
+        c = next;
+    }
+    free(a);
+}
+
+void *kw_arena_alloc(struct kw_arena *a, size_t size)
+{
+    if (size > SIZE_MAX / 2)
+        return NULL;
+    size = (size + ALIGN - 1) & ~(size_t)(ALIGN - 1);
+    if (size == 0)
+        size = ALIGN;
+    struct chunk *c = a->head;
+    if (c == NULL || c->size - c->used < size) {
+        size_t want = c != NULL ? c->size * 2 : CHUNK_MIN;
+        if (want > 1024 * 1024)
+            want = 1024 * 1024;
+        if (want < size)
+            want = size;
+        if (a->total + want > a->max)
+            return NULL;
+        struct chunk *n = malloc(sizeof(*n) + want);
+        if (n == NULL)
+            return NULL;
+        n->size = want;
+        n->used = 0;
+        a->total += want;
+        /* A large block goes behind the head so the head's free space stays usable. */
+        if (c != NULL && want == size && c->size - c->used > 256) {
+            n->next = c->next;
+            c->next = n;
+        } else {
+            n->next = c;
+            a->head = n;
+        }
+        c = n;
+    }
+    void *p = c->data + c->used;
+    c->used += size;
+    a->handed += size;
+    memset(p, 0, size);
+    return p;
+}
+
+char *kw_arena_strndup(struct kw_arena *a, const char *s, size_t len)
+{
+    if (len == SIZE_MAX)
+        return NULL;
+    char *p = kw_arena_alloc(a, len + 1);
+    if (p == NULL)
+        return NULL;
+    if (len > 0)
+        memcpy(p, s, len);
+    p[len] = '\0';
+    return p;
+}
+
+char *kw_arena_strdup(struct kw_arena *a, const char *s)
+{
+    if (s == NULL)
+        return NULL;
+    return kw_arena_strndup(a, s, strlen(s));
+}
+
+char *kw_arena_printf(struct kw_arena *a, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return NULL;
+    char *p = kw_arena_alloc(a, (size_t)n + 1);
+    if (p == NULL)
+        return NULL;
+    va_start(ap, fmt);
+    vsnprintf(p, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    return p;
+}
+
+size_t kw_arena_used(const struct kw_arena *a)
+{
+    return a->handed;
+}

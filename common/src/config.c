@@ -1,0 +1,314 @@
+/* A set of resources: add documents, then check names and references as a whole. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "decode.h"
+#include "knoway/config.h"
+#include "knoway/json.h"
+#include "knoway/kw.h"
+#include "knoway/yaml.h"
+
+struct kw_config *kw_config_new(void)
+{
+    struct kw_config *cfg = calloc(1, sizeof(*cfg));
+    if (cfg == NULL)
+        abort();
+    cfg->arena = kw_arena_new(KW_MAX_ARENA_BYTES);
+    if (cfg->arena == NULL)
+        abort();
+    kw_dataplane_defaults(&cfg->dataplane);
+    kw_diag_init(&cfg->diag);
+    return cfg;
+}
+
+void kw_config_free(struct kw_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    free(cfg->backends);
+    free(cfg->routes);
+    free(cfg->secrets);
+    kw_diag_cleanup(&cfg->diag);
+    kw_arena_free(cfg->arena);
+    free(cfg);
+}
+
+static int append(void ***arr, size_t *n, size_t *cap, void *item)
+{
+    if (*n == *cap) {
+        size_t ncap = *cap != 0 ? *cap * 2 : 16;
+        void **p = realloc(*arr, ncap * sizeof(*p));
+        if (p == NULL)
+            return KW_ERROR;
+        *arr = p;
+        *cap = ncap;
+    }
+    (*arr)[(*n)++] = item;
+    return KW_OK;
+}
+
+int kw_config_add_node(struct kw_config *cfg, const struct kw_node *doc, const char *file,
+                       bool strict)
+{
+    struct kw_decoded dec;
+    size_t before = kw_diag_count(&cfg->diag);
+    if (kw_decode_document(cfg->arena, doc, file, strict, &cfg->diag, &dec) != KW_OK)
+        return KW_ERROR;
+    int rc = KW_OK;
+    switch (dec.kind) {
+    case KW_KIND_LLMBACKEND:
+        dec.backend->meta.order = cfg->nbackends;
+        rc = append((void ***)&cfg->backends, &cfg->nbackends, &cfg->cap_backends, dec.backend);
+        break;
+    case KW_KIND_LLMROUTE:
+        dec.route->meta.order = cfg->nroutes;
+        rc = append((void ***)&cfg->routes, &cfg->nroutes, &cfg->cap_routes, dec.route);
+        break;
+    case KW_KIND_SECRET:
+        dec.secret->meta.order = cfg->nsecrets;
+        rc = append((void ***)&cfg->secrets, &cfg->nsecrets, &cfg->cap_secrets, dec.secret);
+        break;
+    case KW_KIND_DATAPLANE:
+        if (cfg->has_dataplane) {
+            kw_diag_add(&cfg->diag, file, doc->line, doc->col, "DataPlane", NULL,
+                        "a second DataPlane document (the first is at line %u)",
+                        cfg->dataplane.meta.line);
+            return KW_ERROR;
+        }
+        cfg->has_dataplane = true;
+        cfg->dataplane = *dec.dataplane;
+        break;
+    }
+    if (rc != KW_OK) {
+        kw_diag_add(&cfg->diag, file, doc->line, doc->col, NULL, NULL, "out of memory");
+        return KW_ERROR;
+    }
+    return kw_diag_count(&cfg->diag) == before ? KW_OK : KW_ERROR;
+}
+
+int kw_config_add_yaml(struct kw_config *cfg, const char *file, const char *buf, size_t len)
+{
+    struct kw_node **docs;
+    size_t ndocs;
+    if (kw_yaml_parse(cfg->arena, file, buf, len, &docs, &ndocs, &cfg->diag) != KW_OK)
+        return KW_ERROR;
+    int rc = KW_OK;
+    for (size_t i = 0; i < ndocs; i++)
+        if (kw_config_add_node(cfg, docs[i], file, true) != KW_OK)
+            rc = KW_ERROR;
+    return rc;
+}
+
+int kw_config_add_json(struct kw_config *cfg, const char *buf, size_t len)
+{
+    struct kw_node *doc;
+    char err[256];
+    if (len > KW_MAX_CONFIG_BYTES) {
+        kw_diag_add(&cfg->diag, NULL, 0, 0, NULL, NULL, "object larger than %u bytes",
+                    KW_MAX_CONFIG_BYTES);
+        return KW_ERROR;
+    }
+    if (kw_json_parse(cfg->arena, buf, len, &doc, err, sizeof(err)) != KW_OK) {
+        kw_diag_add(&cfg->diag, NULL, 0, 0, NULL, NULL, "%s", err);
+        return KW_ERROR;
+    }
+    return kw_config_add_node(cfg, doc, NULL, false);
+}
+
+int kw_config_load_file(struct kw_config *cfg, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        kw_diag_add(&cfg->diag, path, 0, 0, NULL, NULL, "cannot open: %s", strerror(errno));
+        return KW_ERROR;
+    }
+    char *buf = malloc(KW_MAX_CONFIG_BYTES + 1);
+    if (buf == NULL) {
+        fclose(f);
+        kw_diag_add(&cfg->diag, path, 0, 0, NULL, NULL, "out of memory");
+        return KW_ERROR;
+    }
+    size_t len = fread(buf, 1, KW_MAX_CONFIG_BYTES + 1, f);
+    int rerr = ferror(f);
+    fclose(f);
+    int rc;
+    if (rerr) {
+        kw_diag_add(&cfg->diag, path, 0, 0, NULL, NULL, "read error");
+        rc = KW_ERROR;
+    } else if (len > KW_MAX_CONFIG_BYTES) {
+        kw_diag_add(&cfg->diag, path, 0, 0, NULL, NULL, "file is larger than %u bytes",
+                    KW_MAX_CONFIG_BYTES);
+        rc = KW_ERROR;
+    } else {
+        rc = kw_config_add_yaml(cfg, path, buf, len);
+    }
+    free(buf);
+    return rc;
+}
+
+struct kw_backend *kw_config_find_backend(const struct kw_config *cfg, const char *ns,
+                                          const char *name)
+{
+    for (size_t i = 0; i < cfg->nbackends; i++) {
+        struct kw_backend *b = cfg->backends[i];
+        if (b->meta.name != NULL && strcmp(b->meta.ns, ns) == 0 && strcmp(b->meta.name, name) == 0)
+            return b;
+    }
+    return NULL;
+}
+
+struct kw_secret *kw_config_find_secret(const struct kw_config *cfg, const char *ns,
+                                        const char *name)
+{
+    for (size_t i = 0; i < cfg->nsecrets; i++) {
+        struct kw_secret *s = cfg->secrets[i];
+        if (s->meta.name != NULL && strcmp(s->meta.ns, ns) == 0 && strcmp(s->meta.name, name) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+static char *objname(struct kw_config *cfg, enum kw_kind k, const struct kw_meta *m)
+{
+    return kw_arena_printf(cfg->arena, "%s/%s/%s", kw_kind_name(k), m->ns, m->name);
+}
+
+/* The second of two resources with the same namespace/name is reported and made invalid. */
+static void check_duplicates(struct kw_config *cfg, enum kw_kind k, void **items, size_t n,
+                             size_t meta_off, size_t valid_off)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct kw_meta *mi = (struct kw_meta *)((char *)items[i] + meta_off);
+        if (mi->name == NULL)
+            continue;
+        for (size_t j = 0; j < i; j++) {
+            struct kw_meta *mj = (struct kw_meta *)((char *)items[j] + meta_off);
+            if (mj->name == NULL || strcmp(mi->ns, mj->ns) != 0 || strcmp(mi->name, mj->name) != 0)
+                continue;
+            char first[300] = "";
+            if (mj->file != NULL)
+                snprintf(first, sizeof(first), " (first defined at %s:%u:%u)", mj->file,
+                         mj->line, mj->col);
+            kw_diag_add(&cfg->diag, mi->file, mi->line, mi->col, objname(cfg, k, mi),
+                        "metadata.name", "duplicate %s \"%s/%s\"%s", kw_kind_name(k), mi->ns,
+                        mi->name, first);
+            *(bool *)((char *)items[i] + valid_off) = false;
+            break;
+        }
+    }
+}
+
+/* Errors point at the reference (line/col kept by the decoder), else at the document. */
+static void ref_error(struct kw_config *cfg, enum kw_kind k, const struct kw_meta *m,
+                      unsigned line, unsigned col, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+
+static void ref_error(struct kw_config *cfg, enum kw_kind k, const struct kw_meta *m,
+                      unsigned line, unsigned col, const char *path, const char *fmt, ...)
+{
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (line == 0) {
+        line = m->line;
+        col = m->col;
+    }
+    kw_diag_add(&cfg->diag, m->file, line, col, objname(cfg, k, m), path, "%s", msg);
+}
+
+static bool check_secret_ref(struct kw_config *cfg, const struct kw_backend *b,
+                             const struct kw_secret_ref *ref, const char *path)
+{
+    if (ref->name == NULL)
+        return true;
+    struct kw_secret *s = kw_config_find_secret(cfg, b->meta.ns, ref->name);
+    char p[128];
+    if (s == NULL) {
+        snprintf(p, sizeof(p), "%s.name", path);
+        ref_error(cfg, KW_KIND_LLMBACKEND, &b->meta, ref->line, ref->col, p, "Secret \"%s/%s\" not found", b->meta.ns,
+                  ref->name);
+        return false;
+    }
+    if (!s->valid) {
+        snprintf(p, sizeof(p), "%s.name", path);
+        ref_error(cfg, KW_KIND_LLMBACKEND, &b->meta, ref->line, ref->col, p, "Secret \"%s/%s\" is invalid", b->meta.ns,
+                  ref->name);
+        return false;
+    }
+    if (ref->key != NULL && ref->key[0] != '\0' && kw_secret_get(s, ref->key) == NULL) {
+        snprintf(p, sizeof(p), "%s.key", path);
+        ref_error(cfg, KW_KIND_LLMBACKEND, &b->meta, ref->line, ref->col, p, "Secret \"%s\" has no key \"%s\"",
+                  ref->name, ref->key);
+        return false;
+    }
+    return true;
+}
+
+static bool check_secret_key(struct kw_config *cfg, const struct kw_backend *b, const char *key,
+                             const char *path)
+{
+    const struct kw_secret *s =
+        kw_config_find_secret(cfg, b->meta.ns, b->credentials.secret_ref.name);
+    if (key == NULL || s == NULL || kw_secret_get(s, key) != NULL)
+        return true;
+    ref_error(cfg, KW_KIND_LLMBACKEND, &b->meta, b->credentials.secret_ref.line,
+              b->credentials.secret_ref.col, path, "Secret \"%s\" has no key \"%s\"",
+              b->credentials.secret_ref.name, key);
+    return false;
+}
+
+int kw_config_check(struct kw_config *cfg)
+{
+    check_duplicates(cfg, KW_KIND_SECRET, (void **)cfg->secrets, cfg->nsecrets,
+                     offsetof(struct kw_secret, meta), offsetof(struct kw_secret, valid));
+    check_duplicates(cfg, KW_KIND_LLMBACKEND, (void **)cfg->backends, cfg->nbackends,
+                     offsetof(struct kw_backend, meta), offsetof(struct kw_backend, valid));
+    check_duplicates(cfg, KW_KIND_LLMROUTE, (void **)cfg->routes, cfg->nroutes,
+                     offsetof(struct kw_route, meta), offsetof(struct kw_route, valid));
+
+    for (size_t i = 0; i < cfg->nbackends; i++) {
+        struct kw_backend *b = cfg->backends[i];
+        if (b->meta.name == NULL)
+            continue;
+        bool ok = check_secret_ref(cfg, b, &b->credentials.secret_ref, "spec.credentials.secretRef");
+        ok &= check_secret_ref(cfg, b, &b->upstream.tls.ca_secret_ref,
+                               "spec.upstream.tls.caSecretRef");
+        if (ok && b->provider == KW_PROVIDER_AWS_BEDROCK && b->credentials.secret_ref.name != NULL) {
+            ok &= check_secret_key(cfg, b, b->credentials.bedrock.access_key_id_key,
+                                   "spec.credentials.bedrock.accessKeyIdKey");
+            ok &= check_secret_key(cfg, b, b->credentials.bedrock.secret_access_key_key,
+                                   "spec.credentials.bedrock.secretAccessKeyKey");
+            ok &= check_secret_key(cfg, b, b->credentials.bedrock.session_token_key,
+                                   "spec.credentials.bedrock.sessionTokenKey");
+        }
+        if (!ok)
+            b->valid = false;
+    }
+
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        struct kw_route *r = cfg->routes[i];
+        if (r->meta.name == NULL)
+            continue;
+        r->resolved = true;
+        for (size_t j = 0; j < r->nrefs; j++) {
+            struct kw_backend_ref *ref = &r->refs[j];
+            ref->backend = kw_config_find_backend(cfg, r->meta.ns, ref->name);
+            char path[64];
+            snprintf(path, sizeof(path), "spec.backendRefs[%zu].name", j);
+            if (ref->backend == NULL) {
+                ref_error(cfg, KW_KIND_LLMROUTE, &r->meta, ref->line, ref->col, path,
+                          "LLMBackend \"%s/%s\" not found", r->meta.ns, ref->name);
+                r->resolved = false;
+            } else if (!ref->backend->valid) {
+                r->resolved = false; /* the backend's own errors are reported on it */
+            }
+        }
+    }
+    return kw_diag_count(&cfg->diag) == 0 ? KW_OK : KW_ERROR;
+}

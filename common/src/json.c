@@ -1,0 +1,284 @@
+/* JSON with yajl: a callback parser building kw_node trees (same stack scheme as
+ * yaml.c), and a canonical writer (sorted keys, no white space). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yajl/yajl_gen.h>
+#include <yajl/yajl_parse.h>
+
+#include "knoway/json.h"
+#include "knoway/kw.h"
+#include "knoway/limits.h"
+#include "scalar.h"
+
+struct frame {
+    struct kw_node *node;
+    struct kw_node *key;
+};
+
+struct ctx {
+    struct kw_arena *a;
+    struct frame stack[KW_MAX_NESTING + 1];
+    size_t depth;
+    struct kw_node *root;
+    char *err;
+    size_t errlen;
+};
+
+static int fail(struct ctx *c, const char *msg)
+{
+    if (c->err[0] == '\0')
+        snprintf(c->err, c->errlen, "%s", msg);
+    return 0; /* stop yajl */
+}
+
+static int attach(struct ctx *c, struct kw_node *n)
+{
+    if (n == NULL)
+        return fail(c, "out of memory (document too large)");
+    if (c->depth == 0) {
+        c->root = n;
+        return 1;
+    }
+    struct frame *f = &c->stack[c->depth - 1];
+    if (f->node->type == KW_NODE_SEQ)
+        return kw_node_seq_push(c->a, f->node, n) == KW_OK ? 1 : fail(c, "list too long");
+    if (kw_node_map_add(c->a, f->node, f->key, n) != KW_OK)
+        return fail(c, "object too large");
+    f->key = NULL;
+    return 1;
+}
+
+static int on_null(void *ud)
+{
+    struct ctx *c = ud;
+    struct kw_node *n = kw_node_new(c->a, KW_NODE_NULL);
+    if (n != NULL) {
+        n->str = "null";
+        n->len = 4;
+    }
+    return attach(c, n);
+}
+
+static int on_boolean(void *ud, int v)
+{
+    struct ctx *c = ud;
+    return attach(c, kw_node_bool(c->a, v != 0));
+}
+
+static int on_number(void *ud, const char *s, size_t len)
+{
+    struct ctx *c = ud;
+    struct kw_node *n = kw_node_string(c->a, s, len);
+    if (n != NULL)
+        kw_scalar_number(n);
+    return attach(c, n);
+}
+
+static int on_string(void *ud, const unsigned char *s, size_t len)
+{
+    struct ctx *c = ud;
+    return attach(c, kw_node_string(c->a, (const char *)s, len));
+}
+
+static int open_container(struct ctx *c, enum kw_node_type t)
+{
+    if (c->depth >= KW_MAX_NESTING)
+        return fail(c, "nesting deeper than 64 levels");
+    struct kw_node *n = kw_node_new(c->a, t);
+    if (n == NULL)
+        return fail(c, "out of memory (document too large)");
+    c->stack[c->depth].node = n;
+    c->stack[c->depth].key = NULL;
+    c->depth++;
+    return 1;
+}
+
+static int on_start_map(void *ud)
+{
+    return open_container(ud, KW_NODE_MAP);
+}
+
+static int on_start_array(void *ud)
+{
+    return open_container(ud, KW_NODE_SEQ);
+}
+
+static int on_end(void *ud)
+{
+    struct ctx *c = ud;
+    struct kw_node *n = c->stack[--c->depth].node;
+    return attach(c, n);
+}
+
+static int on_map_key(void *ud, const unsigned char *s, size_t len)
+{
+    struct ctx *c = ud;
+    struct frame *f = &c->stack[c->depth - 1];
+    for (size_t i = 0; i < f->node->n; i++) {
+        const struct kw_node *k = f->node->pairs[i].key;
+        if (k->len == len && memcmp(k->str, s, len) == 0) {
+            char msg[300];
+            snprintf(msg, sizeof(msg), "duplicate key \"%.*s\"", (int)(len > 200 ? 200 : len),
+                     (const char *)s);
+            return fail(c, msg);
+        }
+    }
+    f->key = kw_node_string(c->a, (const char *)s, len);
+    return f->key != NULL ? 1 : fail(c, "out of memory (document too large)");
+}
+
+static const yajl_callbacks callbacks = {
+    .yajl_null = on_null,
+    .yajl_boolean = on_boolean,
+    .yajl_number = on_number,
+    .yajl_string = on_string,
+    .yajl_start_map = on_start_map,
+    .yajl_map_key = on_map_key,
+    .yajl_end_map = on_end,
+    .yajl_start_array = on_start_array,
+    .yajl_end_array = on_end,
+};
+
+int kw_json_parse(struct kw_arena *a, const char *buf, size_t len, struct kw_node **out,
+                  char *err, size_t errlen)
+{
+    struct ctx c = {.a = a, .err = err, .errlen = errlen};
+    err[0] = '\0';
+    *out = NULL;
+    if (len > KW_MAX_SNAPSHOT_BYTES) {
+        snprintf(err, errlen, "document larger than %u bytes", KW_MAX_SNAPSHOT_BYTES);
+        return KW_ERROR;
+    }
+    yajl_handle h = yajl_alloc(&callbacks, NULL, &c);
+    if (h == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return KW_ERROR;
+    }
+    yajl_status st = yajl_parse(h, (const unsigned char *)buf, len);
+    if (st == yajl_status_ok)
+        st = yajl_complete_parse(h);
+    if (st != yajl_status_ok) {
+        if (err[0] == '\0') {
+            unsigned char *msg = yajl_get_error(h, 0, (const unsigned char *)buf, len);
+            size_t off = yajl_get_bytes_consumed(h);
+            snprintf(err, errlen, "invalid JSON at byte %zu: %s", off,
+                     msg != NULL ? (const char *)msg : "parse error");
+            /* yajl's message ends with a newline */
+            size_t el = strlen(err);
+            while (el > 0 && (err[el - 1] == '\n' || err[el - 1] == ' '))
+                err[--el] = '\0';
+            yajl_free_error(h, msg);
+        }
+        yajl_free(h);
+        return KW_ERROR;
+    }
+    yajl_free(h);
+    if (c.root == NULL) {
+        snprintf(err, errlen, "empty JSON document");
+        return KW_ERROR;
+    }
+    *out = c.root;
+    return KW_OK;
+}
+
+static int cmp_pairs(const void *x, const void *y)
+{
+    const struct kw_node *a = (*(const struct kw_node_pair *const *)x)->key;
+    const struct kw_node *b = (*(const struct kw_node_pair *const *)y)->key;
+    size_t n = a->len < b->len ? a->len : b->len;
+    int r = memcmp(a->str, b->str, n);
+    if (r != 0)
+        return r;
+    return a->len < b->len ? -1 : a->len > b->len;
+}
+
+static int write_node(yajl_gen g, const struct kw_node *n, unsigned depth)
+{
+    yajl_gen_status st = yajl_gen_status_ok;
+    if (depth > KW_MAX_NESTING)
+        return KW_ERROR;
+    switch (n->type) {
+    case KW_NODE_NULL:
+        st = yajl_gen_null(g);
+        break;
+    case KW_NODE_BOOL:
+        st = yajl_gen_bool(g, n->b);
+        break;
+    case KW_NODE_INT:
+    case KW_NODE_FLOAT:
+        st = yajl_gen_number(g, n->str, n->len);
+        break;
+    case KW_NODE_STRING:
+        st = yajl_gen_string(g, (const unsigned char *)n->str, n->len);
+        break;
+    case KW_NODE_SEQ:
+        st = yajl_gen_array_open(g);
+        for (size_t i = 0; st == yajl_gen_status_ok && i < n->n; i++)
+            if (write_node(g, n->items[i], depth + 1) != KW_OK)
+                return KW_ERROR;
+        if (st == yajl_gen_status_ok)
+            st = yajl_gen_array_close(g);
+        break;
+    case KW_NODE_MAP: {
+        const struct kw_node_pair **sorted = NULL;
+        if (n->n > 0) {
+            sorted = malloc(n->n * sizeof(*sorted));
+            if (sorted == NULL)
+                return KW_ERROR;
+            for (size_t i = 0; i < n->n; i++)
+                sorted[i] = &n->pairs[i];
+            qsort(sorted, n->n, sizeof(*sorted), cmp_pairs);
+        }
+        st = yajl_gen_map_open(g);
+        for (size_t i = 0; st == yajl_gen_status_ok && i < n->n; i++) {
+            const struct kw_node *k = sorted[i]->key;
+            st = yajl_gen_string(g, (const unsigned char *)k->str, k->len);
+            if (st == yajl_gen_status_ok && write_node(g, sorted[i]->val, depth + 1) != KW_OK) {
+                free(sorted);
+                return KW_ERROR;
+            }
+        }
+        free(sorted);
+        if (st == yajl_gen_status_ok)
+            st = yajl_gen_map_close(g);
+        break;
+    }
+    }
+    return st == yajl_gen_status_ok ? KW_OK : KW_ERROR;
+}
+
+static int flush(yajl_gen g, struct kw_buf *out)
+{
+    const unsigned char *p;
+    size_t len;
+    yajl_gen_get_buf(g, &p, &len);
+    int rc = kw_buf_append(out, p, len);
+    yajl_gen_clear(g);
+    return rc;
+}
+
+int kw_json_write_canonical(const struct kw_node *n, struct kw_buf *out)
+{
+    yajl_gen g = yajl_gen_alloc(NULL);
+    if (g == NULL)
+        return KW_ERROR;
+    yajl_gen_config(g, yajl_gen_validate_utf8, 1);
+    int rc = write_node(g, n, 0);
+    if (rc == KW_OK)
+        rc = flush(g, out);
+    yajl_gen_free(g);
+    return rc;
+}
+
+int kw_json_write_string(struct kw_buf *out, const char *s, size_t len)
+{
+    yajl_gen g = yajl_gen_alloc(NULL);
+    if (g == NULL)
+        return KW_ERROR;
+    int rc = KW_ERROR;
+    if (yajl_gen_string(g, (const unsigned char *)s, len) == yajl_gen_status_ok)
+        rc = flush(g, out);
+    yajl_gen_free(g);
+    return rc;
+}

@@ -1,0 +1,1328 @@
+/* Decoding and validation of resources, and their canonical encoding.
+ *
+ * Each decode_* function reads one map: it first reports unknown fields (with a "did you
+ * mean" hint), then reads each known field through a typed getter that pushes the
+ * field's name onto d->path, so every error carries its place. Errors never stop the
+ * decoder: everything is checked and every problem reported. */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/evp.h>
+
+#include "decode.h"
+#include "knoway/duration.h"
+#include "knoway/kw.h"
+
+/* ---- names ------------------------------------------------------------------------- */
+
+static const char *const provider_names[KW_PROVIDER__COUNT] = {
+    [KW_PROVIDER_OPENAI] = "OpenAI",         [KW_PROVIDER_AZURE_OPENAI] = "AzureOpenAI",
+    [KW_PROVIDER_ANTHROPIC] = "Anthropic",   [KW_PROVIDER_AWS_BEDROCK] = "AWSBedrock",
+    [KW_PROVIDER_GEMINI] = "Gemini",         [KW_PROVIDER_VERTEX_AI] = "VertexAI",
+    [KW_PROVIDER_COHERE] = "Cohere",         [KW_PROVIDER_MISTRAL] = "Mistral",
+    [KW_PROVIDER_VLLM] = "vLLM",             [KW_PROVIDER_KSERVE] = "KServe",
+    [KW_PROVIDER_OLLAMA] = "Ollama",
+};
+
+const char *kw_provider_name(enum kw_provider p)
+{
+    return (unsigned)p < KW_PROVIDER__COUNT ? provider_names[p] : "?";
+}
+
+const char *kw_provider_default_base_url(enum kw_provider p)
+{
+    switch (p) {
+    case KW_PROVIDER_OPENAI:
+        return "https://api.openai.com/v1";
+    case KW_PROVIDER_ANTHROPIC:
+        return "https://api.anthropic.com";
+    case KW_PROVIDER_GEMINI:
+        return "https://generativelanguage.googleapis.com";
+    case KW_PROVIDER_MISTRAL:
+        return "https://api.mistral.ai/v1";
+    case KW_PROVIDER_COHERE:
+        return "https://api.cohere.com";
+    default:
+        return NULL;
+    }
+}
+
+const char *kw_provider_service_path(enum kw_provider p)
+{
+    switch (p) {
+    case KW_PROVIDER_VLLM:
+    case KW_PROVIDER_OLLAMA:
+    case KW_PROVIDER_OPENAI:
+    case KW_PROVIDER_MISTRAL:
+        return "/v1";
+    case KW_PROVIDER_KSERVE:
+        return "/openai/v1";
+    default:
+        return "";
+    }
+}
+
+bool kw_provider_is_openai_compatible(enum kw_provider p)
+{
+    return p == KW_PROVIDER_OPENAI || p == KW_PROVIDER_MISTRAL || p == KW_PROVIDER_VLLM ||
+           p == KW_PROVIDER_KSERVE || p == KW_PROVIDER_OLLAMA;
+}
+
+const char *kw_kind_name(enum kw_kind k)
+{
+    switch (k) {
+    case KW_KIND_LLMBACKEND:
+        return "LLMBackend";
+    case KW_KIND_LLMROUTE:
+        return "LLMRoute";
+    case KW_KIND_SECRET:
+        return "Secret";
+    case KW_KIND_DATAPLANE:
+        return "DataPlane";
+    }
+    return "?";
+}
+
+void kw_dataplane_defaults(struct kw_dataplane *dp)
+{
+    memset(dp, 0, sizeof(*dp));
+    dp->meta.name = "default";
+    dp->meta.ns = "default";
+    dp->listen = KW_DEFAULT_LISTEN;
+    dp->admin = KW_DEFAULT_ADMIN;
+    dp->limits.max_body_bytes = KW_DEFAULT_MAX_BODY_BYTES;
+    dp->limits.max_connections = KW_DEFAULT_MAX_CONNECTIONS;
+}
+
+const struct kw_secret_item *kw_secret_get(const struct kw_secret *s, const char *key)
+{
+    for (size_t i = 0; i < s->nitems; i++)
+        if (strcmp(s->items[i].key, key) == 0)
+            return &s->items[i];
+    return NULL;
+}
+
+/* ---- paths, errors, hints ---------------------------------------------------------- */
+
+void kw_dec_error(struct kw_dec *d, const struct kw_node *n, const char *fmt, ...)
+{
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    unsigned line = 0, col = 0;
+    if (d->file != NULL && n != NULL) {
+        line = n->line;
+        col = n->col;
+    }
+    kw_diag_add(d->diag, d->file, line, col, d->object, d->path, "%s", msg);
+    d->errors++;
+}
+
+static size_t push(struct kw_dec *d, const char *field)
+{
+    size_t mark = d->plen;
+    int n = snprintf(d->path + d->plen, sizeof(d->path) - d->plen, "%s%s",
+                     d->plen > 0 ? "." : "", field);
+    if (n > 0)
+        d->plen = d->plen + (size_t)n < sizeof(d->path) ? d->plen + (size_t)n : sizeof(d->path) - 1;
+    return mark;
+}
+
+static size_t push_index(struct kw_dec *d, size_t i)
+{
+    size_t mark = d->plen;
+    int n = snprintf(d->path + d->plen, sizeof(d->path) - d->plen, "[%zu]", i);
+    if (n > 0)
+        d->plen = d->plen + (size_t)n < sizeof(d->path) ? d->plen + (size_t)n : sizeof(d->path) - 1;
+    return mark;
+}
+
+static void pop(struct kw_dec *d, size_t mark)
+{
+    d->plen = mark;
+    d->path[mark] = '\0';
+}
+
+unsigned kw_edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 64 || lb > 64)
+        return 99;
+    unsigned row[65];
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = (unsigned)j;
+    for (size_t i = 1; i <= la; i++) {
+        unsigned diag = row[0];
+        row[0] = (unsigned)i;
+        for (size_t j = 1; j <= lb; j++) {
+            unsigned up = row[j];
+            unsigned cost = tolower((unsigned char)a[i - 1]) == tolower((unsigned char)b[j - 1]) ? 0 : 1;
+            unsigned best = diag + cost;
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+/* The closest candidate within a distance that still looks like a typo, or NULL. */
+static const char *suggest(const char *word, const char *const *cands)
+{
+    const char *best = NULL;
+    unsigned best_d = 99;
+    size_t wl = strlen(word);
+    unsigned limit = wl <= 3 ? 1 : wl <= 8 ? 2 : 3;
+    for (; *cands != NULL; cands++) {
+        unsigned dd = kw_edit_distance(word, *cands);
+        if (dd < best_d) {
+            best_d = dd;
+            best = *cands;
+        }
+    }
+    return best_d <= limit ? best : NULL;
+}
+
+/* Fields kept by the API server that a file may carry (kubectl get -o yaml): accepted and
+ * ignored. */
+static const char *const ignored_meta[] = {
+    "uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "finalizers",
+    "ownerReferences", "generateName", "deletionTimestamp", "deletionGracePeriodSeconds",
+    "selfLink", NULL,
+};
+
+static bool in_list(const char *s, size_t len, const char *const *list)
+{
+    for (; *list != NULL; list++)
+        if (strlen(*list) == len && memcmp(*list, s, len) == 0)
+            return true;
+    return false;
+}
+
+/* Report every key of m not in known (or in also_ok). m must be a map. */
+static void check_fields(struct kw_dec *d, const struct kw_node *m, const char *const *known,
+                         const char *const *also_ok)
+{
+    if (!d->strict)
+        return;
+    for (size_t i = 0; i < m->n; i++) {
+        const struct kw_node *k = m->pairs[i].key;
+        if (in_list(k->str, k->len, known) || (also_ok != NULL && in_list(k->str, k->len, also_ok)))
+            continue;
+        const char *hint = suggest(k->str, known);
+        size_t mark = push(d, k->str);
+        if (hint != NULL)
+            kw_dec_error(d, k, "unknown field \"%.100s\" (did you mean \"%s\"?)", k->str, hint);
+        else
+            kw_dec_error(d, k, "unknown field \"%.100s\"", k->str);
+        pop(d, mark);
+    }
+}
+
+/* ---- typed getters ------------------------------------------------------------------ */
+/* Each looks up key in map m, pushes its name on the path, checks the type and range,
+ * and returns the node (NULL when absent or wrong). */
+
+static const struct kw_node *want(struct kw_dec *d, const struct kw_node *m, const char *key,
+                                  enum kw_node_type t, bool required, size_t *mark)
+{
+    const struct kw_node *n = kw_node_get(m, key);
+    *mark = push(d, key);
+    if (n == NULL || n->type == KW_NODE_NULL) {
+        if (required)
+            kw_dec_error(d, n != NULL ? n : m, "required field is missing");
+        return NULL;
+    }
+    if (n->type != t && !(t == KW_NODE_FLOAT && n->type == KW_NODE_INT)) {
+        kw_dec_error(d, n, "must be a %s, not a %s", kw_node_type_name(t),
+                     kw_node_type_name(n->type));
+        return NULL;
+    }
+    return n;
+}
+
+static bool has_ctl(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return true;
+    return false;
+}
+
+static const char *get_string(struct kw_dec *d, const struct kw_node *m, const char *key,
+                              bool required, size_t maxlen, const struct kw_node **where)
+{
+    size_t mark;
+    const struct kw_node *n = want(d, m, key, KW_NODE_STRING, required, &mark);
+    const char *out = NULL;
+    if (where != NULL)
+        *where = n != NULL ? n : m;
+    if (n != NULL) {
+        if (n->len == 0)
+            kw_dec_error(d, n, "must not be empty");
+        else if (n->len > maxlen)
+            kw_dec_error(d, n, "must be at most %zu bytes long", maxlen);
+        else if (strlen(n->str) != n->len || has_ctl(n->str, n->len))
+            kw_dec_error(d, n, "must not contain control characters");
+        else
+            out = kw_arena_strndup(d->a, n->str, n->len);
+    }
+    pop(d, mark);
+    return out;
+}
+
+static bool get_int(struct kw_dec *d, const struct kw_node *m, const char *key, int64_t min,
+                    int64_t max, int64_t *out)
+{
+    size_t mark;
+    const struct kw_node *n = kw_node_get(m, key);
+    bool ok = false;
+    mark = push(d, key);
+    if (n != NULL && n->type != KW_NODE_NULL) {
+        if (n->type != KW_NODE_INT)
+            kw_dec_error(d, n, "must be an integer, not a %s", kw_node_type_name(n->type));
+        else if (n->i < min || n->i > max)
+            kw_dec_error(d, n, "must be %lld..%lld, got %lld", (long long)min, (long long)max,
+                         (long long)n->i);
+        else {
+            *out = n->i;
+            ok = true;
+        }
+    }
+    pop(d, mark);
+    return ok;
+}
+
+static void get_u32(struct kw_dec *d, const struct kw_node *m, const char *key, uint32_t min,
+                    uint32_t max, uint32_t *out)
+{
+    int64_t v;
+    if (get_int(d, m, key, min, max, &v))
+        *out = (uint32_t)v;
+}
+
+static void get_bool(struct kw_dec *d, const struct kw_node *m, const char *key, bool *out)
+{
+    size_t mark;
+    const struct kw_node *n = want(d, m, key, KW_NODE_BOOL, false, &mark);
+    if (n != NULL)
+        *out = n->b;
+    pop(d, mark);
+}
+
+static void get_duration(struct kw_dec *d, const struct kw_node *m, const char *key,
+                         int64_t min_ms, int64_t max_ms, int64_t *out)
+{
+    size_t mark;
+    const struct kw_node *n = kw_node_get(m, key);
+    mark = push(d, key);
+    if (n != NULL && n->type != KW_NODE_NULL) {
+        char err[160], lo[32], hi[32];
+        int64_t ms;
+        if (n->type != KW_NODE_STRING)
+            kw_dec_error(d, n, "must be a duration string like \"30s\", not a %s",
+                         kw_node_type_name(n->type));
+        else if (kw_duration_parse(n->str, n->len, &ms, err, sizeof(err)) != KW_OK)
+            kw_dec_error(d, n, "%s", err);
+        else if (ms < min_ms || ms > max_ms) {
+            kw_duration_format(min_ms, lo, sizeof(lo));
+            kw_duration_format(max_ms, hi, sizeof(hi));
+            kw_dec_error(d, n, "must be between %s and %s", lo, hi);
+        } else
+            *out = ms;
+    }
+    pop(d, mark);
+}
+
+static const struct kw_node *get_map(struct kw_dec *d, const struct kw_node *m, const char *key,
+                                     bool required, size_t *mark)
+{
+    return want(d, m, key, KW_NODE_MAP, required, mark);
+}
+
+static const struct kw_node *get_seq(struct kw_dec *d, const struct kw_node *m, const char *key,
+                                     bool required, size_t max_items, size_t *mark)
+{
+    const struct kw_node *n = want(d, m, key, KW_NODE_SEQ, required, mark);
+    if (n == NULL)
+        return NULL;
+    if (required && n->n == 0) {
+        kw_dec_error(d, n, "must have at least one item");
+        return NULL;
+    }
+    if (n->n > max_items) {
+        kw_dec_error(d, n, "must have at most %zu items", max_items);
+        return NULL;
+    }
+    return n;
+}
+
+/* Item i of a sequence as a map, with "[i]" pushed; NULL (and an error) otherwise. */
+static const struct kw_node *item_map(struct kw_dec *d, const struct kw_node *seq, size_t i,
+                                      size_t *mark)
+{
+    *mark = push_index(d, i);
+    const struct kw_node *n = seq->items[i];
+    if (n->type != KW_NODE_MAP) {
+        kw_dec_error(d, n, "must be a map, not a %s", kw_node_type_name(n->type));
+        return NULL;
+    }
+    return n;
+}
+
+/* ---- value checks -------------------------------------------------------------------- */
+
+bool kw_valid_dns_label(const char *s)
+{
+    size_t len = strlen(s);
+    if (len == 0 || len > KW_MAX_NAMESPACE_LEN)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+        if (!alnum && !(c == '-' && i > 0 && i + 1 < len))
+            return false;
+    }
+    return true;
+}
+
+bool kw_valid_dns_subdomain(const char *s)
+{
+    size_t len = strlen(s);
+    if (len == 0 || len > KW_MAX_NAME_LEN)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+        if (alnum)
+            continue;
+        if ((c == '-' || c == '.') && i > 0 && i + 1 < len && s[i - 1] != '.' &&
+            !(c == '.' && s[i - 1] == '-') && !(s[i + 1] == '.' && c == '-'))
+            continue;
+        return false;
+    }
+    return true;
+}
+
+/* http(s)://host[:port][/path], no query, fragment, user info or white space. */
+static const char *url_problem(const char *u)
+{
+    const char *rest;
+    if (strncmp(u, "http://", 7) == 0)
+        rest = u + 7;
+    else if (strncmp(u, "https://", 8) == 0)
+        rest = u + 8;
+    else
+        return "must start with http:// or https://";
+    size_t hostlen = strcspn(rest, "/");
+    if (hostlen == 0 || rest[0] == ':')
+        return "has no host";
+    for (const char *p = u; *p != '\0'; p++) {
+        if (*p == ' ' || *p == '\t')
+            return "must not contain white space";
+        if (*p == '?' || *p == '#')
+            return "must not have a query or fragment";
+    }
+    if (memchr(rest, '@', hostlen) != NULL)
+        return "must not carry user info (use credentials)";
+    const char *colon = NULL;
+    if (rest[0] == '[') {
+        const char *close = memchr(rest, ']', hostlen);
+        if (close == NULL)
+            return "has an unterminated IPv6 address";
+        if (close + 1 < rest + hostlen)
+            colon = close[1] == ':' ? close + 1 : (const char *)"";
+    } else {
+        colon = memchr(rest, ':', hostlen);
+    }
+    if (colon != NULL) {
+        if (*colon != ':')
+            return "has an invalid port";
+        size_t plen = (size_t)(rest + hostlen - colon - 1);
+        if (plen == 0 || plen > 5 || strspn(colon + 1, "0123456789") != plen)
+            return "has an invalid port";
+        long port = strtol(colon + 1, NULL, 10);
+        if (port < 1 || port > 65535)
+            return "has a port outside 1..65535";
+    }
+    return NULL;
+}
+
+static const char *get_url(struct kw_dec *d, const struct kw_node *m, const char *key,
+                           bool required)
+{
+    const struct kw_node *where;
+    const char *u = get_string(d, m, key, required, KW_MAX_URL_LEN, &where);
+    if (u == NULL)
+        return NULL;
+    const char *problem = url_problem(u);
+    if (problem != NULL) {
+        size_t mark = push(d, key);
+        kw_dec_error(d, where, "\"%.200s\" %s", u, problem);
+        pop(d, mark);
+        return NULL;
+    }
+    return u;
+}
+
+/* "host:port", "[v6]:port" or ":port" */
+static const char *address_problem(const char *s)
+{
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL)
+        return "must be host:port";
+    if (s[0] == '[' && (colon == s || colon[-1] != ']'))
+        return "must be [IPv6]:port";
+    if (s[0] != '[' && memchr(s, ':', (size_t)(colon - s)) != NULL)
+        return "must put an IPv6 address in brackets: [::1]:8080";
+    size_t plen = strlen(colon + 1);
+    if (plen == 0 || plen > 5 || strspn(colon + 1, "0123456789") != plen)
+        return "has an invalid port";
+    long port = strtol(colon + 1, NULL, 10);
+    if (port < 1 || port > 65535)
+        return "has a port outside 1..65535";
+    return NULL;
+}
+
+static const char *get_address(struct kw_dec *d, const struct kw_node *m, const char *key)
+{
+    const struct kw_node *where;
+    const char *s = get_string(d, m, key, false, 300, &where);
+    if (s == NULL)
+        return NULL;
+    const char *problem = address_problem(s);
+    if (problem != NULL) {
+        size_t mark = push(d, key);
+        kw_dec_error(d, where, "\"%.200s\" %s", s, problem);
+        pop(d, mark);
+        return NULL;
+    }
+    return s;
+}
+
+static bool is_token(const char *s)
+{
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+    for (; *s != '\0'; s++)
+        if (!isalnum((unsigned char)*s) && strchr(extra, *s) == NULL)
+            return false;
+    return true;
+}
+
+/* ---- pieces ------------------------------------------------------------------------- */
+
+static void decode_secret_ref(struct kw_dec *d, const struct kw_node *m, const char *key,
+                              struct kw_secret_ref *ref, const char *default_key)
+{
+    static const char *const fields[] = {"name", "key", NULL};
+    size_t mark;
+    const struct kw_node *n = get_map(d, m, key, false, &mark);
+    if (n != NULL) {
+        check_fields(d, n, fields, NULL);
+        const struct kw_node *where;
+        ref->name = get_string(d, n, "name", true, KW_MAX_NAME_LEN, &where);
+        ref->line = where->line;
+        ref->col = where->col;
+        if (ref->name != NULL && !kw_valid_dns_subdomain(ref->name)) {
+            size_t m2 = push(d, "name");
+            kw_dec_error(d, where, "\"%s\" is not a valid Secret name", ref->name);
+            pop(d, m2);
+        }
+        ref->key = get_string(d, n, "key", default_key == NULL, KW_MAX_NAME_LEN, NULL);
+        if (ref->key == NULL)
+            ref->key = default_key;
+    }
+    pop(d, mark);
+}
+
+static struct kw_header *decode_headers(struct kw_dec *d, const struct kw_node *m,
+                                        const char *key, size_t *count, bool for_upstream)
+{
+    static const char *const fields[] = {"name", "value", NULL};
+    static const char *const reserved[] = {"host", "content-length", "transfer-encoding",
+                                           "connection", "upgrade", "te", "trailer",
+                                           "keep-alive", "proxy-connection", NULL};
+    size_t mark;
+    struct kw_header *out = NULL;
+    *count = 0;
+    const struct kw_node *seq = get_seq(d, m, key, false, KW_MAX_MATCH_ITEMS, &mark);
+    if (seq != NULL && seq->n > 0)
+        out = kw_arena_alloc(d->a, seq->n * sizeof(*out));
+    for (size_t i = 0; out != NULL && i < seq->n; i++) {
+        size_t im;
+        const struct kw_node *h = item_map(d, seq, i, &im);
+        if (h != NULL) {
+            check_fields(d, h, fields, NULL);
+            const struct kw_node *where;
+            const char *name = get_string(d, h, "name", true, KW_MAX_HEADER_NAME, &where);
+            const char *value = get_string(d, h, "value", true, KW_MAX_HEADER_VALUE, NULL);
+            size_t nm = push(d, "name");
+            if (name != NULL && !is_token(name))
+                kw_dec_error(d, where, "\"%.100s\" is not a valid header name", name);
+            else if (name != NULL && for_upstream) {
+                char lower[KW_MAX_HEADER_NAME + 1];
+                size_t j = 0;
+                for (; name[j] != '\0'; j++)
+                    lower[j] = (char)tolower((unsigned char)name[j]);
+                lower[j] = '\0';
+                if (in_list(lower, j, reserved))
+                    kw_dec_error(d, where, "\"%s\" is managed by the gateway and cannot be set",
+                                 name);
+            }
+            pop(d, nm);
+            for (size_t j = 0; name != NULL && j < *count; j++)
+                if (strcasecmp(out[j].name, name) == 0) {
+                    nm = push(d, "name");
+                    kw_dec_error(d, where, "header \"%s\" is listed twice", name);
+                    pop(d, nm);
+                }
+            if (name != NULL && value != NULL) {
+                out[*count].name = name;
+                out[*count].value = value;
+                (*count)++;
+            }
+        }
+        pop(d, im);
+    }
+    pop(d, mark);
+    return out;
+}
+
+static void decode_upstream(struct kw_dec *d, const struct kw_node *spec, struct kw_backend *b)
+{
+    static const char *const fields[] = {"baseURL", "serviceRef", "endpoints", "timeout",
+                                         "connectTimeout", "headers", "tls", NULL};
+    static const char *const sref_fields[] = {"name", "port", NULL};
+    static const char *const ep_fields[] = {"url", "weight", NULL};
+    static const char *const tls_fields[] = {"insecureSkipVerify", "caSecretRef", NULL};
+    struct kw_upstream *u = &b->upstream;
+    u->connect_timeout_ms = KW_DEFAULT_CONNECT_TIMEOUT_MS;
+    size_t mark;
+    const struct kw_node *m = get_map(d, spec, "upstream", false, &mark);
+    if (m == NULL) {
+        pop(d, mark);
+        return;
+    }
+    check_fields(d, m, fields, NULL);
+    int given = 0;
+    u->base_url = get_url(d, m, "baseURL", false);
+    given += kw_node_get(m, "baseURL") != NULL;
+
+    size_t sm;
+    const struct kw_node *sref = get_map(d, m, "serviceRef", false, &sm);
+    if (sref != NULL) {
+        given++;
+        check_fields(d, sref, sref_fields, NULL);
+        const struct kw_node *where;
+        u->service_ref.name = get_string(d, sref, "name", true, KW_MAX_NAMESPACE_LEN, &where);
+        if (u->service_ref.name != NULL && !kw_valid_dns_label(u->service_ref.name)) {
+            size_t nm = push(d, "name");
+            kw_dec_error(d, where, "\"%s\" is not a valid Service name", u->service_ref.name);
+            pop(d, nm);
+            u->service_ref.name = NULL;
+        }
+        int64_t port = 0;
+        if (kw_node_get(sref, "port") == NULL) {
+            size_t pm = push(d, "port");
+            kw_dec_error(d, sref, "required field is missing");
+            pop(d, pm);
+        }
+        if (get_int(d, sref, "port", 1, 65535, &port))
+            u->service_ref.port = (uint32_t)port;
+        if (d->snapshot) {
+            kw_dec_error(d, sref, "a snapshot carries resolved endpoints, not a serviceRef");
+        }
+    }
+    pop(d, sm);
+
+    size_t em;
+    const struct kw_node *eps = get_seq(d, m, "endpoints", false, KW_MAX_ENDPOINTS, &em);
+    if (eps != NULL) {
+        given++;
+        if (eps->n == 0)
+            kw_dec_error(d, eps, "must have at least one item");
+        else
+            u->endpoints = kw_arena_alloc(d->a, eps->n * sizeof(*u->endpoints));
+        for (size_t i = 0; u->endpoints != NULL && i < eps->n; i++) {
+            size_t im;
+            const struct kw_node *e = item_map(d, eps, i, &im);
+            if (e != NULL) {
+                check_fields(d, e, ep_fields, NULL);
+                struct kw_endpoint *ep = &u->endpoints[u->nendpoints];
+                ep->weight = 1;
+                ep->url = get_url(d, e, "url", true);
+                get_u32(d, e, "weight", 0, KW_MAX_WEIGHT, &ep->weight);
+                if (ep->url != NULL)
+                    u->nendpoints++;
+            }
+            pop(d, im);
+        }
+    }
+    pop(d, em);
+
+    if (given > 1)
+        kw_dec_error(d, m, "set exactly one of baseURL, serviceRef and endpoints");
+    get_duration(d, m, "timeout", 1, 24 * 3600000LL, &u->timeout_ms);
+    get_duration(d, m, "connectTimeout", 1, 300000, &u->connect_timeout_ms);
+    u->headers = decode_headers(d, m, "headers", &u->nheaders, true);
+
+    size_t tm;
+    const struct kw_node *tls = get_map(d, m, "tls", false, &tm);
+    if (tls != NULL) {
+        check_fields(d, tls, tls_fields, NULL);
+        get_bool(d, tls, "insecureSkipVerify", &u->tls.insecure_skip_verify);
+        decode_secret_ref(d, tls, "caSecretRef", &u->tls.ca_secret_ref, "ca.crt");
+    }
+    pop(d, tm);
+    pop(d, mark);
+}
+
+static void decode_credentials(struct kw_dec *d, const struct kw_node *spec, struct kw_backend *b)
+{
+    static const char *const fields[] = {"secretRef", "azure", "bedrock", NULL};
+    static const char *const azure_fields[] = {"apiVersion", "deployment", NULL};
+    static const char *const bedrock_fields[] = {"region", "accessKeyIdKey",
+                                                 "secretAccessKeyKey", "sessionTokenKey", NULL};
+    struct kw_credentials *c = &b->credentials;
+    size_t mark;
+    const struct kw_node *m = get_map(d, spec, "credentials", false, &mark);
+    if (m != NULL) {
+        b->has_credentials = true;
+        check_fields(d, m, fields, NULL);
+        bool bedrock = b->provider == KW_PROVIDER_AWS_BEDROCK;
+        decode_secret_ref(d, m, "secretRef", &c->secret_ref, bedrock ? "" : "apiKey");
+        if (bedrock && c->secret_ref.key != NULL && c->secret_ref.key[0] != '\0') {
+            size_t km = push(d, "secretRef.key");
+            kw_dec_error(d, kw_node_get(m, "secretRef"),
+                         "not used by AWSBedrock; set credentials.bedrock.accessKeyIdKey and "
+                         "secretAccessKeyKey");
+            pop(d, km);
+        }
+        if (bedrock)
+            c->secret_ref.key = NULL;
+
+        size_t am;
+        const struct kw_node *az = get_map(d, m, "azure", false, &am);
+        if (az != NULL) {
+            if (b->provider != KW_PROVIDER_AZURE_OPENAI)
+                kw_dec_error(d, az, "only for provider AzureOpenAI");
+            check_fields(d, az, azure_fields, NULL);
+            c->azure.api_version = get_string(d, az, "apiVersion", false, 64, NULL);
+            c->azure.deployment = get_string(d, az, "deployment", false, KW_MAX_MODEL_LEN, NULL);
+        }
+        pop(d, am);
+
+        size_t bm;
+        const struct kw_node *br = get_map(d, m, "bedrock", false, &bm);
+        if (br != NULL) {
+            if (!bedrock)
+                kw_dec_error(d, br, "only for provider AWSBedrock");
+            check_fields(d, br, bedrock_fields, NULL);
+            const struct kw_node *where;
+            c->bedrock.region = get_string(d, br, "region", true, 64, &where);
+            if (c->bedrock.region != NULL) {
+                for (const char *p = c->bedrock.region; *p != '\0'; p++)
+                    if (!islower((unsigned char)*p) && !isdigit((unsigned char)*p) && *p != '-') {
+                        size_t rm = push(d, "region");
+                        kw_dec_error(d, where, "\"%s\" is not an AWS region like us-east-1",
+                                     c->bedrock.region);
+                        pop(d, rm);
+                        c->bedrock.region = NULL;
+                        break;
+                    }
+            }
+            c->bedrock.access_key_id_key =
+                get_string(d, br, "accessKeyIdKey", false, KW_MAX_NAME_LEN, NULL);
+            c->bedrock.secret_access_key_key =
+                get_string(d, br, "secretAccessKeyKey", false, KW_MAX_NAME_LEN, NULL);
+            c->bedrock.session_token_key =
+                get_string(d, br, "sessionTokenKey", false, KW_MAX_NAME_LEN, NULL);
+        }
+        pop(d, bm);
+        if (bedrock && br == NULL) {
+            size_t rm = push(d, "bedrock");
+            kw_dec_error(d, m, "required for provider AWSBedrock (region and key names)");
+            pop(d, rm);
+        }
+        if (bedrock && c->secret_ref.name == NULL && kw_node_get(m, "secretRef") == NULL) {
+            size_t rm = push(d, "secretRef");
+            kw_dec_error(d, m, "required field is missing");
+            pop(d, rm);
+        }
+    }
+    pop(d, mark);
+    if (b->provider == KW_PROVIDER_AZURE_OPENAI && c->azure.api_version == NULL)
+        c->azure.api_version = "2024-10-21";
+    if (b->provider == KW_PROVIDER_AWS_BEDROCK) {
+        if (c->bedrock.access_key_id_key == NULL)
+            c->bedrock.access_key_id_key = "AWS_ACCESS_KEY_ID";
+        if (c->bedrock.secret_access_key_key == NULL)
+            c->bedrock.secret_access_key_key = "AWS_SECRET_ACCESS_KEY";
+    }
+}
+
+/* The gateway owns these body fields; params may not touch them. */
+static const char *const managed_body_fields[] = {"model", "stream", NULL};
+
+static struct kw_node *decode_param_map(struct kw_dec *d, const struct kw_node *m, const char *key)
+{
+    size_t mark;
+    const struct kw_node *n = get_map(d, m, key, false, &mark);
+    struct kw_node *out = NULL;
+    if (n != NULL) {
+        for (size_t i = 0; i < n->n; i++) {
+            const struct kw_node *k = n->pairs[i].key;
+            if (in_list(k->str, k->len, managed_body_fields)) {
+                size_t km = push(d, k->str);
+                kw_dec_error(d, k, "\"%s\" is set by the gateway%s", k->str,
+                             k->str[0] == 'm' ? " (use spec.modelName)" : "");
+                pop(d, km);
+            }
+        }
+        out = kw_node_clone(d->a, n);
+    }
+    pop(d, mark);
+    return out;
+}
+
+static void decode_params(struct kw_dec *d, const struct kw_node *spec, struct kw_params *p)
+{
+    static const char *const fields[] = {"defaults", "overrides", "remove", NULL};
+    size_t mark;
+    const struct kw_node *m = get_map(d, spec, "params", false, &mark);
+    if (m != NULL) {
+        check_fields(d, m, fields, NULL);
+        p->defaults = decode_param_map(d, m, "defaults");
+        p->overrides = decode_param_map(d, m, "overrides");
+        size_t rm;
+        const struct kw_node *rem = get_seq(d, m, "remove", false, KW_MAX_MATCH_ITEMS, &rm);
+        if (rem != NULL && rem->n > 0)
+            p->remove = kw_arena_alloc(d->a, rem->n * sizeof(*p->remove));
+        for (size_t i = 0; p->remove != NULL && i < rem->n; i++) {
+            size_t im = push_index(d, i);
+            const struct kw_node *s = rem->items[i];
+            if (s->type != KW_NODE_STRING || s->len == 0 || strlen(s->str) != s->len)
+                kw_dec_error(d, s, "must be a non-empty string");
+            else if (in_list(s->str, s->len, managed_body_fields))
+                kw_dec_error(d, s, "\"%s\" is set by the gateway and cannot be removed", s->str);
+            else {
+                bool dup = false;
+                for (size_t j = 0; j < p->nremove; j++)
+                    dup |= strcmp(p->remove[j], s->str) == 0;
+                if (dup)
+                    kw_dec_error(d, s, "\"%s\" is listed twice", s->str);
+                else
+                    p->remove[p->nremove++] = kw_arena_strndup(d->a, s->str, s->len);
+            }
+            pop(d, im);
+        }
+        pop(d, rm);
+    }
+    pop(d, mark);
+}
+
+static bool get_enum(struct kw_dec *d, const struct kw_node *m, const char *key,
+                     const char *const *names, size_t count, int *out)
+{
+    const struct kw_node *where;
+    const char *s = get_string(d, m, key, true, 64, &where);
+    if (s == NULL)
+        return false;
+    for (size_t i = 0; i < count; i++)
+        if (names[i] != NULL && strcmp(s, names[i]) == 0) {
+            *out = (int)i;
+            return true;
+        }
+    char list[512] = "";
+    size_t o = 0;
+    for (size_t i = 0; i < count && o < sizeof(list); i++)
+        o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s", i > 0 ? ", " : "", names[i]);
+    const char *const *cands = names;
+    const char *hint = suggest(s, cands);
+    size_t mark = push(d, key);
+    if (hint != NULL)
+        kw_dec_error(d, where, "unknown value \"%.64s\" (did you mean \"%s\"?); one of: %s", s,
+                     hint, list);
+    else
+        kw_dec_error(d, where, "unknown value \"%.64s\"; one of: %s", s, list);
+    pop(d, mark);
+    return false;
+}
+
+void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_backend *b)
+{
+    static const char *const fields[] = {"provider", "modelName", "upstream", "credentials",
+                                         "params", NULL};
+    static const char *const provider_list[KW_PROVIDER__COUNT + 1] = {
+        "OpenAI", "AzureOpenAI", "Anthropic", "AWSBedrock", "Gemini", "VertexAI",
+        "Cohere", "Mistral", "vLLM", "KServe", "Ollama", NULL};
+    check_fields(d, spec, fields, NULL);
+    int provider = -1;
+    bool have_provider = get_enum(d, spec, "provider", provider_list, KW_PROVIDER__COUNT, &provider);
+    b->provider = have_provider ? (enum kw_provider)provider : KW_PROVIDER_OPENAI;
+    b->model_name = get_string(d, spec, "modelName", false, KW_MAX_MODEL_LEN, NULL);
+    decode_upstream(d, spec, b);
+    decode_credentials(d, spec, b);
+    decode_params(d, spec, &b->params);
+
+    struct kw_upstream *u = &b->upstream;
+    bool any = u->base_url != NULL || u->service_ref.name != NULL || u->nendpoints > 0;
+    bool tried = kw_node_get(kw_node_get(spec, "upstream"), "baseURL") != NULL ||
+                 kw_node_get(kw_node_get(spec, "upstream"), "serviceRef") != NULL ||
+                 kw_node_get(kw_node_get(spec, "upstream"), "endpoints") != NULL;
+    if (!any && !tried && have_provider) {
+        if (b->provider == KW_PROVIDER_AWS_BEDROCK && b->credentials.bedrock.region != NULL)
+            u->base_url = kw_arena_printf(d->a, "https://bedrock-runtime.%s.amazonaws.com",
+                                          b->credentials.bedrock.region);
+        else
+            u->base_url = kw_provider_default_base_url(b->provider);
+        if (u->base_url == NULL && b->provider != KW_PROVIDER_AWS_BEDROCK) {
+            size_t mark = push(d, "upstream");
+            kw_dec_error(d, spec, "provider %s has no public endpoint: set baseURL, serviceRef "
+                                  "or endpoints", kw_provider_name(b->provider));
+            pop(d, mark);
+        }
+    }
+}
+
+static void decode_match(struct kw_dec *d, const struct kw_node *spec, struct kw_route *r)
+{
+    static const char *const fields[] = {"models", "headers", "paths", NULL};
+    static const char *const api_paths[] = {"/v1/chat/completions", "/v1/completions",
+                                            "/v1/embeddings", NULL};
+    size_t mark;
+    const struct kw_node *m = get_map(d, spec, "match", true, &mark);
+    if (m == NULL) {
+        pop(d, mark);
+        return;
+    }
+    check_fields(d, m, fields, NULL);
+    size_t sm;
+    const struct kw_node *models = get_seq(d, m, "models", true, KW_MAX_MATCH_ITEMS, &sm);
+    if (models != NULL)
+        r->models = kw_arena_alloc(d->a, models->n * sizeof(*r->models));
+    for (size_t i = 0; r->models != NULL && i < models->n; i++) {
+        size_t im = push_index(d, i);
+        const struct kw_node *s = models->items[i];
+        const char *star = s->type == KW_NODE_STRING ? memchr(s->str, '*', s->len) : NULL;
+        if (s->type != KW_NODE_STRING || s->len == 0)
+            kw_dec_error(d, s, "must be a non-empty string (a model name, or a prefix ending in *)");
+        else if (s->len > KW_MAX_MODEL_LEN || has_ctl(s->str, s->len) || strlen(s->str) != s->len)
+            kw_dec_error(d, s, "must be a model name of at most %u printable bytes",
+                         KW_MAX_MODEL_LEN);
+        else if (star != NULL && star != s->str + s->len - 1)
+            kw_dec_error(d, s, "\"*\" may only end a prefix, as in \"llama-3*\"");
+        else {
+            struct kw_model_match mm = {
+                .value = kw_arena_strndup(d->a, s->str, star != NULL ? s->len - 1 : s->len),
+                .prefix = star != NULL};
+            bool dup = false;
+            for (size_t j = 0; j < r->nmodels; j++)
+                dup |= r->models[j].prefix == mm.prefix && strcmp(r->models[j].value, mm.value) == 0;
+            if (dup)
+                kw_dec_error(d, s, "\"%s\" is listed twice", s->str);
+            else
+                r->models[r->nmodels++] = mm;
+        }
+        pop(d, im);
+    }
+    pop(d, sm);
+
+    r->headers = decode_headers(d, m, "headers", &r->nheaders, false);
+
+    size_t pm;
+    const struct kw_node *paths = get_seq(d, m, "paths", false, KW_MAX_MATCH_ITEMS, &pm);
+    if (paths != NULL && paths->n > 0)
+        r->paths = kw_arena_alloc(d->a, paths->n * sizeof(*r->paths));
+    for (size_t i = 0; r->paths != NULL && i < paths->n; i++) {
+        size_t im = push_index(d, i);
+        const struct kw_node *s = paths->items[i];
+        if (s->type != KW_NODE_STRING || !in_list(s->str, s->len, api_paths)) {
+            const char *hint = s->type == KW_NODE_STRING ? suggest(s->str, api_paths) : NULL;
+            kw_dec_error(d, s, "must be one of /v1/chat/completions, /v1/completions, "
+                               "/v1/embeddings%s%s%s",
+                         hint != NULL ? " (did you mean \"" : "", hint != NULL ? hint : "",
+                         hint != NULL ? "\"?)" : "");
+        } else {
+            bool dup = false;
+            for (size_t j = 0; j < r->npaths; j++)
+                dup |= strcmp(r->paths[j], s->str) == 0;
+            if (dup)
+                kw_dec_error(d, s, "\"%s\" is listed twice", s->str);
+            else
+                r->paths[r->npaths++] = kw_arena_strndup(d->a, s->str, s->len);
+        }
+        pop(d, im);
+    }
+    pop(d, pm);
+    pop(d, mark);
+}
+
+void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_route *r)
+{
+    static const char *const fields[] = {"match", "backendRefs", "timeout", "streamIdleTimeout",
+                                         NULL};
+    static const char *const ref_fields[] = {"name", "weight", "priority", "modelOverride", NULL};
+    check_fields(d, spec, fields, NULL);
+    decode_match(d, spec, r);
+
+    size_t mark;
+    const struct kw_node *refs = get_seq(d, spec, "backendRefs", true, KW_MAX_BACKEND_REFS, &mark);
+    if (refs != NULL)
+        r->refs = kw_arena_alloc(d->a, refs->n * sizeof(*r->refs));
+    bool any_weight = false;
+    for (size_t i = 0; r->refs != NULL && i < refs->n; i++) {
+        size_t im;
+        const struct kw_node *m = item_map(d, refs, i, &im);
+        if (m != NULL) {
+            check_fields(d, m, ref_fields, NULL);
+            struct kw_backend_ref *ref = &r->refs[r->nrefs];
+            ref->weight = 1;
+            const struct kw_node *where;
+            ref->name = get_string(d, m, "name", true, KW_MAX_NAME_LEN, &where);
+            ref->line = where->line;
+            ref->col = where->col;
+            get_u32(d, m, "weight", 0, KW_MAX_WEIGHT, &ref->weight);
+            get_u32(d, m, "priority", 0, KW_MAX_PRIORITY, &ref->priority);
+            ref->model_override = get_string(d, m, "modelOverride", false, KW_MAX_MODEL_LEN, NULL);
+            size_t nm = push(d, "name");
+            if (ref->name != NULL && !kw_valid_dns_subdomain(ref->name)) {
+                kw_dec_error(d, where, "\"%s\" is not a valid LLMBackend name", ref->name);
+                ref->name = NULL;
+            }
+            for (size_t j = 0; ref->name != NULL && j < r->nrefs; j++)
+                if (strcmp(r->refs[j].name, ref->name) == 0) {
+                    kw_dec_error(d, where, "backend \"%s\" is referenced twice", ref->name);
+                    ref->name = NULL;
+                }
+            pop(d, nm);
+            if (ref->name != NULL) {
+                any_weight |= ref->weight > 0;
+                r->nrefs++;
+            }
+        }
+        pop(d, im);
+    }
+    if (r->nrefs > 0 && !any_weight)
+        kw_dec_error(d, refs, "every weight is 0: no backend would receive traffic");
+    pop(d, mark);
+
+    r->timeout_ms = KW_DEFAULT_ROUTE_TIMEOUT_MS;
+    r->stream_idle_timeout_ms = KW_DEFAULT_STREAM_IDLE_TIMEOUT_MS;
+    get_duration(d, spec, "timeout", 1, 24 * 3600000LL, &r->timeout_ms);
+    get_duration(d, spec, "streamIdleTimeout", 1000, 24 * 3600000LL, &r->stream_idle_timeout_ms);
+}
+
+/* ---- Secret ------------------------------------------------------------------------- */
+
+static bool valid_secret_key(const char *s, size_t len)
+{
+    if (len == 0 || len > KW_MAX_NAME_LEN || strlen(s) != len)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_' && s[i] != '.')
+            return false;
+    return strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
+}
+
+/* Standard base64 with padding, as the API server stores Secret data. */
+static char *base64_decode(struct kw_arena *a, const char *in, size_t len, size_t *outlen)
+{
+    if (len % 4 != 0)
+        return NULL;
+    char *out = kw_arena_alloc(a, len / 4 * 3 + 1);
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < len; i++)
+        if (!isalnum((unsigned char)in[i]) && in[i] != '+' && in[i] != '/' && in[i] != '=')
+            return NULL;
+    int n = EVP_DecodeBlock((unsigned char *)out, (const unsigned char *)in, (int)len);
+    if (n < 0)
+        return NULL;
+    size_t pad = 0;
+    if (len >= 1 && in[len - 1] == '=')
+        pad++;
+    if (len >= 2 && in[len - 2] == '=')
+        pad++;
+    /* '=' only as trailing padding */
+    if (memchr(in, '=', len - pad) != NULL)
+        return NULL;
+    *outlen = (size_t)n - pad;
+    out[*outlen] = '\0';
+    return out;
+}
+
+static void decode_secret_map(struct kw_dec *d, const struct kw_node *doc, const char *key,
+                              struct kw_secret *s, bool b64, size_t *total)
+{
+    size_t mark;
+    const struct kw_node *m = get_map(d, doc, key, false, &mark);
+    for (size_t i = 0; m != NULL && i < m->n; i++) {
+        const struct kw_node *k = m->pairs[i].key, *v = m->pairs[i].val;
+        size_t km = push(d, k->str);
+        if (!valid_secret_key(k->str, k->len)) {
+            kw_dec_error(d, k, "invalid key (letters, digits, '-', '_' and '.')");
+        } else if (v->type != KW_NODE_STRING) {
+            kw_dec_error(d, v, "must be a string, not a %s", kw_node_type_name(v->type));
+        } else {
+            const char *val = v->str;
+            size_t vlen = v->len;
+            if (b64) {
+                val = base64_decode(d->a, v->str, v->len, &vlen);
+                if (val == NULL)
+                    kw_dec_error(d, v, "is not valid base64 (use stringData for plain text)");
+            }
+            *total += vlen;
+            if (val != NULL) {
+                /* stringData wins over data for the same key, as in Kubernetes */
+                struct kw_secret_item *it = (struct kw_secret_item *)kw_secret_get(s, k->str);
+                if (it == NULL)
+                    it = &s->items[s->nitems++];
+                it->key = kw_arena_strndup(d->a, k->str, k->len);
+                it->value = b64 ? val : kw_arena_strndup(d->a, val, vlen);
+                it->len = vlen;
+            }
+        }
+        pop(d, km);
+    }
+    pop(d, mark);
+}
+
+static void decode_secret(struct kw_dec *d, const struct kw_node *doc, struct kw_secret *s)
+{
+    const struct kw_node *data = kw_node_get(doc, "data");
+    const struct kw_node *sdata = kw_node_get(doc, "stringData");
+    size_t max = (data != NULL && data->type == KW_NODE_MAP ? data->n : 0) +
+                 (sdata != NULL && sdata->type == KW_NODE_MAP ? sdata->n : 0);
+    if (max > 0)
+        s->items = kw_arena_alloc(d->a, max * sizeof(*s->items));
+    if (max > 0 && s->items == NULL)
+        return;
+    s->type = get_string(d, doc, "type", false, 253, NULL);
+    bool immutable = false;
+    get_bool(d, doc, "immutable", &immutable);
+    size_t total = 0;
+    decode_secret_map(d, doc, "data", s, true, &total);
+    decode_secret_map(d, doc, "stringData", s, false, &total);
+    if (total > KW_MAX_SECRET_BYTES)
+        kw_dec_error(d, doc, "Secret data is larger than %u bytes", KW_MAX_SECRET_BYTES);
+}
+
+/* ---- DataPlane ---------------------------------------------------------------------- */
+
+static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
+{
+    static const char *const fields[] = {"listen", "admin", "workers", "discovery", "limits", NULL};
+    static const char *const disc_fields[] = {"url", "tokenFile", "nodeId", "cacheFile", NULL};
+    static const char *const lim_fields[] = {"maxBodyBytes", "maxConnections", NULL};
+    check_fields(d, spec, fields, NULL);
+    const char *s;
+    if ((s = get_address(d, spec, "listen")) != NULL)
+        dp->listen = s;
+    if ((s = get_address(d, spec, "admin")) != NULL)
+        dp->admin = s;
+    get_u32(d, spec, "workers", 0, 256, &dp->workers);
+    size_t mark;
+    const struct kw_node *m = get_map(d, spec, "discovery", false, &mark);
+    if (m != NULL) {
+        check_fields(d, m, disc_fields, NULL);
+        dp->discovery.url = get_url(d, m, "url", true);
+        dp->discovery.token_file = get_string(d, m, "tokenFile", false, 4096, NULL);
+        dp->discovery.node_id = get_string(d, m, "nodeId", false, 253, NULL);
+        dp->discovery.cache_file = get_string(d, m, "cacheFile", false, 4096, NULL);
+        if (dp->discovery.cache_file == NULL)
+            dp->discovery.cache_file = KW_DEFAULT_CACHE_FILE;
+    }
+    pop(d, mark);
+    m = get_map(d, spec, "limits", false, &mark);
+    if (m != NULL) {
+        check_fields(d, m, lim_fields, NULL);
+        int64_t v;
+        if (get_int(d, m, "maxBodyBytes", 1024, 1024LL * 1024 * 1024, &v))
+            dp->limits.max_body_bytes = (uint64_t)v;
+        get_u32(d, m, "maxConnections", 1, 1000000, &dp->limits.max_connections);
+    }
+    pop(d, mark);
+}
+
+/* ---- documents ---------------------------------------------------------------------- */
+
+static void decode_meta(struct kw_dec *d, const struct kw_node *doc, struct kw_meta *meta,
+                        bool namespaced)
+{
+    static const char *const fields[] = {"name", "namespace", "labels", "annotations", NULL};
+    size_t mark;
+    const struct kw_node *m = get_map(d, doc, "metadata", true, &mark);
+    meta->ns = "default";
+    if (m != NULL) {
+        check_fields(d, m, fields, ignored_meta);
+        const struct kw_node *where;
+        meta->name = get_string(d, m, "name", true, KW_MAX_NAME_LEN, &where);
+        size_t nm = push(d, "name");
+        if (meta->name != NULL && !kw_valid_dns_subdomain(meta->name)) {
+            kw_dec_error(d, where, "\"%s\" is not a valid name (lower-case letters, digits, '-' "
+                                   "and '.', starting and ending with a letter or digit)",
+                         meta->name);
+            meta->name = NULL;
+        }
+        pop(d, nm);
+        const char *ns = get_string(d, m, "namespace", false, KW_MAX_NAMESPACE_LEN, &where);
+        if (ns != NULL) {
+            nm = push(d, "namespace");
+            if (!namespaced)
+                kw_dec_error(d, where, "this kind has no namespace");
+            else if (!kw_valid_dns_label(ns))
+                kw_dec_error(d, where, "\"%s\" is not a valid namespace", ns);
+            else
+                meta->ns = ns;
+            pop(d, nm);
+        }
+        if (!d->strict || d->file == NULL) {
+            const struct kw_node *n;
+            if ((n = kw_node_get(m, "uid")) != NULL && n->type == KW_NODE_STRING)
+                meta->uid = kw_arena_strndup(d->a, n->str, n->len);
+            if ((n = kw_node_get(m, "resourceVersion")) != NULL && n->type == KW_NODE_STRING)
+                meta->resource_version = kw_arena_strndup(d->a, n->str, n->len);
+            if ((n = kw_node_get(m, "creationTimestamp")) != NULL && n->type == KW_NODE_STRING)
+                meta->creation_timestamp = kw_arena_strndup(d->a, n->str, n->len);
+            if ((n = kw_node_get(m, "generation")) != NULL && n->type == KW_NODE_INT)
+                meta->generation = n->i;
+        }
+    }
+    pop(d, mark);
+}
+
+static char *object_name(struct kw_arena *a, enum kw_kind kind, const struct kw_node *doc)
+{
+    const struct kw_node *meta = kw_node_get(doc, "metadata");
+    const struct kw_node *name = kw_node_get(meta, "name");
+    const struct kw_node *ns = kw_node_get(meta, "namespace");
+    const char *n = name != NULL && name->type == KW_NODE_STRING ? name->str : "(unnamed)";
+    if (kind == KW_KIND_DATAPLANE)
+        return kw_arena_printf(a, "%s/%.100s", kw_kind_name(kind), n);
+    const char *s = ns != NULL && ns->type == KW_NODE_STRING ? ns->str : "default";
+    return kw_arena_printf(a, "%s/%.63s/%.100s", kw_kind_name(kind), s, n);
+}
+
+int kw_decode_document(struct kw_arena *a, const struct kw_node *doc, const char *file,
+                       bool strict, struct kw_diag *diag, struct kw_decoded *out)
+{
+    static const char *const kinds[] = {"LLMBackend", "LLMRoute", "Secret", "DataPlane", NULL};
+    static const char *const crd_fields[] = {"apiVersion", "kind", "metadata", "spec", NULL};
+    static const char *const secret_fields[] = {"apiVersion", "kind", "metadata", "type", "data",
+                                                "stringData", "immutable", NULL};
+    static const char *const status_only[] = {"status", NULL};
+    struct kw_dec d = {.a = a, .diag = diag, .file = file, .strict = strict};
+    memset(out, 0, sizeof(*out));
+    if (doc->type != KW_NODE_MAP) {
+        kw_dec_error(&d, doc, "a document must be a map with apiVersion and kind, not a %s",
+                     kw_node_type_name(doc->type));
+        return KW_ERROR;
+    }
+    const struct kw_node *kn = kw_node_get(doc, "kind");
+    const struct kw_node *an = kw_node_get(doc, "apiVersion");
+    if (kn == NULL || kn->type != KW_NODE_STRING) {
+        size_t m = push(&d, "kind");
+        kw_dec_error(&d, kn != NULL ? kn : doc, "required: one of LLMBackend, LLMRoute, Secret, DataPlane");
+        pop(&d, m);
+        return KW_ERROR;
+    }
+    int kind = -1;
+    for (int i = 0; kinds[i] != NULL; i++)
+        if (strcmp(kn->str, kinds[i]) == 0)
+            kind = i;
+    if (kind < 0) {
+        const char *hint = suggest(kn->str, kinds);
+        size_t m = push(&d, "kind");
+        kw_dec_error(&d, kn, "unknown kind \"%.64s\"%s%s%s; knoway reads LLMBackend, LLMRoute, "
+                             "Secret and DataPlane",
+                     kn->str, hint ? " (did you mean \"" : "", hint ? hint : "", hint ? "\"?)" : "");
+        pop(&d, m);
+        return KW_ERROR;
+    }
+    out->kind = (enum kw_kind)kind;
+    d.object = object_name(a, out->kind, doc);
+    if (d.object == NULL)
+        return KW_ERROR;
+    const char *want_api = out->kind == KW_KIND_SECRET ? "v1" : KW_API_VERSION;
+    size_t am = push(&d, "apiVersion");
+    if (an == NULL)
+        kw_dec_error(&d, doc, "required field is missing (\"%s\")", want_api);
+    else if (an->type != KW_NODE_STRING || strcmp(an->str, want_api) != 0)
+        kw_dec_error(&d, an, "must be \"%s\" for kind %s", want_api, kn->str);
+    pop(&d, am);
+
+    struct kw_meta *meta = NULL;
+    switch (out->kind) {
+    case KW_KIND_LLMBACKEND:
+        out->backend = kw_arena_alloc(a, sizeof(*out->backend));
+        if (out->backend == NULL)
+            return KW_ERROR;
+        meta = &out->backend->meta;
+        break;
+    case KW_KIND_LLMROUTE:
+        out->route = kw_arena_alloc(a, sizeof(*out->route));
+        if (out->route == NULL)
+            return KW_ERROR;
+        meta = &out->route->meta;
+        break;
+    case KW_KIND_SECRET:
+        out->secret = kw_arena_alloc(a, sizeof(*out->secret));
+        if (out->secret == NULL)
+            return KW_ERROR;
+        meta = &out->secret->meta;
+        break;
+    case KW_KIND_DATAPLANE:
+        out->dataplane = kw_arena_alloc(a, sizeof(*out->dataplane));
+        if (out->dataplane == NULL)
+            return KW_ERROR;
+        kw_dataplane_defaults(out->dataplane);
+        meta = &out->dataplane->meta;
+        break;
+    }
+    check_fields(&d, doc, out->kind == KW_KIND_SECRET ? secret_fields : crd_fields, status_only);
+    decode_meta(&d, doc, meta, out->kind != KW_KIND_DATAPLANE);
+    meta->file = file != NULL ? kw_arena_strdup(a, file) : NULL;
+    meta->line = doc->line;
+    meta->col = doc->col;
+
+    if (out->kind == KW_KIND_SECRET) {
+        decode_secret(&d, doc, out->secret);
+        out->secret->valid = d.errors == 0;
+        out->errors = d.errors;
+        return KW_OK;
+    }
+    size_t sm;
+    const struct kw_node *spec = get_map(&d, doc, "spec", out->kind != KW_KIND_DATAPLANE, &sm);
+    if (spec != NULL) {
+        switch (out->kind) {
+        case KW_KIND_LLMBACKEND:
+            kw_decode_backend_spec(&d, spec, out->backend);
+            break;
+        case KW_KIND_LLMROUTE:
+            kw_decode_route_spec(&d, spec, out->route);
+            break;
+        case KW_KIND_DATAPLANE:
+            decode_dataplane(&d, spec, out->dataplane);
+            break;
+        default:
+            break;
+        }
+    }
+    pop(&d, sm);
+    if (out->backend != NULL)
+        out->backend->valid = d.errors == 0;
+    if (out->route != NULL)
+        out->route->valid = d.errors == 0;
+    out->errors = d.errors;
+    return KW_OK;
+}

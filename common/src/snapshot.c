@@ -1,0 +1,581 @@
+/* Snapshots: build from a config, serialise canonically, parse and validate.
+ *
+ * There is one way into a kw_snapshot: kw_snapshot_parse. kw_snapshot_build writes the
+ * canonical document and parses it, so a built snapshot and one received over discovery
+ * went through the same validation, and the version is computed in one place
+ * (snapshot_text). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "decode.h"
+#include "knoway/json.h"
+#include "knoway/kw.h"
+#include "knoway/snapshot.h"
+
+/* ---- canonical text --------------------------------------------------------------- */
+
+static struct kw_node *entry(struct kw_arena *a, const struct kw_meta *m, struct kw_node *spec)
+{
+    struct kw_node *e = kw_node_new(a, KW_NODE_MAP);
+    if (e == NULL || spec == NULL || kw_node_map_put(a, e, "name", kw_node_cstring(a, m->name)) ||
+        kw_node_map_put(a, e, "namespace", kw_node_cstring(a, m->ns)) ||
+        kw_node_map_put(a, e, "spec", spec))
+        return NULL;
+    return e;
+}
+
+static struct kw_node *credential_entry(struct kw_arena *a, const struct kw_credential *c)
+{
+    struct kw_node *e = kw_node_new(a, KW_NODE_MAP);
+    size_t cap = (c->len + 2) / 3 * 4 + 1;
+    char *b64 = kw_arena_alloc(a, cap);
+    if (e == NULL || b64 == NULL)
+        return NULL;
+    int n = EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)c->value, (int)c->len);
+    if (kw_node_map_put(a, e, "data", kw_node_string(a, b64, (size_t)n)) ||
+        kw_node_map_put(a, e, "key", kw_node_cstring(a, c->key)) ||
+        kw_node_map_put(a, e, "name", kw_node_cstring(a, c->name)) ||
+        kw_node_map_put(a, e, "namespace", kw_node_cstring(a, c->ns)))
+        return NULL;
+    return e;
+}
+
+static void hex(const unsigned char *in, size_t len, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
+/* The canonical document (version included) of these resources into out, and the version
+ * into version. KW_OK, or KW_ERROR on out-of-memory or past the size limit. */
+static int snapshot_text(struct kw_backend *const *bs, size_t nb, struct kw_route *const *rs,
+                         size_t nr, const struct kw_credential *cs, size_t nc, struct kw_buf *out,
+                         char version[KW_SNAPSHOT_VERSION_LEN + 1])
+{
+    int rc = KW_ERROR;
+    struct kw_arena *a = kw_arena_new(KW_MAX_ARENA_BYTES);
+    if (a == NULL)
+        return KW_ERROR;
+    struct kw_node *root = kw_node_new(a, KW_NODE_MAP);
+    struct kw_node *backends = kw_node_new(a, KW_NODE_SEQ);
+    struct kw_node *routes = kw_node_new(a, KW_NODE_SEQ);
+    struct kw_node *creds = kw_node_new(a, KW_NODE_SEQ);
+    if (root == NULL || backends == NULL || routes == NULL || creds == NULL)
+        goto out;
+    for (size_t i = 0; i < nb; i++)
+        if (kw_node_seq_push(a, backends, entry(a, &bs[i]->meta, kw_encode_backend_spec(a, bs[i]))))
+            goto out;
+    for (size_t i = 0; i < nr; i++)
+        if (kw_node_seq_push(a, routes, entry(a, &rs[i]->meta, kw_encode_route_spec(a, rs[i]))))
+            goto out;
+    for (size_t i = 0; i < nc; i++)
+        if (kw_node_seq_push(a, creds, credential_entry(a, &cs[i])))
+            goto out;
+    if (kw_node_map_put(a, root, "backends", backends) ||
+        kw_node_map_put(a, root, "credentials", creds) ||
+        kw_node_map_put(a, root, "routes", routes))
+        goto out;
+    size_t start = out->len;
+    if (kw_json_write_canonical(root, out) != KW_OK)
+        goto out;
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    if (!EVP_Digest(out->data + start, out->len - start, md, &mdlen, EVP_sha256(), NULL))
+        goto out;
+    memcpy(version, "sha256:", 7);
+    hex(md, mdlen, version + 7);
+    /* "version" sorts after every other key: it closes the object. */
+    out->len--;
+    if (kw_buf_printf(out, ",\"version\":\"%s\"}", version) != KW_OK)
+        goto out;
+    rc = KW_OK;
+out:
+    kw_arena_free(a);
+    return rc;
+}
+
+int kw_snapshot_serialize(const struct kw_snapshot *s, struct kw_buf *out)
+{
+    char version[KW_SNAPSHOT_VERSION_LEN + 1];
+    return snapshot_text(s->backends, s->nbackends, s->routes, s->nroutes, s->credentials,
+                         s->ncredentials, out, version);
+}
+
+/* ---- ordering --------------------------------------------------------------------- */
+
+static int cmp_meta(const struct kw_meta *a, const struct kw_meta *b)
+{
+    int r = strcmp(a->ns, b->ns);
+    return r != 0 ? r : strcmp(a->name, b->name);
+}
+
+static int cmp_backend(const void *x, const void *y)
+{
+    return cmp_meta(&(*(struct kw_backend *const *)x)->meta, &(*(struct kw_backend *const *)y)->meta);
+}
+
+/* Routes are listed oldest first: that order breaks ties between equally specific
+ * matches. Age is the creation time from the API, else the order in the file. */
+static int cmp_route_age(const void *x, const void *y)
+{
+    const struct kw_meta *a = &(*(struct kw_route *const *)x)->meta;
+    const struct kw_meta *b = &(*(struct kw_route *const *)y)->meta;
+    const char *ta = a->creation_timestamp != NULL ? a->creation_timestamp : "";
+    const char *tb = b->creation_timestamp != NULL ? b->creation_timestamp : "";
+    int r = strcmp(ta, tb); /* RFC 3339 UTC times sort as text */
+    if (r != 0)
+        return r;
+    if (a->order != b->order)
+        return a->order < b->order ? -1 : 1;
+    return cmp_meta(a, b);
+}
+
+static int cmp_cred(const void *x, const void *y)
+{
+    const struct kw_credential *a = x, *b = y;
+    int r = strcmp(a->ns, b->ns);
+    if (r == 0)
+        r = strcmp(a->name, b->name);
+    return r != 0 ? r : strcmp(a->key, b->key);
+}
+
+/* ---- build ------------------------------------------------------------------------ */
+
+int kw_service_resolve_dns(void *ud, struct kw_arena *a, const char *ns, const char *name,
+                           uint32_t port, struct kw_endpoint **eps, size_t *neps, char *err,
+                           size_t errlen)
+{
+    (void)ud;
+    struct kw_endpoint *e = kw_arena_alloc(a, sizeof(*e));
+    if (e == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return KW_ERROR;
+    }
+    e->url = kw_arena_printf(a, "http://%s.%s.svc:%u", name, ns, port);
+    e->weight = 1;
+    *eps = e;
+    *neps = 1;
+    return e->url != NULL ? KW_OK : KW_ERROR;
+}
+
+struct creds {
+    struct kw_credential *items;
+    size_t n, cap;
+};
+
+static int add_cred(struct creds *cs, const struct kw_config *cfg, const char *ns,
+                    const char *name, const char *key)
+{
+    if (name == NULL || key == NULL || key[0] == '\0')
+        return KW_OK;
+    for (size_t i = 0; i < cs->n; i++)
+        if (strcmp(cs->items[i].ns, ns) == 0 && strcmp(cs->items[i].name, name) == 0 &&
+            strcmp(cs->items[i].key, key) == 0)
+            return KW_OK;
+    const struct kw_secret *s = kw_config_find_secret(cfg, ns, name);
+    const struct kw_secret_item *it = s != NULL ? kw_secret_get(s, key) : NULL;
+    if (it == NULL)
+        return KW_DECLINED;
+    if (cs->n == cs->cap) {
+        size_t cap = cs->cap != 0 ? cs->cap * 2 : 16;
+        struct kw_credential *p = realloc(cs->items, cap * sizeof(*p));
+        if (p == NULL)
+            return KW_ERROR;
+        cs->items = p;
+        cs->cap = cap;
+    }
+    cs->items[cs->n++] = (struct kw_credential){ns, name, key, it->value, it->len};
+    return KW_OK;
+}
+
+static int backend_creds(struct creds *cs, const struct kw_config *cfg, const struct kw_backend *b)
+{
+    const char *ns = b->meta.ns;
+    const struct kw_credentials *c = &b->credentials;
+    int rc = add_cred(cs, cfg, ns, b->upstream.tls.ca_secret_ref.name, b->upstream.tls.ca_secret_ref.key);
+    if (rc == KW_OK && b->provider == KW_PROVIDER_AWS_BEDROCK) {
+        rc = add_cred(cs, cfg, ns, c->secret_ref.name, c->bedrock.access_key_id_key);
+        if (rc == KW_OK)
+            rc = add_cred(cs, cfg, ns, c->secret_ref.name, c->bedrock.secret_access_key_key);
+        if (rc == KW_OK)
+            rc = add_cred(cs, cfg, ns, c->secret_ref.name, c->bedrock.session_token_key);
+    } else if (rc == KW_OK) {
+        rc = add_cred(cs, cfg, ns, c->secret_ref.name, c->secret_ref.key);
+    }
+    return rc;
+}
+
+static bool in_backends(struct kw_backend *const *bs, size_t n, const struct kw_backend *b)
+{
+    for (size_t i = 0; i < n; i++)
+        if (bs[i] == b)
+            return true;
+    return false;
+}
+
+struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_resolver_fn resolve,
+                                      void *ud, struct kw_diag *diag)
+{
+    struct kw_snapshot *snap = NULL;
+    struct kw_arena *a = kw_arena_new(KW_MAX_ARENA_BYTES);
+    struct kw_backend **bs = calloc(cfg->nbackends + 1, sizeof(*bs));
+    struct kw_route **rs = calloc(cfg->nroutes + 1, sizeof(*rs));
+    struct creds cs = {0};
+    struct kw_buf text;
+    kw_buf_init(&text, KW_MAX_SNAPSHOT_BYTES);
+    size_t nb = 0, nr = 0;
+    if (a == NULL || bs == NULL || rs == NULL)
+        goto out;
+
+    for (size_t i = 0; i < cfg->nbackends; i++) {
+        const struct kw_backend *src = cfg->backends[i];
+        if (!src->valid || src->meta.name == NULL)
+            continue;
+        struct kw_backend *b = kw_arena_alloc(a, sizeof(*b));
+        if (b == NULL)
+            goto out;
+        *b = *src;
+        if (b->upstream.service_ref.name != NULL) {
+            char err[256] = "";
+            struct kw_endpoint *eps = NULL;
+            size_t neps = 0;
+            if (resolve(ud, a, b->meta.ns, b->upstream.service_ref.name, b->upstream.service_ref.port,
+                        &eps, &neps, err, sizeof(err)) != KW_OK || neps == 0) {
+                kw_diag_add(diag, b->meta.file, b->meta.line, b->meta.col,
+                            kw_arena_printf(a, "LLMBackend/%s/%s", b->meta.ns, b->meta.name),
+                            "spec.upstream.serviceRef", "%s",
+                            err[0] != '\0' ? err : "the Service has no ready endpoints");
+                continue;
+            }
+            const char *root = kw_provider_service_path(b->provider);
+            for (size_t j = 0; j < neps; j++)
+                eps[j].url = kw_arena_printf(a, "%s%s", eps[j].url, root);
+            b->upstream.service_ref.name = NULL;
+            b->upstream.service_ref.port = 0;
+            b->upstream.endpoints = eps;
+            b->upstream.nendpoints = neps;
+        }
+        int rc = backend_creds(&cs, cfg, b);
+        if (rc == KW_ERROR)
+            goto out;
+        if (rc == KW_DECLINED) /* kw_config_check reported it */
+            continue;
+        bs[nb++] = b;
+    }
+    qsort(bs, nb, sizeof(*bs), cmp_backend);
+
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const struct kw_route *src = cfg->routes[i];
+        if (!src->valid || src->meta.name == NULL)
+            continue;
+        struct kw_route *r = kw_arena_alloc(a, sizeof(*r));
+        struct kw_backend_ref *refs = kw_arena_alloc(a, (src->nrefs + 1) * sizeof(*refs));
+        if (r == NULL || refs == NULL)
+            goto out;
+        *r = *src;
+        r->refs = refs;
+        r->nrefs = 0;
+        bool weight = false;
+        for (size_t j = 0; j < src->nrefs; j++) {
+            const struct kw_backend *target = src->refs[j].backend;
+            struct kw_backend *copy = NULL;
+            for (size_t k = 0; target != NULL && k < nb; k++)
+                if (cmp_meta(&bs[k]->meta, &target->meta) == 0)
+                    copy = bs[k];
+            if (copy == NULL || !in_backends(bs, nb, copy))
+                continue;
+            refs[r->nrefs] = src->refs[j];
+            refs[r->nrefs].backend = copy;
+            weight |= refs[r->nrefs].weight > 0;
+            r->nrefs++;
+        }
+        if (r->nrefs == 0 || !weight) {
+            kw_diag_add(diag, r->meta.file, r->meta.line, r->meta.col,
+                        kw_arena_printf(a, "LLMRoute/%s/%s", r->meta.ns, r->meta.name),
+                        "spec.backendRefs", "no usable backend: the route is not programmed");
+            continue;
+        }
+        rs[nr++] = r;
+    }
+    qsort(rs, nr, sizeof(*rs), cmp_route_age);
+    if (cs.n > 0)
+        qsort(cs.items, cs.n, sizeof(*cs.items), cmp_cred);
+
+    char version[KW_SNAPSHOT_VERSION_LEN + 1];
+    if (snapshot_text(bs, nb, rs, nr, cs.items, cs.n, &text, version) != KW_OK) {
+        kw_diag_add(diag, NULL, 0, 0, NULL, NULL, "snapshot too large or out of memory");
+        goto out;
+    }
+    snap = kw_snapshot_parse(text.data, text.len, diag);
+out:
+    kw_buf_cleanup(&text);
+    free(cs.items);
+    free(bs);
+    free(rs);
+    kw_arena_free(a);
+    return snap;
+}
+
+/* ---- parse ------------------------------------------------------------------------ */
+
+static bool check_keys(struct kw_dec *d, const struct kw_node *m, const char *const *keys)
+{
+    bool ok = true;
+    for (size_t i = 0; i < m->n; i++) {
+        bool known = false;
+        for (const char *const *k = keys; *k != NULL; k++)
+            known |= strcmp(m->pairs[i].key->str, *k) == 0;
+        if (!known) {
+            kw_dec_error(d, m, "unknown field \"%.100s\"", m->pairs[i].key->str);
+            ok = false;
+        }
+    }
+    for (const char *const *k = keys; *k != NULL; k++)
+        if (kw_node_get(m, *k) == NULL) {
+            kw_dec_error(d, m, "missing field \"%s\"", *k);
+            ok = false;
+        }
+    return ok;
+}
+
+static const char *entry_str(const struct kw_node *e, const char *key)
+{
+    const struct kw_node *n = kw_node_get(e, key);
+    return n != NULL && n->type == KW_NODE_STRING && strlen(n->str) == n->len ? n->str : NULL;
+}
+
+/* Read {name, namespace, spec} and set meta; returns spec or NULL. */
+static const struct kw_node *parse_entry(struct kw_dec *d, const struct kw_node *e,
+                                         struct kw_meta *meta, char *objbuf, size_t objlen,
+                                         const char *kind)
+{
+    static const char *const keys[] = {"name", "namespace", "spec", NULL};
+    if (e->type != KW_NODE_MAP || !check_keys(d, e, keys))
+        return NULL;
+    meta->name = kw_arena_strdup(d->a, entry_str(e, "name"));
+    meta->ns = kw_arena_strdup(d->a, entry_str(e, "namespace"));
+    if (meta->name == NULL || meta->ns == NULL || !kw_valid_dns_subdomain(meta->name) ||
+        !kw_valid_dns_label(meta->ns)) {
+        kw_dec_error(d, e, "invalid name or namespace");
+        return NULL;
+    }
+    snprintf(objbuf, objlen, "%s/%s/%s", kind, meta->ns, meta->name);
+    const struct kw_node *spec = kw_node_get(e, "spec");
+    if (spec->type != KW_NODE_MAP) {
+        kw_dec_error(d, spec, "spec must be a map");
+        return NULL;
+    }
+    return spec;
+}
+
+const struct kw_credential *kw_snapshot_credential(const struct kw_snapshot *s, const char *ns,
+                                                   const char *name, const char *key)
+{
+    for (size_t i = 0; i < s->ncredentials; i++) {
+        const struct kw_credential *c = &s->credentials[i];
+        if (strcmp(c->ns, ns) == 0 && strcmp(c->name, name) == 0 && strcmp(c->key, key) == 0)
+            return c;
+    }
+    return NULL;
+}
+
+static bool has_cred(struct kw_snapshot *s, const char *ns, const char *name, const char *key)
+{
+    return name == NULL || key == NULL || key[0] == '\0' ||
+           kw_snapshot_credential(s, ns, name, key) != NULL;
+}
+
+static void parse_credentials(struct kw_dec *d, struct kw_snapshot *s, const struct kw_node *seq)
+{
+    static const char *const keys[] = {"data", "key", "name", "namespace", NULL};
+    s->credentials = kw_arena_alloc(d->a, (seq->n + 1) * sizeof(*s->credentials));
+    if (s->credentials == NULL) {
+        kw_dec_error(d, seq, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < seq->n; i++) {
+        const struct kw_node *e = seq->items[i];
+        if (e->type != KW_NODE_MAP || !check_keys(d, e, keys))
+            continue;
+        struct kw_credential *c = &s->credentials[s->ncredentials];
+        c->ns = kw_arena_strdup(d->a, entry_str(e, "namespace"));
+        c->name = kw_arena_strdup(d->a, entry_str(e, "name"));
+        c->key = kw_arena_strdup(d->a, entry_str(e, "key"));
+        const char *data = entry_str(e, "data");
+        if (c->ns == NULL || c->name == NULL || c->key == NULL || data == NULL) {
+            kw_dec_error(d, e, "credentials[%zu]: fields must be strings", i);
+            continue;
+        }
+        size_t len = strlen(data);
+        unsigned char *v = kw_arena_alloc(d->a, len / 4 * 3 + 1);
+        int n = len % 4 == 0 && v != NULL ? EVP_DecodeBlock(v, (const unsigned char *)data, (int)len) : -1;
+        if (n < 0) {
+            kw_dec_error(d, e, "credentials[%zu].data: not base64", i);
+            continue;
+        }
+        size_t pad = (len >= 1 && data[len - 1] == '=') + (len >= 2 && data[len - 2] == '=');
+        c->len = (size_t)n - pad;
+        v[c->len] = '\0';
+        c->value = (const char *)v;
+        if (s->ncredentials > 0 && cmp_cred(&s->credentials[s->ncredentials - 1], c) >= 0) {
+            kw_dec_error(d, e, "credentials[%zu]: not sorted or duplicated", i);
+            continue;
+        }
+        s->ncredentials++;
+    }
+}
+
+struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_diag *diag)
+{
+    static const char *const top[] = {"backends", "credentials", "routes", "version", NULL};
+    struct kw_snapshot *s = calloc(1, sizeof(*s));
+    struct kw_buf text;
+    kw_buf_init(&text, KW_MAX_SNAPSHOT_BYTES);
+    if (s == NULL) {
+        kw_diag_add(diag, NULL, 0, 0, "snapshot", NULL, "out of memory");
+        return NULL;
+    }
+    atomic_init(&s->refs, 1);
+    s->arena = kw_arena_new(KW_MAX_ARENA_BYTES);
+    struct kw_dec d = {.a = s->arena, .diag = diag, .object = "snapshot", .strict = true,
+                       .snapshot = true};
+    char err[256];
+    struct kw_node *root;
+    if (s->arena == NULL || kw_json_parse(s->arena, json, len, &root, err, sizeof(err)) != KW_OK) {
+        kw_diag_add(diag, NULL, 0, 0, "snapshot", NULL, "%s", s->arena ? err : "out of memory");
+        goto fail;
+    }
+    if (root->type != KW_NODE_MAP || !check_keys(&d, root, top))
+        goto fail;
+    const struct kw_node *bn = kw_node_get(root, "backends");
+    const struct kw_node *rn = kw_node_get(root, "routes");
+    const struct kw_node *cn = kw_node_get(root, "credentials");
+    const char *version = entry_str(root, "version");
+    if (bn->type != KW_NODE_SEQ || rn->type != KW_NODE_SEQ || cn->type != KW_NODE_SEQ ||
+        version == NULL || strlen(version) != KW_SNAPSHOT_VERSION_LEN ||
+        strncmp(version, "sha256:", 7) != 0) {
+        kw_dec_error(&d, root, "backends, routes and credentials must be lists and version "
+                               "a sha256: digest");
+        goto fail;
+    }
+    parse_credentials(&d, s, cn);
+
+    s->backends = kw_arena_alloc(s->arena, (bn->n + 1) * sizeof(*s->backends));
+    s->routes = kw_arena_alloc(s->arena, (rn->n + 1) * sizeof(*s->routes));
+    if (s->backends == NULL || s->routes == NULL)
+        goto fail;
+    char obj[400];
+    for (size_t i = 0; i < bn->n; i++) {
+        struct kw_backend *b = kw_arena_alloc(s->arena, sizeof(*b));
+        if (b == NULL)
+            goto fail;
+        d.object = "snapshot";
+        const struct kw_node *spec = parse_entry(&d, bn->items[i], &b->meta, obj, sizeof(obj),
+                                                 "LLMBackend");
+        if (spec == NULL)
+            continue;
+        d.object = obj;
+        unsigned before = d.errors;
+        d.plen = 0;
+        d.path[0] = '\0';
+        strcpy(d.path, "spec");
+        d.plen = 4;
+        kw_decode_backend_spec(&d, spec, b);
+        d.plen = 0;
+        d.path[0] = '\0';
+        const struct kw_credentials *c = &b->credentials;
+        bool creds_ok = has_cred(s, b->meta.ns, b->upstream.tls.ca_secret_ref.name,
+                                 b->upstream.tls.ca_secret_ref.key);
+        if (b->provider == KW_PROVIDER_AWS_BEDROCK)
+            creds_ok &= has_cred(s, b->meta.ns, c->secret_ref.name, c->bedrock.access_key_id_key) &&
+                        has_cred(s, b->meta.ns, c->secret_ref.name, c->bedrock.secret_access_key_key) &&
+                        has_cred(s, b->meta.ns, c->secret_ref.name, c->bedrock.session_token_key);
+        else
+            creds_ok &= has_cred(s, b->meta.ns, c->secret_ref.name, c->secret_ref.key);
+        if (!creds_ok)
+            kw_dec_error(&d, bn->items[i], "a referenced credential is missing from the snapshot");
+        if (s->nbackends > 0 && cmp_meta(&s->backends[s->nbackends - 1]->meta, &b->meta) >= 0)
+            kw_dec_error(&d, bn->items[i], "backends are not sorted by namespace/name, or repeat");
+        if (d.errors == before) {
+            b->valid = true;
+            s->backends[s->nbackends++] = b;
+        }
+    }
+    for (size_t i = 0; i < rn->n; i++) {
+        struct kw_route *r = kw_arena_alloc(s->arena, sizeof(*r));
+        if (r == NULL)
+            goto fail;
+        d.object = "snapshot";
+        const struct kw_node *spec = parse_entry(&d, rn->items[i], &r->meta, obj, sizeof(obj),
+                                                 "LLMRoute");
+        if (spec == NULL)
+            continue;
+        r->meta.order = i;
+        d.object = obj;
+        unsigned before = d.errors;
+        strcpy(d.path, "spec");
+        d.plen = 4;
+        kw_decode_route_spec(&d, spec, r);
+        d.plen = 0;
+        d.path[0] = '\0';
+        for (size_t j = 0; j < r->nrefs; j++) {
+            for (size_t k = 0; k < s->nbackends; k++)
+                if (strcmp(s->backends[k]->meta.ns, r->meta.ns) == 0 &&
+                    strcmp(s->backends[k]->meta.name, r->refs[j].name) == 0)
+                    r->refs[j].backend = s->backends[k];
+            if (r->refs[j].backend == NULL)
+                kw_dec_error(&d, rn->items[i], "backendRefs[%zu]: LLMBackend \"%s\" is not in "
+                                               "the snapshot", j, r->refs[j].name);
+        }
+        for (size_t k = 0; k < s->nroutes; k++)
+            if (cmp_meta(&s->routes[k]->meta, &r->meta) == 0)
+                kw_dec_error(&d, rn->items[i], "route listed twice");
+        if (d.errors == before) {
+            r->valid = r->resolved = true;
+            s->routes[s->nroutes++] = r;
+        }
+    }
+    if (d.errors > 0)
+        goto fail;
+    if (snapshot_text(s->backends, s->nbackends, s->routes, s->nroutes, s->credentials,
+                      s->ncredentials, &text, s->version) != KW_OK) {
+        kw_diag_add(diag, NULL, 0, 0, "snapshot", NULL, "out of memory");
+        goto fail;
+    }
+    if (strcmp(s->version, version) != 0) {
+        kw_diag_add(diag, NULL, 0, 0, "snapshot", "version",
+                    "%s does not match the content (%s)", version, s->version);
+        goto fail;
+    }
+    kw_buf_cleanup(&text);
+    return s;
+fail:
+    kw_buf_cleanup(&text);
+    kw_arena_free(s->arena);
+    free(s);
+    return NULL;
+}
+
+struct kw_snapshot *kw_snapshot_ref(struct kw_snapshot *s)
+{
+    if (s != NULL)
+        atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+    return s;
+}
+
+void kw_snapshot_unref(struct kw_snapshot *s)
+{
+    if (s == NULL)
+        return;
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) {
+        kw_arena_free(s->arena);
+        free(s);
+    }
+}

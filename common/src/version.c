@@ -1,0 +1,6 @@
+#include "knoway/kw.h"
+
+const char *kw_version(void)
+{
+    return KW_VERSION;
+}
