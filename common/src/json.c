@@ -150,6 +150,13 @@ int kw_json_parse(struct kw_arena *a, const char *buf, size_t len, struct kw_nod
         snprintf(err, errlen, "document larger than %u bytes", KW_MAX_SNAPSHOT_BYTES);
         return KW_ERROR;
     }
+    size_t ws = 0;
+    while (ws < len && (buf[ws] == ' ' || buf[ws] == '\t' || buf[ws] == '\r' || buf[ws] == '\n'))
+        ws++;
+    if (ws == len) {
+        snprintf(err, errlen, "empty JSON document");
+        return KW_ERROR;
+    }
     yajl_handle h = yajl_alloc(&callbacks, NULL, &c);
     if (h == NULL) {
         snprintf(err, errlen, "out of memory");

@@ -228,6 +228,28 @@ static void check_fields(struct kw_dec *d, const struct kw_node *m, const char *
     }
 }
 
+/* "a string", "an integer", ... */
+static const char *a_type(enum kw_node_type t)
+{
+    switch (t) {
+    case KW_NODE_NULL:
+        return "null";
+    case KW_NODE_BOOL:
+        return "a boolean";
+    case KW_NODE_INT:
+        return "an integer";
+    case KW_NODE_FLOAT:
+        return "a number";
+    case KW_NODE_STRING:
+        return "a string";
+    case KW_NODE_MAP:
+        return "a map";
+    case KW_NODE_SEQ:
+        return "a list";
+    }
+    return "a value";
+}
+
 /* ---- typed getters ------------------------------------------------------------------ */
 /* Each looks up key in map m, pushes its name on the path, checks the type and range,
  * and returns the node (NULL when absent or wrong). */
@@ -243,8 +265,7 @@ static const struct kw_node *want(struct kw_dec *d, const struct kw_node *m, con
         return NULL;
     }
     if (n->type != t && !(t == KW_NODE_FLOAT && n->type == KW_NODE_INT)) {
-        kw_dec_error(d, n, "must be a %s, not a %s", kw_node_type_name(t),
-                     kw_node_type_name(n->type));
+        kw_dec_error(d, n, "must be %s, not %s", a_type(t), a_type(n->type));
         return NULL;
     }
     return n;
@@ -289,7 +310,7 @@ static bool get_int(struct kw_dec *d, const struct kw_node *m, const char *key, 
     mark = push(d, key);
     if (n != NULL && n->type != KW_NODE_NULL) {
         if (n->type != KW_NODE_INT)
-            kw_dec_error(d, n, "must be an integer, not a %s", kw_node_type_name(n->type));
+            kw_dec_error(d, n, "must be an integer, not %s", a_type(n->type));
         else if (n->i < min || n->i > max)
             kw_dec_error(d, n, "must be %lld..%lld, got %lld", (long long)min, (long long)max,
                          (long long)n->i);
@@ -329,8 +350,8 @@ static void get_duration(struct kw_dec *d, const struct kw_node *m, const char *
         char err[160], lo[32], hi[32];
         int64_t ms;
         if (n->type != KW_NODE_STRING)
-            kw_dec_error(d, n, "must be a duration string like \"30s\", not a %s",
-                         kw_node_type_name(n->type));
+            kw_dec_error(d, n, "must be a duration string like \"30s\", not %s",
+                         a_type(n->type));
         else if (kw_duration_parse(n->str, n->len, &ms, err, sizeof(err)) != KW_OK)
             kw_dec_error(d, n, "%s", err);
         else if (ms < min_ms || ms > max_ms) {
@@ -373,7 +394,7 @@ static const struct kw_node *item_map(struct kw_dec *d, const struct kw_node *se
     *mark = push_index(d, i);
     const struct kw_node *n = seq->items[i];
     if (n->type != KW_NODE_MAP) {
-        kw_dec_error(d, n, "must be a map, not a %s", kw_node_type_name(n->type));
+        kw_dec_error(d, n, "must be a map, not %s", a_type(n->type));
         return NULL;
     }
     return n;
@@ -1072,7 +1093,7 @@ static void decode_secret_map(struct kw_dec *d, const struct kw_node *doc, const
         if (!valid_secret_key(k->str, k->len)) {
             kw_dec_error(d, k, "invalid key (letters, digits, '-', '_' and '.')");
         } else if (v->type != KW_NODE_STRING) {
-            kw_dec_error(d, v, "must be a string, not a %s", kw_node_type_name(v->type));
+            kw_dec_error(d, v, "must be a string, not %s", a_type(v->type));
         } else {
             const char *val = v->str;
             size_t vlen = v->len;
@@ -1224,8 +1245,8 @@ int kw_decode_document(struct kw_arena *a, const struct kw_node *doc, const char
     struct kw_dec d = {.a = a, .diag = diag, .file = file, .strict = strict};
     memset(out, 0, sizeof(*out));
     if (doc->type != KW_NODE_MAP) {
-        kw_dec_error(&d, doc, "a document must be a map with apiVersion and kind, not a %s",
-                     kw_node_type_name(doc->type));
+        kw_dec_error(&d, doc, "a document must be a map with apiVersion and kind, not %s",
+                     a_type(doc->type));
         return KW_ERROR;
     }
     const struct kw_node *kn = kw_node_get(doc, "kind");

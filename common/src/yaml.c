@@ -68,7 +68,8 @@ static void attach(struct ctx *c, struct kw_node *n, const yaml_mark_t *m)
     }
     if (f->key == NULL) {
         if (n->type == KW_NODE_MAP || n->type == KW_NODE_SEQ) {
-            error_at(c, m, "%s", "a map key must be a scalar");
+            yaml_mark_t at = {.line = n->line - 1, .column = n->col - 1};
+            error_at(c, &at, "%s", "a map key must be a scalar");
             return;
         }
         for (size_t i = 0; i < f->node->n; i++) {

@@ -1,0 +1,91 @@
+#include <stdlib.h>
+#include <string.h>
+
+#include "knoway/json.h"
+#include "knoway/kw.h"
+#include "testutil.h"
+
+static char *canon(const char *in, int *rc, char *err, size_t errlen)
+{
+    struct kw_arena *a = kw_arena_new(1 << 24);
+    struct kw_node *n;
+    *rc = kw_json_parse(a, in, strlen(in), &n, err, errlen);
+    char *out = NULL;
+    if (*rc == KW_OK) {
+        struct kw_buf b;
+        kw_buf_init(&b, 1 << 20);
+        assert_int_equal(kw_json_write_canonical(n, &b), KW_OK);
+        out = b.data;
+    }
+    kw_arena_free(a);
+    return out;
+}
+
+static void test_types_and_canonical(void **state)
+{
+    (void)state;
+    int rc;
+    char err[256];
+    char *out = canon(" { \"z\": [1, 2.50, -3e2, true, null], \"a\": {\"y\": \"\\u00e9\\n\", \"b\": false},"
+                      " \"big\": 123456789012345678901234 } ",
+                      &rc, err, sizeof(err));
+    assert_int_equal(rc, KW_OK);
+    /* keys sorted at every level, numbers kept as written, no white space */
+    assert_string_equal(out, "{\"a\":{\"b\":false,\"y\":\"\xc3\xa9\\n\"},\"big\":123456789012345678901234,"
+                             "\"z\":[1,2.50,-3e2,true,null]}");
+    int rc2;
+    char *again = canon(out, &rc2, err, sizeof(err));
+    assert_string_equal(again, out); /* canonical form is a fixed point */
+    free(out);
+    free(again);
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    int rc;
+    char err[256];
+    assert_null(canon("{\"a\":1,\"a\":2}", &rc, err, sizeof(err)));
+    assert_int_equal(rc, KW_ERROR);
+    assert_string_equal(err, "duplicate key \"a\"");
+    assert_null(canon("{\"a\":", &rc, err, sizeof(err)));
+    assert_int_equal(rc, KW_ERROR);
+    assert_non_null(strstr(err, "invalid JSON at byte"));
+    assert_null(canon("", &rc, err, sizeof(err)));
+    assert_int_equal(rc, KW_ERROR);
+    assert_string_equal(err, "empty JSON document");
+}
+
+static void test_depth(void **state)
+{
+    (void)state;
+    char *deep = malloc(201);
+    memset(deep, '[', 100);
+    memset(deep + 100, ']', 100);
+    deep[200] = '\0';
+    int rc;
+    char err[256];
+    assert_null(canon(deep, &rc, err, sizeof(err)));
+    assert_string_equal(err, "nesting deeper than 64 levels");
+    free(deep);
+}
+
+static void test_invalid_utf8(void **state)
+{
+    (void)state;
+    int rc;
+    char err[256];
+    assert_null(canon("\"\xff\xfe\"", &rc, err, sizeof(err)));
+    assert_int_equal(rc, KW_ERROR);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_types_and_canonical),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_depth),
+        cmocka_unit_test(test_invalid_utf8),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,379 @@
+/* Every class of bad input: the exact message and its location. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "knoway/config.h"
+#include "knoway/kw.h"
+#include "testutil.h"
+
+#define HDR_B "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata:\n  name: b\nspec:\n"
+#define HDR_R "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: r\nspec:\n"
+#define BACKEND_B "---\n" HDR_B "  provider: vLLM\n  upstream:\n    baseURL: http://x:8000/v1\n"
+
+static void test_valid_backend(void **state)
+{
+    (void)state;
+    struct kw_config *cfg;
+    char *e = kwt_errors(HDR_B "  provider: OpenAI\n  modelName: gpt-4o\n"
+                               "  upstream:\n    timeout: 90s\n    headers:\n"
+                               "      - {name: X-Org, value: acme}\n"
+                               "  credentials:\n    secretRef: {name: openai}\n"
+                               "  params:\n    defaults: {temperature: 0.2}\n"
+                               "    overrides: {user: gw}\n    remove: [logprobs]\n"
+                               "---\napiVersion: v1\nkind: Secret\nmetadata: {name: openai, "
+                               "namespace: default}\ndata:\n  apiKey: c2stdGVzdA==\n",
+                         &cfg);
+    assert_string_equal(e, "");
+    free(e);
+    assert_int_equal(cfg->nbackends, 1);
+    const struct kw_backend *b = cfg->backends[0];
+    assert_true(b->valid);
+    assert_int_equal(b->provider, KW_PROVIDER_OPENAI);
+    assert_string_equal(b->model_name, "gpt-4o");
+    assert_string_equal(b->upstream.base_url, "https://api.openai.com/v1"); /* default */
+    assert_int_equal(b->upstream.timeout_ms, 90000);
+    assert_int_equal(b->upstream.connect_timeout_ms, 10000);
+    assert_string_equal(b->upstream.headers[0].name, "X-Org");
+    assert_string_equal(b->credentials.secret_ref.key, "apiKey"); /* default key */
+    assert_int_equal(b->params.nremove, 1);
+    assert_string_equal(kw_node_get(b->params.defaults, "temperature")->str, "0.2");
+    const struct kw_secret *s = cfg->secrets[0];
+    assert_string_equal(kw_secret_get(s, "apiKey")->value, "sk-test");
+    kw_config_free(cfg);
+}
+
+static void test_unknown_field_hint(void **state)
+{
+    (void)state;
+    kwt_assert_errors(HDR_B "  provider: vLLM\n  modleName: m\n  upstream: {baseURL: http://x}\n",
+                      "t.yaml:7:3: LLMBackend/default/b: spec.modleName: unknown field "
+                      "\"modleName\" (did you mean \"modelName\"?)\n");
+    kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x, zzz: 1}\n",
+                      "t.yaml:7:33: LLMBackend/default/b: spec.upstream.zzz: unknown field \"zzz\"\n");
+    /* a field of a later wave is rejected like any unknown field */
+    kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x}\n"
+                            "  circuitBreaker: {consecutiveFailures: 5}\n",
+                      "t.yaml:8:3: LLMBackend/default/b: spec.circuitBreaker: unknown field "
+                      "\"circuitBreaker\"\n");
+}
+
+static void test_wrong_type(void **state)
+{
+    (void)state;
+    kwt_assert_errors(HDR_B "  provider: vLLM\n  modelName: 42\n  upstream: {baseURL: http://x}\n",
+                      "t.yaml:7:14: LLMBackend/default/b: spec.modelName: must be a string, not an "
+                      "integer\n");
+    kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match: {models: [m]}\n  backendRefs:\n"
+                                            "    - {name: b, weight: \"3\"}\n",
+                      "t.yaml:18:25: LLMRoute/default/r: spec.backendRefs[0].weight: must be an "
+                      "integer, not a string\n");
+}
+
+static void test_required(void **state)
+{
+    (void)state;
+    kwt_assert_errors(HDR_B "  modelName: m\n  upstream: {baseURL: http://x}\n",
+                      "t.yaml:6:3: LLMBackend/default/b: spec.provider: required field is missing\n");
+    kwt_assert_errors("apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {}\n"
+                      "spec: {match: {models: [a]}}\n",
+                      "t.yaml:3:11: LLMRoute/default/(unnamed): metadata.name: required field is "
+                      "missing\n"
+                      "t.yaml:4:7: LLMRoute/default/(unnamed): spec.backendRefs: required field is "
+                      "missing\n");
+    kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match: {models: []}\n  backendRefs: [{name: b}]\n",
+                      "t.yaml:16:19: LLMRoute/default/r: spec.match.models: must have at least "
+                      "one item\n");
+}
+
+static void test_enum(void **state)
+{
+    (void)state;
+    kwt_assert_errors(HDR_B "  provider: openai\n  upstream: {baseURL: http://x}\n",
+                      "t.yaml:6:13: LLMBackend/default/b: spec.provider: unknown value \"openai\" "
+                      "(did you mean \"OpenAI\"?); one of: OpenAI, AzureOpenAI, Anthropic, "
+                      "AWSBedrock, Gemini, VertexAI, Cohere, Mistral, vLLM, KServe, Ollama\n");
+}
+
+static void test_ranges(void **state)
+{
+    (void)state;
+    kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match: {models: [m]}\n  backendRefs:\n"
+                                            "    - {name: b, weight: 1001, priority: -1}\n",
+                      "t.yaml:18:25: LLMRoute/default/r: spec.backendRefs[0].weight: must be "
+                      "0..1000, got 1001\n"
+                      "t.yaml:18:41: LLMRoute/default/r: spec.backendRefs[0].priority: must be "
+                      "0..100, got -1\n");
+    kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match: {models: [m]}\n  backendRefs:\n"
+                                            "    - {name: b, weight: 0}\n",
+                      "t.yaml:18:5: LLMRoute/default/r: spec.backendRefs: every weight is 0: no "
+                      "backend would receive traffic\n");
+    kwt_assert_errors("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: dp}\n"
+                      "spec:\n  listen: \"0.0.0.0:99999\"\n  workers: 1000\n"
+                      "  limits: {maxBodyBytes: 10}\n",
+                      "t.yaml:5:11: DataPlane/dp: spec.listen: \"0.0.0.0:99999\" has a port "
+                      "outside 1..65535\n"
+                      "t.yaml:6:12: DataPlane/dp: spec.workers: must be 0..256, got 1000\n"
+                      "t.yaml:7:26: DataPlane/dp: spec.limits.maxBodyBytes: must be "
+                      "1024..1073741824, got 10\n");
+}
+
+static void test_durations(void **state)
+{
+    (void)state;
+    kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match: {models: [m]}\n  backendRefs: [{name: b}]\n"
+                                            "  timeout: 30\n  streamIdleTimeout: 10ms\n",
+                      "t.yaml:18:12: LLMRoute/default/r: spec.timeout: must be a duration string "
+                      "like \"30s\", not an integer\n"
+                      "t.yaml:19:22: LLMRoute/default/r: spec.streamIdleTimeout: must be between "
+                      "1s and 24h\n");
+    kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x, timeout: 5 min}\n",
+                      "t.yaml:7:42: LLMBackend/default/b: spec.upstream.timeout: invalid duration "
+                      "\"5 min\" (use a number and a unit: 250ms, 30s, 5m, 1h)\n");
+}
+
+static void test_upstream_rules(void **state)
+{
+    (void)state;
+    kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream:\n    baseURL: http://x\n"
+                            "    endpoints: [{url: http://y}]\n",
+                      "t.yaml:8:5: LLMBackend/default/b: spec.upstream: set exactly one of "
+                      "baseURL, serviceRef and endpoints\n");
+    kwt_assert_errors(HDR_B "  provider: vLLM\n",
+                      "t.yaml:6:3: LLMBackend/default/b: spec.upstream: provider vLLM has no "
+                      "public endpoint: set baseURL, serviceRef or endpoints\n");
+    kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: \"http://x:0/v1?a=b\"}\n",
+                      "t.yaml:7:23: LLMBackend/default/b: spec.upstream.baseURL: "
+                      "\"http://x:0/v1?a=b\" must not have a query or fragment\n");
+    kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream:\n    baseURL: http://x\n    headers:\n"
+                            "      - {name: Host, value: y}\n      - {name: \"bad name\", value: y}\n",
+                      "t.yaml:10:16: LLMBackend/default/b: spec.upstream.headers[0].name: \"Host\" "
+                      "is managed by the gateway and cannot be set\n"
+                      "t.yaml:11:16: LLMBackend/default/b: spec.upstream.headers[1].name: \"bad "
+                      "name\" is not a valid header name\n");
+}
+
+static void test_provider_specific(void **state)
+{
+    (void)state;
+    kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x}\n"
+                            "  credentials:\n    azure: {apiVersion: v}\n",
+                      "t.yaml:9:12: LLMBackend/default/b: spec.credentials.azure: only for "
+                      "provider AzureOpenAI\n");
+    kwt_assert_errors(HDR_B "  provider: AWSBedrock\n  credentials:\n    secretRef: {name: aws}\n"
+                            "---\napiVersion: v1\nkind: Secret\nmetadata: {name: aws}\n"
+                            "stringData: {AWS_ACCESS_KEY_ID: a, AWS_SECRET_ACCESS_KEY: b}\n",
+                      "t.yaml:8:5: LLMBackend/default/b: spec.credentials.bedrock: required for "
+                      "provider AWSBedrock (region and key names)\n");
+    kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x}\n"
+                            "  params:\n    overrides: {model: x}\n    remove: [stream]\n",
+                      "t.yaml:9:17: LLMBackend/default/b: spec.params.overrides.model: \"model\" "
+                      "is set by the gateway (use spec.modelName)\n"
+                      "t.yaml:10:14: LLMBackend/default/b: spec.params.remove[0]: \"stream\" is "
+                      "set by the gateway and cannot be removed\n");
+}
+
+static void test_bedrock_defaults(void **state)
+{
+    (void)state;
+    struct kw_config *cfg;
+    char *e = kwt_errors(HDR_B "  provider: AWSBedrock\n  modelName: anthropic.claude-3\n"
+                               "  credentials:\n    secretRef: {name: aws}\n"
+                               "    bedrock: {region: eu-west-1}\n"
+                               "---\napiVersion: v1\nkind: Secret\nmetadata: {name: aws}\n"
+                               "stringData: {AWS_ACCESS_KEY_ID: a, AWS_SECRET_ACCESS_KEY: b}\n",
+                         &cfg);
+    assert_string_equal(e, "");
+    free(e);
+    const struct kw_backend *b = cfg->backends[0];
+    assert_string_equal(b->upstream.base_url, "https://bedrock-runtime.eu-west-1.amazonaws.com");
+    assert_string_equal(b->credentials.bedrock.access_key_id_key, "AWS_ACCESS_KEY_ID");
+    kw_config_free(cfg);
+}
+
+static void test_match(void **state)
+{
+    (void)state;
+    struct kw_config *cfg;
+    char *e = kwt_errors(BACKEND_B "---\n" HDR_R "  match:\n    models: [gpt-4o, \"llama-3*\", \"*\"]\n"
+                                             "    headers: [{name: x-tenant, value: a}]\n"
+                                             "    paths: [/v1/chat/completions]\n"
+                                             "  backendRefs: [{name: b, modelOverride: m2}]\n",
+                         &cfg);
+    assert_string_equal(e, "");
+    free(e);
+    const struct kw_route *r = cfg->routes[0];
+    assert_int_equal(r->nmodels, 3);
+    assert_false(r->models[0].prefix);
+    assert_true(r->models[1].prefix);
+    assert_string_equal(r->models[1].value, "llama-3");
+    assert_string_equal(r->models[2].value, "");
+    assert_int_equal(r->timeout_ms, 300000);
+    assert_int_equal(r->stream_idle_timeout_ms, 60000);
+    assert_ptr_equal(r->refs[0].backend, cfg->backends[0]);
+    kw_config_free(cfg);
+
+    kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match:\n    models: [a, a]\n"
+                                            "    paths: [/v1/chat/completion]\n"
+                                            "  backendRefs: [{name: b}, {name: b}]\n",
+                      "t.yaml:17:17: LLMRoute/default/r: spec.match.models[1]: \"a\" is listed "
+                      "twice\n"
+                      "t.yaml:18:13: LLMRoute/default/r: spec.match.paths[0]: must be one of "
+                      "/v1/chat/completions, /v1/completions, /v1/embeddings (did you mean "
+                      "\"/v1/chat/completions\"?)\n"
+                      "t.yaml:19:35: LLMRoute/default/r: spec.backendRefs[1].name: backend \"b\" "
+                      "is referenced twice\n");
+}
+
+static void test_duplicates_and_references(void **state)
+{
+    (void)state;
+    kwt_assert_errors(BACKEND_B BACKEND_B,
+                      "t.yaml:11:1: LLMBackend/default/b: metadata.name: duplicate LLMBackend "
+                      "\"default/b\" (first defined at t.yaml:2:1)\n");
+    kwt_assert_errors(HDR_R "  match: {models: [m]}\n  backendRefs: [{name: gone}]\n",
+                      "t.yaml:7:24: LLMRoute/default/r: spec.backendRefs[0].name: LLMBackend "
+                      "\"default/gone\" not found\n");
+    kwt_assert_errors(HDR_B "  provider: OpenAI\n  credentials:\n    secretRef: {name: nope}\n",
+                      "t.yaml:8:23: LLMBackend/default/b: spec.credentials.secretRef.name: Secret "
+                      "\"default/nope\" not found\n");
+    kwt_assert_errors(HDR_B "  provider: OpenAI\n  credentials:\n    secretRef: {name: s, key: k}\n"
+                            "---\napiVersion: v1\nkind: Secret\nmetadata: {name: s}\n"
+                            "stringData: {other: x}\n",
+                      "t.yaml:8:23: LLMBackend/default/b: spec.credentials.secretRef.key: Secret "
+                      "\"s\" has no key \"k\"\n");
+    /* references do not cross namespaces */
+    kwt_assert_errors("apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: r, "
+                      "namespace: team-a}\nspec:\n  match: {models: [m]}\n  backendRefs: [{name: b}]\n"
+                      BACKEND_B,
+                      "t.yaml:6:24: LLMRoute/team-a/r: spec.backendRefs[0].name: LLMBackend "
+                      "\"team-a/b\" not found\n");
+}
+
+static void test_secret(void **state)
+{
+    (void)state;
+    struct kw_config *cfg;
+    char *e = kwt_errors("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ntype: Opaque\n"
+                         "data: {a: aGVsbG8=, b: b2xk}\nstringData: {b: new}\n",
+                         &cfg);
+    assert_string_equal(e, "");
+    free(e);
+    assert_int_equal(cfg->secrets[0]->nitems, 2);
+    assert_string_equal(kw_secret_get(cfg->secrets[0], "a")->value, "hello");
+    assert_string_equal(kw_secret_get(cfg->secrets[0], "b")->value, "new"); /* stringData wins */
+    kw_config_free(cfg);
+    kwt_assert_errors("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n"
+                      "data: {a: \"not base64!\", \"b/c\": eA==}\n",
+                      "t.yaml:4:11: Secret/default/s: data.a: is not valid base64 (use stringData "
+                      "for plain text)\n"
+                      "t.yaml:4:26: Secret/default/s: data.b/c: invalid key (letters, digits, '-', "
+                      "'_' and '.')\n");
+}
+
+static void test_documents(void **state)
+{
+    (void)state;
+    kwt_assert_errors("apiVersion: llm.knoway.dev/v1\nkind: LLMRoutes\n",
+                      "t.yaml:2:7: kind: unknown kind \"LLMRoutes\" (did you mean \"LLMRoute\"?); "
+                      "knoway reads LLMBackend, LLMRoute, Secret and DataPlane\n");
+    kwt_assert_errors("apiVersion: llm.knoway.dev/v1\nkind: LLMBackend\nmetadata: {name: B_1}\n"
+                      "spec: {provider: vLLM, upstream: {baseURL: http://x}}\n",
+                      "t.yaml:1:13: LLMBackend/default/B_1: apiVersion: must be "
+                      "\"llm.knoway.dev/v1alpha1\" for kind LLMBackend\n"
+                      "t.yaml:3:18: LLMBackend/default/B_1: metadata.name: \"B_1\" is not a valid "
+                      "name (lower-case letters, digits, '-' and '.', starting and ending with a "
+                      "letter or digit)\n");
+    kwt_assert_errors("- a\n- b\n",
+                      "t.yaml:1:1: a document must be a map with apiVersion and kind, not a list\n");
+    kwt_assert_errors("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: a}\n"
+                      "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: b}\n",
+                      "t.yaml:5:1: DataPlane: a second DataPlane document (the first is at line 1)\n");
+    /* what kubectl get -o yaml adds is accepted */
+    kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x}\nstatus: {conditions: []}\n",
+                      "");
+}
+
+static void test_dataplane(void **state)
+{
+    (void)state;
+    struct kw_config *cfg;
+    char *e = kwt_errors("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: gw}\n"
+                         "spec:\n  listen: \"[::1]:8081\"\n  workers: 2\n"
+                         "  discovery: {url: \"http://ctl:18000\", tokenFile: /t}\n"
+                         "  limits: {maxBodyBytes: 2048, maxConnections: 10}\n",
+                         &cfg);
+    assert_string_equal(e, "");
+    free(e);
+    assert_true(cfg->has_dataplane);
+    assert_string_equal(cfg->dataplane.listen, "[::1]:8081");
+    assert_string_equal(cfg->dataplane.admin, "127.0.0.1:9901");
+    assert_string_equal(cfg->dataplane.discovery.url, "http://ctl:18000");
+    assert_string_equal(cfg->dataplane.discovery.cache_file, "/var/lib/knoway/snapshot.json");
+    assert_int_equal(cfg->dataplane.limits.max_body_bytes, 2048);
+    assert_int_equal(cfg->dataplane.workers, 2);
+    kw_config_free(cfg);
+
+    kwt_assert_errors("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: gw}\n"
+                      "spec:\n  listen: \"::1:8080\"\n  discovery: {tokenFile: /t}\n",
+                      "t.yaml:5:11: DataPlane/gw: spec.listen: \"::1:8080\" must put an IPv6 "
+                      "address in brackets: [::1]:8080\n"
+                      "t.yaml:6:14: DataPlane/gw: spec.discovery.url: required field is missing\n");
+}
+
+static void test_api_json(void **state)
+{
+    (void)state;
+    /* As the API server returns it: extra metadata and status are ignored, errors carry the
+     * object and the field path but no file position. */
+    const char *ok = "{\"apiVersion\":\"llm.knoway.dev/v1alpha1\",\"kind\":\"LLMBackend\","
+                     "\"metadata\":{\"name\":\"b\",\"namespace\":\"prod\",\"uid\":\"u-1\","
+                     "\"resourceVersion\":\"42\",\"generation\":3,\"creationTimestamp\":"
+                     "\"2026-01-01T00:00:00Z\",\"managedFields\":[{}]},"
+                     "\"spec\":{\"provider\":\"vLLM\",\"upstream\":{\"baseURL\":\"http://v:8000/v1\"}},"
+                     "\"status\":{\"conditions\":[]}}";
+    struct kw_config *cfg = kw_config_new();
+    assert_int_equal(kw_config_add_json(cfg, ok, strlen(ok)), KW_OK);
+    assert_int_equal(kw_diag_count(&cfg->diag), 0);
+    const struct kw_backend *b = cfg->backends[0];
+    assert_string_equal(b->meta.ns, "prod");
+    assert_string_equal(b->meta.uid, "u-1");
+    assert_string_equal(b->meta.resource_version, "42");
+    assert_int_equal(b->meta.generation, 3);
+
+    const char *bad = "{\"apiVersion\":\"llm.knoway.dev/v1alpha1\",\"kind\":\"LLMRoute\","
+                      "\"metadata\":{\"name\":\"r\",\"namespace\":\"prod\"},"
+                      "\"spec\":{\"match\":{\"models\":[\"m\"]},\"backendRefs\":[{\"name\":\"b\","
+                      "\"weight\":-1}]}}";
+    assert_int_equal(kw_config_add_json(cfg, bad, strlen(bad)), KW_ERROR);
+    struct kw_buf out;
+    kw_buf_init(&out, 4096);
+    kw_diag_format_all(&cfg->diag, &out);
+    assert_string_equal(out.data, "LLMRoute/prod/r: spec.backendRefs[0].weight: must be 0..1000, "
+                                  "got -1\n");
+    kw_buf_cleanup(&out);
+    assert_int_equal(kw_config_add_json(cfg, "{\"kind\":", 8), KW_ERROR);
+    kw_config_free(cfg);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_valid_backend),
+        cmocka_unit_test(test_unknown_field_hint),
+        cmocka_unit_test(test_wrong_type),
+        cmocka_unit_test(test_required),
+        cmocka_unit_test(test_enum),
+        cmocka_unit_test(test_ranges),
+        cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_upstream_rules),
+        cmocka_unit_test(test_provider_specific),
+        cmocka_unit_test(test_bedrock_defaults),
+        cmocka_unit_test(test_match),
+        cmocka_unit_test(test_duplicates_and_references),
+        cmocka_unit_test(test_secret),
+        cmocka_unit_test(test_documents),
+        cmocka_unit_test(test_dataplane),
+        cmocka_unit_test(test_api_json),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

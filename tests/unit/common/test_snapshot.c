@@ -1,0 +1,225 @@
+#include <stdlib.h>
+#include <string.h>
+
+#include "knoway/config.h"
+#include "knoway/kw.h"
+#include "knoway/snapshot.h"
+#include "testutil.h"
+
+#define SECRET "---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: ml}\n" \
+               "stringData: {openai: sk-123, unused: zzz}\n"
+#define BACKENDS                                                                            \
+    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: oai, "    \
+    "namespace: ml}\nspec:\n  provider: OpenAI\n  modelName: gpt-4o\n"                      \
+    "  credentials: {secretRef: {name: keys, key: openai}}\n"                               \
+    "  params: {defaults: {temperature: 0.5, n: 1}, remove: [user]}\n"                       \
+    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: vllm, "   \
+    "namespace: ml}\nspec:\n  provider: vLLM\n  upstream: {serviceRef: {name: vllm, port: 8000}}\n"
+#define ROUTE                                                                                \
+    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: chat, "      \
+    "namespace: ml}\nspec:\n  match: {models: [\"gpt*\"]}\n  backendRefs:\n"                  \
+    "    - {name: vllm, weight: 3}\n    - {name: oai, priority: 1}\n  timeout: 2m\n"
+
+static struct kw_snapshot *build(const char *yaml, struct kw_diag *diag)
+{
+    struct kw_config *cfg = kw_config_new();
+    kw_config_add_yaml(cfg, "t.yaml", yaml, strlen(yaml));
+    kw_config_check(cfg);
+    struct kw_snapshot *s = kw_snapshot_build(cfg, kw_service_resolve_dns, NULL, diag);
+    kw_config_free(cfg);
+    return s;
+}
+
+static char *text_of(const struct kw_snapshot *s)
+{
+    struct kw_buf b;
+    kw_buf_init(&b, 1 << 24);
+    assert_int_equal(kw_snapshot_serialize(s, &b), KW_OK);
+    return b.data;
+}
+
+static void test_build_and_round_trip(void **state)
+{
+    (void)state;
+    struct kw_diag diag;
+    kw_diag_init(&diag);
+    struct kw_snapshot *s = build(SECRET BACKENDS ROUTE, &diag);
+    assert_non_null(s);
+    assert_int_equal(kw_diag_count(&diag), 0);
+    assert_int_equal(s->nbackends, 2);
+    assert_int_equal(s->nroutes, 1);
+    assert_int_equal(s->ncredentials, 1); /* only the key a backend references */
+    assert_string_equal(kw_snapshot_credential(s, "ml", "keys", "openai")->value, "sk-123");
+    /* serviceRef resolved to an endpoint with the provider's API root */
+    assert_null(s->backends[1]->upstream.service_ref.name);
+    assert_string_equal(s->backends[1]->upstream.endpoints[0].url, "http://vllm.ml.svc:8000/v1");
+    assert_ptr_equal(s->routes[0]->refs[0].backend, s->backends[1]);
+
+    char *text = text_of(s);
+    /* the exact canonical document: keys sorted, defaults filled in, secret base64 */
+    const char *want =
+        "{\"backends\":[{\"name\":\"oai\",\"namespace\":\"ml\",\"spec\":{\"credentials\":"
+        "{\"secretRef\":{\"key\":\"openai\",\"name\":\"keys\"}},\"modelName\":\"gpt-4o\","
+        "\"params\":{\"defaults\":{\"n\":1,\"temperature\":0.5},\"remove\":[\"user\"]},"
+        "\"provider\":\"OpenAI\",\"upstream\":{\"baseURL\":\"https://api.openai.com/v1\","
+        "\"connectTimeout\":\"10s\"}}},{\"name\":\"vllm\",\"namespace\":\"ml\",\"spec\":"
+        "{\"provider\":\"vLLM\",\"upstream\":{\"connectTimeout\":\"10s\",\"endpoints\":"
+        "[{\"url\":\"http://vllm.ml.svc:8000/v1\",\"weight\":1}]}}}],\"credentials\":"
+        "[{\"data\":\"c2stMTIz\",\"key\":\"openai\",\"name\":\"keys\",\"namespace\":\"ml\"}],"
+        "\"routes\":[{\"name\":\"chat\",\"namespace\":\"ml\",\"spec\":{\"backendRefs\":"
+        "[{\"name\":\"vllm\",\"priority\":0,\"weight\":3},{\"name\":\"oai\",\"priority\":1,"
+        "\"weight\":1}],\"match\":{\"models\":[\"gpt*\"]},\"streamIdleTimeout\":\"1m\","
+        "\"timeout\":\"2m\"}}],\"version\":\"";
+    assert_memory_equal(text, want, strlen(want));
+    assert_string_equal(text + strlen(want) + strlen(s->version), "\"}");
+
+    /* parse(serialize(s)) serialises to the same bytes and has the same version */
+    struct kw_snapshot *p = kw_snapshot_parse(text, strlen(text), &diag);
+    assert_non_null(p);
+    char *again = text_of(p);
+    assert_string_equal(again, text);
+    assert_string_equal(p->version, s->version);
+    free(again);
+    free(text);
+    kw_snapshot_unref(p);
+    kw_snapshot_unref(s);
+    kw_diag_cleanup(&diag);
+}
+
+static void test_version_is_content_hash(void **state)
+{
+    (void)state;
+    struct kw_diag diag;
+    kw_diag_init(&diag);
+    struct kw_snapshot *a = build(SECRET BACKENDS ROUTE, &diag);
+    /* the same resources in another order: same version (every replica agrees) */
+    struct kw_snapshot *b = build(ROUTE BACKENDS SECRET, &diag);
+    /* a Secret value change changes the version */
+    struct kw_snapshot *c =
+        build("---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: ml}\n"
+              "stringData: {openai: sk-456}\n" BACKENDS ROUTE,
+              &diag);
+    /* a key nobody references does not */
+    struct kw_snapshot *d =
+        build("---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: ml}\n"
+              "stringData: {openai: sk-123, unused: other}\n" BACKENDS ROUTE,
+              &diag);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_non_null(c);
+    assert_non_null(d);
+    assert_string_equal(a->version, b->version);
+    assert_string_not_equal(a->version, c->version);
+    assert_string_equal(a->version, d->version);
+    assert_int_equal(strlen(a->version), KW_SNAPSHOT_VERSION_LEN);
+    kw_snapshot_unref(a);
+    kw_snapshot_unref(b);
+    kw_snapshot_unref(c);
+    kw_snapshot_unref(d);
+    kw_diag_cleanup(&diag);
+}
+
+static void test_invalid_left_out(void **state)
+{
+    (void)state;
+    /* As the controller sees it: one backend invalid (bad secret ref). The route keeps its
+     * other backend; a route whose only backend is invalid is left out and reported. */
+    struct kw_diag diag;
+    kw_diag_init(&diag);
+    struct kw_snapshot *s =
+        build(BACKENDS ROUTE
+              "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: only-oai, "
+              "namespace: ml}\nspec: {match: {models: [x]}, backendRefs: [{name: oai}]}\n",
+              &diag);
+    assert_non_null(s);
+    assert_int_equal(s->nbackends, 1);
+    assert_string_equal(s->backends[0]->meta.name, "vllm");
+    assert_int_equal(s->nroutes, 1);
+    assert_int_equal(s->routes[0]->nrefs, 1);
+    struct kw_buf out;
+    kw_buf_init(&out, 4096);
+    kw_diag_format_all(&diag, &out);
+    assert_string_equal(out.data, "t.yaml:28:1: LLMRoute/ml/only-oai: spec.backendRefs: no usable "
+                                  "backend: the route is not programmed\n");
+    kw_buf_cleanup(&out);
+    kw_snapshot_unref(s);
+    kw_diag_cleanup(&diag);
+}
+
+static char *first_error(const char *json)
+{
+    struct kw_diag diag;
+    kw_diag_init(&diag);
+    struct kw_snapshot *s = kw_snapshot_parse(json, strlen(json), &diag);
+    assert_null(s);
+    struct kw_buf out;
+    kw_buf_init(&out, 4096);
+    assert_true(diag.n > 0);
+    kw_diag_format(&diag.entries[0], &out);
+    kw_diag_cleanup(&diag);
+    return out.data;
+}
+
+static void test_parse_rejects(void **state)
+{
+    (void)state;
+    struct kw_diag diag;
+    kw_diag_init(&diag);
+    struct kw_snapshot *s = build(SECRET BACKENDS ROUTE, &diag);
+    char *text = text_of(s);
+
+    /* tampered content: the version no longer matches */
+    char *t = strdup(text);
+    memcpy(strstr(t, "gpt-4o"), "gpt-4x", 6);
+    char *e = first_error(t);
+    assert_non_null(strstr(e, "snapshot: version: sha256:"));
+    assert_non_null(strstr(e, "does not match the content"));
+    free(e);
+    free(t);
+
+    e = first_error("{\"backends\":[],\"credentials\":[],\"routes\":[]}");
+    assert_string_equal(e, "snapshot: missing field \"version\"");
+    free(e);
+    e = first_error("{\"backends\":[],\"credentials\":[],\"routes\":[],\"version\":\"x\",\"extra\":1}");
+    assert_string_equal(e, "snapshot: unknown field \"extra\"");
+    free(e);
+    e = first_error("{\"backends\":[{\"name\":\"a\",\"namespace\":\"n\",\"spec\":{\"provider\":\"vLLM\","
+                    "\"upstream\":{\"serviceRef\":{\"name\":\"s\",\"port\":1}}}}],\"credentials\":[],"
+                    "\"routes\":[],\"version\":\"sha256:0000000000000000000000000000000000000000000000000000000000000000\"}");
+    assert_string_equal(e, "LLMBackend/n/a: spec.upstream.serviceRef: a snapshot carries resolved "
+                           "endpoints, not a serviceRef");
+    free(e);
+    e = first_error("[1");
+    assert_non_null(strstr(e, "snapshot: invalid JSON at byte"));
+    free(e);
+
+    free(text);
+    kw_snapshot_unref(s);
+    kw_diag_cleanup(&diag);
+}
+
+static void test_refcount(void **state)
+{
+    (void)state;
+    struct kw_diag diag;
+    kw_diag_init(&diag);
+    struct kw_snapshot *s = build(SECRET BACKENDS ROUTE, &diag);
+    assert_ptr_equal(kw_snapshot_ref(s), s);
+    kw_snapshot_unref(s);
+    assert_int_equal(atomic_load(&s->refs), 1);
+    kw_snapshot_unref(s); /* freed: ASan and valgrind check there is no leak */
+    kw_snapshot_unref(NULL);
+    kw_diag_cleanup(&diag);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_build_and_round_trip),
+        cmocka_unit_test(test_version_is_content_hash),
+        cmocka_unit_test(test_invalid_left_out),
+        cmocka_unit_test(test_parse_rejects),
+        cmocka_unit_test(test_refcount),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,25 @@
+/* Helpers shared by the unit tests. */
+#ifndef KW_TESTUTIL_H
+#define KW_TESTUTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "knoway/config.h"
+
+/* Load YAML text as file "t.yaml", run kw_config_check, and return every diagnostic, one
+ * per line (malloc'd; "" when valid). If cfg_out is not NULL the config is kept there. */
+char *kwt_errors(const char *yaml, struct kw_config **cfg_out);
+
+/* Assert that yaml yields exactly the diagnostics in expected (lines joined by \n). */
+#define kwt_assert_errors(yaml, expected)                                                          \
+    do {                                                                                           \
+        char *got_ = kwt_errors((yaml), NULL);                                                     \
+        assert_string_equal(got_, (expected));                                                     \
+        free(got_);                                                                                \
+    } while (0)
+
+#endif
