@@ -10,20 +10,19 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "Usage: knoway-dataplane -c FILE [--check]\n"
-            "       knoway-dataplane --version | --help\n"
-            "\n"
-            "The knoway data plane: an OpenAI-compatible LLM gateway.\n"
-            "\n"
-            "  -c, --config FILE  configuration: one DataPlane document plus any number of\n"
-            "                     LLMBackend, LLMRoute and Secret documents (YAML)\n"
-            "  -t, --check        validate the configuration, print every error, and exit\n"
-            "                     (0 when valid, 1 otherwise), like nginx -t\n"
-            "  -v, --version      print the version and exit\n"
-            "  -h, --help         print this help and exit\n"
-            "\n"
-            "Documentation: docs/configuration.md\n");
+    fprintf(out, "Usage: knoway-dataplane -c FILE [--check]\n"
+                 "       knoway-dataplane --version | --help\n"
+                 "\n"
+                 "The knoway data plane: an OpenAI-compatible LLM gateway.\n"
+                 "\n"
+                 "  -c, --config FILE  configuration: one DataPlane document plus any number of\n"
+                 "                     LLMBackend, LLMRoute and Secret documents (YAML)\n"
+                 "  -t, --check        validate the configuration, print every error, and exit\n"
+                 "                     (0 when valid, 1 otherwise), like nginx -t\n"
+                 "  -v, --version      print the version and exit\n"
+                 "  -h, --help         print this help and exit\n"
+                 "\n"
+                 "Documentation: docs/configuration.md\n");
 }
 
 /* Load, validate and resolve FILE. Prints every error to stderr. Returns the snapshot or
@@ -101,8 +100,10 @@ int main(int argc, char **argv)
         printf("%s: configuration is valid (%zu backends, %zu routes, version %.19s)\n", file,
                snap->nbackends, snap->nroutes, snap->version);
     } else {
-        fprintf(stderr, "knoway-dataplane: serving requests is not part of this build yet; "
-                        "use --check to validate %s\n", file);
+        fprintf(stderr,
+                "knoway-dataplane: serving requests is not part of this build yet; "
+                "use --check to validate %s\n",
+                file);
         rc = 1;
     }
     kw_snapshot_unref(snap);

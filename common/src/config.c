@@ -191,8 +191,8 @@ static void check_duplicates(struct kw_config *cfg, enum kw_kind k, void **items
                 continue;
             char first[300] = "";
             if (mj->file != NULL)
-                snprintf(first, sizeof(first), " (first defined at %s:%u:%u)", mj->file,
-                         mj->line, mj->col);
+                snprintf(first, sizeof(first), " (first defined at %s:%u:%u)", mj->file, mj->line,
+                         mj->col);
             kw_diag_add(&cfg->diag, mi->file, mi->line, mi->col, objname(cfg, k, mi),
                         "metadata.name", "duplicate %s \"%s/%s\"%s", kw_kind_name(k), mi->ns,
                         mi->name, first);
@@ -203,12 +203,12 @@ static void check_duplicates(struct kw_config *cfg, enum kw_kind k, void **items
 }
 
 /* Errors point at the reference (line/col kept by the decoder), else at the document. */
-static void ref_error(struct kw_config *cfg, enum kw_kind k, const struct kw_meta *m,
-                      unsigned line, unsigned col, const char *path, const char *fmt, ...)
+static void ref_error(struct kw_config *cfg, enum kw_kind k, const struct kw_meta *m, unsigned line,
+                      unsigned col, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 7, 8)));
 
-static void ref_error(struct kw_config *cfg, enum kw_kind k, const struct kw_meta *m,
-                      unsigned line, unsigned col, const char *path, const char *fmt, ...)
+static void ref_error(struct kw_config *cfg, enum kw_kind k, const struct kw_meta *m, unsigned line,
+                      unsigned col, const char *path, const char *fmt, ...)
 {
     char msg[600];
     va_list ap;
@@ -231,20 +231,20 @@ static bool check_secret_ref(struct kw_config *cfg, const struct kw_backend *b,
     char p[128];
     if (s == NULL) {
         snprintf(p, sizeof(p), "%s.name", path);
-        ref_error(cfg, KW_KIND_LLMBACKEND, &b->meta, ref->line, ref->col, p, "Secret \"%s/%s\" not found", b->meta.ns,
-                  ref->name);
+        ref_error(cfg, KW_KIND_LLMBACKEND, &b->meta, ref->line, ref->col, p,
+                  "Secret \"%s/%s\" not found", b->meta.ns, ref->name);
         return false;
     }
     if (!s->valid) {
         snprintf(p, sizeof(p), "%s.name", path);
-        ref_error(cfg, KW_KIND_LLMBACKEND, &b->meta, ref->line, ref->col, p, "Secret \"%s/%s\" is invalid", b->meta.ns,
-                  ref->name);
+        ref_error(cfg, KW_KIND_LLMBACKEND, &b->meta, ref->line, ref->col, p,
+                  "Secret \"%s/%s\" is invalid", b->meta.ns, ref->name);
         return false;
     }
     if (ref->key != NULL && ref->key[0] != '\0' && kw_secret_get(s, ref->key) == NULL) {
         snprintf(p, sizeof(p), "%s.key", path);
-        ref_error(cfg, KW_KIND_LLMBACKEND, &b->meta, ref->line, ref->col, p, "Secret \"%s\" has no key \"%s\"",
-                  ref->name, ref->key);
+        ref_error(cfg, KW_KIND_LLMBACKEND, &b->meta, ref->line, ref->col, p,
+                  "Secret \"%s\" has no key \"%s\"", ref->name, ref->key);
         return false;
     }
     return true;
@@ -276,10 +276,12 @@ int kw_config_check(struct kw_config *cfg)
         struct kw_backend *b = cfg->backends[i];
         if (b->meta.name == NULL)
             continue;
-        bool ok = check_secret_ref(cfg, b, &b->credentials.secret_ref, "spec.credentials.secretRef");
+        bool ok =
+            check_secret_ref(cfg, b, &b->credentials.secret_ref, "spec.credentials.secretRef");
         ok &= check_secret_ref(cfg, b, &b->upstream.tls.ca_secret_ref,
                                "spec.upstream.tls.caSecretRef");
-        if (ok && b->provider == KW_PROVIDER_AWS_BEDROCK && b->credentials.secret_ref.name != NULL) {
+        if (ok && b->provider == KW_PROVIDER_AWS_BEDROCK &&
+            b->credentials.secret_ref.name != NULL) {
             ok &= check_secret_key(cfg, b, b->credentials.bedrock.access_key_id_key,
                                    "spec.credentials.bedrock.accessKeyIdKey");
             ok &= check_secret_key(cfg, b, b->credentials.bedrock.secret_access_key_key,

@@ -39,8 +39,8 @@ struct kw_decoded {
 /* Decode one document (apiVersion, kind, metadata, spec/data). KW_OK when its kind was
  * recognised (the struct is in out, with valid == false if it had errors), KW_ERROR when
  * the document could not even be classified. */
-int kw_decode_document(struct kw_arena *a, const struct kw_node *doc, const char *file,
-                       bool strict, struct kw_diag *diag, struct kw_decoded *out);
+int kw_decode_document(struct kw_arena *a, const struct kw_node *doc, const char *file, bool strict,
+                       struct kw_diag *diag, struct kw_decoded *out);
 
 /* Decode a spec alone into b / r (meta already set). Errors counted in d->errors. */
 void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_backend *b);

@@ -76,7 +76,7 @@ void kw_duration_format(int64_t ms, char *out, size_t outlen)
     int64_t h = ms / 3600000, m = ms / 60000 % 60, s = ms / 1000 % 60, rest = ms % 1000;
     size_t o = 0;
     out[0] = '\0';
-#define PUT(v, unit)                                                                                \
+#define PUT(v, unit)                                                                               \
     if ((v) != 0 && o < outlen)                                                                    \
     o += (size_t)snprintf(out + o, outlen - o, "%" PRId64 unit, (int64_t)(v))
     PUT(h, "h");

@@ -164,9 +164,9 @@ struct kw_node *kw_encode_route_spec(struct kw_arena *a, const struct kw_route *
     struct kw_node *models = seq(&e);
     for (size_t i = 0; i < r->nmodels; i++) {
         const char *v = r->models[i].value;
-        push(&e, models, r->models[i].prefix ? kw_node_string(a, kw_arena_printf(a, "%s*", v),
-                                                              strlen(v) + 1)
-                                             : kw_node_cstring(a, v));
+        push(&e, models,
+             r->models[i].prefix ? kw_node_string(a, kw_arena_printf(a, "%s*", v), strlen(v) + 1)
+                                 : kw_node_cstring(a, v));
     }
     put(&e, match, "models", models);
     if (r->nheaders > 0)

@@ -140,8 +140,8 @@ static const yajl_callbacks callbacks = {
     .yajl_end_array = on_end,
 };
 
-int kw_json_parse(struct kw_arena *a, const char *buf, size_t len, struct kw_node **out,
-                  char *err, size_t errlen)
+int kw_json_parse(struct kw_arena *a, const char *buf, size_t len, struct kw_node **out, char *err,
+                  size_t errlen)
 {
     struct ctx c = {.a = a, .err = err, .errlen = errlen};
     err[0] = '\0';

@@ -20,11 +20,11 @@
 /* ---- names ------------------------------------------------------------------------- */
 
 static const char *const provider_names[KW_PROVIDER__COUNT] = {
-    [KW_PROVIDER_OPENAI] = "OpenAI",         [KW_PROVIDER_AZURE_OPENAI] = "AzureOpenAI",
-    [KW_PROVIDER_ANTHROPIC] = "Anthropic",   [KW_PROVIDER_AWS_BEDROCK] = "AWSBedrock",
-    [KW_PROVIDER_GEMINI] = "Gemini",         [KW_PROVIDER_VERTEX_AI] = "VertexAI",
-    [KW_PROVIDER_COHERE] = "Cohere",         [KW_PROVIDER_MISTRAL] = "Mistral",
-    [KW_PROVIDER_VLLM] = "vLLM",             [KW_PROVIDER_KSERVE] = "KServe",
+    [KW_PROVIDER_OPENAI] = "OpenAI",       [KW_PROVIDER_AZURE_OPENAI] = "AzureOpenAI",
+    [KW_PROVIDER_ANTHROPIC] = "Anthropic", [KW_PROVIDER_AWS_BEDROCK] = "AWSBedrock",
+    [KW_PROVIDER_GEMINI] = "Gemini",       [KW_PROVIDER_VERTEX_AI] = "VertexAI",
+    [KW_PROVIDER_COHERE] = "Cohere",       [KW_PROVIDER_MISTRAL] = "Mistral",
+    [KW_PROVIDER_VLLM] = "vLLM",           [KW_PROVIDER_KSERVE] = "KServe",
     [KW_PROVIDER_OLLAMA] = "Ollama",
 };
 
@@ -127,8 +127,8 @@ void kw_dec_error(struct kw_dec *d, const struct kw_node *n, const char *fmt, ..
 static size_t push(struct kw_dec *d, const char *field)
 {
     size_t mark = d->plen;
-    int n = snprintf(d->path + d->plen, sizeof(d->path) - d->plen, "%s%s",
-                     d->plen > 0 ? "." : "", field);
+    int n = snprintf(d->path + d->plen, sizeof(d->path) - d->plen, "%s%s", d->plen > 0 ? "." : "",
+                     field);
     if (n > 0)
         d->plen = d->plen + (size_t)n < sizeof(d->path) ? d->plen + (size_t)n : sizeof(d->path) - 1;
     return mark;
@@ -162,7 +162,8 @@ unsigned kw_edit_distance(const char *a, const char *b)
         row[0] = (unsigned)i;
         for (size_t j = 1; j <= lb; j++) {
             unsigned up = row[j];
-            unsigned cost = tolower((unsigned char)a[i - 1]) == tolower((unsigned char)b[j - 1]) ? 0 : 1;
+            unsigned cost =
+                tolower((unsigned char)a[i - 1]) == tolower((unsigned char)b[j - 1]) ? 0 : 1;
             unsigned best = diag + cost;
             if (up + 1 < best)
                 best = up + 1;
@@ -195,9 +196,18 @@ static const char *suggest(const char *word, const char *const *cands)
 /* Fields kept by the API server that a file may carry (kubectl get -o yaml): accepted and
  * ignored. */
 static const char *const ignored_meta[] = {
-    "uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "finalizers",
-    "ownerReferences", "generateName", "deletionTimestamp", "deletionGracePeriodSeconds",
-    "selfLink", NULL,
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "finalizers",
+    "ownerReferences",
+    "generateName",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "selfLink",
+    NULL,
 };
 
 static bool in_list(const char *s, size_t len, const char *const *list)
@@ -340,8 +350,8 @@ static void get_bool(struct kw_dec *d, const struct kw_node *m, const char *key,
     pop(d, mark);
 }
 
-static void get_duration(struct kw_dec *d, const struct kw_node *m, const char *key,
-                         int64_t min_ms, int64_t max_ms, int64_t *out)
+static void get_duration(struct kw_dec *d, const struct kw_node *m, const char *key, int64_t min_ms,
+                         int64_t max_ms, int64_t *out)
 {
     size_t mark;
     const struct kw_node *n = kw_node_get(m, key);
@@ -350,8 +360,7 @@ static void get_duration(struct kw_dec *d, const struct kw_node *m, const char *
         char err[160], lo[32], hi[32];
         int64_t ms;
         if (n->type != KW_NODE_STRING)
-            kw_dec_error(d, n, "must be a duration string like \"30s\", not %s",
-                         a_type(n->type));
+            kw_dec_error(d, n, "must be a duration string like \"30s\", not %s", a_type(n->type));
         else if (kw_duration_parse(n->str, n->len, &ms, err, sizeof(err)) != KW_OK)
             kw_dec_error(d, n, "%s", err);
         else if (ms < min_ms || ms > max_ms) {
@@ -565,13 +574,13 @@ static void decode_secret_ref(struct kw_dec *d, const struct kw_node *m, const c
     pop(d, mark);
 }
 
-static struct kw_header *decode_headers(struct kw_dec *d, const struct kw_node *m,
-                                        const char *key, size_t *count, bool for_upstream)
+static struct kw_header *decode_headers(struct kw_dec *d, const struct kw_node *m, const char *key,
+                                        size_t *count, bool for_upstream)
 {
     static const char *const fields[] = {"name", "value", NULL};
-    static const char *const reserved[] = {"host", "content-length", "transfer-encoding",
-                                           "connection", "upgrade", "te", "trailer",
-                                           "keep-alive", "proxy-connection", NULL};
+    static const char *const reserved[] = {
+        "host", "content-length", "transfer-encoding", "connection",       "upgrade",
+        "te",   "trailer",        "keep-alive",        "proxy-connection", NULL};
     size_t mark;
     struct kw_header *out = NULL;
     *count = 0;
@@ -620,8 +629,8 @@ static struct kw_header *decode_headers(struct kw_dec *d, const struct kw_node *
 
 static void decode_upstream(struct kw_dec *d, const struct kw_node *spec, struct kw_backend *b)
 {
-    static const char *const fields[] = {"baseURL", "serviceRef", "endpoints", "timeout",
-                                         "connectTimeout", "headers", "tls", NULL};
+    static const char *const fields[] = {"baseURL",        "serviceRef", "endpoints", "timeout",
+                                         "connectTimeout", "headers",    "tls",       NULL};
     static const char *const sref_fields[] = {"name", "port", NULL};
     static const char *const ep_fields[] = {"url", "weight", NULL};
     static const char *const tls_fields[] = {"insecureSkipVerify", "caSecretRef", NULL};
@@ -711,8 +720,8 @@ static void decode_credentials(struct kw_dec *d, const struct kw_node *spec, str
 {
     static const char *const fields[] = {"secretRef", "azure", "bedrock", NULL};
     static const char *const azure_fields[] = {"apiVersion", "deployment", NULL};
-    static const char *const bedrock_fields[] = {"region", "accessKeyIdKey",
-                                                 "secretAccessKeyKey", "sessionTokenKey", NULL};
+    static const char *const bedrock_fields[] = {"region", "accessKeyIdKey", "secretAccessKeyKey",
+                                                 "sessionTokenKey", NULL};
     struct kw_credentials *c = &b->credentials;
     size_t mark;
     const struct kw_node *m = get_map(d, spec, "credentials", false, &mark);
@@ -881,14 +890,15 @@ static bool get_enum(struct kw_dec *d, const struct kw_node *m, const char *key,
 
 void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_backend *b)
 {
-    static const char *const fields[] = {"provider", "modelName", "upstream", "credentials",
-                                         "params", NULL};
+    static const char *const fields[] = {"provider",    "modelName", "upstream",
+                                         "credentials", "params",    NULL};
     static const char *const provider_list[KW_PROVIDER__COUNT + 1] = {
         "OpenAI", "AzureOpenAI", "Anthropic", "AWSBedrock", "Gemini", "VertexAI",
-        "Cohere", "Mistral", "vLLM", "KServe", "Ollama", NULL};
+        "Cohere", "Mistral",     "vLLM",      "KServe",     "Ollama", NULL};
     check_fields(d, spec, fields, NULL);
     int provider = -1;
-    bool have_provider = get_enum(d, spec, "provider", provider_list, KW_PROVIDER__COUNT, &provider);
+    bool have_provider =
+        get_enum(d, spec, "provider", provider_list, KW_PROVIDER__COUNT, &provider);
     b->provider = have_provider ? (enum kw_provider)provider : KW_PROVIDER_OPENAI;
     b->model_name = get_string(d, spec, "modelName", false, KW_MAX_MODEL_LEN, NULL);
     decode_upstream(d, spec, b);
@@ -908,8 +918,10 @@ void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct
             u->base_url = kw_provider_default_base_url(b->provider);
         if (u->base_url == NULL && b->provider != KW_PROVIDER_AWS_BEDROCK) {
             size_t mark = push(d, "upstream");
-            kw_dec_error(d, spec, "provider %s has no public endpoint: set baseURL, serviceRef "
-                                  "or endpoints", kw_provider_name(b->provider));
+            kw_dec_error(d, spec,
+                         "provider %s has no public endpoint: set baseURL, serviceRef "
+                         "or endpoints",
+                         kw_provider_name(b->provider));
             pop(d, mark);
         }
     }
@@ -936,7 +948,8 @@ static void decode_match(struct kw_dec *d, const struct kw_node *spec, struct kw
         const struct kw_node *s = models->items[i];
         const char *star = s->type == KW_NODE_STRING ? memchr(s->str, '*', s->len) : NULL;
         if (s->type != KW_NODE_STRING || s->len == 0)
-            kw_dec_error(d, s, "must be a non-empty string (a model name, or a prefix ending in *)");
+            kw_dec_error(d, s,
+                         "must be a non-empty string (a model name, or a prefix ending in *)");
         else if (s->len > KW_MAX_MODEL_LEN || has_ctl(s->str, s->len) || strlen(s->str) != s->len)
             kw_dec_error(d, s, "must be a model name of at most %u printable bytes",
                          KW_MAX_MODEL_LEN);
@@ -948,7 +961,8 @@ static void decode_match(struct kw_dec *d, const struct kw_node *spec, struct kw
                 .prefix = star != NULL};
             bool dup = false;
             for (size_t j = 0; j < r->nmodels; j++)
-                dup |= r->models[j].prefix == mm.prefix && strcmp(r->models[j].value, mm.value) == 0;
+                dup |=
+                    r->models[j].prefix == mm.prefix && strcmp(r->models[j].value, mm.value) == 0;
             if (dup)
                 kw_dec_error(d, s, "\"%s\" is listed twice", s->str);
             else
@@ -969,8 +983,9 @@ static void decode_match(struct kw_dec *d, const struct kw_node *spec, struct kw
         const struct kw_node *s = paths->items[i];
         if (s->type != KW_NODE_STRING || !in_list(s->str, s->len, api_paths)) {
             const char *hint = s->type == KW_NODE_STRING ? suggest(s->str, api_paths) : NULL;
-            kw_dec_error(d, s, "must be one of /v1/chat/completions, /v1/completions, "
-                               "/v1/embeddings%s%s%s",
+            kw_dec_error(d, s,
+                         "must be one of /v1/chat/completions, /v1/completions, "
+                         "/v1/embeddings%s%s%s",
                          hint != NULL ? " (did you mean \"" : "", hint != NULL ? hint : "",
                          hint != NULL ? "\"?)" : "");
         } else {
@@ -1190,8 +1205,9 @@ static void decode_meta(struct kw_dec *d, const struct kw_node *doc, struct kw_m
         meta->name = get_string(d, m, "name", true, KW_MAX_NAME_LEN, &where);
         size_t nm = push(d, "name");
         if (meta->name != NULL && !kw_valid_dns_subdomain(meta->name)) {
-            kw_dec_error(d, where, "\"%s\" is not a valid name (lower-case letters, digits, '-' "
-                                   "and '.', starting and ending with a letter or digit)",
+            kw_dec_error(d, where,
+                         "\"%s\" is not a valid name (lower-case letters, digits, '-' "
+                         "and '.', starting and ending with a letter or digit)",
                          meta->name);
             meta->name = NULL;
         }
@@ -1234,13 +1250,13 @@ static char *object_name(struct kw_arena *a, enum kw_kind kind, const struct kw_
     return kw_arena_printf(a, "%s/%.63s/%.100s", kw_kind_name(kind), s, n);
 }
 
-int kw_decode_document(struct kw_arena *a, const struct kw_node *doc, const char *file,
-                       bool strict, struct kw_diag *diag, struct kw_decoded *out)
+int kw_decode_document(struct kw_arena *a, const struct kw_node *doc, const char *file, bool strict,
+                       struct kw_diag *diag, struct kw_decoded *out)
 {
     static const char *const kinds[] = {"LLMBackend", "LLMRoute", "Secret", "DataPlane", NULL};
     static const char *const crd_fields[] = {"apiVersion", "kind", "metadata", "spec", NULL};
-    static const char *const secret_fields[] = {"apiVersion", "kind", "metadata", "type", "data",
-                                                "stringData", "immutable", NULL};
+    static const char *const secret_fields[] = {"apiVersion", "kind",       "metadata",  "type",
+                                                "data",       "stringData", "immutable", NULL};
     static const char *const status_only[] = {"status", NULL};
     struct kw_dec d = {.a = a, .diag = diag, .file = file, .strict = strict};
     memset(out, 0, sizeof(*out));
@@ -1253,7 +1269,8 @@ int kw_decode_document(struct kw_arena *a, const struct kw_node *doc, const char
     const struct kw_node *an = kw_node_get(doc, "apiVersion");
     if (kn == NULL || kn->type != KW_NODE_STRING) {
         size_t m = push(&d, "kind");
-        kw_dec_error(&d, kn != NULL ? kn : doc, "required: one of LLMBackend, LLMRoute, Secret, DataPlane");
+        kw_dec_error(&d, kn != NULL ? kn : doc,
+                     "required: one of LLMBackend, LLMRoute, Secret, DataPlane");
         pop(&d, m);
         return KW_ERROR;
     }
@@ -1264,9 +1281,11 @@ int kw_decode_document(struct kw_arena *a, const struct kw_node *doc, const char
     if (kind < 0) {
         const char *hint = suggest(kn->str, kinds);
         size_t m = push(&d, "kind");
-        kw_dec_error(&d, kn, "unknown kind \"%.64s\"%s%s%s; knoway reads LLMBackend, LLMRoute, "
-                             "Secret and DataPlane",
-                     kn->str, hint ? " (did you mean \"" : "", hint ? hint : "", hint ? "\"?)" : "");
+        kw_dec_error(&d, kn,
+                     "unknown kind \"%.64s\"%s%s%s; knoway reads LLMBackend, LLMRoute, "
+                     "Secret and DataPlane",
+                     kn->str, hint ? " (did you mean \"" : "", hint ? hint : "",
+                     hint ? "\"?)" : "");
         pop(&d, m);
         return KW_ERROR;
     }

@@ -92,7 +92,8 @@ int kw_scalar_resolve_plain(struct kw_arena *a, struct kw_node *n, const char *s
         tmp[len] = '\0';
         int base = 0;
         const char *digits = NULL;
-        if (len > 2 && s[0] == '0' && s[1] == 'x' && all_in(s + 2, len - 2, "0123456789abcdefABCDEF"))
+        if (len > 2 && s[0] == '0' && s[1] == 'x' &&
+            all_in(s + 2, len - 2, "0123456789abcdefABCDEF"))
             base = 16, digits = tmp + 2;
         else if (len > 2 && s[0] == '0' && s[1] == 'o' && all_in(s + 2, len - 2, "01234567"))
             base = 8, digits = tmp + 2;

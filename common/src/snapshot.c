@@ -118,7 +118,8 @@ static int cmp_meta(const struct kw_meta *a, const struct kw_meta *b)
 
 static int cmp_backend(const void *x, const void *y)
 {
-    return cmp_meta(&(*(struct kw_backend *const *)x)->meta, &(*(struct kw_backend *const *)y)->meta);
+    return cmp_meta(&(*(struct kw_backend *const *)x)->meta,
+                    &(*(struct kw_backend *const *)y)->meta);
 }
 
 /* Routes are listed oldest first: that order breaks ties between equally specific
@@ -170,8 +171,8 @@ struct creds {
     size_t n, cap;
 };
 
-static int add_cred(struct creds *cs, const struct kw_config *cfg, const char *ns,
-                    const char *name, const char *key)
+static int add_cred(struct creds *cs, const struct kw_config *cfg, const char *ns, const char *name,
+                    const char *key)
 {
     if (name == NULL || key == NULL || key[0] == '\0')
         return KW_OK;
@@ -199,7 +200,8 @@ static int backend_creds(struct creds *cs, const struct kw_config *cfg, const st
 {
     const char *ns = b->meta.ns;
     const struct kw_credentials *c = &b->credentials;
-    int rc = add_cred(cs, cfg, ns, b->upstream.tls.ca_secret_ref.name, b->upstream.tls.ca_secret_ref.key);
+    int rc = add_cred(cs, cfg, ns, b->upstream.tls.ca_secret_ref.name,
+                      b->upstream.tls.ca_secret_ref.key);
     if (rc == KW_OK && b->provider == KW_PROVIDER_AWS_BEDROCK) {
         rc = add_cred(cs, cfg, ns, c->secret_ref.name, c->bedrock.access_key_id_key);
         if (rc == KW_OK)
@@ -246,8 +248,9 @@ struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_re
             char err[256] = "";
             struct kw_endpoint *eps = NULL;
             size_t neps = 0;
-            if (resolve(ud, a, b->meta.ns, b->upstream.service_ref.name, b->upstream.service_ref.port,
-                        &eps, &neps, err, sizeof(err)) != KW_OK || neps == 0) {
+            if (resolve(ud, a, b->meta.ns, b->upstream.service_ref.name,
+                        b->upstream.service_ref.port, &eps, &neps, err, sizeof(err)) != KW_OK ||
+                neps == 0) {
                 kw_diag_add(diag, b->meta.file, b->meta.line, b->meta.col,
                             kw_arena_printf(a, "LLMBackend/%s/%s", b->meta.ns, b->meta.name),
                             "spec.upstream.serviceRef", "%s",
@@ -415,7 +418,9 @@ static void parse_credentials(struct kw_dec *d, struct kw_snapshot *s, const str
         }
         size_t len = strlen(data);
         unsigned char *v = kw_arena_alloc(d->a, len / 4 * 3 + 1);
-        int n = len % 4 == 0 && v != NULL ? EVP_DecodeBlock(v, (const unsigned char *)data, (int)len) : -1;
+        int n = len % 4 == 0 && v != NULL
+                    ? EVP_DecodeBlock(v, (const unsigned char *)data, (int)len)
+                    : -1;
         if (n < 0) {
             kw_dec_error(d, e, "credentials[%zu].data: not base64", i);
             continue;
@@ -444,8 +449,8 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
     }
     atomic_init(&s->refs, 1);
     s->arena = kw_arena_new(KW_MAX_ARENA_BYTES);
-    struct kw_dec d = {.a = s->arena, .diag = diag, .object = "snapshot", .strict = true,
-                       .snapshot = true};
+    struct kw_dec d = {
+        .a = s->arena, .diag = diag, .object = "snapshot", .strict = true, .snapshot = true};
     char err[256];
     struct kw_node *root;
     if (s->arena == NULL || kw_json_parse(s->arena, json, len, &root, err, sizeof(err)) != KW_OK) {
@@ -461,8 +466,9 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
     if (bn->type != KW_NODE_SEQ || rn->type != KW_NODE_SEQ || cn->type != KW_NODE_SEQ ||
         version == NULL || strlen(version) != KW_SNAPSHOT_VERSION_LEN ||
         strncmp(version, "sha256:", 7) != 0) {
-        kw_dec_error(&d, root, "backends, routes and credentials must be lists and version "
-                               "a sha256: digest");
+        kw_dec_error(&d, root,
+                     "backends, routes and credentials must be lists and version "
+                     "a sha256: digest");
         goto fail;
     }
     parse_credentials(&d, s, cn);
@@ -477,8 +483,8 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
         if (b == NULL)
             goto fail;
         d.object = "snapshot";
-        const struct kw_node *spec = parse_entry(&d, bn->items[i], &b->meta, obj, sizeof(obj),
-                                                 "LLMBackend");
+        const struct kw_node *spec =
+            parse_entry(&d, bn->items[i], &b->meta, obj, sizeof(obj), "LLMBackend");
         if (spec == NULL)
             continue;
         d.object = obj;
@@ -494,9 +500,10 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
         bool creds_ok = has_cred(s, b->meta.ns, b->upstream.tls.ca_secret_ref.name,
                                  b->upstream.tls.ca_secret_ref.key);
         if (b->provider == KW_PROVIDER_AWS_BEDROCK)
-            creds_ok &= has_cred(s, b->meta.ns, c->secret_ref.name, c->bedrock.access_key_id_key) &&
-                        has_cred(s, b->meta.ns, c->secret_ref.name, c->bedrock.secret_access_key_key) &&
-                        has_cred(s, b->meta.ns, c->secret_ref.name, c->bedrock.session_token_key);
+            creds_ok &=
+                has_cred(s, b->meta.ns, c->secret_ref.name, c->bedrock.access_key_id_key) &&
+                has_cred(s, b->meta.ns, c->secret_ref.name, c->bedrock.secret_access_key_key) &&
+                has_cred(s, b->meta.ns, c->secret_ref.name, c->bedrock.session_token_key);
         else
             creds_ok &= has_cred(s, b->meta.ns, c->secret_ref.name, c->secret_ref.key);
         if (!creds_ok)
@@ -513,8 +520,8 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
         if (r == NULL)
             goto fail;
         d.object = "snapshot";
-        const struct kw_node *spec = parse_entry(&d, rn->items[i], &r->meta, obj, sizeof(obj),
-                                                 "LLMRoute");
+        const struct kw_node *spec =
+            parse_entry(&d, rn->items[i], &r->meta, obj, sizeof(obj), "LLMRoute");
         if (spec == NULL)
             continue;
         r->meta.order = i;
@@ -531,8 +538,10 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
                     strcmp(s->backends[k]->meta.name, r->refs[j].name) == 0)
                     r->refs[j].backend = s->backends[k];
             if (r->refs[j].backend == NULL)
-                kw_dec_error(&d, rn->items[i], "backendRefs[%zu]: LLMBackend \"%s\" is not in "
-                                               "the snapshot", j, r->refs[j].name);
+                kw_dec_error(&d, rn->items[i],
+                             "backendRefs[%zu]: LLMBackend \"%s\" is not in "
+                             "the snapshot",
+                             j, r->refs[j].name);
         }
         for (size_t k = 0; k < s->nroutes; k++)
             if (cmp_meta(&s->routes[k]->meta, &r->meta) == 0)
@@ -550,8 +559,8 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
         goto fail;
     }
     if (strcmp(s->version, version) != 0) {
-        kw_diag_add(diag, NULL, 0, 0, "snapshot", "version",
-                    "%s does not match the content (%s)", version, s->version);
+        kw_diag_add(diag, NULL, 0, 0, "snapshot", "version", "%s does not match the content (%s)",
+                    version, s->version);
         goto fail;
     }
     kw_buf_cleanup(&text);

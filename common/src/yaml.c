@@ -38,8 +38,8 @@ static void error_at(struct ctx *c, const yaml_mark_t *m, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    kw_diag_add(c->diag, c->file, (unsigned)m->line + 1, (unsigned)m->column + 1, NULL, NULL,
-                "%s", msg);
+    kw_diag_add(c->diag, c->file, (unsigned)m->line + 1, (unsigned)m->column + 1, NULL, NULL, "%s",
+                msg);
     c->failed = true;
 }
 
@@ -232,8 +232,7 @@ int kw_yaml_parse(struct kw_arena *a, const char *file, const char *buf, size_t 
             if (anchor != NULL)
                 error_at(&c, &ev.start_mark, "%s", "YAML anchors (&name) are not supported");
             else
-                on_start(&c, &ev,
-                         ev.type == YAML_MAPPING_START_EVENT ? KW_NODE_MAP : KW_NODE_SEQ);
+                on_start(&c, &ev, ev.type == YAML_MAPPING_START_EVENT ? KW_NODE_MAP : KW_NODE_SEQ);
             break;
         }
         case YAML_SEQUENCE_END_EVENT:

@@ -10,12 +10,12 @@
 #include "buf.h"
 
 struct kw_diag_entry {
-    char *file;      /* NULL when the source is not a file */
-    unsigned line;   /* 1-based; 0 = unknown */
-    unsigned col;    /* 1-based; 0 = unknown */
-    char *object;    /* "LLMBackend/default/openai", or NULL for file-level errors */
-    char *path;      /* "spec.upstream.timeout", or NULL */
-    char *message;   /* what is wrong, never NULL */
+    char *file;    /* NULL when the source is not a file */
+    unsigned line; /* 1-based; 0 = unknown */
+    unsigned col;  /* 1-based; 0 = unknown */
+    char *object;  /* "LLMBackend/default/openai", or NULL for file-level errors */
+    char *path;    /* "spec.upstream.timeout", or NULL */
+    char *message; /* what is wrong, never NULL */
 };
 
 struct kw_diag {

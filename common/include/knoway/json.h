@@ -10,8 +10,8 @@
 
 /* Parse one JSON value. On error returns KW_ERROR and writes a one-line reason to err.
  * Duplicate keys in an object are an error. Depth and sizes are limited (limits.h). */
-int kw_json_parse(struct kw_arena *a, const char *buf, size_t len, struct kw_node **out,
-                  char *err, size_t errlen);
+int kw_json_parse(struct kw_arena *a, const char *buf, size_t len, struct kw_node **out, char *err,
+                  size_t errlen);
 
 /* Append the canonical JSON form of n to out: no white space, object keys sorted by
  * bytes, numbers as their text, strings escaped by yajl. Equal trees give equal bytes.

@@ -36,8 +36,8 @@ struct kw_node {
     bool b;             /* KW_NODE_BOOL */
     size_t n;           /* entries in items or pairs */
     size_t cap;
-    struct kw_node **items;      /* KW_NODE_SEQ */
-    struct kw_node_pair *pairs;  /* KW_NODE_MAP, in source order */
+    struct kw_node **items;     /* KW_NODE_SEQ */
+    struct kw_node_pair *pairs; /* KW_NODE_MAP, in source order */
 };
 
 /* "string", "integer", "map", ... for error messages. */

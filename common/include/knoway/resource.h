@@ -52,14 +52,14 @@ bool kw_provider_is_openai_compatible(enum kw_provider p);
 
 struct kw_meta {
     const char *name;
-    const char *ns;             /* "default" when absent */
-    const char *uid;            /* from the API; NULL in files */
+    const char *ns;  /* "default" when absent */
+    const char *uid; /* from the API; NULL in files */
     const char *resource_version;
     const char *creation_timestamp;
-    int64_t generation;         /* from the API; 0 in files */
-    const char *file;           /* where it was read (NULL for API objects) */
-    unsigned line, col;         /* position of the document */
-    size_t order;               /* position among documents of its kind (age in files) */
+    int64_t generation; /* from the API; 0 in files */
+    const char *file;   /* where it was read (NULL for API objects) */
+    unsigned line, col; /* position of the document */
+    size_t order;       /* position among documents of its kind (age in files) */
 };
 
 struct kw_secret_ref {
@@ -79,15 +79,15 @@ struct kw_endpoint {
 };
 
 struct kw_upstream {
-    const char *base_url;         /* exactly one of base_url, service_ref, endpoints */
+    const char *base_url; /* exactly one of base_url, service_ref, endpoints */
     struct {
-        const char *name;         /* NULL = not set */
+        const char *name; /* NULL = not set */
         uint32_t port;
     } service_ref;
     struct kw_endpoint *endpoints;
     size_t nendpoints;
-    int64_t timeout_ms;           /* 0 = route's timeout */
-    int64_t connect_timeout_ms;   /* default 10s */
+    int64_t timeout_ms;         /* 0 = route's timeout */
+    int64_t connect_timeout_ms; /* default 10s */
     struct kw_header *headers;
     size_t nheaders;
     struct {
@@ -154,8 +154,8 @@ struct kw_route {
     size_t nrefs;
     int64_t timeout_ms;             /* default 300s */
     int64_t stream_idle_timeout_ms; /* default 60s */
-    bool valid;    /* false when the route itself has an error */
-    bool resolved; /* every backendRef names an existing, valid LLMBackend */
+    bool valid;                     /* false when the route itself has an error */
+    bool resolved;                  /* every backendRef names an existing, valid LLMBackend */
 };
 
 struct kw_secret_item {

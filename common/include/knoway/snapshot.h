@@ -44,9 +44,8 @@ struct kw_snapshot {
 /* Resolves an upstream.serviceRef into endpoints. Fills *eps (allocated from a) and
  * *neps; returns KW_OK, or KW_ERROR with a reason in err. */
 typedef int (*kw_service_resolver_fn)(void *ud, struct kw_arena *a, const char *ns,
-                                      const char *name, uint32_t port,
-                                      struct kw_endpoint **eps, size_t *neps, char *err,
-                                      size_t errlen);
+                                      const char *name, uint32_t port, struct kw_endpoint **eps,
+                                      size_t *neps, char *err, size_t errlen);
 
 /* The static-mode resolver: http://NAME.NAMESPACE.svc:PORT (cluster DNS). */
 int kw_service_resolve_dns(void *ud, struct kw_arena *a, const char *ns, const char *name,

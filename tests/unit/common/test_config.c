@@ -34,8 +34,9 @@ static void test_file_and_defaults(void **state)
     char path[] = "/tmp/kwtest-XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);
-    const char *text = "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: b}\n"
-                       "spec: {provider: Ollama, upstream: {baseURL: \"http://127.0.0.1:11434/v1\"}}\n";
+    const char *text =
+        "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: b}\n"
+        "spec: {provider: Ollama, upstream: {baseURL: \"http://127.0.0.1:11434/v1\"}}\n";
     assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
     close(fd);
     struct kw_config *cfg = kw_config_new();
@@ -56,14 +57,15 @@ static void test_errors_are_collected(void **state)
     (void)state;
     /* three bad documents and one good: all three reported, the good one stays valid */
     struct kw_config *cfg;
-    char *e = kwt_errors("kind: Nope\n---\n"
-                         "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: a}\n"
-                         "spec: {provider: X}\n---\n"
-                         "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: ok}\n"
-                         "spec: {provider: OpenAI}\n---\n"
-                         "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: r}\n"
-                         "spec: {match: {models: [m]}, backendRefs: [{name: ok}], timeout: 0s}\n",
-                         &cfg);
+    char *e =
+        kwt_errors("kind: Nope\n---\n"
+                   "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: a}\n"
+                   "spec: {provider: X}\n---\n"
+                   "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: ok}\n"
+                   "spec: {provider: OpenAI}\n---\n"
+                   "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: r}\n"
+                   "spec: {match: {models: [m]}, backendRefs: [{name: ok}], timeout: 0s}\n",
+                   &cfg);
     assert_string_equal(e, "t.yaml:1:7: kind: unknown kind \"Nope\"; knoway reads LLMBackend, "
                            "LLMRoute, Secret and DataPlane\n"
                            "t.yaml:6:18: LLMBackend/default/a: spec.provider: unknown value \"X\"; "

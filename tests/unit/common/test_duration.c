@@ -38,7 +38,8 @@ static void test_invalid(void **state)
     int64_t ms;
     char err[128];
     kw_duration_parse("30x", 3, &ms, err, sizeof(err));
-    assert_string_equal(err, "invalid duration \"30x\" (use a number and a unit: 250ms, 30s, 5m, 1h)");
+    assert_string_equal(err,
+                        "invalid duration \"30x\" (use a number and a unit: 250ms, 30s, 5m, 1h)");
     kw_duration_parse("99999999h", 9, &ms, err, sizeof(err));
     assert_string_equal(err, "duration too long");
 }

@@ -26,13 +26,15 @@ static void test_types_and_canonical(void **state)
     (void)state;
     int rc;
     char err[256];
-    char *out = canon(" { \"z\": [1, 2.50, -3e2, true, null], \"a\": {\"y\": \"\\u00e9\\n\", \"b\": false},"
-                      " \"big\": 123456789012345678901234 } ",
-                      &rc, err, sizeof(err));
+    char *out =
+        canon(" { \"z\": [1, 2.50, -3e2, true, null], \"a\": {\"y\": \"\\u00e9\\n\", \"b\": false},"
+              " \"big\": 123456789012345678901234 } ",
+              &rc, err, sizeof(err));
     assert_int_equal(rc, KW_OK);
     /* keys sorted at every level, numbers kept as written, no white space */
-    assert_string_equal(out, "{\"a\":{\"b\":false,\"y\":\"\xc3\xa9\\n\"},\"big\":123456789012345678901234,"
-                             "\"z\":[1,2.50,-3e2,true,null]}");
+    assert_string_equal(
+        out, "{\"a\":{\"b\":false,\"y\":\"\xc3\xa9\\n\"},\"big\":123456789012345678901234,"
+             "\"z\":[1,2.50,-3e2,true,null]}");
     int rc2;
     char *again = canon(out, &rc2, err, sizeof(err));
     assert_string_equal(again, out); /* canonical form is a fixed point */

@@ -6,8 +6,8 @@
 #include "knoway/kw.h"
 #include "testutil.h"
 
-#define HDR_B "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata:\n  name: b\nspec:\n"
-#define HDR_R "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: r\nspec:\n"
+#define HDR_B     "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata:\n  name: b\nspec:\n"
+#define HDR_R     "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: r\nspec:\n"
 #define BACKEND_B "---\n" HDR_B "  provider: vLLM\n  upstream:\n    baseURL: http://x:8000/v1\n"
 
 static void test_valid_backend(void **state)
@@ -48,8 +48,9 @@ static void test_unknown_field_hint(void **state)
     kwt_assert_errors(HDR_B "  provider: vLLM\n  modleName: m\n  upstream: {baseURL: http://x}\n",
                       "t.yaml:7:3: LLMBackend/default/b: spec.modleName: unknown field "
                       "\"modleName\" (did you mean \"modelName\"?)\n");
-    kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x, zzz: 1}\n",
-                      "t.yaml:7:33: LLMBackend/default/b: spec.upstream.zzz: unknown field \"zzz\"\n");
+    kwt_assert_errors(
+        HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x, zzz: 1}\n",
+        "t.yaml:7:33: LLMBackend/default/b: spec.upstream.zzz: unknown field \"zzz\"\n");
     /* a field of a later wave is rejected like any unknown field */
     kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x}\n"
                             "  circuitBreaker: {consecutiveFailures: 5}\n",
@@ -64,7 +65,7 @@ static void test_wrong_type(void **state)
                       "t.yaml:7:14: LLMBackend/default/b: spec.modelName: must be a string, not an "
                       "integer\n");
     kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match: {models: [m]}\n  backendRefs:\n"
-                                            "    - {name: b, weight: \"3\"}\n",
+                                "    - {name: b, weight: \"3\"}\n",
                       "t.yaml:18:25: LLMRoute/default/r: spec.backendRefs[0].weight: must be an "
                       "integer, not a string\n");
 }
@@ -72,8 +73,9 @@ static void test_wrong_type(void **state)
 static void test_required(void **state)
 {
     (void)state;
-    kwt_assert_errors(HDR_B "  modelName: m\n  upstream: {baseURL: http://x}\n",
-                      "t.yaml:6:3: LLMBackend/default/b: spec.provider: required field is missing\n");
+    kwt_assert_errors(
+        HDR_B "  modelName: m\n  upstream: {baseURL: http://x}\n",
+        "t.yaml:6:3: LLMBackend/default/b: spec.provider: required field is missing\n");
     kwt_assert_errors("apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {}\n"
                       "spec: {match: {models: [a]}}\n",
                       "t.yaml:3:11: LLMRoute/default/(unnamed): metadata.name: required field is "
@@ -98,13 +100,13 @@ static void test_ranges(void **state)
 {
     (void)state;
     kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match: {models: [m]}\n  backendRefs:\n"
-                                            "    - {name: b, weight: 1001, priority: -1}\n",
+                                "    - {name: b, weight: 1001, priority: -1}\n",
                       "t.yaml:18:25: LLMRoute/default/r: spec.backendRefs[0].weight: must be "
                       "0..1000, got 1001\n"
                       "t.yaml:18:41: LLMRoute/default/r: spec.backendRefs[0].priority: must be "
                       "0..100, got -1\n");
     kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match: {models: [m]}\n  backendRefs:\n"
-                                            "    - {name: b, weight: 0}\n",
+                                "    - {name: b, weight: 0}\n",
                       "t.yaml:18:5: LLMRoute/default/r: spec.backendRefs: every weight is 0: no "
                       "backend would receive traffic\n");
     kwt_assert_errors("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: dp}\n"
@@ -121,7 +123,7 @@ static void test_durations(void **state)
 {
     (void)state;
     kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match: {models: [m]}\n  backendRefs: [{name: b}]\n"
-                                            "  timeout: 30\n  streamIdleTimeout: 10ms\n",
+                                "  timeout: 30\n  streamIdleTimeout: 10ms\n",
                       "t.yaml:18:12: LLMRoute/default/r: spec.timeout: must be a duration string "
                       "like \"30s\", not an integer\n"
                       "t.yaml:19:22: LLMRoute/default/r: spec.streamIdleTimeout: must be between "
@@ -144,8 +146,9 @@ static void test_upstream_rules(void **state)
     kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: \"http://x:0/v1?a=b\"}\n",
                       "t.yaml:7:23: LLMBackend/default/b: spec.upstream.baseURL: "
                       "\"http://x:0/v1?a=b\" must not have a query or fragment\n");
-    kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream:\n    baseURL: http://x\n    headers:\n"
-                            "      - {name: Host, value: y}\n      - {name: \"bad name\", value: y}\n",
+    kwt_assert_errors(HDR_B
+                      "  provider: vLLM\n  upstream:\n    baseURL: http://x\n    headers:\n"
+                      "      - {name: Host, value: y}\n      - {name: \"bad name\", value: y}\n",
                       "t.yaml:10:16: LLMBackend/default/b: spec.upstream.headers[0].name: \"Host\" "
                       "is managed by the gateway and cannot be set\n"
                       "t.yaml:11:16: LLMBackend/default/b: spec.upstream.headers[1].name: \"bad "
@@ -194,11 +197,12 @@ static void test_match(void **state)
 {
     (void)state;
     struct kw_config *cfg;
-    char *e = kwt_errors(BACKEND_B "---\n" HDR_R "  match:\n    models: [gpt-4o, \"llama-3*\", \"*\"]\n"
-                                             "    headers: [{name: x-tenant, value: a}]\n"
-                                             "    paths: [/v1/chat/completions]\n"
-                                             "  backendRefs: [{name: b, modelOverride: m2}]\n",
-                         &cfg);
+    char *e =
+        kwt_errors(BACKEND_B "---\n" HDR_R "  match:\n    models: [gpt-4o, \"llama-3*\", \"*\"]\n"
+                             "    headers: [{name: x-tenant, value: a}]\n"
+                             "    paths: [/v1/chat/completions]\n"
+                             "  backendRefs: [{name: b, modelOverride: m2}]\n",
+                   &cfg);
     assert_string_equal(e, "");
     free(e);
     const struct kw_route *r = cfg->routes[0];
@@ -213,8 +217,8 @@ static void test_match(void **state)
     kw_config_free(cfg);
 
     kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match:\n    models: [a, a]\n"
-                                            "    paths: [/v1/chat/completion]\n"
-                                            "  backendRefs: [{name: b}, {name: b}]\n",
+                                "    paths: [/v1/chat/completion]\n"
+                                "  backendRefs: [{name: b}, {name: b}]\n",
                       "t.yaml:17:17: LLMRoute/default/r: spec.match.models[1]: \"a\" is listed "
                       "twice\n"
                       "t.yaml:18:13: LLMRoute/default/r: spec.match.paths[0]: must be one of "
@@ -242,11 +246,11 @@ static void test_duplicates_and_references(void **state)
                       "t.yaml:8:23: LLMBackend/default/b: spec.credentials.secretRef.key: Secret "
                       "\"s\" has no key \"k\"\n");
     /* references do not cross namespaces */
-    kwt_assert_errors("apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: r, "
-                      "namespace: team-a}\nspec:\n  match: {models: [m]}\n  backendRefs: [{name: b}]\n"
-                      BACKEND_B,
-                      "t.yaml:6:24: LLMRoute/team-a/r: spec.backendRefs[0].name: LLMBackend "
-                      "\"team-a/b\" not found\n");
+    kwt_assert_errors(
+        "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: r, "
+        "namespace: team-a}\nspec:\n  match: {models: [m]}\n  backendRefs: [{name: b}]\n" BACKEND_B,
+        "t.yaml:6:24: LLMRoute/team-a/r: spec.backendRefs[0].name: LLMBackend "
+        "\"team-a/b\" not found\n");
 }
 
 static void test_secret(void **state)
@@ -283,25 +287,28 @@ static void test_documents(void **state)
                       "t.yaml:3:18: LLMBackend/default/B_1: metadata.name: \"B_1\" is not a valid "
                       "name (lower-case letters, digits, '-' and '.', starting and ending with a "
                       "letter or digit)\n");
-    kwt_assert_errors("- a\n- b\n",
-                      "t.yaml:1:1: a document must be a map with apiVersion and kind, not a list\n");
-    kwt_assert_errors("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: a}\n"
-                      "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: b}\n",
-                      "t.yaml:5:1: DataPlane: a second DataPlane document (the first is at line 1)\n");
+    kwt_assert_errors(
+        "- a\n- b\n",
+        "t.yaml:1:1: a document must be a map with apiVersion and kind, not a list\n");
+    kwt_assert_errors(
+        "apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: a}\n"
+        "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: b}\n",
+        "t.yaml:5:1: DataPlane: a second DataPlane document (the first is at line 1)\n");
     /* what kubectl get -o yaml adds is accepted */
-    kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x}\nstatus: {conditions: []}\n",
-                      "");
+    kwt_assert_errors(
+        HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x}\nstatus: {conditions: []}\n", "");
 }
 
 static void test_dataplane(void **state)
 {
     (void)state;
     struct kw_config *cfg;
-    char *e = kwt_errors("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: gw}\n"
-                         "spec:\n  listen: \"[::1]:8081\"\n  workers: 2\n"
-                         "  discovery: {url: \"http://ctl:18000\", tokenFile: /t}\n"
-                         "  limits: {maxBodyBytes: 2048, maxConnections: 10}\n",
-                         &cfg);
+    char *e =
+        kwt_errors("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: gw}\n"
+                   "spec:\n  listen: \"[::1]:8081\"\n  workers: 2\n"
+                   "  discovery: {url: \"http://ctl:18000\", tokenFile: /t}\n"
+                   "  limits: {maxBodyBytes: 2048, maxConnections: 10}\n",
+                   &cfg);
     assert_string_equal(e, "");
     free(e);
     assert_true(cfg->has_dataplane);
@@ -325,12 +332,13 @@ static void test_api_json(void **state)
     (void)state;
     /* As the API server returns it: extra metadata and status are ignored, errors carry the
      * object and the field path but no file position. */
-    const char *ok = "{\"apiVersion\":\"llm.knoway.dev/v1alpha1\",\"kind\":\"LLMBackend\","
-                     "\"metadata\":{\"name\":\"b\",\"namespace\":\"prod\",\"uid\":\"u-1\","
-                     "\"resourceVersion\":\"42\",\"generation\":3,\"creationTimestamp\":"
-                     "\"2026-01-01T00:00:00Z\",\"managedFields\":[{}]},"
-                     "\"spec\":{\"provider\":\"vLLM\",\"upstream\":{\"baseURL\":\"http://v:8000/v1\"}},"
-                     "\"status\":{\"conditions\":[]}}";
+    const char *ok =
+        "{\"apiVersion\":\"llm.knoway.dev/v1alpha1\",\"kind\":\"LLMBackend\","
+        "\"metadata\":{\"name\":\"b\",\"namespace\":\"prod\",\"uid\":\"u-1\","
+        "\"resourceVersion\":\"42\",\"generation\":3,\"creationTimestamp\":"
+        "\"2026-01-01T00:00:00Z\",\"managedFields\":[{}]},"
+        "\"spec\":{\"provider\":\"vLLM\",\"upstream\":{\"baseURL\":\"http://v:8000/v1\"}},"
+        "\"status\":{\"conditions\":[]}}";
     struct kw_config *cfg = kw_config_new();
     assert_int_equal(kw_config_add_json(cfg, ok, strlen(ok)), KW_OK);
     assert_int_equal(kw_diag_count(&cfg->diag), 0);

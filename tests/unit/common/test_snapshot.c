@@ -6,18 +6,20 @@
 #include "knoway/snapshot.h"
 #include "testutil.h"
 
-#define SECRET "---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: ml}\n" \
-               "stringData: {openai: sk-123, unused: zzz}\n"
-#define BACKENDS                                                                            \
-    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: oai, "    \
-    "namespace: ml}\nspec:\n  provider: OpenAI\n  modelName: gpt-4o\n"                      \
-    "  credentials: {secretRef: {name: keys, key: openai}}\n"                               \
-    "  params: {defaults: {temperature: 0.5, n: 1}, remove: [user]}\n"                       \
-    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: vllm, "   \
-    "namespace: ml}\nspec:\n  provider: vLLM\n  upstream: {serviceRef: {name: vllm, port: 8000}}\n"
-#define ROUTE                                                                                \
-    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: chat, "      \
-    "namespace: ml}\nspec:\n  match: {models: [\"gpt*\"]}\n  backendRefs:\n"                  \
+#define SECRET                                                                                     \
+    "---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: ml}\n"                   \
+    "stringData: {openai: sk-123, unused: zzz}\n"
+#define BACKENDS                                                                                   \
+    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: oai, "           \
+    "namespace: ml}\nspec:\n  provider: OpenAI\n  modelName: gpt-4o\n"                             \
+    "  credentials: {secretRef: {name: keys, key: openai}}\n"                                      \
+    "  params: {defaults: {temperature: 0.5, n: 1}, remove: [user]}\n"                             \
+    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: vllm, "          \
+    "namespace: ml}\nspec:\n  provider: vLLM\n  upstream: {serviceRef: {name: vllm, port: "        \
+    "8000}}\n"
+#define ROUTE                                                                                      \
+    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: chat, "            \
+    "namespace: ml}\nspec:\n  match: {models: [\"gpt*\"]}\n  backendRefs:\n"                       \
     "    - {name: vllm, weight: 3}\n    - {name: oai, priority: 1}\n  timeout: 2m\n"
 
 static struct kw_snapshot *build(const char *yaml, struct kw_diag *diag)
@@ -126,11 +128,11 @@ static void test_invalid_left_out(void **state)
      * other backend; a route whose only backend is invalid is left out and reported. */
     struct kw_diag diag;
     kw_diag_init(&diag);
-    struct kw_snapshot *s =
-        build(BACKENDS ROUTE
-              "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: only-oai, "
-              "namespace: ml}\nspec: {match: {models: [x]}, backendRefs: [{name: oai}]}\n",
-              &diag);
+    struct kw_snapshot *s = build(
+        BACKENDS ROUTE
+        "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: only-oai, "
+        "namespace: ml}\nspec: {match: {models: [x]}, backendRefs: [{name: oai}]}\n",
+        &diag);
     assert_non_null(s);
     assert_int_equal(s->nbackends, 1);
     assert_string_equal(s->backends[0]->meta.name, "vllm");
@@ -180,12 +182,15 @@ static void test_parse_rejects(void **state)
     e = first_error("{\"backends\":[],\"credentials\":[],\"routes\":[]}");
     assert_string_equal(e, "snapshot: missing field \"version\"");
     free(e);
-    e = first_error("{\"backends\":[],\"credentials\":[],\"routes\":[],\"version\":\"x\",\"extra\":1}");
+    e = first_error(
+        "{\"backends\":[],\"credentials\":[],\"routes\":[],\"version\":\"x\",\"extra\":1}");
     assert_string_equal(e, "snapshot: unknown field \"extra\"");
     free(e);
-    e = first_error("{\"backends\":[{\"name\":\"a\",\"namespace\":\"n\",\"spec\":{\"provider\":\"vLLM\","
-                    "\"upstream\":{\"serviceRef\":{\"name\":\"s\",\"port\":1}}}}],\"credentials\":[],"
-                    "\"routes\":[],\"version\":\"sha256:0000000000000000000000000000000000000000000000000000000000000000\"}");
+    e = first_error(
+        "{\"backends\":[{\"name\":\"a\",\"namespace\":\"n\",\"spec\":{\"provider\":\"vLLM\","
+        "\"upstream\":{\"serviceRef\":{\"name\":\"s\",\"port\":1}}}}],\"credentials\":[],"
+        "\"routes\":[],\"version\":\"sha256:"
+        "0000000000000000000000000000000000000000000000000000000000000000\"}");
     assert_string_equal(e, "LLMBackend/n/a: spec.upstream.serviceRef: a snapshot carries resolved "
                            "endpoints, not a serviceRef");
     free(e);

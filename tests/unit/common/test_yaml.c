@@ -56,10 +56,11 @@ static void test_core_schema(void **state)
     assert_int_equal(p.rc, KW_OK);
     assert_int_equal(p.ndocs, 1);
     char *j = json_of(&p, 0);
-    assert_string_equal(j, "{\"B\":false,\"b\":true,\"big\":1e+20,\"date\":\"2024-02-01\",\"e\":1e+03,"
-                           "\"empty\":null,\"f\":1.5,\"hex\":31,\"i\":42,\"inf\":\".inf\","
-                           "\"list\":[\"a\",2],\"n\":null,\"neg\":-7,\"oct\":15,\"q\":\"123\","
-                           "\"s\":\"hello\",\"t\":null,\"tagged\":\"5\"}");
+    assert_string_equal(j,
+                        "{\"B\":false,\"b\":true,\"big\":1e+20,\"date\":\"2024-02-01\",\"e\":1e+03,"
+                        "\"empty\":null,\"f\":1.5,\"hex\":31,\"i\":42,\"inf\":\".inf\","
+                        "\"list\":[\"a\",2],\"n\":null,\"neg\":-7,\"oct\":15,\"q\":\"123\","
+                        "\"s\":\"hello\",\"t\":null,\"tagged\":\"5\"}");
     free(j);
     assert_int_equal(kw_node_get(p.docs[0], "q")->type, KW_NODE_STRING);
     assert_int_equal(kw_node_get(p.docs[0], "i")->type, KW_NODE_INT);

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The README's test command: install dependencies, build, run every test.
+#   hack/test.sh           everything CI runs: deps, Debug build + ctest, ASan+UBSan build +
+#                          ctest, valgrind on the unit tests, lint, fuzzing (FUZZ_SECONDS each)
+#   hack/test.sh --quick   Debug build + ctest only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "dependencies"
+bash hack/install-deps.sh
+
+step "Debug build and tests"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build -j"$jobs"
+(cd build && ctest --output-on-failure -j"$jobs")
+[ $quick -eq 1 ] && exit 0
+
+step "ASan+UBSan build and tests"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DKW_SANITIZE=ON >/dev/null
+cmake --build build-asan -j"$jobs"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --output-on-failure -j"$jobs")
+
+step "Release build"
+cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build-release -j"$jobs"
+build-release/dataplane/knoway-dataplane --check -c examples/quickstart.yaml
+
+step "valgrind on the unit tests"
+for t in build/tests/test_*; do
+    valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect,possible \
+        --error-exitcode=9 "$t" >/dev/null
+    echo "valgrind clean: $(basename "$t")"
+done
+
+step "lint"
+bash hack/lint.sh
+
+step "fuzz"
+bash hack/fuzz.sh "${FUZZ_SECONDS:-30}"
+
+printf '\nall tests passed\n'
