@@ -1,0 +1,1039 @@
+/* knoway-mockllm: a fast, deterministic mock of the OpenAI HTTP API for tests and
+ * benchmarks, with fault injection.
+ *
+ * One epoll loop per thread, listening sockets shared with SO_REUSEPORT, HTTP/1.1 with
+ * keep-alive, a timer heap per thread for streamed chunks. No allocation per chunk.
+ *
+ * Endpoints (the OpenAI wire format):
+ *   GET  /v1/models
+ *   POST /v1/chat/completions   (stream, stream_options.include_usage)
+ *   POST /v1/completions        (stream)
+ *   POST /v1/embeddings
+ *   GET  /_mock/requests        what was received: a JSON array of the last requests
+ *   DELETE /_mock/requests      forget them
+ *
+ * Behaviour per request, from request headers (a gateway backend sets them through
+ * upstream.headers) or the command line defaults:
+ *   x-mock-latency-ms: N     wait before the response (non-streaming) or the headers
+ *   x-mock-ttft-ms: N        time to the first streamed chunk
+ *   x-mock-chunks: N         content chunks in a stream (also the completion tokens)
+ *   x-mock-interval-ms: N    time between chunks (tokens per second = 1000 / N)
+ *   x-mock-status: N         answer with this HTTP status and an OpenAI error body
+ *   x-mock-retry-after: S    with x-mock-status: add Retry-After: S
+ *   x-mock-fault: reset|stall|malformed|close
+ *   x-mock-fault-after: N    chunks sent before the fault (default 1)
+ *     reset:     TCP RST mid-stream; stall: stop sending, keep the connection;
+ *     malformed: one chunk of invalid JSON, then go on; close: FIN without the last chunk
+ *
+ * Prompt tokens: 3 per message plus one per white-space separated word of its content;
+ * completion tokens: the number of chunks. Content: "tok0 tok1 ...". */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <yajl/yajl_tree.h>
+
+#define MAX_HEADER   16384
+#define MAX_BODY     (8 * 1024 * 1024)
+#define MAX_LOG      2000
+#define LOG_BODY_MAX 65536
+#define OUT_MAX      (1024 * 1024)
+
+struct opts {
+    int ttft_ms, interval_ms, chunks, latency_ms;
+    bool log;
+};
+static struct opts g_opt = {.ttft_ms = 0, .interval_ms = 0, .chunks = 8, .latency_ms = 0,
+                            .log = true};
+
+/* ---- request log (for tests) --------------------------------------------------------- */
+
+struct rec {
+    uint64_t id;
+    char method[8];
+    char path[256];
+    char *headers; /* JSON object text */
+    char *body;
+    int status;
+    bool done, cancelled;
+};
+
+static pthread_mutex_t g_log_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct rec g_log[MAX_LOG];
+static uint64_t g_next_id = 1;
+static size_t g_log_start, g_log_n;
+
+static struct rec *log_find(uint64_t id)
+{
+    for (size_t i = 0; i < g_log_n; i++) {
+        struct rec *r = &g_log[(g_log_start + i) % MAX_LOG];
+        if (r->id == id)
+            return r;
+    }
+    return NULL;
+}
+
+static void log_update(uint64_t id, int status, bool done, bool cancelled)
+{
+    if (!g_opt.log || id == 0)
+        return;
+    pthread_mutex_lock(&g_log_mu);
+    struct rec *r = log_find(id);
+    if (r != NULL) {
+        if (status)
+            r->status = status;
+        r->done |= done;
+        r->cancelled |= cancelled;
+    }
+    pthread_mutex_unlock(&g_log_mu);
+}
+
+/* ---- small output buffer ------------------------------------------------------------ */
+
+struct out {
+    char *data;
+    size_t len, off, cap;
+};
+
+static int out_put(struct out *o, const char *s, size_t n)
+{
+    if (o->len + n > o->cap) {
+        size_t cap = o->cap ? o->cap : 4096;
+        while (cap < o->len + n)
+            cap *= 2;
+        if (cap > OUT_MAX * 16)
+            return -1;
+        char *p = realloc(o->data, cap);
+        if (p == NULL)
+            return -1;
+        o->data = p;
+        o->cap = cap;
+    }
+    memcpy(o->data + o->len, s, n);
+    o->len += n;
+    return 0;
+}
+
+static int out_printf(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int out_printf(struct out *o, const char *fmt, ...)
+{
+    char tmp[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(tmp))
+        return -1;
+    return out_put(o, tmp, (size_t)n);
+}
+
+/* one HTTP/1.1 chunk */
+static void out_chunk(struct out *o, const char *s, size_t n)
+{
+    out_printf(o, "%zx\r\n", n);
+    out_put(o, s, n);
+    out_put(o, "\r\n", 2);
+}
+
+/* ---- connections and timers ----------------------------------------------------------- */
+
+enum kind { K_CHAT, K_COMPLETION };
+
+struct conn {
+    int fd;
+    char in[MAX_HEADER + 1];
+    size_t inlen;
+    char *body; /* request body being read */
+    size_t body_len, body_need;
+    bool have_head;
+    char method[8], path[256];
+    bool keepalive;
+    /* per-request behaviour */
+    int latency_ms, ttft_ms, interval_ms, chunks, status, retry_after, fault_after;
+    char fault[16];
+    char hdrjson[4096];
+    size_t hdrjson_len;
+    /* response */
+    struct out out;
+    bool closing; /* close once out is flushed */
+    /* stream state */
+    bool streaming;
+    bool waiting; /* a timer is pending */
+    enum kind kind;
+    char model[128];
+    int sent, prompt_tokens;
+    bool include_usage;
+    int64_t due_ms;
+    size_t heap_idx;
+    uint64_t rec_id;
+    bool pending_nonstream; /* a delayed non-streaming response */
+};
+
+struct worker {
+    int ep, lfd;
+    struct conn **heap;
+    size_t nheap, capheap;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void heap_swap(struct worker *w, size_t a, size_t b)
+{
+    struct conn *t = w->heap[a];
+    w->heap[a] = w->heap[b];
+    w->heap[b] = t;
+    w->heap[a]->heap_idx = a;
+    w->heap[b]->heap_idx = b;
+}
+
+static void heap_up(struct worker *w, size_t i)
+{
+    while (i > 0 && w->heap[(i - 1) / 2]->due_ms > w->heap[i]->due_ms) {
+        heap_swap(w, i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+}
+
+static void heap_down(struct worker *w, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < w->nheap && w->heap[l]->due_ms < w->heap[m]->due_ms)
+            m = l;
+        if (r < w->nheap && w->heap[r]->due_ms < w->heap[m]->due_ms)
+            m = r;
+        if (m == i)
+            return;
+        heap_swap(w, i, m);
+        i = m;
+    }
+}
+
+static void timer_add(struct worker *w, struct conn *c, int64_t due)
+{
+    if (w->nheap == w->capheap) {
+        w->capheap = w->capheap ? w->capheap * 2 : 256;
+        w->heap = realloc(w->heap, w->capheap * sizeof(*w->heap));
+        if (w->heap == NULL)
+            abort();
+    }
+    c->due_ms = due;
+    c->heap_idx = w->nheap;
+    w->heap[w->nheap++] = c;
+    heap_up(w, c->heap_idx);
+    c->waiting = true;
+}
+
+static void timer_del(struct worker *w, struct conn *c)
+{
+    if (!c->waiting)
+        return;
+    size_t i = c->heap_idx;
+    w->nheap--;
+    if (i != w->nheap) {
+        heap_swap(w, i, w->nheap);
+        heap_down(w, i);
+        heap_up(w, i);
+    }
+    c->waiting = false;
+}
+
+static void conn_close(struct worker *w, struct conn *c, bool reset)
+{
+    timer_del(w, c);
+    if (c->rec_id != 0 && (c->streaming || c->pending_nonstream || c->out.off < c->out.len))
+        log_update(c->rec_id, 0, false, true);
+    if (reset) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    }
+    epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    free(c->body);
+    free(c->out.data);
+    free(c);
+}
+
+static void want_write(struct worker *w, struct conn *c, bool on)
+{
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | (on ? EPOLLOUT : 0), .data.ptr = c};
+    epoll_ctl(w->ep, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+/* Write what we can; returns -1 when the connection is gone. */
+static int flush_out(struct worker *w, struct conn *c)
+{
+    while (c->out.off < c->out.len) {
+        ssize_t n = send(c->fd, c->out.data + c->out.off, c->out.len - c->out.off, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out.off += (size_t)n;
+            continue;
+        }
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            want_write(w, c, true);
+            return 0;
+        }
+        return -1;
+    }
+    c->out.off = c->out.len = 0;
+    want_write(w, c, false);
+    if (c->closing)
+        return -1;
+    return 0;
+}
+
+/* ---- JSON helpers --------------------------------------------------------------------- */
+
+static int count_words(const char *s)
+{
+    int n = 0;
+    bool in = false;
+    for (; *s; s++) {
+        bool sp = *s == ' ' || *s == '\n' || *s == '\t' || *s == '\r';
+        if (!sp && !in)
+            n++;
+        in = !sp;
+    }
+    return n;
+}
+
+/* JSON-escape s into o (no quotes). */
+static void out_json_str(struct out *o, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            char e[2] = {'\\', (char)ch};
+            out_put(o, e, 2);
+        } else if (ch < 0x20) {
+            out_printf(o, "\\u%04x", ch);
+        } else {
+            out_put(o, (const char *)&ch, 1);
+        }
+    }
+}
+
+static void send_error(struct conn *c, int status, const char *type, const char *code,
+                       const char *msg)
+{
+    struct out body = {0};
+    out_printf(&body, "{\"error\":{\"message\":\"");
+    out_json_str(&body, msg);
+    out_printf(&body, "\",\"type\":\"%s\",\"param\":null,\"code\":%s%s%s}}", type,
+               code ? "\"" : "", code ? code : "null", code ? "\"" : "");
+    const char *reason = status == 429 ? "Too Many Requests" : status >= 500 ? "Error" : "Bad Request";
+    out_printf(&c->out, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n",
+               status, reason, body.len);
+    if (c->retry_after > 0)
+        out_printf(&c->out, "Retry-After: %d\r\n", c->retry_after);
+    out_printf(&c->out, "%s\r\n", c->keepalive ? "" : "Connection: close\r\n");
+    out_put(&c->out, body.data, body.len);
+    free(body.data);
+    if (!c->keepalive)
+        c->closing = true;
+    log_update(c->rec_id, status, true, false);
+}
+
+static void send_json(struct conn *c, const char *json, size_t len)
+{
+    out_printf(&c->out,
+               "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n%s\r\n",
+               len, c->keepalive ? "" : "Connection: close\r\n");
+    out_put(&c->out, json, len);
+    if (!c->keepalive)
+        c->closing = true;
+    log_update(c->rec_id, 200, true, false);
+}
+
+/* ---- endpoints ------------------------------------------------------------------------ */
+
+static void reply_models(struct conn *c)
+{
+    static const char body[] =
+        "{\"object\":\"list\",\"data\":[{\"id\":\"mock-model\",\"object\":\"model\",\"created\":"
+        "1700000000,\"owned_by\":\"knoway-mock\"}]}";
+    send_json(c, body, sizeof(body) - 1);
+}
+
+static void reply_embeddings(struct conn *c, yajl_val root)
+{
+    const char *p_model[] = {"model", NULL};
+    const char *p_input[] = {"input", NULL};
+    yajl_val model = yajl_tree_get(root, p_model, yajl_t_string);
+    yajl_val input = yajl_tree_get(root, p_input, yajl_t_any);
+    if (model == NULL || input == NULL) {
+        send_error(c, 400, "invalid_request_error", NULL, "model and input are required");
+        return;
+    }
+    size_t n = 1;
+    int tokens = 0;
+    if (YAJL_IS_ARRAY(input)) {
+        n = input->u.array.len;
+        for (size_t i = 0; i < n; i++)
+            if (YAJL_IS_STRING(input->u.array.values[i]))
+                tokens += count_words(input->u.array.values[i]->u.string);
+            else
+                tokens += 1;
+    } else if (YAJL_IS_STRING(input)) {
+        tokens = count_words(input->u.string);
+    }
+    struct out b = {0};
+    out_printf(&b, "{\"object\":\"list\",\"data\":[");
+    for (size_t i = 0; i < n; i++)
+        out_printf(&b,
+                   "%s{\"object\":\"embedding\",\"index\":%zu,\"embedding\":[0.%zu1,-0.5,0.25,0.125,"
+                   "0.0625,-0.03125,0.015625,0.0078125]}",
+                   i ? "," : "", i, i % 10);
+    out_printf(&b, "],\"model\":\"");
+    out_json_str(&b, model->u.string);
+    out_printf(&b, "\",\"usage\":{\"prompt_tokens\":%d,\"total_tokens\":%d}}", tokens, tokens);
+    send_json(c, b.data, b.len);
+    free(b.data);
+}
+
+static int prompt_tokens_of(yajl_val root, enum kind kind)
+{
+    int tokens = 0;
+    if (kind == K_COMPLETION) {
+        const char *p[] = {"prompt", NULL};
+        yajl_val v = yajl_tree_get(root, p, yajl_t_string);
+        return v ? count_words(v->u.string) : 1;
+    }
+    const char *p[] = {"messages", NULL};
+    yajl_val msgs = yajl_tree_get(root, p, yajl_t_array);
+    for (size_t i = 0; msgs && i < msgs->u.array.len; i++) {
+        const char *pc[] = {"content", NULL};
+        yajl_val content = yajl_tree_get(msgs->u.array.values[i], pc, yajl_t_string);
+        tokens += 3 + (content ? count_words(content->u.string) : 0);
+    }
+    return tokens;
+}
+
+static void chunk_event(struct conn *c, int i, bool last)
+{
+    char ev[1024];
+    int n;
+    if (c->kind == K_CHAT) {
+        if (last)
+            n = snprintf(ev, sizeof(ev),
+                         "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\","
+                         "\"created\":1700000000,\"model\":\"%s\",\"choices\":[{\"index\":0,"
+                         "\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+                         c->model);
+        else
+            n = snprintf(ev, sizeof(ev),
+                         "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\","
+                         "\"created\":1700000000,\"model\":\"%s\",\"choices\":[{\"index\":0,"
+                         "\"delta\":{%s\"content\":\"tok%d \"},\"finish_reason\":null}]}\n\n",
+                         c->model, i == 0 ? "\"role\":\"assistant\"," : "", i);
+    } else {
+        char text[32] = "";
+        if (!last)
+            snprintf(text, sizeof(text), "tok%d ", i);
+        n = snprintf(ev, sizeof(ev),
+                     "data: {\"id\":\"cmpl-mock\",\"object\":\"text_completion\",\"created\":"
+                     "1700000000,\"model\":\"%s\",\"choices\":[{\"index\":0,\"text\":\"%s\","
+                     "\"logprobs\":null,\"finish_reason\":%s}]}\n\n",
+                     c->model, text, last ? "\"stop\"" : "null");
+    }
+    out_chunk(&c->out, ev, (size_t)n);
+}
+
+static void usage_event(struct conn *c)
+{
+    char ev[512];
+    int n = snprintf(ev, sizeof(ev),
+                     "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":1700000000,\"model\":\"%s\","
+                     "\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,"
+                     "\"total_tokens\":%d,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n",
+                     c->kind == K_CHAT ? "chatcmpl-mock" : "cmpl-mock",
+                     c->kind == K_CHAT ? "chat.completion.chunk" : "text_completion", c->model,
+                     c->prompt_tokens, c->chunks, c->prompt_tokens + c->chunks);
+    out_chunk(&c->out, ev, (size_t)n);
+}
+
+/* Called when a stream timer fires: emit the next piece. Returns -1 to close. */
+static int stream_step(struct worker *w, struct conn *c)
+{
+    if (c->sent == -1) { /* headers */
+        out_printf(&c->out, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                            "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n");
+        c->sent = 0;
+        timer_add(w, c, now_ms() + c->ttft_ms);
+        return flush_out(w, c);
+    }
+    bool faulty = c->fault[0] != '\0' && c->sent == c->fault_after;
+    if (faulty && strcmp(c->fault, "reset") == 0) {
+        if (flush_out(w, c) < 0)
+            return -1;
+        conn_close(w, c, true);
+        return 1; /* already closed */
+    }
+    if (faulty && strcmp(c->fault, "close") == 0) {
+        c->closing = true;
+        c->streaming = false;
+        log_update(c->rec_id, 200, true, false);
+        return flush_out(w, c) < 0 ? -1 : -1;
+    }
+    if (faulty && strcmp(c->fault, "stall") == 0)
+        return flush_out(w, c); /* no further timer: stalls until the peer leaves */
+    if (faulty && strcmp(c->fault, "malformed") == 0) {
+        static const char bad[] = "data: {\"id\":\"chatcmpl-mock\",\"choices\":[{\"delta\":\n\n";
+        out_chunk(&c->out, bad, sizeof(bad) - 1);
+        c->fault[0] = '\0';
+    }
+    if (c->sent < c->chunks) {
+        chunk_event(c, c->sent, false);
+        c->sent++;
+        if (c->sent < c->chunks) {
+            timer_add(w, c, now_ms() + c->interval_ms);
+            return flush_out(w, c);
+        }
+    }
+    /* end of stream */
+    chunk_event(c, c->sent, true);
+    if (c->include_usage)
+        usage_event(c);
+    static const char done[] = "data: [DONE]\n\n";
+    out_chunk(&c->out, done, sizeof(done) - 1);
+    out_put(&c->out, "0\r\n\r\n", 5);
+    c->streaming = false;
+    log_update(c->rec_id, 200, true, false);
+    if (!c->keepalive)
+        c->closing = true;
+    return flush_out(w, c);
+}
+
+static void reply_completion_body(struct conn *c)
+{
+    struct out b = {0};
+    struct out text = {0};
+    for (int i = 0; i < c->chunks; i++)
+        out_printf(&text, "tok%d ", i);
+    out_put(&text, "", 1);
+    if (c->kind == K_CHAT)
+        out_printf(&b,
+                   "{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion\",\"created\":1700000000,"
+                   "\"model\":\"%s\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                   "\"content\":\"%s\"},\"logprobs\":null,\"finish_reason\":\"stop\"}],",
+                   c->model, text.data);
+    else
+        out_printf(&b,
+                   "{\"id\":\"cmpl-mock\",\"object\":\"text_completion\",\"created\":1700000000,"
+                   "\"model\":\"%s\",\"choices\":[{\"index\":0,\"text\":\"%s\",\"logprobs\":null,"
+                   "\"finish_reason\":\"stop\"}],",
+                   c->model, text.data);
+    out_printf(&b,
+               "\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,"
+               "\"prompt_tokens_details\":{\"cached_tokens\":0}}}",
+               c->prompt_tokens, c->chunks, c->prompt_tokens + c->chunks);
+    send_json(c, b.data, b.len);
+    free(b.data);
+    free(text.data);
+}
+
+static void reply_completion(struct worker *w, struct conn *c, yajl_val root, enum kind kind)
+{
+    const char *p_model[] = {"model", NULL};
+    const char *p_stream[] = {"stream", NULL};
+    const char *p_usage[] = {"stream_options", "include_usage", NULL};
+    yajl_val model = yajl_tree_get(root, p_model, yajl_t_string);
+    if (model == NULL) {
+        send_error(c, 400, "invalid_request_error", NULL, "you must provide a model parameter");
+        return;
+    }
+    if (kind == K_CHAT) {
+        const char *p_msgs[] = {"messages", NULL};
+        if (yajl_tree_get(root, p_msgs, yajl_t_array) == NULL) {
+            send_error(c, 400, "invalid_request_error", NULL, "messages is required");
+            return;
+        }
+    }
+    c->kind = kind;
+    snprintf(c->model, sizeof(c->model), "%s", model->u.string);
+    for (char *p = c->model; *p; p++)
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
+            *p = '_';
+    c->prompt_tokens = prompt_tokens_of(root, kind);
+    yajl_val stream = yajl_tree_get(root, p_stream, yajl_t_any);
+    yajl_val usage = yajl_tree_get(root, p_usage, yajl_t_any);
+    c->include_usage = usage != NULL && YAJL_IS_TRUE(usage);
+    if (stream != NULL && YAJL_IS_TRUE(stream)) {
+        c->streaming = true;
+        c->sent = -1;
+        timer_add(w, c, now_ms() + c->latency_ms);
+        return;
+    }
+    if (c->latency_ms > 0) {
+        c->pending_nonstream = true;
+        timer_add(w, c, now_ms() + c->latency_ms);
+        return;
+    }
+    reply_completion_body(c);
+}
+
+static void reply_log(struct conn *c)
+{
+    struct out b = {0};
+    out_put(&b, "[", 1);
+    pthread_mutex_lock(&g_log_mu);
+    for (size_t i = 0; i < g_log_n; i++) {
+        struct rec *r = &g_log[(g_log_start + i) % MAX_LOG];
+        out_printf(&b, "%s{\"id\":%llu,\"method\":\"%s\",\"path\":\"", i ? "," : "",
+                   (unsigned long long)r->id, r->method);
+        out_json_str(&b, r->path);
+        out_printf(&b, "\",\"status\":%d,\"done\":%s,\"cancelled\":%s,\"headers\":%s,\"body\":\"",
+                   r->status, r->done ? "true" : "false", r->cancelled ? "true" : "false",
+                   r->headers ? r->headers : "{}");
+        out_json_str(&b, r->body ? r->body : "");
+        out_put(&b, "\"}", 2);
+    }
+    pthread_mutex_unlock(&g_log_mu);
+    out_put(&b, "]", 1);
+    send_json(c, b.data, b.len);
+    free(b.data);
+}
+
+static void clear_log(struct conn *c)
+{
+    pthread_mutex_lock(&g_log_mu);
+    for (size_t i = 0; i < g_log_n; i++) {
+        struct rec *r = &g_log[(g_log_start + i) % MAX_LOG];
+        free(r->headers);
+        free(r->body);
+        memset(r, 0, sizeof(*r));
+    }
+    g_log_n = g_log_start = 0;
+    pthread_mutex_unlock(&g_log_mu);
+    send_json(c, "{}", 2);
+}
+
+static void record(struct conn *c)
+{
+    if (!g_opt.log || strncmp(c->path, "/_mock", 6) == 0)
+        return;
+    pthread_mutex_lock(&g_log_mu);
+    if (g_log_n == MAX_LOG) {
+        struct rec *old = &g_log[g_log_start];
+        free(old->headers);
+        free(old->body);
+        g_log_start = (g_log_start + 1) % MAX_LOG;
+        g_log_n--;
+    }
+    struct rec *r = &g_log[(g_log_start + g_log_n) % MAX_LOG];
+    g_log_n++;
+    memset(r, 0, sizeof(*r));
+    r->id = g_next_id++;
+    snprintf(r->method, sizeof(r->method), "%s", c->method);
+    snprintf(r->path, sizeof(r->path), "%s", c->path);
+    size_t bl = c->body_len < LOG_BODY_MAX ? c->body_len : LOG_BODY_MAX;
+    r->body = malloc(bl + 1);
+    if (r->body) {
+        memcpy(r->body, c->body ? c->body : "", bl);
+        r->body[bl] = '\0';
+    }
+    r->headers = malloc(c->hdrjson_len + 3);
+    if (r->headers) {
+        r->headers[0] = '{';
+        memcpy(r->headers + 1, c->hdrjson, c->hdrjson_len);
+        r->headers[c->hdrjson_len + 1] = '}';
+        r->headers[c->hdrjson_len + 2] = '\0';
+    }
+    c->rec_id = r->id;
+    pthread_mutex_unlock(&g_log_mu);
+}
+
+static void dispatch(struct worker *w, struct conn *c)
+{
+    record(c);
+    if (c->status > 0 && strncmp(c->path, "/v1/", 4) == 0) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "mock error with status %d", c->status);
+        const char *type = c->status == 429 ? "rate_limit_exceeded"
+                           : c->status == 401 ? "invalid_request_error"
+                           : c->status >= 500 ? "server_error"
+                                              : "invalid_request_error";
+        send_error(c, c->status, type, c->status == 429 ? "rate_limit_exceeded" : NULL, msg);
+        return;
+    }
+    if (strcmp(c->path, "/_mock/requests") == 0) {
+        if (strcmp(c->method, "DELETE") == 0)
+            clear_log(c);
+        else
+            reply_log(c);
+        return;
+    }
+    if (strcmp(c->path, "/v1/models") == 0 && strcmp(c->method, "GET") == 0) {
+        reply_models(c);
+        return;
+    }
+    enum kind kind;
+    bool emb = false;
+    if (strcmp(c->path, "/v1/chat/completions") == 0)
+        kind = K_CHAT;
+    else if (strcmp(c->path, "/v1/completions") == 0)
+        kind = K_COMPLETION;
+    else if (strcmp(c->path, "/v1/embeddings") == 0)
+        kind = K_CHAT, emb = true;
+    else {
+        send_error(c, 404, "invalid_request_error", "unknown_url", "unknown path");
+        return;
+    }
+    if (strcmp(c->method, "POST") != 0) {
+        send_error(c, 405, "invalid_request_error", NULL, "method not allowed");
+        return;
+    }
+    char err[256];
+    char *body = c->body ? c->body : (char *)"";
+    yajl_val root = yajl_tree_parse(body, err, sizeof(err));
+    if (root == NULL || !YAJL_IS_OBJECT(root)) {
+        send_error(c, 400, "invalid_request_error", NULL, "We could not parse the JSON body");
+        yajl_tree_free(root);
+        return;
+    }
+    if (emb)
+        reply_embeddings(c, root);
+    else
+        reply_completion(w, c, root, kind);
+    yajl_tree_free(root);
+}
+
+/* ---- HTTP request parsing ----------------------------------------------------------- */
+
+static int header_int(const char *v, int dflt)
+{
+    char *end;
+    long n = strtol(v, &end, 10);
+    return end == v ? dflt : (int)n;
+}
+
+/* Parse the head in c->in[0..headlen). Returns 0, or -1 on a malformed request. */
+static int parse_head(struct conn *c, size_t headlen)
+{
+    c->in[headlen] = '\0';
+    char *line = c->in, *eol = strstr(line, "\r\n");
+    if (eol == NULL)
+        return -1;
+    *eol = '\0';
+    char proto[16];
+    if (sscanf(line, "%7s %255s %15s", c->method, c->path, proto) != 3)
+        return -1;
+    c->keepalive = strcmp(proto, "HTTP/1.1") == 0;
+    c->latency_ms = g_opt.latency_ms;
+    c->ttft_ms = g_opt.ttft_ms;
+    c->interval_ms = g_opt.interval_ms;
+    c->chunks = g_opt.chunks;
+    c->status = 0;
+    c->retry_after = 0;
+    c->fault[0] = '\0';
+    c->fault_after = 1;
+    c->body_need = 0;
+    c->hdrjson_len = 0;
+    char *p = eol + 2;
+    while (*p) {
+        eol = strstr(p, "\r\n");
+        if (eol == NULL)
+            break;
+        *eol = '\0';
+        char *colon = strchr(p, ':');
+        if (colon != NULL) {
+            *colon = '\0';
+            char *v = colon + 1;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            if (strcasecmp(p, "content-length") == 0)
+                c->body_need = (size_t)strtoull(v, NULL, 10);
+            else if (strcasecmp(p, "connection") == 0 && strcasecmp(v, "close") == 0)
+                c->keepalive = false;
+            else if (strcasecmp(p, "connection") == 0 && strcasecmp(v, "keep-alive") == 0)
+                c->keepalive = true;
+            else if (strcasecmp(p, "x-mock-latency-ms") == 0)
+                c->latency_ms = header_int(v, 0);
+            else if (strcasecmp(p, "x-mock-ttft-ms") == 0)
+                c->ttft_ms = header_int(v, 0);
+            else if (strcasecmp(p, "x-mock-interval-ms") == 0)
+                c->interval_ms = header_int(v, 0);
+            else if (strcasecmp(p, "x-mock-chunks") == 0)
+                c->chunks = header_int(v, 8);
+            else if (strcasecmp(p, "x-mock-status") == 0)
+                c->status = header_int(v, 0);
+            else if (strcasecmp(p, "x-mock-retry-after") == 0)
+                c->retry_after = header_int(v, 0);
+            else if (strcasecmp(p, "x-mock-fault") == 0)
+                snprintf(c->fault, sizeof(c->fault), "%s", v);
+            else if (strcasecmp(p, "x-mock-fault-after") == 0)
+                c->fault_after = header_int(v, 1);
+            if (g_opt.log && c->hdrjson_len < sizeof(c->hdrjson) - 600) {
+                struct out o = {0};
+                char lower[128];
+                size_t i = 0;
+                for (; p[i] && i < sizeof(lower) - 1; i++)
+                    lower[i] = (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] + 32 : p[i]);
+                lower[i] = '\0';
+                out_printf(&o, "%s\"", c->hdrjson_len ? "," : "");
+                out_json_str(&o, lower);
+                out_put(&o, "\":\"", 3);
+                out_json_str(&o, v);
+                out_put(&o, "\"", 1);
+                if (o.len < sizeof(c->hdrjson) - c->hdrjson_len) {
+                    memcpy(c->hdrjson + c->hdrjson_len, o.data, o.len);
+                    c->hdrjson_len += o.len;
+                }
+                free(o.data);
+            }
+        }
+        p = eol + 2;
+    }
+    if (c->chunks < 0)
+        c->chunks = 0;
+    if (c->body_need > MAX_BODY)
+        return -1;
+    return 0;
+}
+
+/* Process buffered input. Returns -1 to close. */
+static int on_input(struct worker *w, struct conn *c)
+{
+    for (;;) {
+        if (c->streaming || c->pending_nonstream || c->closing)
+            return 0; /* one request at a time */
+        if (!c->have_head) {
+            char *end = memmem(c->in, c->inlen, "\r\n\r\n", 4);
+            if (end == NULL)
+                return c->inlen >= MAX_HEADER ? -1 : 0;
+            size_t headlen = (size_t)(end - c->in) + 4;
+            char saved[MAX_HEADER + 1];
+            size_t rest = c->inlen - headlen;
+            memcpy(saved, c->in + headlen, rest);
+            if (parse_head(c, headlen - 2) != 0)
+                return -1;
+            c->have_head = true;
+            free(c->body);
+            c->body = malloc(c->body_need + 1);
+            if (c->body == NULL)
+                return -1;
+            c->body_len = rest < c->body_need ? rest : c->body_need;
+            memcpy(c->body, saved, c->body_len);
+            memmove(c->in, saved + c->body_len, rest - c->body_len);
+            c->inlen = rest - c->body_len;
+        }
+        if (c->body_len < c->body_need)
+            return 0;
+        c->body[c->body_len] = '\0';
+        c->have_head = false;
+        dispatch(w, c);
+        if (flush_out(w, c) < 0)
+            return -1;
+        if (c->inlen == 0)
+            return 0;
+    }
+}
+
+static int on_readable(struct worker *w, struct conn *c)
+{
+    for (;;) {
+        char *dst;
+        size_t room;
+        if (c->have_head && c->body_len < c->body_need) {
+            dst = c->body + c->body_len;
+            room = c->body_need - c->body_len;
+        } else {
+            dst = c->in + c->inlen;
+            room = MAX_HEADER - c->inlen;
+            if (room == 0)
+                return on_input(w, c);
+        }
+        ssize_t n = recv(c->fd, dst, room, 0);
+        if (n > 0) {
+            if (dst == c->in + c->inlen)
+                c->inlen += (size_t)n;
+            else
+                c->body_len += (size_t)n;
+            if (on_input(w, c) < 0)
+                return -1;
+            continue;
+        }
+        if (n == 0)
+            return -1;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        return -1;
+    }
+}
+
+static void on_timer(struct worker *w, struct conn *c)
+{
+    c->waiting = false;
+    if (c->pending_nonstream) {
+        c->pending_nonstream = false;
+        reply_completion_body(c);
+        if (flush_out(w, c) < 0 || on_input(w, c) < 0)
+            conn_close(w, c, false);
+        return;
+    }
+    int rc = stream_step(w, c);
+    if (rc == 1)
+        return;
+    if (rc < 0) {
+        conn_close(w, c, false);
+        return;
+    }
+    if (!c->streaming && on_input(w, c) < 0)
+        conn_close(w, c, false);
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct epoll_event evs[256];
+    for (;;) {
+        int timeout = -1;
+        if (w->nheap > 0) {
+            int64_t d = w->heap[0]->due_ms - now_ms();
+            timeout = d < 0 ? 0 : (int)d;
+        }
+        int n = epoll_wait(w->ep, evs, 256, timeout);
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.ptr == NULL) {
+                for (;;) {
+                    int fd = accept4(w->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                    if (fd == -1)
+                        break;
+                    int one = 1;
+                    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                    struct conn *c = calloc(1, sizeof(*c));
+                    if (c == NULL) {
+                        close(fd);
+                        continue;
+                    }
+                    c->fd = fd;
+                    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
+                    epoll_ctl(w->ep, EPOLL_CTL_ADD, fd, &ev);
+                }
+                continue;
+            }
+            struct conn *c = evs[i].data.ptr;
+            if (evs[i].events & (EPOLLERR | EPOLLHUP)) {
+                conn_close(w, c, false);
+                continue;
+            }
+            if ((evs[i].events & EPOLLOUT) && flush_out(w, c) < 0) {
+                conn_close(w, c, false);
+                continue;
+            }
+            if (evs[i].events & (EPOLLIN | EPOLLRDHUP)) {
+                if (on_readable(w, c) < 0) {
+                    conn_close(w, c, false);
+                    continue;
+                }
+            }
+        }
+        int64_t now = now_ms();
+        while (w->nheap > 0 && w->heap[0]->due_ms <= now) {
+            struct conn *c = w->heap[0];
+            timer_del(w, c);
+            on_timer(w, c);
+        }
+    }
+    return NULL;
+}
+
+static int listen_on(const char *addr)
+{
+    char host[256];
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL)
+        return -1;
+    snprintf(host, sizeof(host), "%.*s", (int)(colon - addr), addr);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    if (inet_pton(AF_INET, host[0] ? host : "0.0.0.0", &sa.sin_addr) != 1)
+        return -1;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == -1 || listen(fd, 4096) == -1) {
+        perror("knoway-mockllm: bind/listen");
+        return -1;
+    }
+    return fd;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option lopts[] = {
+        {"listen", required_argument, NULL, 'l'},  {"threads", required_argument, NULL, 't'},
+        {"ttft-ms", required_argument, NULL, 'f'}, {"interval-ms", required_argument, NULL, 'i'},
+        {"chunks", required_argument, NULL, 'c'},  {"latency-ms", required_argument, NULL, 'd'},
+        {"no-log", no_argument, NULL, 'n'},        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *addr = "127.0.0.1:8000";
+    int threads = 1, ch;
+    while ((ch = getopt_long(argc, argv, "l:t:f:i:c:d:nh", lopts, NULL)) != -1) {
+        switch (ch) {
+        case 'l':
+            addr = optarg;
+            break;
+        case 't':
+            threads = atoi(optarg);
+            break;
+        case 'f':
+            g_opt.ttft_ms = atoi(optarg);
+            break;
+        case 'i':
+            g_opt.interval_ms = atoi(optarg);
+            break;
+        case 'c':
+            g_opt.chunks = atoi(optarg);
+            break;
+        case 'd':
+            g_opt.latency_ms = atoi(optarg);
+            break;
+        case 'n':
+            g_opt.log = false;
+            break;
+        default:
+            fprintf(stderr, "usage: knoway-mockllm [--listen ADDR] [--threads N] [--ttft-ms N] "
+                            "[--interval-ms N] [--chunks N] [--latency-ms N] [--no-log]\n");
+            return ch == 'h' ? 0 : 2;
+        }
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (threads < 1)
+        threads = 1;
+    pthread_t tids[64];
+    for (int i = 0; i < threads && i < 64; i++) {
+        struct worker *w = calloc(1, sizeof(*w));
+        w->lfd = listen_on(addr);
+        if (w->lfd < 0)
+            return 1;
+        w->ep = epoll_create1(EPOLL_CLOEXEC);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+        epoll_ctl(w->ep, EPOLL_CTL_ADD, w->lfd, &ev);
+        pthread_create(&tids[i], NULL, worker_main, w);
+    }
+    fprintf(stderr, "knoway-mockllm: listening on %s (%d threads)\n", addr, threads);
+    pthread_join(tids[0], NULL);
+    return 0;
+}
