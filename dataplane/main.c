@@ -7,6 +7,7 @@
 #include "knoway/config.h"
 #include "knoway/kw.h"
 #include "knoway/snapshot.h"
+#include "server.h"
 
 static void usage(FILE *out)
 {
@@ -58,10 +59,11 @@ int main(int argc, char **argv)
         {"check", no_argument, NULL, 't'},
         {"version", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
+        {"drain-seconds", required_argument, NULL, 'd'},
         {NULL, 0, NULL, 0},
     };
     const char *file = NULL;
-    int check = 0, c;
+    int check = 0, c, drain = 30;
     while ((c = getopt_long(argc, argv, "c:tvh", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
@@ -76,6 +78,13 @@ int main(int argc, char **argv)
         case 'h':
             usage(stdout);
             return 0;
+        case 'd':
+            drain = atoi(optarg);
+            if (drain < 0 || drain > 86400) {
+                fprintf(stderr, "knoway-dataplane: --drain-seconds must be 0..86400\n");
+                return 2;
+            }
+            break;
         default:
             usage(stderr);
             return 2;
@@ -95,18 +104,14 @@ int main(int argc, char **argv)
     struct kw_snapshot *snap = load(file, &cfg);
     if (snap == NULL)
         return 1;
-    int rc = 0;
     if (check) {
         printf("%s: configuration is valid (%zu backends, %zu routes, version %.19s)\n", file,
                snap->nbackends, snap->nroutes, snap->version);
-    } else {
-        fprintf(stderr,
-                "knoway-dataplane: serving requests is not part of this build yet; "
-                "use --check to validate %s\n",
-                file);
-        rc = 1;
+        kw_snapshot_unref(snap);
+        kw_config_free(cfg);
+        return 0;
     }
-    kw_snapshot_unref(snap);
+    int rc = dp_server_run(file, cfg, snap, drain); /* takes the snapshot reference */
     kw_config_free(cfg);
     return rc;
 }

@@ -125,3 +125,20 @@ size_t kw_arena_used(const struct kw_arena *a)
 {
     return a->handed;
 }
+
+void kw_arena_reset(struct kw_arena *a)
+{
+    struct chunk *keep = a->head;
+    if (keep == NULL)
+        return;
+    struct chunk *c = keep->next;
+    while (c != NULL) {
+        struct chunk *next = c->next;
+        free(c);
+        c = next;
+    }
+    keep->next = NULL;
+    keep->used = 0;
+    a->total = keep->size;
+    a->handed = 0;
+}

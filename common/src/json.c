@@ -1,5 +1,6 @@
 /* JSON with yajl: a callback parser building kw_node trees (same stack scheme as
  * yaml.c), and a canonical writer (sorted keys, no white space). */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -200,7 +201,7 @@ static int cmp_pairs(const void *x, const void *y)
     return a->len < b->len ? -1 : a->len > b->len;
 }
 
-static int write_node(yajl_gen g, const struct kw_node *n, unsigned depth)
+static int write_node(yajl_gen g, const struct kw_node *n, unsigned depth, bool sort)
 {
     yajl_gen_status st = yajl_gen_status_ok;
     if (depth > KW_MAX_NESTING)
@@ -222,7 +223,7 @@ static int write_node(yajl_gen g, const struct kw_node *n, unsigned depth)
     case KW_NODE_SEQ:
         st = yajl_gen_array_open(g);
         for (size_t i = 0; st == yajl_gen_status_ok && i < n->n; i++)
-            if (write_node(g, n->items[i], depth + 1) != KW_OK)
+            if (write_node(g, n->items[i], depth + 1, sort) != KW_OK)
                 return KW_ERROR;
         if (st == yajl_gen_status_ok)
             st = yajl_gen_array_close(g);
@@ -235,13 +236,15 @@ static int write_node(yajl_gen g, const struct kw_node *n, unsigned depth)
                 return KW_ERROR;
             for (size_t i = 0; i < n->n; i++)
                 sorted[i] = &n->pairs[i];
-            qsort(sorted, n->n, sizeof(*sorted), cmp_pairs);
+            if (sort)
+                qsort(sorted, n->n, sizeof(*sorted), cmp_pairs);
         }
         st = yajl_gen_map_open(g);
         for (size_t i = 0; st == yajl_gen_status_ok && i < n->n; i++) {
             const struct kw_node *k = sorted[i]->key;
             st = yajl_gen_string(g, (const unsigned char *)k->str, k->len);
-            if (st == yajl_gen_status_ok && write_node(g, sorted[i]->val, depth + 1) != KW_OK) {
+            if (st == yajl_gen_status_ok &&
+                write_node(g, sorted[i]->val, depth + 1, sort) != KW_OK) {
                 free(sorted);
                 return KW_ERROR;
             }
@@ -265,17 +268,27 @@ static int flush(yajl_gen g, struct kw_buf *out)
     return rc;
 }
 
-int kw_json_write_canonical(const struct kw_node *n, struct kw_buf *out)
+static int write_json(const struct kw_node *n, struct kw_buf *out, bool sort)
 {
     yajl_gen g = yajl_gen_alloc(NULL);
     if (g == NULL)
         return KW_ERROR;
     yajl_gen_config(g, yajl_gen_validate_utf8, 1);
-    int rc = write_node(g, n, 0);
+    int rc = write_node(g, n, 0, sort);
     if (rc == KW_OK)
         rc = flush(g, out);
     yajl_gen_free(g);
     return rc;
+}
+
+int kw_json_write_canonical(const struct kw_node *n, struct kw_buf *out)
+{
+    return write_json(n, out, true);
+}
+
+int kw_json_write(const struct kw_node *n, struct kw_buf *out)
+{
+    return write_json(n, out, false);
 }
 
 int kw_json_write_string(struct kw_buf *out, const char *s, size_t len)

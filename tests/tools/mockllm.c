@@ -58,8 +58,8 @@ struct opts {
     int ttft_ms, interval_ms, chunks, latency_ms;
     bool log;
 };
-static struct opts g_opt = {.ttft_ms = 0, .interval_ms = 0, .chunks = 8, .latency_ms = 0,
-                            .log = true};
+static struct opts g_opt = {
+    .ttft_ms = 0, .interval_ms = 0, .chunks = 8, .latency_ms = 0, .log = true};
 
 /* ---- request log (for tests) --------------------------------------------------------- */
 
@@ -339,10 +339,13 @@ static void send_error(struct conn *c, int status, const char *type, const char 
     struct out body = {0};
     out_printf(&body, "{\"error\":{\"message\":\"");
     out_json_str(&body, msg);
-    out_printf(&body, "\",\"type\":\"%s\",\"param\":null,\"code\":%s%s%s}}", type,
-               code ? "\"" : "", code ? code : "null", code ? "\"" : "");
-    const char *reason = status == 429 ? "Too Many Requests" : status >= 500 ? "Error" : "Bad Request";
-    out_printf(&c->out, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n",
+    out_printf(&body, "\",\"type\":\"%s\",\"param\":null,\"code\":%s%s%s}}", type, code ? "\"" : "",
+               code ? code : "null", code ? "\"" : "");
+    const char *reason = status == 429   ? "Too Many Requests"
+                         : status >= 500 ? "Error"
+                                         : "Bad Request";
+    out_printf(&c->out,
+               "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n",
                status, reason, body.len);
     if (c->retry_after > 0)
         out_printf(&c->out, "Retry-After: %d\r\n", c->retry_after);
@@ -400,10 +403,11 @@ static void reply_embeddings(struct conn *c, yajl_val root)
     struct out b = {0};
     out_printf(&b, "{\"object\":\"list\",\"data\":[");
     for (size_t i = 0; i < n; i++)
-        out_printf(&b,
-                   "%s{\"object\":\"embedding\",\"index\":%zu,\"embedding\":[0.%zu1,-0.5,0.25,0.125,"
-                   "0.0625,-0.03125,0.015625,0.0078125]}",
-                   i ? "," : "", i, i % 10);
+        out_printf(
+            &b,
+            "%s{\"object\":\"embedding\",\"index\":%zu,\"embedding\":[0.%zu1,-0.5,0.25,0.125,"
+            "0.0625,-0.03125,0.015625,0.0078125]}",
+            i ? "," : "", i, i % 10);
     out_printf(&b, "],\"model\":\"");
     out_json_str(&b, model->u.string);
     out_printf(&b, "\",\"usage\":{\"prompt_tokens\":%d,\"total_tokens\":%d}}", tokens, tokens);
@@ -462,13 +466,14 @@ static void chunk_event(struct conn *c, int i, bool last)
 static void usage_event(struct conn *c)
 {
     char ev[512];
-    int n = snprintf(ev, sizeof(ev),
-                     "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":1700000000,\"model\":\"%s\","
-                     "\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,"
-                     "\"total_tokens\":%d,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n",
-                     c->kind == K_CHAT ? "chatcmpl-mock" : "cmpl-mock",
-                     c->kind == K_CHAT ? "chat.completion.chunk" : "text_completion", c->model,
-                     c->prompt_tokens, c->chunks, c->prompt_tokens + c->chunks);
+    int n =
+        snprintf(ev, sizeof(ev),
+                 "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":1700000000,\"model\":\"%s\","
+                 "\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,"
+                 "\"total_tokens\":%d,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n",
+                 c->kind == K_CHAT ? "chatcmpl-mock" : "cmpl-mock",
+                 c->kind == K_CHAT ? "chat.completion.chunk" : "text_completion", c->model,
+                 c->prompt_tokens, c->chunks, c->prompt_tokens + c->chunks);
     out_chunk(&c->out, ev, (size_t)n);
 }
 
@@ -532,11 +537,12 @@ static void reply_completion_body(struct conn *c)
         out_printf(&text, "tok%d ", i);
     out_put(&text, "", 1);
     if (c->kind == K_CHAT)
-        out_printf(&b,
-                   "{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion\",\"created\":1700000000,"
-                   "\"model\":\"%s\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
-                   "\"content\":\"%s\"},\"logprobs\":null,\"finish_reason\":\"stop\"}],",
-                   c->model, text.data);
+        out_printf(
+            &b,
+            "{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion\",\"created\":1700000000,"
+            "\"model\":\"%s\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+            "\"content\":\"%s\"},\"logprobs\":null,\"finish_reason\":\"stop\"}],",
+            c->model, text.data);
     else
         out_printf(&b,
                    "{\"id\":\"cmpl-mock\",\"object\":\"text_completion\",\"created\":1700000000,"
@@ -669,7 +675,7 @@ static void dispatch(struct worker *w, struct conn *c)
     if (c->status > 0 && strncmp(c->path, "/v1/", 4) == 0) {
         char msg[128];
         snprintf(msg, sizeof(msg), "mock error with status %d", c->status);
-        const char *type = c->status == 429 ? "rate_limit_exceeded"
+        const char *type = c->status == 429   ? "rate_limit_exceeded"
                            : c->status == 401 ? "invalid_request_error"
                            : c->status >= 500 ? "server_error"
                                               : "invalid_request_error";
@@ -982,10 +988,14 @@ static int listen_on(const char *addr)
 int main(int argc, char **argv)
 {
     static const struct option lopts[] = {
-        {"listen", required_argument, NULL, 'l'},  {"threads", required_argument, NULL, 't'},
-        {"ttft-ms", required_argument, NULL, 'f'}, {"interval-ms", required_argument, NULL, 'i'},
-        {"chunks", required_argument, NULL, 'c'},  {"latency-ms", required_argument, NULL, 'd'},
-        {"no-log", no_argument, NULL, 'n'},        {"help", no_argument, NULL, 'h'},
+        {"listen", required_argument, NULL, 'l'},
+        {"threads", required_argument, NULL, 't'},
+        {"ttft-ms", required_argument, NULL, 'f'},
+        {"interval-ms", required_argument, NULL, 'i'},
+        {"chunks", required_argument, NULL, 'c'},
+        {"latency-ms", required_argument, NULL, 'd'},
+        {"no-log", no_argument, NULL, 'n'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *addr = "127.0.0.1:8000";

@@ -18,6 +18,10 @@ int kw_json_parse(struct kw_arena *a, const char *buf, size_t len, struct kw_nod
  * KW_OK, or KW_ERROR when out's limit is reached. */
 int kw_json_write_canonical(const struct kw_node *n, struct kw_buf *out);
 
+/* Append n as compact JSON keeping the source order of object keys (a request body
+ * rewritten by the gateway keeps the client's field order). */
+int kw_json_write(const struct kw_node *n, struct kw_buf *out);
+
 /* Append s as a JSON string literal (quotes included). */
 int kw_json_write_string(struct kw_buf *out, const char *s, size_t len);
 

@@ -1,0 +1,235 @@
+/* knoway data plane: the types shared by the worker loop, the request phases, the
+ * upstream client and the providers.
+ *
+ * Threading: a request lives on one worker from accept to log line. Everything in
+ * struct dp_worker and struct dp_request is touched only by that worker's thread, except
+ * the fields marked "atomic" (read by the admin thread, written by the main thread). */
+#ifndef DP_DP_H
+#define DP_DP_H
+
+#include <curl/curl.h>
+#include <microhttpd.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "knoway/arena.h"
+#include "knoway/buf.h"
+#include "knoway/node.h"
+#include "router.h"
+#include "sse.h"
+
+/* ---- limits (STYLE.md: every buffer has a maximum, named here) ----------------------- */
+#define DP_MAX_UPSTREAM_RESPONSE (64u * 1024 * 1024) /* a buffered (non-stream) response */
+#define DP_MAX_SSE_EVENT         (4u * 1024 * 1024)  /* one upstream SSE event */
+#define DP_STREAM_HIGH_WATER     (64u * 1024) /* client buffer that pauses the upstream */
+#define DP_STREAM_LOW_WATER      (16u * 1024) /* ... and resumes it */
+#define DP_MAX_STREAM_BUFFER     (DP_STREAM_HIGH_WATER + DP_MAX_SSE_EVENT)
+#define DP_KEEPALIVE_MS          15000
+#define DP_CONN_MEMORY           (16u * 1024) /* MHD pool per connection: headers too */
+#define DP_CURL_BUFFER           (16u * 1024)
+#define DP_REQUEST_ARENA         (64u * 1024 * 1024)
+
+/* ---- timers: a min-heap per worker ------------------------------------------------------ */
+struct dp_timer;
+typedef void (*dp_timer_fn)(struct dp_timer *t);
+struct dp_timer {
+    int64_t due_ms;
+    size_t idx; /* position in the heap; SIZE_MAX when not armed */
+    dp_timer_fn on_fire;
+};
+
+/* ---- epoll registrations ------------------------------------------------------------------ */
+enum dp_watch_kind { DP_WATCH_MHD, DP_WATCH_CURL, DP_WATCH_CLIENT, DP_WATCH_EVENT };
+struct dp_watch {
+    enum dp_watch_kind kind;
+    int fd;
+    void *ptr; /* DP_WATCH_CLIENT: the request */
+};
+
+/* ---- metrics: per worker, written by it, read by the admin thread ------------------------ */
+#define DP_STATUS_SLOTS 600
+struct dp_stats {
+    atomic_uint_fast64_t requests_by_status[DP_STATUS_SLOTS];
+    atomic_uint_fast64_t upstream_errors[4]; /* connect, timeout, reset, other */
+    atomic_uint_fast64_t tokens_prompt, tokens_completion, tokens_cached;
+    atomic_uint_fast64_t streams_cancelled;
+    atomic_int_fast64_t active_requests, active_streams, open_connections;
+};
+
+/* ---- the worker ---------------------------------------------------------------------------- */
+struct dp_server;
+
+struct dp_worker {
+    unsigned index;
+    struct dp_server *server;
+    int ep;       /* epoll */
+    int event_fd; /* messages from the main thread */
+    int listen_fd;
+    struct MHD_Daemon *mhd;
+    struct dp_watch mhd_watch, event_watch;
+    CURLM *multi;
+    int64_t curl_due_ms; /* -1: no curl timeout pending */
+    struct dp_timer **heap;
+    size_t nheap, capheap;
+    struct dp_table *table;            /* the table new requests pin */
+    _Atomic(struct dp_table *) next;   /* atomic: a table posted by the main thread */
+    atomic_bool drain, stop;           /* atomic: posted by the main thread */
+    bool draining;
+    uint64_t next_id;
+    uint32_t rnd;
+    struct dp_stats stats;
+    struct kw_buf logbuf;
+    struct kw_arena *scratch; /* reset per stream event */
+    struct dp_request *requests; /* active, for a forced shutdown */
+};
+
+/* ---- the request ----------------------------------------------------------------------------- */
+enum dp_api { DP_API_NONE, DP_API_CHAT, DP_API_COMPLETIONS, DP_API_EMBEDDINGS, DP_API_MODELS };
+
+enum dp_state {
+    DP_ST_BODY,     /* reading the client's body */
+    DP_ST_UPSTREAM, /* waiting for the upstream's response headers or body */
+    DP_ST_STREAM,   /* relaying a stream */
+    DP_ST_DONE,     /* a response is queued */
+};
+
+enum dp_upstream_error { DP_UPERR_NONE, DP_UPERR_CONNECT, DP_UPERR_TIMEOUT, DP_UPERR_RESET, DP_UPERR_OTHER };
+
+struct dp_provider_ops;
+
+struct dp_request {
+    struct dp_worker *w;
+    struct MHD_Connection *conn;
+    struct kw_arena *arena;
+    char id[40];
+    enum dp_api api;
+    const char *path;
+    const char *method;
+    int64_t start_ms;
+    enum dp_state state;
+    unsigned early_status; /* 404/405 known from the first call */
+    struct dp_request *prev, *next; /* the worker's active requests */
+
+    /* client body and the request as parsed once */
+    struct kw_buf body;
+    bool body_too_large;
+    struct kw_node *json; /* the parsed body (arena) */
+    const char *model;    /* the client's model */
+    bool stream;          /* the client asked for a stream */
+    bool client_usage;    /* ... with stream_options.include_usage */
+
+    /* routing */
+    struct dp_table *table;
+    const struct kw_route *route;
+    const struct kw_backend_ref *ref;
+    const struct kw_backend *backend;
+    const struct dp_provider_ops *provider;
+    const char *upstream_model;
+    struct kw_node *up_json; /* the body rewritten for the chosen backend */
+    bool *tried;             /* backendRefs already tried (fallback) */
+
+    /* upstream transfer */
+    CURL *easy;
+    struct curl_slist *up_headers;
+    struct kw_buf up_body;    /* what we send */
+    struct kw_buf up_resp;    /* a buffered response */
+    long up_status;
+    char up_ctype[128];
+    char retry_after[32];
+    bool up_headers_done, up_done, paused;
+    enum dp_upstream_error up_error;
+    char up_errmsg[CURL_ERROR_SIZE];
+    int64_t ttfb_ms, last_up_ms;
+
+    /* response to the client */
+    struct MHD_Response *pending; /* queued at the next access-handler call */
+    unsigned pending_status;
+    unsigned status; /* the status sent */
+    struct kw_buf out; /* stream bytes not yet taken by MHD */
+    size_t out_off;
+    struct dp_sse sse;
+    bool stream_end;    /* no more bytes will be added to out */
+    bool suspended;
+    bool client_gone;
+    bool saw_done;      /* the upstream sent data: [DONE] */
+    int64_t last_out_ms;
+    struct dp_timer timer; /* keep-alive and stream-idle deadline */
+    struct dp_watch client_watch;
+    bool client_watched;
+
+    /* accounting */
+    bool have_usage;
+    int64_t prompt_tokens, completion_tokens, cached_tokens;
+};
+
+/* ---- providers (STYLE.md: a table of callbacks; a provider is a file and an entry) ------- */
+struct dp_provider_ops {
+    const char *name;
+    /* Build the upstream URL (into url), headers (appended to *headers) and body (into
+     * r->up_body) from the parsed, rewritten client request in r->json. KW_OK or KW_ERROR
+     * with an error response already prepared (dp_request_fail). */
+    int (*build)(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers);
+    /* A complete successful upstream body: extract usage, translate into OpenAI form in
+     * out (or leave out empty to relay the body unchanged). KW_OK or KW_ERROR. */
+    int (*on_response)(struct dp_request *r, const char *body, size_t len, struct kw_buf *out);
+    /* One upstream SSE event: append what the client should see (OpenAI chunks, raw SSE
+     * bytes) to out; extract usage. KW_OK or KW_ERROR. */
+    int (*on_event)(struct dp_request *r, const char *raw, size_t raw_len, const char *event,
+                    const char *data, size_t data_len, struct kw_buf *out);
+};
+
+/* The provider that serves a backend. */
+const struct dp_provider_ops *dp_provider_for(const struct kw_backend *b);
+extern const struct dp_provider_ops dp_provider_openai;
+
+/* ---- worker API (worker.c) ------------------------------------------------------------------ */
+int64_t dp_now_ms(void);
+void dp_timer_arm(struct dp_worker *w, struct dp_timer *t, int64_t due_ms);
+void dp_timer_cancel(struct dp_worker *w, struct dp_timer *t);
+int dp_worker_watch(struct dp_worker *w, struct dp_watch *watch, uint32_t events, bool add);
+void dp_worker_unwatch(struct dp_worker *w, struct dp_watch *watch);
+/* The worker's list of active requests (forced shutdown aborts them). */
+void dp_worker_track(struct dp_worker *w, struct dp_request *r);
+void dp_worker_untrack(struct dp_worker *w, struct dp_request *r);
+
+/* ---- request API (request.c) ------------------------------------------------------------------ */
+enum MHD_Result dp_on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                             const char *method, const char *version, const char *upload_data,
+                             size_t *upload_data_size, void **con_cls);
+void dp_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                     enum MHD_RequestTerminationCode toe);
+/* Prepare an OpenAI-style error response (sent at the next access-handler call) and wake
+ * the connection. param and code may be NULL. */
+void dp_request_fail(struct dp_request *r, unsigned status, const char *type, const char *code,
+                     const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* Resume a suspended connection (no-op otherwise). */
+void dp_request_wake(struct dp_request *r);
+/* The client went away (RDHUP on its socket). */
+void dp_request_client_gone(struct dp_request *r);
+/* Start relaying a stream: a 200 text/event-stream response is queued. */
+void dp_request_begin_stream(struct dp_request *r);
+/* Append bytes for the client and wake its connection. KW_OK or KW_ERROR (limit). */
+int dp_request_emit(struct dp_request *r, const char *data, size_t len);
+/* End a started stream with an OpenAI-style error event. */
+void dp_request_stream_error(struct dp_request *r, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Pick the next backend among refs not yet tried and rewrite the body for it. KW_OK,
+ * KW_DECLINED when none is left, KW_ERROR with a failure prepared. */
+int dp_request_choose(struct dp_request *r, bool *tried);
+/* Record usage from an OpenAI-shaped "usage" object. */
+void dp_request_usage(struct dp_request *r, const struct kw_node *usage);
+
+/* ---- upstream API (upstream.c) ----------------------------------------------------------------- */
+/* Start the transfer for r (routing done). KW_OK, or KW_ERROR with a failure prepared. */
+int dp_upstream_start(struct dp_request *r);
+/* Stop and free r's transfer, if any (cancels it upstream). */
+void dp_upstream_stop(struct dp_request *r);
+/* Drive curl's multi handle: completed transfers. */
+void dp_upstream_poll(struct dp_worker *w);
+/* The client took bytes: resume a paused transfer when below the low-water mark. */
+void dp_upstream_drained(struct dp_request *r);
+/* Configure the multi handle's callbacks. */
+int dp_upstream_init(struct dp_worker *w);
+
+#endif

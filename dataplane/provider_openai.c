@@ -1,0 +1,151 @@
+/* The OpenAI schema, spoken by OpenAI, Mistral, vLLM, KServe and Ollama: the request is
+ * relayed as the client sent it (after the gateway's rewriting), responses and stream
+ * events are relayed byte for byte; usage is read on the way. */
+#include <string.h>
+
+#include "dp.h"
+#include "knoway/json.h"
+#include "knoway/kw.h"
+#include "knoway/snapshot.h"
+
+static const char *api_suffix(enum dp_api api)
+{
+    switch (api) {
+    case DP_API_CHAT:
+        return "/chat/completions";
+    case DP_API_COMPLETIONS:
+        return "/completions";
+    case DP_API_EMBEDDINGS:
+        return "/embeddings";
+    default:
+        return "";
+    }
+}
+
+/* The base URL: baseURL, or one of the endpoints by weight. */
+static const char *pick_base(struct dp_request *r)
+{
+    const struct kw_upstream *u = &r->backend->upstream;
+    if (u->base_url != NULL)
+        return u->base_url;
+    uint64_t total = 0;
+    for (size_t i = 0; i < u->nendpoints; i++)
+        total += u->endpoints[i].weight;
+    if (total == 0)
+        return u->nendpoints > 0 ? u->endpoints[0].url : "";
+    r->w->rnd = r->w->rnd * 1103515245u + 12345u;
+    uint64_t x = (r->w->rnd >> 8) % total;
+    for (size_t i = 0; i < u->nendpoints; i++) {
+        if (x < u->endpoints[i].weight)
+            return u->endpoints[i].url;
+        x -= u->endpoints[i].weight;
+    }
+    return u->endpoints[0].url;
+}
+
+static int add_header(struct curl_slist **list, struct kw_arena *a, const char *name,
+                      const char *value)
+{
+    char *h = kw_arena_printf(a, "%s: %s", name, value);
+    if (h == NULL)
+        return KW_ERROR;
+    struct curl_slist *n = curl_slist_append(*list, h);
+    if (n == NULL)
+        return KW_ERROR;
+    *list = n;
+    return KW_OK;
+}
+
+static int openai_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
+{
+    const char *base = pick_base(r);
+    size_t blen = strlen(base);
+    while (blen > 0 && base[blen - 1] == '/')
+        blen--;
+    if (kw_buf_append(url, base, blen) != KW_OK || kw_buf_puts(url, api_suffix(r->api)) != KW_OK)
+        return KW_ERROR;
+    const struct kw_backend *b = r->backend;
+    int rc = add_header(headers, r->arena, "Content-Type", "application/json");
+    if (b->credentials.secret_ref.name != NULL) {
+        const struct kw_credential *c =
+            kw_snapshot_credential(r->table->snap, b->meta.ns, b->credentials.secret_ref.name,
+                                   b->credentials.secret_ref.key);
+        if (c != NULL) {
+            char *h = kw_arena_printf(r->arena, "Authorization: Bearer %s", c->value);
+            struct curl_slist *n = h != NULL ? curl_slist_append(*headers, h) : NULL;
+            if (n == NULL)
+                return KW_ERROR;
+            *headers = n;
+        }
+    }
+    for (size_t i = 0; i < b->upstream.nheaders; i++)
+        rc |= add_header(headers, r->arena, b->upstream.headers[i].name, b->upstream.headers[i].value);
+    if (rc != KW_OK || kw_json_write(r->up_json, &r->up_body) != KW_OK)
+        return KW_ERROR;
+    return KW_OK;
+}
+
+static int openai_on_response(struct dp_request *r, const char *body, size_t len, struct kw_buf *out)
+{
+    (void)out; /* relayed unchanged */
+    struct kw_node *root;
+    char err[128];
+    if (kw_json_parse(r->arena, body, len, &root, err, sizeof(err)) == KW_OK)
+        dp_request_usage(r, kw_node_get(root, "usage"));
+    return KW_OK;
+}
+
+/* Whether data holds "usage": {...} (most chunks carry none, or "usage": null): only
+ * those are parsed, so relaying a chunk costs a scan, not a parse. */
+static bool has_usage_object(const char *data, size_t len)
+{
+    const char *p = data, *end = data + len;
+    while ((p = memmem(p, (size_t)(end - p), "\"usage\"", 7)) != NULL) {
+        p += 7;
+        while (p < end && (*p == ' ' || *p == ':' || *p == '\t' || *p == '\n' || *p == '\r'))
+            p++;
+        if (p < end && *p == '{')
+            return true;
+    }
+    return false;
+}
+
+static int openai_on_event(struct dp_request *r, const char *raw, size_t raw_len, const char *event,
+                           const char *data, size_t data_len, struct kw_buf *out)
+{
+    (void)event;
+    if (data_len == 6 && memcmp(data, "[DONE]", 6) == 0) {
+        r->saw_done = true;
+        return kw_buf_append(out, raw, raw_len);
+    }
+    struct kw_node *root;
+    char err[128];
+    kw_arena_reset(r->w->scratch);
+    if (has_usage_object(data, data_len) &&
+        kw_json_parse(r->w->scratch, data, data_len, &root, err, sizeof(err)) == KW_OK) {
+        const struct kw_node *usage = kw_node_get(root, "usage");
+        if (usage != NULL && usage->type == KW_NODE_MAP) {
+            dp_request_usage(r, usage);
+            /* the usage-only chunk the gateway asked for on the client's behalf */
+            const struct kw_node *choices = kw_node_get(root, "choices");
+            if (!r->client_usage && choices != NULL && choices->type == KW_NODE_SEQ &&
+                choices->n == 0)
+                return KW_OK;
+        }
+    }
+    return kw_buf_append(out, raw, raw_len);
+}
+
+const struct dp_provider_ops dp_provider_openai = {
+    .name = "openai",
+    .build = openai_build,
+    .on_response = openai_on_response,
+    .on_event = openai_on_event,
+};
+
+const struct dp_provider_ops *dp_provider_for(const struct kw_backend *b)
+{
+    if (kw_provider_is_openai_compatible(b->provider))
+        return &dp_provider_openai;
+    return NULL; /* translated providers arrive with the providers issue */
+}

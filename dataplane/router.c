@@ -1,0 +1,156 @@
+#include <stdlib.h>
+#include <string.h>
+
+#include "knoway/json.h"
+#include "knoway/kw.h"
+#include "router.h"
+
+static int specificity_cmp(const void *x, const void *y)
+{
+    const struct dp_match *a = x, *b = y;
+    if (a->model->prefix != b->model->prefix)
+        return a->model->prefix ? 1 : -1;
+    size_t la = strlen(a->model->value), lb = strlen(b->model->value);
+    if (a->model->prefix && la != lb)
+        return la > lb ? -1 : 1;
+    size_t ca = a->route->nheaders + (a->route->npaths > 0);
+    size_t cb = b->route->nheaders + (b->route->npaths > 0);
+    if (ca != cb)
+        return ca > cb ? -1 : 1;
+    if (a->age != b->age)
+        return a->age < b->age ? -1 : 1;
+    return 0;
+}
+
+static int build_models(struct dp_table *t)
+{
+    struct kw_buf b;
+    kw_buf_init(&b, 16 * 1024 * 1024);
+    int rc = kw_buf_puts(&b, "{\"object\":\"list\",\"data\":[");
+    size_t n = 0;
+    for (size_t i = 0; i < t->nmatches; i++) {
+        const struct kw_model_match *m = t->matches[i].model;
+        if (m->prefix)
+            continue; /* a prefix names no model a client could list */
+        bool seen = false;
+        for (size_t j = 0; j < i && !seen; j++)
+            seen = !t->matches[j].model->prefix && strcmp(t->matches[j].model->value, m->value) == 0;
+        if (seen)
+            continue;
+        rc |= kw_buf_puts(&b, n++ > 0 ? ",{\"id\":" : "{\"id\":");
+        rc |= kw_json_write_string(&b, m->value, strlen(m->value));
+        rc |= kw_buf_puts(&b, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"knoway\"}");
+    }
+    rc |= kw_buf_puts(&b, "]}");
+    if (rc != KW_OK) {
+        kw_buf_cleanup(&b);
+        return KW_ERROR;
+    }
+    t->models_json = b.data;
+    t->models_len = b.len;
+    return KW_OK;
+}
+
+struct dp_table *dp_table_new(struct kw_snapshot *snap)
+{
+    struct dp_table *t = calloc(1, sizeof(*t));
+    if (t == NULL) {
+        kw_snapshot_unref(snap);
+        return NULL;
+    }
+    atomic_init(&t->refs, 1);
+    t->snap = snap;
+    size_t n = 0;
+    for (size_t i = 0; i < snap->nroutes; i++)
+        n += snap->routes[i]->nmodels;
+    t->matches = calloc(n + 1, sizeof(*t->matches));
+    if (t->matches == NULL) {
+        dp_table_unref(t);
+        return NULL;
+    }
+    for (size_t i = 0; i < snap->nroutes; i++)
+        for (size_t j = 0; j < snap->routes[i]->nmodels; j++)
+            t->matches[t->nmatches++] = (struct dp_match){snap->routes[i], &snap->routes[i]->models[j], i};
+    qsort(t->matches, t->nmatches, sizeof(*t->matches), specificity_cmp);
+    if (build_models(t) != KW_OK) {
+        dp_table_unref(t);
+        return NULL;
+    }
+    return t;
+}
+
+struct dp_table *dp_table_ref(struct dp_table *t)
+{
+    if (t != NULL)
+        atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+    return t;
+}
+
+void dp_table_unref(struct dp_table *t)
+{
+    if (t == NULL || atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    kw_snapshot_unref(t->snap);
+    free(t->matches);
+    free(t->models_json);
+    free(t);
+}
+
+static bool route_fits(const struct kw_route *r, const char *path, dp_header_fn header, void *ud)
+{
+    if (r->npaths > 0) {
+        bool ok = false;
+        for (size_t i = 0; i < r->npaths && !ok; i++)
+            ok = strcmp(r->paths[i], path) == 0;
+        if (!ok)
+            return false;
+    }
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const char *v = header(ud, r->headers[i].name);
+        if (v == NULL || strcmp(v, r->headers[i].value) != 0)
+            return false;
+    }
+    return true;
+}
+
+const struct kw_route *dp_table_route(const struct dp_table *t, const char *model,
+                                      const char *path, dp_header_fn header, void *ud)
+{
+    size_t mlen = strlen(model);
+    for (size_t i = 0; i < t->nmatches; i++) {
+        const struct kw_model_match *m = t->matches[i].model;
+        bool fits = m->prefix ? strncmp(model, m->value, strlen(m->value)) == 0
+                              : strlen(m->value) == mlen && memcmp(m->value, model, mlen) == 0;
+        if (fits && route_fits(t->matches[i].route, path, header, ud))
+            return t->matches[i].route;
+    }
+    return NULL;
+}
+
+const struct kw_backend_ref *dp_route_pick(const struct kw_route *r, uint32_t rnd,
+                                           const bool *tried)
+{
+    uint32_t best = UINT32_MAX;
+    uint64_t total = 0;
+    for (size_t i = 0; i < r->nrefs; i++) {
+        if (tried[i] || r->refs[i].weight == 0)
+            continue;
+        if (r->refs[i].priority < best) {
+            best = r->refs[i].priority;
+            total = 0;
+        }
+        if (r->refs[i].priority == best)
+            total += r->refs[i].weight;
+    }
+    if (total == 0)
+        return NULL;
+    uint64_t x = rnd % total;
+    for (size_t i = 0; i < r->nrefs; i++) {
+        if (tried[i] || r->refs[i].weight == 0 || r->refs[i].priority != best)
+            continue;
+        if (x < r->refs[i].weight)
+            return &r->refs[i];
+        x -= r->refs[i].weight;
+    }
+    return NULL;
+}

@@ -1,0 +1,47 @@
+/* knoway data plane: the routing table - an immutable, reference-counted view of a
+ * snapshot built for lookups. A request pins the table it started with; a swap replaces
+ * the pointer a worker holds; the last unref frees the table and its snapshot. */
+#ifndef DP_ROUTER_H
+#define DP_ROUTER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "knoway/snapshot.h"
+
+struct dp_match {
+    const struct kw_route *route;
+    const struct kw_model_match *model;
+    size_t age; /* position of the route in the snapshot: oldest first */
+};
+
+struct dp_table {
+    atomic_int refs;
+    struct kw_snapshot *snap;
+    struct dp_match *matches; /* most specific first */
+    size_t nmatches;
+    char *models_json; /* the /v1/models answer */
+    size_t models_len;
+};
+
+/* Build a table over snap, taking over the caller's reference to it. NULL on OOM. */
+struct dp_table *dp_table_new(struct kw_snapshot *snap);
+struct dp_table *dp_table_ref(struct dp_table *t);
+void dp_table_unref(struct dp_table *t);
+
+/* Looks up a request header (case-insensitive name); NULL when absent. */
+typedef const char *(*dp_header_fn)(void *ud, const char *name);
+
+/* The route for model on path, or NULL. Order: exact model matches before prefix ones,
+ * longer prefixes first, then routes with more header and path conditions, then age. */
+const struct kw_route *dp_table_route(const struct dp_table *t, const char *model,
+                                      const char *path, dp_header_fn header, void *ud);
+
+/* Pick a backendRef of r: among refs not yet tried (tried[i] false) with weight > 0, those
+ * of the lowest priority, by weight. rnd is a random number. NULL when none is left. */
+const struct kw_backend_ref *dp_route_pick(const struct kw_route *r, uint32_t rnd,
+                                           const bool *tried);
+
+#endif

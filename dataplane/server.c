@@ -1,0 +1,334 @@
+/* The data-plane process: start workers and the admin listener, then the main thread
+ * waits for signals and file changes.
+ *
+ *   SIGHUP or a change of the file (inotify on its folder, debounced 200 ms)
+ *       -> load, validate, build snapshot -> if any error: log every one, keep the old table
+ *          else if the version differs: publish (each worker swaps its pointer)
+ *   SIGTERM / SIGINT
+ *       -> not ready; workers stop accepting and finish in-flight requests; after
+ *          drain_seconds the rest are aborted; exit 0 */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <libgen.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dp.h"
+#include "knoway/kw.h"
+#include "knoway/log.h"
+#include "server.h"
+
+int dp_parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[256];
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL || (size_t)(colon - addr) >= sizeof(host))
+        return KW_ERROR;
+    const char *h = addr;
+    size_t hlen = (size_t)(colon - addr);
+    if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']')
+        h++, hlen -= 2;
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res;
+    if (getaddrinfo(hlen > 0 ? host : NULL, colon + 1, &hints, &res) != 0)
+        return KW_ERROR;
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return KW_OK;
+}
+
+/* One listening socket per worker, all bound to the same address with SO_REUSEPORT: the
+ * kernel spreads connections over the workers. */
+static int listen_socket(const char *addr)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (dp_parse_address(addr, &ss, &len) != KW_OK)
+        return -1;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return -1;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, len) == -1 || listen(fd, 4096) == -1) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+struct dp_table *dp_server_table(struct dp_server *s)
+{
+    pthread_mutex_lock(&s->mu);
+    struct dp_table *t = dp_table_ref(s->table);
+    pthread_mutex_unlock(&s->mu);
+    return t;
+}
+
+/* Hand a new table to every worker: one pointer exchange each, then a wake-up. */
+static void publish(struct dp_server *s, struct dp_table *t)
+{
+    pthread_mutex_lock(&s->mu);
+    struct dp_table *old = s->table;
+    s->table = t;
+    pthread_mutex_unlock(&s->mu);
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        dp_table_unref(atomic_exchange(&s->workers[i].next, dp_table_ref(t)));
+        dp_worker_post(&s->workers[i]);
+    }
+    dp_table_unref(old);
+}
+
+static void log_errors(const struct kw_diag *d)
+{
+    for (size_t i = 0; i < d->n; i++) {
+        struct kw_buf b;
+        kw_buf_init(&b, 8192);
+        kw_diag_format(&d->entries[i], &b);
+        kw_log(KW_LOG_ERROR, "configuration error", "error", b.data, NULL);
+        kw_buf_cleanup(&b);
+    }
+    if (d->dropped > 0)
+        kw_log(KW_LOG_ERROR, "more configuration errors not shown", NULL);
+}
+
+static void reload(struct dp_server *s, const char *why)
+{
+    struct kw_config *cfg = kw_config_new();
+    kw_config_load_file(cfg, s->config_path);
+    kw_config_check(cfg);
+    struct kw_snapshot *snap = NULL;
+    if (kw_diag_count(&cfg->diag) == 0)
+        snap = kw_snapshot_build(cfg, kw_service_resolve_dns, NULL, &cfg->diag);
+    if (snap == NULL || kw_diag_count(&cfg->diag) > 0) {
+        log_errors(&cfg->diag);
+        kw_log(KW_LOG_ERROR, "reload failed: keeping the running configuration", "file",
+               s->config_path, "trigger", why, NULL);
+        atomic_fetch_add(&s->reloads_failed, 1);
+        kw_snapshot_unref(snap);
+        kw_config_free(cfg);
+        return;
+    }
+    const struct kw_dataplane *ndp = &cfg->dataplane;
+    if (strcmp(ndp->listen, s->dp->listen) != 0 || strcmp(ndp->admin, s->dp->admin) != 0 ||
+        ndp->workers != s->dp->workers)
+        kw_log(KW_LOG_WARN, "DataPlane listen, admin and workers change only at restart", NULL);
+    kw_config_free(cfg);
+    atomic_fetch_add(&s->reloads_ok, 1);
+    struct dp_table *cur = dp_server_table(s);
+    bool same = cur != NULL && strcmp(cur->snap->version, snap->version) == 0;
+    dp_table_unref(cur);
+    if (same) {
+        kw_log(KW_LOG_INFO, "configuration unchanged", "version", snap->version, NULL);
+        kw_snapshot_unref(snap);
+        return;
+    }
+    struct dp_table *t = dp_table_new(snap);
+    if (t == NULL) {
+        kw_log(KW_LOG_ERROR, "reload failed: out of memory", NULL);
+        return;
+    }
+    kw_log(KW_LOG_INFO, "configuration applied", "version", t->snap->version, "trigger", why, NULL);
+    publish(s, t);
+    dp_table_unref(t);
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static int watch_file(const char *path)
+{
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd == -1)
+        return -1;
+    char *copy = strdup(path);
+    if (copy == NULL || inotify_add_watch(fd, dirname(copy), IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) == -1) {
+        free(copy);
+        close(fd);
+        return -1;
+    }
+    free(copy);
+    return fd;
+}
+
+/* Whether the inotify events concern our file. */
+static bool file_changed(int fd, const char *path)
+{
+    char *copy = strdup(path);
+    const char *base = copy != NULL ? basename(copy) : path;
+    bool hit = false;
+    char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) {
+        for (char *p = buf; p < buf + n;) {
+            struct inotify_event *ev = (struct inotify_event *)p;
+            if (ev->len > 0 && strcmp(ev->name, base) == 0)
+                hit = true;
+            p += sizeof(*ev) + ev->len;
+        }
+    }
+    free(copy);
+    return hit;
+}
+
+static void drain(struct dp_server *s)
+{
+    atomic_store(&s->ready, false);
+    char secs[16];
+    snprintf(secs, sizeof(secs), "%d", s->drain_seconds);
+    kw_log(KW_LOG_INFO, "draining: not accepting, finishing requests in flight", "deadline_s", secs, NULL);
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        atomic_store(&s->workers[i].drain, true);
+        dp_worker_post(&s->workers[i]);
+    }
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += s->drain_seconds;
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        if (pthread_timedjoin_np(s->threads[i], NULL, &deadline) == 0)
+            continue;
+        kw_log(KW_LOG_WARN, "drain deadline passed: aborting the requests left", NULL);
+        for (unsigned j = i; j < s->nworkers; j++) {
+            atomic_store(&s->workers[j].stop, true);
+            dp_worker_post(&s->workers[j]);
+        }
+        for (unsigned j = i; j < s->nworkers; j++)
+            pthread_join(s->threads[j], NULL);
+        break;
+    }
+}
+
+int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snapshot *snap,
+                  int drain_seconds)
+{
+    struct dp_server s = {.config_path = config_path, .bootstrap = cfg, .dp = &cfg->dataplane,
+                          .drain_seconds = drain_seconds};
+    pthread_mutex_init(&s.mu, NULL);
+    s.max_body_bytes = s.dp->limits.max_body_bytes;
+    s.boot_id = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    s.nworkers = s.dp->workers > 0 ? s.dp->workers : (unsigned)(cores > 0 ? cores : 1);
+    s.table = dp_table_new(snap);
+    if (s.table == NULL)
+        return 1;
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        return 1;
+    /* signals go to the main thread's signalfd only: block them before threads start */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    int sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+
+    s.workers = calloc(s.nworkers, sizeof(*s.workers));
+    s.threads = calloc(s.nworkers, sizeof(*s.threads));
+    if (s.workers == NULL || s.threads == NULL || sfd == -1)
+        return 1;
+    unsigned started = 0;
+    int rc = 1;
+    for (; started < s.nworkers; started++) {
+        int lfd = listen_socket(s.dp->listen);
+        if (lfd == -1) {
+            kw_log(KW_LOG_ERROR, "cannot listen", "address", s.dp->listen, "error", strerror(errno), NULL);
+            goto out;
+        }
+        if (dp_worker_init(&s.workers[started], &s, started, lfd) != KW_OK) {
+            kw_log(KW_LOG_ERROR, "cannot start a worker", NULL);
+            started++; /* cleaned up below */
+            goto out;
+        }
+    }
+    if (dp_admin_start(&s) != KW_OK) {
+        kw_log(KW_LOG_ERROR, "cannot listen", "address", s.dp->admin, "what", "admin", NULL);
+        goto out;
+    }
+    for (unsigned i = 0; i < s.nworkers; i++)
+        pthread_create(&s.threads[i], NULL, dp_worker_main, &s.workers[i]);
+    atomic_store(&s.ready, true);
+    char nw[16];
+    snprintf(nw, sizeof(nw), "%u", s.nworkers);
+    kw_log(KW_LOG_INFO, "knoway-dataplane started", "listen", s.dp->listen, "admin", s.dp->admin,
+           "workers", nw, "version", s.table->snap->version, "config", config_path, NULL);
+
+    int ifd = watch_file(config_path);
+    int64_t reload_due = -1;
+    for (;;) {
+        struct pollfd pfd[2] = {{.fd = sfd, .events = POLLIN}, {.fd = ifd, .events = POLLIN}};
+        int timeout = -1;
+        if (reload_due >= 0) {
+            int64_t left = reload_due - dp_now_ms();
+            timeout = left > 0 ? (int)left : 0;
+        }
+        int n = poll(pfd, ifd >= 0 ? 2 : 1, timeout);
+        if (n == -1 && errno != EINTR)
+            break;
+        if (ifd >= 0 && (pfd[1].revents & POLLIN) && file_changed(ifd, config_path))
+            reload_due = dp_now_ms() + 200; /* editors write in steps: settle first */
+        if (reload_due >= 0 && dp_now_ms() >= reload_due) {
+            reload_due = -1;
+            reload(&s, "file change");
+        }
+        if (!(pfd[0].revents & POLLIN))
+            continue;
+        struct signalfd_siginfo si;
+        bool stop = false;
+        while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+            if (si.ssi_signo == SIGHUP)
+                reload(&s, "SIGHUP");
+            else
+                stop = true;
+        }
+        if (stop)
+            break;
+    }
+    if (ifd >= 0)
+        close(ifd);
+    drain(&s);
+    kw_log(KW_LOG_INFO, "knoway-dataplane stopped", NULL);
+    rc = 0;
+    started = 0; /* joined by drain */
+out:
+    for (unsigned i = 0; i < started; i++) { /* start-up failed: no worker thread runs */
+        if (s.workers[i].mhd != NULL)
+            MHD_stop_daemon(s.workers[i].mhd);
+        s.workers[i].mhd = NULL;
+    }
+    dp_admin_stop(&s);
+    for (unsigned i = 0; i < s.nworkers; i++)
+        if (s.workers[i].ep != 0)
+            dp_worker_cleanup(&s.workers[i]);
+    free(s.workers);
+    free(s.threads);
+    dp_table_unref(s.table);
+    close(sfd);
+    curl_global_cleanup();
+    pthread_mutex_destroy(&s.mu);
+    return rc;
+}

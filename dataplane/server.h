@@ -1,0 +1,56 @@
+/* knoway data plane: the process - workers, the current routing table, reload and drain.
+ * The main thread owns it: it loads configuration, publishes tables to the workers and
+ * handles signals; workers only read the fields below that are set before they start. */
+#ifndef DP_SERVER_H
+#define DP_SERVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "knoway/config.h"
+#include "router.h"
+
+struct dp_worker;
+
+struct dp_server {
+    const char *config_path;
+    struct kw_config *bootstrap; /* the first load; holds the DataPlane settings */
+    const struct kw_dataplane *dp;
+    uint64_t max_body_bytes;
+    uint64_t boot_id;
+    unsigned nworkers;
+    struct dp_worker *workers;
+    pthread_t *threads;
+    int drain_seconds;
+
+    pthread_mutex_t mu;       /* guards table for the admin thread */
+    struct dp_table *table;   /* the current table (main's reference) */
+    atomic_bool ready;        /* a table is applied and we are not draining */
+    atomic_uint_fast64_t reloads_ok, reloads_failed;
+    struct MHD_Daemon *admin;
+};
+
+/* Run the data plane from a validated first configuration. Returns the exit code. */
+int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snapshot *snap,
+                  int drain_seconds);
+
+/* A new reference to the current table (admin thread), or NULL. */
+struct dp_table *dp_server_table(struct dp_server *s);
+
+/* Parse "host:port" / "[v6]:port" / ":port" into a socket address. KW_OK or KW_ERROR. */
+int dp_parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len);
+
+/* Admin listener (admin.c). */
+int dp_admin_start(struct dp_server *s);
+void dp_admin_stop(struct dp_server *s);
+
+/* Worker entry points (worker.c). */
+int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int listen_fd);
+void *dp_worker_main(void *arg);
+void dp_worker_post(struct dp_worker *w);
+void dp_worker_cleanup(struct dp_worker *w);
+
+#endif

@@ -1,0 +1,286 @@
+/* A worker: one thread, one epoll loop driving its own libmicrohttpd daemon (external
+ * epoll mode, suspend/resume, its own SO_REUSEPORT listening socket), its own libcurl
+ * multi handle and a timer heap. Nothing here blocks.
+ *
+ * Loop:
+ *   timeout = min(MHD's, curl's, first timer)
+ *   epoll_wait -> MHD's epoll fd: MHD_run | curl socket: curl_multi_socket_action |
+ *                 client fd RDHUP: cancel that request | eventfd: new table, drain, stop
+ *   curl timeout due -> socket_action(CURL_SOCKET_TIMEOUT); finished transfers
+ *   timers due -> fire
+ * Drain: MHD_quiesce_daemon (stop accepting), finish what is in flight, then stop. A forced
+ * stop aborts the requests still active and lets MHD close them before MHD_stop_daemon
+ * (a daemon must not be stopped while a connection is suspended). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dp.h"
+#include "knoway/kw.h"
+#include "knoway/log.h"
+#include "server.h"
+
+int64_t dp_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- timers --------------------------------------------------------------------------------- */
+
+static void heap_swap(struct dp_worker *w, size_t a, size_t b)
+{
+    struct dp_timer *t = w->heap[a];
+    w->heap[a] = w->heap[b];
+    w->heap[b] = t;
+    w->heap[a]->idx = a;
+    w->heap[b]->idx = b;
+}
+
+static void heap_up(struct dp_worker *w, size_t i)
+{
+    while (i > 0 && w->heap[(i - 1) / 2]->due_ms > w->heap[i]->due_ms) {
+        heap_swap(w, i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+}
+
+static void heap_down(struct dp_worker *w, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < w->nheap && w->heap[l]->due_ms < w->heap[m]->due_ms)
+            m = l;
+        if (r < w->nheap && w->heap[r]->due_ms < w->heap[m]->due_ms)
+            m = r;
+        if (m == i)
+            return;
+        heap_swap(w, i, m);
+        i = m;
+    }
+}
+
+void dp_timer_cancel(struct dp_worker *w, struct dp_timer *t)
+{
+    if (t->idx == SIZE_MAX)
+        return;
+    size_t i = t->idx;
+    w->nheap--;
+    if (i != w->nheap) {
+        heap_swap(w, i, w->nheap);
+        heap_down(w, i);
+        heap_up(w, i);
+    }
+    t->idx = SIZE_MAX;
+}
+
+void dp_timer_arm(struct dp_worker *w, struct dp_timer *t, int64_t due_ms)
+{
+    dp_timer_cancel(w, t);
+    if (w->nheap == w->capheap) {
+        size_t cap = w->capheap ? w->capheap * 2 : 1024;
+        struct dp_timer **h = realloc(w->heap, cap * sizeof(*h));
+        if (h == NULL)
+            return; /* the stream loses its keep-alive; it still ends with its transfer */
+        w->heap = h;
+        w->capheap = cap;
+    }
+    t->due_ms = due_ms;
+    t->idx = w->nheap;
+    w->heap[w->nheap++] = t;
+    heap_up(w, t->idx);
+}
+
+/* ---- epoll ---------------------------------------------------------------------------------- */
+
+int dp_worker_watch(struct dp_worker *w, struct dp_watch *watch, uint32_t events, bool add)
+{
+    struct epoll_event ev = {.events = events, .data.ptr = watch};
+    if (epoll_ctl(w->ep, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, watch->fd, &ev) == -1)
+        return KW_ERROR;
+    return KW_OK;
+}
+
+void dp_worker_unwatch(struct dp_worker *w, struct dp_watch *watch)
+{
+    epoll_ctl(w->ep, EPOLL_CTL_DEL, watch->fd, NULL);
+}
+
+void dp_worker_track(struct dp_worker *w, struct dp_request *r)
+{
+    r->prev = NULL;
+    r->next = w->requests;
+    if (w->requests != NULL)
+        w->requests->prev = r;
+    w->requests = r;
+}
+
+void dp_worker_untrack(struct dp_worker *w, struct dp_request *r)
+{
+    if (r->prev != NULL)
+        r->prev->next = r->next;
+    else
+        w->requests = r->next;
+    if (r->next != NULL)
+        r->next->prev = r->prev;
+}
+
+void dp_worker_post(struct dp_worker *w)
+{
+    uint64_t one = 1;
+    ssize_t n = write(w->event_fd, &one, sizeof(one));
+    (void)n;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    (void)conn;
+    (void)socket_context;
+    struct dp_worker *w = cls;
+    atomic_fetch_add_explicit(&w->stats.open_connections,
+                              toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1, memory_order_relaxed);
+}
+
+int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int listen_fd)
+{
+    memset(w, 0, sizeof(*w));
+    w->index = index;
+    w->server = s;
+    w->listen_fd = listen_fd;
+    w->rnd = (uint32_t)(s->boot_id * 2654435761u + index * 40503u) | 1u;
+    kw_buf_init(&w->logbuf, 64 * 1024);
+    w->scratch = kw_arena_new(DP_MAX_SSE_EVENT * 4);
+    w->ep = epoll_create1(EPOLL_CLOEXEC);
+    w->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->ep == -1 || w->event_fd == -1 || w->scratch == NULL)
+        return KW_ERROR;
+    unsigned conns = s->dp->limits.max_connections / s->nworkers + 1;
+    w->mhd = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO, 0, NULL, NULL, dp_on_access, w,
+        MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_CONNECTION_LIMIT, conns,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)DP_CONN_MEMORY, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)75, MHD_OPTION_NOTIFY_COMPLETED, dp_on_completed, w,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, w, MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1,
+        MHD_OPTION_END);
+    if (w->mhd == NULL)
+        return KW_ERROR;
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(w->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    if (di == NULL)
+        return KW_ERROR;
+    w->mhd_watch = (struct dp_watch){DP_WATCH_MHD, di->epoll_fd, NULL};
+    w->event_watch = (struct dp_watch){DP_WATCH_EVENT, w->event_fd, NULL};
+    if (dp_worker_watch(w, &w->mhd_watch, EPOLLIN, true) != KW_OK ||
+        dp_worker_watch(w, &w->event_watch, EPOLLIN, true) != KW_OK || dp_upstream_init(w) != KW_OK)
+        return KW_ERROR;
+    w->table = dp_table_ref(s->table);
+    return KW_OK;
+}
+
+void dp_worker_cleanup(struct dp_worker *w)
+{
+    if (w->multi != NULL)
+        curl_multi_cleanup(w->multi);
+    dp_table_unref(w->table);
+    dp_table_unref(atomic_exchange(&w->next, NULL));
+    free(w->heap);
+    kw_buf_cleanup(&w->logbuf);
+    kw_arena_free(w->scratch);
+    if (w->ep != -1)
+        close(w->ep);
+    if (w->event_fd != -1)
+        close(w->event_fd);
+}
+
+static void on_message(struct dp_worker *w)
+{
+    uint64_t v;
+    while (read(w->event_fd, &v, sizeof(v)) > 0)
+        ;
+    struct dp_table *t = atomic_exchange(&w->next, NULL);
+    if (t != NULL) {
+        dp_table_unref(w->table); /* requests keep the old one pinned until they end */
+        w->table = t;
+    }
+    if (atomic_load(&w->drain) && !w->draining) {
+        w->draining = true;
+        MHD_socket fd = MHD_quiesce_daemon(w->mhd);
+        if (fd != MHD_INVALID_SOCKET)
+            close(fd);
+    }
+    if (atomic_load(&w->stop)) {
+        /* forced stop: abort what is left; MHD closes them on its next pass */
+        for (struct dp_request *r = w->requests; r != NULL; r = r->next)
+            dp_request_client_gone(r);
+    }
+}
+
+void *dp_worker_main(void *arg)
+{
+    struct dp_worker *w = arg;
+    struct epoll_event evs[256];
+    int running;
+    for (;;) {
+        int64_t now = dp_now_ms();
+        int64_t timeout = -1;
+        MHD_UNSIGNED_LONG_LONG mt;
+        if (MHD_get_timeout(w->mhd, &mt) == MHD_YES)
+            timeout = (int64_t)mt;
+        if (w->curl_due_ms >= 0 && (timeout < 0 || w->curl_due_ms - now < timeout))
+            timeout = w->curl_due_ms > now ? w->curl_due_ms - now : 0;
+        if (w->nheap > 0 && (timeout < 0 || w->heap[0]->due_ms - now < timeout))
+            timeout = w->heap[0]->due_ms > now ? w->heap[0]->due_ms - now : 0;
+        if (w->draining && timeout < 0)
+            timeout = 100;
+        int n = epoll_wait(w->ep, evs, KW_ARRAY_LEN(evs), timeout > 60000 ? 60000 : (int)timeout);
+        if (n == -1 && errno != EINTR)
+            break;
+        bool run_mhd = timeout == 0 || (n == 0 && timeout >= 0);
+        for (int i = 0; i < n; i++) {
+            struct dp_watch *watch = evs[i].data.ptr;
+            switch (watch->kind) {
+            case DP_WATCH_MHD:
+                run_mhd = true;
+                break;
+            case DP_WATCH_CURL: {
+                int flags = (evs[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
+                            (evs[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+                            (evs[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+                curl_multi_socket_action(w->multi, watch->fd, flags, &running);
+                break;
+            }
+            case DP_WATCH_CLIENT:
+                dp_request_client_gone(watch->ptr);
+                run_mhd = true;
+                break;
+            case DP_WATCH_EVENT:
+                on_message(w);
+                run_mhd = true;
+                break;
+            }
+        }
+        now = dp_now_ms();
+        if (w->curl_due_ms >= 0 && w->curl_due_ms <= now) {
+            w->curl_due_ms = -1;
+            curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        }
+        dp_upstream_poll(w);
+        while (w->nheap > 0 && w->heap[0]->due_ms <= now) {
+            struct dp_timer *t = w->heap[0];
+            dp_timer_cancel(w, t);
+            t->on_fire(t);
+        }
+        (void)run_mhd;
+        MHD_run(w->mhd);
+        if (w->draining && w->requests == NULL)
+            break;
+    }
+    MHD_stop_daemon(w->mhd); /* closes idle keep-alive connections */
+    w->mhd = NULL;
+    return NULL;
+}
