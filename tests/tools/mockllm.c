@@ -793,7 +793,7 @@ static int parse_head(struct conn *c, size_t headlen)
                 struct out o = {0};
                 char lower[128];
                 size_t i = 0;
-                for (; p[i] && i < sizeof(lower) - 1; i++)
+                for (; i < sizeof(lower) - 1 && p[i]; i++)
                     lower[i] = (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] + 32 : p[i]);
                 lower[i] = '\0';
                 out_printf(&o, "%s\"", c->hdrjson_len ? "," : "");
