@@ -13,7 +13,8 @@
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *ctype,
                              const char *body, size_t len)
 {
-    struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (r == NULL)
         return MHD_NO;
     MHD_add_response_header(r, "Content-Type", ctype);
@@ -49,14 +50,16 @@ static void metrics(struct dp_server *s, struct kw_buf *b)
     for (unsigned code = 100; code < DP_STATUS_SLOTS; code++) {
         uint64_t v = sum(s, STAT(requests_by_status) + code * sizeof(atomic_uint_fast64_t));
         if (v > 0)
-            kw_buf_printf(b, "knoway_requests_total{code=\"%u\"} %llu\n", code, (unsigned long long)v);
+            kw_buf_printf(b, "knoway_requests_total{code=\"%u\"} %llu\n", code,
+                          (unsigned long long)v);
     }
     static const char *const kinds[] = {"connect", "timeout", "reset", "other"};
     kw_buf_puts(b, "# HELP knoway_upstream_errors_total Failed upstream transfers, by kind.\n"
                    "# TYPE knoway_upstream_errors_total counter\n");
     for (unsigned k = 0; k < 4; k++)
-        kw_buf_printf(b, "knoway_upstream_errors_total{kind=\"%s\"} %llu\n", kinds[k],
-                      (unsigned long long)sum(s, STAT(upstream_errors) + k * sizeof(atomic_uint_fast64_t)));
+        kw_buf_printf(
+            b, "knoway_upstream_errors_total{kind=\"%s\"} %llu\n", kinds[k],
+            (unsigned long long)sum(s, STAT(upstream_errors) + k * sizeof(atomic_uint_fast64_t)));
     kw_buf_printf(b,
                   "# HELP knoway_tokens_total Tokens accounted from upstream usage, by type.\n"
                   "# TYPE knoway_tokens_total counter\n"

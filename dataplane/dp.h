@@ -22,8 +22,8 @@
 /* ---- limits (STYLE.md: every buffer has a maximum, named here) ----------------------- */
 #define DP_MAX_UPSTREAM_RESPONSE (64u * 1024 * 1024) /* a buffered (non-stream) response */
 #define DP_MAX_SSE_EVENT         (4u * 1024 * 1024)  /* one upstream SSE event */
-#define DP_STREAM_HIGH_WATER     (64u * 1024) /* client buffer that pauses the upstream */
-#define DP_STREAM_LOW_WATER      (16u * 1024) /* ... and resumes it */
+#define DP_STREAM_HIGH_WATER     (64u * 1024)        /* client buffer that pauses the upstream */
+#define DP_STREAM_LOW_WATER      (16u * 1024)        /* ... and resumes it */
 #define DP_MAX_STREAM_BUFFER     (DP_STREAM_HIGH_WATER + DP_MAX_SSE_EVENT)
 #define DP_KEEPALIVE_MS          15000
 #define DP_CONN_MEMORY           (16u * 1024) /* MHD pool per connection: headers too */
@@ -72,15 +72,15 @@ struct dp_worker {
     int64_t curl_due_ms; /* -1: no curl timeout pending */
     struct dp_timer **heap;
     size_t nheap, capheap;
-    struct dp_table *table;            /* the table new requests pin */
-    _Atomic(struct dp_table *) next;   /* atomic: a table posted by the main thread */
-    atomic_bool drain, stop;           /* atomic: posted by the main thread */
+    struct dp_table *table;          /* the table new requests pin */
+    _Atomic(struct dp_table *) next; /* atomic: a table posted by the main thread */
+    atomic_bool drain, stop;         /* atomic: posted by the main thread */
     bool draining;
     uint64_t next_id;
     uint32_t rnd;
     struct dp_stats stats;
     struct kw_buf logbuf;
-    struct kw_arena *scratch; /* reset per stream event */
+    struct kw_arena *scratch;    /* reset per stream event */
     struct dp_request *requests; /* active, for a forced shutdown */
 };
 
@@ -94,7 +94,13 @@ enum dp_state {
     DP_ST_DONE,     /* a response is queued */
 };
 
-enum dp_upstream_error { DP_UPERR_NONE, DP_UPERR_CONNECT, DP_UPERR_TIMEOUT, DP_UPERR_RESET, DP_UPERR_OTHER };
+enum dp_upstream_error {
+    DP_UPERR_NONE,
+    DP_UPERR_CONNECT,
+    DP_UPERR_TIMEOUT,
+    DP_UPERR_RESET,
+    DP_UPERR_OTHER
+};
 
 struct dp_provider_ops;
 
@@ -108,7 +114,7 @@ struct dp_request {
     const char *method;
     int64_t start_ms;
     enum dp_state state;
-    unsigned early_status; /* 404/405 known from the first call */
+    unsigned early_status;          /* 404/405 known from the first call */
     struct dp_request *prev, *next; /* the worker's active requests */
 
     /* client body and the request as parsed once */
@@ -132,8 +138,8 @@ struct dp_request {
     /* upstream transfer */
     CURL *easy;
     struct curl_slist *up_headers;
-    struct kw_buf up_body;    /* what we send */
-    struct kw_buf up_resp;    /* a buffered response */
+    struct kw_buf up_body; /* what we send */
+    struct kw_buf up_resp; /* a buffered response */
     long up_status;
     char up_ctype[128];
     char retry_after[32];
@@ -145,14 +151,14 @@ struct dp_request {
     /* response to the client */
     struct MHD_Response *pending; /* queued at the next access-handler call */
     unsigned pending_status;
-    unsigned status; /* the status sent */
+    unsigned status;   /* the status sent */
     struct kw_buf out; /* stream bytes not yet taken by MHD */
     size_t out_off;
     struct dp_sse sse;
-    bool stream_end;    /* no more bytes will be added to out */
+    bool stream_end; /* no more bytes will be added to out */
     bool suspended;
     bool client_gone;
-    bool saw_done;      /* the upstream sent data: [DONE] */
+    bool saw_done; /* the upstream sent data: [DONE] */
     int64_t last_out_ms;
     struct dp_timer timer; /* keep-alive and stream-idle deadline */
     struct dp_watch client_watch;
@@ -193,7 +199,8 @@ void dp_worker_unwatch(struct dp_worker *w, struct dp_watch *watch);
 void dp_worker_track(struct dp_worker *w, struct dp_request *r);
 void dp_worker_untrack(struct dp_worker *w, struct dp_request *r);
 
-/* ---- request API (request.c) ------------------------------------------------------------------ */
+/* ---- request API (request.c) ------------------------------------------------------------------
+ */
 enum MHD_Result dp_on_access(void *cls, struct MHD_Connection *conn, const char *url,
                              const char *method, const char *version, const char *upload_data,
                              size_t *upload_data_size, void **con_cls);
@@ -220,7 +227,8 @@ int dp_request_choose(struct dp_request *r, bool *tried);
 /* Record usage from an OpenAI-shaped "usage" object. */
 void dp_request_usage(struct dp_request *r, const struct kw_node *usage);
 
-/* ---- upstream API (upstream.c) ----------------------------------------------------------------- */
+/* ---- upstream API (upstream.c) -----------------------------------------------------------------
+ */
 /* Start the transfer for r (routing done). KW_OK, or KW_ERROR with a failure prepared. */
 int dp_upstream_start(struct dp_request *r);
 /* Stop and free r's transfer, if any (cancels it upstream). */

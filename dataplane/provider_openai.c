@@ -79,13 +79,15 @@ static int openai_build(struct dp_request *r, struct kw_buf *url, struct curl_sl
         }
     }
     for (size_t i = 0; i < b->upstream.nheaders; i++)
-        rc |= add_header(headers, r->arena, b->upstream.headers[i].name, b->upstream.headers[i].value);
+        rc |= add_header(headers, r->arena, b->upstream.headers[i].name,
+                         b->upstream.headers[i].value);
     if (rc != KW_OK || kw_json_write(r->up_json, &r->up_body) != KW_OK)
         return KW_ERROR;
     return KW_OK;
 }
 
-static int openai_on_response(struct dp_request *r, const char *body, size_t len, struct kw_buf *out)
+static int openai_on_response(struct dp_request *r, const char *body, size_t len,
+                              struct kw_buf *out)
 {
     (void)out; /* relayed unchanged */
     struct kw_node *root;

@@ -132,7 +132,8 @@ void dp_request_usage(struct dp_request *r, const struct kw_node *usage)
         return;
     const struct kw_node *p = kw_node_get(usage, "prompt_tokens");
     const struct kw_node *c = kw_node_get(usage, "completion_tokens");
-    const struct kw_node *d = kw_node_get(kw_node_get(usage, "prompt_tokens_details"), "cached_tokens");
+    const struct kw_node *d =
+        kw_node_get(kw_node_get(usage, "prompt_tokens_details"), "cached_tokens");
     if (p != NULL && p->type == KW_NODE_INT)
         r->prompt_tokens = p->i;
     if (c != NULL && c->type == KW_NODE_INT)
@@ -185,7 +186,8 @@ static void on_stream_timer(struct dp_timer *t);
 
 void dp_request_begin_stream(struct dp_request *r)
 {
-    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, on_read, r, NULL);
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, on_read, r, NULL);
     if (resp == NULL) {
         dp_request_fail(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
@@ -240,7 +242,8 @@ static void on_stream_timer(struct dp_timer *t)
     int64_t idle = r->route->stream_idle_timeout_ms;
     if (!r->up_done && now - r->last_up_ms >= idle) {
         dp_upstream_stop(r);
-        atomic_fetch_add_explicit(&r->w->stats.upstream_errors[DP_UPERR_TIMEOUT], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&r->w->stats.upstream_errors[DP_UPERR_TIMEOUT], 1,
+                                  memory_order_relaxed);
         dp_request_stream_error(r, "upstream_timeout", "the upstream sent nothing for %lld ms",
                                 (long long)idle);
         return;
@@ -330,8 +333,8 @@ static struct kw_node *rewrite(struct dp_request *r)
         map_del(j, p->remove[i]);
     if (r->stream && !r->client_usage) {
         const struct kw_node *so = kw_node_get(j, "stream_options");
-        struct kw_node *nso = so != NULL && so->type == KW_NODE_MAP ? map_copy(a, so)
-                                                                    : kw_node_new(a, KW_NODE_MAP);
+        struct kw_node *nso =
+            so != NULL && so->type == KW_NODE_MAP ? map_copy(a, so) : kw_node_new(a, KW_NODE_MAP);
         if (nso == NULL || map_set(a, nso, "include_usage", kw_node_bool(a, true)) != KW_OK ||
             map_set(a, j, "stream_options", nso) != KW_OK)
             return NULL;
@@ -375,8 +378,7 @@ static int parse_body(struct dp_request *r)
         const struct kw_node *v = kw_node_get(r->json, need[i].field);
         if (v == NULL || (v->type != need[i].t1 && v->type != need[i].t2)) {
             dp_request_fail(r, 400, "invalid_request_error", NULL, need[i].field,
-                            v == NULL ? "'%s' is a required property"
-                                      : "'%s' has the wrong type",
+                            v == NULL ? "'%s' is a required property" : "'%s' has the wrong type",
                             need[i].field);
             return KW_ERROR;
         }
@@ -389,7 +391,8 @@ static int parse_body(struct dp_request *r)
             return KW_ERROR;
         }
         r->stream = s != NULL && s->type == KW_NODE_BOOL && s->b;
-        const struct kw_node *u = kw_node_get(kw_node_get(r->json, "stream_options"), "include_usage");
+        const struct kw_node *u =
+            kw_node_get(kw_node_get(r->json, "stream_options"), "include_usage");
         r->client_usage = u != NULL && u->type == KW_NODE_BOOL && u->b;
     }
     return KW_OK;
@@ -414,9 +417,9 @@ int dp_request_choose(struct dp_request *r, bool *tried)
                         r->backend->meta.name, kw_provider_name(r->backend->provider));
         return KW_ERROR;
     }
-    r->upstream_model = ref->model_override != NULL ? ref->model_override
+    r->upstream_model = ref->model_override != NULL      ? ref->model_override
                         : r->backend->model_name != NULL ? r->backend->model_name
-                                                          : r->model;
+                                                         : r->model;
     r->up_json = rewrite(r);
     if (r->up_json == NULL) {
         dp_request_fail(r, 500, "server_error", NULL, NULL, "out of memory");
@@ -442,8 +445,8 @@ static enum MHD_Result run_phases(struct dp_request *r, unsigned early_status)
 {
     r->state = DP_ST_UPSTREAM;
     if (early_status == 404) {
-        dp_request_fail(r, 404, "invalid_request_error", "unknown_url", NULL,
-                        "Invalid URL (%s %s)", r->method, r->path);
+        dp_request_fail(r, 404, "invalid_request_error", "unknown_url", NULL, "Invalid URL (%s %s)",
+                        r->method, r->path);
         return queue_pending(r);
     }
     if (early_status == 405) {
@@ -478,10 +481,12 @@ static enum MHD_Result run_phases(struct dp_request *r, unsigned early_status)
     if (rc != KW_OK || dp_upstream_start(r) != KW_OK)
         return queue_pending(r);
     /* wait for the upstream; notice the client leaving while suspended */
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (ci != NULL) {
         r->client_watch = (struct dp_watch){DP_WATCH_CLIENT, ci->connect_fd, r};
-        r->client_watched = dp_worker_watch(r->w, &r->client_watch, EPOLLRDHUP | EPOLLET, true) == KW_OK;
+        r->client_watched =
+            dp_worker_watch(r->w, &r->client_watch, EPOLLRDHUP | EPOLLET, true) == KW_OK;
     }
     suspend(r);
     return MHD_YES;
@@ -512,8 +517,8 @@ static struct dp_request *request_new(struct dp_worker *w, struct MHD_Connection
     if (ok)
         snprintf(r->id, sizeof(r->id), "%s", rid);
     else
-        snprintf(r->id, sizeof(r->id), "%x-%llx-%llx", w->index, (unsigned long long)w->server->boot_id,
-                 (unsigned long long)++w->next_id);
+        snprintf(r->id, sizeof(r->id), "%x-%llx-%llx", w->index,
+                 (unsigned long long)w->server->boot_id, (unsigned long long)++w->next_id);
     kw_buf_init(&r->body, w->server->max_body_bytes);
     kw_buf_init(&r->up_body, w->server->max_body_bytes * 2 + 65536);
     kw_buf_init(&r->up_resp, DP_MAX_UPSTREAM_RESPONSE);
@@ -543,7 +548,8 @@ enum MHD_Result dp_on_access(void *cls, struct MHD_Connection *conn, const char 
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
-        if (!r->body_too_large && kw_buf_append(&r->body, upload_data, *upload_data_size) != KW_OK) {
+        if (!r->body_too_large &&
+            kw_buf_append(&r->body, upload_data, *upload_data_size) != KW_OK) {
             r->body_too_large = true;
             kw_buf_cleanup(&r->body);
         }
@@ -588,9 +594,9 @@ static void access_log(struct dp_request *r, enum MHD_RequestTerminationCode toe
     if (r->up_error != DP_UPERR_NONE)
         kw_log_field(b, "upstream_error", r->up_errmsg);
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
-        kw_log_field(b, "client", r->client_gone || toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT
-                                      ? "disconnected"
-                                      : "error");
+        kw_log_field(b, "client",
+                     r->client_gone || toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT ? "disconnected"
+                                                                                  : "error");
     kw_log_emit(b);
 }
 
@@ -613,9 +619,12 @@ void dp_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (r->status > 0 && r->status < DP_STATUS_SLOTS)
         atomic_fetch_add_explicit(&w->stats.requests_by_status[r->status], 1, memory_order_relaxed);
     if (r->have_usage) {
-        atomic_fetch_add_explicit(&w->stats.tokens_prompt, (uint_fast64_t)r->prompt_tokens, memory_order_relaxed);
-        atomic_fetch_add_explicit(&w->stats.tokens_completion, (uint_fast64_t)r->completion_tokens, memory_order_relaxed);
-        atomic_fetch_add_explicit(&w->stats.tokens_cached, (uint_fast64_t)r->cached_tokens, memory_order_relaxed);
+        atomic_fetch_add_explicit(&w->stats.tokens_prompt, (uint_fast64_t)r->prompt_tokens,
+                                  memory_order_relaxed);
+        atomic_fetch_add_explicit(&w->stats.tokens_completion, (uint_fast64_t)r->completion_tokens,
+                                  memory_order_relaxed);
+        atomic_fetch_add_explicit(&w->stats.tokens_cached, (uint_fast64_t)r->cached_tokens,
+                                  memory_order_relaxed);
     }
     if (r->state == DP_ST_STREAM)
         atomic_fetch_sub_explicit(&w->stats.active_streams, 1, memory_order_relaxed);

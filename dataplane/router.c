@@ -34,7 +34,8 @@ static int build_models(struct dp_table *t)
             continue; /* a prefix names no model a client could list */
         bool seen = false;
         for (size_t j = 0; j < i && !seen; j++)
-            seen = !t->matches[j].model->prefix && strcmp(t->matches[j].model->value, m->value) == 0;
+            seen =
+                !t->matches[j].model->prefix && strcmp(t->matches[j].model->value, m->value) == 0;
         if (seen)
             continue;
         rc |= kw_buf_puts(&b, n++ > 0 ? ",{\"id\":" : "{\"id\":");
@@ -70,7 +71,8 @@ struct dp_table *dp_table_new(struct kw_snapshot *snap)
     }
     for (size_t i = 0; i < snap->nroutes; i++)
         for (size_t j = 0; j < snap->routes[i]->nmodels; j++)
-            t->matches[t->nmatches++] = (struct dp_match){snap->routes[i], &snap->routes[i]->models[j], i};
+            t->matches[t->nmatches++] =
+                (struct dp_match){snap->routes[i], &snap->routes[i]->models[j], i};
     qsort(t->matches, t->nmatches, sizeof(*t->matches), specificity_cmp);
     if (build_models(t) != KW_OK) {
         dp_table_unref(t);
@@ -113,8 +115,8 @@ static bool route_fits(const struct kw_route *r, const char *path, dp_header_fn 
     return true;
 }
 
-const struct kw_route *dp_table_route(const struct dp_table *t, const char *model,
-                                      const char *path, dp_header_fn header, void *ud)
+const struct kw_route *dp_table_route(const struct dp_table *t, const char *model, const char *path,
+                                      dp_header_fn header, void *ud)
 {
     size_t mlen = strlen(model);
     for (size_t i = 0; i < t->nmatches; i++) {

@@ -36,8 +36,8 @@ typedef const char *(*dp_header_fn)(void *ud, const char *name);
 
 /* The route for model on path, or NULL. Order: exact model matches before prefix ones,
  * longer prefixes first, then routes with more header and path conditions, then age. */
-const struct kw_route *dp_table_route(const struct dp_table *t, const char *model,
-                                      const char *path, dp_header_fn header, void *ud);
+const struct kw_route *dp_table_route(const struct dp_table *t, const char *model, const char *path,
+                                      dp_header_fn header, void *ud);
 
 /* Pick a backendRef of r: among refs not yet tried (tried[i] false) with weight > 0, those
  * of the lowest priority, by weight. rnd is a random number. NULL when none is left. */

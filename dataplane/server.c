@@ -40,7 +40,8 @@ int dp_parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *l
         h++, hlen -= 2;
     memcpy(host, h, hlen);
     host[hlen] = '\0';
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res;
     if (getaddrinfo(hlen > 0 ? host : NULL, colon + 1, &hints, &res) != 0)
@@ -165,7 +166,8 @@ static int watch_file(const char *path)
     if (fd == -1)
         return -1;
     char *copy = strdup(path);
-    if (copy == NULL || inotify_add_watch(fd, dirname(copy), IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) == -1) {
+    if (copy == NULL ||
+        inotify_add_watch(fd, dirname(copy), IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) == -1) {
         free(copy);
         close(fd);
         return -1;
@@ -199,7 +201,8 @@ static void drain(struct dp_server *s)
     atomic_store(&s->ready, false);
     char secs[16];
     snprintf(secs, sizeof(secs), "%d", s->drain_seconds);
-    kw_log(KW_LOG_INFO, "draining: not accepting, finishing requests in flight", "deadline_s", secs, NULL);
+    kw_log(KW_LOG_INFO, "draining: not accepting, finishing requests in flight", "deadline_s", secs,
+           NULL);
     for (unsigned i = 0; i < s->nworkers; i++) {
         atomic_store(&s->workers[i].drain, true);
         dp_worker_post(&s->workers[i]);
@@ -224,7 +227,9 @@ static void drain(struct dp_server *s)
 int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snapshot *snap,
                   int drain_seconds)
 {
-    struct dp_server s = {.config_path = config_path, .bootstrap = cfg, .dp = &cfg->dataplane,
+    struct dp_server s = {.config_path = config_path,
+                          .bootstrap = cfg,
+                          .dp = &cfg->dataplane,
                           .drain_seconds = drain_seconds};
     pthread_mutex_init(&s.mu, NULL);
     s.max_body_bytes = s.dp->limits.max_body_bytes;
@@ -256,7 +261,8 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
     for (; started < s.nworkers; started++) {
         int lfd = listen_socket(s.dp->listen);
         if (lfd == -1) {
-            kw_log(KW_LOG_ERROR, "cannot listen", "address", s.dp->listen, "error", strerror(errno), NULL);
+            kw_log(KW_LOG_ERROR, "cannot listen", "address", s.dp->listen, "error", strerror(errno),
+                   NULL);
             goto out;
         }
         if (dp_worker_init(&s.workers[started], &s, started, lfd) != KW_OK) {

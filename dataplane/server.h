@@ -26,9 +26,9 @@ struct dp_server {
     pthread_t *threads;
     int drain_seconds;
 
-    pthread_mutex_t mu;       /* guards table for the admin thread */
-    struct dp_table *table;   /* the current table (main's reference) */
-    atomic_bool ready;        /* a table is applied and we are not draining */
+    pthread_mutex_t mu;     /* guards table for the admin thread */
+    struct dp_table *table; /* the current table (main's reference) */
+    atomic_bool ready;      /* a table is applied and we are not draining */
     atomic_uint_fast64_t reloads_ok, reloads_failed;
     struct MHD_Daemon *admin;
 };

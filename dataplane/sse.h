@@ -23,7 +23,7 @@ struct dp_sse {
     struct kw_buf raw;  /* bytes of the current event */
     struct kw_buf data; /* its data lines */
     char event[64];
-    size_t line_start; /* offset in raw of the current line */
+    size_t line_start;  /* offset in raw of the current line */
     bool cr;            /* the last byte was a CR ending a line */
     bool blank_pending; /* that CR ended a blank line: the event is complete */
     bool has_data;
@@ -34,8 +34,7 @@ void dp_sse_init(struct dp_sse *p, size_t max_event);
 void dp_sse_cleanup(struct dp_sse *p);
 
 /* Feed bytes; calls on_event for each completed event. KW_OK or KW_ERROR. */
-int dp_sse_feed(struct dp_sse *p, const char *buf, size_t len, dp_sse_event_fn on_event,
-                void *ud);
+int dp_sse_feed(struct dp_sse *p, const char *buf, size_t len, dp_sse_event_fn on_event, void *ud);
 
 /* End of stream: an event not yet ended by a blank line is delivered (Gemini closes the
  * connection after its last event). KW_OK or KW_ERROR. */

@@ -82,7 +82,8 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *ud)
             return n;
         r->up_headers_done = true;
         r->ttfb_ms = dp_now_ms() - r->start_ms;
-        if (r->stream && r->up_status == 200 && strncasecmp(r->up_ctype, "text/event-stream", 17) == 0)
+        if (r->stream && r->up_status == 200 &&
+            strncasecmp(r->up_ctype, "text/event-stream", 17) == 0)
             dp_request_begin_stream(r);
         return n;
     }
@@ -158,7 +159,8 @@ void dp_upstream_drained(struct dp_request *r)
     }
 }
 
-/* ---- start and stop ---------------------------------------------------------------------------- */
+/* ---- start and stop ----------------------------------------------------------------------------
+ */
 
 static void setup_tls(struct dp_request *r)
 {
@@ -172,9 +174,11 @@ static void setup_tls(struct dp_request *r)
     curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYHOST, 2L);
     const struct kw_secret_ref *ca = &b->upstream.tls.ca_secret_ref;
     if (ca->name != NULL) {
-        const struct kw_credential *c = kw_snapshot_credential(r->table->snap, b->meta.ns, ca->name, ca->key);
+        const struct kw_credential *c =
+            kw_snapshot_credential(r->table->snap, b->meta.ns, ca->name, ca->key);
         if (c != NULL) {
-            struct curl_blob blob = {.data = (void *)c->value, .len = c->len, .flags = CURL_BLOB_COPY};
+            struct curl_blob blob = {
+                .data = (void *)c->value, .len = c->len, .flags = CURL_BLOB_COPY};
             curl_easy_setopt(r->easy, CURLOPT_CAINFO_BLOB, &blob);
         }
     }
@@ -191,7 +195,8 @@ int dp_upstream_start(struct dp_request *r)
         curl_slist_free_all(r->up_headers);
         r->up_headers = NULL;
         if (r->pending == NULL)
-            dp_request_fail(r, 500, "server_error", NULL, NULL, "cannot build the upstream request");
+            dp_request_fail(r, 500, "server_error", NULL, NULL,
+                            "cannot build the upstream request");
         return KW_ERROR;
     }
     char rid[64];
@@ -248,7 +253,8 @@ int dp_upstream_start(struct dp_request *r)
 void dp_upstream_stop(struct dp_request *r)
 {
     if (r->easy != NULL) {
-        curl_multi_remove_handle(r->w->multi, r->easy); /* closes a live connection: the upstream sees the cancel */
+        curl_multi_remove_handle(
+            r->w->multi, r->easy); /* closes a live connection: the upstream sees the cancel */
         curl_easy_cleanup(r->easy);
         r->easy = NULL;
     }
@@ -256,7 +262,8 @@ void dp_upstream_stop(struct dp_request *r)
     r->up_headers = NULL;
 }
 
-/* ---- completion ---------------------------------------------------------------------------------- */
+/* ---- completion
+ * ---------------------------------------------------------------------------------- */
 
 static enum dp_upstream_error classify(CURLcode rc)
 {
@@ -289,13 +296,15 @@ static void relay_error(struct dp_request *r)
     bool json = r->up_resp.len > 0 && body[0] == '{' && strstr(body, "\"error\"") != NULL;
     struct MHD_Response *resp;
     if (json) {
-        resp = MHD_create_response_from_buffer(r->up_resp.len, r->up_resp.data, MHD_RESPMEM_MUST_COPY);
+        resp =
+            MHD_create_response_from_buffer(r->up_resp.len, r->up_resp.data, MHD_RESPMEM_MUST_COPY);
     } else {
         dp_request_fail(r, (unsigned)r->up_status,
-                        r->up_status == 429 ? "rate_limit_exceeded"
+                        r->up_status == 429   ? "rate_limit_exceeded"
                         : r->up_status >= 500 ? "server_error"
                                               : "invalid_request_error",
-                        "upstream_error", NULL, "upstream answered %ld: %.200s", r->up_status, body);
+                        "upstream_error", NULL, "upstream answered %ld: %.200s", r->up_status,
+                        body);
         resp = r->pending;
         r->pending = NULL;
     }
@@ -324,15 +333,15 @@ static void relay_body(struct dp_request *r)
         return;
     }
     struct kw_buf *src = translated.len > 0 ? &translated : &r->up_resp;
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(src->len, src->data != NULL ? src->data : (char *)"",
-                                        MHD_RESPMEM_MUST_COPY);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        src->len, src->data != NULL ? src->data : (char *)"", MHD_RESPMEM_MUST_COPY);
     kw_buf_cleanup(&translated);
     if (resp == NULL) {
         dp_request_fail(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
     }
-    MHD_add_response_header(resp, "Content-Type", r->up_ctype[0] != '\0' ? r->up_ctype : "application/json");
+    MHD_add_response_header(resp, "Content-Type",
+                            r->up_ctype[0] != '\0' ? r->up_ctype : "application/json");
     MHD_add_response_header(resp, "x-request-id", r->id);
     r->pending = resp;
     r->pending_status = (unsigned)r->up_status;
@@ -365,14 +374,16 @@ static void finish(struct dp_request *r, CURLcode rc)
     if (r->up_error != DP_UPERR_NONE) {
         if (r->up_errmsg[0] == '\0')
             snprintf(r->up_errmsg, sizeof(r->up_errmsg), "%s", curl_easy_strerror(rc));
-        atomic_fetch_add_explicit(&r->w->stats.upstream_errors[r->up_error - 1], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&r->w->stats.upstream_errors[r->up_error - 1], 1,
+                                  memory_order_relaxed);
     }
     dp_upstream_stop(r);
     if (r->state == DP_ST_STREAM) {
         dp_sse_finish(&r->sse, on_sse_event, r);
         if (r->up_error != DP_UPERR_NONE)
-            dp_request_stream_error(r, r->up_error == DP_UPERR_TIMEOUT ? "upstream_timeout" : "upstream_error",
-                                    "upstream failed after the response started: %s", r->up_errmsg);
+            dp_request_stream_error(
+                r, r->up_error == DP_UPERR_TIMEOUT ? "upstream_timeout" : "upstream_error",
+                "upstream failed after the response started: %s", r->up_errmsg);
         r->stream_end = true;
         dp_request_wake(r);
         return;
@@ -385,8 +396,8 @@ static void finish(struct dp_request *r, CURLcode rc)
     switch (r->up_error) {
     case DP_UPERR_CONNECT:
     case DP_UPERR_RESET:
-        dp_request_fail(r, 502, "server_error", "upstream_unavailable", NULL,
-                        "upstream %s: %s", r->backend->meta.name, r->up_errmsg);
+        dp_request_fail(r, 502, "server_error", "upstream_unavailable", NULL, "upstream %s: %s",
+                        r->backend->meta.name, r->up_errmsg);
         return;
     case DP_UPERR_TIMEOUT:
         dp_request_fail(r, 504, "server_error", "upstream_timeout", NULL,

@@ -165,9 +165,8 @@ int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO, 0, NULL, NULL, dp_on_access, w,
         MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_CONNECTION_LIMIT, conns,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)DP_CONN_MEMORY, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)75, MHD_OPTION_NOTIFY_COMPLETED, dp_on_completed, w,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, w, MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1,
-        MHD_OPTION_END);
+        (unsigned)75, MHD_OPTION_NOTIFY_COMPLETED, dp_on_completed, w, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, w, MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1, MHD_OPTION_END);
     if (w->mhd == NULL)
         return KW_ERROR;
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(w->mhd, MHD_DAEMON_INFO_EPOLL_FD);
