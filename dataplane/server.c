@@ -83,12 +83,13 @@ struct dp_table *dp_server_table(struct dp_server *s)
     return t;
 }
 
-/* Hand a new table to every worker: one pointer exchange each, then a wake-up. */
+/* Hand a new table to every worker: one pointer exchange each, then a wake-up. The
+ * caller keeps its own reference to t. */
 static void publish(struct dp_server *s, struct dp_table *t)
 {
     pthread_mutex_lock(&s->mu);
     struct dp_table *old = s->table;
-    s->table = t;
+    s->table = dp_table_ref(t);
     pthread_mutex_unlock(&s->mu);
     for (unsigned i = 0; i < s->nworkers; i++) {
         dp_table_unref(atomic_exchange(&s->workers[i].next, dp_table_ref(t)));

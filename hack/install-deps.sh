@@ -10,10 +10,18 @@ PKGS=(
   libmicrohttpd-dev libcurl4-openssl-dev libyajl-dev libyaml-dev libssl-dev
   libsystemd-dev zlib1g-dev libhiredis-dev
   # tests
-  libcmocka-dev valgrind clang libclang-rt-14-dev redis-server curl
+  libcmocka-dev valgrind clang libclang-rt-14-dev redis-server curl python3
+  # benchmarks
+  nginx-light wrk
   # lint
   clang-format cppcheck
 )
+
+# The openai npm client test needs node and npm; machines that ship their own Node.js
+# (not Debian's) keep it.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PKGS+=(nodejs npm)
+fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

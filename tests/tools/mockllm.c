@@ -182,6 +182,8 @@ struct conn {
     size_t heap_idx;
     uint64_t rec_id;
     bool pending_nonstream; /* a delayed non-streaming response */
+    bool blocked;           /* a stream waits for the socket to drain */
+    bool rst;               /* close with a TCP RST */
 };
 
 struct worker {
@@ -263,7 +265,7 @@ static void conn_close(struct worker *w, struct conn *c, bool reset)
     timer_del(w, c);
     if (c->rec_id != 0 && (c->streaming || c->pending_nonstream || c->out.off < c->out.len))
         log_update(c->rec_id, 0, false, true);
-    if (reset) {
+    if (reset || c->rst) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0};
         setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     }
@@ -487,6 +489,10 @@ static int stream_step(struct worker *w, struct conn *c)
         timer_add(w, c, now_ms() + c->ttft_ms);
         return flush_out(w, c);
     }
+    if (c->out.off < c->out.len) { /* the peer is slow: continue when the socket drains */
+        c->blocked = true;
+        return 0;
+    }
     bool faulty = c->fault[0] != '\0' && c->sent == c->fault_after;
     if (faulty && strcmp(c->fault, "reset") == 0) {
         if (flush_out(w, c) < 0)
@@ -672,6 +678,11 @@ static void record(struct conn *c)
 static void dispatch(struct worker *w, struct conn *c)
 {
     record(c);
+    if (strcmp(c->fault, "reset") == 0 && c->fault_after < 0) { /* before any response byte */
+        c->rst = true;
+        c->closing = true;
+        return;
+    }
     if (c->status > 0 && strncmp(c->path, "/v1/", 4) == 0) {
         char msg[128];
         snprintf(msg, sizeof(msg), "mock error with status %d", c->status);
@@ -946,6 +957,10 @@ static void *worker_main(void *arg)
             if ((evs[i].events & EPOLLOUT) && flush_out(w, c) < 0) {
                 conn_close(w, c, false);
                 continue;
+            }
+            if (c->blocked && c->out.off == c->out.len) {
+                c->blocked = false;
+                timer_add(w, c, now_ms());
             }
             if (evs[i].events & (EPOLLIN | EPOLLRDHUP)) {
                 if (on_readable(w, c) < 0) {

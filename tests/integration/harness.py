@@ -1,0 +1,203 @@
+"""Process harness for integration tests: free ports, the mock provider, knoway-dataplane.
+
+Everything runs on loopback; every wait is bounded.
+"""
+import http.client
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+BUILD = os.environ.get("KW_BUILD", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(_hard, 65536), _hard))
+
+DATAPLANE = os.environ.get("KW_DATAPLANE", os.path.join(BUILD, "dataplane", "knoway-dataplane"))
+MOCK = os.environ.get("KW_MOCK", os.path.join(BUILD, "tests", "knoway-mockllm"))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("port %d did not open" % port)
+
+
+class Mock:
+    def __init__(self, *args, threads=1):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [MOCK, "--listen", "127.0.0.1:%d" % self.port, "--threads", str(threads), *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def url(self):
+        return "http://127.0.0.1:%d/v1" % self.port
+
+    def requests(self):
+        status, _, body = request("GET", self.port, "/_mock/requests")
+        return json.loads(body)
+
+    def clear(self):
+        request("DELETE", self.port, "/_mock/requests")
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(5)
+
+
+class Dataplane:
+    """knoway-dataplane on a generated config file. `resources` is YAML text."""
+
+    def __init__(self, resources, workers=2, extra_spec="", args=()):
+        self.port = free_port()
+        self.admin = free_port()
+        self.dir = tempfile.mkdtemp(prefix="kwtest-")
+        self.path = os.path.join(self.dir, "knoway.yaml")
+        self.workers = workers
+        self.extra_spec = extra_spec
+        self.write(resources)
+        self.log = open(os.path.join(self.dir, "dataplane.log"), "w+")
+        self.proc = subprocess.Popen([DATAPLANE, "-c", self.path, *args],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        wait_port(self.port)
+        self.wait_ready()
+
+    def bootstrap(self):
+        return ("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: t}\n"
+                "spec:\n  listen: \"127.0.0.1:%d\"\n  admin: \"127.0.0.1:%d\"\n  workers: %d\n%s"
+                % (self.port, self.admin, self.workers, self.extra_spec))
+
+    def write(self, resources):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(self.bootstrap() + "---\n" + resources)
+        os.rename(tmp, self.path)
+
+    def wait_ready(self, timeout=10.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if request("GET", self.admin, "/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("dataplane not ready:\n" + self.logs())
+
+    def metrics(self):
+        body = request("GET", self.admin, "/metrics")[2].decode()
+        out = {}
+        for line in body.splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
+
+    def version(self):
+        for k in self.metrics():
+            if k.startswith("knoway_snapshot_version_info"):
+                return k.split('"')[1]
+        return None
+
+    def logs(self):
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def cpu_seconds(self):
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_kib(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def hup(self):
+        self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(35)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+        logs = self.logs()
+        for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+            if bad in logs:
+                raise AssertionError("sanitizer report in the data plane's log:\n" + logs[-20000:])
+        return self.proc.returncode
+
+
+def request(method, port, path, body=None, headers=None, timeout=10.0):
+    """One HTTP request; returns (status, headers dict (lower-case), body bytes)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    h = {"Content-Type": "application/json"}
+    h.update(headers or {})
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body)
+    c.request(method, path, body=body, headers=h)
+    r = c.getresponse()
+    data = r.read()
+    hdrs = {k.lower(): v for k, v in r.getheaders()}
+    c.close()
+    return r.status, hdrs, data
+
+
+def post(port, path, body, headers=None, timeout=10.0):
+    return request("POST", port, path, body, headers, timeout)
+
+
+def sse_data(raw):
+    """The data fields of an SSE byte stream, in order."""
+    out = []
+    for block in raw.decode().replace("\r\n", "\n").split("\n\n"):
+        for line in block.split("\n"):
+            if line.startswith("data: "):
+                out.append(line[6:])
+    return out
+
+
+def backend(name, url, provider="vLLM", model=None, headers=None, extra=""):
+    y = ("---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: %s}\n"
+         "spec:\n  provider: %s\n" % (name, provider))
+    if model:
+        y += "  modelName: %s\n" % model
+    y += "  upstream:\n    baseURL: \"%s\"\n" % url
+    if headers:
+        y += "    headers:\n" + "".join("      - {name: %s, value: \"%s\"}\n" % kv for kv in headers.items())
+    return y + extra
+
+
+def route(name, models, refs, extra=""):
+    y = ("---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: %s}\n"
+         "spec:\n  match: {models: %s}\n  backendRefs:\n" % (name, json.dumps(models)))
+    for r in refs:
+        if isinstance(r, str):
+            r = {"name": r}
+        y += "    - " + json.dumps(r) + "\n"
+    return y + extra

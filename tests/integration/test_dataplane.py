@@ -1,0 +1,458 @@
+"""knoway-dataplane against knoway-mockllm, processes on loopback."""
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import (Dataplane, Mock, backend, free_port, post, request, route,  # noqa: E402
+                     sse_data)
+
+CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hello there friend"}]}
+
+
+def resources(mock):
+    dead = "http://127.0.0.1:%d/v1" % free_port()
+    return (backend("mock", mock.url(), model="mock-upstream")
+            + backend("passthrough", mock.url())
+            + backend("mock-params", mock.url(), extra=(
+                "  params:\n    defaults: {temperature: 0.3, max_tokens: 5}\n"
+                "    overrides: {user: gateway}\n    remove: [logit_bias]\n"))
+            + backend("dead", dead)
+            + backend("slow", mock.url(), headers={"x-mock-latency-ms": "3000"},
+                      extra="")
+            + backend("reset", mock.url(), headers={"x-mock-fault": "reset", "x-mock-fault-after": "2",
+                                                    "x-mock-chunks": "5"})
+            + backend("reset-early", mock.url(), headers={"x-mock-fault": "reset", "x-mock-fault-after": "-1"})
+            + backend("limited", mock.url(), headers={"x-mock-status": "429", "x-mock-retry-after": "7"})
+            + backend("broken", mock.url(), headers={"x-mock-status": "500"})
+            + backend("waiting", mock.url(), headers={"x-mock-ttft-ms": "10000"})
+            + backend("ticking", mock.url(), headers={"x-mock-interval-ms": "300", "x-mock-chunks": "50"})
+            + backend("long", mock.url(), headers={"x-mock-chunks": "100000"})
+            + route("demo", ["demo", "demo-alias"], ["mock"])
+            + route("params", ["params"], ["mock-params"])
+            + route("dead", ["dead"], ["dead"])
+            + route("slow", ["slow"], ["slow"], extra="  timeout: 500ms\n")
+            + route("reset", ["reset"], ["reset"])
+            + route("reset-early", ["reset-early"], ["reset-early"])
+            + route("limited", ["limited"], ["limited"])
+            + route("broken", ["broken"], ["broken"])
+            + route("waiting", ["waiting"], ["waiting"])
+            + route("ticking", ["ticking"], ["ticking"])
+            + route("long", ["long"], ["long"])
+            + route("fallback", ["fallback"], [{"name": "dead"}, {"name": "mock", "priority": 1}])
+            + route("weighted", ["weighted"], [{"name": "mock", "weight": 3},
+                                              {"name": "mock-params", "weight": 1}])
+            + route("prefix2", ["fam-*"], ["passthrough"])
+            + ("---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: tenant}\n"
+               "spec:\n  match:\n    models: [demo]\n    headers: [{name: x-tenant, value: research}]\n"
+               "  backendRefs: [{name: mock-params}]\n"))
+
+
+def setUpModule():
+    global MOCK, DP
+    MOCK = Mock(threads=2)
+    DP = Dataplane(resources(MOCK), extra_spec="  limits: {maxBodyBytes: 65536}\n")
+
+
+def tearDownModule():
+    rc = DP.stop()
+    MOCK.stop()
+    if rc != 0:
+        raise RuntimeError("dataplane exited %s" % rc)
+
+
+def last_upstream():
+    return MOCK.requests()[-1]
+
+
+class Endpoints(unittest.TestCase):
+    def test_models(self):
+        status, h, body = request("GET", DP.port, "/v1/models")
+        self.assertEqual(status, 200)
+        doc = json.loads(body)
+        self.assertEqual(doc["object"], "list")
+        ids = [m["id"] for m in doc["data"]]
+        self.assertIn("demo", ids)
+        self.assertIn("demo-alias", ids)
+        self.assertNotIn("fam-*", ids)  # a prefix names no model
+        self.assertTrue(all(m["object"] == "model" for m in doc["data"]))
+        self.assertEqual(len(ids), len(set(ids)))
+
+    def test_chat_identical_to_upstream(self):
+        status, h, via = post(DP.port, "/v1/chat/completions", CHAT)
+        self.assertEqual(status, 200)
+        self.assertIn("x-request-id", h)
+        sent = json.loads(last_upstream()["body"])
+        self.assertEqual(sent["model"], "mock-upstream")  # the backend's modelName
+        self.assertEqual(sent["messages"], CHAT["messages"])
+        _, _, direct = post(MOCK.port, "/v1/chat/completions", dict(CHAT, model="mock-upstream"))
+        self.assertEqual(via, direct)
+
+    def test_completions_and_embeddings(self):
+        for path, body in [("/v1/completions", {"model": "demo", "prompt": "one two three"}),
+                           ("/v1/embeddings", {"model": "demo", "input": ["a b", "c"]})]:
+            status, _, via = post(DP.port, path, body)
+            self.assertEqual(status, 200, via)
+            self.assertEqual(last_upstream()["path"], path)
+            _, _, direct = post(MOCK.port, path, dict(body, model="mock-upstream"))
+            self.assertEqual(via, direct)
+
+    def test_prefix_match(self):
+        status, _, body = post(DP.port, "/v1/chat/completions", dict(CHAT, model="fam-7b"))
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(last_upstream()["body"])["model"], "fam-7b")  # passed through
+
+    def test_header_match(self):
+        post(DP.port, "/v1/chat/completions", CHAT, headers={"x-tenant": "research"})
+        self.assertEqual(json.loads(last_upstream()["body"]).get("user"), "gateway")
+        post(DP.port, "/v1/chat/completions", CHAT, headers={"x-tenant": "other"})
+        self.assertNotIn("user", json.loads(last_upstream()["body"]))
+
+    def test_params(self):
+        body = dict(CHAT, model="params", temperature=0.9, logit_bias={"1": 2}, user="me")
+        status, _, _ = post(DP.port, "/v1/chat/completions", body)
+        self.assertEqual(status, 200)
+        sent = json.loads(last_upstream()["body"])
+        self.assertEqual(sent["temperature"], 0.9)   # the client's value beats a default
+        self.assertEqual(sent["max_tokens"], 5)      # a default fills a gap
+        self.assertEqual(sent["user"], "gateway")    # an override always wins
+        self.assertNotIn("logit_bias", sent)         # removed
+        self.assertEqual(sent["model"], "params")    # no modelName: the client's model
+
+    def test_weights(self):
+        MOCK.clear()
+        for _ in range(200):
+            post(DP.port, "/v1/chat/completions", dict(CHAT, model="weighted"))
+        users = sum(1 for r in MOCK.requests() if '"user":"gateway"' in r["body"])
+        self.assertTrue(25 <= users <= 80, users)  # 1 in 4 goes to mock-params
+
+    def test_fallback_to_lower_priority(self):
+        status, _, body = post(DP.port, "/v1/chat/completions", dict(CHAT, model="fallback"))
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(body)["object"], "chat.completion")
+
+
+class Streaming(unittest.TestCase):
+    def test_stream_identical_to_upstream(self):
+        req = dict(CHAT, stream=True)
+        status, h, via = post(DP.port, "/v1/chat/completions", req)
+        self.assertEqual(status, 200)
+        self.assertTrue(h["content-type"].startswith("text/event-stream"))
+        sent = json.loads(last_upstream()["body"])
+        self.assertEqual(sent["stream_options"], {"include_usage": True})  # asked on the client's behalf
+        _, _, direct = post(MOCK.port, "/v1/chat/completions", dict(req, model="mock-upstream"))
+        self.assertEqual(via, direct)  # the extra usage chunk is stripped
+        self.assertEqual(sse_data(via)[-1], "[DONE]")
+
+    def test_stream_with_client_usage(self):
+        req = dict(CHAT, stream=True, stream_options={"include_usage": True})
+        _, _, via = post(DP.port, "/v1/chat/completions", req)
+        _, _, direct = post(MOCK.port, "/v1/chat/completions", dict(req, model="mock-upstream"))
+        self.assertEqual(via, direct)
+        usage = json.loads(sse_data(via)[-2])["usage"]
+        self.assertEqual(usage["prompt_tokens"], 6)
+        self.assertEqual(usage["completion_tokens"], 8)
+
+    def test_usage_accounted(self):
+        before = DP.metrics()
+        post(DP.port, "/v1/chat/completions", CHAT)                          # 6 + 8
+        post(DP.port, "/v1/chat/completions", dict(CHAT, stream=True))       # 6 + 8, from the stream
+        post(DP.port, "/v1/embeddings", {"model": "demo", "input": "a b c"})  # 3 + 0
+        after = DP.metrics()
+        key = 'knoway_tokens_total{gen_ai_token_type="%s"}'
+        self.assertEqual(after[key % "input"] - before[key % "input"], 15)
+        self.assertEqual(after[key % "output"] - before[key % "output"], 16)
+
+    def test_error_after_start_is_an_event(self):
+        status, _, body = post(DP.port, "/v1/chat/completions", dict(CHAT, model="reset", stream=True))
+        self.assertEqual(status, 200)
+        events = sse_data(body)
+        self.assertEqual(len(events), 3, events)  # two chunks, then the error
+        err = json.loads(events[-1])["error"]
+        self.assertEqual(err["type"], "server_error")
+        self.assertIn("upstream failed after the response started", err["message"])
+
+    def test_hundreds_of_concurrent_streams(self):
+        async def one(i):
+            r, w = await asyncio.open_connection("127.0.0.1", DP.port)
+            body = json.dumps(dict(CHAT, model="demo", stream=True)).encode()
+            w.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await w.drain()
+            data = await asyncio.wait_for(r.read(), 30)
+            w.close()
+            return data
+
+        async def main():
+            return await asyncio.gather(*(one(i) for i in range(400)))
+
+        results = asyncio.run(main())
+        ok = sum(1 for d in results if d.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in d
+                 and d.count(b"chat.completion.chunk") == 9)
+        self.assertEqual(ok, 400)
+
+
+class Errors(unittest.TestCase):
+    def check(self, status, body, want_status, want_type, want_code=None, want_param=None):
+        self.assertEqual(status, want_status, body)
+        err = json.loads(body)["error"]
+        self.assertEqual(set(err), {"message", "type", "param", "code"})
+        self.assertEqual(err["type"], want_type)
+        self.assertEqual(err["code"], want_code)
+        self.assertEqual(err["param"], want_param)
+        return err
+
+    def test_bad_requests(self):
+        s, _, b = post(DP.port, "/v1/chat/completions", "{not json")
+        self.check(s, b, 400, "invalid_request_error")
+        s, _, b = post(DP.port, "/v1/chat/completions", {"messages": []})
+        self.check(s, b, 400, "invalid_request_error", None, "model")
+        s, _, b = post(DP.port, "/v1/chat/completions", {"model": "demo"})
+        self.check(s, b, 400, "invalid_request_error", None, "messages")
+        s, _, b = post(DP.port, "/v1/chat/completions", dict(CHAT, stream="yes"))
+        self.check(s, b, 400, "invalid_request_error", None, "stream")
+        s, _, b = post(DP.port, "/v1/chat/completions", [1, 2])
+        self.check(s, b, 400, "invalid_request_error")
+
+    def test_unknown_model(self):
+        s, _, b = post(DP.port, "/v1/chat/completions", dict(CHAT, model="gpt-99"))
+        err = self.check(s, b, 404, "invalid_request_error", "model_not_found", "model")
+        self.assertIn("gpt-99", err["message"])
+
+    def test_path_and_method(self):
+        s, _, b = post(DP.port, "/v1/nothing", CHAT)
+        self.check(s, b, 404, "invalid_request_error", "unknown_url")
+        s, h, b = request("GET", DP.port, "/v1/chat/completions")
+        self.check(s, b, 405, "invalid_request_error", "method_not_allowed")
+        self.assertEqual(h["allow"], "POST")
+
+    def test_body_too_large(self):
+        big = dict(CHAT, messages=[{"role": "user", "content": "x" * 70000}])
+        s, _, b = post(DP.port, "/v1/chat/completions", big)
+        self.check(s, b, 413, "invalid_request_error", "request_too_large")
+        s, _, b = post(DP.port, "/v1/chat/completions", CHAT)  # the connection pool is fine after it
+        self.assertEqual(s, 200)
+
+    def test_upstream_connect_failure(self):
+        s, _, b = post(DP.port, "/v1/chat/completions", dict(CHAT, model="dead"))
+        self.check(s, b, 502, "server_error", "upstream_unavailable")
+
+    def test_upstream_reset_before_response(self):
+        s, _, b = post(DP.port, "/v1/chat/completions", dict(CHAT, model="reset-early", stream=True))
+        self.check(s, b, 502, "server_error", "upstream_unavailable")
+
+    def test_upstream_timeout(self):
+        t = time.time()
+        s, _, b = post(DP.port, "/v1/chat/completions", dict(CHAT, model="slow"))
+        self.check(s, b, 504, "server_error", "upstream_timeout")
+        self.assertLess(time.time() - t, 2.0)  # the route's 500ms, not the mock's 3s
+
+    def test_upstream_errors_pass_through(self):
+        s, h, b = post(DP.port, "/v1/chat/completions", dict(CHAT, model="limited"))
+        err = self.check(s, b, 429, "rate_limit_exceeded", "rate_limit_exceeded")
+        self.assertEqual(h["retry-after"], "7")
+        self.assertEqual(err["message"], "mock error with status 429")
+        s, _, b = post(DP.port, "/v1/chat/completions", dict(CHAT, model="broken", stream=True))
+        self.check(s, b, 500, "server_error")
+
+
+def raw_stream_request(port, model, read_first=False, rcvbuf=None):
+    """Send a streaming request on a raw socket; returns the socket."""
+    body = json.dumps(dict(CHAT, model=model, stream=True)).encode()
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    if read_first:
+        data = b""
+        while b"data: " not in data:
+            data += s.recv(65536)
+    return s
+
+
+def wait_cancelled(model, since, timeout=2.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        reqs = [r for r in MOCK.requests() if r["id"] > since and model in r["body"]]
+        if reqs and reqs[-1]["cancelled"]:
+            return time.time()
+        time.sleep(0.005)
+    return None
+
+
+class Cancellation(unittest.TestCase):
+    def last_id(self):
+        reqs = MOCK.requests()
+        return reqs[-1]["id"] if reqs else 0
+
+    def test_disconnect_while_suspended_waiting_for_upstream(self):
+        since = self.last_id()
+        s = raw_stream_request(DP.port, "waiting")  # the mock holds the first byte for 10 s
+        time.sleep(0.3)
+        t0 = time.time()
+        s.close()
+        t1 = wait_cancelled("waiting", since)
+        self.assertIsNotNone(t1, "upstream transfer not cancelled")
+        self.assertLess(t1 - t0, 0.1)
+
+    def test_disconnect_mid_stream(self):
+        since = self.last_id()
+        s = raw_stream_request(DP.port, "ticking", read_first=True)  # a chunk every 300 ms
+        t0 = time.time()
+        s.close()
+        t1 = wait_cancelled("ticking", since)
+        self.assertIsNotNone(t1, "upstream transfer not cancelled")
+        self.assertLess(t1 - t0, 0.1)
+        before = DP.metrics()["knoway_streams_cancelled_total"]
+        self.assertGreaterEqual(before, 1)
+
+    def test_slow_reader_memory_is_bounded(self):
+        # 100000 chunks (~18 MB, more than socket buffers hold) sent as fast as the mock can;
+        # the client does not read, so knoway must pause the upstream.
+        rss0 = DP.rss_kib()
+        s = raw_stream_request(DP.port, "long", rcvbuf=4096)
+        time.sleep(1.5)
+        grown = DP.rss_kib() - rss0
+        self.assertLess(grown, 2048, "RSS grew by %d KiB with a stalled reader" % grown)
+        total = 0
+        s.settimeout(10)
+        while True:  # now read it all: nothing was lost
+            d = s.recv(1 << 16)
+            if not d:
+                break
+            total += len(d)
+            if total > 1000 and b"data: [DONE]" in d[-64:]:
+                break
+        s.close()
+        self.assertGreater(total, 17_000_000)
+
+
+class Reload(unittest.TestCase):
+    def test_sighup_and_file_change(self):
+        mock = Mock()
+        dp = Dataplane(backend("m", mock.url()) + route("r1", ["one"], ["m"]))
+        try:
+            v1 = dp.version()
+            self.assertEqual(post(dp.port, "/v1/chat/completions", dict(CHAT, model="two"))[0], 404)
+            # an invalid file: every error logged, the old configuration kept
+            with open(dp.path, "a") as f:
+                f.write("---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: x}\n"
+                        "spec: {match: {models: [two]}, backendRefs: [{name: missing}], timeout: 1y}\n")
+            dp.hup()
+            time.sleep(0.5)
+            self.assertEqual(dp.version(), v1)
+            logs = dp.logs()
+            self.assertIn("spec.timeout: invalid duration", logs)
+            self.assertIn('LLMBackend \\"default/missing\\" not found', logs)
+            self.assertIn("reload failed: keeping the running configuration", logs)
+            self.assertEqual(post(dp.port, "/v1/chat/completions", dict(CHAT, model="one"))[0], 200)
+            # a valid change written to the file is picked up without a signal
+            dp.write(backend("m", mock.url()) + route("r1", ["one"], ["m"]) + route("r2", ["two"], ["m"]))
+            deadline = time.time() + 3
+            while dp.version() == v1 and time.time() < deadline:
+                time.sleep(0.05)
+            self.assertNotEqual(dp.version(), v1)
+            self.assertEqual(post(dp.port, "/v1/chat/completions", dict(CHAT, model="two"))[0], 200)
+            self.assertGreaterEqual(dp.metrics()['knoway_config_reloads_total{result="failure"}'], 1)
+        finally:
+            self.assertEqual(dp.stop(), 0)
+            mock.stop()
+
+    def test_reload_under_load_loses_nothing(self):
+        mock = Mock(threads=2)
+        base = backend("m", mock.url()) + route("r", ["m"], ["m"])
+        dp = Dataplane(base)
+        stop = threading.Event()
+        results = {"ok": 0, "bad": []}
+        lock = threading.Lock()
+
+        def load(stream):
+            while not stop.is_set():
+                try:
+                    s, _, b = post(dp.port, "/v1/chat/completions", dict(CHAT, model="m", stream=stream))
+                    good = s == 200 and (not stream or b.endswith(b"data: [DONE]\n\n"))
+                except Exception as e:  # noqa: BLE001
+                    good, b = False, repr(e).encode()
+                with lock:
+                    if good:
+                        results["ok"] += 1
+                    else:
+                        results["bad"].append(b[:200])
+
+        threads = [threading.Thread(target=load, args=(i % 2 == 0,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            for i in range(20):
+                dp.write(base + route("extra", ["extra-%d" % i], ["m"]))
+                dp.hup()
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+            code = dp.stop()
+            mock.stop()
+        self.assertEqual(results["bad"], [])
+        self.assertGreater(results["ok"], 100)
+        self.assertEqual(code, 0)
+
+
+class Capacity(unittest.TestCase):
+    def test_idle_streams_cost_no_cpu(self):
+        mock = Mock("--ttft-ms", "60000")
+        dp = Dataplane(backend("m", mock.url()) + route("r", ["m"], ["m"]))
+        socks = []
+        try:
+            for _ in range(1000):
+                socks.append(raw_stream_request(dp.port, "m"))
+            deadline = time.time() + 10
+            while dp.metrics()["knoway_active_requests"] < 1000 and time.time() < deadline:
+                time.sleep(0.1)
+            self.assertEqual(dp.metrics()["knoway_active_requests"], 1000)
+            c0, t0 = dp.cpu_seconds(), time.time()
+            time.sleep(2.0)
+            share = (dp.cpu_seconds() - c0) / (time.time() - t0)
+            self.assertLess(share, 0.05, "%.1f%% of a core with 1000 idle streams" % (share * 100))
+        finally:
+            for s in socks:
+                s.close()
+            dp.stop()
+            mock.stop()
+
+
+class Drain(unittest.TestCase):
+    def test_sigterm_finishes_streams_in_flight(self):
+        mock = Mock()
+        dp = Dataplane(backend("m", mock.url(), headers={"x-mock-interval-ms": "100", "x-mock-chunks": "10"})
+                       + route("r", ["m"], ["m"]))
+        s = raw_stream_request(dp.port, "m", read_first=True)
+        dp.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        with self.assertRaises(OSError):  # no longer accepting
+            socket.create_connection(("127.0.0.1", dp.port), timeout=1).close()
+        data = b""
+        s.settimeout(5)
+        while b"data: [DONE]" not in data:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+        s.close()
+        self.assertIn(b"data: [DONE]", data)  # the stream in flight completed
+        self.assertEqual(dp.proc.wait(10), 0)
+        self.assertEqual(dp.stop(), 0)
+        mock.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
