@@ -70,7 +70,7 @@ static int openai_build(struct dp_request *r, struct kw_buf *url, struct curl_sl
         const struct kw_credential *c =
             kw_snapshot_credential(r->table->snap, b->meta.ns, b->credentials.secret_ref.name,
                                    b->credentials.secret_ref.key);
-        if (c != NULL) {
+        if (c != NULL && c->len > 0) { /* an empty key sends none: the upstream says why */
             char *h = kw_arena_printf(r->arena, "Authorization: Bearer %s", c->value);
             struct curl_slist *n = h != NULL ? curl_slist_append(*headers, h) : NULL;
             if (n == NULL)

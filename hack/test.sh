@@ -14,6 +14,9 @@ step() { printf '\n=== %s\n' "$*"; }
 step "dependencies"
 bash hack/install-deps.sh
 
+step "openai npm client for the integration tests"
+(cd tests/integration/openai-client && npm ci --no-audit --no-fund --loglevel=error)
+
 step "Debug build and tests"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build -j"$jobs"

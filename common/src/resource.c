@@ -1097,6 +1097,42 @@ static char *base64_decode(struct kw_arena *a, const char *in, size_t len, size_
     return out;
 }
 
+/* Static files only: a stringData value that is exactly ${NAME} or ${NAME:-default} is
+ * read from the environment, so a file can be committed without its keys. */
+static int expand_env(struct kw_dec *d, const struct kw_node *v, const char **val, size_t *vlen)
+{
+    if (v->len < 4 || v->str[0] != '$' || v->str[1] != '{' || v->str[v->len - 1] != '}')
+        return KW_OK;
+    const char *name = v->str + 2, *end = v->str + v->len - 1;
+    const char *dflt = strstr(name, ":-");
+    const char *name_end = dflt != NULL && dflt < end ? dflt : end;
+    char env[256];
+    size_t nlen = (size_t)(name_end - name);
+    bool ok = nlen > 0 && nlen < sizeof(env) && !isdigit((unsigned char)name[0]);
+    for (size_t i = 0; ok && i < nlen; i++)
+        ok = isalnum((unsigned char)name[i]) || name[i] == '_';
+    if (!ok) {
+        kw_dec_error(d, v, "\"%.100s\" is not ${NAME} or ${NAME:-default}", v->str);
+        return KW_ERROR;
+    }
+    memcpy(env, name, nlen);
+    env[nlen] = '\0';
+    const char *got = getenv(env);
+    if (got == NULL && dflt == NULL) {
+        kw_dec_error(d, v, "environment variable %s is not set (write ${%s:-} to allow that)", env,
+                     env);
+        return KW_ERROR;
+    }
+    if (got == NULL) {
+        *val = dflt + 2;
+        *vlen = (size_t)(end - (dflt + 2));
+    } else {
+        *val = got;
+        *vlen = strlen(got);
+    }
+    return KW_OK;
+}
+
 static void decode_secret_map(struct kw_dec *d, const struct kw_node *doc, const char *key,
                               struct kw_secret *s, bool b64, size_t *total)
 {
@@ -1112,6 +1148,10 @@ static void decode_secret_map(struct kw_dec *d, const struct kw_node *doc, const
         } else {
             const char *val = v->str;
             size_t vlen = v->len;
+            if (!b64 && d->file != NULL && expand_env(d, v, &val, &vlen) != KW_OK) {
+                pop(d, km);
+                continue;
+            }
             if (b64) {
                 val = base64_decode(d->a, v->str, v->len, &vlen);
                 if (val == NULL)

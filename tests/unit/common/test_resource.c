@@ -274,6 +274,32 @@ static void test_secret(void **state)
                       "'_' and '.')\n");
 }
 
+static void test_secret_env(void **state)
+{
+    (void)state;
+    struct kw_config *cfg;
+    setenv("KWTEST_KEY", "sk-from-env", 1);
+    unsetenv("KWTEST_UNSET");
+    char *e = kwt_errors("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n"
+                         "stringData: {a: \"${KWTEST_KEY}\", b: \"${KWTEST_UNSET:-}\", "
+                         "c: \"${KWTEST_UNSET:-fallback}\", d: \"$KWTEST_KEY\"}\n",
+                         &cfg);
+    assert_string_equal(e, "");
+    free(e);
+    assert_string_equal(kw_secret_get(cfg->secrets[0], "a")->value, "sk-from-env");
+    assert_string_equal(kw_secret_get(cfg->secrets[0], "b")->value, "");
+    assert_string_equal(kw_secret_get(cfg->secrets[0], "c")->value, "fallback");
+    assert_string_equal(kw_secret_get(cfg->secrets[0], "d")->value,
+                        "$KWTEST_KEY"); /* not the form */
+    kw_config_free(cfg);
+    kwt_assert_errors("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n"
+                      "stringData: {a: \"${KWTEST_UNSET}\", b: \"${1BAD}\"}\n",
+                      "t.yaml:4:17: Secret/default/s: stringData.a: environment variable "
+                      "KWTEST_UNSET is not set (write ${KWTEST_UNSET:-} to allow that)\n"
+                      "t.yaml:4:39: Secret/default/s: stringData.b: \"${1BAD}\" is not ${NAME} "
+                      "or ${NAME:-default}\n");
+}
+
 static void test_documents(void **state)
 {
     (void)state;
@@ -379,6 +405,7 @@ int main(void)
         cmocka_unit_test(test_match),
         cmocka_unit_test(test_duplicates_and_references),
         cmocka_unit_test(test_secret),
+        cmocka_unit_test(test_secret_env),
         cmocka_unit_test(test_documents),
         cmocka_unit_test(test_dataplane),
         cmocka_unit_test(test_api_json),
