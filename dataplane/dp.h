@@ -26,9 +26,12 @@
 #define DP_STREAM_LOW_WATER      (16u * 1024)        /* ... and resumes it */
 #define DP_MAX_STREAM_BUFFER     (DP_STREAM_HIGH_WATER + DP_MAX_SSE_EVENT)
 #define DP_KEEPALIVE_MS          15000
-#define DP_CONN_MEMORY           (16u * 1024) /* MHD pool per connection: headers too */
-#define DP_CURL_BUFFER           (16u * 1024)
+#define DP_CONN_MEMORY           (8u * 1024)  /* MHD pool per connection: headers too */
+#define DP_CURL_BUFFER           (16u * 1024) /* receive buffer of a buffered transfer */
+#define DP_CURL_STREAM_BUFFER    (2u * 1024)  /* ... of a stream: small events, held long */
 #define DP_REQUEST_ARENA         (64u * 1024 * 1024)
+#define DP_WATCH_AFTER_MS        20  /* a request waiting this long gets its client fd watched */
+#define DP_POOL_MAX              256 /* idle arenas and curl handles kept per worker */
 
 /* ---- timers: a min-heap per worker ------------------------------------------------------ */
 struct dp_timer;
@@ -80,8 +83,12 @@ struct dp_worker {
     uint32_t rnd;
     struct dp_stats stats;
     struct kw_buf logbuf;
-    struct kw_arena *scratch;    /* reset per stream event */
-    struct dp_request *requests; /* active, for a forced shutdown */
+    struct kw_arena *scratch;                 /* reset per stream event */
+    struct dp_request *requests;              /* active, for a forced shutdown */
+    struct kw_arena *arena_pool[DP_POOL_MAX]; /* reset arenas for new requests */
+    size_t narena_pool;
+    CURL *easy_pool[DP_POOL_MAX]; /* easy handles for new transfers */
+    size_t neasy_pool;
 };
 
 /* ---- the request ----------------------------------------------------------------------------- */
@@ -160,7 +167,8 @@ struct dp_request {
     bool client_gone;
     bool saw_done; /* the upstream sent data: [DONE] */
     int64_t last_out_ms;
-    struct dp_timer timer; /* keep-alive and stream-idle deadline */
+    struct dp_timer timer;       /* keep-alive and stream-idle deadline */
+    struct dp_timer watch_timer; /* starts watching the client's fd */
     struct dp_watch client_watch;
     bool client_watched;
 
@@ -198,6 +206,12 @@ void dp_worker_unwatch(struct dp_worker *w, struct dp_watch *watch);
 /* The worker's list of active requests (forced shutdown aborts them). */
 void dp_worker_track(struct dp_worker *w, struct dp_request *r);
 void dp_worker_untrack(struct dp_worker *w, struct dp_request *r);
+
+/* Per-worker pools: an arena (reset) or a curl handle for reuse; NULL when empty. */
+struct kw_arena *dp_worker_arena(struct dp_worker *w);
+void dp_worker_arena_done(struct dp_worker *w, struct kw_arena *a);
+CURL *dp_worker_easy(struct dp_worker *w);
+void dp_worker_easy_done(struct dp_worker *w, CURL *e);
 
 /* ---- request API (request.c) ------------------------------------------------------------------
  */

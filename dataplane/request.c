@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 
 #include "dp.h"
 #include "knoway/json.h"
@@ -118,6 +119,7 @@ static enum MHD_Result queue_pending(struct dp_request *r)
     MHD_destroy_response(resp);
     if (r->state != DP_ST_STREAM) {
         r->state = DP_ST_DONE;
+        dp_timer_cancel(r->w, &r->watch_timer);
         /* MHD sees a disconnect itself from here on: the client may close at once */
         if (r->client_watched)
             dp_worker_unwatch(r->w, &r->client_watch);
@@ -200,7 +202,10 @@ void dp_request_begin_stream(struct dp_request *r)
     atomic_fetch_add_explicit(&r->w->stats.active_streams, 1, memory_order_relaxed);
     r->last_out_ms = r->last_up_ms = dp_now_ms();
     r->timer.on_fire = on_stream_timer;
-    dp_timer_arm(r->w, &r->timer, r->last_out_ms + DP_KEEPALIVE_MS);
+    int64_t due = r->last_out_ms + DP_KEEPALIVE_MS;
+    if (r->last_up_ms + r->route->stream_idle_timeout_ms < due)
+        due = r->last_up_ms + r->route->stream_idle_timeout_ms;
+    dp_timer_arm(r->w, &r->timer, due);
     set_pending(r, resp, 200);
 }
 
@@ -441,6 +446,25 @@ static enum MHD_Result respond_models(struct dp_request *r)
     return queue_pending(r);
 }
 
+static void on_watch_timer(struct dp_timer *t)
+{
+    struct dp_request *r =
+        (struct dp_request *)((char *)t - offsetof(struct dp_request, watch_timer));
+    if (r->client_watched || r->state == DP_ST_DONE || r->client_gone)
+        return;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL)
+        return;
+    r->client_watch = (struct dp_watch){DP_WATCH_CLIENT, ci->connect_fd, r};
+    r->client_watched =
+        dp_worker_watch(r->w, &r->client_watch, EPOLLRDHUP | EPOLLET, true) == KW_OK;
+    /* a client that left before the watch began: its RDHUP is already pending */
+    char c;
+    if (r->client_watched && recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0)
+        dp_request_client_gone(r);
+}
+
 static enum MHD_Result run_phases(struct dp_request *r, unsigned early_status)
 {
     r->state = DP_ST_UPSTREAM;
@@ -480,14 +504,11 @@ static enum MHD_Result run_phases(struct dp_request *r, unsigned early_status)
         dp_request_fail(r, 503, "server_error", "no_backend", NULL, "no backend available");
     if (rc != KW_OK || dp_upstream_start(r) != KW_OK)
         return queue_pending(r);
-    /* wait for the upstream; notice the client leaving while suspended */
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci != NULL) {
-        r->client_watch = (struct dp_watch){DP_WATCH_CLIENT, ci->connect_fd, r};
-        r->client_watched =
-            dp_worker_watch(r->w, &r->client_watch, EPOLLRDHUP | EPOLLET, true) == KW_OK;
-    }
+    /* wait for the upstream; a request still waiting after DP_WATCH_AFTER_MS gets its client
+     * fd watched, so a client leaving a suspended connection is noticed (MHD would not);
+     * quick requests never pay the two epoll_ctl calls */
+    r->watch_timer.on_fire = on_watch_timer;
+    dp_timer_arm(r->w, &r->watch_timer, dp_now_ms() + DP_WATCH_AFTER_MS);
     suspend(r);
     return MHD_YES;
 }
@@ -498,7 +519,7 @@ static struct dp_request *request_new(struct dp_worker *w, struct MHD_Connection
     struct dp_request *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return NULL;
-    r->arena = kw_arena_new(DP_REQUEST_ARENA);
+    r->arena = dp_worker_arena(w);
     if (r->arena == NULL) {
         free(r);
         return NULL;
@@ -507,6 +528,7 @@ static struct dp_request *request_new(struct dp_worker *w, struct MHD_Connection
     r->conn = conn;
     r->start_ms = dp_now_ms();
     r->timer.idx = SIZE_MAX;
+    r->watch_timer.idx = SIZE_MAX;
     r->path = kw_arena_strdup(r->arena, url);
     r->method = kw_arena_strdup(r->arena, method);
     const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "x-request-id");
@@ -614,6 +636,7 @@ void dp_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         atomic_fetch_add_explicit(&w->stats.streams_cancelled, 1, memory_order_relaxed);
     dp_upstream_stop(r);
     dp_timer_cancel(w, &r->timer);
+    dp_timer_cancel(w, &r->watch_timer);
     if (r->client_watched)
         dp_worker_unwatch(w, &r->client_watch);
     if (r->status > 0 && r->status < DP_STATUS_SLOTS)
@@ -639,6 +662,6 @@ void dp_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     kw_buf_cleanup(&r->up_resp);
     kw_buf_cleanup(&r->out);
     dp_table_unref(r->table);
-    kw_arena_free(r->arena);
+    dp_worker_arena_done(w, r->arena);
     free(r);
 }

@@ -203,7 +203,7 @@ int dp_upstream_start(struct dp_request *r)
     snprintf(rid, sizeof(rid), "x-request-id: %s", r->id);
     struct curl_slist *h = curl_slist_append(r->up_headers, "Expect:");
     h = h != NULL ? curl_slist_append(h, rid) : NULL;
-    r->easy = h != NULL ? curl_easy_init() : NULL;
+    r->easy = h != NULL ? dp_worker_easy(r->w) : NULL;
     if (r->easy == NULL) {
         kw_buf_cleanup(&url);
         curl_slist_free_all(h != NULL ? h : r->up_headers);
@@ -236,7 +236,8 @@ int dp_upstream_start(struct dp_request *r)
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->up_errmsg);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)r->backend->upstream.connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout);
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)DP_CURL_BUFFER);
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE,
+                     (long)(r->stream ? DP_CURL_STREAM_BUFFER : DP_CURL_BUFFER));
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");

@@ -130,6 +130,40 @@ void dp_worker_untrack(struct dp_worker *w, struct dp_request *r)
         r->next->prev = r->prev;
 }
 
+struct kw_arena *dp_worker_arena(struct dp_worker *w)
+{
+    if (w->narena_pool > 0)
+        return w->arena_pool[--w->narena_pool];
+    return kw_arena_new(DP_REQUEST_ARENA);
+}
+
+void dp_worker_arena_done(struct dp_worker *w, struct kw_arena *a)
+{
+    if (w->narena_pool < DP_POOL_MAX && !w->draining) {
+        kw_arena_reset(a);
+        w->arena_pool[w->narena_pool++] = a;
+    } else {
+        kw_arena_free(a);
+    }
+}
+
+CURL *dp_worker_easy(struct dp_worker *w)
+{
+    if (w->neasy_pool > 0)
+        return w->easy_pool[--w->neasy_pool];
+    return curl_easy_init();
+}
+
+void dp_worker_easy_done(struct dp_worker *w, CURL *e)
+{
+    if (w->neasy_pool < DP_POOL_MAX && !w->draining) {
+        curl_easy_reset(e); /* keeps its buffers; connections live in the multi's cache */
+        w->easy_pool[w->neasy_pool++] = e;
+    } else {
+        curl_easy_cleanup(e);
+    }
+}
+
 void dp_worker_post(struct dp_worker *w)
 {
     uint64_t one = 1;
@@ -183,6 +217,10 @@ int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int
 
 void dp_worker_cleanup(struct dp_worker *w)
 {
+    while (w->neasy_pool > 0)
+        curl_easy_cleanup(w->easy_pool[--w->neasy_pool]);
+    while (w->narena_pool > 0)
+        kw_arena_free(w->arena_pool[--w->narena_pool]);
     if (w->multi != NULL)
         curl_multi_cleanup(w->multi);
     dp_table_unref(w->table);

@@ -34,6 +34,8 @@ def resources(mock):
             + backend("waiting", mock.url(), headers={"x-mock-ttft-ms": "10000"})
             + backend("ticking", mock.url(), headers={"x-mock-interval-ms": "300", "x-mock-chunks": "50"})
             + backend("long", mock.url(), headers={"x-mock-chunks": "100000"})
+            + backend("quiet", mock.url(), headers={"x-mock-ttft-ms": "16000", "x-mock-chunks": "1"})
+            + backend("stall", mock.url(), headers={"x-mock-fault": "stall", "x-mock-fault-after": "2"})
             + route("demo", ["demo", "demo-alias"], ["mock"])
             + route("params", ["params"], ["mock-params"])
             + route("dead", ["dead"], ["dead"])
@@ -45,6 +47,8 @@ def resources(mock):
             + route("waiting", ["waiting"], ["waiting"])
             + route("ticking", ["ticking"], ["ticking"])
             + route("long", ["long"], ["long"])
+            + route("stall", ["stall"], ["stall"], extra="  streamIdleTimeout: 1s\n")
+            + route("quiet", ["quiet"], ["quiet"])
             + route("fallback", ["fallback"], [{"name": "dead"}, {"name": "mock", "priority": 1}])
             + route("weighted", ["weighted"], [{"name": "mock", "weight": 3},
                                               {"name": "mock-params", "weight": 1}])
@@ -177,6 +181,34 @@ class Streaming(unittest.TestCase):
         err = json.loads(events[-1])["error"]
         self.assertEqual(err["type"], "server_error")
         self.assertIn("upstream failed after the response started", err["message"])
+
+    def test_stream_idle_timeout(self):
+        t = time.time()
+        status, _, body = post(DP.port, "/v1/chat/completions", dict(CHAT, model="stall", stream=True))
+        self.assertEqual(status, 200)
+        events = sse_data(body)
+        self.assertEqual(len(events), 3, events)  # two chunks, then the stall ends in an error
+        err = json.loads(events[-1])["error"]
+        self.assertEqual(err["code"], "upstream_timeout")
+        self.assertIn("sent nothing for 1000 ms", err["message"])
+        self.assertLess(time.time() - t, 3.0)
+
+    def test_keepalive_comment_on_idle_stream(self):
+        # the upstream answers 200 at once and holds its only chunk for 16 s: after 15 s of
+        # silence the client gets an SSE comment, so proxies in between keep the stream open
+        s = raw_stream_request(DP.port, "quiet")
+        s.settimeout(25)
+        data = b""
+        t0 = time.time()
+        while b"data: [DONE]" not in data and time.time() - t0 < 22:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+        s.close()
+        self.assertIn(b": keepalive\n\n", data)
+        self.assertLess(data.index(b": keepalive"), data.index(b"tok0"))
+        self.assertIn(b"data: [DONE]", data)
 
     def test_hundreds_of_concurrent_streams(self):
         async def one(i):

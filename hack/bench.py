@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""The same load against direct-to-mock, nginx proxy_pass and knoway, in one run.
+
+Reports ratios, not absolute pass/fail (hack/bench.sh builds and calls this):
+  1. small non-streaming chat completions at fixed concurrency (wrk): RPS, and the latency
+     added over direct at low concurrency (p50/p99)
+  2. concurrent SSE streams held open: RSS per stream
+  3. streamed chunks relayed: CPU per chunk
+Equal worker counts: nginx worker_processes 1, knoway workers 1, mock 1 thread.
+"""
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "hello there"}],
+                   "max_tokens": 8})
+
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port):
+    for _ in range(500):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("port %d did not open" % port)
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def tree_rss_kib(pid):
+    """RSS of a process and its children (nginx: master + worker)."""
+    total = rss_kib(pid)
+    for c in children(pid):
+        total += rss_kib(c)
+    return total
+
+
+def children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def cpu_seconds(pid):
+    total = 0.0
+    for p in [pid] + children(pid):
+        with open("/proc/%d/stat" % p) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+class Target:
+    def __init__(self, name, port, proc):
+        self.name, self.port, self.proc = name, port, proc
+
+
+def start_mock(build, args):
+    port = free_port()
+    p = subprocess.Popen([os.path.join(build, "tests", "knoway-mockllm"), "--listen",
+                          "127.0.0.1:%d" % port, "--threads", "1", "--no-log", *args],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return Target("mock", port, p)
+
+
+def start_nginx(tmp, upstream_port):
+    port = free_port()
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write("""
+worker_processes 1;
+worker_rlimit_nofile 200000;
+daemon off;
+pid %(tmp)s/nginx.pid;
+error_log %(tmp)s/nginx-error.log warn;
+events { worker_connections 50000; use epoll; multi_accept on; }
+http {
+  access_log %(tmp)s/nginx-access.log;  # on, as by default: knoway logs every request too
+  client_body_temp_path %(tmp)s/body; proxy_temp_path %(tmp)s/proxy;
+  fastcgi_temp_path %(tmp)s/fcgi; uwsgi_temp_path %(tmp)s/uwsgi; scgi_temp_path %(tmp)s/scgi;
+  upstream mock { server 127.0.0.1:%(up)d; keepalive 256; }
+  server {
+    listen 127.0.0.1:%(port)d backlog=4096;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_read_timeout 3600s;
+    }
+  }
+}
+""" % {"tmp": tmp, "up": upstream_port, "port": port})
+    p = subprocess.Popen(["nginx", "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return Target("nginx", port, p)
+
+
+def start_knoway(build, tmp, upstream_port):
+    port, admin = free_port(), free_port()
+    cfg = os.path.join(tmp, "knoway.yaml")
+    with open(cfg, "w") as f:
+        f.write("""apiVersion: llm.knoway.dev/v1alpha1
+kind: DataPlane
+metadata: {name: bench}
+spec: {listen: "127.0.0.1:%d", admin: "127.0.0.1:%d", workers: 1, limits: {maxConnections: 100000}}
+---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: mock}
+spec: {provider: vLLM, upstream: {baseURL: "http://127.0.0.1:%d/v1"}}
+---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: bench}
+spec: {match: {models: [bench]}, backendRefs: [{name: mock}], timeout: 1h, streamIdleTimeout: 1h}
+""" % (port, admin, upstream_port))
+    log = open(os.path.join(tmp, "knoway.log"), "w")
+    env = dict(os.environ)
+    p = subprocess.Popen([os.path.join(build, "dataplane", "knoway-dataplane"), "-c", cfg],
+                         stdout=log, stderr=log, env=env)
+    wait_port(port)
+    return Target("knoway", port, p)
+
+
+def stop(t):
+    t.proc.send_signal(signal.SIGTERM if t.name != "nginx" else signal.SIGQUIT)
+    try:
+        t.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        t.proc.kill()
+        t.proc.wait()
+
+
+def wrk(port, conns, seconds, lua):
+    out = subprocess.run(["wrk", "-t1", "-c%d" % conns, "-d%ds" % seconds, "--latency", "-s", lua,
+                          "http://127.0.0.1:%d/v1/chat/completions" % port],
+                         capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        m = re.search(r"\s%s%%\s+([\d.]+)(us|ms|s)" % p, out)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99),
+            "non2xx": int(errors.group(1)) if errors else 0, "socket_errors": sock.group(1) if sock else ""}
+
+
+async def hold_streams(port, n, body):
+    """Open n streaming requests and wait until each has its response headers."""
+    req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    conns = []
+
+    async def one():
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(req)
+        await w.drain()
+        conns.append((r, w))
+
+    for i in range(0, n, 500):
+        await asyncio.gather(*(one() for _ in range(min(500, n - i))))
+    return conns
+
+
+async def relay_streams(port, n, body):
+    """n concurrent streams read to the end; returns bytes received."""
+    req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    async def one():
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(req)
+        await w.drain()
+        data = await r.read()
+        w.close()
+        return data
+
+    res = await asyncio.gather(*(one() for _ in range(n)))
+    return sum(len(d) for d in res), sum(d.count(b"data: [DONE]") for d in res)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default=os.path.join(ROOT, "build-release"))
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--streams", type=int, default=10000)
+    ap.add_argument("--relay-streams", type=int, default=200)
+    ap.add_argument("--relay-chunks", type=int, default=500)
+    ap.add_argument("--phases", default="nonstream,held,relay")
+    a = ap.parse_args()
+    phases = a.phases.split(",")
+    tmp = tempfile.mkdtemp(prefix="kwbench-")
+    for d in ("body", "proxy", "fcgi", "uwsgi", "scgi"):
+        os.makedirs(os.path.join(tmp, d), exist_ok=True)
+    lua = os.path.join(tmp, "post.lua")
+    with open(lua, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
+                % json.dumps(BODY))
+    results = {"cpu_count": os.cpu_count()}
+
+    # 1. non-streaming: saturation RPS and low-concurrency latency
+    if "nonstream" in phases:
+        nonstream(a, tmp, lua, results)
+    if "held" in phases:
+        held_phase(a, tmp, results)
+    if "relay" in phases:
+        relay_phase(a, tmp, results)
+    results["ratios"] = ratios(a, results)
+    print(json.dumps(results, indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def nonstream(a, tmp, lua, results):
+    mock = start_mock(a.build, ["--chunks", "8"])
+    nginx = start_nginx(tmp, mock.port)
+    knoway = start_knoway(a.build, tmp, mock.port)
+    try:
+        for t in (mock, nginx, knoway):  # warm up keep-alive pools
+            wrk(t.port, 8, 1, lua)
+        rps = {}
+        for t in (mock, nginx, knoway):
+            rps[t.name] = wrk(t.port, a.conns, a.seconds, lua)
+        lat = {}
+        for t in (mock, nginx, knoway):
+            lat[t.name] = wrk(t.port, 1, max(3, a.seconds // 2), lua)
+        results["nonstream"] = {"saturation_c%d" % a.conns: rps, "latency_c1": lat}
+    finally:
+        for t in (knoway, nginx, mock):
+            stop(t)
+
+
+
+def held_phase(a, tmp, results):
+    """Held streams: the mock holds every first chunk for an hour."""
+    mock = start_mock(a.build, ["--ttft-ms", "3600000"])
+    nginx = start_nginx(tmp, mock.port)
+    knoway = start_knoway(a.build, tmp, mock.port)
+    body = json.dumps({"model": "bench", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    held = {}
+    try:
+        for t in (nginx, knoway):
+            time.sleep(0.5)
+            base = tree_rss_kib(t.proc.pid)
+            c0 = cpu_seconds(t.proc.pid)
+            t0 = time.time()
+            loop = asyncio.new_event_loop()
+            conns = loop.run_until_complete(hold_streams(t.port, a.streams, body))
+            time.sleep(2.0)
+            rss = tree_rss_kib(t.proc.pid)
+            c1, t1 = cpu_seconds(t.proc.pid), time.time()
+            time.sleep(3.0)
+            idle_cpu = (cpu_seconds(t.proc.pid) - c1) / 3.0
+            held[t.name] = {"streams": a.streams, "rss_base_kib": base, "rss_kib": rss,
+                            "kib_per_stream": round((rss - base) / a.streams, 2),
+                            "open_seconds": round(t1 - t0, 2), "idle_cpu_share": round(idle_cpu, 4)}
+            for r, w in conns:
+                w.close()
+            loop.run_until_complete(asyncio.sleep(0.5))
+            loop.close()
+        results["held_streams"] = held
+    finally:
+        for t in (knoway, nginx, mock):
+            stop(t)
+
+
+
+def relay_phase(a, tmp, results):
+    """CPU per relayed chunk."""
+    body = json.dumps({"model": "bench", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    mock = start_mock(a.build, ["--chunks", str(a.relay_chunks), "--interval-ms", "5"])
+    nginx = start_nginx(tmp, mock.port)
+    knoway = start_knoway(a.build, tmp, mock.port)
+    relay = {}
+    try:
+        for t in (nginx, knoway):
+            c0, t0 = cpu_seconds(t.proc.pid), time.time()
+            nbytes, done = asyncio.run(relay_streams(t.port, a.relay_streams, body))
+            cpu = cpu_seconds(t.proc.pid) - c0
+            chunks = a.relay_streams * (a.relay_chunks + 2)
+            relay[t.name] = {"streams": a.relay_streams, "completed": done, "chunks": chunks,
+                             "bytes": nbytes, "cpu_s": round(cpu, 3),
+                             "us_per_chunk": round(cpu / chunks * 1e6, 2),
+                             "wall_s": round(time.time() - t0, 2)}
+        results["relay"] = relay
+    finally:
+        for t in (knoway, nginx, mock):
+            stop(t)
+
+
+
+def ratios(a, results):
+    out = {}
+    if "nonstream" in results:
+        sat = results["nonstream"]["saturation_c%d" % a.conns]
+        lc = results["nonstream"]["latency_c1"]
+        out.update({
+        "knoway_rps_over_nginx": round(sat["knoway"]["rps"] / sat["nginx"]["rps"], 3),
+        "knoway_rps_over_direct": round(sat["knoway"]["rps"] / sat["mock"]["rps"], 3),
+        "nginx_rps_over_direct": round(sat["nginx"]["rps"] / sat["mock"]["rps"], 3),
+        "knoway_added_p50_ms": round(lc["knoway"]["p50_ms"] - lc["mock"]["p50_ms"], 3),
+        "knoway_added_p99_ms": round(lc["knoway"]["p99_ms"] - lc["mock"]["p99_ms"], 3),
+        "nginx_added_p50_ms": round(lc["nginx"]["p50_ms"] - lc["mock"]["p50_ms"], 3),
+        "nginx_added_p99_ms": round(lc["nginx"]["p99_ms"] - lc["mock"]["p99_ms"], 3)})
+    if "held_streams" in results:
+        held = results["held_streams"]
+        out["knoway_kib_per_stream"] = held["knoway"]["kib_per_stream"]
+        out["nginx_kib_per_stream"] = held["nginx"]["kib_per_stream"]
+    if "relay" in results:
+        relay = results["relay"]
+        out["knoway_cpu_per_chunk_over_nginx"] = round(
+            relay["knoway"]["us_per_chunk"] / max(relay["nginx"]["us_per_chunk"], 0.001), 3)
+    return out
+
+
+if __name__ == "__main__":
+    main()
