@@ -25,6 +25,7 @@
 #define DP_STREAM_HIGH_WATER     (64u * 1024)        /* client buffer that pauses the upstream */
 #define DP_STREAM_LOW_WATER      (16u * 1024)        /* ... and resumes it */
 #define DP_MAX_STREAM_BUFFER     (DP_STREAM_HIGH_WATER + DP_MAX_SSE_EVENT)
+#define DP_H2_STREAM_BUFFER      (1024u * 1024) /* HTTP/2 streams: no pause, this much at most */
 #define DP_KEEPALIVE_MS          15000
 #define DP_CONN_MEMORY           (8u * 1024)  /* MHD pool per connection: headers too */
 #define DP_CURL_BUFFER           (16u * 1024) /* receive buffer of a buffered transfer */

@@ -136,8 +136,16 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *ud)
     if (r->client_gone)
         return 0;
     if (r->out.len - r->out_off >= DP_STREAM_HIGH_WATER) {
-        r->paused = true;
-        return CURL_WRITEFUNC_PAUSE; /* redelivered on unpause */
+        if (!r->backend->upstream.http2) {
+            r->paused = true;
+            return CURL_WRITEFUNC_PAUSE; /* redelivered on unpause */
+        }
+        /* libcurl 7.88 pauses HTTP/2 streams unreliably: buffer up to a bound instead */
+        if (r->out.len - r->out_off >= DP_H2_STREAM_BUFFER) {
+            snprintf(r->up_errmsg, sizeof(r->up_errmsg),
+                     "the client reads too slowly (%u bytes waiting)", DP_H2_STREAM_BUFFER);
+            return 0;
+        }
     }
     size_t before = r->out.len;
     if (dp_sse_feed(&r->sse, ptr, n, on_sse_event, r) != KW_OK) {
@@ -224,7 +232,11 @@ int dp_upstream_start(struct dp_request *r)
     curl_easy_setopt(e, CURLOPT_URL, url.data);
     curl_easy_setopt(e, CURLOPT_PRIVATE, r);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    long version = CURL_HTTP_VERSION_1_1;
+    if (r->backend->upstream.http2) /* h2c with prior knowledge, or ALPN over TLS */
+        version = strncmp(url.data, "https:", 6) == 0 ? CURL_HTTP_VERSION_2TLS
+                                                      : CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->up_body.data);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->up_body.len);

@@ -103,6 +103,7 @@ struct kw_node *kw_encode_backend_spec(struct kw_arena *a, const struct kw_backe
         }
         put(&e, up, "endpoints", eps);
     }
+    put_str(&e, up, "protocol", u->http2 ? "HTTP/2" : "HTTP/1.1");
     put_duration(&e, up, "timeout", u->timeout_ms);
     put_duration(&e, up, "connectTimeout", u->connect_timeout_ms);
     if (u->nheaders > 0)

@@ -627,10 +627,15 @@ static struct kw_header *decode_headers(struct kw_dec *d, const struct kw_node *
     return out;
 }
 
+static bool get_enum(struct kw_dec *d, const struct kw_node *m, const char *key,
+                     const char *const *names, size_t count, int *out);
+
 static void decode_upstream(struct kw_dec *d, const struct kw_node *spec, struct kw_backend *b)
 {
-    static const char *const fields[] = {"baseURL",        "serviceRef", "endpoints", "timeout",
-                                         "connectTimeout", "headers",    "tls",       NULL};
+    static const char *const fields[] = {"baseURL",  "serviceRef", "endpoints",
+                                         "protocol", "timeout",    "connectTimeout",
+                                         "headers",  "tls",        NULL};
+    static const char *const protocols[] = {"HTTP/1.1", "HTTP/2", NULL};
     static const char *const sref_fields[] = {"name", "port", NULL};
     static const char *const ep_fields[] = {"url", "weight", NULL};
     static const char *const tls_fields[] = {"insecureSkipVerify", "caSecretRef", NULL};
@@ -701,6 +706,9 @@ static void decode_upstream(struct kw_dec *d, const struct kw_node *spec, struct
 
     if (given > 1)
         kw_dec_error(d, m, "set exactly one of baseURL, serviceRef and endpoints");
+    int proto = 0;
+    if (kw_node_get(m, "protocol") != NULL && get_enum(d, m, "protocol", protocols, 2, &proto))
+        u->http2 = proto == 1;
     get_duration(d, m, "timeout", 1, 24 * 3600000LL, &u->timeout_ms);
     get_duration(d, m, "connectTimeout", 1, 300000, &u->connect_timeout_ms);
     u->headers = decode_headers(d, m, "headers", &u->nheaders, true);

@@ -4,14 +4,16 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import (Dataplane, Mock, backend, free_port, post, request, route,  # noqa: E402
-                     sse_data)
+                     sse_data, wait_port)
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hello there friend"}]}
 
@@ -459,6 +461,49 @@ class Capacity(unittest.TestCase):
             for s in socks:
                 s.close()
             dp.stop()
+            mock.stop()
+
+
+class Http2(unittest.TestCase):
+    """protocol: HTTP/2 against a real h2c peer: nginx (listen ... http2) in front of the mock."""
+
+    def test_h2c_upstream(self):
+        mock = Mock()
+        tmp = tempfile.mkdtemp(prefix="kwh2-")
+        port = free_port()
+        conf = os.path.join(tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write("worker_processes 1; daemon off; pid %(t)s/nginx.pid; error_log %(t)s/error.log;\n"
+                    "events {}\nhttp {\n  log_format proto '$server_protocol $status';\n"
+                    "  access_log %(t)s/access.log proto;\n  client_body_temp_path %(t)s;\n"
+                    "  proxy_temp_path %(t)s;\n  fastcgi_temp_path %(t)s;\n  uwsgi_temp_path %(t)s;\n"
+                    "  scgi_temp_path %(t)s;\n  server {\n    listen 127.0.0.1:%(p)d http2;\n"
+                    "    location / { proxy_pass http://127.0.0.1:%(m)d; proxy_http_version 1.1;"
+                    " proxy_buffering off; }\n  }\n}\n" % {"t": tmp, "p": port, "m": mock.port})
+        nginx = subprocess.Popen(["nginx", "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        wait_port(port)
+        dp = Dataplane("---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: h2}\n"
+                       "spec:\n  provider: vLLM\n  upstream:\n    baseURL: \"http://127.0.0.1:%d/v1\"\n"
+                       "    protocol: HTTP/2\n" % port + route("h2", ["h2"], ["h2"]))
+        try:
+            s, _, body = post(dp.port, "/v1/chat/completions", dict(CHAT, model="h2"))
+            self.assertEqual(s, 200, body)
+            self.assertEqual(json.loads(body)["choices"][0]["message"]["content"],
+                             "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 ")
+            s, _, body = post(dp.port, "/v1/chat/completions", dict(CHAT, model="h2", stream=True))
+            self.assertEqual(s, 200)
+            events = sse_data(body)
+            self.assertEqual(events[-1], "[DONE]")
+            self.assertEqual(len(events), 10)
+            time.sleep(0.2)
+            with open(os.path.join(tmp, "access.log")) as f:
+                lines = f.read().split("\n")
+            self.assertEqual([ln for ln in lines if ln], ["HTTP/2.0 200", "HTTP/2.0 200"])
+        finally:
+            self.assertEqual(dp.stop(), 0)
+            nginx.send_signal(signal.SIGQUIT)
+            nginx.wait(10)
             mock.stop()
 
 

@@ -86,6 +86,7 @@ struct kw_upstream {
     } service_ref;
     struct kw_endpoint *endpoints;
     size_t nendpoints;
+    bool http2;                 /* protocol: HTTP/2 (default HTTP/1.1) */
     int64_t timeout_ms;         /* 0 = route's timeout */
     int64_t connect_timeout_ms; /* default 10s */
     struct kw_header *headers;
