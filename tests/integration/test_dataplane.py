@@ -273,6 +273,27 @@ class Errors(unittest.TestCase):
         s, _, b = post(DP.port, "/v1/chat/completions", CHAT)  # the connection pool is fine after it
         self.assertEqual(s, 200)
 
+    def test_header_limit(self):
+        # 8 KiB of libmicrohttpd memory per connection bounds the headers; its 431 is HTML.
+        # One write, then read: the server may close before a client sends its body.
+        body = json.dumps(CHAT).encode()
+        sock = socket.create_connection(("127.0.0.1", DP.port), timeout=5)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-big: %s\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (b"a" * 9000, len(body), body))
+        status = b""
+        try:
+            while b"\r\n" not in status:
+                d = sock.recv(4096)
+                if not d:
+                    break
+                status += d
+        except ConnectionResetError:
+            pass
+        sock.close()
+        self.assertTrue(status.startswith(b"HTTP/1.1 431"), status[:80])
+        s, _, _ = post(DP.port, "/v1/chat/completions", CHAT, headers={"x-big": "a" * 5000})
+        self.assertEqual(s, 200)
+
     def test_upstream_connect_failure(self):
         s, _, b = post(DP.port, "/v1/chat/completions", dict(CHAT, model="dead"))
         self.check(s, b, 502, "server_error", "upstream_unavailable")
