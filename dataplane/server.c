@@ -9,6 +9,7 @@
  *          drain_seconds the rest are aborted; exit 0 */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -20,6 +21,7 @@
 #include <sys/inotify.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,10 +54,42 @@ int dp_parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *l
     return KW_OK;
 }
 
+/* Socket activation (knoway-dataplane.socket): the first passed stream socket serves the
+ * API, one named "admin" the admin listener. -1 when none was passed. */
+static int activated_fd(const char *want)
+{
+    char **names = NULL;
+    int n = sd_listen_fds_with_names(0, &names);
+    int found = -1;
+    for (int i = 0; i < n; i++) {
+        int fd = SD_LISTEN_FDS_START + i;
+        bool admin = names != NULL && strcmp(names[i], "admin") == 0;
+        if (found == -1 && sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) > 0 &&
+            admin == (strcmp(want, "admin") == 0))
+            found = fd;
+    }
+    for (int i = 0; names != NULL && i < n; i++)
+        free(names[i]);
+    free(names);
+    return found;
+}
+
+int dp_activated_admin_fd(void)
+{
+    return activated_fd("admin");
+}
+
 /* One listening socket per worker, all bound to the same address with SO_REUSEPORT: the
  * kernel spreads connections over the workers. */
 static int listen_socket(const char *addr)
 {
+    int act = activated_fd("api");
+    if (act != -1) { /* every worker accepts on the same activated socket */
+        int fd = fcntl(act, F_DUPFD_CLOEXEC, 0);
+        if (fd != -1)
+            fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        return fd;
+    }
     struct sockaddr_storage ss;
     socklen_t len;
     if (dp_parse_address(addr, &ss, &len) != KW_OK)
@@ -111,7 +145,19 @@ static void log_errors(const struct kw_diag *d)
         kw_log(KW_LOG_ERROR, "more configuration errors not shown", NULL);
 }
 
+static void reload_config(struct dp_server *s, const char *why);
+
+/* systemd sees the reload (RELOADING=1 ... READY=1) and the version in use. */
 static void reload(struct dp_server *s, const char *why)
+{
+    sd_notify(0, "RELOADING=1");
+    reload_config(s, why);
+    struct dp_table *t = dp_server_table(s);
+    sd_notifyf(0, "READY=1\nSTATUS=serving configuration %s", t != NULL ? t->snap->version : "?");
+    dp_table_unref(t);
+}
+
+static void reload_config(struct dp_server *s, const char *why)
 {
     struct kw_config *cfg = kw_config_new();
     kw_config_load_file(cfg, s->config_path);
@@ -200,6 +246,7 @@ static bool file_changed(int fd, const char *path)
 static void drain(struct dp_server *s)
 {
     atomic_store(&s->ready, false);
+    sd_notify(0, "STOPPING=1\nSTATUS=draining");
     char secs[16];
     snprintf(secs, sizeof(secs), "%d", s->drain_seconds);
     kw_log(KW_LOG_INFO, "draining: not accepting, finishing requests in flight", "deadline_s", secs,
@@ -281,17 +328,44 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
     atomic_store(&s.ready, true);
     char nw[16];
     snprintf(nw, sizeof(nw), "%u", s.nworkers);
-    kw_log(KW_LOG_INFO, "knoway-dataplane started", "listen", s.dp->listen, "admin", s.dp->admin,
+    kw_log(KW_LOG_INFO, "knoway-dataplane started", "listen",
+           activated_fd("api") != -1 ? "socket activation" : s.dp->listen, "admin",
+           activated_fd("admin") != -1 ? "socket activation" : s.dp->admin,
            "workers", nw, "version", s.table->snap->version, "config", config_path, NULL);
+
+    sd_notifyf(0, "READY=1\nSTATUS=serving configuration %s\nMAINPID=%d", s.table->snap->version,
+               (int)getpid());
+    /* WatchdogSec: WATCHDOG=1 only while every worker loop answers its ping */
+    uint64_t wd_usec = 0;
+    int64_t wd_every = sd_watchdog_enabled(0, &wd_usec) > 0 ? (int64_t)(wd_usec / 2000) : -1;
+    if (wd_every == 0)
+        wd_every = 1;
+    int64_t wd_due = wd_every > 0 ? dp_now_ms() + wd_every : -1;
 
     int ifd = watch_file(config_path);
     int64_t reload_due = -1;
     for (;;) {
         struct pollfd pfd[2] = {{.fd = sfd, .events = POLLIN}, {.fd = ifd, .events = POLLIN}};
-        int timeout = -1;
-        if (reload_due >= 0) {
-            int64_t left = reload_due - dp_now_ms();
-            timeout = left > 0 ? (int)left : 0;
+        int64_t now = dp_now_ms(), next = -1;
+        if (reload_due >= 0)
+            next = reload_due;
+        if (wd_due >= 0 && (next < 0 || wd_due < next))
+            next = wd_due;
+        int timeout = next < 0 ? -1 : next > now ? (int)(next - now) : 0;
+        if (wd_due >= 0 && now >= wd_due) {
+            uint64_t ping = atomic_load(&s.ping);
+            bool alive = true;
+            for (unsigned i = 0; i < s.nworkers; i++)
+                alive &= atomic_load(&s.workers[i].pong) == ping;
+            if (alive)
+                sd_notify(0, "WATCHDOG=1");
+            else
+                kw_log(KW_LOG_ERROR, "a worker did not answer the watchdog ping", NULL);
+            atomic_fetch_add(&s.ping, 1);
+            for (unsigned i = 0; i < s.nworkers; i++)
+                dp_worker_post(&s.workers[i]);
+            wd_due = now + wd_every;
+            continue;
         }
         int n = poll(pfd, ifd >= 0 ? 2 : 1, timeout);
         if (n == -1 && errno != EINTR)

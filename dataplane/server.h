@@ -30,6 +30,7 @@ struct dp_server {
     struct dp_table *table; /* the current table (main's reference) */
     atomic_bool ready;      /* a table is applied and we are not draining */
     atomic_uint_fast64_t reloads_ok, reloads_failed;
+    atomic_uint_fast64_t ping; /* watchdog: bumped by main, echoed by every worker loop */
     struct MHD_Daemon *admin;
 };
 
@@ -42,6 +43,9 @@ struct dp_table *dp_server_table(struct dp_server *s);
 
 /* Parse "host:port" / "[v6]:port" / ":port" into a socket address. KW_OK or KW_ERROR. */
 int dp_parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len);
+
+/* The admin socket passed by socket activation (FileDescriptorName=admin), or -1. */
+int dp_activated_admin_fd(void);
 
 /* Admin listener (admin.c). */
 int dp_admin_start(struct dp_server *s);

@@ -239,6 +239,7 @@ static void on_message(struct dp_worker *w)
     uint64_t v;
     while (read(w->event_fd, &v, sizeof(v)) > 0)
         ;
+    atomic_store(&w->pong, atomic_load(&w->server->ping)); /* this loop is alive */
     struct dp_table *t = atomic_exchange(&w->next, NULL);
     if (t != NULL) {
         dp_table_unref(w->table); /* requests keep the old one pinned until they end */

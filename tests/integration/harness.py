@@ -65,7 +65,7 @@ class Mock:
 class Dataplane:
     """knoway-dataplane on a generated config file. `resources` is YAML text."""
 
-    def __init__(self, resources, workers=2, extra_spec="", args=()):
+    def __init__(self, resources, workers=2, extra_spec="", args=(), env=None, wait=True):
         self.port = free_port()
         self.admin = free_port()
         self.dir = tempfile.mkdtemp(prefix="kwtest-")
@@ -75,9 +75,11 @@ class Dataplane:
         self.write(resources)
         self.log = open(os.path.join(self.dir, "dataplane.log"), "w+")
         self.proc = subprocess.Popen([DATAPLANE, "-c", self.path, *args],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        wait_port(self.port)
-        self.wait_ready()
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, **(env or {})))
+        if wait:
+            wait_port(self.port)
+            self.wait_ready()
 
     def bootstrap(self):
         return ("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: t}\n"
