@@ -179,13 +179,12 @@ int dp_admin_start(struct dp_server *s)
     if (dp_parse_address(s->dp->admin, &ss, &len) != KW_OK)
         return KW_ERROR;
     int act = dp_activated_admin_fd();
-    s->admin = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-                                    (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
-                                0, NULL, NULL, on_admin, s,
-                                act != -1 ? MHD_OPTION_LISTEN_SOCKET : MHD_OPTION_SOCK_ADDR,
-                                act != -1 ? (void *)(intptr_t)act : (void *)&ss,
-                                MHD_OPTION_CONNECTION_LIMIT, 64u, MHD_OPTION_CONNECTION_TIMEOUT,
-                                10u, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_END);
+    s->admin = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+            (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
+        0, NULL, NULL, on_admin, s, act != -1 ? MHD_OPTION_LISTEN_SOCKET : MHD_OPTION_SOCK_ADDR,
+        act != -1 ? (void *)(intptr_t)act : (void *)&ss, MHD_OPTION_CONNECTION_LIMIT, 64u,
+        MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_END);
     return s->admin != NULL ? KW_OK : KW_ERROR;
 }
 

@@ -78,8 +78,8 @@ struct dp_worker {
     size_t nheap, capheap;
     struct dp_table *table;          /* the table new requests pin */
     _Atomic(struct dp_table *) next; /* atomic: a table posted by the main thread */
-    atomic_bool drain, stop;           /* atomic: posted by the main thread */
-    atomic_uint_fast64_t pong;         /* atomic: the last watchdog ping this loop saw */
+    atomic_bool drain, stop;         /* atomic: posted by the main thread */
+    atomic_uint_fast64_t pong;       /* atomic: the last watchdog ping this loop saw */
     bool draining;
     uint64_t next_id;
     uint32_t rnd;

@@ -330,8 +330,8 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
     snprintf(nw, sizeof(nw), "%u", s.nworkers);
     kw_log(KW_LOG_INFO, "knoway-dataplane started", "listen",
            activated_fd("api") != -1 ? "socket activation" : s.dp->listen, "admin",
-           activated_fd("admin") != -1 ? "socket activation" : s.dp->admin,
-           "workers", nw, "version", s.table->snap->version, "config", config_path, NULL);
+           activated_fd("admin") != -1 ? "socket activation" : s.dp->admin, "workers", nw,
+           "version", s.table->snap->version, "config", config_path, NULL);
 
     sd_notifyf(0, "READY=1\nSTATUS=serving configuration %s\nMAINPID=%d", s.table->snap->version,
                (int)getpid());

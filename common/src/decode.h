@@ -50,6 +50,12 @@ void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct k
 struct kw_node *kw_encode_backend_spec(struct kw_arena *a, const struct kw_backend *b);
 struct kw_node *kw_encode_route_spec(struct kw_arena *a, const struct kw_route *r);
 
+/* Tests only (not thread-safe): called for every map the decoder checks, with its field
+ * path ("spec.upstream.endpoints[0]") and the fields it accepts there. The CRD agreement
+ * test uses it to list what the parser reads. NULL turns it off. */
+typedef void (*kw_fields_hook_fn)(void *ud, const char *path, const char *const *known);
+void kw_decode_set_fields_hook(kw_fields_hook_fn fn, void *ud);
+
 /* Edit distance for "did you mean" hints (exported for tests). */
 unsigned kw_edit_distance(const char *a, const char *b);
 

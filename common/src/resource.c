@@ -218,10 +218,21 @@ static bool in_list(const char *s, size_t len, const char *const *list)
     return false;
 }
 
+static kw_fields_hook_fn fields_hook;
+static void *fields_hook_ud;
+
+void kw_decode_set_fields_hook(kw_fields_hook_fn fn, void *ud)
+{
+    fields_hook = fn;
+    fields_hook_ud = ud;
+}
+
 /* Report every key of m not in known (or in also_ok). m must be a map. */
 static void check_fields(struct kw_dec *d, const struct kw_node *m, const char *const *known,
                          const char *const *also_ok)
 {
+    if (fields_hook != NULL)
+        fields_hook(fields_hook_ud, d->path, known);
     if (!d->strict)
         return;
     for (size_t i = 0; i < m->n; i++) {
