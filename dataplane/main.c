@@ -111,6 +111,17 @@ int main(int argc, char **argv)
         kw_config_free(cfg);
         return 0;
     }
+    if (cfg->dataplane.discovery.url != NULL) {
+        /* the discovery client comes with knoway-controller: never run silently without it */
+        fprintf(stderr,
+                "%s: spec.discovery: this build of knoway-dataplane cannot read from "
+                "knoway-controller yet; remove spec.discovery to serve the resources in the "
+                "file (static mode)\n",
+                file);
+        kw_snapshot_unref(snap);
+        kw_config_free(cfg);
+        return 1;
+    }
     int rc = dp_server_run(file, cfg, snap, drain); /* takes the snapshot reference */
     kw_config_free(cfg);
     return rc;

@@ -17,6 +17,9 @@ bash hack/install-deps.sh
 step "openai npm client for the integration tests"
 (cd tests/integration/openai-client && npm ci --no-audit --no-fund --loglevel=error)
 
+step "kube-apiserver for the e2e tests (built once, cached outside the clone)"
+bash hack/kube-apiserver.sh build
+
 step "Debug build and tests"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build -j"$jobs"

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# helm install / upgrade / uninstall of charts/knoway against a real kube-apiserver + etcd:
+# CRDs Established, every object created, the discovery token generated once and kept
+# across upgrades, values applied on upgrade (on 1.20: policy/v1beta1 PDB, autoscaling/v2beta2
+# HPA), examples apply against the installed CRDs, uninstall removes the release.
+# (No kubelet runs here: objects are checked, not pods.)
+set -euo pipefail
+src=$1
+cd "$src"
+helm=$(bash hack/install-helm.sh)
+dir=$(mktemp -d /tmp/kw-e2e-chart-XXXXXX)
+trap 'bash hack/kube-apiserver.sh stop "$dir"; rm -rf "$dir"' EXIT
+bash hack/kube-apiserver.sh start "$dir"
+export KUBECONFIG=$dir/kubeconfig
+k() { kubectl --request-timeout=20s "$@"; }
+fail() { echo "FAIL: $*"; exit 1; }
+ns=knoway-system
+
+"$helm" install knoway charts/knoway -n "$ns" --create-namespace >"$dir/install.log" ||
+    { cat "$dir/install.log"; fail "helm install"; }
+grep -q "kubectl apply -f examples/openai.yaml" "$dir/install.log" || fail "NOTES.txt"
+k wait --for condition=established --timeout=30s crd/llmbackends.llm.knoway.dev crd/llmroutes.llm.knoway.dev
+for obj in deploy/knoway-controller deploy/knoway-dataplane svc/knoway-controller svc/knoway-dataplane \
+    secret/knoway-discovery configmap/knoway-dataplane sa/knoway-controller sa/knoway-dataplane \
+    role/knoway-leader-election rolebinding/knoway-leader-election pdb/knoway-dataplane; do
+    k -n "$ns" get "$obj" >/dev/null || fail "missing $obj"
+done
+k get clusterrole/knoway-controller clusterrolebinding/knoway-controller >/dev/null || fail "cluster RBAC"
+[ "$(k -n "$ns" get deploy knoway-dataplane -o jsonpath='{.spec.replicas}')" = 2 ] || fail "replicas"
+[ "$(k -n "$ns" get pdb knoway-dataplane -o jsonpath='{.apiVersion}')" = policy/v1beta1 ] || fail "PDB version on 1.20"
+k -n "$ns" get deploy knoway-dataplane -o jsonpath='{.spec.template.spec.securityContext.runAsNonRoot} {.spec.template.spec.containers[0].securityContext.readOnlyRootFilesystem}' |
+    grep -q "true true" || fail "security context"
+token=$(k -n "$ns" get secret knoway-discovery -o jsonpath='{.data.token}' | base64 -d)
+[ ${#token} -eq 48 ] || fail "generated token: ${#token} characters"
+echo "ok   install"
+
+# least privilege: the controller may read Secrets and write status, never write specs
+can() { k auth can-i "$@" --as "system:serviceaccount:$ns:knoway-controller"; }
+[ "$(can list llmbackends.llm.knoway.dev -A)" = yes ] || fail "RBAC list llmbackends"
+[ "$(can update llmroutes.llm.knoway.dev/status -A)" = yes ] || fail "RBAC update status"
+[ "$(can update llmroutes.llm.knoway.dev -A || true)" = no ] || fail "RBAC: controller may update specs"
+[ "$(can delete secrets -A || true)" = no ] || fail "RBAC: controller may delete secrets"
+[ "$(can update leases.coordination.k8s.io -n "$ns")" = yes ] || fail "RBAC leases"
+echo "ok   RBAC"
+
+"$helm" upgrade knoway charts/knoway -n "$ns" --set dataplane.replicas=3 \
+    --set dataplane.autoscaling.enabled=true >/dev/null || fail "helm upgrade"
+[ "$(k -n "$ns" get secret knoway-discovery -o jsonpath='{.data.token}' | base64 -d)" = "$token" ] ||
+    fail "the discovery token changed on upgrade"
+k -n "$ns" get hpa knoway-dataplane -o jsonpath='{.apiVersion}' | grep -q autoscaling/v2beta2 || fail "HPA"
+"$helm" upgrade knoway charts/knoway -n "$ns" --set dataplane.replicas=3 >/dev/null || fail "helm upgrade 2"
+[ "$(k -n "$ns" get deploy knoway-dataplane -o jsonpath='{.spec.replicas}')" = 3 ] || fail "upgraded replicas"
+! k -n "$ns" get hpa knoway-dataplane >/dev/null 2>&1 || fail "HPA not removed"
+echo "ok   upgrade keeps the token"
+
+python3 -c '
+import sys
+docs = open("examples/openai.yaml").read().split("\n---\n")
+print("\n---\n".join(d for d in docs if "kind: DataPlane" not in d))' | k apply -f - >/dev/null || fail "examples apply"
+echo "ok   examples apply against the chart's CRDs"
+
+"$helm" uninstall knoway -n "$ns" >/dev/null || fail "helm uninstall"
+for _ in $(seq 1 50); do
+    k -n "$ns" get deploy knoway-dataplane >/dev/null 2>&1 || break
+    sleep 0.2
+done
+! k -n "$ns" get deploy knoway-dataplane >/dev/null 2>&1 || fail "uninstall left the data plane"
+k get crd llmbackends.llm.knoway.dev >/dev/null || fail "helm removed the CRDs (it keeps them)"
+echo "ok   uninstall"

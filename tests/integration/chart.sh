@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The Helm chart without a cluster: helm lint, helm template against golden files (default
+# and non-default values), schema validation of values, and charts/knoway/crds = crds/.
+#   tests/integration/chart.sh BIN SRC [--update]   (--update rewrites the golden files)
+set -euo pipefail
+bin=$1
+src=$2
+update=${3:-}
+cd "$src"
+helm=$(bash hack/install-helm.sh)
+fail() { echo "FAIL: $*"; exit 1; }
+
+"$helm" lint --strict --kube-version 1.29.0 charts/knoway >/dev/null || { "$helm" lint --strict --kube-version 1.29.0 charts/knoway; fail "helm lint"; }
+"$helm" lint --strict --kube-version 1.29.0 charts/knoway -f tests/golden/values-custom.yaml >/dev/null || fail "helm lint custom"
+echo "ok   helm lint"
+
+render() { # the generated discovery token differs per run: it is masked
+    "$helm" template knoway charts/knoway -n knoway-system --kube-version 1.29.0 "$@" |
+        sed -E 's/^(  token: )"[A-Za-z0-9+\/=]{40,}"$/\1"(generated)"/'
+}
+for case in default custom; do
+    args=()
+    [ "$case" = custom ] && args=(-f tests/golden/values-custom.yaml)
+    out=$(render "${args[@]}")
+    if [ "$update" = --update ]; then
+        printf '%s\n' "$out" >"tests/golden/chart-$case.yaml"
+    fi
+    diff -u "tests/golden/chart-$case.yaml" <(printf '%s\n' "$out") || fail "golden chart-$case.yaml"
+    echo "ok   golden $case"
+    # the bootstrap the chart renders is valid for the data plane
+    printf '%s\n' "$out" | python3 -c '
+import sys
+text = sys.stdin.read()
+cm = text[text.index("kind: ConfigMap"):]
+body = cm[cm.index("knoway.yaml: |") + len("knoway.yaml: |"):].split("\n---")[0]
+print("\n".join(line[4:] for line in body.strip("\n").split("\n")))' >"/tmp/kw-chart-bootstrap-$case.yaml"
+    "$bin" --check -c "/tmp/kw-chart-bootstrap-$case.yaml" >/dev/null || fail "rendered bootstrap ($case)"
+    rm -f "/tmp/kw-chart-bootstrap-$case.yaml"
+done
+
+if out=$("$helm" template knoway charts/knoway --set dataplane.port=0 2>&1); then
+    fail "values schema accepted dataplane.port=0"
+fi
+echo "$out" | grep -q "dataplane.port" || fail "schema message: $out"
+if "$helm" template knoway charts/knoway --set dataplane.bogus=1 >/dev/null 2>&1; then
+    fail "values schema accepted an unknown value"
+fi
+echo "ok   values.schema.json"
+
+for f in crds/*.yaml; do
+    cmp -s "$f" "charts/knoway/crds/$(basename "$f")" || fail "charts/knoway/crds/$(basename "$f") differs from $f"
+done
+[ "$(ls charts/knoway/crds | wc -l)" = "$(ls crds | wc -l)" ] || fail "charts/knoway/crds has other files"
+echo "ok   chart CRDs = crds/"
