@@ -15,6 +15,7 @@
 
 #include "knoway/arena.h"
 #include "knoway/buf.h"
+#include "knoway/heap.h"
 #include "knoway/node.h"
 #include "router.h"
 #include "sse.h"
@@ -38,8 +39,7 @@
 struct dp_timer;
 typedef void (*dp_timer_fn)(struct dp_timer *t);
 struct dp_timer {
-    int64_t due_ms;
-    size_t idx; /* position in the heap; SIZE_MAX when not armed */
+    struct kw_heap_node node; /* key: the deadline in dp_now_ms() milliseconds */
     dp_timer_fn on_fire;
 };
 
@@ -48,7 +48,9 @@ enum dp_watch_kind { DP_WATCH_MHD, DP_WATCH_CURL, DP_WATCH_CLIENT, DP_WATCH_EVEN
 struct dp_watch {
     enum dp_watch_kind kind;
     int fd;
-    void *ptr; /* DP_WATCH_CLIENT: the request */
+    void *ptr;             /* DP_WATCH_CLIENT: the request */
+    bool retired;          /* curl dropped the socket: ignore events still queued for it */
+    struct dp_watch *next; /* the worker's retired list, freed after each epoll batch */
 };
 
 /* ---- metrics: per worker, written by it, read by the admin thread ------------------------ */
@@ -74,8 +76,7 @@ struct dp_worker {
     struct dp_watch mhd_watch, event_watch;
     CURLM *multi;
     int64_t curl_due_ms; /* -1: no curl timeout pending */
-    struct dp_timer **heap;
-    size_t nheap, capheap;
+    struct kw_heap timers;
     struct dp_table *table;          /* the table new requests pin */
     _Atomic(struct dp_table *) next; /* atomic: a table posted by the main thread */
     atomic_bool drain, stop;         /* atomic: posted by the main thread */
@@ -85,8 +86,9 @@ struct dp_worker {
     uint32_t rnd;
     struct dp_stats stats;
     struct kw_buf logbuf;
-    struct kw_arena *scratch;                 /* reset per stream event */
-    struct dp_request *requests;              /* active, for a forced shutdown */
+    struct kw_arena *scratch;    /* reset per stream event */
+    struct dp_request *requests; /* active, for a forced shutdown */
+    struct dp_watch *retired;    /* curl socket watches to free after this epoll batch */
     struct kw_arena *arena_pool[DP_POOL_MAX]; /* reset arenas for new requests */
     size_t narena_pool;
     CURL *easy_pool[DP_POOL_MAX]; /* easy handles for new transfers */

@@ -456,7 +456,7 @@ static void on_watch_timer(struct dp_timer *t)
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (ci == NULL)
         return;
-    r->client_watch = (struct dp_watch){DP_WATCH_CLIENT, ci->connect_fd, r};
+    r->client_watch = (struct dp_watch){.kind = DP_WATCH_CLIENT, .fd = ci->connect_fd, .ptr = r};
     r->client_watched =
         dp_worker_watch(r->w, &r->client_watch, EPOLLRDHUP | EPOLLET, true) == KW_OK;
     /* a client that left before the watch began: its RDHUP is already pending */
@@ -527,8 +527,8 @@ static struct dp_request *request_new(struct dp_worker *w, struct MHD_Connection
     r->w = w;
     r->conn = conn;
     r->start_ms = dp_now_ms();
-    r->timer.idx = SIZE_MAX;
-    r->watch_timer.idx = SIZE_MAX;
+    kw_heap_node_init(&r->timer.node);
+    kw_heap_node_init(&r->watch_timer.node);
     r->path = kw_arena_strdup(r->arena, url);
     r->method = kw_arena_strdup(r->arena, method);
     const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "x-request-id");

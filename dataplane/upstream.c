@@ -25,9 +25,13 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
     struct dp_watch *watch = socketp;
     if (what == CURL_POLL_REMOVE) {
         if (watch != NULL) {
+            /* an event for this socket may still be waiting in the current epoll batch:
+             * the watch is freed after the batch, not now */
             dp_worker_unwatch(w, watch);
             curl_multi_assign(w->multi, s, NULL);
-            free(watch);
+            watch->retired = true;
+            watch->next = w->retired;
+            w->retired = watch;
         }
         return 0;
     }
@@ -237,6 +241,10 @@ int dp_upstream_start(struct dp_request *r)
         version = strncmp(url.data, "https:", 6) == 0 ? CURL_HTTP_VERSION_2TLS
                                                       : CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
+    /* libcurl 7.88.1 fails the next request on a reused prior-knowledge HTTP/2 connection
+     * ("Error in the HTTP2 framing layer"): HTTP/2 transfers get a connection each */
+    if (r->backend->upstream.http2)
+        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->up_body.data);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->up_body.len);
@@ -266,9 +274,9 @@ int dp_upstream_start(struct dp_request *r)
 void dp_upstream_stop(struct dp_request *r)
 {
     if (r->easy != NULL) {
-        curl_multi_remove_handle(
-            r->w->multi, r->easy); /* closes a live connection: the upstream sees the cancel */
-        curl_easy_cleanup(r->easy);
+        /* a live transfer's connection is closed: the upstream sees the cancel */
+        curl_multi_remove_handle(r->w->multi, r->easy);
+        dp_worker_easy_done(r->w, r->easy);
         r->easy = NULL;
     }
     curl_slist_free_all(r->up_headers);

@@ -12,6 +12,7 @@
  * stop aborts the requests still active and lets MHD close them before MHD_stop_daemon
  * (a daemon must not be stopped while a connection is suspended). */
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -33,67 +34,15 @@ int64_t dp_now_ms(void)
 
 /* ---- timers --------------------------------------------------------------------------------- */
 
-static void heap_swap(struct dp_worker *w, size_t a, size_t b)
-{
-    struct dp_timer *t = w->heap[a];
-    w->heap[a] = w->heap[b];
-    w->heap[b] = t;
-    w->heap[a]->idx = a;
-    w->heap[b]->idx = b;
-}
-
-static void heap_up(struct dp_worker *w, size_t i)
-{
-    while (i > 0 && w->heap[(i - 1) / 2]->due_ms > w->heap[i]->due_ms) {
-        heap_swap(w, i, (i - 1) / 2);
-        i = (i - 1) / 2;
-    }
-}
-
-static void heap_down(struct dp_worker *w, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < w->nheap && w->heap[l]->due_ms < w->heap[m]->due_ms)
-            m = l;
-        if (r < w->nheap && w->heap[r]->due_ms < w->heap[m]->due_ms)
-            m = r;
-        if (m == i)
-            return;
-        heap_swap(w, i, m);
-        i = m;
-    }
-}
-
 void dp_timer_cancel(struct dp_worker *w, struct dp_timer *t)
 {
-    if (t->idx == SIZE_MAX)
-        return;
-    size_t i = t->idx;
-    w->nheap--;
-    if (i != w->nheap) {
-        heap_swap(w, i, w->nheap);
-        heap_down(w, i);
-        heap_up(w, i);
-    }
-    t->idx = SIZE_MAX;
+    kw_heap_remove(&w->timers, &t->node);
 }
 
 void dp_timer_arm(struct dp_worker *w, struct dp_timer *t, int64_t due_ms)
 {
-    dp_timer_cancel(w, t);
-    if (w->nheap == w->capheap) {
-        size_t cap = w->capheap ? w->capheap * 2 : 1024;
-        struct dp_timer **h = realloc(w->heap, cap * sizeof(*h));
-        if (h == NULL)
-            return; /* the stream loses its keep-alive; it still ends with its transfer */
-        w->heap = h;
-        w->capheap = cap;
-    }
-    t->due_ms = due_ms;
-    t->idx = w->nheap;
-    w->heap[w->nheap++] = t;
-    heap_up(w, t->idx);
+    /* out of memory: the stream loses its keep-alive; it still ends with its transfer */
+    (void)kw_heap_set(&w->timers, &t->node, due_ms);
 }
 
 /* ---- epoll ---------------------------------------------------------------------------------- */
@@ -190,6 +139,7 @@ int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int
     w->rnd = (uint32_t)(s->boot_id * 2654435761u + index * 40503u) | 1u;
     kw_buf_init(&w->logbuf, 64 * 1024);
     w->scratch = kw_arena_new(DP_MAX_SSE_EVENT * 4);
+    kw_heap_init(&w->timers);
     w->ep = epoll_create1(EPOLL_CLOEXEC);
     w->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (w->ep == -1 || w->event_fd == -1 || w->scratch == NULL)
@@ -206,8 +156,8 @@ int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(w->mhd, MHD_DAEMON_INFO_EPOLL_FD);
     if (di == NULL)
         return KW_ERROR;
-    w->mhd_watch = (struct dp_watch){DP_WATCH_MHD, di->epoll_fd, NULL};
-    w->event_watch = (struct dp_watch){DP_WATCH_EVENT, w->event_fd, NULL};
+    w->mhd_watch = (struct dp_watch){.kind = DP_WATCH_MHD, .fd = di->epoll_fd};
+    w->event_watch = (struct dp_watch){.kind = DP_WATCH_EVENT, .fd = w->event_fd};
     if (dp_worker_watch(w, &w->mhd_watch, EPOLLIN, true) != KW_OK ||
         dp_worker_watch(w, &w->event_watch, EPOLLIN, true) != KW_OK || dp_upstream_init(w) != KW_OK)
         return KW_ERROR;
@@ -217,6 +167,11 @@ int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int
 
 void dp_worker_cleanup(struct dp_worker *w)
 {
+    while (w->retired != NULL) {
+        struct dp_watch *dead = w->retired;
+        w->retired = dead->next;
+        free(dead);
+    }
     while (w->neasy_pool > 0)
         curl_easy_cleanup(w->easy_pool[--w->neasy_pool]);
     while (w->narena_pool > 0)
@@ -225,7 +180,7 @@ void dp_worker_cleanup(struct dp_worker *w)
         curl_multi_cleanup(w->multi);
     dp_table_unref(w->table);
     dp_table_unref(atomic_exchange(&w->next, NULL));
-    free(w->heap);
+    kw_heap_cleanup(&w->timers);
     kw_buf_cleanup(&w->logbuf);
     kw_arena_free(w->scratch);
     if (w->ep != -1)
@@ -271,8 +226,9 @@ void *dp_worker_main(void *arg)
             timeout = (int64_t)mt;
         if (w->curl_due_ms >= 0 && (timeout < 0 || w->curl_due_ms - now < timeout))
             timeout = w->curl_due_ms > now ? w->curl_due_ms - now : 0;
-        if (w->nheap > 0 && (timeout < 0 || w->heap[0]->due_ms - now < timeout))
-            timeout = w->heap[0]->due_ms > now ? w->heap[0]->due_ms - now : 0;
+        const struct kw_heap_node *first = kw_heap_top(&w->timers);
+        if (first != NULL && (timeout < 0 || first->key - now < timeout))
+            timeout = first->key > now ? first->key - now : 0;
         if (w->draining && timeout < 0)
             timeout = 100;
         int n = epoll_wait(w->ep, evs, KW_ARRAY_LEN(evs), timeout > 60000 ? 60000 : (int)timeout);
@@ -281,6 +237,8 @@ void *dp_worker_main(void *arg)
         bool run_mhd = timeout == 0 || (n == 0 && timeout >= 0);
         for (int i = 0; i < n; i++) {
             struct dp_watch *watch = evs[i].data.ptr;
+            if (watch->retired)
+                continue;
             switch (watch->kind) {
             case DP_WATCH_MHD:
                 run_mhd = true;
@@ -308,13 +266,19 @@ void *dp_worker_main(void *arg)
             curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         }
         dp_upstream_poll(w);
-        while (w->nheap > 0 && w->heap[0]->due_ms <= now) {
-            struct dp_timer *t = w->heap[0];
-            dp_timer_cancel(w, t);
+        struct kw_heap_node *due;
+        while ((due = kw_heap_top(&w->timers)) != NULL && due->key <= now) {
+            struct dp_timer *t = (struct dp_timer *)((char *)due - offsetof(struct dp_timer, node));
+            kw_heap_remove(&w->timers, due);
             t->on_fire(t);
         }
         (void)run_mhd;
         MHD_run(w->mhd);
+        while (w->retired != NULL) {
+            struct dp_watch *dead = w->retired;
+            w->retired = dead->next;
+            free(dead);
+        }
         if (w->draining && w->requests == NULL)
             break;
     }

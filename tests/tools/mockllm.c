@@ -37,6 +37,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +48,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <yajl/yajl_tree.h>
+
+#include "knoway/heap.h"
 
 #define MAX_HEADER   16384
 #define MAX_BODY     (8 * 1024 * 1024)
@@ -173,13 +176,11 @@ struct conn {
     bool closing; /* close once out is flushed */
     /* stream state */
     bool streaming;
-    bool waiting; /* a timer is pending */
     enum kind kind;
     char model[128];
     int sent, prompt_tokens;
     bool include_usage;
-    int64_t due_ms;
-    size_t heap_idx;
+    struct kw_heap_node tnode; /* the next stream step or delayed answer */
     uint64_t rec_id;
     bool pending_nonstream; /* a delayed non-streaming response */
     bool blocked;           /* a stream waits for the socket to drain */
@@ -188,8 +189,7 @@ struct conn {
 
 struct worker {
     int ep, lfd;
-    struct conn **heap;
-    size_t nheap, capheap;
+    struct kw_heap timers;
 };
 
 static int64_t now_ms(void)
@@ -199,65 +199,20 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void heap_swap(struct worker *w, size_t a, size_t b)
-{
-    struct conn *t = w->heap[a];
-    w->heap[a] = w->heap[b];
-    w->heap[b] = t;
-    w->heap[a]->heap_idx = a;
-    w->heap[b]->heap_idx = b;
-}
-
-static void heap_up(struct worker *w, size_t i)
-{
-    while (i > 0 && w->heap[(i - 1) / 2]->due_ms > w->heap[i]->due_ms) {
-        heap_swap(w, i, (i - 1) / 2);
-        i = (i - 1) / 2;
-    }
-}
-
-static void heap_down(struct worker *w, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < w->nheap && w->heap[l]->due_ms < w->heap[m]->due_ms)
-            m = l;
-        if (r < w->nheap && w->heap[r]->due_ms < w->heap[m]->due_ms)
-            m = r;
-        if (m == i)
-            return;
-        heap_swap(w, i, m);
-        i = m;
-    }
-}
-
 static void timer_add(struct worker *w, struct conn *c, int64_t due)
 {
-    if (w->nheap == w->capheap) {
-        w->capheap = w->capheap ? w->capheap * 2 : 256;
-        w->heap = realloc(w->heap, w->capheap * sizeof(*w->heap));
-        if (w->heap == NULL)
-            abort();
-    }
-    c->due_ms = due;
-    c->heap_idx = w->nheap;
-    w->heap[w->nheap++] = c;
-    heap_up(w, c->heap_idx);
-    c->waiting = true;
+    if (kw_heap_set(&w->timers, &c->tnode, due) != 0)
+        abort();
 }
 
 static void timer_del(struct worker *w, struct conn *c)
 {
-    if (!c->waiting)
-        return;
-    size_t i = c->heap_idx;
-    w->nheap--;
-    if (i != w->nheap) {
-        heap_swap(w, i, w->nheap);
-        heap_down(w, i);
-        heap_up(w, i);
-    }
-    c->waiting = false;
+    kw_heap_remove(&w->timers, &c->tnode);
+}
+
+static struct conn *conn_of(struct kw_heap_node *n)
+{
+    return (struct conn *)((char *)n - offsetof(struct conn, tnode));
 }
 
 static void conn_close(struct worker *w, struct conn *c, bool reset)
@@ -900,7 +855,6 @@ static int on_readable(struct worker *w, struct conn *c)
 
 static void on_timer(struct worker *w, struct conn *c)
 {
-    c->waiting = false;
     if (c->pending_nonstream) {
         c->pending_nonstream = false;
         reply_completion_body(c);
@@ -925,8 +879,8 @@ static void *worker_main(void *arg)
     struct epoll_event evs[256];
     for (;;) {
         int timeout = -1;
-        if (w->nheap > 0) {
-            int64_t d = w->heap[0]->due_ms - now_ms();
+        if (kw_heap_top(&w->timers) != NULL) {
+            int64_t d = kw_heap_top(&w->timers)->key - now_ms();
             timeout = d < 0 ? 0 : (int)d;
         }
         int n = epoll_wait(w->ep, evs, 256, timeout);
@@ -944,6 +898,7 @@ static void *worker_main(void *arg)
                         continue;
                     }
                     c->fd = fd;
+                    kw_heap_node_init(&c->tnode);
                     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
                     epoll_ctl(w->ep, EPOLL_CTL_ADD, fd, &ev);
                 }
@@ -970,8 +925,9 @@ static void *worker_main(void *arg)
             }
         }
         int64_t now = now_ms();
-        while (w->nheap > 0 && w->heap[0]->due_ms <= now) {
-            struct conn *c = w->heap[0];
+        struct kw_heap_node *due;
+        while ((due = kw_heap_top(&w->timers)) != NULL && due->key <= now) {
+            struct conn *c = conn_of(due);
             timer_del(w, c);
             on_timer(w, c);
         }
@@ -1050,6 +1006,7 @@ int main(int argc, char **argv)
     pthread_t tids[64];
     for (int i = 0; i < threads && i < 64; i++) {
         struct worker *w = calloc(1, sizeof(*w));
+        kw_heap_init(&w->timers);
         w->lfd = listen_on(addr);
         if (w->lfd < 0)
             return 1;
