@@ -195,11 +195,25 @@ struct dp_provider_ops {
      * bytes) to out; extract usage. KW_OK or KW_ERROR. */
     int (*on_event)(struct dp_request *r, const char *raw, size_t raw_len, const char *event,
                     const char *data, size_t data_len, struct kw_buf *out);
+    /* Optional: an upstream error response (status >= 400) in OpenAI's error shape into
+     * out; out left empty keeps the body as it is (wrapped when it is not JSON). */
+    int (*on_error)(struct dp_request *r, long status, const char *body, size_t len,
+                    struct kw_buf *out);
 };
 
 /* The provider that serves a backend. */
 const struct dp_provider_ops *dp_provider_for(const struct kw_backend *b);
 extern const struct dp_provider_ops dp_provider_openai;
+extern const struct dp_provider_ops dp_provider_azure;
+
+/* Shared by the OpenAI-shaped providers (provider_openai.c). */
+int dp_openai_add_header(struct curl_slist **list, struct kw_arena *a, const char *name,
+                         const char *value);
+const char *dp_openai_pick_base(struct dp_request *r);
+const char *dp_openai_api_suffix(enum dp_api api);
+int dp_openai_on_response(struct dp_request *r, const char *body, size_t len, struct kw_buf *out);
+int dp_openai_on_event(struct dp_request *r, const char *raw, size_t raw_len, const char *event,
+                       const char *data, size_t data_len, struct kw_buf *out);
 
 /* ---- worker API (worker.c) ------------------------------------------------------------------ */
 int64_t dp_now_ms(void);

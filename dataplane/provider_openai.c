@@ -8,7 +8,7 @@
 #include "knoway/kw.h"
 #include "knoway/snapshot.h"
 
-static const char *api_suffix(enum dp_api api)
+const char *dp_openai_api_suffix(enum dp_api api)
 {
     switch (api) {
     case DP_API_CHAT:
@@ -23,7 +23,7 @@ static const char *api_suffix(enum dp_api api)
 }
 
 /* The base URL: baseURL, or one of the endpoints by weight. */
-static const char *pick_base(struct dp_request *r)
+const char *dp_openai_pick_base(struct dp_request *r)
 {
     const struct kw_upstream *u = &r->backend->upstream;
     if (u->base_url != NULL)
@@ -43,8 +43,8 @@ static const char *pick_base(struct dp_request *r)
     return u->endpoints[0].url;
 }
 
-static int add_header(struct curl_slist **list, struct kw_arena *a, const char *name,
-                      const char *value)
+int dp_openai_add_header(struct curl_slist **list, struct kw_arena *a, const char *name,
+                         const char *value)
 {
     char *h = kw_arena_printf(a, "%s: %s", name, value);
     if (h == NULL)
@@ -58,14 +58,15 @@ static int add_header(struct curl_slist **list, struct kw_arena *a, const char *
 
 static int openai_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
 {
-    const char *base = pick_base(r);
+    const char *base = dp_openai_pick_base(r);
     size_t blen = strlen(base);
     while (blen > 0 && base[blen - 1] == '/')
         blen--;
-    if (kw_buf_append(url, base, blen) != KW_OK || kw_buf_puts(url, api_suffix(r->api)) != KW_OK)
+    if (kw_buf_append(url, base, blen) != KW_OK ||
+        kw_buf_puts(url, dp_openai_api_suffix(r->api)) != KW_OK)
         return KW_ERROR;
     const struct kw_backend *b = r->backend;
-    int rc = add_header(headers, r->arena, "Content-Type", "application/json");
+    int rc = dp_openai_add_header(headers, r->arena, "Content-Type", "application/json");
     if (b->credentials.secret_ref.name != NULL) {
         const struct kw_credential *c =
             kw_snapshot_credential(r->table->snap, b->meta.ns, b->credentials.secret_ref.name,
@@ -79,15 +80,14 @@ static int openai_build(struct dp_request *r, struct kw_buf *url, struct curl_sl
         }
     }
     for (size_t i = 0; i < b->upstream.nheaders; i++)
-        rc |= add_header(headers, r->arena, b->upstream.headers[i].name,
-                         b->upstream.headers[i].value);
+        rc |= dp_openai_add_header(headers, r->arena, b->upstream.headers[i].name,
+                                   b->upstream.headers[i].value);
     if (rc != KW_OK || kw_json_write(r->up_json, &r->up_body) != KW_OK)
         return KW_ERROR;
     return KW_OK;
 }
 
-static int openai_on_response(struct dp_request *r, const char *body, size_t len,
-                              struct kw_buf *out)
+int dp_openai_on_response(struct dp_request *r, const char *body, size_t len, struct kw_buf *out)
 {
     (void)out; /* relayed unchanged */
     struct kw_node *root;
@@ -112,8 +112,8 @@ static bool has_usage_object(const char *data, size_t len)
     return false;
 }
 
-static int openai_on_event(struct dp_request *r, const char *raw, size_t raw_len, const char *event,
-                           const char *data, size_t data_len, struct kw_buf *out)
+int dp_openai_on_event(struct dp_request *r, const char *raw, size_t raw_len, const char *event,
+                       const char *data, size_t data_len, struct kw_buf *out)
 {
     (void)event;
     if (data_len == 6 && memcmp(data, "[DONE]", 6) == 0) {
@@ -141,13 +141,15 @@ static int openai_on_event(struct dp_request *r, const char *raw, size_t raw_len
 const struct dp_provider_ops dp_provider_openai = {
     .name = "openai",
     .build = openai_build,
-    .on_response = openai_on_response,
-    .on_event = openai_on_event,
+    .on_response = dp_openai_on_response,
+    .on_event = dp_openai_on_event,
 };
 
 const struct dp_provider_ops *dp_provider_for(const struct kw_backend *b)
 {
     if (kw_provider_is_openai_compatible(b->provider))
         return &dp_provider_openai;
+    if (b->provider == KW_PROVIDER_AZURE_OPENAI)
+        return &dp_provider_azure;
     return NULL; /* translated providers arrive with the providers issue */
 }

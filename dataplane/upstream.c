@@ -313,6 +313,17 @@ static enum dp_upstream_error classify(CURLcode rc)
  * error, else wrapped into one. */
 static void relay_error(struct dp_request *r)
 {
+    if (r->provider->on_error != NULL) {
+        struct kw_buf mapped;
+        kw_buf_init(&mapped, DP_MAX_UPSTREAM_RESPONSE);
+        if (r->provider->on_error(r, r->up_status, r->up_resp.data != NULL ? r->up_resp.data : "",
+                                  r->up_resp.len, &mapped) == KW_OK &&
+            mapped.len > 0) {
+            kw_buf_reset(&r->up_resp);
+            kw_buf_append(&r->up_resp, mapped.data, mapped.len);
+        }
+        kw_buf_cleanup(&mapped);
+    }
     const char *body = r->up_resp.data != NULL ? r->up_resp.data : "";
     bool json = r->up_resp.len > 0 && body[0] == '{' && strstr(body, "\"error\"") != NULL;
     struct MHD_Response *resp;

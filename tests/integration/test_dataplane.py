@@ -344,6 +344,57 @@ def wait_cancelled(model, since, timeout=2.0):
     return None
 
 
+class Azure(unittest.TestCase):
+    """provider AzureOpenAI: deployment URL, api-version, api-key; errors in OpenAI's shape."""
+
+    @classmethod
+    def setUpClass(cls):
+        base = "http://127.0.0.1:%d" % MOCK.port  # the resource root, no /v1
+        azure = ("---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: %s}\n"
+                 "spec:\n  provider: AzureOpenAI\n  upstream:\n    baseURL: \"%s\"\n%s"
+                 "  credentials:\n    secretRef: {name: %s}\n    azure: {deployment: gpt4o-prod}\n")
+        cls.dp = Dataplane(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {name: az}\nstringData: {apiKey: az-key-1}\n"
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {name: empty}\nstringData: {apiKey: \"\"}\n"
+            + azure % ("az", base, "", "az") + route("az", ["gpt-4o"], ["az"])
+            + azure % ("az-nokey", base, "", "empty") + route("az-nokey", ["nokey"], ["az-nokey"])
+            + azure % ("az-filter", base, "    headers: [{name: x-mock-fault, value: content_filter}]\n", "az")
+            + route("az-filter", ["filtered"], ["az-filter"]))
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.dp.stop() == 0
+
+    def test_chat_stream_embeddings(self):
+        s, _, body = post(self.dp.port, "/v1/chat/completions", dict(CHAT, model="gpt-4o"))
+        self.assertEqual(s, 200, body)
+        sent = last_upstream()
+        self.assertEqual(sent["path"], "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21")
+        self.assertEqual(sent["headers"]["api-key"], "az-key-1")
+        self.assertNotIn("authorization", sent["headers"])
+        self.assertEqual(json.loads(body)["choices"][0]["message"]["content"],
+                         "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 ")
+        s, _, body = post(self.dp.port, "/v1/chat/completions", dict(CHAT, model="gpt-4o", stream=True))
+        self.assertEqual(s, 200)
+        self.assertEqual(sse_data(body)[-1], "[DONE]")
+        self.assertEqual(len(sse_data(body)), 10)  # the usage chunk asked for knoway is stripped
+        s, _, body = post(self.dp.port, "/v1/embeddings", {"model": "gpt-4o", "input": "a b"})
+        self.assertEqual(s, 200, body)
+        self.assertEqual(last_upstream()["path"], "/openai/deployments/gpt4o-prod/embeddings?api-version=2024-10-21")
+
+    def test_errors_mapped_to_openai_shape(self):
+        s, _, body = post(self.dp.port, "/v1/chat/completions", dict(CHAT, model="nokey"))
+        self.assertEqual(s, 401)
+        err = json.loads(body)["error"]
+        self.assertEqual(set(err), {"message", "type", "param", "code"})
+        self.assertEqual((err["type"], err["code"]), ("invalid_request_error", "401"))
+        self.assertIn("Access denied", err["message"])
+        s, _, body = post(self.dp.port, "/v1/chat/completions", dict(CHAT, model="filtered"))
+        self.assertEqual(s, 400)
+        err = json.loads(body)["error"]
+        self.assertEqual((err["type"], err["param"], err["code"]), ("invalid_request_error", "prompt", "content_filter"))
+
+
 class Cancellation(unittest.TestCase):
     def last_id(self):
         reqs = MOCK.requests()

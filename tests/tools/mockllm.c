@@ -9,6 +9,10 @@
  *   POST /v1/chat/completions   (stream, stream_options.include_usage)
  *   POST /v1/completions        (stream)
  *   POST /v1/embeddings
+ *   POST /openai/deployments/{d}/{chat/completions|completions|embeddings}?api-version=V
+ *                               Azure OpenAI: needs the api-key header (401 in Azure's
+ *                               error shape without it); x-mock-fault: content_filter
+ *                               answers Azure's content-filter refusal
  *   GET  /_mock/requests        what was received: a JSON array of the last requests
  *   DELETE /_mock/requests      forget them
  *
@@ -169,6 +173,7 @@ struct conn {
     /* per-request behaviour */
     int latency_ms, ttft_ms, interval_ms, chunks, status, retry_after, fault_after;
     char fault[16];
+    bool has_api_key; /* Azure's api-key header */
     char hdrjson[4096];
     size_t hdrjson_len;
     /* response */
@@ -312,6 +317,43 @@ static void send_error(struct conn *c, int status, const char *type, const char 
     if (!c->keepalive)
         c->closing = true;
     log_update(c->rec_id, status, true, false);
+}
+
+/* Azure's own error shape: {"error":{"code":"401","message":"..."}} */
+static void send_azure_error(struct conn *c, int status, const char *code, const char *msg)
+{
+    struct out body = {0};
+    out_printf(&body, "{\"error\":{\"code\":\"%s\",\"message\":\"", code);
+    out_json_str(&body, msg);
+    out_printf(&body, "\"}}");
+    out_printf(
+        &c->out,
+        "HTTP/1.1 %d Error\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n%s\r\n",
+        status, body.len, c->keepalive ? "" : "Connection: close\r\n");
+    out_put(&c->out, body.data, body.len);
+    free(body.data);
+    if (!c->keepalive)
+        c->closing = true;
+    log_update(c->rec_id, status, true, false);
+}
+
+/* Azure's content filter refusal (documented shape, innererror included) */
+static void send_content_filter(struct conn *c)
+{
+    static const char body[] =
+        "{\"error\":{\"message\":\"The response was filtered due to the prompt triggering Azure "
+        "OpenAI's content management policy.\",\"type\":null,\"param\":\"prompt\",\"code\":"
+        "\"content_filter\",\"status\":400,\"innererror\":{\"code\":"
+        "\"ResponsibleAIPolicyViolation\",\"content_filter_result\":{\"hate\":{\"filtered\":true,"
+        "\"severity\":\"high\"}}}}}";
+    out_printf(&c->out,
+               "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+               "Content-Length: %zu\r\n%s\r\n",
+               sizeof(body) - 1, c->keepalive ? "" : "Connection: close\r\n");
+    out_put(&c->out, body, sizeof(body) - 1);
+    if (!c->keepalive)
+        c->closing = true;
+    log_update(c->rec_id, 400, true, false);
 }
 
 static void send_json(struct conn *c, const char *json, size_t len)
@@ -648,6 +690,28 @@ static void dispatch(struct worker *w, struct conn *c)
         send_error(c, c->status, type, c->status == 429 ? "rate_limit_exceeded" : NULL, msg);
         return;
     }
+    /* Azure OpenAI: /openai/deployments/{deployment}/{operation}?api-version=..., api-key */
+    if (strncmp(c->path, "/openai/deployments/", 20) == 0) {
+        const char *dep = c->path + 20, *slash = strchr(dep, '/'), *q = strchr(c->path, '?');
+        if (slash == NULL || q == NULL || q < slash || strstr(q, "api-version=") == NULL) {
+            send_azure_error(c, 404, "404", "Resource not found");
+            return;
+        }
+        if (!c->has_api_key) {
+            send_azure_error(c, 401, "401",
+                             "Access denied due to invalid subscription key or wrong API endpoint. "
+                             "Make sure to provide a valid key for an active subscription and use "
+                             "a correct regional API endpoint for your resource.");
+            return;
+        }
+        if (strcmp(c->fault, "content_filter") == 0) {
+            send_content_filter(c);
+            return;
+        }
+        char op[128];
+        snprintf(op, sizeof(op), "/v1%.*s", (int)(q - slash), slash);
+        snprintf(c->path, sizeof(c->path), "%s", op); /* served as the OpenAI operation */
+    }
     if (strcmp(c->path, "/_mock/requests") == 0) {
         if (strcmp(c->method, "DELETE") == 0)
             clear_log(c);
@@ -719,6 +783,7 @@ static int parse_head(struct conn *c, size_t headlen)
     c->retry_after = 0;
     c->fault[0] = '\0';
     c->fault_after = 1;
+    c->has_api_key = false;
     c->body_need = 0;
     c->hdrjson_len = 0;
     char *p = eol + 2;
@@ -753,6 +818,8 @@ static int parse_head(struct conn *c, size_t headlen)
                 c->retry_after = header_int(v, 0);
             else if (strcasecmp(p, "x-mock-fault") == 0)
                 snprintf(c->fault, sizeof(c->fault), "%s", v);
+            else if (strcasecmp(p, "api-key") == 0)
+                c->has_api_key = v[0] != '\0';
             else if (strcasecmp(p, "x-mock-fault-after") == 0)
                 c->fault_after = header_int(v, 1);
             if (g_opt.log && c->hdrjson_len < sizeof(c->hdrjson) - 600) {

@@ -1,0 +1,98 @@
+/* Azure OpenAI: the OpenAI schema behind Azure's deployment URLs.
+ *   {baseURL}/openai/deployments/{deployment}/{operation}?api-version={apiVersion}
+ * with the key in an api-key header. Bodies and streams are OpenAI's (relayed and read as
+ * provider_openai.c does); Azure's error shapes ({"error":{"code","message"}}, and content
+ * filter refusals with type null and an innererror) are mapped to OpenAI's. */
+#include <stdio.h>
+#include <string.h>
+
+#include "dp.h"
+#include "knoway/json.h"
+#include "knoway/kw.h"
+#include "knoway/snapshot.h"
+
+static int azure_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
+{
+    const struct kw_backend *b = r->backend;
+    const char *base = dp_openai_pick_base(r);
+    size_t blen = strlen(base);
+    while (blen > 0 && base[blen - 1] == '/')
+        blen--;
+    const char *deployment = b->credentials.azure.deployment != NULL ? b->credentials.azure.deployment
+                                                                     : r->upstream_model;
+    const char *version = b->credentials.azure.api_version != NULL ? b->credentials.azure.api_version
+                                                                   : "2024-10-21";
+    char *dep = curl_easy_escape(NULL, deployment, 0); /* no handle needed since 7.82 */
+    char *ver = curl_easy_escape(NULL, version, 0);
+    int rc = dep != NULL && ver != NULL ? KW_OK : KW_ERROR;
+    if (rc == KW_OK)
+        rc = kw_buf_printf(url, "%.*s/openai/deployments/%s%s?api-version=%s", (int)blen, base, dep,
+                           dp_openai_api_suffix(r->api), ver);
+    curl_free(dep);
+    curl_free(ver);
+    rc |= dp_openai_add_header(headers, r->arena, "Content-Type", "application/json");
+    if (b->credentials.secret_ref.name != NULL) {
+        const struct kw_credential *c =
+            kw_snapshot_credential(r->table->snap, b->meta.ns, b->credentials.secret_ref.name,
+                                   b->credentials.secret_ref.key);
+        if (c != NULL && c->len > 0)
+            rc |= dp_openai_add_header(headers, r->arena, "api-key", c->value);
+    }
+    for (size_t i = 0; i < b->upstream.nheaders; i++)
+        rc |= dp_openai_add_header(headers, r->arena, b->upstream.headers[i].name,
+                                   b->upstream.headers[i].value);
+    if (rc != KW_OK || kw_json_write(r->up_json, &r->up_body) != KW_OK)
+        return KW_ERROR;
+    return KW_OK;
+}
+
+static void put_string_or_null(struct kw_buf *out, const struct kw_node *n)
+{
+    if (n != NULL && n->type == KW_NODE_STRING)
+        kw_json_write_string(out, n->str, n->len);
+    else if (n != NULL && (n->type == KW_NODE_INT || n->type == KW_NODE_FLOAT))
+        kw_json_write_string(out, n->str, n->len); /* Azure writes codes as "429" or 429 */
+    else
+        kw_buf_puts(out, "null");
+}
+
+static int azure_on_error(struct dp_request *r, long status, const char *body, size_t len,
+                          struct kw_buf *out)
+{
+    struct kw_node *root;
+    char err[128];
+    kw_arena_reset(r->w->scratch);
+    if (kw_json_parse(r->w->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
+        return KW_OK; /* not JSON: wrapped by the caller */
+    const struct kw_node *e = kw_node_get(root, "error");
+    if (e == NULL || e->type != KW_NODE_MAP)
+        return KW_OK;
+    const struct kw_node *msg = kw_node_get(e, "message");
+    const struct kw_node *type = kw_node_get(e, "type");
+    const char *dflt = status == 429 ? "rate_limit_exceeded"
+                       : status >= 500 ? "server_error"
+                                       : "invalid_request_error";
+    kw_buf_puts(out, "{\"error\":{\"message\":");
+    if (msg != NULL && msg->type == KW_NODE_STRING)
+        kw_json_write_string(out, msg->str, msg->len);
+    else
+        kw_buf_printf(out, "\"Azure OpenAI answered %ld\"", status);
+    kw_buf_puts(out, ",\"type\":");
+    if (type != NULL && type->type == KW_NODE_STRING)
+        kw_json_write_string(out, type->str, type->len);
+    else
+        kw_json_write_string(out, dflt, strlen(dflt));
+    kw_buf_puts(out, ",\"param\":");
+    put_string_or_null(out, kw_node_get(e, "param"));
+    kw_buf_puts(out, ",\"code\":");
+    put_string_or_null(out, kw_node_get(e, "code"));
+    return kw_buf_puts(out, "}}");
+}
+
+const struct dp_provider_ops dp_provider_azure = {
+    .name = "azure",
+    .build = azure_build,
+    .on_response = dp_openai_on_response,
+    .on_event = dp_openai_on_event,
+    .on_error = azure_on_error,
+};
