@@ -18,10 +18,11 @@ static int azure_build(struct dp_request *r, struct kw_buf *url, struct curl_sli
     size_t blen = strlen(base);
     while (blen > 0 && base[blen - 1] == '/')
         blen--;
-    const char *deployment = b->credentials.azure.deployment != NULL ? b->credentials.azure.deployment
-                                                                     : r->upstream_model;
-    const char *version = b->credentials.azure.api_version != NULL ? b->credentials.azure.api_version
-                                                                   : "2024-10-21";
+    const char *deployment = b->credentials.azure.deployment != NULL
+                                 ? b->credentials.azure.deployment
+                                 : r->upstream_model;
+    const char *version =
+        b->credentials.azure.api_version != NULL ? b->credentials.azure.api_version : "2024-10-21";
     char *dep = curl_easy_escape(NULL, deployment, 0); /* no handle needed since 7.82 */
     char *ver = curl_easy_escape(NULL, version, 0);
     int rc = dep != NULL && ver != NULL ? KW_OK : KW_ERROR;
@@ -38,12 +39,9 @@ static int azure_build(struct dp_request *r, struct kw_buf *url, struct curl_sli
         if (c != NULL && c->len > 0)
             rc |= dp_openai_add_header(headers, r->arena, "api-key", c->value);
     }
-    for (size_t i = 0; i < b->upstream.nheaders; i++)
-        rc |= dp_openai_add_header(headers, r->arena, b->upstream.headers[i].name,
-                                   b->upstream.headers[i].value);
-    if (rc != KW_OK || kw_json_write(r->up_json, &r->up_body) != KW_OK)
+    if (rc != KW_OK)
         return KW_ERROR;
-    return KW_OK;
+    return dp_openai_finish(r, headers);
 }
 
 static void put_string_or_null(struct kw_buf *out, const struct kw_node *n)
@@ -69,7 +67,7 @@ static int azure_on_error(struct dp_request *r, long status, const char *body, s
         return KW_OK;
     const struct kw_node *msg = kw_node_get(e, "message");
     const struct kw_node *type = kw_node_get(e, "type");
-    const char *dflt = status == 429 ? "rate_limit_exceeded"
+    const char *dflt = status == 429   ? "rate_limit_exceeded"
                        : status >= 500 ? "server_error"
                                        : "invalid_request_error";
     kw_buf_puts(out, "{\"error\":{\"message\":");

@@ -43,6 +43,18 @@ const char *dp_openai_pick_base(struct dp_request *r)
     return u->endpoints[0].url;
 }
 
+int dp_openai_finish(struct dp_request *r, struct curl_slist **headers)
+{
+    const struct kw_backend *b = r->backend;
+    int rc = KW_OK;
+    for (size_t i = 0; i < b->upstream.nheaders; i++)
+        rc |= dp_openai_add_header(headers, r->arena, b->upstream.headers[i].name,
+                                   b->upstream.headers[i].value);
+    if (rc != KW_OK || kw_json_write(r->up_json, &r->up_body) != KW_OK)
+        return KW_ERROR;
+    return KW_OK;
+}
+
 int dp_openai_add_header(struct curl_slist **list, struct kw_arena *a, const char *name,
                          const char *value)
 {
@@ -79,12 +91,9 @@ static int openai_build(struct dp_request *r, struct kw_buf *url, struct curl_sl
             *headers = n;
         }
     }
-    for (size_t i = 0; i < b->upstream.nheaders; i++)
-        rc |= dp_openai_add_header(headers, r->arena, b->upstream.headers[i].name,
-                                   b->upstream.headers[i].value);
-    if (rc != KW_OK || kw_json_write(r->up_json, &r->up_body) != KW_OK)
+    if (rc != KW_OK)
         return KW_ERROR;
-    return KW_OK;
+    return dp_openai_finish(r, headers);
 }
 
 int dp_openai_on_response(struct dp_request *r, const char *body, size_t len, struct kw_buf *out)

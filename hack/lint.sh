@@ -6,7 +6,7 @@
 #   hack/lint.sh --fix    rewrite files with clang-format
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mapfile -t files < <(git ls-files '*.c' '*.h' 2>/dev/null || find common dataplane controller tests -name '*.[ch]')
+mapfile -t files < <(git ls-files --cached --others --exclude-standard '*.c' '*.h' 2>/dev/null || find common dataplane controller tests -name '*.[ch]')
 fail=0
 if [ "${1:-}" = "--fix" ]; then
     clang-format -i "${files[@]}"
