@@ -144,6 +144,7 @@ struct dp_request {
     const struct dp_provider_ops *provider;
     const char *upstream_model;
     struct kw_node *up_json; /* the body rewritten for the chosen backend */
+    void *provider_state;    /* a provider's per-request state (arena) */
     bool *tried;             /* backendRefs already tried (fallback) */
 
     /* upstream transfer */
@@ -205,6 +206,7 @@ struct dp_provider_ops {
 const struct dp_provider_ops *dp_provider_for(const struct kw_backend *b);
 extern const struct dp_provider_ops dp_provider_openai;
 extern const struct dp_provider_ops dp_provider_azure;
+extern const struct dp_provider_ops dp_provider_anthropic;
 
 /* Shared by the OpenAI-shaped providers (provider_openai.c). */
 int dp_openai_add_header(struct curl_slist **list, struct kw_arena *a, const char *name,

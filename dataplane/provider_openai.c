@@ -160,5 +160,7 @@ const struct dp_provider_ops *dp_provider_for(const struct kw_backend *b)
         return &dp_provider_openai;
     if (b->provider == KW_PROVIDER_AZURE_OPENAI)
         return &dp_provider_azure;
+    if (b->provider == KW_PROVIDER_ANTHROPIC)
+        return &dp_provider_anthropic;
     return NULL; /* translated providers arrive with the providers issue */
 }

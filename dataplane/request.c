@@ -416,6 +416,7 @@ int dp_request_choose(struct dp_request *r, bool *tried)
     r->ref = ref;
     r->backend = ref->backend;
     r->provider = dp_provider_for(r->backend);
+    r->provider_state = NULL; /* a fallback may switch providers */
     if (r->provider == NULL) {
         dp_request_fail(r, 501, "server_error", "provider_not_supported", NULL,
                         "backend %s uses provider %s, which this build cannot translate yet",

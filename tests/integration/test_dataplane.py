@@ -395,6 +395,102 @@ class Azure(unittest.TestCase):
         self.assertEqual((err["type"], err["param"], err["code"]), ("invalid_request_error", "prompt", "content_filter"))
 
 
+class Anthropic(unittest.TestCase):
+    """provider Anthropic: OpenAI chat in, Messages API out, translated back, streams too."""
+
+    @classmethod
+    def setUpClass(cls):
+        base = "http://127.0.0.1:%d" % MOCK.port  # API root; the gateway adds /v1/messages
+        claude = ("---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: %s}\n"
+                  "spec:\n  provider: Anthropic\n  modelName: claude-x\n  upstream:\n    baseURL: \"%s\"\n%s"
+                  "  credentials:\n    secretRef: {name: %s}\n")
+        cls.dp = Dataplane(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {name: ant}\nstringData: {apiKey: sk-ant-1}\n"
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {name: none}\nstringData: {apiKey: \"\"}\n"
+            + claude % ("claude", base, "", "ant") + route("claude", ["claude"], ["claude"])
+            + claude % ("claude-nokey", base, "", "none") + route("claude-nokey", ["nokey"], ["claude-nokey"])
+            + claude % ("claude-busy", base, "    headers: [{name: x-mock-status, value: \"529\"}]\n", "ant")
+            + route("claude-busy", ["busy"], ["claude-busy"]))
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.dp.stop() == 0
+
+    REQ = {"model": "claude", "messages": [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hello there"},
+        {"role": "assistant", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "user", "content": [{"type": "text", "text": "look"},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}}]}],
+        "stop": "END", "temperature": 0.2, "user": "u-7"}
+
+    def test_request_translation(self):
+        s, _, body = post(self.dp.port, "/v1/chat/completions", self.REQ)
+        self.assertEqual(s, 200, body)
+        up = last_upstream()
+        self.assertEqual(up["path"], "/v1/messages")
+        self.assertEqual(up["headers"]["x-api-key"], "sk-ant-1")
+        self.assertEqual(up["headers"]["anthropic-version"], "2023-06-01")
+        sent = json.loads(up["body"])
+        self.assertEqual(sent["system"], "be brief")  # lifted out of messages
+        self.assertEqual([m["role"] for m in sent["messages"]], ["user", "assistant", "user"])
+        self.assertEqual(sent["messages"][2]["content"][1],
+                         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}})
+        self.assertEqual(sent["max_tokens"], 4096)  # Anthropic requires it
+        self.assertEqual(sent["stop_sequences"], ["END"])
+        self.assertEqual(sent["metadata"], {"user_id": "u-7"})
+        self.assertEqual(sent["model"], "claude-x")
+        self.assertNotIn("stream_options", sent)
+
+    def test_response_translation(self):
+        s, _, body = post(self.dp.port, "/v1/chat/completions", dict(self.REQ, max_tokens=50))
+        self.assertEqual(s, 200, body)
+        self.assertEqual(json.loads(last_upstream()["body"])["max_tokens"], 50)
+        r = json.loads(body)
+        self.assertEqual(r["object"], "chat.completion")
+        self.assertEqual(r["model"], "claude-x")
+        self.assertEqual(r["choices"][0]["message"], {"role": "assistant", "content": "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 "})
+        self.assertEqual(r["choices"][0]["finish_reason"], "stop")
+        # the mock's input: 3+2 (user) + 3+1 (assistant parts) + 3+1 (user parts) + 2 (system) = 15,
+        # plus 2 cache-read and 1 cache-creation tokens
+        self.assertEqual(r["usage"], {"prompt_tokens": 18, "completion_tokens": 8, "total_tokens": 26,
+                                      "prompt_tokens_details": {"cached_tokens": 2}})
+
+    def test_stream_translation(self):
+        s, h, body = post(self.dp.port, "/v1/chat/completions",
+                          dict(self.REQ, stream=True, stream_options={"include_usage": True}))
+        self.assertEqual(s, 200, body)
+        events = sse_data(body)
+        self.assertEqual(events[-1], "[DONE]")
+        chunks = [json.loads(e) for e in events[:-1]]
+        self.assertTrue(all(c["object"] == "chat.completion.chunk" for c in chunks))
+        self.assertEqual(chunks[0]["choices"][0]["delta"], {"role": "assistant", "content": ""})
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+        self.assertEqual(text, "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 ")
+        self.assertEqual(chunks[-2]["choices"][0]["finish_reason"], "stop")
+        self.assertEqual(chunks[-1]["choices"], [])
+        self.assertEqual(chunks[-1]["usage"]["prompt_tokens"], 18)
+        self.assertEqual(chunks[-1]["usage"]["completion_tokens"], 8)
+        # without include_usage: no usage chunk, usage still accounted
+        before = self.dp.metrics()['knoway_tokens_total{gen_ai_token_type="output"}']
+        _, _, body = post(self.dp.port, "/v1/chat/completions", dict(self.REQ, stream=True))
+        self.assertTrue(all(json.loads(e)["choices"] for e in sse_data(body)[:-1]))
+        self.assertEqual(self.dp.metrics()['knoway_tokens_total{gen_ai_token_type="output"}'] - before, 8)
+
+    def test_errors(self):
+        s, _, body = post(self.dp.port, "/v1/chat/completions", dict(self.REQ, model="nokey"))
+        self.assertEqual(s, 401)
+        self.assertEqual(json.loads(body), {"error": {"message": "x-api-key header is required",
+                                                      "type": "authentication_error", "param": None, "code": None}})
+        s, _, body = post(self.dp.port, "/v1/chat/completions", dict(self.REQ, model="busy"))
+        self.assertEqual((s, json.loads(body)["error"]["type"]), (529, "overloaded_error"))
+        s, _, body = post(self.dp.port, "/v1/embeddings", {"model": "claude", "input": "x"})
+        self.assertEqual(s, 400)
+        self.assertEqual(json.loads(body)["error"]["code"], "unsupported_endpoint")
+        s, _, body = post(self.dp.port, "/v1/chat/completions", dict(self.REQ, tools=[{"type": "function"}]))
+        self.assertEqual((s, json.loads(body)["error"]["param"]), (400, "tools"))
+
+
 class Cancellation(unittest.TestCase):
     def last_id(self):
         reqs = MOCK.requests()

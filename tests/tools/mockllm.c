@@ -13,6 +13,10 @@
  *                               Azure OpenAI: needs the api-key header (401 in Azure's
  *                               error shape without it); x-mock-fault: content_filter
  *                               answers Azure's content-filter refusal
+ *   POST /v1/messages           Anthropic Messages API: needs x-api-key and
+ *                               anthropic-version, model, max_tokens, user/assistant roles
+ *                               (400/401 in Anthropic's error shape); streams message_start,
+ *                               content_block_*, ping, message_delta, message_stop
  *   GET  /_mock/requests        what was received: a JSON array of the last requests
  *   DELETE /_mock/requests      forget them
  *
@@ -159,7 +163,7 @@ static void out_chunk(struct out *o, const char *s, size_t n)
 
 /* ---- connections and timers ----------------------------------------------------------- */
 
-enum kind { K_CHAT, K_COMPLETION };
+enum kind { K_CHAT, K_COMPLETION, K_ANTHROPIC };
 
 struct conn {
     int fd;
@@ -173,7 +177,8 @@ struct conn {
     /* per-request behaviour */
     int latency_ms, ttft_ms, interval_ms, chunks, status, retry_after, fault_after;
     char fault[16];
-    bool has_api_key; /* Azure's api-key header */
+    bool has_api_key;                          /* Azure's api-key header */
+    bool has_x_api_key, has_anthropic_version; /* Anthropic's headers */
     char hdrjson[4096];
     size_t hdrjson_len;
     /* response */
@@ -319,6 +324,24 @@ static void send_error(struct conn *c, int status, const char *type, const char 
     log_update(c->rec_id, status, true, false);
 }
 
+/* Anthropic's error shape: {"type":"error","error":{"type":"...","message":"..."}} */
+static void send_anthropic_error(struct conn *c, int status, const char *type, const char *msg)
+{
+    struct out body = {0};
+    out_printf(&body, "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":\"", type);
+    out_json_str(&body, msg);
+    out_printf(&body, "\"}}");
+    out_printf(
+        &c->out,
+        "HTTP/1.1 %d Error\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n%s\r\n",
+        status, body.len, c->keepalive ? "" : "Connection: close\r\n");
+    out_put(&c->out, body.data, body.len);
+    free(body.data);
+    if (!c->keepalive)
+        c->closing = true;
+    log_update(c->rec_id, status, true, false);
+}
+
 /* Azure's own error shape: {"error":{"code":"401","message":"..."}} */
 static void send_azure_error(struct conn *c, int status, const char *code, const char *msg)
 {
@@ -432,10 +455,50 @@ static int prompt_tokens_of(yajl_val root, enum kind kind)
     return tokens;
 }
 
+static void anthropic_event(struct conn *c, int i, bool last)
+{
+    char ev[2048];
+    int n;
+    if (last) {
+        n = snprintf(
+            ev, sizeof(ev),
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":"
+            "\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":%d}}\n\n"
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            c->chunks);
+    } else if (i == 0) {
+        n = snprintf(
+            ev, sizeof(ev),
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":"
+            "\"msg_mock\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":"
+            "\"%s\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":%d,"
+            "\"cache_read_input_tokens\":2,\"cache_creation_input_tokens\":1,\"output_tokens\":1}}}"
+            "\n\n"
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
+            "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
+            "event: ping\ndata: {\"type\": \"ping\"}\n\n"
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
+            "\"delta\":{\"type\":\"text_delta\",\"text\":\"tok0 \"}}\n\n",
+            c->model, c->prompt_tokens);
+    } else {
+        n = snprintf(
+            ev, sizeof(ev),
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
+            "\"delta\":{\"type\":\"text_delta\",\"text\":\"tok%d \"}}\n\n",
+            i);
+    }
+    out_chunk(&c->out, ev, (size_t)n);
+}
+
 static void chunk_event(struct conn *c, int i, bool last)
 {
     char ev[1024];
     int n;
+    if (c->kind == K_ANTHROPIC) {
+        anthropic_event(c, i, last);
+        return;
+    }
     if (c->kind == K_CHAT) {
         if (last)
             n = snprintf(ev, sizeof(ev),
@@ -520,10 +583,11 @@ static int stream_step(struct worker *w, struct conn *c)
     }
     /* end of stream */
     chunk_event(c, c->sent, true);
-    if (c->include_usage)
+    if (c->include_usage && c->kind != K_ANTHROPIC)
         usage_event(c);
     static const char done[] = "data: [DONE]\n\n";
-    out_chunk(&c->out, done, sizeof(done) - 1);
+    if (c->kind != K_ANTHROPIC) /* Anthropic streams end with message_stop */
+        out_chunk(&c->out, done, sizeof(done) - 1);
     out_put(&c->out, "0\r\n\r\n", 5);
     c->streaming = false;
     log_update(c->rec_id, 200, true, false);
@@ -539,6 +603,19 @@ static void reply_completion_body(struct conn *c)
     for (int i = 0; i < c->chunks; i++)
         out_printf(&text, "tok%d ", i);
     out_put(&text, "", 1);
+    if (c->kind == K_ANTHROPIC) {
+        out_printf(
+            &b,
+            "{\"id\":\"msg_mock\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"%s\","
+            "\"content\":[{\"type\":\"text\",\"text\":\"%s\"}],\"stop_reason\":\"end_turn\","
+            "\"stop_sequence\":null,\"usage\":{\"input_tokens\":%d,\"cache_read_input_tokens\":2,"
+            "\"cache_creation_input_tokens\":1,\"output_tokens\":%d}}",
+            c->model, text.data, c->prompt_tokens, c->chunks);
+        send_json(c, b.data, b.len);
+        free(b.data);
+        free(text.data);
+        return;
+    }
     if (c->kind == K_CHAT)
         out_printf(
             &b,
@@ -595,6 +672,77 @@ static void reply_completion(struct worker *w, struct conn *c, yajl_val root, en
     }
     if (c->latency_ms > 0) {
         c->pending_nonstream = true;
+        timer_add(w, c, now_ms() + c->latency_ms);
+        return;
+    }
+    reply_completion_body(c);
+}
+
+/* Anthropic Messages API: validated as the real API does, then answered like chat. */
+static void reply_anthropic(struct worker *w, struct conn *c)
+{
+    if (!c->has_x_api_key) {
+        send_anthropic_error(c, 401, "authentication_error", "x-api-key header is required");
+        return;
+    }
+    if (!c->has_anthropic_version) {
+        send_anthropic_error(c, 400, "invalid_request_error",
+                             "anthropic-version: header is required");
+        return;
+    }
+    if (c->status > 0) {
+        send_anthropic_error(c, c->status, c->status == 529 ? "overloaded_error" : "api_error",
+                             "mock error");
+        return;
+    }
+    char err[256];
+    yajl_val root = yajl_tree_parse(c->body ? c->body : "", err, sizeof(err));
+    const char *p_model[] = {"model", NULL}, *p_max[] = {"max_tokens", NULL};
+    const char *p_msgs[] = {"messages", NULL}, *p_sys[] = {"system", NULL};
+    const char *p_stream[] = {"stream", NULL};
+    yajl_val model = root ? yajl_tree_get(root, p_model, yajl_t_string) : NULL;
+    yajl_val max = root ? yajl_tree_get(root, p_max, yajl_t_number) : NULL;
+    yajl_val msgs = root ? yajl_tree_get(root, p_msgs, yajl_t_array) : NULL;
+    const char *problem = root == NULL    ? "invalid JSON"
+                          : model == NULL ? "model: Field required"
+                          : max == NULL   ? "max_tokens: Field required"
+                          : msgs == NULL || msgs->u.array.len == 0
+                              ? "messages: at least one message is required"
+                              : NULL;
+    int tokens = 0;
+    for (size_t i = 0; problem == NULL && i < msgs->u.array.len; i++) {
+        const char *p_role[] = {"role", NULL}, *p_content[] = {"content", NULL};
+        yajl_val role = yajl_tree_get(msgs->u.array.values[i], p_role, yajl_t_string);
+        yajl_val content = yajl_tree_get(msgs->u.array.values[i], p_content, yajl_t_any);
+        if (role == NULL ||
+            (strcmp(role->u.string, "user") != 0 && strcmp(role->u.string, "assistant") != 0))
+            problem = "messages: Unexpected role. The Messages API accepts a top-level `system` "
+                      "parameter, not \"system\" as an input message role.";
+        else if (content == NULL)
+            problem = "messages: content: Field required";
+        else
+            tokens += 3 + (YAJL_IS_STRING(content) ? count_words(content->u.string) : 1);
+    }
+    if (problem != NULL) {
+        send_anthropic_error(c, 400, "invalid_request_error", problem);
+        yajl_tree_free(root);
+        return;
+    }
+    yajl_val sys = yajl_tree_get(root, p_sys, yajl_t_string);
+    if (sys != NULL)
+        tokens += count_words(sys->u.string);
+    c->kind = K_ANTHROPIC;
+    snprintf(c->model, sizeof(c->model), "%s", model->u.string);
+    for (char *q = c->model; *q; q++)
+        if (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20)
+            *q = '_';
+    c->prompt_tokens = tokens;
+    yajl_val stream = yajl_tree_get(root, p_stream, yajl_t_any);
+    bool streaming = stream != NULL && YAJL_IS_TRUE(stream);
+    yajl_tree_free(root);
+    if (streaming) {
+        c->streaming = true;
+        c->sent = -1;
         timer_add(w, c, now_ms() + c->latency_ms);
         return;
     }
@@ -678,6 +826,10 @@ static void dispatch(struct worker *w, struct conn *c)
     if (strcmp(c->fault, "reset") == 0 && c->fault_after < 0) { /* before any response byte */
         c->rst = true;
         c->closing = true;
+        return;
+    }
+    if (strcmp(c->path, "/v1/messages") == 0) {
+        reply_anthropic(w, c);
         return;
     }
     if (c->status > 0 && strncmp(c->path, "/v1/", 4) == 0) {
@@ -784,6 +936,7 @@ static int parse_head(struct conn *c, size_t headlen)
     c->fault[0] = '\0';
     c->fault_after = 1;
     c->has_api_key = false;
+    c->has_x_api_key = c->has_anthropic_version = false;
     c->body_need = 0;
     c->hdrjson_len = 0;
     char *p = eol + 2;
@@ -820,6 +973,10 @@ static int parse_head(struct conn *c, size_t headlen)
                 snprintf(c->fault, sizeof(c->fault), "%s", v);
             else if (strcasecmp(p, "api-key") == 0)
                 c->has_api_key = v[0] != '\0';
+            else if (strcasecmp(p, "x-api-key") == 0)
+                c->has_x_api_key = v[0] != '\0';
+            else if (strcasecmp(p, "anthropic-version") == 0)
+                c->has_anthropic_version = v[0] != '\0';
             else if (strcasecmp(p, "x-mock-fault-after") == 0)
                 c->fault_after = header_int(v, 1);
             if (g_opt.log && c->hdrjson_len < sizeof(c->hdrjson) - 600) {

@@ -60,7 +60,29 @@ spec:
 kind: DataPlane
 metadata: {name: t}
 spec: {listen: "127.0.0.1:${listen}", admin: "127.0.0.1:${admin}", workers: 2}
-${backend('demo')}${route('demo', 'demo')}${backend('cut', '    headers: [{name: x-mock-fault, value: reset}, {name: x-mock-fault-after, value: "3"}]\n')}${route('cut', 'cut')}`);
+${backend('demo')}${route('demo', 'demo')}${backend('cut', '    headers: [{name: x-mock-fault, value: reset}, {name: x-mock-fault-after, value: "3"}]\n')}${route('cut', 'cut')}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: keys}
+stringData: {apiKey: k-1}
+---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: claude}
+spec:
+  provider: Anthropic
+  upstream: {baseURL: "http://127.0.0.1:${mock}"}
+  credentials: {secretRef: {name: keys}}
+${route('claude', 'claude')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: azure}
+spec:
+  provider: AzureOpenAI
+  upstream: {baseURL: "http://127.0.0.1:${mock}"}
+  credentials: {secretRef: {name: keys}, azure: {deployment: dep-1}}
+${route('azure', 'azure')}`);
   procs.push(spawn(join(build, 'dataplane/knoway-dataplane'), ['-c', cfg], { stdio: 'ignore' }));
   await waitPort(listen);
   client = new OpenAI({ baseURL: `http://127.0.0.1:${listen}/v1`, apiKey: 'not-needed', maxRetries: 0 });
@@ -114,7 +136,7 @@ test('embeddings', async () => {
 test('models', async () => {
   const ids = [];
   for await (const m of client.models.list()) ids.push(m.id);
-  assert.deepEqual(ids.sort(), ['cut', 'demo']);
+  assert.deepEqual(ids.sort(), ['azure', 'claude', 'cut', 'demo']);
 });
 
 test('unknown model is a NotFoundError', async () => {
@@ -134,3 +156,26 @@ test('an upstream failure mid-stream surfaces as an error, not a silent cut', as
   }, (e) => e instanceof OpenAI.APIError && /upstream failed after the response started/.test(e.message));
   assert.equal(text, 'tok0 tok1 tok2 ');
 });
+
+for (const model of ['claude', 'azure']) {
+  test(`the same client against ${model}, streaming included`, async () => {
+    const r = await client.chat.completions.create({
+      model, messages: [{ role: 'system', content: 'brief' }, { role: 'user', content: 'hi' }],
+    });
+    assert.equal(r.choices[0].message.content, 'tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 ');
+    assert.equal(r.choices[0].finish_reason, 'stop');
+    assert.equal(r.usage.completion_tokens, 8);
+    const stream = await client.chat.completions.create({
+      model, stream: true, stream_options: { include_usage: true },
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+    let text = '';
+    let usage;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta?.content ?? '';
+      if (chunk.usage) usage = chunk.usage;
+    }
+    assert.equal(text, 'tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 ');
+    assert.equal(usage.completion_tokens, 8);
+  });
+}
