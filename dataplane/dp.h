@@ -72,6 +72,8 @@ struct dp_worker {
     int ep;       /* epoll */
     int event_fd; /* messages from the main thread */
     int listen_fd;
+    unsigned conn_limit; /* libmicrohttpd's connection limit for this worker */
+    bool limit_wake;     /* reached it: keep waking until a run starts below it */
     struct MHD_Daemon *mhd;
     struct dp_watch mhd_watch, event_watch;
     CURLM *multi;

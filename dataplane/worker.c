@@ -145,6 +145,7 @@ int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int
     if (w->ep == -1 || w->event_fd == -1 || w->scratch == NULL)
         return KW_ERROR;
     unsigned conns = s->dp->limits.max_connections / s->nworkers + 1;
+    w->conn_limit = conns;
     w->mhd = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO, 0, NULL, NULL, dp_on_access, w,
         MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_CONNECTION_LIMIT, conns,
@@ -231,6 +232,11 @@ void *dp_worker_main(void *arg)
             timeout = first->key > now ? first->key - now : 0;
         if (w->draining && timeout < 0)
             timeout = 100;
+        /* at its connection limit libmicrohttpd takes its listening socket out of its epoll
+         * set and puts it back only in an MHD_run that starts below the limit: nothing
+         * would wake us for that run, so poll until it has happened */
+        if (w->limit_wake && (timeout < 0 || timeout > 50))
+            timeout = 50;
         int n = epoll_wait(w->ep, evs, KW_ARRAY_LEN(evs), timeout > 60000 ? 60000 : (int)timeout);
         if (n == -1 && errno != EINTR)
             break;
@@ -273,7 +279,14 @@ void *dp_worker_main(void *arg)
             t->on_fire(t);
         }
         (void)run_mhd;
+        bool below = atomic_load_explicit(&w->stats.open_connections, memory_order_relaxed) <
+                     (int_fast64_t)w->conn_limit;
         MHD_run(w->mhd);
+        if (below)
+            w->limit_wake = false; /* this run put the listening socket back */
+        if (atomic_load_explicit(&w->stats.open_connections, memory_order_relaxed) >=
+            (int_fast64_t)w->conn_limit)
+            w->limit_wake = true;
         while (w->retired != NULL) {
             struct dp_watch *dead = w->retired;
             w->retired = dead->next;

@@ -675,6 +675,66 @@ class Http2(unittest.TestCase):
             mock.stop()
 
 
+class Limits(unittest.TestCase):
+    def test_connect_timeout(self):
+        # a listener whose accept queue is full drops new SYNs: connects hang, on loopback
+        lst = socket.socket()
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(0)
+        port = lst.getsockname()[1]
+        fillers = []
+        for _ in range(4):
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(("127.0.0.1", port))
+            fillers.append(f)
+        time.sleep(0.1)
+        dp = Dataplane(backend("hang", "http://127.0.0.1:%d/v1" % port,
+                               extra="") .replace("    baseURL:", "    connectTimeout: 300ms\n    baseURL:")
+                       + route("r", ["hang"], ["hang"]))
+        try:
+            t = time.time()
+            s, _, body = post(dp.port, "/v1/chat/completions", dict(CHAT, model="hang"))
+            took = time.time() - t
+            self.assertEqual(s, 504, body)
+            self.assertEqual(json.loads(body)["error"]["code"], "upstream_timeout")
+            self.assertLess(took, 1.5)
+            self.assertGreaterEqual(took, 0.25)
+        finally:
+            dp.stop()
+            for f in fillers:
+                f.close()
+            lst.close()
+
+    def test_max_connections(self):
+        mock = Mock()
+        dp = Dataplane(backend("m", mock.url()) + route("r", ["m"], ["m"]), workers=1,
+                       extra_spec="  limits: {maxConnections: 4}\n")
+        held = []
+        try:
+            for _ in range(5):  # 4 / 1 worker + 1: the per-worker share
+                held.append(socket.create_connection(("127.0.0.1", dp.port), timeout=2))
+            time.sleep(0.2)
+            # one more is not served while the limit is reached: it waits in the backlog
+            extra = socket.create_connection(("127.0.0.1", dp.port), timeout=2)
+            body = json.dumps(dict(CHAT, model="m")).encode()
+            extra.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                          b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            extra.settimeout(0.5)
+            with self.assertRaises(socket.timeout):
+                extra.recv(100)
+            self.assertEqual(dp.metrics()["knoway_open_connections"], 5)
+            held.pop().close()  # a slot frees: the waiting request is served
+            extra.settimeout(3)
+            self.assertTrue(extra.recv(100).startswith(b"HTTP/1.1 200"))
+            extra.close()
+        finally:
+            for h in held:
+                h.close()
+            dp.stop()
+            mock.stop()
+
+
 class Drain(unittest.TestCase):
     def test_sigterm_finishes_streams_in_flight(self):
         mock = Mock()
