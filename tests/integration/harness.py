@@ -112,6 +112,16 @@ class Dataplane:
                 out[k] = float(v)
         return out
 
+    def wait_metric(self, key, value, timeout=3.0):
+        """Counters move when a request completes, which may be just after the client read
+        its last byte: wait (bounded) for key to reach value; returns the last value."""
+        deadline = time.time() + timeout
+        while True:
+            got = self.metrics().get(key, 0.0)
+            if got == value or time.time() > deadline:
+                return got
+            time.sleep(0.02)
+
     def version(self):
         for k in self.metrics():
             if k.startswith("knoway_snapshot_version_info"):

@@ -170,10 +170,9 @@ class Streaming(unittest.TestCase):
         post(DP.port, "/v1/chat/completions", CHAT)                          # 6 + 8
         post(DP.port, "/v1/chat/completions", dict(CHAT, stream=True))       # 6 + 8, from the stream
         post(DP.port, "/v1/embeddings", {"model": "demo", "input": "a b c"})  # 3 + 0
-        after = DP.metrics()
         key = 'knoway_tokens_total{gen_ai_token_type="%s"}'
-        self.assertEqual(after[key % "input"] - before[key % "input"], 15)
-        self.assertEqual(after[key % "output"] - before[key % "output"], 16)
+        self.assertEqual(DP.wait_metric(key % "input", before[key % "input"] + 15) - before[key % "input"], 15)
+        self.assertEqual(DP.wait_metric(key % "output", before[key % "output"] + 16) - before[key % "output"], 16)
 
     def test_error_after_start_is_an_event(self):
         status, _, body = post(DP.port, "/v1/chat/completions", dict(CHAT, model="reset", stream=True))
@@ -475,7 +474,8 @@ class Anthropic(unittest.TestCase):
         before = self.dp.metrics()['knoway_tokens_total{gen_ai_token_type="output"}']
         _, _, body = post(self.dp.port, "/v1/chat/completions", dict(self.REQ, stream=True))
         self.assertTrue(all(json.loads(e)["choices"] for e in sse_data(body)[:-1]))
-        self.assertEqual(self.dp.metrics()['knoway_tokens_total{gen_ai_token_type="output"}'] - before, 8)
+        key = 'knoway_tokens_total{gen_ai_token_type="output"}'
+        self.assertEqual(self.dp.wait_metric(key, before + 8) - before, 8)
 
     def test_errors(self):
         s, _, body = post(self.dp.port, "/v1/chat/completions", dict(self.REQ, model="nokey"))
@@ -514,8 +514,10 @@ class Cancellation(unittest.TestCase):
         t1 = wait_cancelled("ticking", since)
         self.assertIsNotNone(t1, "upstream transfer not cancelled")
         self.assertLess(t1 - t0, 0.1)
-        before = DP.metrics()["knoway_streams_cancelled_total"]
-        self.assertGreaterEqual(before, 1)
+        deadline = time.time() + 3  # counted when the request completes, just after the cancel
+        while DP.metrics()["knoway_streams_cancelled_total"] < 1 and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertGreaterEqual(DP.metrics()["knoway_streams_cancelled_total"], 1)
 
     def test_slow_reader_memory_is_bounded(self):
         # 100000 chunks (~18 MB, more than socket buffers hold) sent as fast as the mock can;
