@@ -300,6 +300,27 @@ static void out_json_str(struct out *o, const char *s)
     }
 }
 
+/* A complete JSON response (errors carry Retry-After when asked for). Takes body's memory. */
+static void send_json_status(struct conn *c, int status, struct out *body)
+{
+    const char *reason = status == 200   ? "OK"
+                         : status == 429 ? "Too Many Requests"
+                         : status >= 500 ? "Error"
+                                         : "Bad Request";
+    out_printf(&c->out,
+               "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n",
+               status, reason, body->len);
+    if (status >= 400 && c->retry_after > 0)
+        out_printf(&c->out, "Retry-After: %d\r\n", c->retry_after);
+    out_printf(&c->out, "%s\r\n", c->keepalive ? "" : "Connection: close\r\n");
+    out_put(&c->out, body->data, body->len);
+    free(body->data);
+    if (!c->keepalive)
+        c->closing = true;
+    log_update(c->rec_id, status, true, false);
+}
+
+/* OpenAI's error shape: {"error":{"message","type","param","code"}} */
 static void send_error(struct conn *c, int status, const char *type, const char *code,
                        const char *msg)
 {
@@ -308,20 +329,7 @@ static void send_error(struct conn *c, int status, const char *type, const char 
     out_json_str(&body, msg);
     out_printf(&body, "\",\"type\":\"%s\",\"param\":null,\"code\":%s%s%s}}", type, code ? "\"" : "",
                code ? code : "null", code ? "\"" : "");
-    const char *reason = status == 429   ? "Too Many Requests"
-                         : status >= 500 ? "Error"
-                                         : "Bad Request";
-    out_printf(&c->out,
-               "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n",
-               status, reason, body.len);
-    if (c->retry_after > 0)
-        out_printf(&c->out, "Retry-After: %d\r\n", c->retry_after);
-    out_printf(&c->out, "%s\r\n", c->keepalive ? "" : "Connection: close\r\n");
-    out_put(&c->out, body.data, body.len);
-    free(body.data);
-    if (!c->keepalive)
-        c->closing = true;
-    log_update(c->rec_id, status, true, false);
+    send_json_status(c, status, &body);
 }
 
 /* Anthropic's error shape: {"type":"error","error":{"type":"...","message":"..."}} */
@@ -331,15 +339,7 @@ static void send_anthropic_error(struct conn *c, int status, const char *type, c
     out_printf(&body, "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":\"", type);
     out_json_str(&body, msg);
     out_printf(&body, "\"}}");
-    out_printf(
-        &c->out,
-        "HTTP/1.1 %d Error\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n%s\r\n",
-        status, body.len, c->keepalive ? "" : "Connection: close\r\n");
-    out_put(&c->out, body.data, body.len);
-    free(body.data);
-    if (!c->keepalive)
-        c->closing = true;
-    log_update(c->rec_id, status, true, false);
+    send_json_status(c, status, &body);
 }
 
 /* Azure's own error shape: {"error":{"code":"401","message":"..."}} */
@@ -349,15 +349,7 @@ static void send_azure_error(struct conn *c, int status, const char *code, const
     out_printf(&body, "{\"error\":{\"code\":\"%s\",\"message\":\"", code);
     out_json_str(&body, msg);
     out_printf(&body, "\"}}");
-    out_printf(
-        &c->out,
-        "HTTP/1.1 %d Error\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n%s\r\n",
-        status, body.len, c->keepalive ? "" : "Connection: close\r\n");
-    out_put(&c->out, body.data, body.len);
-    free(body.data);
-    if (!c->keepalive)
-        c->closing = true;
-    log_update(c->rec_id, status, true, false);
+    send_json_status(c, status, &body);
 }
 
 /* Azure's content filter refusal (documented shape, innererror included) */
@@ -369,14 +361,9 @@ static void send_content_filter(struct conn *c)
         "\"content_filter\",\"status\":400,\"innererror\":{\"code\":"
         "\"ResponsibleAIPolicyViolation\",\"content_filter_result\":{\"hate\":{\"filtered\":true,"
         "\"severity\":\"high\"}}}}}";
-    out_printf(&c->out,
-               "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-               "Content-Length: %zu\r\n%s\r\n",
-               sizeof(body) - 1, c->keepalive ? "" : "Connection: close\r\n");
-    out_put(&c->out, body, sizeof(body) - 1);
-    if (!c->keepalive)
-        c->closing = true;
-    log_update(c->rec_id, 400, true, false);
+    struct out b = {0};
+    out_put(&b, body, sizeof(body) - 1);
+    send_json_status(c, 400, &b);
 }
 
 static void send_json(struct conn *c, const char *json, size_t len)
