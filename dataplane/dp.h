@@ -214,8 +214,9 @@ extern const struct dp_provider_ops dp_provider_anthropic;
 int dp_openai_add_header(struct curl_slist **list, struct kw_arena *a, const char *name,
                          const char *value);
 const char *dp_openai_pick_base(struct dp_request *r);
-/* The backend's extra headers and the rewritten body: how every OpenAI-shaped build ends. */
-int dp_openai_finish(struct dp_request *r, struct curl_slist **headers);
+/* The backend's extra headers, then body written as the upstream request: how every
+ * provider's build ends. KW_OK or KW_ERROR. */
+int dp_openai_finish(struct dp_request *r, struct curl_slist **headers, const struct kw_node *body);
 const char *dp_openai_api_suffix(enum dp_api api);
 int dp_openai_on_response(struct dp_request *r, const char *body, size_t len, struct kw_buf *out);
 int dp_openai_on_event(struct dp_request *r, const char *raw, size_t raw_len, const char *event,

@@ -234,12 +234,9 @@ static int anthropic_build(struct dp_request *r, struct kw_buf *url, struct curl
         if (c != NULL && c->len > 0)
             rc |= dp_openai_add_header(headers, r->arena, "x-api-key", c->value);
     }
-    for (size_t i = 0; i < b->upstream.nheaders; i++)
-        rc |= dp_openai_add_header(headers, r->arena, b->upstream.headers[i].name,
-                                   b->upstream.headers[i].value);
-    if (rc != KW_OK || kw_json_write(body, &r->up_body) != KW_OK)
+    if (rc != KW_OK)
         return KW_ERROR;
-    return KW_OK;
+    return dp_openai_finish(r, headers, body);
 }
 
 static const char *finish_reason(const struct kw_node *stop)

@@ -41,7 +41,7 @@ static int azure_build(struct dp_request *r, struct kw_buf *url, struct curl_sli
     }
     if (rc != KW_OK)
         return KW_ERROR;
-    return dp_openai_finish(r, headers);
+    return dp_openai_finish(r, headers, r->up_json);
 }
 
 static void put_string_or_null(struct kw_buf *out, const struct kw_node *n)

@@ -43,14 +43,14 @@ const char *dp_openai_pick_base(struct dp_request *r)
     return u->endpoints[0].url;
 }
 
-int dp_openai_finish(struct dp_request *r, struct curl_slist **headers)
+int dp_openai_finish(struct dp_request *r, struct curl_slist **headers, const struct kw_node *body)
 {
     const struct kw_backend *b = r->backend;
     int rc = KW_OK;
     for (size_t i = 0; i < b->upstream.nheaders; i++)
         rc |= dp_openai_add_header(headers, r->arena, b->upstream.headers[i].name,
                                    b->upstream.headers[i].value);
-    if (rc != KW_OK || kw_json_write(r->up_json, &r->up_body) != KW_OK)
+    if (rc != KW_OK || kw_json_write(body, &r->up_body) != KW_OK)
         return KW_ERROR;
     return KW_OK;
 }
@@ -93,7 +93,7 @@ static int openai_build(struct dp_request *r, struct kw_buf *url, struct curl_sl
     }
     if (rc != KW_OK)
         return KW_ERROR;
-    return dp_openai_finish(r, headers);
+    return dp_openai_finish(r, headers, r->up_json);
 }
 
 int dp_openai_on_response(struct dp_request *r, const char *body, size_t len, struct kw_buf *out)
