@@ -1,0 +1,417 @@
+/* The snapshot builder: stores -> kw_config -> kw_snapshot, plus the status of every
+ * resource (see builder.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "builder.h"
+#include "knoway/config.h"
+#include "knoway/json.h"
+#include "knoway/kw.h"
+#include "knoway/limits.h"
+#include "knoway/log.h"
+
+struct ctl_build *ctl_build_ref(struct ctl_build *b)
+{
+    if (b != NULL)
+        atomic_fetch_add(&b->refs, 1);
+    return b;
+}
+
+void ctl_build_unref(struct ctl_build *b)
+{
+    if (b == NULL || atomic_fetch_sub(&b->refs, 1) != 1)
+        return;
+    for (size_t i = 0; i < b->nstates; i++) {
+        free(b->states[i].ns);
+        free(b->states[i].name);
+        free(b->states[i].accepted_msg);
+        free(b->states[i].resolved_msg);
+    }
+    free(b->states);
+    free(b->json);
+    kw_snapshot_unref(b->snap);
+    free(b);
+}
+
+static const char *str_at(const struct kw_node *m, const char *k1, const char *k2)
+{
+    const struct kw_node *v = kw_node_get(m, k1);
+    if (k2 != NULL)
+        v = kw_node_get(v, k2);
+    return v != NULL && v->type == KW_NODE_STRING ? v->str : NULL;
+}
+
+int ctl_resolve_slices(void *ud, struct kw_arena *a, const char *ns, const char *name,
+                       uint32_t port, struct kw_endpoint **eps, size_t *neps, char *err,
+                       size_t errlen)
+{
+    struct ctl_store *s = ud;
+    size_t n = 0, cap = 16, i, slices = 0;
+    struct kw_endpoint *out = kw_arena_alloc(a, cap * sizeof(*out));
+    struct kw_arena *tmp = kw_arena_new(KW_MAX_ARENA_BYTES);
+    const char *why = NULL;
+    if (out == NULL || tmp == NULL) {
+        kw_arena_free(tmp);
+        snprintf(err, errlen, "out of memory");
+        return KW_ERROR;
+    }
+    pthread_mutex_lock(&s->mu);
+    for (const struct ctl_object *o = ctl_store_first(s, &i); o != NULL; o = ctl_store_next(s, o, &i)) {
+        struct kw_node *sl;
+        char perr[128];
+        kw_arena_reset(tmp);
+        if (kw_json_parse(tmp, o->json, o->len, &sl, perr, sizeof(perr)) != KW_OK)
+            continue;
+        const char *sns = str_at(sl, "metadata", "namespace");
+        const char *svc = str_at(kw_node_get(sl, "metadata"), "labels", "kubernetes.io/service-name");
+        if (sns == NULL || svc == NULL || strcmp(sns, ns) != 0 || strcmp(svc, name) != 0)
+            continue;
+        slices++;
+        /* the port: the one with this number, else the only one */
+        const struct kw_node *ports = kw_node_get(sl, "ports");
+        int64_t p = -1;
+        bool tls = false;
+        for (size_t j = 0; ports != NULL && ports->type == KW_NODE_SEQ && j < ports->n; j++) {
+            const struct kw_node *pn = kw_node_get(ports->items[j], "port");
+            if (pn == NULL || pn->type != KW_NODE_INT)
+                continue;
+            if (pn->i == (int64_t)port || ports->n == 1) {
+                p = pn->i;
+                const char *ap = str_at(ports->items[j], "appProtocol", NULL);
+                tls = ap != NULL && strcmp(ap, "https") == 0;
+            }
+        }
+        if (p < 0) {
+            why = "no port of the Service's EndpointSlices matches serviceRef.port and there is "
+                  "more than one";
+            continue;
+        }
+        const struct kw_node *list = kw_node_get(sl, "endpoints");
+        for (size_t j = 0; list != NULL && list->type == KW_NODE_SEQ && j < list->n; j++) {
+            const struct kw_node *ep = list->items[j];
+            const struct kw_node *ready = kw_node_get(kw_node_get(ep, "conditions"), "ready");
+            if (ready != NULL && ready->type == KW_NODE_BOOL && !ready->b)
+                continue;
+            const struct kw_node *addrs = kw_node_get(ep, "addresses");
+            if (addrs == NULL || addrs->type != KW_NODE_SEQ || addrs->n == 0 ||
+                addrs->items[0]->type != KW_NODE_STRING)
+                continue;
+            const char *ip = addrs->items[0]->str;
+            bool v6 = strchr(ip, ':') != NULL;
+            if (n == cap) {
+                struct kw_endpoint *bigger = kw_arena_alloc(a, cap * 2 * sizeof(*out));
+                if (bigger == NULL || n >= KW_MAX_ENDPOINTS)
+                    break;
+                memcpy(bigger, out, n * sizeof(*out));
+                out = bigger;
+                cap *= 2;
+            }
+            out[n].url = kw_arena_printf(a, "%s://%s%s%s:%lld", tls ? "https" : "http",
+                                         v6 ? "[" : "", ip, v6 ? "]" : "", (long long)p);
+            out[n].weight = 1;
+            if (out[n].url != NULL)
+                n++;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    kw_arena_free(tmp);
+    if (n == 0) {
+        if (slices == 0)
+            snprintf(err, errlen, "Service \"%s/%s\" has no EndpointSlices", ns, name);
+        else
+            snprintf(err, errlen, "Service \"%s/%s\": %s", ns, name,
+                     why != NULL ? why : "no ready endpoints");
+        return KW_ERROR;
+    }
+    /* slices come in hash order: sort so that every replica builds the same snapshot */
+    for (size_t x = 1; x < n; x++)
+        for (size_t y = x; y > 0 && strcmp(out[y - 1].url, out[y].url) > 0; y--) {
+            struct kw_endpoint t = out[y];
+            out[y] = out[y - 1];
+            out[y - 1] = t;
+        }
+    *eps = out;
+    *neps = n;
+    return KW_OK;
+}
+
+/* Add every object of a store to cfg; keep_secret (may be NULL) filters Secrets. */
+static void add_store(struct kw_config *cfg, struct ctl_store *s,
+                      bool (*keep)(const struct kw_config *, const char *key))
+{
+    size_t i;
+    pthread_mutex_lock(&s->mu);
+    for (const struct ctl_object *o = ctl_store_first(s, &i); o != NULL; o = ctl_store_next(s, o, &i))
+        if (keep == NULL || keep(cfg, o->key))
+            kw_config_add_json(cfg, o->json, o->len);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static bool refs_secret(const struct kw_backend *b, const char *ns, const char *name)
+{
+    if (strcmp(b->meta.ns, ns) != 0)
+        return false;
+    return (b->credentials.secret_ref.name != NULL &&
+            strcmp(b->credentials.secret_ref.name, name) == 0) ||
+           (b->upstream.tls.ca_secret_ref.name != NULL &&
+            strcmp(b->upstream.tls.ca_secret_ref.name, name) == 0);
+}
+
+/* Only Secrets a backend references go into the config (a cluster holds many others). */
+static bool referenced(const struct kw_config *cfg, const char *key)
+{
+    const char *slash = strchr(key, '/');
+    if (slash == NULL)
+        return false;
+    char ns[KW_MAX_NAMESPACE_LEN + 1];
+    size_t nl = (size_t)(slash - key);
+    if (nl > KW_MAX_NAMESPACE_LEN)
+        return false;
+    memcpy(ns, key, nl);
+    ns[nl] = '\0';
+    for (size_t i = 0; i < cfg->nbackends; i++)
+        if (cfg->backends[i]->meta.name != NULL && refs_secret(cfg->backends[i], ns, slash + 1))
+            return true;
+    return false;
+}
+
+static bool is_ref_path(const char *path)
+{
+    return path != NULL && (strstr(path, "secretRef") != NULL || strstr(path, "SecretRef") != NULL ||
+                            strncmp(path, "spec.credentials.bedrock.", 25) == 0 ||
+                            strncmp(path, "spec.backendRefs", 16) == 0 ||
+                            strncmp(path, "spec.upstream.serviceRef", 24) == 0);
+}
+
+static int cmp_state(const void *x, const void *y)
+{
+    const struct ctl_resource_state *a = x, *b = y;
+    if (a->kind != b->kind)
+        return a->kind < b->kind ? -1 : 1;
+    int c = strcmp(a->ns, b->ns);
+    return c != 0 ? c : strcmp(a->name, b->name);
+}
+
+static struct ctl_resource_state *find_state(struct ctl_build *b, enum kw_kind k, const char *ns,
+                                             const char *name)
+{
+    struct ctl_resource_state key = {.kind = k, .ns = (char *)ns, .name = (char *)name};
+    return bsearch(&key, b->states, b->nstates, sizeof(key), cmp_state);
+}
+
+const struct ctl_resource_state *ctl_build_find(const struct ctl_build *b, enum kw_kind k,
+                                                const char *ns, const char *name)
+{
+    return find_state((struct ctl_build *)b, k, ns, name);
+}
+
+static void set_msg(char **slot, const struct kw_diag_entry *e)
+{
+    if (*slot != NULL)
+        return; /* the first error is the one shown */
+    if (e->path != NULL && asprintf(slot, "%s: %s", e->path, e->message) != -1)
+        return;
+    *slot = strdup(e->message);
+}
+
+static void add_state(struct ctl_build *b, enum kw_kind k, const struct kw_meta *m)
+{
+    struct ctl_resource_state *s = &b->states[b->nstates++];
+    s->kind = k;
+    s->ns = strdup(m->ns);
+    s->name = strdup(m->name);
+    s->generation = m->generation;
+    s->accepted = s->resolved = true;
+}
+
+static bool in_snapshot_backend(const struct kw_snapshot *snap, const struct kw_meta *m)
+{
+    for (size_t i = 0; snap != NULL && i < snap->nbackends; i++)
+        if (strcmp(snap->backends[i]->meta.ns, m->ns) == 0 &&
+            strcmp(snap->backends[i]->meta.name, m->name) == 0)
+            return true;
+    return false;
+}
+
+static bool in_snapshot_route(const struct kw_snapshot *snap, const struct kw_meta *m)
+{
+    for (size_t i = 0; snap != NULL && i < snap->nroutes; i++)
+        if (strcmp(snap->routes[i]->meta.ns, m->ns) == 0 &&
+            strcmp(snap->routes[i]->meta.name, m->name) == 0)
+            return true;
+    return false;
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+struct ctl_build *ctl_build_run(const struct ctl_sources *src)
+{
+    int64_t t0 = now_us();
+    struct ctl_build *b = calloc(1, sizeof(*b));
+    struct kw_config *cfg = kw_config_new();
+    if (b == NULL)
+        goto fail;
+    atomic_init(&b->refs, 1);
+    add_store(cfg, src->backends, NULL);
+    add_store(cfg, src->routes, NULL);
+    add_store(cfg, src->secrets, referenced);
+    kw_config_check(cfg);
+    b->snap = kw_snapshot_build(cfg, ctl_resolve_slices, src->slices, &cfg->diag);
+    if (b->snap == NULL)
+        goto fail;
+    struct kw_buf text;
+    kw_buf_init(&text, KW_MAX_SNAPSHOT_BYTES);
+    if (kw_snapshot_serialize(b->snap, &text) != KW_OK) {
+        kw_buf_cleanup(&text);
+        goto fail;
+    }
+    b->json = text.data;
+    b->len = text.len;
+
+    b->states = calloc(cfg->nbackends + cfg->nroutes + 1, sizeof(*b->states));
+    if (b->states == NULL)
+        goto fail;
+    for (size_t i = 0; i < cfg->nbackends; i++)
+        if (cfg->backends[i]->meta.name != NULL)
+            add_state(b, KW_KIND_LLMBACKEND, &cfg->backends[i]->meta);
+    for (size_t i = 0; i < cfg->nroutes; i++)
+        if (cfg->routes[i]->meta.name != NULL)
+            add_state(b, KW_KIND_LLMROUTE, &cfg->routes[i]->meta);
+    qsort(b->states, b->nstates, sizeof(*b->states), cmp_state);
+    b->nerrors = kw_diag_count(&cfg->diag);
+    for (size_t i = 0; i < cfg->diag.n; i++) {
+        const struct kw_diag_entry *e = &cfg->diag.entries[i];
+        char kind[32], ns[KW_MAX_NAMESPACE_LEN + 1], name[KW_MAX_NAME_LEN + 1];
+        if (e->object == NULL ||
+            sscanf(e->object, "%31[^/]/%63[^/]/%253s", kind, ns, name) != 3)
+            continue;
+        enum kw_kind k = strcmp(kind, "LLMBackend") == 0 ? KW_KIND_LLMBACKEND
+                         : strcmp(kind, "LLMRoute") == 0 ? KW_KIND_LLMROUTE
+                                                         : KW_KIND_SECRET;
+        struct ctl_resource_state *s = find_state(b, k, ns, name);
+        if (s == NULL)
+            continue;
+        if (is_ref_path(e->path)) {
+            s->resolved = false;
+            set_msg(&s->resolved_msg, e);
+        } else {
+            s->accepted = false;
+            set_msg(&s->accepted_msg, e);
+        }
+    }
+    for (size_t i = 0; i < cfg->nroutes; i++) { /* routes whose backend is invalid */
+        const struct kw_route *r = cfg->routes[i];
+        struct ctl_resource_state *s =
+            r->meta.name != NULL ? find_state(b, KW_KIND_LLMROUTE, r->meta.ns, r->meta.name) : NULL;
+        for (size_t j = 0; s != NULL && j < r->nrefs; j++) {
+            const struct kw_backend *t = r->refs[j].backend;
+            if (t == NULL || in_snapshot_backend(b->snap, &t->meta))
+                continue;
+            s->resolved = false;
+            if (s->resolved_msg == NULL &&
+                asprintf(&s->resolved_msg,
+                         "spec.backendRefs[%zu].name: LLMBackend \"%s/%s\" is not programmed "
+                         "(see its status)",
+                         j, t->meta.ns, t->meta.name) == -1)
+                s->resolved_msg = NULL;
+        }
+    }
+    for (size_t i = 0; i < cfg->nbackends; i++) {
+        const struct kw_meta *m = &cfg->backends[i]->meta;
+        struct ctl_resource_state *s =
+            m->name != NULL ? find_state(b, KW_KIND_LLMBACKEND, m->ns, m->name) : NULL;
+        if (s != NULL)
+            s->programmed = in_snapshot_backend(b->snap, m);
+    }
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const struct kw_meta *m = &cfg->routes[i]->meta;
+        struct ctl_resource_state *s =
+            m->name != NULL ? find_state(b, KW_KIND_LLMROUTE, m->ns, m->name) : NULL;
+        if (s != NULL)
+            s->programmed = in_snapshot_route(b->snap, m);
+    }
+    kw_config_free(cfg);
+    b->build_us = now_us() - t0;
+    return b;
+fail:
+    kw_config_free(cfg);
+    ctl_build_unref(b);
+    return NULL;
+}
+
+static void *builder_main(void *arg)
+{
+    struct ctl_builder *bl = arg;
+    pthread_mutex_lock(&bl->mu);
+    for (;;) {
+        while (!bl->dirty && !bl->stop)
+            pthread_cond_wait(&bl->cond, &bl->mu);
+        if (bl->stop)
+            break;
+        /* debounce: quiet for debounce_ms, or 10x that since the first kick */
+        int64_t now = ctl_now_ms();
+        int64_t due = bl->last_kick_ms + bl->debounce_ms;
+        if (due > bl->first_kick_ms + 10 * bl->debounce_ms)
+            due = bl->first_kick_ms + 10 * bl->debounce_ms;
+        if (now < due) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            int64_t ns = ts.tv_nsec + (due - now) * 1000000;
+            ts.tv_sec += ns / 1000000000;
+            ts.tv_nsec = ns % 1000000000;
+            pthread_cond_timedwait(&bl->cond, &bl->mu, &ts);
+            continue;
+        }
+        bl->dirty = false;
+        pthread_mutex_unlock(&bl->mu);
+        struct ctl_build *b = ctl_build_run(&bl->src);
+        if (b != NULL) {
+            atomic_fetch_add(&bl->builds, 1);
+            bl->on_build(bl->ud, b);
+            ctl_build_unref(b);
+        } else {
+            kw_log(KW_LOG_ERROR, "snapshot build failed (out of memory or too large)", NULL);
+        }
+        pthread_mutex_lock(&bl->mu);
+    }
+    pthread_mutex_unlock(&bl->mu);
+    return NULL;
+}
+
+void ctl_builder_kick(void *builder)
+{
+    struct ctl_builder *bl = builder;
+    pthread_mutex_lock(&bl->mu);
+    int64_t now = ctl_now_ms();
+    if (!bl->dirty)
+        bl->first_kick_ms = now;
+    bl->last_kick_ms = now;
+    bl->dirty = true;
+    pthread_cond_signal(&bl->cond);
+    pthread_mutex_unlock(&bl->mu);
+}
+
+int ctl_builder_start(struct ctl_builder *bl)
+{
+    pthread_mutex_init(&bl->mu, NULL);
+    pthread_cond_init(&bl->cond, NULL);
+    return pthread_create(&bl->thread, NULL, builder_main, bl) == 0 ? KW_OK : KW_ERROR;
+}
+
+void ctl_builder_stop(struct ctl_builder *bl)
+{
+    pthread_mutex_lock(&bl->mu);
+    bl->stop = true;
+    pthread_cond_signal(&bl->cond);
+    pthread_mutex_unlock(&bl->mu);
+    pthread_join(bl->thread, NULL);
+    pthread_cond_destroy(&bl->cond);
+    pthread_mutex_destroy(&bl->mu);
+}

@@ -1,0 +1,86 @@
+/* knoway controller: the snapshot builder.
+ *
+ * Informers call ctl_builder_kick on every change; the builder's thread waits until no
+ * change came for the debounce time (about 100 ms; at most 1 s after the first kick),
+ * then builds from the stores: every LLMBackend and LLMRoute, the Secrets that backends
+ * reference, EndpointSlices for serviceRefs. The result is a ctl_build: the snapshot, its
+ * canonical text and, for every resource, what the status conditions should say. A build
+ * whose version equals the last one is still handed on (statuses may differ), but
+ * discovery sees no change. */
+#ifndef CTL_BUILDER_H
+#define CTL_BUILDER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "informer.h"
+#include "knoway/resource.h"
+#include "knoway/snapshot.h"
+
+/* What the status conditions of one LLMBackend or LLMRoute should say. */
+struct ctl_resource_state {
+    enum kw_kind kind;
+    char *ns, *name;
+    int64_t generation;
+    bool accepted;
+    char *accepted_msg; /* the first error, or NULL */
+    bool resolved;
+    char *resolved_msg;
+    bool programmed; /* in the snapshot */
+};
+
+struct ctl_build {
+    atomic_int refs;
+    struct kw_snapshot *snap;
+    char *json; /* canonical snapshot text (what data planes receive) */
+    size_t len;
+    struct ctl_resource_state *states; /* sorted: kind, namespace, name */
+    size_t nstates;
+    size_t nerrors;
+    int64_t build_us; /* how long the build took */
+};
+
+struct ctl_build *ctl_build_ref(struct ctl_build *b);
+void ctl_build_unref(struct ctl_build *b);
+
+/* The stores a build reads. */
+struct ctl_sources {
+    struct ctl_store *backends, *routes, *secrets, *slices;
+};
+
+/* Build once from the sources (locks each store while reading it). NULL on out-of-memory. */
+struct ctl_build *ctl_build_run(const struct ctl_sources *src);
+
+/* The state of one resource in b, or NULL. */
+const struct ctl_resource_state *ctl_build_find(const struct ctl_build *b, enum kw_kind k,
+                                                const char *ns, const char *name);
+
+typedef void (*ctl_build_fn)(void *ud, struct ctl_build *b);
+
+struct ctl_builder {
+    struct ctl_sources src;
+    ctl_build_fn on_build; /* called on the builder thread with a borrowed reference */
+    void *ud;
+    int64_t debounce_ms;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    bool dirty, stop;
+    int64_t first_kick_ms, last_kick_ms;
+    atomic_uint_fast64_t builds;
+    pthread_t thread;
+};
+
+int ctl_builder_start(struct ctl_builder *b);
+void ctl_builder_stop(struct ctl_builder *b);
+/* Something changed: build soon. Any thread. */
+void ctl_builder_kick(void *builder);
+
+/* The EndpointSlice resolver (ud = the slices store). Ready endpoints of the Service's
+ * slices; the port is the slice port whose number equals port, else the only port. */
+int ctl_resolve_slices(void *ud, struct kw_arena *a, const char *ns, const char *name,
+                       uint32_t port, struct kw_endpoint **eps, size_t *neps, char *err,
+                       size_t errlen);
+
+#endif

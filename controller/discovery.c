@@ -1,0 +1,569 @@
+/* The discovery server: long-poll, ACK/NACK bookkeeping per node (see discovery.h). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "discovery.h"
+#include "knoway/json.h"
+#include "knoway/kw.h"
+#include "knoway/log.h"
+
+#define MAX_POLL_BODY   (64u * 1024)
+#define DEFAULT_WAIT_S  30
+#define MAX_WAIT_S      300
+#define MAX_ERROR_BYTES 4096
+
+struct ctl_waiter {
+    struct ctl_discovery *d;
+    struct MHD_Connection *c;
+    struct ctl_waiter *prev, *next; /* in d->waiters while suspended */
+    struct kw_buf body;
+    bool parsed, suspended, in_list;
+    int64_t deadline_ms;
+    char seen[80];
+    char node[CTL_NODE_ID_MAX + 1];
+};
+
+int ctl_listen(const char *addr)
+{
+    char host[256];
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL || (size_t)(colon - addr) >= sizeof(host))
+        return -1;
+    const char *h = addr;
+    size_t hl = (size_t)(colon - addr);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']')
+        h++, hl -= 2;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res;
+    if (getaddrinfo(hl > 0 ? host : NULL, colon + 1, &hints, &res) != 0)
+        return -1;
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd != -1)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (fd != -1 && (bind(fd, res->ai_addr, res->ai_addrlen) == -1 || listen(fd, 1024) == -1)) {
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *body)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (r == NULL)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    if (status == 401)
+        MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
+    enum MHD_Result rc = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
+static enum MHD_Result fail(struct MHD_Connection *c, unsigned status, const char *code,
+                            const char *msg)
+{
+    struct kw_buf b;
+    kw_buf_init(&b, 8192);
+    kw_buf_puts(&b, "{\"error\":{\"code\":\"");
+    kw_buf_puts(&b, code);
+    kw_buf_puts(&b, "\",\"message\":");
+    kw_json_write_string(&b, msg, strlen(msg));
+    kw_buf_puts(&b, "}}");
+    enum MHD_Result rc = reply(c, status, b.data != NULL ? b.data : "{}");
+    kw_buf_cleanup(&b);
+    return rc;
+}
+
+static void release_build(void *cls)
+{
+    ctl_build_unref(cls);
+}
+
+static enum MHD_Result send_build(struct MHD_Connection *c, struct ctl_build *b)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer_with_free_callback_cls(b->len, b->json, release_build, b);
+    if (r == NULL) {
+        ctl_build_unref(b);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    MHD_add_response_header(r, "X-Knoway-Version", b->snap->version);
+    enum MHD_Result rc = MHD_queue_response(c, 200, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
+static bool authorized(struct ctl_discovery *d, struct MHD_Connection *c)
+{
+    if (!d->has_token)
+        return true;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
+        return false;
+    unsigned char got[32];
+    SHA256((const unsigned char *)h + 7, strlen(h + 7), got);
+    return CRYPTO_memcmp(got, d->token_hash, sizeof(got)) == 0;
+}
+
+static struct ctl_node *node_get(struct ctl_discovery *d, const char *id)
+{
+    for (size_t i = 0; i < d->nnodes; i++)
+        if (strcmp(d->nodes[i].id, id) == 0)
+            return &d->nodes[i];
+    if (d->nnodes == CTL_MAX_NODES)
+        return NULL;
+    if (d->nnodes == d->cap_nodes) {
+        size_t nc = d->cap_nodes == 0 ? 16 : d->cap_nodes * 2;
+        struct ctl_node *nn = realloc(d->nodes, nc * sizeof(*nn));
+        if (nn == NULL)
+            return NULL;
+        d->nodes = nn;
+        d->cap_nodes = nc;
+    }
+    struct ctl_node *n = &d->nodes[d->nnodes++];
+    memset(n, 0, sizeof(*n));
+    snprintf(n->id, sizeof(n->id), "%s", id);
+    return n;
+}
+
+static const char *jstr(const struct kw_node *m, const char *k)
+{
+    const struct kw_node *v = kw_node_get(m, k);
+    return v != NULL && v->type == KW_NODE_STRING ? v->str : NULL;
+}
+
+static void peer_addr(struct MHD_Connection *c, char *out, size_t len)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    out[0] = '\0';
+    if (ci == NULL || ci->client_addr == NULL)
+        return;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)len);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)len);
+}
+
+/* Parse the poll and record what it says about its node. NULL, or an error message. */
+static const char *take_poll(struct ctl_discovery *d, struct ctl_waiter *w, bool *acked)
+{
+    struct kw_arena *a = kw_arena_new(1u << 20);
+    struct kw_node *root = NULL;
+    char err[256];
+    static __thread char why[300];
+    *acked = false;
+    if (a == NULL || kw_json_parse(a, w->body.data != NULL ? w->body.data : "", w->body.len, &root,
+                                   err, sizeof(err)) != KW_OK) {
+        snprintf(why, sizeof(why), "the body is not JSON: %s", a != NULL ? err : "out of memory");
+        kw_arena_free(a);
+        return why;
+    }
+    const struct kw_node *node = kw_node_get(root, "node");
+    const char *id = jstr(node, "id"), *version = jstr(root, "version");
+    const char *nonce = jstr(root, "nonce"), *cluster = jstr(node, "cluster");
+    const struct kw_node *error = kw_node_get(root, "error");
+    if (id == NULL || id[0] == '\0' || strlen(id) > CTL_NODE_ID_MAX) {
+        kw_arena_free(a);
+        return "node.id: a string of 1..253 bytes is required";
+    }
+    if (error != NULL && error->type != KW_NODE_NULL && error->type != KW_NODE_MAP) {
+        kw_arena_free(a);
+        return "error: must be null or {\"message\": ...}";
+    }
+    if (version == NULL)
+        version = "";
+    if (nonce == NULL || nonce[0] == '\0')
+        nonce = version;
+    snprintf(w->seen, sizeof(w->seen), "%s", nonce);
+    snprintf(w->node, sizeof(w->node), "%s", id);
+    pthread_mutex_lock(&d->mu);
+    struct ctl_node *n = node_get(d, id);
+    if (n != NULL) {
+        n->last_seen_ms = ctl_now_ms();
+        n->polls++;
+        if (cluster != NULL)
+            snprintf(n->cluster, sizeof(n->cluster), "%s", cluster);
+        peer_addr(w->c, n->addr, sizeof(n->addr));
+        const char *msg = error != NULL ? jstr(error, "message") : NULL;
+        if (error != NULL && error->type == KW_NODE_MAP) {
+            if (strcmp(n->nacked, nonce) != 0) {
+                atomic_fetch_add(&d->nacks, 1);
+                *acked = true;
+                kw_log(KW_LOG_WARN, "discovery: a data plane rejected a snapshot", "node", id,
+                       "version", nonce, "error", msg != NULL ? msg : "", NULL);
+            }
+            snprintf(n->nacked, sizeof(n->nacked), "%s", nonce);
+            free(n->error);
+            n->error = strndup(msg != NULL ? msg : "(no message)", MAX_ERROR_BYTES);
+        } else if (n->nacked[0] != '\0') { /* applied what it got: the rejection is over */
+            n->nacked[0] = '\0';
+            free(n->error);
+            n->error = NULL;
+            *acked = true;
+        }
+        if (strcmp(n->acked, version) != 0) {
+            snprintf(n->acked, sizeof(n->acked), "%s", version);
+            n->acked_ms = ctl_now_ms();
+            *acked = true;
+        }
+    }
+    pthread_mutex_unlock(&d->mu);
+    kw_arena_free(a);
+    return n == NULL ? "too many data planes" : NULL;
+}
+
+static void unlink_waiter(struct ctl_discovery *d, struct ctl_waiter *w)
+{
+    if (!w->in_list)
+        return;
+    if (w->prev != NULL)
+        w->prev->next = w->next;
+    else
+        d->waiters = w->next;
+    if (w->next != NULL)
+        w->next->prev = w->prev;
+    w->prev = w->next = NULL;
+    w->in_list = false;
+}
+
+/* d->mu held: resume a suspended poll (it answers when its handler runs again). */
+static void wake(struct ctl_discovery *d, struct ctl_waiter *w)
+{
+    unlink_waiter(d, w);
+    if (w->suspended) {
+        w->suspended = false;
+        MHD_resume_connection(w->c);
+    }
+}
+
+static void set_waiting(struct ctl_discovery *d, const char *id, bool waiting)
+{
+    for (size_t i = 0; i < d->nnodes; i++)
+        if (strcmp(d->nodes[i].id, id) == 0)
+            d->nodes[i].waiting = waiting;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls)
+{
+    struct ctl_discovery *d = cls;
+    struct ctl_waiter *w = *con_cls;
+    if (w == NULL) {
+        if (strcmp(url, "/v1/discovery") != 0)
+            return fail(c, 404, "not_found", "no such endpoint (POST /v1/discovery)");
+        if (strcmp(method, "POST") != 0)
+            return fail(c, 405, "method_not_allowed", "use POST");
+        if (!authorized(d, c)) {
+            atomic_fetch_add(&d->unauthorized, 1);
+            return fail(c, 401, "unauthorized", "a valid bearer token is required");
+        }
+        w = calloc(1, sizeof(*w));
+        if (w == NULL)
+            return MHD_NO;
+        w->d = d;
+        w->c = c;
+        kw_buf_init(&w->body, MAX_POLL_BODY);
+        *con_cls = w;
+        return MHD_YES;
+    }
+    if (*upload_size > 0) {
+        if (kw_buf_append(&w->body, upload, *upload_size) != KW_OK)
+            w->body.max = 0; /* remembered as too large */
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (!w->parsed) {
+        if (w->body.max == 0)
+            return fail(c, 413, "too_large", "the poll body is larger than 64 KiB");
+        bool acked;
+        const char *why = take_poll(d, w, &acked);
+        if (why != NULL)
+            return fail(c, 400, "invalid_request", why);
+        w->parsed = true;
+        atomic_fetch_add(&d->polls, 1);
+        const char *ws = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "wait");
+        long wait = ws != NULL ? strtol(ws, NULL, 10) : DEFAULT_WAIT_S;
+        if (wait < 0)
+            wait = 0;
+        if (wait > MAX_WAIT_S)
+            wait = MAX_WAIT_S;
+        w->deadline_ms = ctl_now_ms() + wait * 1000;
+        if (acked && d->on_ack != NULL)
+            d->on_ack(d->ud);
+    }
+    pthread_mutex_lock(&d->mu);
+    set_waiting(d, w->node, false);
+    struct ctl_build *b = d->cur;
+    if (b != NULL && strcmp(b->snap->version, w->seen) != 0) {
+        ctl_build_ref(b);
+        pthread_mutex_unlock(&d->mu);
+        atomic_fetch_add(&d->pushes, 1);
+        return send_build(c, b);
+    }
+    if (atomic_load(&d->stop) || ctl_now_ms() >= w->deadline_ms) {
+        pthread_mutex_unlock(&d->mu);
+        struct MHD_Response *r = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
+        if (r == NULL)
+            return MHD_NO;
+        if (b != NULL)
+            MHD_add_response_header(r, "X-Knoway-Version", b->snap->version);
+        enum MHD_Result rc = MHD_queue_response(c, 304, r);
+        MHD_destroy_response(r);
+        return rc;
+    }
+    w->next = d->waiters;
+    if (d->waiters != NULL)
+        d->waiters->prev = w;
+    d->waiters = w;
+    w->in_list = true;
+    w->suspended = true;
+    set_waiting(d, w->node, true);
+    MHD_suspend_connection(c);
+    pthread_mutex_unlock(&d->mu);
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct ctl_discovery *d = cls;
+    struct ctl_waiter *w = *con_cls;
+    if (w == NULL)
+        return;
+    pthread_mutex_lock(&d->mu);
+    unlink_waiter(d, w);
+    if (w->node[0] != '\0')
+        set_waiting(d, w->node, false);
+    pthread_mutex_unlock(&d->mu);
+    kw_buf_cleanup(&w->body);
+    free(w);
+    *con_cls = NULL;
+}
+
+static void *ticker_main(void *arg)
+{
+    struct ctl_discovery *d = arg;
+    while (!atomic_load(&d->stop)) {
+        usleep(100000);
+        int64_t now = ctl_now_ms();
+        pthread_mutex_lock(&d->mu);
+        for (struct ctl_waiter *w = d->waiters, *next; w != NULL; w = next) {
+            next = w->next;
+            if (now >= w->deadline_ms)
+                wake(d, w);
+        }
+        pthread_mutex_unlock(&d->mu);
+    }
+    return NULL;
+}
+
+static char *read_pem(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    char *buf = calloc(1, 1u << 20);
+    size_t n = buf != NULL ? fread(buf, 1, (1u << 20) - 1, f) : 0;
+    fclose(f);
+    if (buf != NULL && n == 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+int ctl_discovery_start(struct ctl_discovery *d, const char *addr, const char *token,
+                        const char *tls_cert_file, const char *tls_key_file)
+{
+    pthread_mutex_init(&d->mu, NULL);
+    if (token != NULL) {
+        SHA256((const unsigned char *)token, strlen(token), d->token_hash);
+        d->has_token = true;
+    } else {
+        kw_log(KW_LOG_WARN,
+               "discovery: no --token-file: any client can read snapshots, which hold "
+               "credentials",
+               NULL);
+    }
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME;
+    if (tls_cert_file != NULL) {
+        d->tls_cert = read_pem(tls_cert_file);
+        d->tls_key = read_pem(tls_key_file);
+        if (d->tls_cert == NULL || d->tls_key == NULL) {
+            kw_log(KW_LOG_ERROR, "discovery: cannot read the TLS certificate or key", "cert",
+                   tls_cert_file, "key", tls_key_file, NULL);
+            return KW_ERROR;
+        }
+        flags |= MHD_USE_TLS;
+    }
+    int fd = ctl_listen(addr);
+    if (fd == -1) {
+        kw_log(KW_LOG_ERROR, "discovery: cannot listen", "address", addr, "error", strerror(errno),
+               NULL);
+        return KW_ERROR;
+    }
+    if (d->tls_cert != NULL)
+        d->mhd = MHD_start_daemon(
+            flags, 0, NULL, NULL, on_request, d, MHD_OPTION_LISTEN_SOCKET, fd,
+            MHD_OPTION_NOTIFY_COMPLETED, on_completed, d, MHD_OPTION_CONNECTION_LIMIT,
+            (unsigned)20000, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(MAX_WAIT_S + 60),
+            MHD_OPTION_HTTPS_MEM_CERT, d->tls_cert, MHD_OPTION_HTTPS_MEM_KEY, d->tls_key,
+            MHD_OPTION_END);
+    else
+        d->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, d, MHD_OPTION_LISTEN_SOCKET,
+                                  fd, MHD_OPTION_NOTIFY_COMPLETED, on_completed, d,
+                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
+                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(MAX_WAIT_S + 60),
+                                  MHD_OPTION_END);
+    if (d->mhd == NULL) {
+        close(fd);
+        kw_log(KW_LOG_ERROR, "discovery: cannot start the HTTP server", "address", addr, NULL);
+        return KW_ERROR;
+    }
+    if (pthread_create(&d->ticker, NULL, ticker_main, d) != 0)
+        return KW_ERROR;
+    return KW_OK;
+}
+
+void ctl_discovery_stop(struct ctl_discovery *d)
+{
+    if (d->mhd == NULL)
+        return;
+    atomic_store(&d->stop, true);
+    pthread_join(d->ticker, NULL);
+    pthread_mutex_lock(&d->mu);
+    for (struct ctl_waiter *w = d->waiters, *next; w != NULL; w = next) {
+        next = w->next;
+        wake(d, w); /* answered 304 by their handler */
+    }
+    pthread_mutex_unlock(&d->mu);
+    usleep(100000); /* let the resumed polls be answered */
+    MHD_stop_daemon(d->mhd);
+    d->mhd = NULL;
+    ctl_build_unref(d->cur);
+    for (size_t i = 0; i < d->nnodes; i++)
+        free(d->nodes[i].error);
+    free(d->nodes);
+    if (d->tls_key != NULL)
+        OPENSSL_cleanse(d->tls_key, strlen(d->tls_key));
+    free(d->tls_cert);
+    free(d->tls_key);
+    pthread_mutex_destroy(&d->mu);
+}
+
+bool ctl_discovery_publish(struct ctl_discovery *d, struct ctl_build *b)
+{
+    pthread_mutex_lock(&d->mu);
+    bool changed = d->cur == NULL || strcmp(d->cur->snap->version, b->snap->version) != 0;
+    struct ctl_build *old = d->cur;
+    d->cur = ctl_build_ref(b);
+    if (changed) {
+        atomic_fetch_add(&d->published, 1);
+        for (struct ctl_waiter *w = d->waiters, *next; w != NULL; w = next) {
+            next = w->next;
+            wake(d, w);
+        }
+    }
+    pthread_mutex_unlock(&d->mu);
+    ctl_build_unref(old);
+    return changed;
+}
+
+void ctl_discovery_counts(struct ctl_discovery *d, const char *version, size_t *connected,
+                          size_t *acked)
+{
+    *connected = *acked = 0;
+    int64_t now = ctl_now_ms();
+    pthread_mutex_lock(&d->mu);
+    for (size_t i = 0; i < d->nnodes; i++) {
+        const struct ctl_node *n = &d->nodes[i];
+        if (!n->waiting && now - n->last_seen_ms > CTL_NODE_STALE_MS)
+            continue;
+        (*connected)++;
+        if (version != NULL && strcmp(n->acked, version) == 0)
+            (*acked)++;
+    }
+    pthread_mutex_unlock(&d->mu);
+}
+
+void ctl_discovery_nodes_json(struct ctl_discovery *d, struct kw_buf *out)
+{
+    int64_t now = ctl_now_ms();
+    pthread_mutex_lock(&d->mu);
+    kw_buf_puts(out, "{\"version\":");
+    const char *v = d->cur != NULL ? d->cur->snap->version : "";
+    kw_json_write_string(out, v, strlen(v));
+    kw_buf_puts(out, ",\"nodes\":[");
+    for (size_t i = 0; i < d->nnodes; i++) {
+        const struct ctl_node *n = &d->nodes[i];
+        bool connected = n->waiting || now - n->last_seen_ms <= CTL_NODE_STALE_MS;
+        kw_buf_puts(out, i > 0 ? ",{\"id\":" : "{\"id\":");
+        kw_json_write_string(out, n->id, strlen(n->id));
+        kw_buf_puts(out, ",\"cluster\":");
+        kw_json_write_string(out, n->cluster, strlen(n->cluster));
+        kw_buf_puts(out, ",\"address\":");
+        kw_json_write_string(out, n->addr, strlen(n->addr));
+        kw_buf_puts(out, ",\"acked\":");
+        kw_json_write_string(out, n->acked, strlen(n->acked));
+        kw_buf_puts(out, ",\"nacked\":");
+        kw_json_write_string(out, n->nacked, strlen(n->nacked));
+        kw_buf_puts(out, ",\"error\":");
+        if (n->error != NULL)
+            kw_json_write_string(out, n->error, strlen(n->error));
+        else
+            kw_buf_puts(out, "null");
+        kw_buf_printf(out,
+                      ",\"current\":%s,\"connected\":%s,\"waiting\":%s,\"polls\":%llu,"
+                      "\"lastSeenSecondsAgo\":%.1f}",
+                      strcmp(n->acked, v) == 0 ? "true" : "false", connected ? "true" : "false",
+                      n->waiting ? "true" : "false", (unsigned long long)n->polls,
+                      (double)(now - n->last_seen_ms) / 1000.0);
+    }
+    kw_buf_puts(out, "]}");
+    pthread_mutex_unlock(&d->mu);
+}
+
+size_t ctl_discovery_connected(struct ctl_discovery *d, struct ctl_node **out)
+{
+    int64_t now = ctl_now_ms();
+    size_t n = 0;
+    pthread_mutex_lock(&d->mu);
+    *out = calloc(d->nnodes + 1, sizeof(**out));
+    for (size_t i = 0; *out != NULL && i < d->nnodes; i++) {
+        const struct ctl_node *src = &d->nodes[i];
+        if (!src->waiting && now - src->last_seen_ms > CTL_NODE_STALE_MS)
+            continue;
+        (*out)[n] = *src;
+        (*out)[n].error = src->error != NULL ? strdup(src->error) : NULL;
+        n++;
+    }
+    pthread_mutex_unlock(&d->mu);
+    return n;
+}
+
+void ctl_discovery_nodes_free(struct ctl_node *nodes, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(nodes[i].error);
+    free(nodes);
+}

@@ -1,0 +1,467 @@
+/* knoway-controller: command line, wiring, admin listener, signals.
+ *
+ *   informers (LLMBackend, LLMRoute, Secret, EndpointSlice)
+ *       --kick--> builder --on_build--> discovery (every replica)
+ *                                   \-> status writer (leader only) <-- acks, leadership
+ */
+#include <getopt.h>
+#include <openssl/crypto.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "builder.h"
+#include "discovery.h"
+#include "informer.h"
+#include "knoway/kw.h"
+#include "knoway/log.h"
+#include "kube.h"
+#include "lease.h"
+#include "status.h"
+
+enum { INF_BACKENDS, INF_ROUTES, INF_SECRETS, INF_SLICES, INF__COUNT };
+
+struct ctl {
+    struct ctl_kube kube;
+    struct ctl_informer inf[INF__COUNT];
+    struct ctl_builder builder;
+    struct ctl_discovery disc;
+    struct ctl_status status;
+    struct ctl_lease lease;
+    bool leader_elect;
+    atomic_bool leader;
+    atomic_bool ready;
+    struct MHD_Daemon *admin;
+    pthread_mutex_t mu; /* guards the fields below */
+    char version[80];
+    size_t nbackends, nroutes, nstates, nerrors;
+    double build_seconds;
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: knoway-controller [--kubeconfig FILE] [--namespace NS] [--listen ADDR]\n"
+            "                         [--admin ADDR] [--token-file FILE] [--leader-elect]\n"
+            "                         [--lease-namespace NS] [--id NAME]\n"
+            "\n"
+            "The knoway control plane: watches LLMBackend and LLMRoute resources (and the\n"
+            "Secrets and EndpointSlices they reference), builds configuration snapshots and\n"
+            "serves them to knoway-dataplane instances (POST /v1/discovery, long-poll).\n"
+            "\n"
+            "  --kubeconfig FILE       kubeconfig to use (default: in-cluster configuration,\n"
+            "                          else $KUBECONFIG or ~/.kube/config)\n"
+            "  --namespace NS          watch one namespace (default: all)\n"
+            "  --listen ADDR           discovery address (default 0.0.0.0:18000)\n"
+            "  --admin ADDR            /healthz /readyz /metrics /debug/nodes (default 0.0.0.0:9902)\n"
+            "  --token-file FILE       bearer token data planes must present\n"
+            "  --tls-cert-file FILE    serve discovery over TLS with this certificate (PEM)\n"
+            "  --tls-key-file FILE     ... and this key\n"
+            "  --leader-elect          elect one replica (Lease) to write status\n"
+            "  --lease-namespace NS    namespace of the Lease (default: the client's namespace)\n"
+            "  --lease-name NAME       name of the Lease (default knoway-controller)\n"
+            "  --id NAME               this replica's identity (default: host name)\n"
+            "  --qps N, --burst N      client-side rate limit for API requests (default 20, 40)\n"
+            "  --version, --help\n"
+            "\n"
+            "Documentation: docs/controller.md\n");
+}
+
+static void on_build(void *ud, struct ctl_build *b)
+{
+    struct ctl *c = ud;
+    for (int i = 0; i < INF__COUNT; i++)
+        if (!atomic_load(&c->inf[i].synced))
+            return; /* a partial view would drop resources whose references are not loaded */
+    bool changed = ctl_discovery_publish(&c->disc, b);
+    ctl_status_build(&c->status, b);
+    pthread_mutex_lock(&c->mu);
+    snprintf(c->version, sizeof(c->version), "%s", b->snap->version);
+    c->nbackends = b->snap->nbackends;
+    c->nroutes = b->snap->nroutes;
+    c->nstates = b->nstates;
+    c->nerrors = b->nerrors;
+    c->build_seconds = (double)b->build_us / 1e6;
+    pthread_mutex_unlock(&c->mu);
+    atomic_store(&c->ready, true);
+    if (changed) {
+        char nb[32], nr[32], ne[32], ms[32];
+        snprintf(nb, sizeof(nb), "%zu", b->snap->nbackends);
+        snprintf(nr, sizeof(nr), "%zu", b->snap->nroutes);
+        snprintf(ne, sizeof(ne), "%zu", b->nerrors);
+        snprintf(ms, sizeof(ms), "%.1f", (double)b->build_us / 1000.0);
+        kw_log(KW_LOG_INFO, "snapshot published", "version", b->snap->version, "backends", nb,
+               "routes", nr, "errors", ne, "build_ms", ms, NULL);
+    }
+}
+
+static void on_leader(void *ud, bool leader)
+{
+    struct ctl *c = ud;
+    atomic_store(&c->leader, leader);
+    if (leader)
+        ctl_status_kick(&c->status);
+}
+
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *ctype,
+                             const char *body, size_t len)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (r == NULL)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", ctype);
+    enum MHD_Result rc = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
+static void metrics(struct ctl *c, struct kw_buf *b)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->version[0] != '\0')
+        kw_buf_printf(b,
+                      "# HELP knoway_snapshot_version_info The snapshot being served.\n"
+                      "# TYPE knoway_snapshot_version_info gauge\n"
+                      "knoway_snapshot_version_info{version=\"%s\"} 1\n",
+                      c->version);
+    kw_buf_printf(b,
+                  "# HELP knoway_controller_snapshot_resources Resources in the snapshot.\n"
+                  "# TYPE knoway_controller_snapshot_resources gauge\n"
+                  "knoway_controller_snapshot_resources{kind=\"LLMBackend\"} %zu\n"
+                  "knoway_controller_snapshot_resources{kind=\"LLMRoute\"} %zu\n"
+                  "# HELP knoway_controller_resources Resources watched (LLMBackend + LLMRoute).\n"
+                  "# TYPE knoway_controller_resources gauge\n"
+                  "knoway_controller_resources %zu\n"
+                  "# HELP knoway_controller_resource_errors Errors found in the last build.\n"
+                  "# TYPE knoway_controller_resource_errors gauge\n"
+                  "knoway_controller_resource_errors %zu\n"
+                  "# HELP knoway_controller_snapshot_build_seconds Duration of the last build.\n"
+                  "# TYPE knoway_controller_snapshot_build_seconds gauge\n"
+                  "knoway_controller_snapshot_build_seconds %.6f\n",
+                  c->nbackends, c->nroutes, c->nstates, c->nerrors, c->build_seconds);
+    char version[80];
+    snprintf(version, sizeof(version), "%s", c->version);
+    pthread_mutex_unlock(&c->mu);
+    size_t connected, acked;
+    ctl_discovery_counts(&c->disc, version, &connected, &acked);
+    kw_buf_printf(
+        b,
+        "# HELP knoway_controller_snapshot_builds_total Snapshot builds.\n"
+        "# TYPE knoway_controller_snapshot_builds_total counter\n"
+        "knoway_controller_snapshot_builds_total %llu\n"
+        "# HELP knoway_controller_discovery_nodes Data planes connected, and of them on the "
+        "current version.\n"
+        "# TYPE knoway_controller_discovery_nodes gauge\n"
+        "knoway_controller_discovery_nodes{state=\"connected\"} %zu\n"
+        "knoway_controller_discovery_nodes{state=\"current\"} %zu\n"
+        "# HELP knoway_controller_discovery_polls_total Discovery polls received.\n"
+        "# TYPE knoway_controller_discovery_polls_total counter\n"
+        "knoway_controller_discovery_polls_total %llu\n"
+        "# HELP knoway_controller_discovery_pushes_total Snapshots sent.\n"
+        "# TYPE knoway_controller_discovery_pushes_total counter\n"
+        "knoway_controller_discovery_pushes_total %llu\n"
+        "# HELP knoway_controller_discovery_nacks_total Snapshots rejected by data planes.\n"
+        "# TYPE knoway_controller_discovery_nacks_total counter\n"
+        "knoway_controller_discovery_nacks_total %llu\n"
+        "# HELP knoway_controller_discovery_unauthorized_total Polls without a valid token.\n"
+        "# TYPE knoway_controller_discovery_unauthorized_total counter\n"
+        "knoway_controller_discovery_unauthorized_total %llu\n"
+        "# HELP knoway_controller_leader Whether this replica writes status.\n"
+        "# TYPE knoway_controller_leader gauge\n"
+        "knoway_controller_leader %d\n"
+        "# HELP knoway_controller_status_writes_total Status updates, by result.\n"
+        "# TYPE knoway_controller_status_writes_total counter\n"
+        "knoway_controller_status_writes_total{result=\"written\"} %llu\n"
+        "knoway_controller_status_writes_total{result=\"unchanged\"} %llu\n"
+        "knoway_controller_status_writes_total{result=\"conflict\"} %llu\n"
+        "knoway_controller_status_writes_total{result=\"failed\"} %llu\n",
+        (unsigned long long)atomic_load(&c->builder.builds), connected, acked,
+        (unsigned long long)atomic_load(&c->disc.polls),
+        (unsigned long long)atomic_load(&c->disc.pushes),
+        (unsigned long long)atomic_load(&c->disc.nacks),
+        (unsigned long long)atomic_load(&c->disc.unauthorized), atomic_load(&c->leader) ? 1 : 0,
+        (unsigned long long)atomic_load(&c->status.writes),
+        (unsigned long long)atomic_load(&c->status.skipped),
+        (unsigned long long)atomic_load(&c->status.conflicts),
+        (unsigned long long)atomic_load(&c->status.failures));
+    static const char *const names[] = {"lists", "watches", "events", "expired", "errors"};
+    static const char *const help[] = {"LIST calls (initial and after 410)", "WATCH calls",
+                                       "Watch events received", "Watches ended by 410 Gone",
+                                       "Failed calls (retried with backoff)"};
+    for (int m = 0; m < 5; m++) {
+        kw_buf_printf(b,
+                      "# HELP knoway_controller_informer_%s_total %s.\n"
+                      "# TYPE knoway_controller_informer_%s_total counter\n",
+                      names[m], help[m], names[m]);
+        for (int i = 0; i < INF__COUNT; i++) {
+            const struct ctl_informer *inf = &c->inf[i];
+            const atomic_uint_fast64_t *v[] = {&inf->lists, &inf->watches, &inf->events,
+                                               &inf->expired, &inf->errors};
+            kw_buf_printf(b, "knoway_controller_informer_%s_total{kind=\"%s\"} %llu\n", names[m],
+                          inf->kind, (unsigned long long)atomic_load(v[m]));
+        }
+    }
+}
+
+static enum MHD_Result on_admin(void *cls, struct MHD_Connection *conn, const char *url,
+                                const char *method, const char *version, const char *upload,
+                                size_t *upload_size, void **con_cls)
+{
+    struct ctl *c = cls;
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        return reply(conn, 405, "text/plain", "method not allowed\n", 19);
+    if (strcmp(url, "/healthz") == 0)
+        return reply(conn, 200, "text/plain", "ok\n", 3);
+    if (strcmp(url, "/readyz") == 0) {
+        bool ready = atomic_load(&c->ready);
+        return reply(conn, ready ? 200 : 503, "text/plain", ready ? "ready\n" : "not ready\n",
+                     ready ? 6 : 10);
+    }
+    struct kw_buf b;
+    kw_buf_init(&b, 64u * 1024 * 1024);
+    enum MHD_Result rc;
+    if (strcmp(url, "/metrics") == 0) {
+        metrics(c, &b);
+        rc = reply(conn, 200, "text/plain; version=0.0.4", b.data != NULL ? b.data : "", b.len);
+    } else if (strcmp(url, "/debug/nodes") == 0) {
+        ctl_discovery_nodes_json(&c->disc, &b);
+        rc = reply(conn, 200, "application/json", b.data != NULL ? b.data : "{}", b.len);
+    } else {
+        rc = reply(conn, 404, "text/plain", "not found\n", 10);
+    }
+    kw_buf_cleanup(&b);
+    return rc;
+}
+
+static char *read_token_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return NULL;
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+        buf[--n] = '\0';
+    return n > 0 ? strdup(buf) : NULL;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"kubeconfig", required_argument, NULL, 'k'},
+        {"namespace", required_argument, NULL, 'n'},
+        {"listen", required_argument, NULL, 'l'},
+        {"admin", required_argument, NULL, 'a'},
+        {"token-file", required_argument, NULL, 't'},
+        {"tls-cert-file", required_argument, NULL, 'C'},
+        {"tls-key-file", required_argument, NULL, 'K'},
+        {"leader-elect", no_argument, NULL, 'L'},
+        {"lease-namespace", required_argument, NULL, 'N'},
+        {"lease-name", required_argument, NULL, 'M'},
+        {"id", required_argument, NULL, 'i'},
+        {"qps", required_argument, NULL, 'q'},
+        {"burst", required_argument, NULL, 'b'},
+        {"version", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *kubeconfig = NULL, *ns = NULL, *listen_addr = "0.0.0.0:18000";
+    const char *admin_addr = "0.0.0.0:9902", *token_file = NULL, *lease_ns = NULL;
+    const char *lease_name = "knoway-controller", *tls_cert = NULL, *tls_key = NULL;
+    char id[256] = "";
+    double qps = 20, burst = 40;
+    bool leader_elect = false;
+    int o;
+    while ((o = getopt_long(argc, argv, "hv", opts, NULL)) != -1) {
+        switch (o) {
+        case 'k': kubeconfig = optarg; break;
+        case 'n': ns = optarg; break;
+        case 'l': listen_addr = optarg; break;
+        case 'a': admin_addr = optarg; break;
+        case 't': token_file = optarg; break;
+        case 'C': tls_cert = optarg; break;
+        case 'K': tls_key = optarg; break;
+        case 'L': leader_elect = true; break;
+        case 'N': lease_ns = optarg; break;
+        case 'M': lease_name = optarg; break;
+        case 'i': snprintf(id, sizeof(id), "%s", optarg); break;
+        case 'q': qps = atof(optarg); break;
+        case 'b': burst = atof(optarg); break;
+        case 'v': printf("knoway-controller %s\n", kw_version()); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "knoway-controller: unexpected argument \"%s\"\n", argv[optind]);
+        return 2;
+    }
+    if ((tls_cert == NULL) != (tls_key == NULL)) {
+        fprintf(stderr, "knoway-controller: --tls-cert-file and --tls-key-file go together\n");
+        return 2;
+    }
+    if (qps <= 0 || burst < 1) {
+        fprintf(stderr, "knoway-controller: --qps must be > 0 and --burst >= 1\n");
+        return 2;
+    }
+    if (id[0] == '\0' && gethostname(id, sizeof(id) - 1) != 0)
+        snprintf(id, sizeof(id), "knoway-controller-%d", (int)getpid());
+    srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+
+    char err[1024];
+    struct ctl_kube_config kc;
+    const char *sa_dir = getenv("KNOWAY_SERVICEACCOUNT_DIR");
+    int rc = kubeconfig == NULL && getenv("KUBERNETES_SERVICE_HOST") != NULL
+                 ? ctl_kube_config_in_cluster(&kc, sa_dir != NULL ? sa_dir : CTL_SA_DIR, err,
+                                              sizeof(err))
+                 : ctl_kube_config_load_file(&kc, kubeconfig, err, sizeof(err));
+    if (rc != KW_OK) {
+        fprintf(stderr, "knoway-controller: %s\n", err);
+        return 1;
+    }
+    char *token = NULL;
+    if (token_file != NULL && (token = read_token_file(token_file)) == NULL) {
+        fprintf(stderr, "knoway-controller: --token-file %s: cannot read a token\n", token_file);
+        ctl_kube_config_cleanup(&kc);
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    static struct ctl c; /* big; lives for the process */
+    pthread_mutex_init(&c.mu, NULL);
+    if (ctl_kube_init(&c.kube, &kc, qps, burst, err, sizeof(err)) != KW_OK) {
+        fprintf(stderr, "knoway-controller: %s\n", err);
+        return 1;
+    }
+    if (lease_ns == NULL)
+        lease_ns = c.kube.cfg.ns;
+    kw_log(KW_LOG_INFO, "knoway-controller starting", "version", kw_version(), "api",
+           c.kube.cfg.source != NULL ? c.kube.cfg.source : c.kube.cfg.server, "namespace",
+           ns != NULL ? ns : "(all)", "id", id, NULL);
+
+    /* signals: handled by this thread only */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    int exit_code = 1;
+    c.status.kube = &c.kube;
+    c.status.disc = &c.disc;
+    c.status.backends = &c.inf[INF_BACKENDS].store;
+    c.status.routes = &c.inf[INF_ROUTES].store;
+    c.status.leader = &c.leader;
+    c.disc.on_ack = ctl_status_kick;
+    c.disc.ud = &c.status;
+    atomic_store(&c.leader, !leader_elect);
+    if (ctl_discovery_start(&c.disc, listen_addr, token, tls_cert, tls_key) != KW_OK)
+        goto out;
+    if (token != NULL) {
+        OPENSSL_cleanse(token, strlen(token));
+        free(token);
+        token = NULL;
+    }
+    int afd = ctl_listen(admin_addr);
+    if (afd != -1)
+        c.admin = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL, 0, NULL, NULL,
+                                   on_admin, &c, MHD_OPTION_LISTEN_SOCKET, afd,
+                                   MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+    if (c.admin == NULL) {
+        kw_log(KW_LOG_ERROR, "cannot listen", "address", admin_addr, "what", "admin", NULL);
+        goto out;
+    }
+    if (ctl_status_start(&c.status) != KW_OK)
+        goto out;
+    c.builder.src = (struct ctl_sources){.backends = &c.inf[INF_BACKENDS].store,
+                                         .routes = &c.inf[INF_ROUTES].store,
+                                         .secrets = &c.inf[INF_SECRETS].store,
+                                         .slices = &c.inf[INF_SLICES].store};
+    c.builder.on_build = on_build;
+    c.builder.ud = &c;
+    c.builder.debounce_ms = 100;
+    if (ctl_builder_start(&c.builder) != KW_OK)
+        goto out;
+    static const struct {
+        const char *kind, *api, *fallback, *resource, *selector;
+    } kinds[INF__COUNT] = {
+        {"LLMBackend", "/apis/llm.knoway.dev/v1alpha1", NULL, "llmbackends", NULL},
+        {"LLMRoute", "/apis/llm.knoway.dev/v1alpha1", NULL, "llmroutes", NULL},
+        {"Secret", "/api/v1", NULL, "secrets", NULL},
+        {"EndpointSlice", "/apis/discovery.k8s.io/v1", "/apis/discovery.k8s.io/v1beta1",
+         "endpointslices", "kubernetes.io/service-name"},
+    };
+    for (int i = 0; i < INF__COUNT; i++) {
+        struct ctl_informer *inf = &c.inf[i];
+        inf->kind = kinds[i].kind;
+        inf->api = kinds[i].api;
+        inf->fallback_api = kinds[i].fallback;
+        inf->resource = kinds[i].resource;
+        inf->label_selector = kinds[i].selector;
+        inf->ns = ns;
+        inf->kube = &c.kube;
+        inf->on_change = ctl_builder_kick;
+        inf->ud = &c.builder;
+        if (ctl_informer_start(inf) != KW_OK)
+            goto out;
+    }
+    if (leader_elect) {
+        c.lease = (struct ctl_lease){.kube = &c.kube,
+                                     .ns = lease_ns,
+                                     .name = lease_name,
+                                     .id = id,
+                                     .on_change = on_leader,
+                                     .ud = &c};
+        if (ctl_lease_start(&c.lease) != KW_OK)
+            goto out;
+    }
+    kw_log(KW_LOG_INFO, "knoway-controller started", "discovery", listen_addr, "admin", admin_addr,
+           "tls", tls_cert != NULL ? "on" : "off", "leader_elect", leader_elect ? "on" : "off",
+           NULL);
+
+    uint64_t wd_usec = 0;
+    bool watchdog = sd_watchdog_enabled(0, &wd_usec) > 0;
+    bool notified = false;
+    for (;;) {
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = 200000000L};
+        int sig = sigtimedwait(&set, NULL, &ts);
+        if (sig == SIGTERM || sig == SIGINT)
+            break;
+        if (!notified && atomic_load(&c.ready)) {
+            sd_notify(0, "READY=1\nSTATUS=serving snapshots");
+            notified = true;
+        }
+        if (watchdog)
+            sd_notify(0, "WATCHDOG=1");
+    }
+    sd_notify(0, "STOPPING=1");
+    kw_log(KW_LOG_INFO, "knoway-controller stopping", NULL);
+    exit_code = 0;
+out:
+    if (c.lease.running)
+        ctl_lease_stop(&c.lease);
+    for (int i = 0; i < INF__COUNT; i++)
+        atomic_store(&c.inf[i].stop, true);
+    for (int i = 0; i < INF__COUNT; i++)
+        ctl_informer_stop(&c.inf[i]);
+    if (c.builder.on_build != NULL && c.builder.thread != 0)
+        ctl_builder_stop(&c.builder);
+    ctl_status_stop(&c.status);
+    ctl_discovery_stop(&c.disc);
+    for (int i = 0; i < INF__COUNT; i++)
+        if (c.inf[i].kind != NULL)
+            ctl_store_cleanup(&c.inf[i].store);
+    if (c.admin != NULL)
+        MHD_stop_daemon(c.admin);
+    ctl_kube_cleanup(&c.kube);
+    free(token);
+    curl_global_cleanup();
+    return exit_code;
+}
