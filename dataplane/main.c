@@ -112,17 +112,21 @@ int main(int argc, char **argv)
         return 0;
     }
     if (cfg->dataplane.discovery.url != NULL) {
-        /* the discovery client comes with knoway-controller: never run silently without it */
-        fprintf(stderr,
-                "%s: spec.discovery: this build of knoway-dataplane cannot read from "
-                "knoway-controller yet; remove spec.discovery to serve the resources in the "
-                "file (static mode)\n",
-                file);
+        /* resources come from the controller: ones in the file would be silently unused */
+        if (snap->nbackends > 0 || snap->nroutes > 0 || cfg->nsecrets > 0) {
+            fprintf(stderr,
+                    "%s: spec.discovery: the file also holds LLMBackend, LLMRoute or Secret "
+                    "documents, which are not used when resources come from knoway-controller; "
+                    "remove them or spec.discovery\n",
+                    file);
+            kw_snapshot_unref(snap);
+            kw_config_free(cfg);
+            return 1;
+        }
         kw_snapshot_unref(snap);
-        kw_config_free(cfg);
-        return 1;
+        snap = NULL;
     }
-    int rc = dp_server_run(file, cfg, snap, drain); /* takes the snapshot reference */
+    int rc = dp_server_run(file, cfg, snap, drain); /* takes the snapshot reference (or NULL) */
     kw_config_free(cfg);
     return rc;
 }

@@ -132,6 +132,27 @@ static void publish(struct dp_server *s, struct dp_table *t)
     dp_table_unref(old);
 }
 
+int dp_server_apply(struct dp_server *s, struct kw_snapshot *snap, const char *why)
+{
+    struct dp_table *cur = dp_server_table(s);
+    bool same = cur != NULL && strcmp(cur->snap->version, snap->version) == 0;
+    dp_table_unref(cur);
+    if (!same) {
+        struct dp_table *t = dp_table_new(kw_snapshot_ref(snap));
+        if (t == NULL)
+            return KW_ERROR;
+        publish(s, t);
+        dp_table_unref(t);
+        kw_log(KW_LOG_INFO, "configuration applied", "version", snap->version, "trigger", why,
+               NULL);
+        sd_notifyf(0, "STATUS=serving configuration %s", snap->version);
+    }
+    if (!atomic_exchange(&s->ready, true))
+        sd_notifyf(0, "READY=1\nSTATUS=serving configuration %s\nMAINPID=%d", snap->version,
+                   (int)getpid());
+    return KW_OK;
+}
+
 static void log_errors(const struct kw_diag *d)
 {
     for (size_t i = 0; i < d->n; i++) {
@@ -284,8 +305,8 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
     s.boot_id = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     s.nworkers = s.dp->workers > 0 ? s.dp->workers : (unsigned)(cores > 0 ? cores : 1);
-    s.table = dp_table_new(snap);
-    if (s.table == NULL)
+    bool discovery = s.dp->discovery.url != NULL;
+    if (snap != NULL && (s.table = dp_table_new(snap)) == NULL)
         return 1;
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
@@ -325,16 +346,24 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
     }
     for (unsigned i = 0; i < s.nworkers; i++)
         pthread_create(&s.threads[i], NULL, dp_worker_main, &s.workers[i]);
-    atomic_store(&s.ready, true);
+    atomic_store(&s.ready, s.table != NULL);
+    if (discovery && dp_discovery_start(&s.discovery, &s) != KW_OK) {
+        kw_log(KW_LOG_ERROR, "cannot start the discovery client", NULL);
+        goto out;
+    }
     char nw[16];
     snprintf(nw, sizeof(nw), "%u", s.nworkers);
     kw_log(KW_LOG_INFO, "knoway-dataplane started", "listen",
            activated_fd("api") != -1 ? "socket activation" : s.dp->listen, "admin",
            activated_fd("admin") != -1 ? "socket activation" : s.dp->admin, "workers", nw,
-           "version", s.table->snap->version, "config", config_path, NULL);
-
-    sd_notifyf(0, "READY=1\nSTATUS=serving configuration %s\nMAINPID=%d", s.table->snap->version,
-               (int)getpid());
+           "version", s.table != NULL ? s.table->snap->version : "(from the controller)",
+           "discovery", discovery ? s.dp->discovery.url : "off (static mode)", "config",
+           config_path, NULL);
+    if (s.table != NULL)
+        sd_notifyf(0, "READY=1\nSTATUS=serving configuration %s\nMAINPID=%d",
+                   s.table->snap->version, (int)getpid());
+    else
+        sd_notify(0, "STATUS=waiting for a snapshot from the controller");
     /* WatchdogSec: WATCHDOG=1 only while every worker loop answers its ping */
     uint64_t wd_usec = 0;
     int64_t wd_every = sd_watchdog_enabled(0, &wd_usec) > 0 ? (int64_t)(wd_usec / 2000) : -1;
@@ -342,7 +371,7 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
         wd_every = 1;
     int64_t wd_due = wd_every > 0 ? dp_now_ms() + wd_every : -1;
 
-    int ifd = watch_file(config_path);
+    int ifd = discovery ? -1 : watch_file(config_path);
     int64_t reload_due = -1;
     for (;;) {
         struct pollfd pfd[2] = {{.fd = sfd, .events = POLLIN}, {.fd = ifd, .events = POLLIN}};
@@ -381,7 +410,10 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
         struct signalfd_siginfo si;
         bool stop = false;
         while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
-            if (si.ssi_signo == SIGHUP)
+            if (si.ssi_signo == SIGHUP && discovery)
+                kw_log(KW_LOG_INFO, "SIGHUP ignored: the configuration comes from the controller",
+                       NULL);
+            else if (si.ssi_signo == SIGHUP)
                 reload(&s, "SIGHUP");
             else
                 stop = true;
@@ -391,11 +423,13 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
     }
     if (ifd >= 0)
         close(ifd);
+    dp_discovery_stop(&s.discovery);
     drain(&s);
     kw_log(KW_LOG_INFO, "knoway-dataplane stopped", NULL);
     rc = 0;
     started = 0; /* joined by drain */
 out:
+    dp_discovery_stop(&s.discovery);
     for (unsigned i = 0; i < started; i++) { /* start-up failed: no worker thread runs */
         if (s.workers[i].mhd != NULL)
             MHD_stop_daemon(s.workers[i].mhd);

@@ -14,6 +14,21 @@
 #include "router.h"
 
 struct dp_worker;
+struct dp_server;
+
+/* The discovery client (discovery.c): its own thread, long-polling the controller. */
+struct dp_discovery {
+    struct dp_server *s;
+    char node_id[254];
+    char version[80];   /* applied */
+    char nonce[80];     /* last received */
+    char error[1024];   /* why the last received one was rejected, or "" */
+    char last_error[1024];
+    atomic_uint_fast64_t polls, nacks, failures, cache_loads;
+    atomic_bool stop;
+    pthread_t thread;
+    bool running;
+};
 
 struct dp_server {
     const char *config_path;
@@ -32,11 +47,19 @@ struct dp_server {
     atomic_uint_fast64_t reloads_ok, reloads_failed;
     atomic_uint_fast64_t ping; /* watchdog: bumped by main, echoed by every worker loop */
     struct MHD_Daemon *admin;
+    struct dp_discovery discovery; /* used when dp->discovery.url is set */
 };
 
 /* Run the data plane from a validated first configuration. Returns the exit code. */
 int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snapshot *snap,
                   int drain_seconds);
+
+/* Swap in a validated snapshot (any thread; the caller keeps its reference): the table
+ * is published to every worker and the server becomes ready. KW_OK or KW_ERROR (memory). */
+int dp_server_apply(struct dp_server *s, struct kw_snapshot *snap, const char *why);
+
+int dp_discovery_start(struct dp_discovery *d, struct dp_server *s);
+void dp_discovery_stop(struct dp_discovery *d);
 
 /* A new reference to the current table (admin thread), or NULL. */
 struct dp_table *dp_server_table(struct dp_server *s);

@@ -1217,7 +1217,7 @@ static void decode_secret(struct kw_dec *d, const struct kw_node *doc, struct kw
 static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
 {
     static const char *const fields[] = {"listen", "admin", "workers", "discovery", "limits", NULL};
-    static const char *const disc_fields[] = {"url", "tokenFile", "nodeId", "cacheFile", NULL};
+    static const char *const disc_fields[] = {"url", "tokenFile", "nodeId", "cacheFile", "caFile", NULL};
     static const char *const lim_fields[] = {"maxBodyBytes", "maxConnections", NULL};
     check_fields(d, spec, fields, NULL);
     const char *s;
@@ -1236,6 +1236,7 @@ static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struc
         dp->discovery.cache_file = get_string(d, m, "cacheFile", false, 4096, NULL);
         if (dp->discovery.cache_file == NULL)
             dp->discovery.cache_file = KW_DEFAULT_CACHE_FILE;
+        dp->discovery.ca_file = get_string(d, m, "caFile", false, 4096, NULL);
     }
     pop(d, mark);
     m = get_map(d, spec, "limits", false, &mark);

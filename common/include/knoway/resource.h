@@ -183,6 +183,7 @@ struct kw_dataplane {
         const char *token_file;
         const char *node_id;
         const char *cache_file;
+        const char *ca_file; /* CA bundle for an https url; NULL = the system's */
     } discovery;
     struct {
         uint64_t max_body_bytes;
