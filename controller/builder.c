@@ -285,6 +285,23 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
         if (cfg->routes[i]->meta.name != NULL)
             add_state(b, KW_KIND_LLMROUTE, &cfg->routes[i]->meta);
     qsort(b->states, b->nstates, sizeof(*b->states), cmp_state);
+    for (size_t i = 0; i < cfg->nroutes; i++) { /* routes whose backend is invalid: the precise reason first */
+        const struct kw_route *r = cfg->routes[i];
+        struct ctl_resource_state *s =
+            r->meta.name != NULL ? find_state(b, KW_KIND_LLMROUTE, r->meta.ns, r->meta.name) : NULL;
+        for (size_t j = 0; s != NULL && j < r->nrefs; j++) {
+            const struct kw_backend *t = r->refs[j].backend;
+            if (t == NULL || in_snapshot_backend(b->snap, &t->meta))
+                continue;
+            s->resolved = false;
+            if (s->resolved_msg == NULL &&
+                asprintf(&s->resolved_msg,
+                         "spec.backendRefs[%zu].name: LLMBackend \"%s/%s\" is not programmed "
+                         "(see its status)",
+                         j, t->meta.ns, t->meta.name) == -1)
+                s->resolved_msg = NULL;
+        }
+    }
     b->nerrors = kw_diag_count(&cfg->diag);
     for (size_t i = 0; i < cfg->diag.n; i++) {
         const struct kw_diag_entry *e = &cfg->diag.entries[i];
@@ -304,23 +321,6 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
         } else {
             s->accepted = false;
             set_msg(&s->accepted_msg, e);
-        }
-    }
-    for (size_t i = 0; i < cfg->nroutes; i++) { /* routes whose backend is invalid */
-        const struct kw_route *r = cfg->routes[i];
-        struct ctl_resource_state *s =
-            r->meta.name != NULL ? find_state(b, KW_KIND_LLMROUTE, r->meta.ns, r->meta.name) : NULL;
-        for (size_t j = 0; s != NULL && j < r->nrefs; j++) {
-            const struct kw_backend *t = r->refs[j].backend;
-            if (t == NULL || in_snapshot_backend(b->snap, &t->meta))
-                continue;
-            s->resolved = false;
-            if (s->resolved_msg == NULL &&
-                asprintf(&s->resolved_msg,
-                         "spec.backendRefs[%zu].name: LLMBackend \"%s/%s\" is not programmed "
-                         "(see its status)",
-                         j, t->meta.ns, t->meta.name) == -1)
-                s->resolved_msg = NULL;
         }
     }
     for (size_t i = 0; i < cfg->nbackends; i++) {

@@ -7,6 +7,8 @@
 #   hack/kube-apiserver.sh start DIR   start etcd + kube-apiserver with state in DIR; writes
 #                                      DIR/kubeconfig (cluster-admin) and waits until ready
 #   hack/kube-apiserver.sh stop DIR    stop them
+#   hack/kube-apiserver.sh restart DIR [compact]   restart kube-apiserver (optionally after
+#                                      compacting etcd, so old watches get 410 Gone)
 #
 # Then: KUBECONFIG=DIR/kubeconfig kubectl get ns
 set -euo pipefail
@@ -119,13 +121,17 @@ start() {
     echo "$token,admin,admin,system:masters" >"$dir/tokens.csv"
     openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
     openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
-    "$bin" --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address 127.0.0.1 \
-        --advertise-address 127.0.0.1 --secure-port "$api_port" --cert-dir "$dir/certs" \
-        --token-auth-file "$dir/tokens.csv" --authorization-mode RBAC \
-        --service-account-key-file "$dir/sa.pub" --service-account-signing-key-file "$dir/sa.key" \
-        --service-account-issuer https://kubernetes.default.svc \
-        --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=false \
-        --enable-priority-and-fairness=false >"$dir/kube-apiserver.log" 2>&1 &
+    local args=(--etcd-servers "http://127.0.0.1:$etcd_port" --bind-address 127.0.0.1
+        --advertise-address 127.0.0.1 --secure-port "$api_port" --cert-dir "$dir/certs"
+        --token-auth-file "$dir/tokens.csv" --authorization-mode RBAC
+        --service-account-key-file "$dir/sa.pub" --service-account-signing-key-file "$dir/sa.key"
+        --service-account-issuer https://kubernetes.default.svc
+        --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=false
+        --enable-priority-and-fairness=false)
+    printf '%q ' "${args[@]}" >"$dir/kube-apiserver.args"
+    echo "$api_port" >"$dir/kube-apiserver.port"
+    echo "$token" >"$dir/token"
+    "$bin" "${args[@]}" >"$dir/kube-apiserver.log" 2>&1 &
     echo $! >"$dir/kube-apiserver.pid"
     cat >"$dir/kubeconfig" <<EOF
 apiVersion: v1
@@ -158,6 +164,43 @@ EOF
     exit 1
 }
 
+# Restart kube-apiserver only (same address, certificates and etcd): clients see their
+# connections and watches break, and the new server's watch cache starts at etcd's current
+# revision. With "compact", etcd's history is first compacted to its current revision after
+# one unrelated write, so a watch resumed from an older resourceVersion gets 410 Gone.
+restart() {
+    local dir=$1 mode=${2:-}
+    dir=$(cd "$dir" && pwd)
+    local pid
+    pid=$(cat "$dir/kube-apiserver.pid")
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    if [ "$mode" = compact ]; then
+        local etcd rev
+        etcd=http://127.0.0.1:$(cat "$dir/etcd.port")
+        rev=$(curl -sf -m 5 -X POST "$etcd/v3/kv/put" -d '{"key":"a25vd2F5LWUyZQ==","value":"MQ=="}' |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["revision"])')
+        curl -sf -m 5 -X POST "$etcd/v3/kv/compaction" -d "{\"revision\":\"$rev\",\"physical\":true}" >/dev/null
+        echo "etcd: compacted to revision $rev"
+    fi
+    eval "set -- $(cat "$dir/kube-apiserver.args")"
+    "$bin" "$@" >>"$dir/kube-apiserver.log" 2>&1 &
+    echo $! >"$dir/kube-apiserver.pid"
+    local port token
+    port=$(cat "$dir/kube-apiserver.port")
+    token=$(cat "$dir/token")
+    for _ in $(seq 1 300); do
+        if curl -sf --cacert "$dir/certs/apiserver.crt" -H "Authorization: Bearer $token" \
+            "https://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
+            echo "kube-apiserver: restarted"
+            return
+        fi
+        sleep 0.2
+    done
+    echo "kube-apiserver: not ready after restart" >&2
+    exit 1
+}
+
 stop() {
     local dir=$1
     for p in kube-apiserver etcd; do
@@ -173,8 +216,9 @@ case "${1:-}" in
 build) build ;;
 start) start "${2:?usage: $0 start DIR}" ;;
 stop) stop "${2:?usage: $0 stop DIR}" ;;
+restart) restart "${2:?usage: $0 restart DIR [compact]}" "${3:-}" ;;
 *)
-    echo "usage: $0 build | start DIR | stop DIR" >&2
+    echo "usage: $0 build | start DIR | restart DIR [compact] | stop DIR" >&2
     exit 2
     ;;
 esac

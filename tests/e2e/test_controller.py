@@ -1,0 +1,504 @@
+"""knoway-controller against a real kube-apiserver + etcd (hack/kube-apiserver.sh) with real
+kubectl: the controller and two data planes run as processes with the mock provider.
+
+The cases run in order (test_NN_) and share one cluster: each builds on the state the
+previous ones left, as an operator's session would.
+"""
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
+import harness  # noqa: E402
+from harness import Dataplane, Mock, free_port, post, request, wait_port  # noqa: E402
+
+SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CONTROLLER = os.environ.get("KW_CONTROLLER",
+                            os.path.join(harness.BUILD, "controller", "knoway-controller"))
+API = "llm.knoway.dev/v1alpha1"
+DIR = None
+ENV = None
+
+
+def kubectl(*args, stdin=None, check=True):
+    p = subprocess.run(["kubectl", "--request-timeout=20s", *args], input=stdin, env=ENV,
+                       capture_output=True, text=True, timeout=60)
+    if check and p.returncode != 0:
+        raise AssertionError("kubectl %s: %s%s" % (" ".join(args), p.stdout, p.stderr))
+    return p
+
+
+def apply(yaml_text):
+    return kubectl("apply", "-f", "-", stdin=yaml_text)
+
+
+def backend(name, url, extra=""):
+    return ("---\napiVersion: %s\nkind: LLMBackend\nmetadata: {name: %s, namespace: default}\n"
+            "spec:\n  provider: vLLM\n  upstream: {baseURL: \"%s\"}\n%s" % (API, name, url, extra))
+
+
+def route(name, models, refs, extra=""):
+    return ("---\napiVersion: %s\nkind: LLMRoute\nmetadata: {name: %s, namespace: default}\n"
+            "spec:\n  match: {models: %s}\n  backendRefs: %s\n%s"
+            % (API, name, json.dumps(models), json.dumps([{"name": r} for r in refs]), extra))
+
+
+def chat(port, model, timeout=10.0):
+    return post(port, "/v1/chat/completions",
+                {"model": model, "messages": [{"role": "user", "content": "hi"}]},
+                timeout=timeout)
+
+
+def conditions(kind, name):
+    out = kubectl("get", kind, name, "-o", "json").stdout
+    obj = json.loads(out)
+    st = obj.get("status", {})
+    return {c["type"]: c for c in st.get("conditions", [])}, st.get("observedGeneration"), obj
+
+
+def wait_for(pred, timeout=10.0, what="condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
+
+
+def metrics(port):
+    body = request("GET", port, "/metrics")[2].decode()
+    out = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+class Controller:
+    def __init__(self, ident, token_file, leader_elect=True, extra=(), env=None, kubeconfig=True):
+        self.port = free_port()
+        self.admin = free_port()
+        self.ident = ident
+        self.log = open(os.path.join(DIR, "controller-%s.log" % ident), "a+")
+        args = [CONTROLLER, "--listen", "127.0.0.1:%d" % self.port, "--admin",
+                "127.0.0.1:%d" % self.admin, "--token-file", token_file, "--id", ident,
+                "--lease-namespace", "default", *extra]
+        if kubeconfig:
+            args += ["--kubeconfig", os.path.join(DIR, "kubeconfig")]
+        if leader_elect:
+            args.append("--leader-elect")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(ENV, **(env or {})))
+        wait_port(self.admin)
+        wait_for(lambda: self.ready(), 20, "controller %s ready" % ident)
+
+    def ready(self):
+        try:
+            return request("GET", self.admin, "/readyz")[0] == 200
+        except OSError:
+            return False
+
+    def metrics(self):
+        return metrics(self.admin)
+
+    def nodes(self):
+        return json.loads(request("GET", self.admin, "/debug/nodes")[2])
+
+    def logs(self):
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def stop(self, kill=False):
+        if self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            self.proc.wait(20)
+        self.log.close()
+        for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+            assert bad not in self.logs(), self.logs()[-20000:]
+
+
+def dataplane(controller_port, token_file, node, cache):
+    spec = ("  discovery:\n    url: \"http://127.0.0.1:%d\"\n    tokenFile: %s\n    nodeId: %s\n"
+            "    cacheFile: %s\n" % (controller_port, token_file, node, cache))
+    return Dataplane("", workers=1, extra_spec=spec)
+
+
+def setUpModule():
+    global DIR, ENV
+    DIR = tempfile.mkdtemp(prefix="kw-e2e-ctl-")
+    subprocess.run(["bash", os.path.join(SRC, "hack", "kube-apiserver.sh"), "start", DIR],
+                   check=True, timeout=900)
+    ENV = dict(os.environ, KUBECONFIG=os.path.join(DIR, "kubeconfig"))
+    kubectl("apply", "--validate=false", "-f", os.path.join(SRC, "crds"))
+    kubectl("wait", "--for", "condition=established", "--timeout=30s",
+            "crd/llmbackends.llm.knoway.dev", "crd/llmroutes.llm.knoway.dev")
+
+
+def tearDownModule():
+    subprocess.run(["bash", os.path.join(SRC, "hack", "kube-apiserver.sh"), "stop", DIR],
+                   timeout=120)
+    shutil.rmtree(DIR, ignore_errors=True)
+
+
+class ControlPlane(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.mock = Mock()
+        cls.token = os.path.join(DIR, "discovery-token")
+        with open(cls.token, "w") as f:
+            f.write("e2e-discovery-token-%d\n" % os.getpid())
+        cls.ctl = Controller("a", cls.token)
+        cls.dps = [dataplane(cls.ctl.port, cls.token, "dp%d" % i,
+                             os.path.join(DIR, "dp%d-snapshot.json" % i)) for i in range(2)]
+        cls.extra = []
+
+    @classmethod
+    def tearDownClass(cls):
+        for dp in cls.dps:
+            dp.stop()
+        for c in [cls.ctl] + cls.extra:
+            c.stop()
+        cls.mock.stop()
+
+    def serve_all(self, model, status=200, timeout=5.0):
+        def ok():
+            return all(chat(dp.port, model)[0] == status for dp in self.dps)
+        wait_for(ok, timeout, "model %s -> %d on every data plane" % (model, status))
+
+    def test_01_requests_route(self):
+        apply("---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: default}\n"
+              "stringData: {token: sk-e2e-secret}\n" +
+              backend("mock", self.mock.url(),
+                      "  credentials: {secretRef: {name: keys, key: token}}\n") +
+              route("chat", ["gpt-e2e"], ["mock"]))
+        self.serve_all("gpt-e2e")
+        st, _, body = chat(self.dps[0].port, "gpt-e2e")
+        self.assertEqual(json.loads(body)["object"], "chat.completion")
+        # the Secret's value reached the upstream as the credential
+        self.assertEqual(self.mock.requests()[-1]["headers"].get("authorization"),
+                         "Bearer sk-e2e-secret")
+        conds = wait_for(lambda: (lambda c: c if c.get("Programmed", {}).get("status") == "True" else None)(
+            conditions("llmroute", "chat")[0]), 10, "Programmed=True")
+        self.assertEqual(conds["Accepted"]["status"], "True")
+        self.assertEqual(conds["ResolvedRefs"]["status"], "True")
+        self.assertEqual(conds["Programmed"]["message"], "applied by 2 of 2 data planes")
+        nodes = self.ctl.nodes()
+        self.assertEqual(sorted(n["id"] for n in nodes["nodes"]), ["dp0", "dp1"])
+        self.assertTrue(all(n["acked"] == nodes["version"] for n in nodes["nodes"]))
+        for dp in self.dps:
+            self.assertEqual(dp.version(), nodes["version"])
+
+    def test_02_change_reaches_every_data_plane_within_1s(self):
+        worst = 0.0
+        for i in range(5):
+            model = "gpt-e2e-%d" % i
+            apply(route("chat", ["gpt-e2e", model], ["mock"]))
+            t0 = time.time()
+            for dp in self.dps:
+                wait_for(lambda: chat(dp.port, model)[0] == 200, 5, model)
+            worst = max(worst, time.time() - t0)
+        self.assertLess(worst, 1.0, "slowest propagation after kubectl apply returned")
+        print("\n    propagation after kubectl apply returned: worst %.3f s of 5" % worst)
+
+    def test_03_delete_gives_404(self):
+        apply(route("doomed", ["gpt-doomed"], ["mock"]))
+        self.serve_all("gpt-doomed")
+        kubectl("delete", "llmroute", "doomed")
+        self.serve_all("gpt-doomed", 404)
+        st, _, body = chat(self.dps[1].port, "gpt-doomed")
+        self.assertEqual(json.loads(body)["error"]["code"], "model_not_found")
+
+    def test_04_invalid_resource_reported_others_keep_working(self):
+        # the 1.20 API server ignores the CRDs' CEL rules, so this reaches the controller:
+        # a vLLM backend needs an address
+        apply("---\napiVersion: %s\nkind: LLMBackend\nmetadata: {name: bad, namespace: default}\n"
+              "spec:\n  provider: vLLM\n" % API +
+              backend("nosecret", self.mock.url(),
+                      "  credentials: {secretRef: {name: missing, key: k}}\n") +
+              route("badroute", ["gpt-bad"], ["bad"]))
+        conds = wait_for(lambda: (lambda c: c if "Accepted" in c else None)(
+            conditions("llmbackend", "bad")[0]), 10, "status on the bad backend")
+        self.assertEqual(conds["Accepted"]["status"], "False")
+        self.assertEqual(conds["Accepted"]["reason"], "Invalid")
+        self.assertIn("spec.upstream", conds["Accepted"]["message"])
+        self.assertEqual(conds["Programmed"]["status"], "False")
+        conds = wait_for(lambda: (lambda c: c if "ResolvedRefs" in c else None)(
+            conditions("llmbackend", "nosecret")[0]), 10, "status on nosecret")
+        self.assertEqual(conds["ResolvedRefs"]["status"], "False")
+        self.assertEqual(conds["ResolvedRefs"]["message"],
+                         'spec.credentials.secretRef.name: Secret "default/missing" not found')
+        conds, gen, _ = conditions("llmroute", "badroute")
+        self.assertEqual(conds["ResolvedRefs"]["status"], "False")
+        self.assertIn('LLMBackend "default/bad"', conds["ResolvedRefs"]["message"])
+        self.assertEqual(gen, 1)
+        self.serve_all("gpt-e2e")
+        self.serve_all("gpt-bad", 404)
+        # fixing it programs it
+        apply("---\napiVersion: v1\nkind: Secret\nmetadata: {name: missing, namespace: default}\n"
+              "stringData: {k: v}\n")
+        wait_for(lambda: conditions("llmbackend", "nosecret")[0]["ResolvedRefs"]["status"] == "True",
+                 10, "ResolvedRefs=True after the Secret appeared")
+        kubectl("delete", "llmroute", "badroute")
+        kubectl("delete", "llmbackend", "bad", "nosecret")
+
+    def test_05_unauthorized_poll_is_refused(self):
+        st, _, body = post(self.ctl.port, "/v1/discovery", {"node": {"id": "x"}, "version": ""},
+                           headers={"Authorization": "Bearer wrong"})
+        self.assertEqual(st, 401)
+        st, _, _ = post(self.ctl.port, "/v1/discovery", {"node": {"id": "x"}, "version": ""})
+        self.assertEqual(st, 401)
+        self.assertNotIn("x", [n["id"] for n in self.ctl.nodes()["nodes"]])
+
+    def test_06_status_written_only_when_changed(self):
+        m0 = self.ctl.metrics()
+        time.sleep(1.5)
+        m1 = self.ctl.metrics()
+        key = 'knoway_controller_status_writes_total{result="written"}'
+        self.assertEqual(m0[key], m1[key], "status written although nothing changed")
+
+    def test_07_controller_killed_data_planes_keep_serving_restart_same_version(self):
+        cls = type(self)
+        version = self.dps[0].version()
+        applied = [dp.logs().count("configuration applied") for dp in self.dps]
+        cls.ctl.stop(kill=True)
+        for _ in range(20):
+            for dp in self.dps:
+                self.assertEqual(chat(dp.port, "gpt-e2e")[0], 200)
+            time.sleep(0.05)
+        # restarted on the same port: same inputs, same version, nothing pushed again
+        cls.ctl = ControllerOnPorts("a", self.token, cls.ctl.port, cls.ctl.admin)
+        m = wait_for(lambda: (lambda m: m if m[
+            'knoway_controller_discovery_nodes{state="current"}'] == 2 else None)(
+            cls.ctl.metrics()), 40, "both data planes back on the restarted controller")
+        self.assertEqual(m['knoway_snapshot_version_info{version="%s"}' % version], 1)
+        self.assertEqual(m["knoway_controller_discovery_pushes_total"], 0)
+        self.assertEqual([dp.logs().count("configuration applied") for dp in self.dps], applied)
+
+    def test_08_data_plane_restarted_while_controller_down_serves_from_cache(self):
+        cls = type(self)
+        cls.ctl.stop(kill=True)
+        old = self.dps[1]
+        old.stop()
+        cache = os.path.join(DIR, "dp1-snapshot.json")
+        with open(cache) as f:
+            self.assertEqual(json.load(f)["version"], self.dps[0].version())
+        cls.dps[1] = dataplane(cls.ctl.port, self.token, "dp1", cache)
+        self.assertEqual(chat(self.dps[1].port, "gpt-e2e")[0], 200)
+        self.assertIn("cache file", self.dps[1].logs())
+        cls.ctl = ControllerOnPorts("a", self.token, cls.ctl.port, cls.ctl.admin)
+        wait_for(lambda: self.ctl.metrics()['knoway_controller_discovery_nodes{state="current"}'] == 2,
+                 40, "reconnected")
+
+    def test_09_watch_expiry_relists_and_converges(self):
+        before = self.ctl.metrics()
+        subprocess.run(["bash", os.path.join(SRC, "hack", "kube-apiserver.sh"), "restart", DIR,
+                        "compact"], check=True, timeout=300)
+        apply(route("after-410", ["gpt-after-410"], ["mock"]))
+        self.serve_all("gpt-after-410", timeout=60)
+        m = self.ctl.metrics()
+        expired = sum(v for k, v in m.items() if k.startswith("knoway_controller_informer_expired_total"))
+        expired0 = sum(v for k, v in before.items() if k.startswith("knoway_controller_informer_expired_total"))
+        lists = sum(v for k, v in m.items() if k.startswith("knoway_controller_informer_lists_total"))
+        lists0 = sum(v for k, v in before.items() if k.startswith("knoway_controller_informer_lists_total"))
+        self.assertGreater(expired, expired0, "no watch ended with 410 Gone")
+        self.assertGreater(lists, lists0, "no relist after 410")
+        kubectl("delete", "llmroute", "after-410")
+        self.serve_all("gpt-after-410", 404)
+
+    def test_10_two_replicas_one_leader_writes_status(self):
+        cls = type(self)
+        b = Controller("b", self.token)
+        cls.extra.append(b)
+        time.sleep(2.5)  # a retry period: b has looked at the Lease
+        ma, mb = self.ctl.metrics(), b.metrics()
+        self.assertEqual(ma["knoway_controller_leader"] + mb["knoway_controller_leader"], 1)
+        leader, follower = (self.ctl, b) if ma["knoway_controller_leader"] == 1 else (b, self.ctl)
+        w0 = follower.metrics()['knoway_controller_status_writes_total{result="written"}']
+        l0 = leader.metrics()['knoway_controller_status_writes_total{result="written"}']
+        apply(route("two", ["gpt-two"], ["mock"]))
+        wait_for(lambda: conditions("llmroute", "two")[0].get("Programmed", {}).get("status") == "True",
+                 10, "status of the new route")
+        self.assertEqual(follower.metrics()['knoway_controller_status_writes_total{result="written"}'], w0)
+        self.assertGreater(leader.metrics()['knoway_controller_status_writes_total{result="written"}'], l0)
+        # both replicas serve the same version
+        self.assertEqual(
+            [k for k in leader.metrics() if k.startswith("knoway_snapshot_version_info")],
+            [k for k in wait_for(lambda: (lambda m: m if [k for k in m if k.startswith(
+                "knoway_snapshot_version_info")] == [k for k in leader.metrics() if k.startswith(
+                    "knoway_snapshot_version_info")] else None)(follower.metrics()), 5, "same version")
+             if k.startswith("knoway_snapshot_version_info")])
+        lease = json.loads(kubectl("get", "lease", "knoway-controller", "-o", "json").stdout)
+        self.assertEqual(lease["spec"]["holderIdentity"], leader.ident)
+        self.assertEqual(lease["spec"]["leaseDurationSeconds"], 15)
+        # the leader stops: it releases the Lease and the other one takes over
+        transitions = lease["spec"].get("leaseTransitions", 0)
+        leader.stop()
+        wait_for(lambda: follower.metrics()["knoway_controller_leader"] == 1, 10, "takeover")
+        lease = json.loads(kubectl("get", "lease", "knoway-controller", "-o", "json").stdout)
+        self.assertEqual(lease["spec"]["holderIdentity"], follower.ident)
+        self.assertEqual(lease["spec"]["leaseTransitions"], transitions + 1)
+        if leader is self.ctl:  # keep a running controller as cls.ctl for the data planes
+            cls.ctl = ControllerOnPorts("a", self.token, leader.port, leader.admin)
+        kubectl("delete", "llmroute", "two")
+
+    def test_11_nack_keeps_last_good_snapshot(self):
+        # a snapshot whose content no longer matches its version, served by a test double
+        good = post(self.ctl.port, "/v1/discovery?wait=0", {"node": {"id": "probe"}, "version": ""},
+                    headers={"Authorization": "Bearer " + open(self.token).read().strip()})[2]
+        doc = json.loads(good)
+        doc["routes"][0]["spec"]["timeout"] = "1s"  # tampered: the version is stale
+        bad = json.dumps(doc).encode()
+        polls = []
+
+        class Fake(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                polls.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                body = good if len(polls) == 1 else bad if len(polls) == 2 else b""
+                self.send_response(200 if body else 304)
+                self.send_header("X-Knoway-Version", doc["version"] if len(polls) == 2 else json.loads(good)["version"])
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                if not body:
+                    time.sleep(0.2)
+
+            def log_message(self, *a):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Fake)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        cache = os.path.join(DIR, "nack-snapshot.json")
+        dp = dataplane(srv.server_address[1], self.token, "nacker", cache)
+        try:
+            wait_for(lambda: len(polls) >= 3, 10, "third poll")
+            self.assertEqual(polls[0]["version"], "")
+            self.assertEqual(polls[1]["version"], json.loads(good)["version"])  # ACK
+            self.assertIsNone(polls[1]["error"])
+            self.assertEqual(polls[2]["version"], json.loads(good)["version"])  # NACK: old version
+            self.assertIn("does not match the content", polls[2]["error"]["message"])
+            self.assertEqual(chat(dp.port, "gpt-e2e")[0], 200)
+            self.assertEqual(dp.version(), json.loads(good)["version"])
+            with open(cache, "rb") as f:
+                self.assertEqual(f.read(), good)
+        finally:
+            dp.stop()
+            srv.shutdown()
+
+    def test_12_in_cluster_configuration(self):
+        sa = os.path.join(DIR, "serviceaccount")
+        os.makedirs(sa, exist_ok=True)
+        shutil.copy(os.path.join(DIR, "certs", "apiserver.crt"), os.path.join(sa, "ca.crt"))
+        with open(os.path.join(DIR, "token")) as f, open(os.path.join(sa, "token"), "w") as o:
+            o.write(f.read())
+        with open(os.path.join(sa, "namespace"), "w") as f:
+            f.write("default")
+        port = open(os.path.join(DIR, "kube-apiserver.port")).read().strip()
+        c = Controller("incluster", self.token, leader_elect=False, kubeconfig=False,
+                       env={"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": port,
+                            "KNOWAY_SERVICEACCOUNT_DIR": sa})
+        try:
+            self.assertIn("in-cluster https://127.0.0.1:%s" % port, c.logs())
+            va = [k for k in self.ctl.metrics() if k.startswith("knoway_snapshot_version_info")]
+            wait_for(lambda: [k for k in c.metrics() if k.startswith("knoway_snapshot_version_info")] == va,
+                     10, "same snapshot as the kubeconfig controller")
+        finally:
+            c.stop()
+
+    def test_13_service_ref_resolves_endpoint_slices(self):
+        mock_port = self.mock.port
+        apply("---\napiVersion: v1\nkind: Service\nmetadata: {name: vllm, namespace: default}\n"
+              "spec:\n  ports: [{name: http, port: 8000, targetPort: %d}]\n"
+              "---\napiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\n"
+              "metadata:\n  name: vllm-1\n  namespace: default\n"
+              "  labels: {kubernetes.io/service-name: vllm}\n"
+              "addressType: IPv4\nports: [{name: http, port: %d, protocol: TCP}]\n"
+              "endpoints: [{addresses: [127.0.0.1], conditions: {ready: true}}]\n"
+              % (mock_port, mock_port) +
+              "---\napiVersion: %s\nkind: LLMBackend\nmetadata: {name: svc, namespace: default}\n"
+              "spec:\n  provider: vLLM\n  upstream: {serviceRef: {name: vllm, port: 8000}}\n" % API +
+              route("svc", ["gpt-svc"], ["svc"]))
+        self.serve_all("gpt-svc")
+        self.assertEqual(self.mock.requests()[-1]["path"], "/v1/chat/completions")
+        # endpoints gone -> the backend is unresolved and the route leaves the snapshot
+        kubectl("delete", "endpointslice", "vllm-1")
+        self.serve_all("gpt-svc", 404)
+        conds = wait_for(lambda: (lambda c: c if c.get("ResolvedRefs", {}).get("status") == "False"
+                                  else None)(conditions("llmbackend", "svc")[0]), 10, "unresolved")
+        self.assertIn('Service "default/vllm" has no EndpointSlices', conds["ResolvedRefs"]["message"])
+        kubectl("delete", "llmroute", "svc")
+        kubectl("delete", "llmbackend", "svc")
+
+    def test_14_fifty_changes_under_load_zero_failures(self):
+        stop = threading.Event()
+        results = {"ok": 0, "fail": []}
+        lock = threading.Lock()
+
+        def load(dp):
+            while not stop.is_set():
+                try:
+                    st, _, body = chat(dp.port, "gpt-e2e", timeout=10)
+                except OSError as e:
+                    st, body = 0, str(e).encode()
+                with lock:
+                    if st == 200:
+                        results["ok"] += 1
+                    else:
+                        results["fail"].append((st, body[:200]))
+
+        threads = [threading.Thread(target=load, args=(dp,)) for dp in self.dps for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            for i in range(50):
+                apply(route("chat", ["gpt-e2e", "gpt-load-%d" % i], ["mock"]))
+            for dp in self.dps:
+                wait_for(lambda: chat(dp.port, "gpt-load-49")[0] == 200, 5, "last change")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(20)
+        print("\n    50 changes under load: %d requests, %d failed" % (results["ok"], len(results["fail"])))
+        self.assertEqual(results["fail"], [])
+        self.assertGreater(results["ok"], 100)
+
+
+class ControllerOnPorts(Controller):
+    """A controller restarted on the ports its predecessor had (data planes keep their URL)."""
+
+    def __init__(self, ident, token_file, port, admin):
+        self.port, self.admin, self.ident = port, admin, ident
+        self.log = open(os.path.join(DIR, "controller-%s.log" % ident), "a+")
+        args = [CONTROLLER, "--listen", "127.0.0.1:%d" % port, "--admin", "127.0.0.1:%d" % admin,
+                "--token-file", token_file, "--id", ident, "--lease-namespace", "default",
+                "--kubeconfig", os.path.join(DIR, "kubeconfig"), "--leader-elect"]
+        deadline = time.time() + 10
+        while True:  # the old process's sockets may linger a moment
+            self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=ENV)
+            try:
+                wait_for(lambda: self.ready() or self.proc.poll() is not None, 20, "ready")
+            except AssertionError:
+                pass
+            if self.proc.poll() is None or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        wait_for(lambda: self.ready(), 20, "controller %s ready" % ident)
+
+
+if __name__ == "__main__":
+    unittest.main()
