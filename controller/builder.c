@@ -58,14 +58,16 @@ int ctl_resolve_slices(void *ud, struct kw_arena *a, const char *ns, const char 
         return KW_ERROR;
     }
     pthread_mutex_lock(&s->mu);
-    for (const struct ctl_object *o = ctl_store_first(s, &i); o != NULL; o = ctl_store_next(s, o, &i)) {
+    for (const struct ctl_object *o = ctl_store_first(s, &i); o != NULL;
+         o = ctl_store_next(s, o, &i)) {
         struct kw_node *sl;
         char perr[128];
         kw_arena_reset(tmp);
         if (kw_json_parse(tmp, o->json, o->len, &sl, perr, sizeof(perr)) != KW_OK)
             continue;
         const char *sns = str_at(sl, "metadata", "namespace");
-        const char *svc = str_at(kw_node_get(sl, "metadata"), "labels", "kubernetes.io/service-name");
+        const char *svc =
+            str_at(kw_node_get(sl, "metadata"), "labels", "kubernetes.io/service-name");
         if (sns == NULL || svc == NULL || strcmp(sns, ns) != 0 || strcmp(svc, name) != 0)
             continue;
         slices++;
@@ -143,7 +145,8 @@ static void add_store(struct kw_config *cfg, struct ctl_store *s,
 {
     size_t i;
     pthread_mutex_lock(&s->mu);
-    for (const struct ctl_object *o = ctl_store_first(s, &i); o != NULL; o = ctl_store_next(s, o, &i))
+    for (const struct ctl_object *o = ctl_store_first(s, &i); o != NULL;
+         o = ctl_store_next(s, o, &i))
         if (keep == NULL || keep(cfg, o->key))
             kw_config_add_json(cfg, o->json, o->len);
     pthread_mutex_unlock(&s->mu);
@@ -179,10 +182,11 @@ static bool referenced(const struct kw_config *cfg, const char *key)
 
 static bool is_ref_path(const char *path)
 {
-    return path != NULL && (strstr(path, "secretRef") != NULL || strstr(path, "SecretRef") != NULL ||
-                            strncmp(path, "spec.credentials.bedrock.", 25) == 0 ||
-                            strncmp(path, "spec.backendRefs", 16) == 0 ||
-                            strncmp(path, "spec.upstream.serviceRef", 24) == 0);
+    return path != NULL &&
+           (strstr(path, "secretRef") != NULL || strstr(path, "SecretRef") != NULL ||
+            strncmp(path, "spec.credentials.bedrock.", 25) == 0 ||
+            strncmp(path, "spec.backendRefs", 16) == 0 ||
+            strncmp(path, "spec.upstream.serviceRef", 24) == 0);
 }
 
 static int cmp_state(const void *x, const void *y)
@@ -285,7 +289,8 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
         if (cfg->routes[i]->meta.name != NULL)
             add_state(b, KW_KIND_LLMROUTE, &cfg->routes[i]->meta);
     qsort(b->states, b->nstates, sizeof(*b->states), cmp_state);
-    for (size_t i = 0; i < cfg->nroutes; i++) { /* routes whose backend is invalid: the precise reason first */
+    for (size_t i = 0; i < cfg->nroutes;
+         i++) { /* routes whose backend is invalid: the precise reason first */
         const struct kw_route *r = cfg->routes[i];
         struct ctl_resource_state *s =
             r->meta.name != NULL ? find_state(b, KW_KIND_LLMROUTE, r->meta.ns, r->meta.name) : NULL;
@@ -306,8 +311,7 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
     for (size_t i = 0; i < cfg->diag.n; i++) {
         const struct kw_diag_entry *e = &cfg->diag.entries[i];
         char kind[32], ns[KW_MAX_NAMESPACE_LEN + 1], name[KW_MAX_NAME_LEN + 1];
-        if (e->object == NULL ||
-            sscanf(e->object, "%31[^/]/%63[^/]/%253s", kind, ns, name) != 3)
+        if (e->object == NULL || sscanf(e->object, "%31[^/]/%63[^/]/%253s", kind, ns, name) != 3)
             continue;
         enum kw_kind k = strcmp(kind, "LLMBackend") == 0 ? KW_KIND_LLMBACKEND
                          : strcmp(kind, "LLMRoute") == 0 ? KW_KIND_LLMROUTE

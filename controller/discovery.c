@@ -423,15 +423,15 @@ int ctl_discovery_start(struct ctl_discovery *d, const char *addr, const char *t
         return KW_ERROR;
     }
     if (d->tls_cert != NULL)
-        d->mhd = MHD_start_daemon(
-            flags, 0, NULL, NULL, on_request, d, MHD_OPTION_LISTEN_SOCKET, fd,
-            MHD_OPTION_NOTIFY_COMPLETED, on_completed, d, MHD_OPTION_CONNECTION_LIMIT,
-            (unsigned)20000, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(MAX_WAIT_S + 60),
-            MHD_OPTION_HTTPS_MEM_CERT, d->tls_cert, MHD_OPTION_HTTPS_MEM_KEY, d->tls_key,
-            MHD_OPTION_END);
+        d->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, d, MHD_OPTION_LISTEN_SOCKET, fd,
+                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, d,
+                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
+                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(MAX_WAIT_S + 60),
+                                  MHD_OPTION_HTTPS_MEM_CERT, d->tls_cert, MHD_OPTION_HTTPS_MEM_KEY,
+                                  d->tls_key, MHD_OPTION_END);
     else
-        d->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, d, MHD_OPTION_LISTEN_SOCKET,
-                                  fd, MHD_OPTION_NOTIFY_COMPLETED, on_completed, d,
+        d->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, d, MHD_OPTION_LISTEN_SOCKET, fd,
+                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, d,
                                   MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
                                   MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(MAX_WAIT_S + 60),
                                   MHD_OPTION_END);

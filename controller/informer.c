@@ -310,8 +310,8 @@ static int list(struct ctl_informer *inf)
             snprintf(path + n, sizeof(path) - (size_t)n, "&continue=%s", esc != NULL ? esc : "");
             curl_free(esc);
         }
-        long status = ctl_kube_request(inf->kube, "GET", path, NULL, NULL, 0, &body, err,
-                                       sizeof(err));
+        long status =
+            ctl_kube_request(inf->kube, "GET", path, NULL, NULL, 0, &body, err, sizeof(err));
         if (status == 404) {
             rc = KW_DECLINED;
             goto out;

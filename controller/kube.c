@@ -154,8 +154,7 @@ static int decode_data(const struct kw_node *m, const char *key, char **data, si
     return KW_OK;
 }
 
-int ctl_kube_config_load_file(struct ctl_kube_config *c, const char *path, char *err,
-                              size_t errlen)
+int ctl_kube_config_load_file(struct ctl_kube_config *c, const char *path, char *err, size_t errlen)
 {
     memset(c, 0, sizeof(*c));
     char buf[4096];
@@ -234,8 +233,8 @@ int ctl_kube_config_load_file(struct ctl_kube_config *c, const char *path, char 
     const char *v;
     if ((v = str_of(cl, "certificate-authority")) != NULL)
         c->ca_file = resolve_path(dir, v);
-    if (decode_data(cl, "certificate-authority-data", &c->ca_data, &c->ca_len, "cluster", path,
-                    err, errlen) != KW_OK)
+    if (decode_data(cl, "certificate-authority-data", &c->ca_data, &c->ca_len, "cluster", path, err,
+                    errlen) != KW_OK)
         goto out;
     if (user != NULL) {
         if ((v = str_of(user, "token")) != NULL)
@@ -246,8 +245,8 @@ int ctl_kube_config_load_file(struct ctl_kube_config *c, const char *path, char 
             c->cert_file = resolve_path(dir, v);
         if ((v = str_of(user, "client-key")) != NULL)
             c->key_file = resolve_path(dir, v);
-        if (decode_data(user, "client-certificate-data", &c->cert_data, &c->cert_len, "user",
-                        path, err, errlen) != KW_OK ||
+        if (decode_data(user, "client-certificate-data", &c->cert_data, &c->cert_len, "user", path,
+                        err, errlen) != KW_OK ||
             decode_data(user, "client-key-data", &c->key_data, &c->key_len, "user", path, err,
                         errlen) != KW_OK)
             goto out;
@@ -374,8 +373,7 @@ int ctl_kube_init(struct ctl_kube *k, struct ctl_kube_config *cfg, double qps, d
         k->token = strdup(k->cfg.token);
     refresh_token(k, true);
     if (k->cfg.token_file != NULL && k->token == NULL) {
-        snprintf(err, errlen, "%s: cannot read the token: %s", k->cfg.token_file,
-                 strerror(errno));
+        snprintf(err, errlen, "%s: cannot read the token: %s", k->cfg.token_file, strerror(errno));
         return KW_ERROR;
     }
     return KW_OK;
@@ -491,8 +489,8 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
 }
 
 long ctl_kube_request(struct ctl_kube *k, const char *method, const char *path,
-                      const char *content_type, const char *body, size_t len,
-                      struct kw_buf *resp, char *err, size_t errlen)
+                      const char *content_type, const char *body, size_t len, struct kw_buf *resp,
+                      char *err, size_t errlen)
 {
     long status = 0;
     for (int attempt = 0; attempt < 2; attempt++) {

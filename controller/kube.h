@@ -33,7 +33,7 @@ struct ctl_kube_config {
     char *cert_data, *key_data; /* PEM bytes */
     size_t cert_len, key_len;
     bool insecure;
-    char *ns; /* the context's namespace ("default" when unset) */
+    char *ns;     /* the context's namespace ("default" when unset) */
     char *source; /* where the configuration came from, for messages */
 };
 
@@ -70,8 +70,8 @@ void ctl_kube_cleanup(struct ctl_kube *k);
  * status, or 0 when no response came (the curl error is in err). A 401 re-reads the token
  * file and retries once. */
 long ctl_kube_request(struct ctl_kube *k, const char *method, const char *path,
-                      const char *content_type, const char *body, size_t len,
-                      struct kw_buf *resp, char *err, size_t errlen);
+                      const char *content_type, const char *body, size_t len, struct kw_buf *resp,
+                      char *err, size_t errlen);
 
 /* An easy handle set up for path (TLS, authentication, shared connections) for callers
  * that stream the response themselves (watches). *headers must be freed with

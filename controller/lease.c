@@ -71,8 +71,9 @@ static void set_leader(struct ctl_lease *l, bool on, const char *why)
         return;
     if (on)
         atomic_fetch_add(&l->acquired, 1);
-    kw_log(on ? KW_LOG_INFO : KW_LOG_WARN, on ? "leader election: leading" : "leader election: following",
-           "id", l->id, "lease", l->name, "why", why, NULL);
+    kw_log(on ? KW_LOG_INFO : KW_LOG_WARN,
+           on ? "leader election: leading" : "leader election: following", "id", l->id, "lease",
+           l->name, "why", why, NULL);
     if (l->on_change != NULL)
         l->on_change(l->ud, on);
 }
@@ -126,8 +127,8 @@ static void attempt(struct ctl_lease *l, struct kw_buf *resp, struct kw_buf *bod
         char acq[64];
         snprintf(acq, sizeof(acq), "%s", mine ? acquire : "");
         lease_body(l, body, rv, l->id, acq, mine ? transitions : transitions + 1, l->duration_s);
-        st = ctl_kube_request(l->kube, "PUT", path, "application/json", body->data, body->len,
-                              resp, err, sizeof(err));
+        st = ctl_kube_request(l->kube, "PUT", path, "application/json", body->data, body->len, resp,
+                              err, sizeof(err));
         if (st == 200) {
             l->renewed_ms = now;
             set_leader(l, true, mine ? "renewed" : "took over an expired Lease");

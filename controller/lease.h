@@ -27,9 +27,9 @@ typedef void (*ctl_leader_fn)(void *ud, bool leader);
 struct ctl_lease {
     struct ctl_kube *kube;
     const char *ns, *name, *id;
-    int duration_s;       /* 15 */
+    int duration_s;        /* 15 */
     int renew_deadline_ms; /* 10000 */
-    int retry_ms;         /* 2000 */
+    int retry_ms;          /* 2000 */
     ctl_leader_fn on_change;
     void *ud;
     atomic_bool leader, stop;

@@ -44,31 +44,32 @@ struct ctl {
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "Usage: knoway-controller [--kubeconfig FILE] [--namespace NS] [--listen ADDR]\n"
-            "                         [--admin ADDR] [--token-file FILE] [--leader-elect]\n"
-            "                         [--lease-namespace NS] [--id NAME]\n"
-            "\n"
-            "The knoway control plane: watches LLMBackend and LLMRoute resources (and the\n"
-            "Secrets and EndpointSlices they reference), builds configuration snapshots and\n"
-            "serves them to knoway-dataplane instances (POST /v1/discovery, long-poll).\n"
-            "\n"
-            "  --kubeconfig FILE       kubeconfig to use (default: in-cluster configuration,\n"
-            "                          else $KUBECONFIG or ~/.kube/config)\n"
-            "  --namespace NS          watch one namespace (default: all)\n"
-            "  --listen ADDR           discovery address (default 0.0.0.0:18000)\n"
-            "  --admin ADDR            /healthz /readyz /metrics /debug/nodes (default 0.0.0.0:9902)\n"
-            "  --token-file FILE       bearer token data planes must present\n"
-            "  --tls-cert-file FILE    serve discovery over TLS with this certificate (PEM)\n"
-            "  --tls-key-file FILE     ... and this key\n"
-            "  --leader-elect          elect one replica (Lease) to write status\n"
-            "  --lease-namespace NS    namespace of the Lease (default: the client's namespace)\n"
-            "  --lease-name NAME       name of the Lease (default knoway-controller)\n"
-            "  --id NAME               this replica's identity (default: host name)\n"
-            "  --qps N, --burst N      client-side rate limit for API requests (default 20, 40)\n"
-            "  --version, --help\n"
-            "\n"
-            "Documentation: docs/controller.md\n");
+    fprintf(
+        out,
+        "Usage: knoway-controller [--kubeconfig FILE] [--namespace NS] [--listen ADDR]\n"
+        "                         [--admin ADDR] [--token-file FILE] [--leader-elect]\n"
+        "                         [--lease-namespace NS] [--id NAME]\n"
+        "\n"
+        "The knoway control plane: watches LLMBackend and LLMRoute resources (and the\n"
+        "Secrets and EndpointSlices they reference), builds configuration snapshots and\n"
+        "serves them to knoway-dataplane instances (POST /v1/discovery, long-poll).\n"
+        "\n"
+        "  --kubeconfig FILE       kubeconfig to use (default: in-cluster configuration,\n"
+        "                          else $KUBECONFIG or ~/.kube/config)\n"
+        "  --namespace NS          watch one namespace (default: all)\n"
+        "  --listen ADDR           discovery address (default 0.0.0.0:18000)\n"
+        "  --admin ADDR            /healthz /readyz /metrics /debug/nodes (default 0.0.0.0:9902)\n"
+        "  --token-file FILE       bearer token data planes must present\n"
+        "  --tls-cert-file FILE    serve discovery over TLS with this certificate (PEM)\n"
+        "  --tls-key-file FILE     ... and this key\n"
+        "  --leader-elect          elect one replica (Lease) to write status\n"
+        "  --lease-namespace NS    namespace of the Lease (default: the client's namespace)\n"
+        "  --lease-name NAME       name of the Lease (default knoway-controller)\n"
+        "  --id NAME               this replica's identity (default: host name)\n"
+        "  --qps N, --burst N      client-side rate limit for API requests (default 20, 40)\n"
+        "  --version, --help\n"
+        "\n"
+        "Documentation: docs/controller.md\n");
 }
 
 static void on_build(void *ud, struct ctl_build *b)
@@ -281,22 +282,54 @@ int main(int argc, char **argv)
     int o;
     while ((o = getopt_long(argc, argv, "hv", opts, NULL)) != -1) {
         switch (o) {
-        case 'k': kubeconfig = optarg; break;
-        case 'n': ns = optarg; break;
-        case 'l': listen_addr = optarg; break;
-        case 'a': admin_addr = optarg; break;
-        case 't': token_file = optarg; break;
-        case 'C': tls_cert = optarg; break;
-        case 'K': tls_key = optarg; break;
-        case 'L': leader_elect = true; break;
-        case 'N': lease_ns = optarg; break;
-        case 'M': lease_name = optarg; break;
-        case 'i': snprintf(id, sizeof(id), "%s", optarg); break;
-        case 'q': qps = atof(optarg); break;
-        case 'b': burst = atof(optarg); break;
-        case 'v': printf("knoway-controller %s\n", kw_version()); return 0;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'k':
+            kubeconfig = optarg;
+            break;
+        case 'n':
+            ns = optarg;
+            break;
+        case 'l':
+            listen_addr = optarg;
+            break;
+        case 'a':
+            admin_addr = optarg;
+            break;
+        case 't':
+            token_file = optarg;
+            break;
+        case 'C':
+            tls_cert = optarg;
+            break;
+        case 'K':
+            tls_key = optarg;
+            break;
+        case 'L':
+            leader_elect = true;
+            break;
+        case 'N':
+            lease_ns = optarg;
+            break;
+        case 'M':
+            lease_name = optarg;
+            break;
+        case 'i':
+            snprintf(id, sizeof(id), "%s", optarg);
+            break;
+        case 'q':
+            qps = atof(optarg);
+            break;
+        case 'b':
+            burst = atof(optarg);
+            break;
+        case 'v':
+            printf("knoway-controller %s\n", kw_version());
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind < argc) {

@@ -126,8 +126,8 @@ static int patch_for(const struct kw_node *obj, const struct ctl_resource_state 
         kw_buf_printf(out, "%s{\"type\":\"%s\",\"status\":\"%s\",\"reason\":\"%s\",\"message\":",
                       i > 0 ? "," : "", c[i].type, c[i].status, c[i].reason);
         kw_json_write_string(out, c[i].message, strlen(c[i].message));
-        kw_buf_printf(out, ",\"observedGeneration\":%lld,\"lastTransitionTime\":",
-                      (long long)st->generation);
+        kw_buf_printf(
+            out, ",\"observedGeneration\":%lld,\"lastTransitionTime\":", (long long)st->generation);
         kw_json_write_string(out, ltt, strlen(ltt));
         kw_buf_puts(out, "}");
     }
@@ -158,8 +158,8 @@ static void write_one(struct ctl_status *s, const struct ctl_resource_state *st,
         return;
     }
     char path[1024];
-    snprintf(path, sizeof(path), "/apis/llm.knoway.dev/v1alpha1/namespaces/%s/%s/%s/status",
-             st->ns, plural, st->name);
+    snprintf(path, sizeof(path), "/apis/llm.knoway.dev/v1alpha1/namespaces/%s/%s/%s/status", st->ns,
+             plural, st->name);
     for (int attempt = 0; attempt < 3; attempt++) {
         long code = ctl_kube_request(s->kube, "PATCH", path, "application/merge-patch+json",
                                      patch->data, patch->len, resp, err, sizeof(err));
@@ -174,8 +174,8 @@ static void write_one(struct ctl_status *s, const struct ctl_resource_state *st,
         atomic_fetch_add(&s->conflicts, 1);
     }
     atomic_fetch_add(&s->failures, 1);
-    kw_log(KW_LOG_WARN, "status: cannot write", "object", key, "kind",
-           kw_kind_name(st->kind), "error", err, NULL);
+    kw_log(KW_LOG_WARN, "status: cannot write", "object", key, "kind", kw_kind_name(st->kind),
+           "error", err, NULL);
 }
 
 static void pass(struct ctl_status *s, struct ctl_build *b)

@@ -153,8 +153,8 @@ static void load_cache(struct dp_discovery *d)
     }
     char err[1024];
     if (apply(d, text, len, "cache file", err, sizeof(err)) != KW_OK)
-        kw_log(KW_LOG_ERROR, "discovery: the cached snapshot is invalid; ignoring it", "file",
-               path, "error", err, NULL);
+        kw_log(KW_LOG_ERROR, "discovery: the cached snapshot is invalid; ignoring it", "file", path,
+               "error", err, NULL);
     else
         atomic_fetch_add(&d->cache_loads, 1);
     free(text);
@@ -276,7 +276,8 @@ static int poll_once(struct dp_discovery *d, CURL *h, struct poll_ctx *c, struct
     long status = 0;
     if (cc != CURLE_OK) {
         snprintf(d->last_error, sizeof(d->last_error), "%s: %s", dp->discovery.url,
-                 cc == CURLE_WRITE_ERROR ? "snapshot larger than the limit" : curl_easy_strerror(cc));
+                 cc == CURLE_WRITE_ERROR ? "snapshot larger than the limit"
+                                         : curl_easy_strerror(cc));
         return KW_ERROR;
     }
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);

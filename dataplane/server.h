@@ -20,9 +20,9 @@ struct dp_server;
 struct dp_discovery {
     struct dp_server *s;
     char node_id[254];
-    char version[80];   /* applied */
-    char nonce[80];     /* last received */
-    char error[1024];   /* why the last received one was rejected, or "" */
+    char version[80]; /* applied */
+    char nonce[80];   /* last received */
+    char error[1024]; /* why the last received one was rejected, or "" */
     char last_error[1024];
     atomic_uint_fast64_t polls, nacks, failures, cache_loads;
     atomic_bool stop;

@@ -1217,7 +1217,8 @@ static void decode_secret(struct kw_dec *d, const struct kw_node *doc, struct kw
 static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
 {
     static const char *const fields[] = {"listen", "admin", "workers", "discovery", "limits", NULL};
-    static const char *const disc_fields[] = {"url", "tokenFile", "nodeId", "cacheFile", "caFile", NULL};
+    static const char *const disc_fields[] = {"url",       "tokenFile", "nodeId",
+                                              "cacheFile", "caFile",    NULL};
     static const char *const lim_fields[] = {"maxBodyBytes", "maxConnections", NULL};
     check_fields(d, spec, fields, NULL);
     const char *s;

@@ -1,0 +1,173 @@
+/* The snapshot builder: API objects in stores -> snapshot + per-resource state; invalid
+ * and unresolved resources are left out and reported without taking the others down;
+ * only referenced Secrets are read; EndpointSlices resolve serviceRefs; the version does
+ * not depend on the order objects arrived in. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "builder.h"
+#include "knoway/kw.h"
+#include "testutil.h"
+
+struct fixture {
+    struct ctl_store b, r, s, e;
+    struct ctl_sources src;
+};
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    ctl_store_init(&f->b);
+    ctl_store_init(&f->r);
+    ctl_store_init(&f->s);
+    ctl_store_init(&f->e);
+    f->src = (struct ctl_sources){&f->b, &f->r, &f->s, &f->e};
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    ctl_store_cleanup(&f->b);
+    ctl_store_cleanup(&f->r);
+    ctl_store_cleanup(&f->s);
+    ctl_store_cleanup(&f->e);
+    free(f);
+    return 0;
+}
+
+static void put(struct ctl_store *s, const char *key, const char *json)
+{
+    ctl_store_put(s, key, json, strlen(json));
+}
+
+#define BACKEND(name, spec)                                                                        \
+    "{\"apiVersion\":\"llm.knoway.dev/v1alpha1\",\"kind\":\"LLMBackend\",\"metadata\":{\"name\":"  \
+    "\"" name "\",\"namespace\":\"ml\",\"generation\":3,\"creationTimestamp\":"                    \
+    "\"2026-01-01T00:00:00Z\"},\"spec\":" spec ",\"status\":{\"conditions\":[]}}"
+#define ROUTE(name, spec)                                                                          \
+    "{\"apiVersion\":\"llm.knoway.dev/v1alpha1\",\"kind\":\"LLMRoute\",\"metadata\":{\"name\":"    \
+    "\"" name "\",\"namespace\":\"ml\",\"generation\":1,\"creationTimestamp\":"                    \
+    "\"2026-01-01T00:00:00Z\"},\"spec\":" spec "}"
+
+static const struct ctl_resource_state *state_of(const struct ctl_build *b, enum kw_kind k,
+                                                 const char *name)
+{
+    const struct ctl_resource_state *s = ctl_build_find(b, k, "ml", name);
+    assert_non_null(s);
+    return s;
+}
+
+static void test_invalid_left_out_others_programmed(void **state)
+{
+    struct fixture *f = *state;
+    put(&f->b, "ml/good",
+        BACKEND("good", "{\"provider\":\"vLLM\",\"upstream\":{\"baseURL\":\"http://v:8000/v1\"},"
+                        "\"credentials\":{\"secretRef\":{\"name\":\"keys\",\"key\":\"k\"}}}"));
+    put(&f->b, "ml/noaddr", BACKEND("noaddr", "{\"provider\":\"vLLM\"}"));
+    put(&f->b, "ml/nosecret",
+        BACKEND("nosecret", "{\"provider\":\"OpenAI\",\"credentials\":{\"secretRef\":{\"name\":"
+                            "\"gone\",\"key\":\"k\"}}}"));
+    put(&f->r, "ml/chat",
+        ROUTE("chat", "{\"match\":{\"models\":[\"m\"]},\"backendRefs\":"
+                      "[{\"name\":\"good\"},{\"name\":\"noaddr\"}]}"));
+    put(&f->r, "ml/orphan",
+        ROUTE("orphan", "{\"match\":{\"models\":[\"o\"]},\"backendRefs\":"
+                        "[{\"name\":\"nosecret\"}]}"));
+    /* a Secret nobody references: not read at all (so its errors cannot matter) */
+    put(&f->s, "ml/keys",
+        "{\"apiVersion\":\"v1\",\"kind\":\"Secret\",\"metadata\":{\"name\":\"keys\",\"namespace\":"
+        "\"ml\"},\"data\":{\"k\":\"c2stMQ==\"}}");
+    put(&f->s, "ml/unrelated",
+        "{\"apiVersion\":\"v1\",\"kind\":\"Secret\",\"metadata\":{\"name\":\"unrelated\","
+        "\"namespace\":\"ml\"},\"data\":{\"k\":\"not base64!\"}}");
+    struct ctl_build *b = ctl_build_run(&f->src);
+    assert_non_null(b);
+    assert_int_equal(b->snap->nbackends, 1);
+    assert_string_equal(b->snap->backends[0]->meta.name, "good");
+    assert_int_equal(b->snap->nroutes, 1);
+    assert_int_equal(b->snap->routes[0]->nrefs, 1);
+    assert_int_equal(b->snap->ncredentials, 1);
+    assert_string_equal(b->snap->credentials[0].value, "sk-1");
+
+    const struct ctl_resource_state *s = state_of(b, KW_KIND_LLMBACKEND, "good");
+    assert_true(s->accepted && s->resolved && s->programmed);
+    assert_int_equal(s->generation, 3);
+    s = state_of(b, KW_KIND_LLMBACKEND, "noaddr");
+    assert_false(s->accepted);
+    assert_false(s->programmed);
+    assert_non_null(strstr(s->accepted_msg, "spec.upstream"));
+    s = state_of(b, KW_KIND_LLMBACKEND, "nosecret");
+    assert_true(s->accepted);
+    assert_false(s->resolved);
+    assert_string_equal(s->resolved_msg,
+                        "spec.credentials.secretRef.name: Secret \"ml/gone\" not found");
+    s = state_of(b, KW_KIND_LLMROUTE, "chat");
+    assert_true(s->programmed);
+    assert_false(s->resolved); /* one of its backends is out */
+    assert_string_equal(s->resolved_msg, "spec.backendRefs[1].name: LLMBackend \"ml/noaddr\" is "
+                                         "not programmed (see its status)");
+    s = state_of(b, KW_KIND_LLMROUTE, "orphan");
+    assert_false(s->programmed);
+    assert_false(s->resolved);
+    assert_non_null(strstr(s->resolved_msg, "LLMBackend \"ml/nosecret\""));
+    ctl_build_unref(b);
+}
+
+static const char SLICE_A[] =
+    "{\"apiVersion\":\"discovery.k8s.io/v1\",\"kind\":\"EndpointSlice\",\"metadata\":{\"name\":"
+    "\"vllm-a\",\"namespace\":\"ml\",\"labels\":{\"kubernetes.io/service-name\":\"vllm\"}},"
+    "\"ports\":[{\"name\":\"http\",\"port\":8000}],\"endpoints\":[{\"addresses\":[\"10.0.0.2\"],"
+    "\"conditions\":{\"ready\":true}},{\"addresses\":[\"10.0.0.3\"],\"conditions\":{\"ready\":"
+    "false}}]}";
+static const char SLICE_B[] =
+    "{\"apiVersion\":\"discovery.k8s.io/v1\",\"kind\":\"EndpointSlice\",\"metadata\":{\"name\":"
+    "\"vllm-b\",\"namespace\":\"ml\",\"labels\":{\"kubernetes.io/service-name\":\"vllm\"}},"
+    "\"ports\":[{\"name\":\"http\",\"port\":8000}],\"endpoints\":[{\"addresses\":[\"10.0.0.1\"]},"
+    "{\"addresses\":[\"fd00::1\"]}]}";
+
+static void test_service_ref_and_order(void **state)
+{
+    struct fixture *f = *state;
+    put(&f->b, "ml/svc",
+        BACKEND("svc", "{\"provider\":\"vLLM\",\"upstream\":{\"serviceRef\":"
+                       "{\"name\":\"vllm\",\"port\":8000}}}"));
+    put(&f->r, "ml/r",
+        ROUTE("r", "{\"match\":{\"models\":[\"m\"]},\"backendRefs\":[{\"name\":"
+                   "\"svc\"}]}"));
+    struct ctl_build *none = ctl_build_run(&f->src);
+    assert_int_equal(none->snap->nbackends, 0);
+    assert_string_equal(state_of(none, KW_KIND_LLMBACKEND, "svc")->resolved_msg,
+                        "spec.upstream.serviceRef: Service \"ml/vllm\" has no EndpointSlices");
+    put(&f->e, "ml/vllm-a", SLICE_A);
+    put(&f->e, "ml/vllm-b", SLICE_B);
+    struct ctl_build *b1 = ctl_build_run(&f->src);
+    assert_int_equal(b1->snap->nbackends, 1);
+    const struct kw_upstream *u = &b1->snap->backends[0]->upstream;
+    assert_int_equal(u->nendpoints, 3); /* the not-ready one is left out */
+    assert_string_equal(u->endpoints[0].url, "http://10.0.0.1:8000/v1");
+    assert_string_equal(u->endpoints[1].url, "http://10.0.0.2:8000/v1");
+    assert_string_equal(u->endpoints[2].url, "http://[fd00::1]:8000/v1");
+    /* the same objects arriving in another order give the same version */
+    ctl_store_delete(&f->e, "ml/vllm-a");
+    ctl_store_delete(&f->e, "ml/vllm-b");
+    put(&f->e, "ml/vllm-b", SLICE_B);
+    put(&f->e, "ml/vllm-a", SLICE_A);
+    struct ctl_build *b2 = ctl_build_run(&f->src);
+    assert_string_equal(b1->snap->version, b2->snap->version);
+    assert_string_equal(b1->json, b2->json);
+    ctl_build_unref(none);
+    ctl_build_unref(b1);
+    ctl_build_unref(b2);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_invalid_left_out_others_programmed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_service_ref_and_order, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
