@@ -230,22 +230,19 @@ static void add_state(struct ctl_build *b, enum kw_kind k, const struct kw_meta 
     s->accepted = s->resolved = true;
 }
 
-static bool in_snapshot_backend(const struct kw_snapshot *snap, const struct kw_meta *m)
+static int cmp_backend_key(const void *key, const void *item)
 {
-    for (size_t i = 0; snap != NULL && i < snap->nbackends; i++)
-        if (strcmp(snap->backends[i]->meta.ns, m->ns) == 0 &&
-            strcmp(snap->backends[i]->meta.name, m->name) == 0)
-            return true;
-    return false;
+    const struct kw_meta *m = key;
+    const struct kw_backend *b = *(struct kw_backend *const *)item;
+    int c = strcmp(m->ns, b->meta.ns);
+    return c != 0 ? c : strcmp(m->name, b->meta.name);
 }
 
-static bool in_snapshot_route(const struct kw_snapshot *snap, const struct kw_meta *m)
+/* Backends of a snapshot are sorted by namespace/name. */
+static bool in_snapshot_backend(const struct kw_snapshot *snap, const struct kw_meta *m)
 {
-    for (size_t i = 0; snap != NULL && i < snap->nroutes; i++)
-        if (strcmp(snap->routes[i]->meta.ns, m->ns) == 0 &&
-            strcmp(snap->routes[i]->meta.name, m->name) == 0)
-            return true;
-    return false;
+    return snap != NULL && bsearch(m, snap->backends, snap->nbackends, sizeof(*snap->backends),
+                                   cmp_backend_key) != NULL;
 }
 
 static int64_t now_us(void)
@@ -334,12 +331,11 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
         if (s != NULL)
             s->programmed = in_snapshot_backend(b->snap, m);
     }
-    for (size_t i = 0; i < cfg->nroutes; i++) {
-        const struct kw_meta *m = &cfg->routes[i]->meta;
-        struct ctl_resource_state *s =
-            m->name != NULL ? find_state(b, KW_KIND_LLMROUTE, m->ns, m->name) : NULL;
+    for (size_t i = 0; i < b->snap->nroutes; i++) { /* routes are in age order: look up */
+        const struct kw_meta *m = &b->snap->routes[i]->meta;
+        struct ctl_resource_state *s = find_state(b, KW_KIND_LLMROUTE, m->ns, m->name);
         if (s != NULL)
-            s->programmed = in_snapshot_route(b->snap, m);
+            s->programmed = true;
     }
     kw_config_free(cfg);
     b->build_us = now_us() - t0;

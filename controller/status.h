@@ -25,7 +25,7 @@
 #include "kube.h"
 #include "lease.h"
 
-#define CTL_STATUS_HISTORY 16 /* builds remembered to tell what each node runs */
+#define CTL_STATUS_HISTORY 4 /* builds remembered to tell what each node runs */
 
 struct ctl_status {
     struct ctl_kube *kube;

@@ -214,12 +214,25 @@ static int backend_creds(struct creds *cs, const struct kw_config *cfg, const st
     return rc;
 }
 
-static bool in_backends(struct kw_backend *const *bs, size_t n, const struct kw_backend *b)
+/* The backend named ns/name in bs (sorted by namespace/name), or NULL: O(log n), so
+ * snapshots of thousands of routes build in linear-logarithmic time. */
+static struct kw_backend *find_sorted(struct kw_backend *const *bs, size_t n, const char *ns,
+                                      const char *name)
 {
-    for (size_t i = 0; i < n; i++)
-        if (bs[i] == b)
-            return true;
-    return false;
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(bs[mid]->meta.ns, ns);
+        if (c == 0)
+            c = strcmp(bs[mid]->meta.name, name);
+        if (c == 0)
+            return bs[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
 }
 
 struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_resolver_fn resolve,
@@ -288,11 +301,9 @@ struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_re
         bool weight = false;
         for (size_t j = 0; j < src->nrefs; j++) {
             const struct kw_backend *target = src->refs[j].backend;
-            struct kw_backend *copy = NULL;
-            for (size_t k = 0; target != NULL && k < nb; k++)
-                if (cmp_meta(&bs[k]->meta, &target->meta) == 0)
-                    copy = bs[k];
-            if (copy == NULL || !in_backends(bs, nb, copy))
+            struct kw_backend *copy =
+                target != NULL ? find_sorted(bs, nb, target->meta.ns, target->meta.name) : NULL;
+            if (copy == NULL)
                 continue;
             refs[r->nrefs] = src->refs[j];
             refs[r->nrefs].backend = copy;
@@ -533,10 +544,8 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
         d.plen = 0;
         d.path[0] = '\0';
         for (size_t j = 0; j < r->nrefs; j++) {
-            for (size_t k = 0; k < s->nbackends; k++)
-                if (strcmp(s->backends[k]->meta.ns, r->meta.ns) == 0 &&
-                    strcmp(s->backends[k]->meta.name, r->refs[j].name) == 0)
-                    r->refs[j].backend = s->backends[k];
+            r->refs[j].backend =
+                find_sorted(s->backends, s->nbackends, r->meta.ns, r->refs[j].name);
             if (r->refs[j].backend == NULL)
                 kw_dec_error(&d, rn->items[i],
                              "backendRefs[%zu]: LLMBackend \"%s\" is not in "
