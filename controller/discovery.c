@@ -460,7 +460,12 @@ void ctl_discovery_stop(struct ctl_discovery *d)
     usleep(100000); /* let the resumed polls be answered */
     MHD_stop_daemon(d->mhd);
     d->mhd = NULL;
+}
+
+void ctl_discovery_cleanup(struct ctl_discovery *d)
+{
     ctl_build_unref(d->cur);
+    d->cur = NULL;
     for (size_t i = 0; i < d->nnodes; i++)
         free(d->nodes[i].error);
     free(d->nodes);

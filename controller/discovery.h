@@ -71,7 +71,10 @@ struct ctl_discovery {
  * a warning). tls_cert_file/tls_key_file both NULL for plain HTTP. KW_OK or KW_ERROR. */
 int ctl_discovery_start(struct ctl_discovery *d, const char *addr, const char *token,
                         const char *tls_cert_file, const char *tls_key_file);
+/* Stop serving: no callback (on_ack) runs after this returns. The node table stays
+ * readable until ctl_discovery_cleanup. */
 void ctl_discovery_stop(struct ctl_discovery *d);
+void ctl_discovery_cleanup(struct ctl_discovery *d);
 
 /* Serve build b from now on (takes a new reference). Polls waiting for another version
  * are answered at once. Returns true when the version changed. */

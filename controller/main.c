@@ -486,8 +486,9 @@ out:
         ctl_informer_stop(&c.inf[i]);
     if (c.builder.on_build != NULL && c.builder.thread != 0)
         ctl_builder_stop(&c.builder);
+    ctl_discovery_stop(&c.disc); /* no more acks kick the status writer */
     ctl_status_stop(&c.status);
-    ctl_discovery_stop(&c.disc);
+    ctl_discovery_cleanup(&c.disc);
     for (int i = 0; i < INF__COUNT; i++)
         if (c.inf[i].kind != NULL)
             ctl_store_cleanup(&c.inf[i].store);
