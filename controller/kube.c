@@ -70,8 +70,7 @@ static char *read_file(const char *path, size_t *len)
     return buf;
 }
 
-/* A token file's content without surrounding white space, or NULL. */
-static char *read_token(const char *path)
+char *ctl_read_token(const char *path)
 {
     char *t = read_file(path, NULL);
     if (t == NULL)
@@ -292,7 +291,7 @@ int ctl_kube_config_in_cluster(struct ctl_kube_config *c, const char *sa_dir, ch
     }
     char nspath[4096];
     snprintf(nspath, sizeof(nspath), "%s/namespace", sa_dir);
-    c->ns = read_token(nspath);
+    c->ns = ctl_read_token(nspath);
     if (c->ns == NULL)
         c->ns = strdup("default");
     if (asprintf(&c->source, "in-cluster %s (service account %s)", c->server, sa_dir) == -1)
@@ -336,7 +335,7 @@ static void refresh_token(struct ctl_kube *k, bool force)
     int64_t now = ctl_now_ms();
     if (!force && k->token != NULL && now - k->token_read_ms < TOKEN_REREAD_MS)
         return;
-    char *t = read_token(k->cfg.token_file);
+    char *t = ctl_read_token(k->cfg.token_file);
     if (t == NULL) {
         kw_log(KW_LOG_WARN, "cannot read the token file; keeping the last token", "file",
                k->cfg.token_file, "error", strerror(errno), NULL);

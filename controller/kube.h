@@ -81,6 +81,9 @@ CURL *ctl_kube_easy(struct ctl_kube *k, const char *path, struct curl_slist **he
 /* After a 401 on a handle of ctl_kube_easy: re-read the token file. */
 void ctl_kube_unauthorized(struct ctl_kube *k);
 
+/* A token file's content without trailing white space (malloc'd), or NULL with errno. */
+char *ctl_read_token(const char *path);
+
 /* Milliseconds of CLOCK_MONOTONIC. */
 int64_t ctl_now_ms(void);
 

@@ -239,20 +239,6 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *conn, const ch
     return rc;
 }
 
-static char *read_token_file(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return NULL;
-    char buf[4096];
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
-        buf[--n] = '\0';
-    return n > 0 ? strdup(buf) : NULL;
-}
-
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -360,8 +346,9 @@ int main(int argc, char **argv)
         return 1;
     }
     char *token = NULL;
-    if (token_file != NULL && (token = read_token_file(token_file)) == NULL) {
+    if (token_file != NULL && ((token = ctl_read_token(token_file)) == NULL || token[0] == '\0')) {
         fprintf(stderr, "knoway-controller: --token-file %s: cannot read a token\n", token_file);
+        free(token);
         ctl_kube_config_cleanup(&kc);
         return 1;
     }

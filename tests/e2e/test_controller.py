@@ -18,7 +18,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 import harness  # noqa: E402
-from harness import Dataplane, Mock, free_port, post, request, wait_port  # noqa: E402
+from harness import Dataplane, Mock, free_port, metrics, post, request, wait_port  # noqa: E402
 
 SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CONTROLLER = os.environ.get("KW_CONTROLLER",
@@ -73,16 +73,6 @@ def wait_for(pred, timeout=10.0, what="condition"):
             return last
         time.sleep(0.02)
     raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
-
-
-def metrics(port):
-    body = request("GET", port, "/metrics")[2].decode()
-    out = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
 
 
 class Controller:

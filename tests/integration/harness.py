@@ -104,13 +104,7 @@ class Dataplane:
         raise RuntimeError("dataplane not ready:\n" + self.logs())
 
     def metrics(self):
-        body = request("GET", self.admin, "/metrics")[2].decode()
-        out = {}
-        for line in body.splitlines():
-            if line and not line.startswith("#"):
-                k, v = line.rsplit(" ", 1)
-                out[k] = float(v)
-        return out
+        return metrics(self.admin)
 
     def wait_metric(self, key, value, timeout=3.0):
         """Counters move when a request completes, which may be just after the client read
@@ -163,6 +157,17 @@ class Dataplane:
             if bad in logs:
                 raise AssertionError("sanitizer report in the data plane's log:\n" + logs[-20000:])
         return self.proc.returncode
+
+
+def metrics(port):
+    """An admin listener's /metrics as {"name{labels}": value}."""
+    body = request("GET", port, "/metrics")[2].decode()
+    out = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
 
 
 def request(method, port, path, body=None, headers=None, timeout=10.0):
