@@ -202,6 +202,14 @@ struct dp_provider_ops {
      * out; out left empty keeps the body as it is (wrapped when it is not JSON). */
     int (*on_error)(struct dp_request *r, long status, const char *body, size_t len,
                     struct kw_buf *out);
+    /* Optional: the content type of the provider's stream (NULL: text/event-stream). */
+    const char *stream_ctype;
+    /* Optional: raw stream bytes, split anywhere, for providers whose streams are not SSE
+     * (Bedrock's event stream); replaces the SSE parser and on_event. KW_OK or KW_ERROR. */
+    int (*feed)(struct dp_request *r, const char *buf, size_t len, struct kw_buf *out);
+    /* Optional: the upstream ended its stream cleanly (Gemini ends without [DONE]): what
+     * the client still needs, such as the usage chunk and data: [DONE]. */
+    int (*on_stream_end)(struct dp_request *r, struct kw_buf *out);
 };
 
 /* The provider that serves a backend. */
@@ -209,6 +217,8 @@ const struct dp_provider_ops *dp_provider_for(const struct kw_backend *b);
 extern const struct dp_provider_ops dp_provider_openai;
 extern const struct dp_provider_ops dp_provider_azure;
 extern const struct dp_provider_ops dp_provider_anthropic;
+extern const struct dp_provider_ops dp_provider_bedrock;
+extern const struct dp_provider_ops dp_provider_gemini;
 
 /* Shared by the OpenAI-shaped providers (provider_openai.c). */
 int dp_openai_add_header(struct curl_slist **list, struct kw_arena *a, const char *name,

@@ -12,37 +12,46 @@
  *
  * Stream, per event:
  *   message_start        -> first chunk (role), keeps id, model, input usage
- *   content_block_delta  -> chunk with the text_delta
+ *   content_block_start  -> a tool call opened (id, name) for a tool_use block
+ *   content_block_delta  -> a content chunk (text_delta) or tool arguments (input_json_delta)
  *   message_delta        -> chunk with finish_reason; output tokens
  *   message_stop         -> usage chunk when the client asked for it, then data: [DONE]
  *   error                -> an OpenAI error event
- *   ping, content_block_start/stop -> nothing
- * Tool use is not translated yet: a request with tools or tool messages answers 400. */
+ *   ping, content_block_stop, thinking deltas -> nothing
+ *
+ * Tools: tools[].function {name, description, parameters} -> tools[] {name, description,
+ * input_schema}; tool_choice auto/none/required/{function} -> {type: auto/none/any/tool};
+ * parallel_tool_calls: false -> disable_parallel_tool_use. Assistant tool_calls become
+ * tool_use blocks (arguments parsed into input), tool messages become tool_result blocks
+ * of one user turn. Back: tool_use blocks -> message.tool_calls (input serialized into
+ * arguments); in a stream, content_block_start of a tool_use opens a tool call (id, name)
+ * and each input_json_delta appends to its arguments. */
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "dp.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/snapshot.h"
+#include "translate.h"
 
 #define ANTHROPIC_VERSION    "2023-06-01"
 #define ANTHROPIC_MAX_TOKENS 4096
 
+/* The shared stream state, then usage as Anthropic reports it across events. */
 struct anth_state {
-    char id[128];
-    char model[256];
+    struct dp_tr_stream tr; /* first: dp_tr_state() returns it */
     int64_t input, cache_read, cache_create, output;
-    long created;
 };
 
 static struct anth_state *state_of(struct dp_request *r)
 {
     if (r->provider_state == NULL) {
         struct anth_state *st = kw_arena_alloc(r->arena, sizeof(*st));
-        if (st != NULL)
-            st->created = (long)time(NULL);
+        if (st == NULL)
+            return NULL;
+        memset(st, 0, sizeof(*st));
+        dp_tr_stream_init(r, &st->tr);
         r->provider_state = st;
     }
     return r->provider_state;
@@ -73,14 +82,12 @@ static struct kw_node *content_block(struct kw_arena *a, const struct kw_node *p
         if (url == NULL || url->type != KW_NODE_STRING)
             return NULL;
         struct kw_node *src = kw_node_new(a, KW_NODE_MAP);
-        const char *comma = strchr(url->str, ',');
-        if (strncmp(url->str, "data:", 5) == 0 && comma != NULL &&
-            strstr(url->str, ";base64,") != NULL) {
-            const char *semi = strchr(url->str, ';');
+        const char *mime, *data;
+        size_t mlen;
+        if (dp_tr_data_url(url->str, &mime, &mlen, &data)) {
             kw_node_map_put(a, src, "type", kw_node_cstring(a, "base64"));
-            kw_node_map_put(a, src, "media_type",
-                            kw_node_string(a, url->str + 5, (size_t)(semi - url->str - 5)));
-            kw_node_map_put(a, src, "data", kw_node_cstring(a, comma + 1));
+            kw_node_map_put(a, src, "media_type", kw_node_string(a, mime, mlen));
+            kw_node_map_put(a, src, "data", kw_node_cstring(a, data));
         } else {
             kw_node_map_put(a, src, "type", kw_node_cstring(a, "url"));
             kw_node_map_put(a, src, "url", str(a, url));
@@ -92,20 +99,206 @@ static struct kw_node *content_block(struct kw_arena *a, const struct kw_node *p
     return NULL;
 }
 
-/* The text of a system message's content (a string or text parts), appended to sys. */
-static void system_text(struct kw_buf *sys, const struct kw_node *content)
+/* tools[] in OpenAI form -> Anthropic's. NULL with a failure prepared. */
+static struct kw_node *translate_tools(struct dp_request *r, const struct kw_node *tools)
 {
-    if (sys->len > 0)
-        kw_buf_puts(sys, "\n\n");
+    struct kw_arena *a = r->arena;
+    struct kw_node *out = kw_node_new(a, KW_NODE_SEQ);
+    if (tools->type != KW_NODE_SEQ || out == NULL) {
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "tools", "tools must be a list");
+        return NULL;
+    }
+    for (size_t i = 0; i < tools->n; i++) {
+        const struct kw_node *name, *desc;
+        struct kw_node *schema;
+        if (dp_tr_tool_decl(r, i, tools->items[i], &name, &desc, &schema) != KW_OK)
+            return NULL;
+        struct kw_node *at = kw_node_new(a, KW_NODE_MAP);
+        kw_node_map_put(a, at, "name", str(a, name));
+        if (desc != NULL)
+            kw_node_map_put(a, at, "description", str(a, desc));
+        kw_node_map_put(a, at, "input_schema", schema);
+        kw_node_seq_push(a, out, at);
+    }
+    return out;
+}
+
+/* tool_choice (and parallel_tool_calls) -> Anthropic's tool_choice; NULL when unset or
+ * invalid (*bad set, failure prepared). */
+static struct kw_node *translate_tool_choice(struct dp_request *r, const struct kw_node *in,
+                                             bool *bad)
+{
+    struct kw_arena *a = r->arena;
+    const struct kw_node *tc = kw_node_get(in, "tool_choice");
+    const struct kw_node *par = kw_node_get(in, "parallel_tool_calls");
+    bool no_parallel = par != NULL && par->type == KW_NODE_BOOL && !par->b;
+    if ((tc == NULL || tc->type == KW_NODE_NULL) && !no_parallel)
+        return NULL;
+    struct kw_node *out = kw_node_new(a, KW_NODE_MAP);
+    const char *type = "auto";
+    const struct kw_node *name = NULL;
+    if (tc != NULL && tc->type == KW_NODE_STRING) {
+        if (strcmp(tc->str, "required") == 0)
+            type = "any";
+        else if (strcmp(tc->str, "none") == 0)
+            type = "none";
+        else if (strcmp(tc->str, "auto") != 0)
+            type = NULL;
+    } else if (tc != NULL && tc->type != KW_NODE_NULL) {
+        name = kw_node_get(kw_node_get(tc, "function"), "name");
+        type = name != NULL && name->type == KW_NODE_STRING ? "tool" : NULL;
+    }
+    if (type == NULL) {
+        *bad = true;
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "tool_choice",
+                        "tool_choice must be \"auto\", \"none\", \"required\" or "
+                        "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+        return NULL;
+    }
+    kw_node_map_put(a, out, "type", kw_node_cstring(a, type));
+    if (name != NULL)
+        kw_node_map_put(a, out, "name", str(a, name));
+    if (no_parallel && strcmp(type, "none") != 0)
+        kw_node_map_put(a, out, "disable_parallel_tool_use", kw_node_bool(a, true));
+    return out;
+}
+
+/* A tool message as a tool_result block. NULL with a failure prepared. */
+static struct kw_node *tool_result_block(struct dp_request *r, size_t i, const struct kw_node *m)
+{
+    struct kw_arena *a = r->arena;
+    const struct kw_node *id = kw_node_get(m, "tool_call_id"), *content = kw_node_get(m, "content");
+    if (id == NULL || id->type != KW_NODE_STRING || content == NULL ||
+        (content->type != KW_NODE_STRING && content->type != KW_NODE_SEQ)) {
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
+                        "messages[%zu]: a tool message needs tool_call_id and content", i);
+        return NULL;
+    }
+    struct kw_node *b = kw_node_new(a, KW_NODE_MAP);
+    kw_node_map_put(a, b, "type", kw_node_cstring(a, "tool_result"));
+    kw_node_map_put(a, b, "tool_use_id", str(a, id));
     if (content->type == KW_NODE_STRING) {
-        kw_buf_append(sys, content->str, content->len);
-        return;
+        kw_node_map_put(a, b, "content", str(a, content));
+        return b;
     }
-    for (size_t i = 0; content->type == KW_NODE_SEQ && i < content->n; i++) {
-        const struct kw_node *t = kw_node_get(content->items[i], "text");
-        if (t != NULL && t->type == KW_NODE_STRING)
-            kw_buf_append(sys, t->str, t->len);
+    struct kw_node *parts = kw_node_new(a, KW_NODE_SEQ);
+    for (size_t j = 0; j < content->n; j++) {
+        struct kw_node *p = content_block(a, content->items[j]);
+        if (p == NULL) {
+            dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
+                            "messages[%zu].content[%zu] is not a text or image part", i, j);
+            return NULL;
+        }
+        kw_node_seq_push(a, parts, p);
     }
+    kw_node_map_put(a, b, "content", parts);
+    return b;
+}
+
+/* The content blocks of a user or assistant message. NULL with a failure prepared. */
+static struct kw_node *message_content(struct dp_request *r, size_t i, const struct kw_node *m,
+                                       bool assistant)
+{
+    struct kw_arena *a = r->arena;
+    const struct kw_node *content = kw_node_get(m, "content");
+    const struct kw_node *calls = assistant ? kw_node_get(m, "tool_calls") : NULL;
+    bool has_calls = calls != NULL && calls->type == KW_NODE_SEQ && calls->n > 0;
+    if (content != NULL && content->type == KW_NODE_STRING && !has_calls)
+        return str(a, content);
+    if ((content == NULL || content->type == KW_NODE_NULL) && !has_calls) {
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
+                        "messages[%zu] needs content", i);
+        return NULL;
+    }
+    struct kw_node *blocks = kw_node_new(a, KW_NODE_SEQ);
+    if (content != NULL && content->type == KW_NODE_STRING && content->len > 0) {
+        struct kw_node *t = kw_node_new(a, KW_NODE_MAP);
+        kw_node_map_put(a, t, "type", kw_node_cstring(a, "text"));
+        kw_node_map_put(a, t, "text", str(a, content));
+        kw_node_seq_push(a, blocks, t);
+    } else if (content != NULL && content->type == KW_NODE_SEQ) {
+        for (size_t j = 0; j < content->n; j++) {
+            struct kw_node *b = content_block(a, content->items[j]);
+            if (b == NULL) {
+                dp_request_fail(r, 400, "invalid_request_error", "unsupported_value", "messages",
+                                "messages[%zu].content[%zu] is not a text or image part", i, j);
+                return NULL;
+            }
+            kw_node_seq_push(a, blocks, b);
+        }
+    } else if (content != NULL && content->type != KW_NODE_STRING &&
+               content->type != KW_NODE_NULL) {
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
+                        "messages[%zu].content must be a string or a list of parts", i);
+        return NULL;
+    }
+    for (size_t j = 0; has_calls && j < calls->n; j++) {
+        const struct kw_node *id, *name;
+        struct kw_node *input;
+        if (dp_tr_tool_call(r, i, j, calls->items[j], &id, &name, &input) != KW_OK)
+            return NULL;
+        struct kw_node *b = kw_node_new(a, KW_NODE_MAP);
+        kw_node_map_put(a, b, "type", kw_node_cstring(a, "tool_use"));
+        kw_node_map_put(a, b, "id", str(a, id));
+        kw_node_map_put(a, b, "name", str(a, name));
+        kw_node_map_put(a, b, "input", input);
+        kw_node_seq_push(a, blocks, b);
+    }
+    return blocks;
+}
+
+/* The messages (system lifted into sys). KW_OK, or KW_ERROR with a failure prepared. */
+static int translate_messages(struct dp_request *r, const struct kw_node *list, struct kw_buf *sys,
+                              struct kw_node *msgs)
+{
+    struct kw_arena *a = r->arena;
+    struct kw_node *results = NULL; /* the user turn collecting consecutive tool results */
+    for (size_t i = 0; i < list->n; i++) {
+        const struct kw_node *m = list->items[i];
+        const struct kw_node *role = kw_node_get(m, "role");
+        if (m->type != KW_NODE_MAP || role == NULL || role->type != KW_NODE_STRING) {
+            dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
+                            "messages[%zu] needs a role and content", i);
+            return KW_ERROR;
+        }
+        const struct kw_node *content = kw_node_get(m, "content");
+        if (strcmp(role->str, "system") == 0 || strcmp(role->str, "developer") == 0) {
+            if (content != NULL)
+                dp_tr_system_text(sys, content);
+            continue;
+        }
+        if (strcmp(role->str, "tool") == 0) {
+            struct kw_node *b = tool_result_block(r, i, m);
+            if (b == NULL)
+                return KW_ERROR;
+            if (results == NULL) {
+                struct kw_node *um = kw_node_new(a, KW_NODE_MAP);
+                results = kw_node_new(a, KW_NODE_SEQ);
+                kw_node_map_put(a, um, "role", kw_node_cstring(a, "user"));
+                kw_node_map_put(a, um, "content", results);
+                kw_node_seq_push(a, msgs, um);
+            }
+            kw_node_seq_push(a, results, b);
+            continue;
+        }
+        results = NULL;
+        bool assistant = strcmp(role->str, "assistant") == 0;
+        if (!assistant && strcmp(role->str, "user") != 0) {
+            dp_request_fail(r, 400, "invalid_request_error", "unsupported_value", "messages",
+                            "messages[%zu]: role \"%s\" is not one of system, developer, user, "
+                            "assistant, tool",
+                            i, role->str);
+            return KW_ERROR;
+        }
+        struct kw_node *blocks = message_content(r, i, m, assistant);
+        if (blocks == NULL)
+            return KW_ERROR;
+        struct kw_node *am = kw_node_new(a, KW_NODE_MAP);
+        kw_node_map_put(a, am, "role", str(a, role));
+        kw_node_map_put(a, am, "content", blocks);
+        kw_node_seq_push(a, msgs, am);
+    }
+    return KW_OK;
 }
 
 static int translate_request(struct dp_request *r, struct kw_node **out)
@@ -114,90 +307,43 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
     const struct kw_node *in = r->up_json;
     struct kw_node *body = kw_node_new(a, KW_NODE_MAP);
     struct kw_node *msgs = kw_node_new(a, KW_NODE_SEQ);
-    struct kw_buf sys;
-    kw_buf_init(&sys, 4u * 1024 * 1024);
     if (body == NULL || msgs == NULL)
         return KW_ERROR;
-    if (kw_node_get(in, "tools") != NULL) {
-        dp_request_fail(r, 400, "invalid_request_error", "unsupported_parameter", "tools",
-                        "tools are not translated for Anthropic backends yet");
-        return KW_ERROR;
-    }
     kw_node_map_put(a, body, "model", str(a, kw_node_get(in, "model")));
-    const struct kw_node *list = kw_node_get(in, "messages");
-    for (size_t i = 0; i < list->n; i++) {
-        const struct kw_node *m = list->items[i];
-        const struct kw_node *role = kw_node_get(m, "role");
-        const struct kw_node *content = kw_node_get(m, "content");
-        if (m->type != KW_NODE_MAP || role == NULL || role->type != KW_NODE_STRING ||
-            content == NULL) {
-            dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                            "messages[%zu] needs a role and content", i);
-            kw_buf_cleanup(&sys);
-            return KW_ERROR;
-        }
-        if (strcmp(role->str, "system") == 0 || strcmp(role->str, "developer") == 0) {
-            system_text(&sys, content);
-            continue;
-        }
-        if (strcmp(role->str, "user") != 0 && strcmp(role->str, "assistant") != 0) {
-            dp_request_fail(
-                r, 400, "invalid_request_error", "unsupported_value", "messages",
-                "messages[%zu]: role \"%s\" is not translated for Anthropic backends yet", i,
-                role->str);
-            kw_buf_cleanup(&sys);
-            return KW_ERROR;
-        }
-        struct kw_node *am = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, am, "role", str(a, role));
-        if (content->type == KW_NODE_STRING) {
-            kw_node_map_put(a, am, "content", str(a, content));
-        } else if (content->type == KW_NODE_SEQ) {
-            struct kw_node *blocks = kw_node_new(a, KW_NODE_SEQ);
-            for (size_t j = 0; j < content->n; j++) {
-                struct kw_node *b = content_block(a, content->items[j]);
-                if (b == NULL) {
-                    dp_request_fail(r, 400, "invalid_request_error", "unsupported_value",
-                                    "messages",
-                                    "messages[%zu].content[%zu] is not a text or image part", i, j);
-                    kw_buf_cleanup(&sys);
-                    return KW_ERROR;
-                }
-                kw_node_seq_push(a, blocks, b);
-            }
-            kw_node_map_put(a, am, "content", blocks);
-        } else {
-            dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                            "messages[%zu].content must be a string or a list of parts", i);
-            kw_buf_cleanup(&sys);
-            return KW_ERROR;
-        }
-        kw_node_seq_push(a, msgs, am);
+    struct kw_buf sys;
+    kw_buf_init(&sys, 4u * 1024 * 1024);
+    if (translate_messages(r, kw_node_get(in, "messages"), &sys, msgs) != KW_OK) {
+        kw_buf_cleanup(&sys);
+        return KW_ERROR;
     }
     if (sys.len > 0)
         kw_node_map_put(a, body, "system", kw_node_string(a, sys.data, sys.len));
     kw_buf_cleanup(&sys);
     kw_node_map_put(a, body, "messages", msgs);
-    const struct kw_node *max = kw_node_get(in, "max_completion_tokens");
-    if (max == NULL || max->type != KW_NODE_INT)
-        max = kw_node_get(in, "max_tokens");
     kw_node_map_put(a, body, "max_tokens",
-                    max != NULL && max->type == KW_NODE_INT ? kw_node_int(a, max->i)
-                                                            : kw_node_int(a, ANTHROPIC_MAX_TOKENS));
-    const struct kw_node *stop = kw_node_get(in, "stop");
-    if (stop != NULL && stop->type == KW_NODE_STRING) {
-        struct kw_node *seq = kw_node_new(a, KW_NODE_SEQ);
-        kw_node_seq_push(a, seq, str(a, stop));
-        kw_node_map_put(a, body, "stop_sequences", seq);
-    } else if (stop != NULL && stop->type == KW_NODE_SEQ) {
-        kw_node_map_put(a, body, "stop_sequences", (struct kw_node *)stop);
-    }
+                    kw_node_int(a, dp_tr_max_tokens(in, ANTHROPIC_MAX_TOKENS)));
+    struct kw_node *stop = dp_tr_stop_list(a, in);
+    if (stop != NULL)
+        kw_node_map_put(a, body, "stop_sequences", stop);
     static const char *const copied[] = {"temperature", "top_p", "stream"};
     for (size_t i = 0; i < KW_ARRAY_LEN(copied); i++) {
         const struct kw_node *v = kw_node_get(in, copied[i]);
         if (v != NULL && v->type != KW_NODE_NULL)
             kw_node_map_put(a, body, copied[i], (struct kw_node *)v);
     }
+    const struct kw_node *tools = kw_node_get(in, "tools");
+    if (tools != NULL && tools->type != KW_NODE_NULL) {
+        struct kw_node *t = translate_tools(r, tools);
+        if (t == NULL)
+            return KW_ERROR;
+        kw_node_map_put(a, body, "tools", t);
+    }
+    bool bad = false;
+    struct kw_node *tc = translate_tool_choice(r, in, &bad);
+    if (bad)
+        return KW_ERROR;
+    if (tc != NULL)
+        kw_node_map_put(a, body, "tool_choice", tc);
     const struct kw_node *user = kw_node_get(in, "user");
     if (user != NULL && user->type == KW_NODE_STRING) {
         struct kw_node *meta = kw_node_new(a, KW_NODE_MAP);
@@ -247,7 +393,9 @@ static const char *finish_reason(const struct kw_node *stop)
         return "length";
     if (strcmp(stop->str, "tool_use") == 0)
         return "tool_calls";
-    return "stop"; /* end_turn, stop_sequence, pause_turn, refusal */
+    if (strcmp(stop->str, "refusal") == 0)
+        return "content_filter";
+    return "stop"; /* end_turn, stop_sequence, pause_turn */
 }
 
 static int64_t int_of(const struct kw_node *map, const char *key)
@@ -277,21 +425,6 @@ static void set_usage(struct dp_request *r, const struct anth_state *st)
     r->have_usage = true;
 }
 
-static void usage_json(struct kw_buf *out, const struct dp_request *r)
-{
-    kw_buf_printf(out,
-                  "{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"total_tokens\":%lld,"
-                  "\"prompt_tokens_details\":{\"cached_tokens\":%lld}}",
-                  (long long)r->prompt_tokens, (long long)r->completion_tokens,
-                  (long long)(r->prompt_tokens + r->completion_tokens),
-                  (long long)r->cached_tokens);
-}
-
-static void copy_string(char *dst, size_t cap, const struct kw_node *n, const char *dflt)
-{
-    snprintf(dst, cap, "%s", n != NULL && n->type == KW_NODE_STRING ? n->str : dflt);
-}
-
 static int anthropic_on_response(struct dp_request *r, const char *body, size_t len,
                                  struct kw_buf *out)
 {
@@ -300,49 +433,36 @@ static int anthropic_on_response(struct dp_request *r, const char *body, size_t 
     struct anth_state *st = state_of(r);
     if (st == NULL || kw_json_parse(r->arena, body, len, &root, err, sizeof(err)) != KW_OK)
         return KW_ERROR;
-    copy_string(st->id, sizeof(st->id), kw_node_get(root, "id"), "msg");
-    copy_string(st->model, sizeof(st->model), kw_node_get(root, "model"), r->upstream_model);
+    dp_tr_copy(st->tr.ident.id, sizeof(st->tr.ident.id), kw_node_get(root, "id"), "msg");
+    dp_tr_copy(st->tr.ident.model, sizeof(st->tr.ident.model), kw_node_get(root, "model"),
+               r->upstream_model);
     read_usage(st, kw_node_get(root, "usage"));
     set_usage(r, st);
-    struct kw_buf text;
+    struct kw_buf text, calls;
     kw_buf_init(&text, DP_MAX_UPSTREAM_RESPONSE);
+    kw_buf_init(&calls, DP_MAX_UPSTREAM_RESPONSE);
     const struct kw_node *content = kw_node_get(root, "content");
     bool any = false;
     for (size_t i = 0; content != NULL && content->type == KW_NODE_SEQ && i < content->n; i++) {
-        const struct kw_node *t = kw_node_get(content->items[i], "text");
-        if (t != NULL && t->type == KW_NODE_STRING) {
+        const struct kw_node *b = content->items[i], *type = kw_node_get(b, "type");
+        const struct kw_node *t = kw_node_get(b, "text");
+        if (type != NULL && type->type == KW_NODE_STRING && strcmp(type->str, "tool_use") == 0) {
+            const struct kw_node *id = kw_node_get(b, "id"), *name = kw_node_get(b, "name");
+            if (id == NULL || id->type != KW_NODE_STRING || name == NULL ||
+                name->type != KW_NODE_STRING)
+                continue;
+            dp_tr_tool_call_json(&calls, id->str, id->len, name->str, name->len,
+                                 kw_node_get(b, "input"));
+        } else if (t != NULL && t->type == KW_NODE_STRING) {
             kw_buf_append(&text, t->str, t->len);
             any = true;
         }
     }
-    const char *fr = finish_reason(kw_node_get(root, "stop_reason"));
-    kw_buf_puts(out, "{\"id\":");
-    kw_json_write_string(out, st->id, strlen(st->id));
-    kw_buf_printf(out, ",\"object\":\"chat.completion\",\"created\":%ld,\"model\":", st->created);
-    kw_json_write_string(out, st->model, strlen(st->model));
-    kw_buf_puts(out, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
-    if (any)
-        kw_json_write_string(out, text.data, text.len);
-    else
-        kw_buf_puts(out, "null");
-    kw_buf_printf(out, "},\"logprobs\":null,\"finish_reason\":%s%s%s}],\"usage\":", fr ? "\"" : "",
-                  fr ? fr : "null", fr ? "\"" : "");
-    usage_json(out, r);
+    int rc = dp_tr_completion(out, r, &st->tr.ident, any ? &text : NULL, &calls,
+                              finish_reason(kw_node_get(root, "stop_reason")));
     kw_buf_cleanup(&text);
-    return kw_buf_puts(out, "}");
-}
-
-/* data: {"id","object":"chat.completion.chunk","created","model","choices":[{...}]} */
-static void chunk(struct dp_request *r, struct kw_buf *out, const char *delta, const char *fr)
-{
-    struct anth_state *st = state_of(r);
-    kw_buf_puts(out, "data: {\"id\":");
-    kw_json_write_string(out, st->id, strlen(st->id));
-    kw_buf_printf(out,
-                  ",\"object\":\"chat.completion.chunk\",\"created\":%ld,\"model\":", st->created);
-    kw_json_write_string(out, st->model, strlen(st->model));
-    kw_buf_printf(out, ",\"choices\":[{\"index\":0,\"delta\":%s,\"finish_reason\":%s%s%s}]}\n\n",
-                  delta, fr ? "\"" : "", fr ? fr : "null", fr ? "\"" : "");
+    kw_buf_cleanup(&calls);
+    return rc;
 }
 
 static int anthropic_on_event(struct dp_request *r, const char *raw, size_t raw_len,
@@ -361,62 +481,64 @@ static int anthropic_on_event(struct dp_request *r, const char *raw, size_t raw_
     const char *type = tn != NULL && tn->type == KW_NODE_STRING ? tn->str : event;
     if (strcmp(type, "message_start") == 0) {
         const struct kw_node *msg = kw_node_get(ev, "message");
-        copy_string(st->id, sizeof(st->id), kw_node_get(msg, "id"), "msg");
-        copy_string(st->model, sizeof(st->model), kw_node_get(msg, "model"), r->upstream_model);
+        dp_tr_copy(st->tr.ident.id, sizeof(st->tr.ident.id), kw_node_get(msg, "id"), "msg");
+        dp_tr_copy(st->tr.ident.model, sizeof(st->tr.ident.model), kw_node_get(msg, "model"),
+                   r->upstream_model);
         read_usage(st, kw_node_get(msg, "usage"));
-        chunk(r, out, "{\"role\":\"assistant\",\"content\":\"\"}", NULL);
-    } else if (strcmp(type, "content_block_delta") == 0) {
+        return dp_tr_chunk_role(out, &st->tr);
+    }
+    if (strcmp(type, "content_block_start") == 0) {
+        const struct kw_node *b = kw_node_get(ev, "content_block");
+        const struct kw_node *bt = kw_node_get(b, "type");
+        st->tr.tool_open =
+            bt != NULL && bt->type == KW_NODE_STRING && strcmp(bt->str, "tool_use") == 0;
+        if (!st->tr.tool_open)
+            return KW_OK;
+        const struct kw_node *id = kw_node_get(b, "id"), *name = kw_node_get(b, "name");
+        if (id == NULL || id->type != KW_NODE_STRING || name == NULL ||
+            name->type != KW_NODE_STRING)
+            return KW_ERROR;
+        return dp_tr_chunk_tool(out, &st->tr, id->str, id->len, name->str, name->len, "", 0);
+    }
+    if (strcmp(type, "content_block_delta") == 0) {
         const struct kw_node *d = kw_node_get(ev, "delta");
         const struct kw_node *text = kw_node_get(d, "text");
-        if (text != NULL && text->type == KW_NODE_STRING) {
-            struct kw_buf delta;
-            kw_buf_init(&delta, DP_MAX_SSE_EVENT);
-            kw_buf_puts(&delta, "{\"content\":");
-            kw_json_write_string(&delta, text->str, text->len);
-            kw_buf_puts(&delta, "}");
-            chunk(r, out, delta.data, NULL);
-            kw_buf_cleanup(&delta);
-        }
-    } else if (strcmp(type, "message_delta") == 0) {
+        const struct kw_node *partial = kw_node_get(d, "partial_json");
+        if (st->tr.tool_open && partial != NULL && partial->type == KW_NODE_STRING)
+            return partial->len > 0 ? dp_tr_chunk_args(out, &st->tr, partial->str, partial->len)
+                                    : KW_OK;
+        if (text != NULL && text->type == KW_NODE_STRING)
+            return dp_tr_chunk_text(out, &st->tr, text->str, text->len);
+        return KW_OK; /* thinking, signature and citations deltas */
+    }
+    if (strcmp(type, "content_block_stop") == 0) {
+        st->tr.tool_open = false;
+        return KW_OK;
+    }
+    if (strcmp(type, "message_delta") == 0) {
         read_usage(st, kw_node_get(ev, "usage"));
-        chunk(r, out, "{}", finish_reason(kw_node_get(kw_node_get(ev, "delta"), "stop_reason")));
-    } else if (strcmp(type, "message_stop") == 0) {
+        return dp_tr_chunk_finish(
+            out, &st->tr, finish_reason(kw_node_get(kw_node_get(ev, "delta"), "stop_reason")));
+    }
+    if (strcmp(type, "message_stop") == 0) {
         set_usage(r, st);
-        if (r->client_usage) {
-            kw_buf_puts(out, "data: {\"id\":");
-            kw_json_write_string(out, st->id, strlen(st->id));
-            kw_buf_printf(out, ",\"object\":\"chat.completion.chunk\",\"created\":%ld,\"model\":",
-                          st->created);
-            kw_json_write_string(out, st->model, strlen(st->model));
-            kw_buf_puts(out, ",\"choices\":[],\"usage\":");
-            usage_json(out, r);
-            kw_buf_puts(out, "}\n\n");
-        }
-        kw_buf_puts(out, "data: [DONE]\n\n");
-        r->saw_done = true;
-    } else if (strcmp(type, "error") == 0) {
+        return dp_tr_stream_end(out, r, &st->tr);
+    }
+    if (strcmp(type, "error") == 0) {
         const struct kw_node *e = kw_node_get(ev, "error");
         const struct kw_node *msg = kw_node_get(e, "message"), *et = kw_node_get(e, "type");
-        kw_buf_puts(out, "data: {\"error\":{\"message\":");
-        if (msg != NULL && msg->type == KW_NODE_STRING)
-            kw_json_write_string(out, msg->str, msg->len);
-        else
-            kw_buf_puts(out, "\"upstream error\"");
-        kw_buf_puts(out, ",\"type\":");
-        if (et != NULL && et->type == KW_NODE_STRING)
-            kw_json_write_string(out, et->str, et->len);
-        else
-            kw_buf_puts(out, "\"server_error\"");
-        kw_buf_puts(out, ",\"param\":null,\"code\":null}}\n\n");
+        bool m = msg != NULL && msg->type == KW_NODE_STRING;
+        return dp_tr_error_event(
+            out, m ? msg->str : "upstream error", m ? msg->len : 14,
+            et != NULL && et->type == KW_NODE_STRING ? et->str : "server_error", NULL);
     }
-    return KW_OK; /* ping, content_block_start/stop: nothing for the client */
+    return KW_OK; /* ping and event types added later */
 }
 
 /* {"type":"error","error":{"type","message"}} -> {"error":{"message","type","param","code"}} */
 static int anthropic_on_error(struct dp_request *r, long status, const char *body, size_t len,
                               struct kw_buf *out)
 {
-    (void)status;
     struct kw_node *root;
     char err[128];
     kw_arena_reset(r->w->scratch);
@@ -426,14 +548,9 @@ static int anthropic_on_error(struct dp_request *r, long status, const char *bod
     const struct kw_node *msg = kw_node_get(e, "message"), *type = kw_node_get(e, "type");
     if (msg == NULL || msg->type != KW_NODE_STRING)
         return KW_OK;
-    kw_buf_puts(out, "{\"error\":{\"message\":");
-    kw_json_write_string(out, msg->str, msg->len);
-    kw_buf_puts(out, ",\"type\":");
-    if (type != NULL && type->type == KW_NODE_STRING)
-        kw_json_write_string(out, type->str, type->len);
-    else
-        kw_buf_puts(out, "\"server_error\"");
-    return kw_buf_puts(out, ",\"param\":null,\"code\":null}}");
+    return dp_tr_error_body(
+        out, msg->str, msg->len,
+        type != NULL && type->type == KW_NODE_STRING ? type->str : dp_tr_error_type(status), NULL);
 }
 
 const struct dp_provider_ops dp_provider_anthropic = {

@@ -86,8 +86,9 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *ud)
             return n;
         r->up_headers_done = true;
         r->ttfb_ms = dp_now_ms() - r->start_ms;
-        if (r->stream && r->up_status == 200 &&
-            strncasecmp(r->up_ctype, "text/event-stream", 17) == 0)
+        const char *want =
+            r->provider->stream_ctype != NULL ? r->provider->stream_ctype : "text/event-stream";
+        if (r->stream && r->up_status == 200 && strncasecmp(r->up_ctype, want, strlen(want)) == 0)
             dp_request_begin_stream(r);
         return n;
     }
@@ -152,7 +153,8 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *ud)
         }
     }
     size_t before = r->out.len;
-    if (dp_sse_feed(&r->sse, ptr, n, on_sse_event, r) != KW_OK) {
+    if (r->provider->feed != NULL ? r->provider->feed(r, ptr, n, &r->out) != KW_OK
+                                  : dp_sse_feed(&r->sse, ptr, n, on_sse_event, r) != KW_OK) {
         snprintf(r->up_errmsg, sizeof(r->up_errmsg), "upstream stream event too large or invalid");
         return 0;
     }
@@ -411,7 +413,10 @@ static void finish(struct dp_request *r, CURLcode rc)
     }
     dp_upstream_stop(r);
     if (r->state == DP_ST_STREAM) {
-        dp_sse_finish(&r->sse, on_sse_event, r);
+        if (r->provider->feed == NULL)
+            dp_sse_finish(&r->sse, on_sse_event, r);
+        if (r->up_error == DP_UPERR_NONE && r->provider->on_stream_end != NULL)
+            r->provider->on_stream_end(r, &r->out);
         if (r->up_error != DP_UPERR_NONE)
             dp_request_stream_error(
                 r, r->up_error == DP_UPERR_TIMEOUT ? "upstream_timeout" : "upstream_error",

@@ -1,0 +1,315 @@
+/* Shared by the translating providers: see translate.h. */
+#include "translate.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "knoway/json.h"
+#include "knoway/kw.h"
+
+void dp_tr_stream_init(struct dp_request *r, struct dp_tr_stream *st)
+{
+    memset(st, 0, sizeof(*st));
+    st->ident.created = (long)time(NULL);
+    snprintf(st->ident.model, sizeof(st->ident.model), "%s",
+             r->upstream_model != NULL ? r->upstream_model : "");
+    snprintf(st->ident.id, sizeof(st->ident.id), "chatcmpl-%s", r->id);
+}
+
+struct dp_tr_stream *dp_tr_state(struct dp_request *r)
+{
+    if (r->provider_state == NULL) {
+        struct dp_tr_stream *st = kw_arena_alloc(r->arena, sizeof(*st));
+        if (st == NULL)
+            return NULL;
+        dp_tr_stream_init(r, st);
+        r->provider_state = st;
+    }
+    return r->provider_state;
+}
+
+void dp_tr_copy(char *dst, size_t cap, const struct kw_node *n, const char *dflt)
+{
+    snprintf(dst, cap, "%s", n != NULL && n->type == KW_NODE_STRING ? n->str : dflt);
+}
+
+/* ---- reading ------------------------------------------------------------------------- */
+
+void dp_tr_system_text(struct kw_buf *sys, const struct kw_node *content)
+{
+    if (sys->len > 0)
+        kw_buf_puts(sys, "\n\n");
+    if (content->type == KW_NODE_STRING) {
+        kw_buf_append(sys, content->str, content->len);
+        return;
+    }
+    for (size_t i = 0; content->type == KW_NODE_SEQ && i < content->n; i++) {
+        const struct kw_node *t = kw_node_get(content->items[i], "text");
+        if (t != NULL && t->type == KW_NODE_STRING)
+            kw_buf_append(sys, t->str, t->len);
+    }
+}
+
+bool dp_tr_data_url(const char *url, const char **mime, size_t *mime_len, const char **data)
+{
+    if (strncmp(url, "data:", 5) != 0)
+        return false;
+    const char *b64 = strstr(url, ";base64,");
+    if (b64 == NULL || strchr(url + 5, ',') < b64)
+        return false;
+    *mime = url + 5;
+    *mime_len = (size_t)(b64 - url - 5);
+    *data = b64 + 8;
+    return true;
+}
+
+int dp_tr_tool_call(struct dp_request *r, size_t msg, size_t j, const struct kw_node *call,
+                    const struct kw_node **id, const struct kw_node **name, struct kw_node **input)
+{
+    const struct kw_node *fn = kw_node_get(call, "function");
+    const struct kw_node *args = kw_node_get(fn, "arguments");
+    char err[128];
+    *id = kw_node_get(call, "id");
+    *name = kw_node_get(fn, "name");
+    if (*id == NULL || (*id)->type != KW_NODE_STRING || *name == NULL ||
+        (*name)->type != KW_NODE_STRING || args == NULL || args->type != KW_NODE_STRING ||
+        kw_json_parse(r->arena, args->str, args->len, input, err, sizeof(err)) != KW_OK ||
+        (*input)->type != KW_NODE_MAP) {
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
+                        "messages[%zu].tool_calls[%zu] needs an id, a function name and "
+                        "arguments holding a JSON object",
+                        msg, j);
+        return KW_ERROR;
+    }
+    return KW_OK;
+}
+
+int dp_tr_tool_decl(struct dp_request *r, size_t j, const struct kw_node *tool,
+                    const struct kw_node **name, const struct kw_node **desc,
+                    struct kw_node **params)
+{
+    const struct kw_node *type = kw_node_get(tool, "type");
+    const struct kw_node *fn = kw_node_get(tool, "function");
+    *name = kw_node_get(fn, "name");
+    if (type == NULL || type->type != KW_NODE_STRING || strcmp(type->str, "function") != 0 ||
+        *name == NULL || (*name)->type != KW_NODE_STRING) {
+        dp_request_fail(
+            r, 400, "invalid_request_error", NULL, "tools",
+            "tools[%zu] must be {\"type\": \"function\", \"function\": {\"name\": ...}}", j);
+        return KW_ERROR;
+    }
+    *desc = kw_node_get(fn, "description");
+    if (*desc != NULL && (*desc)->type != KW_NODE_STRING)
+        *desc = NULL;
+    *params = kw_node_get(fn, "parameters");
+    if (*params == NULL || (*params)->type != KW_NODE_MAP) {
+        struct kw_arena *a = r->arena;
+        *params = kw_node_new(a, KW_NODE_MAP);
+        kw_node_map_put(a, *params, "type", kw_node_cstring(a, "object"));
+        kw_node_map_put(a, *params, "properties", kw_node_new(a, KW_NODE_MAP));
+    }
+    return KW_OK;
+}
+
+int64_t dp_tr_max_tokens(const struct kw_node *req, int64_t dflt)
+{
+    const struct kw_node *max = kw_node_get(req, "max_completion_tokens");
+    if (max == NULL || max->type != KW_NODE_INT)
+        max = kw_node_get(req, "max_tokens");
+    return max != NULL && max->type == KW_NODE_INT ? max->i : dflt;
+}
+
+struct kw_node *dp_tr_stop_list(struct kw_arena *a, const struct kw_node *req)
+{
+    const struct kw_node *stop = kw_node_get(req, "stop");
+    if (stop != NULL && stop->type == KW_NODE_SEQ)
+        return (struct kw_node *)stop;
+    if (stop == NULL || stop->type != KW_NODE_STRING)
+        return NULL;
+    struct kw_node *seq = kw_node_new(a, KW_NODE_SEQ);
+    kw_node_seq_push(a, seq, kw_node_string(a, stop->str, stop->len));
+    return seq;
+}
+
+/* ---- writing ------------------------------------------------------------------------- */
+
+int dp_tr_usage_json(struct kw_buf *out, const struct dp_request *r)
+{
+    return kw_buf_printf(out,
+                         "{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"total_tokens\":%lld,"
+                         "\"prompt_tokens_details\":{\"cached_tokens\":%lld}}",
+                         (long long)r->prompt_tokens, (long long)r->completion_tokens,
+                         (long long)(r->prompt_tokens + r->completion_tokens),
+                         (long long)r->cached_tokens);
+}
+
+static void chunk_head(struct kw_buf *out, const struct dp_tr_ident *id)
+{
+    kw_buf_puts(out, "data: {\"id\":");
+    kw_json_write_string(out, id->id, strlen(id->id));
+    kw_buf_printf(out,
+                  ",\"object\":\"chat.completion.chunk\",\"created\":%ld,\"model\":", id->created);
+    kw_json_write_string(out, id->model, strlen(id->model));
+}
+
+int dp_tr_chunk(struct kw_buf *out, const struct dp_tr_ident *id, const char *delta, const char *fr)
+{
+    chunk_head(out, id);
+    return kw_buf_printf(out,
+                         ",\"choices\":[{\"index\":0,\"delta\":%s,\"finish_reason\":%s%s%s}]}\n\n",
+                         delta, fr ? "\"" : "", fr ? fr : "null", fr ? "\"" : "");
+}
+
+int dp_tr_chunk_role(struct kw_buf *out, struct dp_tr_stream *st)
+{
+    if (st->started)
+        return KW_OK;
+    st->started = true;
+    return dp_tr_chunk(out, &st->ident, "{\"role\":\"assistant\",\"content\":\"\"}", NULL);
+}
+
+int dp_tr_chunk_text(struct kw_buf *out, struct dp_tr_stream *st, const char *text, size_t len)
+{
+    dp_tr_chunk_role(out, st);
+    chunk_head(out, &st->ident);
+    kw_buf_puts(out, ",\"choices\":[{\"index\":0,\"delta\":{\"content\":");
+    kw_json_write_string(out, text, len);
+    return kw_buf_puts(out, "},\"finish_reason\":null}]}\n\n");
+}
+
+int dp_tr_chunk_tool(struct kw_buf *out, struct dp_tr_stream *st, const char *id, size_t id_len,
+                     const char *name, size_t name_len, const char *args, size_t args_len)
+{
+    dp_tr_chunk_role(out, st);
+    chunk_head(out, &st->ident);
+    kw_buf_printf(
+        out,
+        ",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%d,\"id\":", st->tools);
+    kw_json_write_string(out, id, id_len);
+    kw_buf_puts(out, ",\"type\":\"function\",\"function\":{\"name\":");
+    kw_json_write_string(out, name, name_len);
+    kw_buf_puts(out, ",\"arguments\":");
+    kw_json_write_string(out, args, args_len);
+    st->tools++;
+    st->any_tool = true;
+    return kw_buf_puts(out, "}}]},\"finish_reason\":null}]}\n\n");
+}
+
+int dp_tr_chunk_args(struct kw_buf *out, struct dp_tr_stream *st, const char *args, size_t len)
+{
+    chunk_head(out, &st->ident);
+    kw_buf_printf(out,
+                  ",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%d,"
+                  "\"function\":{\"arguments\":",
+                  st->tools > 0 ? st->tools - 1 : 0);
+    kw_json_write_string(out, args, len);
+    return kw_buf_puts(out, "}}]},\"finish_reason\":null}]}\n\n");
+}
+
+int dp_tr_chunk_finish(struct kw_buf *out, struct dp_tr_stream *st, const char *fr)
+{
+    if (st->finished)
+        return KW_OK;
+    st->finished = true;
+    dp_tr_chunk_role(out, st);
+    if (fr != NULL && st->any_tool && strcmp(fr, "stop") == 0)
+        fr = "tool_calls";
+    return dp_tr_chunk(out, &st->ident, "{}", fr);
+}
+
+int dp_tr_stream_end(struct kw_buf *out, struct dp_request *r, struct dp_tr_stream *st)
+{
+    if (r->client_usage) {
+        kw_buf_puts(out, "data: {\"id\":");
+        kw_json_write_string(out, st->ident.id, strlen(st->ident.id));
+        kw_buf_printf(out, ",\"object\":\"chat.completion.chunk\",\"created\":%ld,\"model\":",
+                      st->ident.created);
+        kw_json_write_string(out, st->ident.model, strlen(st->ident.model));
+        kw_buf_puts(out, ",\"choices\":[],\"usage\":");
+        dp_tr_usage_json(out, r);
+        kw_buf_puts(out, "}\n\n");
+    }
+    r->saw_done = true;
+    return kw_buf_puts(out, "data: [DONE]\n\n");
+}
+
+int dp_tr_error_body(struct kw_buf *out, const char *msg, size_t msg_len, const char *type,
+                     const char *code)
+{
+    kw_buf_puts(out, "{\"error\":{\"message\":");
+    kw_json_write_string(out, msg, msg_len);
+    kw_buf_puts(out, ",\"type\":");
+    kw_json_write_string(out, type, strlen(type));
+    kw_buf_puts(out, ",\"param\":null,\"code\":");
+    if (code != NULL)
+        kw_json_write_string(out, code, strlen(code));
+    else
+        kw_buf_puts(out, "null");
+    return kw_buf_puts(out, "}}");
+}
+
+int dp_tr_error_event(struct kw_buf *out, const char *msg, size_t msg_len, const char *type,
+                      const char *code)
+{
+    kw_buf_puts(out, "data: ");
+    dp_tr_error_body(out, msg, msg_len, type, code);
+    return kw_buf_puts(out, "\n\n");
+}
+
+const char *dp_tr_error_type(long status)
+{
+    if (status == 401 || status == 403)
+        return "authentication_error";
+    if (status == 404)
+        return "not_found_error";
+    if (status == 429)
+        return "rate_limit_exceeded";
+    if (status >= 500)
+        return "server_error";
+    return "invalid_request_error";
+}
+
+int dp_tr_completion(struct kw_buf *out, const struct dp_request *r, const struct dp_tr_ident *id,
+                     const struct kw_buf *content, const struct kw_buf *tool_calls, const char *fr)
+{
+    kw_buf_puts(out, "{\"id\":");
+    kw_json_write_string(out, id->id, strlen(id->id));
+    kw_buf_printf(out, ",\"object\":\"chat.completion\",\"created\":%ld,\"model\":", id->created);
+    kw_json_write_string(out, id->model, strlen(id->model));
+    kw_buf_puts(out, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+    if (content != NULL)
+        kw_json_write_string(out, content->data != NULL ? content->data : "", content->len);
+    else
+        kw_buf_puts(out, "null");
+    if (tool_calls != NULL && tool_calls->len > 0) {
+        kw_buf_puts(out, ",\"tool_calls\":[");
+        kw_buf_append(out, tool_calls->data, tool_calls->len);
+        kw_buf_puts(out, "]");
+        if (fr != NULL && strcmp(fr, "stop") == 0)
+            fr = "tool_calls";
+    }
+    kw_buf_printf(out, "},\"logprobs\":null,\"finish_reason\":%s%s%s}],\"usage\":", fr ? "\"" : "",
+                  fr ? fr : "null", fr ? "\"" : "");
+    dp_tr_usage_json(out, r);
+    return kw_buf_puts(out, "}");
+}
+
+int dp_tr_tool_call_json(struct kw_buf *calls, const char *id, size_t id_len, const char *name,
+                         size_t name_len, const struct kw_node *input)
+{
+    kw_buf_puts(calls, calls->len > 0 ? ",{\"id\":" : "{\"id\":");
+    kw_json_write_string(calls, id, id_len);
+    kw_buf_puts(calls, ",\"type\":\"function\",\"function\":{\"name\":");
+    kw_json_write_string(calls, name, name_len);
+    struct kw_buf args;
+    kw_buf_init(&args, DP_MAX_UPSTREAM_RESPONSE);
+    if (input != NULL)
+        kw_json_write(input, &args);
+    else
+        kw_buf_puts(&args, "{}");
+    kw_buf_puts(calls, ",\"arguments\":");
+    kw_json_write_string(calls, args.data != NULL ? args.data : "", args.len);
+    kw_buf_cleanup(&args);
+    return kw_buf_puts(calls, "}}");
+}

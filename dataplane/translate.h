@@ -1,0 +1,111 @@
+/* knoway data plane: what the translating providers (Anthropic, Bedrock, Gemini) share -
+ * reading the OpenAI chat request and writing OpenAI responses, chunks and errors.
+ *
+ * Writers append to a kw_buf; a buffer at its limit makes later appends fail, and the
+ * caller's final append reports it (KW_ERROR). */
+#ifndef DP_TRANSLATE_H
+#define DP_TRANSLATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dp.h"
+
+/* The identity of a translated response: its chunks and body carry the same id, created
+ * and model. */
+struct dp_tr_ident {
+    char id[128];
+    char model[256];
+    long created;
+};
+
+/* Per-request state of a translated stream (every translating provider keeps one). */
+struct dp_tr_stream {
+    struct dp_tr_ident ident;
+    int tools;      /* tool calls opened so far */
+    bool tool_open; /* the current upstream content block is a tool call */
+    bool any_tool;  /* finish_reason "stop" becomes "tool_calls" */
+    bool started;   /* the role chunk was sent */
+    bool finished;  /* the finish chunk was sent */
+    const char *finish;
+};
+
+/* The per-request stream state in r->provider_state, allocated in r->arena on first use
+ * (created = now, model = the upstream model). NULL on out-of-memory. */
+struct dp_tr_stream *dp_tr_state(struct dp_request *r);
+/* A fresh state (for providers that embed it in a larger one, first). */
+void dp_tr_stream_init(struct dp_request *r, struct dp_tr_stream *st);
+
+/* Set a fixed string field from a node (or dflt when it is not a string). */
+void dp_tr_copy(char *dst, size_t cap, const struct kw_node *n, const char *dflt);
+
+/* ---- reading the OpenAI request ------------------------------------------------------ */
+
+/* The text of a system/developer message's content (a string or text parts), appended to
+ * sys with a blank line between messages. */
+void dp_tr_system_text(struct kw_buf *sys, const struct kw_node *content);
+
+/* A data URL "data:MIME;base64,DATA": the MIME type and the base64 data. False otherwise. */
+bool dp_tr_data_url(const char *url, const char **mime, size_t *mime_len, const char **data);
+
+/* One entry of an assistant message's tool_calls: its id, function name and arguments
+ * parsed into a JSON object (in r->arena). KW_OK, or KW_ERROR with a 400 prepared. */
+int dp_tr_tool_call(struct dp_request *r, size_t msg, size_t j, const struct kw_node *call,
+                    const struct kw_node **id, const struct kw_node **name, struct kw_node **input);
+
+/* tools[j]: the function's name, description (or NULL) and parameters (an object schema;
+ * {"type":"object","properties":{}} when missing). KW_OK, or KW_ERROR with a 400 prepared. */
+int dp_tr_tool_decl(struct dp_request *r, size_t j, const struct kw_node *tool,
+                    const struct kw_node **name, const struct kw_node **desc,
+                    struct kw_node **params);
+
+/* max_completion_tokens, else max_tokens, else dflt. */
+int64_t dp_tr_max_tokens(const struct kw_node *req, int64_t dflt);
+
+/* "stop" as a list of strings (a string becomes a one-item list); NULL when unset. */
+struct kw_node *dp_tr_stop_list(struct kw_arena *a, const struct kw_node *req);
+
+/* ---- writing OpenAI output ----------------------------------------------------------- */
+
+/* {"prompt_tokens","completion_tokens","total_tokens","prompt_tokens_details"} of r. */
+int dp_tr_usage_json(struct kw_buf *out, const struct dp_request *r);
+
+/* data: {"id","object":"chat.completion.chunk","created","model","choices":[{"index":0,
+ * "delta":DELTA,"finish_reason":FR}]} and a blank line. fr may be NULL. */
+int dp_tr_chunk(struct kw_buf *out, const struct dp_tr_ident *id, const char *delta,
+                const char *fr);
+/* The role chunk, once per stream. */
+int dp_tr_chunk_role(struct kw_buf *out, struct dp_tr_stream *st);
+/* A content delta. */
+int dp_tr_chunk_text(struct kw_buf *out, struct dp_tr_stream *st, const char *text, size_t len);
+/* A tool call opened: index st->tools (then incremented), id, name and arguments (may be
+ * empty: more arrive with dp_tr_chunk_args). */
+int dp_tr_chunk_tool(struct kw_buf *out, struct dp_tr_stream *st, const char *id, size_t id_len,
+                     const char *name, size_t name_len, const char *args, size_t args_len);
+/* More arguments for the last opened tool call. */
+int dp_tr_chunk_args(struct kw_buf *out, struct dp_tr_stream *st, const char *args, size_t len);
+/* The finish chunk (once; "stop" after tool calls becomes "tool_calls"). */
+int dp_tr_chunk_finish(struct kw_buf *out, struct dp_tr_stream *st, const char *fr);
+/* The end of a translated stream: the usage chunk when the client asked for it (r's usage
+ * must be set), then data: [DONE]. */
+int dp_tr_stream_end(struct kw_buf *out, struct dp_request *r, struct dp_tr_stream *st);
+/* data: {"error":{...}} for an error inside a stream. */
+int dp_tr_error_event(struct kw_buf *out, const char *msg, size_t msg_len, const char *type,
+                      const char *code);
+/* {"error":{"message","type","param":null,"code"}}; code may be NULL. */
+int dp_tr_error_body(struct kw_buf *out, const char *msg, size_t msg_len, const char *type,
+                     const char *code);
+/* The OpenAI error type for an HTTP status. */
+const char *dp_tr_error_type(long status);
+
+/* A chat.completion body: content (NULL: null), tool_calls (a JSON array's inside, may be
+ * empty), finish_reason (NULL: null), usage of r. */
+int dp_tr_completion(struct kw_buf *out, const struct dp_request *r, const struct dp_tr_ident *id,
+                     const struct kw_buf *content, const struct kw_buf *tool_calls, const char *fr);
+/* Append one tool call {"id","type":"function","function":{"name","arguments"}} to a
+ * tool_calls list being built (comma handled); input is serialized as the arguments. */
+int dp_tr_tool_call_json(struct kw_buf *calls, const char *id, size_t id_len, const char *name,
+                         size_t name_len, const struct kw_node *input);
+
+#endif
