@@ -210,6 +210,9 @@ struct dp_provider_ops {
     /* Optional: the upstream ended its stream cleanly (Gemini ends without [DONE]): what
      * the client still needs, such as the usage chunk and data: [DONE]. */
     int (*on_stream_end)(struct dp_request *r, struct kw_buf *out);
+    /* Optional: free what r->provider_state holds outside the arena (the request ends or
+     * falls back to another backend). */
+    void (*cleanup)(struct dp_request *r);
 };
 
 /* The provider that serves a backend. */

@@ -162,5 +162,9 @@ const struct dp_provider_ops *dp_provider_for(const struct kw_backend *b)
         return &dp_provider_azure;
     if (b->provider == KW_PROVIDER_ANTHROPIC)
         return &dp_provider_anthropic;
+    if (b->provider == KW_PROVIDER_GEMINI)
+        return &dp_provider_gemini;
+    if (b->provider == KW_PROVIDER_AWS_BEDROCK)
+        return &dp_provider_bedrock;
     return NULL; /* translated providers arrive with the providers issue */
 }

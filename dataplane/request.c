@@ -415,6 +415,8 @@ int dp_request_choose(struct dp_request *r, bool *tried)
     tried[ref - r->route->refs] = true;
     r->ref = ref;
     r->backend = ref->backend;
+    if (r->provider != NULL && r->provider->cleanup != NULL && r->provider_state != NULL)
+        r->provider->cleanup(r);
     r->provider = dp_provider_for(r->backend);
     r->provider_state = NULL; /* a fallback may switch providers */
     if (r->provider == NULL) {
@@ -658,6 +660,8 @@ void dp_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         MHD_destroy_response(r->pending);
     dp_worker_untrack(w, r);
     dp_sse_cleanup(&r->sse);
+    if (r->provider != NULL && r->provider->cleanup != NULL && r->provider_state != NULL)
+        r->provider->cleanup(r);
     kw_buf_cleanup(&r->body);
     kw_buf_cleanup(&r->up_body);
     kw_buf_cleanup(&r->up_resp);

@@ -155,7 +155,9 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *ud)
     size_t before = r->out.len;
     if (r->provider->feed != NULL ? r->provider->feed(r, ptr, n, &r->out) != KW_OK
                                   : dp_sse_feed(&r->sse, ptr, n, on_sse_event, r) != KW_OK) {
-        snprintf(r->up_errmsg, sizeof(r->up_errmsg), "upstream stream event too large or invalid");
+        if (r->up_errmsg[0] == '\0')
+            snprintf(r->up_errmsg, sizeof(r->up_errmsg),
+                     "upstream stream event too large or invalid");
         return 0;
     }
     if (r->out.len != before) {

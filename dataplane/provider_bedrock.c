@@ -1,0 +1,649 @@
+/* AWS Bedrock Converse and ConverseStream behind the OpenAI chat API.
+ *
+ *   POST {base}/model/{modelId}/converse
+ *   POST {base}/model/{modelId}/converse-stream   (application/vnd.amazon.eventstream)
+ * base defaults to https://bedrock-runtime.{region}.amazonaws.com; the model id is
+ * URI-encoded in the path (its ':' as %3A). Requests are signed with SigV4 (sigv4.c,
+ * service "bedrock") from the Secret's access key id, secret access key and, when present,
+ * session token (X-Amz-Security-Token).
+ *
+ * Request: system/developer messages -> system[{text}]; user/assistant messages ->
+ * content blocks {text}, {image {format, source {bytes}}} (data URLs only: Converse takes
+ * bytes, not URLs), assistant tool_calls -> {toolUse {toolUseId, name, input}}, tool
+ * messages -> {toolResult {toolUseId, content [{text} | {json}]}} of one user turn;
+ * max(_completion)_tokens, temperature, top_p, stop -> inferenceConfig; tools ->
+ * toolConfig.tools[].toolSpec {name, description, inputSchema {json}}; tool_choice auto /
+ * required / {function} -> toolChoice {auto} / {any} / {tool {name}} ("none" sends no
+ * toolChoice: Converse has no way to forbid calls while tools are declared).
+ *
+ * Response: text blocks joined, toolUse blocks -> tool_calls; stopReason end_turn /
+ * stop_sequence -> stop, max_tokens -> length, tool_use -> tool_calls, guardrail_intervened
+ * / content_filtered -> content_filter; usage: prompt = inputTokens + cacheReadInputTokens
+ * + cacheWriteInputTokens, completion = outputTokens, cached = cacheReadInputTokens.
+ *
+ * Stream: event-stream messages (eventstream.c, both CRCs checked) by :event-type -
+ * messageStart (role chunk), contentBlockStart (a toolUse opens a tool call),
+ * contentBlockDelta (text, or toolUse.input appended to the arguments), contentBlockStop,
+ * messageStop (finish chunk), metadata (usage; then the usage chunk and [DONE]);
+ * :message-type exception frames become OpenAI error events.
+ *
+ * Errors: {"message": ...} with the HTTP status -> OpenAI's error shape. */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "dp.h"
+#include "eventstream.h"
+#include "knoway/json.h"
+#include "knoway/kw.h"
+#include "knoway/snapshot.h"
+#include "sigv4.h"
+#include "translate.h"
+
+struct br_state {
+    struct dp_tr_stream tr; /* first */
+    struct dp_es es;
+    bool es_ready;
+    int64_t input, output, cache_read, cache_write;
+};
+
+static struct br_state *state_of(struct dp_request *r)
+{
+    if (r->provider_state == NULL) {
+        struct br_state *st = kw_arena_alloc(r->arena, sizeof(*st));
+        if (st == NULL)
+            return NULL;
+        memset(st, 0, sizeof(*st));
+        dp_tr_stream_init(r, &st->tr);
+        r->provider_state = st;
+    }
+    return r->provider_state;
+}
+
+static struct kw_node *str(struct kw_arena *a, const struct kw_node *n)
+{
+    return kw_node_string(a, n->str, n->len);
+}
+
+static struct kw_node *map1(struct kw_arena *a, const char *key, struct kw_node *v)
+{
+    struct kw_node *m = kw_node_new(a, KW_NODE_MAP);
+    kw_node_map_put(a, m, key, v);
+    return m;
+}
+
+static struct kw_node *text_block(struct kw_arena *a, const char *s, size_t len)
+{
+    return map1(a, "text", kw_node_string(a, s, len));
+}
+
+/* An OpenAI content part as a Converse content block, or NULL (unsupported). */
+static struct kw_node *content_block(struct kw_arena *a, const struct kw_node *part)
+{
+    const struct kw_node *type = kw_node_get(part, "type");
+    if (type == NULL || type->type != KW_NODE_STRING)
+        return NULL;
+    if (strcmp(type->str, "text") == 0) {
+        const struct kw_node *t = kw_node_get(part, "text");
+        return t != NULL && t->type == KW_NODE_STRING ? text_block(a, t->str, t->len) : NULL;
+    }
+    const struct kw_node *url = kw_node_get(kw_node_get(part, "image_url"), "url");
+    const char *mime, *data;
+    size_t mlen;
+    if (strcmp(type->str, "image_url") != 0 || url == NULL || url->type != KW_NODE_STRING ||
+        !dp_tr_data_url(url->str, &mime, &mlen, &data) || mlen < 7 ||
+        strncmp(mime, "image/", 6) != 0)
+        return NULL;
+    struct kw_node *img = kw_node_new(a, KW_NODE_MAP);
+    kw_node_map_put(a, img, "format", kw_node_string(a, mime + 6, mlen - 6));
+    kw_node_map_put(a, img, "source", map1(a, "bytes", kw_node_cstring(a, data)));
+    return map1(a, "image", img);
+}
+
+static struct kw_node *tool_result(struct dp_request *r, size_t i, const struct kw_node *m)
+{
+    struct kw_arena *a = r->arena;
+    const struct kw_node *id = kw_node_get(m, "tool_call_id"), *content = kw_node_get(m, "content");
+    if (id == NULL || id->type != KW_NODE_STRING || content == NULL ||
+        (content->type != KW_NODE_STRING && content->type != KW_NODE_SEQ)) {
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
+                        "messages[%zu]: a tool message needs tool_call_id and content", i);
+        return NULL;
+    }
+    struct kw_node *blocks = kw_node_new(a, KW_NODE_SEQ);
+    if (content->type == KW_NODE_STRING) {
+        kw_node_seq_push(a, blocks, text_block(a, content->str, content->len));
+    } else {
+        for (size_t j = 0; j < content->n; j++) {
+            struct kw_node *b = content_block(a, content->items[j]);
+            if (b == NULL) {
+                dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
+                                "messages[%zu].content[%zu] is not a text or image part", i, j);
+                return NULL;
+            }
+            kw_node_seq_push(a, blocks, b);
+        }
+    }
+    struct kw_node *tr = kw_node_new(a, KW_NODE_MAP);
+    kw_node_map_put(a, tr, "toolUseId", str(a, id));
+    kw_node_map_put(a, tr, "content", blocks);
+    return map1(a, "toolResult", tr);
+}
+
+static struct kw_node *message_blocks(struct dp_request *r, size_t i, const struct kw_node *m)
+{
+    struct kw_arena *a = r->arena;
+    const struct kw_node *content = kw_node_get(m, "content");
+    const struct kw_node *calls = kw_node_get(m, "tool_calls");
+    struct kw_node *blocks = kw_node_new(a, KW_NODE_SEQ);
+    if (content != NULL && content->type == KW_NODE_STRING) {
+        if (content->len > 0) /* Converse rejects blank text blocks */
+            kw_node_seq_push(a, blocks, text_block(a, content->str, content->len));
+    } else if (content != NULL && content->type == KW_NODE_SEQ) {
+        for (size_t j = 0; j < content->n; j++) {
+            struct kw_node *b = content_block(a, content->items[j]);
+            if (b == NULL) {
+                dp_request_fail(r, 400, "invalid_request_error", "unsupported_value", "messages",
+                                "messages[%zu].content[%zu] is not a text part or an image data "
+                                "URL (Bedrock takes image bytes, not URLs)",
+                                i, j);
+                return NULL;
+            }
+            kw_node_seq_push(a, blocks, b);
+        }
+    } else if (content != NULL && content->type != KW_NODE_NULL) {
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
+                        "messages[%zu].content must be a string or a list of parts", i);
+        return NULL;
+    }
+    for (size_t j = 0; calls != NULL && calls->type == KW_NODE_SEQ && j < calls->n; j++) {
+        const struct kw_node *id, *name;
+        struct kw_node *input;
+        if (dp_tr_tool_call(r, i, j, calls->items[j], &id, &name, &input) != KW_OK)
+            return NULL;
+        struct kw_node *tu = kw_node_new(a, KW_NODE_MAP);
+        kw_node_map_put(a, tu, "toolUseId", str(a, id));
+        kw_node_map_put(a, tu, "name", str(a, name));
+        kw_node_map_put(a, tu, "input", input);
+        kw_node_seq_push(a, blocks, map1(a, "toolUse", tu));
+    }
+    if (blocks->n == 0) {
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
+                        "messages[%zu] needs non-empty content", i);
+        return NULL;
+    }
+    return blocks;
+}
+
+static int translate_messages(struct dp_request *r, const struct kw_node *list,
+                              struct kw_node *system, struct kw_node *msgs)
+{
+    struct kw_arena *a = r->arena;
+    struct kw_node *results = NULL;
+    for (size_t i = 0; i < list->n; i++) {
+        const struct kw_node *m = list->items[i], *role = kw_node_get(m, "role");
+        if (m->type != KW_NODE_MAP || role == NULL || role->type != KW_NODE_STRING) {
+            dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
+                            "messages[%zu] needs a role and content", i);
+            return KW_ERROR;
+        }
+        if (strcmp(role->str, "system") == 0 || strcmp(role->str, "developer") == 0) {
+            struct kw_buf sys;
+            kw_buf_init(&sys, 4u * 1024 * 1024);
+            const struct kw_node *content = kw_node_get(m, "content");
+            if (content != NULL)
+                dp_tr_system_text(&sys, content);
+            if (sys.len > 0)
+                kw_node_seq_push(a, system, text_block(a, sys.data, sys.len));
+            kw_buf_cleanup(&sys);
+            continue;
+        }
+        if (strcmp(role->str, "tool") == 0) {
+            struct kw_node *b = tool_result(r, i, m);
+            if (b == NULL)
+                return KW_ERROR;
+            if (results == NULL) {
+                struct kw_node *um = kw_node_new(a, KW_NODE_MAP);
+                results = kw_node_new(a, KW_NODE_SEQ);
+                kw_node_map_put(a, um, "role", kw_node_cstring(a, "user"));
+                kw_node_map_put(a, um, "content", results);
+                kw_node_seq_push(a, msgs, um);
+            }
+            kw_node_seq_push(a, results, b);
+            continue;
+        }
+        results = NULL;
+        if (strcmp(role->str, "user") != 0 && strcmp(role->str, "assistant") != 0) {
+            dp_request_fail(r, 400, "invalid_request_error", "unsupported_value", "messages",
+                            "messages[%zu]: role \"%s\" is not one of system, developer, user, "
+                            "assistant, tool",
+                            i, role->str);
+            return KW_ERROR;
+        }
+        struct kw_node *blocks = message_blocks(r, i, m);
+        if (blocks == NULL)
+            return KW_ERROR;
+        struct kw_node *bm = kw_node_new(a, KW_NODE_MAP);
+        kw_node_map_put(a, bm, "role", str(a, role));
+        kw_node_map_put(a, bm, "content", blocks);
+        kw_node_seq_push(a, msgs, bm);
+    }
+    return KW_OK;
+}
+
+static int tool_config(struct dp_request *r, const struct kw_node *in, struct kw_node *body)
+{
+    struct kw_arena *a = r->arena;
+    const struct kw_node *tools = kw_node_get(in, "tools");
+    if (tools == NULL || tools->type == KW_NODE_NULL)
+        return KW_OK;
+    if (tools->type != KW_NODE_SEQ) {
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "tools", "tools must be a list");
+        return KW_ERROR;
+    }
+    struct kw_node *specs = kw_node_new(a, KW_NODE_SEQ);
+    for (size_t i = 0; i < tools->n; i++) {
+        const struct kw_node *name, *desc;
+        struct kw_node *params;
+        if (dp_tr_tool_decl(r, i, tools->items[i], &name, &desc, &params) != KW_OK)
+            return KW_ERROR;
+        struct kw_node *spec = kw_node_new(a, KW_NODE_MAP);
+        kw_node_map_put(a, spec, "name", str(a, name));
+        if (desc != NULL)
+            kw_node_map_put(a, spec, "description", str(a, desc));
+        kw_node_map_put(a, spec, "inputSchema", map1(a, "json", params));
+        kw_node_seq_push(a, specs, map1(a, "toolSpec", spec));
+    }
+    struct kw_node *cfg = map1(a, "tools", specs);
+    const struct kw_node *tc = kw_node_get(in, "tool_choice");
+    if (tc != NULL && tc->type == KW_NODE_STRING) {
+        if (strcmp(tc->str, "auto") == 0)
+            kw_node_map_put(a, cfg, "toolChoice", map1(a, "auto", kw_node_new(a, KW_NODE_MAP)));
+        else if (strcmp(tc->str, "required") == 0)
+            kw_node_map_put(a, cfg, "toolChoice", map1(a, "any", kw_node_new(a, KW_NODE_MAP)));
+        else if (strcmp(tc->str, "none") != 0)
+            tc = NULL, tools = NULL;
+    } else if (tc != NULL && tc->type != KW_NODE_NULL) {
+        const struct kw_node *name = kw_node_get(kw_node_get(tc, "function"), "name");
+        if (name != NULL && name->type == KW_NODE_STRING)
+            kw_node_map_put(a, cfg, "toolChoice", map1(a, "tool", map1(a, "name", str(a, name))));
+        else
+            tools = NULL;
+    }
+    if (tools == NULL) {
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "tool_choice",
+                        "tool_choice must be \"auto\", \"none\", \"required\" or "
+                        "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+        return KW_ERROR;
+    }
+    kw_node_map_put(a, body, "toolConfig", cfg);
+    return KW_OK;
+}
+
+static int translate_request(struct dp_request *r, struct kw_node **out)
+{
+    struct kw_arena *a = r->arena;
+    const struct kw_node *in = r->up_json;
+    struct kw_node *body = kw_node_new(a, KW_NODE_MAP);
+    struct kw_node *msgs = kw_node_new(a, KW_NODE_SEQ), *system = kw_node_new(a, KW_NODE_SEQ);
+    if (translate_messages(r, kw_node_get(in, "messages"), system, msgs) != KW_OK)
+        return KW_ERROR;
+    kw_node_map_put(a, body, "messages", msgs);
+    if (system->n > 0)
+        kw_node_map_put(a, body, "system", system);
+    struct kw_node *ic = kw_node_new(a, KW_NODE_MAP);
+    int64_t max = dp_tr_max_tokens(in, -1);
+    if (max >= 0)
+        kw_node_map_put(a, ic, "maxTokens", kw_node_int(a, max));
+    static const char *const copied[][2] = {{"temperature", "temperature"}, {"top_p", "topP"}};
+    for (size_t i = 0; i < KW_ARRAY_LEN(copied); i++) {
+        struct kw_node *v = kw_node_get(in, copied[i][0]);
+        if (v != NULL && v->type != KW_NODE_NULL)
+            kw_node_map_put(a, ic, copied[i][1], v);
+    }
+    struct kw_node *stop = dp_tr_stop_list(a, in);
+    if (stop != NULL)
+        kw_node_map_put(a, ic, "stopSequences", stop);
+    if (ic->n > 0)
+        kw_node_map_put(a, body, "inferenceConfig", ic);
+    if (tool_config(r, in, body) != KW_OK)
+        return KW_ERROR;
+    *out = body;
+    return KW_OK;
+}
+
+/* A Secret value of the backend, or NULL. */
+static const char *secret_value(struct dp_request *r, const char *key)
+{
+    const struct kw_backend *b = r->backend;
+    if (key == NULL || b->credentials.secret_ref.name == NULL)
+        return NULL;
+    const struct kw_credential *c =
+        kw_snapshot_credential(r->table->snap, b->meta.ns, b->credentials.secret_ref.name, key);
+    return c != NULL && c->len > 0 ? c->value : NULL;
+}
+
+/* Sign and add the headers: Content-Type, Host, X-Amz-Date, X-Amz-Security-Token,
+ * Authorization. */
+static int sign(struct dp_request *r, const char *url, struct curl_slist **headers)
+{
+    const struct kw_backend *b = r->backend;
+    const char *akid = secret_value(r, b->credentials.bedrock.access_key_id_key);
+    const char *secret = secret_value(r, b->credentials.bedrock.secret_access_key_key);
+    const char *token = secret_value(r, b->credentials.bedrock.session_token_key != NULL
+                                            ? b->credentials.bedrock.session_token_key
+                                            : "AWS_SESSION_TOKEN");
+    if (akid == NULL || secret == NULL) {
+        dp_request_fail(r, 500, "server_error", "upstream_credentials", NULL,
+                        "backend %s: the Secret has no AWS access key id or secret access key",
+                        b->meta.name);
+        return KW_ERROR;
+    }
+    CURLU *u = curl_url();
+    char *host = NULL, *port = NULL, *path = NULL, *query = NULL, *scheme = NULL;
+    int rc = u != NULL && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+                     curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+                     curl_url_get(u, CURLUPART_PATH, &path, 0) == CURLUE_OK &&
+                     curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK
+                 ? KW_OK
+                 : KW_ERROR;
+    if (u != NULL) {
+        curl_url_get(u, CURLUPART_PORT, &port, 0);
+        curl_url_get(u, CURLUPART_QUERY, &query, 0);
+    }
+    char amz_date[17];
+    dp_sigv4_date((long long)time(NULL), amz_date);
+    const char *hostval = NULL;
+    if (rc == KW_OK) {
+        bool dflt = port == NULL || (strcmp(scheme, "https") == 0 && strcmp(port, "443") == 0) ||
+                    (strcmp(scheme, "http") == 0 && strcmp(port, "80") == 0);
+        hostval = dflt ? kw_arena_printf(r->arena, "%s", host)
+                       : kw_arena_printf(r->arena, "%s:%s", host, port);
+        rc = hostval != NULL ? KW_OK : KW_ERROR;
+    }
+    struct dp_sigv4_header hs[4] = {{"content-type", "application/json"},
+                                    {"host", hostval},
+                                    {"x-amz-date", amz_date},
+                                    {"x-amz-security-token", token}};
+    struct dp_sigv4 s = {
+        .method = "POST",
+        .path = path,
+        .query = query,
+        .headers = hs,
+        .nheaders = token != NULL ? 4 : 3,
+        .payload = r->up_body.data,
+        .payload_len = r->up_body.len,
+        .amz_date = amz_date,
+        .region =
+            b->credentials.bedrock.region != NULL ? b->credentials.bedrock.region : "us-east-1",
+        .service = "bedrock",
+        .access_key_id = akid,
+        .secret_access_key = secret,
+    };
+    struct kw_buf auth;
+    kw_buf_init(&auth, 4096);
+    if (rc == KW_OK)
+        rc = dp_sigv4_authorization(&s, &auth);
+    for (size_t i = 0; rc == KW_OK && i < s.nheaders; i++)
+        rc = dp_openai_add_header(headers, r->arena, i == 1 ? "Host" : hs[i].name, hs[i].value);
+    if (rc == KW_OK)
+        rc = dp_openai_add_header(headers, r->arena, "Authorization", auth.data);
+    kw_buf_cleanup(&auth);
+    curl_free(host);
+    curl_free(port);
+    curl_free(path);
+    curl_free(query);
+    curl_free(scheme);
+    curl_url_cleanup(u);
+    return rc;
+}
+
+static int bedrock_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
+{
+    if (r->api != DP_API_CHAT) {
+        dp_request_fail(r, 400, "invalid_request_error", "unsupported_endpoint", NULL,
+                        "backend %s (AWSBedrock) serves /v1/chat/completions only",
+                        r->backend->meta.name);
+        return KW_ERROR;
+    }
+    struct kw_node *body;
+    if (translate_request(r, &body) != KW_OK)
+        return KW_ERROR;
+    const struct kw_backend *b = r->backend;
+    char dflt[160];
+    const char *base =
+        b->upstream.base_url != NULL || b->upstream.nendpoints > 0 ? dp_openai_pick_base(r) : NULL;
+    if (base == NULL) {
+        snprintf(dflt, sizeof(dflt), "https://bedrock-runtime.%s.amazonaws.com",
+                 b->credentials.bedrock.region != NULL ? b->credentials.bedrock.region
+                                                       : "us-east-1");
+        base = dflt;
+    }
+    size_t blen = strlen(base);
+    while (blen > 0 && base[blen - 1] == '/')
+        blen--;
+    char *model = curl_easy_escape(NULL, r->upstream_model, 0);
+    if (model == NULL)
+        return KW_ERROR;
+    int rc = kw_buf_printf(url, "%.*s/model/%s/%s", (int)blen, base, model,
+                           r->stream ? "converse-stream" : "converse");
+    curl_free(model);
+    /* the body is part of the signature: written first, the headers after */
+    for (size_t i = 0; rc == KW_OK && i < b->upstream.nheaders; i++)
+        rc = dp_openai_add_header(headers, r->arena, b->upstream.headers[i].name,
+                                  b->upstream.headers[i].value);
+    if (rc != KW_OK || kw_json_write(body, &r->up_body) != KW_OK)
+        return KW_ERROR;
+    return sign(r, url->data, headers);
+}
+
+/* ---- responses ------------------------------------------------------------------------ */
+
+static const char *finish_reason(const struct kw_node *n)
+{
+    if (n == NULL || n->type != KW_NODE_STRING)
+        return NULL;
+    if (strcmp(n->str, "max_tokens") == 0)
+        return "length";
+    if (strcmp(n->str, "tool_use") == 0)
+        return "tool_calls";
+    if (strcmp(n->str, "guardrail_intervened") == 0 || strcmp(n->str, "content_filtered") == 0)
+        return "content_filter";
+    return "stop";
+}
+
+static int64_t int_of(const struct kw_node *map, const char *key)
+{
+    const struct kw_node *n = kw_node_get(map, key);
+    return n != NULL && n->type == KW_NODE_INT ? n->i : 0;
+}
+
+static void read_usage(struct dp_request *r, const struct kw_node *u)
+{
+    if (u == NULL || u->type != KW_NODE_MAP)
+        return;
+    int64_t cache_read = int_of(u, "cacheReadInputTokens");
+    r->prompt_tokens = int_of(u, "inputTokens") + cache_read + int_of(u, "cacheWriteInputTokens");
+    r->completion_tokens = int_of(u, "outputTokens");
+    r->cached_tokens = cache_read;
+    r->have_usage = true;
+}
+
+static int bedrock_on_response(struct dp_request *r, const char *body, size_t len,
+                               struct kw_buf *out)
+{
+    struct kw_node *root;
+    char err[128];
+    struct br_state *st = state_of(r);
+    if (st == NULL || kw_json_parse(r->arena, body, len, &root, err, sizeof(err)) != KW_OK)
+        return KW_ERROR;
+    read_usage(r, kw_node_get(root, "usage"));
+    const struct kw_node *content =
+        kw_node_get(kw_node_get(kw_node_get(root, "output"), "message"), "content");
+    struct kw_buf text, calls;
+    kw_buf_init(&text, DP_MAX_UPSTREAM_RESPONSE);
+    kw_buf_init(&calls, DP_MAX_UPSTREAM_RESPONSE);
+    bool any = false;
+    for (size_t i = 0; content != NULL && content->type == KW_NODE_SEQ && i < content->n; i++) {
+        const struct kw_node *b = content->items[i], *t = kw_node_get(b, "text");
+        const struct kw_node *tu = kw_node_get(b, "toolUse");
+        if (tu != NULL) {
+            const struct kw_node *id = kw_node_get(tu, "toolUseId"),
+                                 *name = kw_node_get(tu, "name");
+            if (id != NULL && id->type == KW_NODE_STRING && name != NULL &&
+                name->type == KW_NODE_STRING)
+                dp_tr_tool_call_json(&calls, id->str, id->len, name->str, name->len,
+                                     kw_node_get(tu, "input"));
+        } else if (t != NULL && t->type == KW_NODE_STRING) {
+            kw_buf_append(&text, t->str, t->len);
+            any = true;
+        }
+    }
+    int rc = dp_tr_completion(out, r, &st->tr.ident, any ? &text : NULL, &calls,
+                              finish_reason(kw_node_get(root, "stopReason")));
+    kw_buf_cleanup(&text);
+    kw_buf_cleanup(&calls);
+    return rc;
+}
+
+static void bedrock_cleanup(struct dp_request *r);
+
+struct feed_ctx {
+    struct dp_request *r;
+    struct br_state *st;
+    struct kw_buf *out;
+};
+
+static int on_message(void *ud, const struct dp_es_message *m)
+{
+    struct feed_ctx *c = ud;
+    struct dp_request *r = c->r;
+    struct br_state *st = c->st;
+    struct kw_node *ev;
+    char err[128];
+    kw_arena_reset(r->w->scratch);
+    if (strcmp(m->message_type, "event") != 0) { /* exception or error frames */
+        const struct kw_node *msg = NULL;
+        if (kw_json_parse(r->w->scratch, m->payload, m->payload_len, &ev, err, sizeof(err)) ==
+            KW_OK)
+            msg = kw_node_get(ev, "message");
+        const char *code = m->exception_type[0] != '\0' ? m->exception_type : m->error_code;
+        bool has = msg != NULL && msg->type == KW_NODE_STRING;
+        const char *text = has ? msg->str : m->error_message[0] ? m->error_message : code;
+        dp_tr_error_event(c->out, text, has ? msg->len : strlen(text),
+                          strncmp(code, "throttling", 10) == 0   ? "rate_limit_exceeded"
+                          : strncmp(code, "validation", 10) == 0 ? "invalid_request_error"
+                                                                 : "server_error",
+                          code[0] != '\0' ? code : NULL);
+        r->saw_done = true; /* the stream is over */
+        return KW_OK;
+    }
+    if (kw_json_parse(r->w->scratch, m->payload, m->payload_len, &ev, err, sizeof(err)) != KW_OK)
+        return KW_ERROR;
+    const char *type = m->event_type;
+    if (strcmp(type, "messageStart") == 0)
+        return dp_tr_chunk_role(c->out, &st->tr);
+    if (strcmp(type, "contentBlockStart") == 0) {
+        const struct kw_node *tu = kw_node_get(kw_node_get(ev, "start"), "toolUse");
+        st->tr.tool_open = tu != NULL;
+        if (tu == NULL)
+            return KW_OK;
+        const struct kw_node *id = kw_node_get(tu, "toolUseId"), *name = kw_node_get(tu, "name");
+        if (id == NULL || id->type != KW_NODE_STRING || name == NULL ||
+            name->type != KW_NODE_STRING)
+            return KW_ERROR;
+        return dp_tr_chunk_tool(c->out, &st->tr, id->str, id->len, name->str, name->len, "", 0);
+    }
+    if (strcmp(type, "contentBlockDelta") == 0) {
+        const struct kw_node *d = kw_node_get(ev, "delta");
+        const struct kw_node *t = kw_node_get(d, "text");
+        const struct kw_node *input = kw_node_get(kw_node_get(d, "toolUse"), "input");
+        if (st->tr.tool_open && input != NULL && input->type == KW_NODE_STRING)
+            return input->len > 0 ? dp_tr_chunk_args(c->out, &st->tr, input->str, input->len)
+                                  : KW_OK;
+        if (t != NULL && t->type == KW_NODE_STRING)
+            return dp_tr_chunk_text(c->out, &st->tr, t->str, t->len);
+        return KW_OK; /* reasoningContent */
+    }
+    if (strcmp(type, "contentBlockStop") == 0) {
+        st->tr.tool_open = false;
+        return KW_OK;
+    }
+    if (strcmp(type, "messageStop") == 0)
+        return dp_tr_chunk_finish(c->out, &st->tr, finish_reason(kw_node_get(ev, "stopReason")));
+    if (strcmp(type, "metadata") == 0) {
+        read_usage(r, kw_node_get(ev, "usage"));
+        return dp_tr_stream_end(c->out, r, &st->tr);
+    }
+    return KW_OK;
+}
+
+static int bedrock_feed(struct dp_request *r, const char *buf, size_t len, struct kw_buf *out)
+{
+    struct br_state *st = state_of(r);
+    if (st == NULL)
+        return KW_ERROR;
+    if (!st->es_ready) {
+        dp_es_init(&st->es, DP_MAX_SSE_EVENT);
+        st->es_ready = true;
+    }
+    if (r->saw_done)
+        return KW_OK; /* nothing may follow the end or an exception */
+    struct feed_ctx c = {r, st, out};
+    char err[160];
+    if (dp_es_feed(&st->es, buf, len, on_message, &c, err, sizeof(err)) != KW_OK) {
+        snprintf(r->up_errmsg, sizeof(r->up_errmsg), "%s", err);
+        bedrock_cleanup(r);
+        return KW_ERROR;
+    }
+    return KW_OK;
+}
+
+static void bedrock_cleanup(struct dp_request *r)
+{
+    struct br_state *st = r->provider_state;
+    if (st != NULL && st->es_ready) {
+        dp_es_cleanup(&st->es);
+        st->es_ready = false;
+    }
+}
+
+static int bedrock_on_stream_end(struct dp_request *r, struct kw_buf *out)
+{
+    struct br_state *st = state_of(r);
+    if (st == NULL)
+        return KW_ERROR;
+    bedrock_cleanup(r);
+    if (r->saw_done)
+        return KW_OK;
+    dp_tr_chunk_finish(out, &st->tr, "stop");
+    return dp_tr_stream_end(out, r, &st->tr);
+}
+
+/* {"message": "..."} (and {"Message"} from some front ends) -> OpenAI's error shape. */
+static int bedrock_on_error(struct dp_request *r, long status, const char *body, size_t len,
+                            struct kw_buf *out)
+{
+    struct kw_node *root;
+    char err[128];
+    kw_arena_reset(r->w->scratch);
+    if (kw_json_parse(r->w->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
+        return KW_OK;
+    const struct kw_node *msg = kw_node_get(root, "message");
+    if (msg == NULL)
+        msg = kw_node_get(root, "Message");
+    if (msg == NULL || msg->type != KW_NODE_STRING)
+        return KW_OK;
+    return dp_tr_error_body(out, msg->str, msg->len, dp_tr_error_type(status), NULL);
+}
+
+const struct dp_provider_ops dp_provider_bedrock = {
+    .name = "bedrock",
+    .build = bedrock_build,
+    .on_response = bedrock_on_response,
+    .on_error = bedrock_on_error,
+    .stream_ctype = "application/vnd.amazon.eventstream",
+    .feed = bedrock_feed,
+    .on_stream_end = bedrock_on_stream_end,
+    .cleanup = bedrock_cleanup,
+};
