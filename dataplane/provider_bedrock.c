@@ -4,8 +4,8 @@
  *   POST {base}/model/{modelId}/converse-stream   (application/vnd.amazon.eventstream)
  * base defaults to https://bedrock-runtime.{region}.amazonaws.com; the model id is
  * URI-encoded in the path (its ':' as %3A). Requests are signed with SigV4 (sigv4.c,
- * service "bedrock") from the Secret's access key id, secret access key and, when present,
- * session token (X-Amz-Security-Token).
+ * service "bedrock") from the Secret's access key id, secret access key and, when
+ * credentials.bedrock.sessionTokenKey is set, session token (X-Amz-Security-Token).
  *
  * Request: system/developer messages -> system[{text}]; user/assistant messages ->
  * content blocks {text}, {image {format, source {bytes}}} (data URLs only: Converse takes
@@ -202,6 +202,10 @@ static int translate_messages(struct dp_request *r, const struct kw_node *list,
             struct kw_node *b = tool_result(r, i, m);
             if (b == NULL)
                 return KW_ERROR;
+            struct kw_node *prev = msgs->n > 0 ? msgs->items[msgs->n - 1] : NULL;
+            const struct kw_node *prole = kw_node_get(prev, "role");
+            if (results == NULL && prole != NULL && strcmp(prole->str, "user") == 0)
+                results = kw_node_get(prev, "content");
             if (results == NULL) {
                 struct kw_node *um = kw_node_new(a, KW_NODE_MAP);
                 results = kw_node_new(a, KW_NODE_SEQ);
@@ -223,6 +227,16 @@ static int translate_messages(struct dp_request *r, const struct kw_node *list,
         struct kw_node *blocks = message_blocks(r, i, m);
         if (blocks == NULL)
             return KW_ERROR;
+        /* Converse wants user and assistant turns to alternate: a turn following one of the
+         * same role (a user message after tool results) joins it */
+        struct kw_node *prev = msgs->n > 0 ? msgs->items[msgs->n - 1] : NULL;
+        const struct kw_node *prole = kw_node_get(prev, "role");
+        if (prole != NULL && strcmp(prole->str, role->str) == 0) {
+            struct kw_node *pc = kw_node_get(prev, "content");
+            for (size_t j = 0; j < blocks->n; j++)
+                kw_node_seq_push(a, pc, blocks->items[j]);
+            continue;
+        }
         struct kw_node *bm = kw_node_new(a, KW_NODE_MAP);
         kw_node_map_put(a, bm, "role", str(a, role));
         kw_node_map_put(a, bm, "content", blocks);
@@ -330,9 +344,7 @@ static int sign(struct dp_request *r, const char *url, struct curl_slist **heade
     const struct kw_backend *b = r->backend;
     const char *akid = secret_value(r, b->credentials.bedrock.access_key_id_key);
     const char *secret = secret_value(r, b->credentials.bedrock.secret_access_key_key);
-    const char *token = secret_value(r, b->credentials.bedrock.session_token_key != NULL
-                                            ? b->credentials.bedrock.session_token_key
-                                            : "AWS_SESSION_TOKEN");
+    const char *token = secret_value(r, b->credentials.bedrock.session_token_key);
     if (akid == NULL || secret == NULL) {
         dp_request_fail(r, 500, "server_error", "upstream_credentials", NULL,
                         "backend %s: the Secret has no AWS access key id or secret access key",

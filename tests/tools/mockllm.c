@@ -16,7 +16,10 @@
  *   POST /v1/messages           Anthropic Messages API: needs x-api-key and
  *                               anthropic-version, model, max_tokens, user/assistant roles
  *                               (400/401 in Anthropic's error shape); streams message_start,
- *                               content_block_*, ping, message_delta, message_stop
+ *                               content_block_*, ping, message_delta, message_stop. With
+ *                               tools and no tool_result in the last turn it calls the first
+ *                               tool with {"city": "Paris"} (tool_use, input_json_delta);
+ *                               after a tool_result it answers "tool said: RESULT"
  *   GET  /_mock/requests        what was received: a JSON array of the last requests
  *   DELETE /_mock/requests      forget them
  *
@@ -190,6 +193,8 @@ struct conn {
     char model[128];
     int sent, prompt_tokens;
     bool include_usage;
+    char tool[64];             /* Anthropic: call this tool (the first declared one) */
+    char tool_result[256];     /* Anthropic: answer "tool said: " and this result */
     struct kw_heap_node tnode; /* the next stream step or delayed answer */
     uint64_t rec_id;
     bool pending_nonstream; /* a delayed non-streaming response */
@@ -442,10 +447,56 @@ static int prompt_tokens_of(yajl_val root, enum kind kind)
     return tokens;
 }
 
+/* The whole tool-call stream, at once. */
+static void anthropic_tool_stream(struct conn *c)
+{
+    char ev[4096];
+    int n = snprintf(
+        ev, sizeof(ev),
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":"
+        "\"msg_mock\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":"
+        "\"%s\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":%d,"
+        "\"output_tokens\":1}}}\n\n"
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
+        "\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_mock01\",\"name\":\"%s\","
+        "\"input\":{}}}\n\n"
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
+        "\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n"
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
+        "\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\": \"}}\n\n"
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
+        "\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Paris\\\"}\"}}\n\n"
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":"
+        "\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":5}}\n\n"
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        c->model, c->prompt_tokens, c->tool);
+    out_chunk(&c->out, ev, (size_t)n);
+}
+
+/* The text of content piece i: "tokI ", or "tool said: " and the tool result. */
+static void piece(const struct conn *c, int i, char *buf, size_t cap)
+{
+    if (c->tool_result[0] != '\0')
+        snprintf(buf, cap, "%s", i == 0 ? "tool said: " : c->tool_result);
+    else
+        snprintf(buf, cap, "tok%d ", i);
+}
+
 static void anthropic_event(struct conn *c, int i, bool last)
 {
     char ev[2048];
     int n;
+    if (c->tool[0] != '\0') {
+        if (last)
+            anthropic_tool_stream(c);
+        return;
+    }
+    char text[300];
+    struct out esc = {0};
+    piece(c, i, text, sizeof(text));
+    out_json_str(&esc, text);
+    out_put(&esc, "", 1);
     if (last) {
         n = snprintf(
             ev, sizeof(ev),
@@ -466,15 +517,16 @@ static void anthropic_event(struct conn *c, int i, bool last)
             "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
             "event: ping\ndata: {\"type\": \"ping\"}\n\n"
             "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
-            "\"delta\":{\"type\":\"text_delta\",\"text\":\"tok0 \"}}\n\n",
-            c->model, c->prompt_tokens);
+            "\"delta\":{\"type\":\"text_delta\",\"text\":\"%s\"}}\n\n",
+            c->model, c->prompt_tokens, esc.data);
     } else {
         n = snprintf(
             ev, sizeof(ev),
             "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
-            "\"delta\":{\"type\":\"text_delta\",\"text\":\"tok%d \"}}\n\n",
-            i);
+            "\"delta\":{\"type\":\"text_delta\",\"text\":\"%s\"}}\n\n",
+            esc.data);
     }
+    free(esc.data);
     out_chunk(&c->out, ev, (size_t)n);
 }
 
@@ -587,9 +639,25 @@ static void reply_completion_body(struct conn *c)
 {
     struct out b = {0};
     struct out text = {0};
-    for (int i = 0; i < c->chunks; i++)
-        out_printf(&text, "tok%d ", i);
+    for (int i = 0; i < c->chunks; i++) {
+        char p[300];
+        piece(c, i, p, sizeof(p));
+        out_json_str(&text, p);
+    }
     out_put(&text, "", 1);
+    if (c->kind == K_ANTHROPIC && c->tool[0] != '\0') {
+        out_printf(
+            &b,
+            "{\"id\":\"msg_mock\",\"type\":\"message\",\"role\":\"assistant\",\"model\":"
+            "\"%s\",\"content\":[{\"type\":\"tool_use\",\"id\":\"toolu_mock01\",\"name\":\"%s\","
+            "\"input\":{\"city\":\"Paris\"}}],\"stop_reason\":\"tool_use\",\"stop_sequence\":"
+            "null,\"usage\":{\"input_tokens\":%d,\"output_tokens\":5}}",
+            c->model, c->tool, c->prompt_tokens);
+        send_json(c, b.data, b.len);
+        free(b.data);
+        free(text.data);
+        return;
+    }
     if (c->kind == K_ANTHROPIC) {
         out_printf(
             &b,
@@ -718,12 +786,38 @@ static void reply_anthropic(struct worker *w, struct conn *c)
     yajl_val sys = yajl_tree_get(root, p_sys, yajl_t_string);
     if (sys != NULL)
         tokens += count_words(sys->u.string);
+    c->tool[0] = c->tool_result[0] = '\0';
+    const char *p_tools[] = {"tools", NULL}, *p_name[] = {"name", NULL};
+    const char *p_content[] = {"content", NULL}, *p_type[] = {"type", NULL};
+    yajl_val tools = yajl_tree_get(root, p_tools, yajl_t_array);
+    yajl_val last =
+        yajl_tree_get(msgs->u.array.values[msgs->u.array.len - 1], p_content, yajl_t_any);
+    for (size_t i = 0; last != NULL && YAJL_IS_ARRAY(last) && i < last->u.array.len; i++) {
+        yajl_val t = yajl_tree_get(last->u.array.values[i], p_type, yajl_t_string);
+        yajl_val rc = yajl_tree_get(last->u.array.values[i], p_content, yajl_t_string);
+        if (t != NULL && strcmp(t->u.string, "tool_result") == 0)
+            snprintf(c->tool_result, sizeof(c->tool_result), "%s", rc ? rc->u.string : "");
+    }
+    if (c->tool_result[0] == '\0' && tools != NULL && tools->u.array.len > 0) {
+        yajl_val name = yajl_tree_get(tools->u.array.values[0], p_name, yajl_t_string);
+        if (name == NULL) {
+            send_anthropic_error(c, 400, "invalid_request_error", "tools.0.name: Field required");
+            yajl_tree_free(root);
+            return;
+        }
+        snprintf(c->tool, sizeof(c->tool), "%s", name->u.string);
+        for (char *q = c->tool; *q; q++)
+            if (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20)
+                *q = '_';
+    }
     c->kind = K_ANTHROPIC;
     snprintf(c->model, sizeof(c->model), "%s", model->u.string);
     for (char *q = c->model; *q; q++)
         if (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20)
             *q = '_';
     c->prompt_tokens = tokens;
+    if (c->tool_result[0] != '\0')
+        c->chunks = 2; /* "tool said: " and the result */
     yajl_val stream = yajl_tree_get(root, p_stream, yajl_t_any);
     bool streaming = stream != NULL && YAJL_IS_TRUE(stream);
     yajl_tree_free(root);

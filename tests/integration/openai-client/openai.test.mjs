@@ -34,9 +34,14 @@ async function waitPort(port) {
 }
 
 before(async () => {
-  const [mock, listen, admin] = [await freePort(), await freePort(), await freePort()];
+  const [mock, listen, admin, mock2] = [await freePort(), await freePort(), await freePort(), await freePort()];
   procs.push(spawn(join(build, 'tests/knoway-mockllm'), ['--listen', `127.0.0.1:${mock}`], { stdio: 'ignore' }));
+  // Gemini and Bedrock (SigV4 verified by the mock, with a session token)
+  procs.push(spawn('python3', [new URL('../../tools/mockproviders.py', import.meta.url).pathname,
+    '--listen', `127.0.0.1:${mock2}`, '--aws-region', 'eu-central-1', '--aws-session-token', 'tok-1'],
+  { stdio: 'ignore' }));
   await waitPort(mock);
+  await waitPort(mock2);
   const dir = mkdtempSync(join(tmpdir(), 'kw-openai-'));
   const cfg = join(dir, 'knoway.yaml');
   const backend = (name, headers = '') => `---
@@ -65,7 +70,12 @@ ${backend('demo')}${route('demo', 'demo')}${backend('cut', '    headers: [{name:
 apiVersion: v1
 kind: Secret
 metadata: {name: keys}
-stringData: {apiKey: k-1}
+stringData:
+  apiKey: k-1
+  bad: invalid
+  AWS_ACCESS_KEY_ID: AKIDEXAMPLE
+  AWS_SECRET_ACCESS_KEY: wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY
+  AWS_SESSION_TOKEN: tok-1
 ---
 apiVersion: llm.knoway.dev/v1alpha1
 kind: LLMBackend
@@ -82,7 +92,43 @@ spec:
   provider: AzureOpenAI
   upstream: {baseURL: "http://127.0.0.1:${mock}"}
   credentials: {secretRef: {name: keys}, azure: {deployment: dep-1}}
-${route('azure', 'azure')}`);
+${route('azure', 'azure')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: gemini}
+spec:
+  provider: Gemini
+  modelName: gemini-2.5-flash
+  upstream: {baseURL: "http://127.0.0.1:${mock2}"}
+  credentials: {secretRef: {name: keys}}
+${route('gemini', 'gemini')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: gemini-badkey}
+spec:
+  provider: Gemini
+  upstream: {baseURL: "http://127.0.0.1:${mock2}"}
+  credentials: {secretRef: {name: keys, key: bad}}
+${route('gemini-badkey', 'gemini-badkey')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: bedrock}
+spec:
+  provider: AWSBedrock
+  modelName: "anthropic.claude-3-5-haiku-20241022-v1:0"
+  upstream: {baseURL: "http://127.0.0.1:${mock2}"}
+  credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
+${route('bedrock', 'bedrock')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: bedrock-broken}
+spec:
+  provider: AWSBedrock
+  upstream:
+    baseURL: "http://127.0.0.1:${mock2}"
+    headers: [{name: x-mock-fault, value: exception}, {name: x-mock-fault-after, value: "2"}]
+  credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
+${route('bedrock-broken', 'bedrock-broken')}`);
   procs.push(spawn(join(build, 'dataplane/knoway-dataplane'), ['-c', cfg], { stdio: 'ignore' }));
   await waitPort(listen);
   client = new OpenAI({ baseURL: `http://127.0.0.1:${listen}/v1`, apiKey: 'not-needed', maxRetries: 0 });
@@ -136,7 +182,8 @@ test('embeddings', async () => {
 test('models', async () => {
   const ids = [];
   for await (const m of client.models.list()) ids.push(m.id);
-  assert.deepEqual(ids.sort(), ['azure', 'claude', 'cut', 'demo']);
+  assert.deepEqual(ids.sort(), ['azure', 'bedrock', 'bedrock-broken', 'claude', 'cut', 'demo', 'gemini',
+    'gemini-badkey']);
 });
 
 test('unknown model is a NotFoundError', async () => {
@@ -157,7 +204,7 @@ test('an upstream failure mid-stream surfaces as an error, not a silent cut', as
   assert.equal(text, 'tok0 tok1 tok2 ');
 });
 
-for (const model of ['claude', 'azure']) {
+for (const model of ['claude', 'azure', 'gemini', 'bedrock']) {
   test(`the same client against ${model}, streaming included`, async () => {
     const r = await client.chat.completions.create({
       model, messages: [{ role: 'system', content: 'brief' }, { role: 'user', content: 'hi' }],
@@ -179,3 +226,74 @@ for (const model of ['claude', 'azure']) {
     assert.equal(usage.completion_tokens, 8);
   });
 }
+
+// Tool calls, the whole round trip, through every translating provider: the model calls the
+// first declared tool with {"city": "Paris"}, then answers with the tool's result.
+const tools = [{ type: 'function', function: { name: 'get_weather', description: 'Weather in a city',
+  parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
+
+for (const model of ['claude', 'gemini', 'bedrock']) {
+  test(`tool calls through ${model}, streaming included`, async () => {
+    const messages = [{ role: 'user', content: 'What is the weather in Paris?' }];
+    const r = await client.chat.completions.create({ model, messages, tools });
+    assert.equal(r.choices[0].finish_reason, 'tool_calls');
+    const call = r.choices[0].message.tool_calls[0];
+    assert.equal(call.type, 'function');
+    assert.equal(call.function.name, 'get_weather');
+    assert.deepEqual(JSON.parse(call.function.arguments), { city: 'Paris' });
+    assert.ok(call.id.length > 0);
+
+    // the same call, streamed: arguments assembled from the deltas
+    const stream = await client.chat.completions.create({ model, messages, tools, stream: true });
+    const calls = [];
+    let finish;
+    for await (const chunk of stream) {
+      for (const d of chunk.choices[0]?.delta?.tool_calls ?? []) {
+        calls[d.index] ??= { id: '', name: '', args: '' };
+        calls[d.index].id += d.id ?? '';
+        calls[d.index].name += d.function?.name ?? '';
+        calls[d.index].args += d.function?.arguments ?? '';
+      }
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    assert.equal(finish, 'tool_calls');
+    assert.equal(calls.length, 1);
+    assert.equal(calls[0].name, 'get_weather');
+    assert.deepEqual(JSON.parse(calls[0].args), { city: 'Paris' });
+
+    // the tool's result goes back; the model uses it
+    const answer = await client.chat.completions.create({
+      model, tools,
+      messages: [...messages, r.choices[0].message,
+        { role: 'tool', tool_call_id: call.id, content: '{"temp":"18C"}' }],
+    });
+    assert.equal(answer.choices[0].finish_reason, 'stop');
+    assert.match(answer.choices[0].message.content, /^tool said: .*18C/);
+  });
+}
+
+test('Gemini embeddings through the SDK (which asks for base64)', async () => {
+  const r = await client.embeddings.create({ model: 'gemini', input: ['alpha', 'beta'] });
+  assert.equal(r.data.length, 2);
+  assert.equal(r.data[0].embedding.length, 8);
+  const one = await client.embeddings.create({ model: 'gemini', input: 'alpha', encoding_format: 'float' });
+  assert.deepEqual(one.data[0].embedding.map((x) => x.toFixed(5)), r.data[0].embedding.map((x) => x.toFixed(5)));
+});
+
+test('a provider error keeps its status and message', async () => {
+  await assert.rejects(
+    client.chat.completions.create({ model: 'gemini-badkey', messages: [{ role: 'user', content: 'x' }] }),
+    (e) => e instanceof OpenAI.BadRequestError && e.code === 'INVALID_ARGUMENT'
+      && /API key not valid/.test(e.message));
+});
+
+test('a Bedrock exception frame mid-stream surfaces as an error', async () => {
+  const stream = await client.chat.completions.create({
+    model: 'bedrock-broken', stream: true, messages: [{ role: 'user', content: 'hi' }],
+  });
+  let text = '';
+  await assert.rejects(async () => {
+    for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
+  }, (e) => e instanceof OpenAI.APIError && /The model stream failed/.test(e.message));
+  assert.equal(text, 'tok0 tok1 ');
+});

@@ -1,0 +1,472 @@
+#!/usr/bin/env python3
+"""knoway-mockproviders: mocks of Gemini (Generative Language API) and AWS Bedrock
+(Converse / ConverseStream) for the integration tests, faithful to their documented wire
+formats, validating requests the way the real APIs reject them, with fault injection.
+
+Gemini:
+  POST /v1beta/models/{model}:generateContent
+  POST /v1beta/models/{model}:streamGenerateContent?alt=sse  (SSE, CRLF, ends by closing)
+  POST /v1beta/models/{model}:embedContent | :batchEmbedContents
+  key in x-goog-api-key: missing -> 403 PERMISSION_DENIED, "invalid" -> 400 API key not valid;
+  unknown fields -> 400 INVALID_ARGUMENT ('Invalid JSON payload received. Unknown name ...').
+Bedrock:
+  POST /model/{modelId}/converse | /converse-stream (application/vnd.amazon.eventstream)
+  SigV4 verified independently of knoway (service bedrock, region from --aws-region, keys
+  from --aws-access-key/--aws-secret-key, session token from --aws-session-token when set):
+  403 with x-amzn-ErrorType as Bedrock answers; roles must alternate and start with user;
+  unknown fields -> 400 ValidationException.
+
+Both: content "tok0 tok1 ..." in x-mock-chunks pieces (default 8); prompt tokens = 3 per
+message + 1 per word of text. When tools are declared and the last turn is not a tool
+result, the model calls the first tool with {"city": "Paris"}; after a tool result it
+answers "tool said: <result text>". Faults by header: x-mock-status: N (the provider's
+error shape), x-mock-fault: reset | exception | badcrc, x-mock-fault-after: N chunks.
+GET /_mock/requests lists what was received (method, path, headers, body)."""
+import argparse
+import datetime
+import hashlib
+import hmac
+import json
+import re
+import socketserver
+import struct
+import threading
+import urllib.parse
+import zlib
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+LOG = []
+LOG_MU = threading.Lock()
+ARGS = None
+
+
+def words(s):
+    return len(s.split())
+
+
+# ---- the model's behaviour, shared by both schemas -------------------------------------
+
+class Turn:
+    """What the mock model answers: text pieces or one tool call, and token counts."""
+
+    def __init__(self, chunks, prompt_tokens, tool=None, tool_result=None):
+        self.prompt_tokens = prompt_tokens
+        self.tool = tool  # the tool name to call
+        if tool_result is not None:
+            self.pieces = ["tool said: ", tool_result]
+        else:
+            self.pieces = ["tok%d " % i for i in range(chunks)]
+        self.completion_tokens = 5 if tool else len(self.pieces)
+        self.args = {"city": "Paris"}
+
+
+# ---- event stream ---------------------------------------------------------------------
+
+def es_message(headers, payload, bad_crc=False):
+    hb = b""
+    for name, value in headers.items():
+        n, v = name.encode(), value.encode()
+        hb += bytes([len(n)]) + n + b"\x07" + struct.pack(">H", len(v)) + v
+    total = 16 + len(hb) + len(payload)
+    prelude = struct.pack(">II", total, len(hb))
+    prelude += struct.pack(">I", zlib.crc32(prelude))
+    msg = prelude + hb + payload
+    crc = zlib.crc32(msg) ^ (1 if bad_crc else 0)
+    return msg + struct.pack(">I", crc)
+
+
+def es_event(kind, obj, bad_crc=False):
+    obj = dict(obj, p="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0"[: 1 + len(kind) % 20])
+    return es_message({":event-type": kind, ":content-type": "application/json",
+                       ":message-type": "event"}, json.dumps(obj).encode(), bad_crc)
+
+
+# ---- SigV4 verification (independent of knoway's signer) --------------------------------
+
+def _hmac(key, msg):
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def sigv4_problem(method, raw_path, query, headers, body):
+    """None when the request is signed correctly, else (status, error type, message)."""
+    auth = headers.get("authorization")
+    if not auth:
+        return 403, "MissingAuthenticationTokenException", "Missing Authentication Token"
+    m = re.match(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
+                 r"SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$", auth)
+    if not m:
+        return 403, "IncompleteSignatureException", "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters."
+    akid, date, region, service, signed, sig = m.groups()
+    if akid != ARGS.aws_access_key:
+        return 403, "UnrecognizedClientException", "The security token included in the request is invalid."
+    if region != ARGS.aws_region or service != "bedrock":
+        return 403, "InvalidSignatureException", "Credential should be scoped to a valid region."
+    amz_date = headers.get("x-amz-date", "")
+    try:
+        t = datetime.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+    except ValueError:
+        return 403, "IncompleteSignatureException", "Date must be in ISO-8601 'basic format'."
+    if abs((datetime.datetime.now(datetime.timezone.utc) - t).total_seconds()) > 300 or amz_date[:8] != date:
+        return 403, "InvalidSignatureException", "Signature expired or not yet current."
+    names = signed.split(";")
+    if "host" not in names or "x-amz-date" not in names:
+        return 403, "InvalidSignatureException", "'Host' and 'X-Amz-Date' must be signed."
+    if ARGS.aws_session_token and (headers.get("x-amz-security-token") != ARGS.aws_session_token
+                                   or "x-amz-security-token" not in names):
+        return 403, "UnrecognizedClientException", "The security token included in the request is invalid."
+    canon_uri = urllib.parse.quote(raw_path, safe="/-_.~")
+    params = sorted((urllib.parse.quote(urllib.parse.unquote(k), safe="-_.~"),
+                     urllib.parse.quote(urllib.parse.unquote(v), safe="-_.~"))
+                    for k, _, v in (p.partition("=") for p in query.split("&") if p))
+    canon_query = "&".join("%s=%s" % kv for kv in params)
+    canon_headers = "".join("%s:%s\n" % (n, " ".join(headers.get(n, "").split())) for n in names)
+    creq = "\n".join([method, canon_uri, canon_query, canon_headers, signed,
+                      hashlib.sha256(body).hexdigest()])
+    sts = "\n".join(["AWS4-HMAC-SHA256", amz_date, "%s/%s/%s/aws4_request" % (date, region, service),
+                     hashlib.sha256(creq.encode()).hexdigest()])
+    k = _hmac(("AWS4" + ARGS.aws_secret_key).encode(), date)
+    for part in (region, service, "aws4_request"):
+        k = _hmac(k, part)
+    if not hmac.compare_digest(hmac.new(k, sts.encode(), hashlib.sha256).hexdigest(), sig):
+        return 403, "InvalidSignatureException", (
+            "The request signature we calculated does not match the signature you provided. "
+            "Check your AWS Secret Access Key and signing method. Consult the service "
+            "documentation for details.")
+    return None
+
+
+# ---- the HTTP handler -------------------------------------------------------------------
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def send_json(self, status, obj, extra=None):
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def chunk(self, data):
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def start_stream(self, ctype):
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def reset(self):
+        self.wfile.flush()
+        self.connection.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_LINGER,
+                                   struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+
+    def do_GET(self):
+        if self.path == "/_mock/requests":
+            with LOG_MU:
+                self.send_json(200, LOG)
+            return
+        self.send_json(404, {"error": {"code": 404, "message": "Not Found", "status": "NOT_FOUND"}})
+
+    def do_DELETE(self):
+        with LOG_MU:
+            LOG.clear()
+        self.send_json(200, {})
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(n)
+        hdrs = {k.lower(): v for k, v in self.headers.items()}
+        with LOG_MU:
+            LOG.append({"method": "POST", "path": self.path, "headers": hdrs,
+                        "body": body.decode("utf-8", "replace")})
+            del LOG[:-500]
+        self.fault = hdrs.get("x-mock-fault", "")
+        self.fault_after = int(hdrs.get("x-mock-fault-after", "1"))
+        self.nchunks = int(hdrs.get("x-mock-chunks", "8"))
+        self.status = int(hdrs.get("x-mock-status", "0"))
+        path, _, query = self.path.partition("?")
+        if path.startswith("/v1beta/models/"):
+            self.gemini(path[len("/v1beta/models/"):], query, hdrs, body)
+        elif path.startswith("/model/"):
+            self.bedrock(path, query, hdrs, body)
+        else:
+            self.send_json(404, {"message": "unknown path"})
+
+    # ---- Gemini ----
+
+    def gemini_error(self, status, message, st):
+        self.send_json(status, {"error": {"code": status, "message": message, "status": st}})
+
+    GEN_FIELDS = {"contents", "systemInstruction", "generationConfig", "tools", "toolConfig",
+                  "safetySettings", "cachedContent", "labels"}
+    GC_FIELDS = {"temperature", "topP", "topK", "maxOutputTokens", "stopSequences", "candidateCount",
+                 "presencePenalty", "frequencyPenalty", "seed", "responseMimeType", "responseSchema",
+                 "responseLogprobs", "logprobs", "thinkingConfig", "responseModalities"}
+    PART_FIELDS = {"text", "inlineData", "fileData", "functionCall", "functionResponse",
+                   "executableCode", "codeExecutionResult", "thought", "thoughtSignature"}
+
+    def gemini_validate(self, req):
+        for k in req:
+            if k not in self.GEN_FIELDS:
+                return 'Invalid JSON payload received. Unknown name "%s": Cannot find field.' % k
+        for k in req.get("generationConfig", {}):
+            if k not in self.GC_FIELDS:
+                return ('Invalid JSON payload received. Unknown name "%s" at \'generation_config\': '
+                        'Cannot find field.' % k)
+        contents = req.get("contents")
+        if not isinstance(contents, list) or not contents:
+            return "* GenerateContentRequest.contents: contents is not specified"
+        for i, c in enumerate(contents):
+            if c.get("role") not in ("user", "model"):
+                return ("Please use a valid role: user, model.")
+            if not c.get("parts"):
+                return "* GenerateContentRequest.contents[%d].parts: contents.parts must not be empty." % i
+            for p in c["parts"]:
+                data = [k for k in p if k in self.PART_FIELDS and k not in ("thought", "thoughtSignature")]
+                unknown = [k for k in p if k not in self.PART_FIELDS]
+                if unknown:
+                    return 'Invalid JSON payload received. Unknown name "%s" at \'contents[%d].parts[0]\': Cannot find field.' % (unknown[0], i)
+                if len(data) != 1:
+                    return "* GenerateContentRequest.contents[%d].parts[0].data: required oneof field 'data' must have one initialized field" % i
+                fr = p.get("functionResponse")
+                if fr is not None and not isinstance(fr.get("response"), dict):
+                    return "* GenerateContentRequest.contents[%d].parts[0].function_response.response: must be an object" % i
+        si = req.get("systemInstruction")
+        if si is not None and not (isinstance(si, dict) and si.get("parts")):
+            return "* GenerateContentRequest.system_instruction.parts: must not be empty"
+        for t in req.get("tools", []):
+            for d in t.get("functionDeclarations", []):
+                if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$", d.get("name", "")):
+                    return "* GenerateContentRequest.tools[0].function_declarations[0].name: Invalid function name."
+        return None
+
+    def gemini_turn(self, req):
+        tokens = 0
+        last = None
+        for c in req["contents"]:
+            tokens += 3
+            for p in c["parts"]:
+                tokens += words(p.get("text", ""))
+            last = c
+        si = req.get("systemInstruction")
+        if si:
+            tokens += sum(words(p.get("text", "")) for p in si["parts"])
+        fresp = [p["functionResponse"] for p in last["parts"] if "functionResponse" in p]
+        if fresp:
+            return Turn(self.nchunks, tokens, tool_result=json.dumps(fresp[0]["response"], sort_keys=True))
+        decls = [d for t in req.get("tools", []) for d in t.get("functionDeclarations", [])]
+        mode = req.get("toolConfig", {}).get("functionCallingConfig", {}).get("mode", "AUTO")
+        if decls and mode != "NONE":
+            return Turn(self.nchunks, tokens, tool=decls[0]["name"])
+        return Turn(self.nchunks, tokens)
+
+    def gemini(self, rest, query, hdrs, body):
+        model, _, method = rest.partition(":")
+        key = hdrs.get("x-goog-api-key")
+        if not key:
+            return self.gemini_error(403, "Method doesn't allow unregistered callers (callers without "
+                                     "established identity). Please use API Key or other form of API "
+                                     "consumer identity to call this API.", "PERMISSION_DENIED")
+        if key == "invalid":
+            return self.gemini_error(400, "API key not valid. Please pass a valid API key.", "INVALID_ARGUMENT")
+        if self.status:
+            st = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}.get(self.status, "INVALID_ARGUMENT")
+            return self.gemini_error(self.status, "mock error", st)
+        try:
+            req = json.loads(body)
+        except ValueError:
+            return self.gemini_error(400, "Invalid JSON payload received.", "INVALID_ARGUMENT")
+        if method in ("embedContent", "batchEmbedContents"):
+            return self.gemini_embed(model, method, req)
+        if method == "streamGenerateContent" and "alt=sse" not in query:
+            return self.gemini_error(400, "mock: only alt=sse streams are served", "INVALID_ARGUMENT")
+        if method not in ("generateContent", "streamGenerateContent"):
+            return self.gemini_error(404, "Method not found.", "NOT_FOUND")
+        problem = self.gemini_validate(req)
+        if problem:
+            return self.gemini_error(400, problem, "INVALID_ARGUMENT")
+        turn = self.gemini_turn(req)
+        usage = lambda n: {"promptTokenCount": turn.prompt_tokens, "candidatesTokenCount": n,
+                           "totalTokenCount": turn.prompt_tokens + n}
+        ident = {"modelVersion": model, "responseId": "mock-resp-1"}
+        if method == "generateContent":
+            parts = ([{"functionCall": {"name": turn.tool, "args": turn.args}}] if turn.tool
+                     else [{"text": "".join(turn.pieces)}])
+            return self.send_json(200, dict({"candidates": [{"content": {"parts": parts, "role": "model"},
+                                                             "finishReason": "STOP", "index": 0}],
+                                             "usageMetadata": usage(turn.completion_tokens)}, **ident))
+        self.start_stream("text/event-stream")
+        events = ([[{"functionCall": {"name": turn.tool, "args": turn.args}}]] if turn.tool
+                  else [[{"text": p}] for p in turn.pieces])
+        for i, parts in enumerate(events):
+            if self.fault == "reset" and i == self.fault_after:
+                return self.reset()
+            last = i == len(events) - 1
+            cand = {"content": {"parts": parts, "role": "model"}, "index": 0}
+            if last:
+                cand["finishReason"] = "STOP"
+            n = turn.completion_tokens if last else i + 1
+            ev = dict({"candidates": [cand], "usageMetadata": usage(n)}, **ident)
+            self.chunk(b"data: " + json.dumps(ev).encode() + b"\r\n\r\n")
+        self.chunk(b"")
+        self.close_connection = True  # Gemini ends its streams by closing
+
+    def gemini_embed(self, model, method, req):
+        def values(text):
+            h = hashlib.sha256(text.encode()).digest()
+            return [round((b - 128) / 128.0, 6) for b in h[:8]]
+        if method == "embedContent":
+            parts = req.get("content", {}).get("parts")
+            if not parts:
+                return self.gemini_error(400, "* EmbedContentRequest.content: contents must not be empty", "INVALID_ARGUMENT")
+            return self.send_json(200, {"embedding": {"values": values(parts[0].get("text", ""))}})
+        out = []
+        for i, r in enumerate(req.get("requests", [])):
+            if r.get("model") != "models/" + model:
+                return self.gemini_error(400, "* BatchEmbedContentsRequest.requests[%d].model: model must match the parent model." % i, "INVALID_ARGUMENT")
+            out.append({"values": values(r["content"]["parts"][0].get("text", ""))})
+        if not out:
+            return self.gemini_error(400, "* BatchEmbedContentsRequest.requests: requests must not be empty", "INVALID_ARGUMENT")
+        self.send_json(200, {"embeddings": out})
+
+    # ---- Bedrock ----
+
+    def bedrock_error(self, status, etype, message):
+        self.send_json(status, {"message": message}, {"x-amzn-ErrorType": etype + ":http://internal.amazon.com/coral/com.amazon.bedrock/"})
+
+    CONVERSE_FIELDS = {"messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig",
+                       "additionalModelRequestFields", "promptVariables",
+                       "additionalModelResponseFieldPaths", "requestMetadata", "performanceConfig"}
+    IC_FIELDS = {"maxTokens", "temperature", "topP", "stopSequences"}
+    BLOCK_FIELDS = {"text", "image", "document", "video", "toolUse", "toolResult", "guardContent",
+                    "reasoningContent", "cachePoint"}
+
+    def bedrock_validate(self, req):
+        for k in req:
+            if k not in self.CONVERSE_FIELDS:
+                return "Malformed input request: extraneous key [%s] is not permitted, please reformat your input and try again." % k
+        for k in req.get("inferenceConfig", {}):
+            if k not in self.IC_FIELDS:
+                return "Malformed input request: extraneous key [%s] is not permitted" % k
+        msgs = req.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            return "The model returned the following errors: messages: at least one message is required"
+        if msgs[0].get("role") != "user":
+            return "A conversation must start with a user message. Try again with a conversation that starts with a user message."
+        for i, m in enumerate(msgs):
+            if m.get("role") not in ("user", "assistant"):
+                return "1 validation error detected: Value at 'messages.%d.member.role' failed to satisfy constraint" % (i + 1)
+            if i > 0 and msgs[i - 1]["role"] == m["role"]:
+                return "A conversation must alternate between user and assistant roles. Make sure the conversation alternates between user and assistant roles and try again."
+            if not m.get("content"):
+                return "The content field in the Message object at messages.%d is empty. Add a ContentBlock object to the content field and try again." % i
+            for b in m["content"]:
+                if len(b) != 1 or next(iter(b)) not in self.BLOCK_FIELDS:
+                    return "Malformed input request: content block must have exactly one member"
+                if "text" in b and not b["text"].strip():
+                    return "The text field in the ContentBlock object at messages.%d.content.0 is blank. Add text to the text field, and try again." % i
+                if "toolUse" in b and not isinstance(b["toolUse"].get("input"), dict):
+                    return "toolUse.input must be an object"
+        uses = any("toolUse" in b or "toolResult" in b for m in msgs for b in m["content"])
+        if uses and not req.get("toolConfig"):
+            return "The toolConfig field must be defined when using toolUse and toolResult content blocks."
+        return None
+
+    def bedrock_turn(self, req):
+        tokens = 0
+        for m in req["messages"]:
+            tokens += 3 + sum(words(b.get("text", "")) for b in m["content"])
+        tokens += sum(words(s.get("text", "")) for s in req.get("system", []))
+        results = [b["toolResult"] for b in req["messages"][-1]["content"] if "toolResult" in b]
+        if results:
+            text = "".join(c.get("text", json.dumps(c.get("json"))) for c in results[0]["content"])
+            return Turn(self.nchunks, tokens, tool_result=text)
+        specs = [t["toolSpec"] for t in req.get("toolConfig", {}).get("tools", []) if "toolSpec" in t]
+        if specs:
+            return Turn(self.nchunks, tokens, tool=specs[0]["name"])
+        return Turn(self.nchunks, tokens)
+
+    def bedrock(self, path, query, hdrs, body):
+        m = re.match(r"^/model/([^/]+)/(converse|converse-stream)$", path)
+        if not m:
+            return self.bedrock_error(404, "UnknownOperationException", "Unknown operation")
+        problem = sigv4_problem("POST", path, query, hdrs, body)
+        if problem:
+            return self.bedrock_error(problem[0], problem[1], problem[2])
+        if self.status:
+            etype = {429: "ThrottlingException", 503: "ServiceUnavailableException"}.get(self.status, "InternalServerException")
+            return self.bedrock_error(self.status, etype, "mock error")
+        try:
+            req = json.loads(body)
+        except ValueError:
+            return self.bedrock_error(400, "SerializationException", "Malformed request body")
+        problem = self.bedrock_validate(req)
+        if problem:
+            return self.bedrock_error(400, "ValidationException", problem)
+        turn = self.bedrock_turn(req)
+        usage = {"inputTokens": turn.prompt_tokens, "outputTokens": turn.completion_tokens,
+                 "totalTokens": turn.prompt_tokens + turn.completion_tokens}
+        stop = "tool_use" if turn.tool else "end_turn"
+        tool_id = "tooluse_mock0000000000000001"
+        if m.group(2) == "converse":
+            content = ([{"toolUse": {"toolUseId": tool_id, "name": turn.tool, "input": turn.args}}] if turn.tool
+                       else [{"text": "".join(turn.pieces)}])
+            return self.send_json(200, {"output": {"message": {"role": "assistant", "content": content}},
+                                        "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 12}})
+        self.start_stream("application/vnd.amazon.eventstream")
+        frames = [es_event("messageStart", {"role": "assistant"})]
+        if turn.tool:
+            frames.append(es_event("contentBlockStart", {"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": tool_id, "name": turn.tool}}}))
+            js = json.dumps(turn.args)
+            frames += [es_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"toolUse": {"input": js[:5]}}}),
+                       es_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"toolUse": {"input": js[5:]}}})]
+        else:
+            frames += [es_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": p}}) for p in turn.pieces]
+        frames += [es_event("contentBlockStop", {"contentBlockIndex": 0}),
+                   es_event("messageStop", {"stopReason": stop}),
+                   es_event("metadata", {"usage": usage, "metrics": {"latencyMs": 12}})]
+        for i, f in enumerate(frames):
+            if i == self.fault_after + 1 and self.fault == "exception":
+                self.chunk(es_message({":exception-type": "modelStreamErrorException", ":content-type": "application/json",
+                                       ":message-type": "exception"},
+                                      json.dumps({"message": "The model stream failed", "originalStatusCode": 500}).encode()))
+                self.chunk(b"")
+                return
+            if i == self.fault_after + 1 and self.fault == "badcrc":
+                f = f[:-1] + bytes([f[-1] ^ 1])
+            if i == self.fault_after + 1 and self.fault == "reset":
+                return self.reset()
+            self.chunk(f)
+        self.chunk(b"")
+
+
+class Server(socketserver.ThreadingMixIn, HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def main():
+    global ARGS
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--listen", default="127.0.0.1:8091")
+    ap.add_argument("--aws-region", default="us-east-1")
+    ap.add_argument("--aws-access-key", default="AKIDEXAMPLE")
+    ap.add_argument("--aws-secret-key", default="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    ap.add_argument("--aws-session-token", default="")
+    ARGS = ap.parse_args()
+    host, port = ARGS.listen.rsplit(":", 1)
+    Server((host, int(port)), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
