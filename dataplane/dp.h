@@ -159,7 +159,9 @@ struct dp_request {
     char retry_after[32];
     bool up_headers_done, up_done, paused;
     enum dp_upstream_error up_error;
-    char up_errmsg[CURL_ERROR_SIZE];
+    char up_errmsg[CURL_ERROR_SIZE]; /* curl's error buffer */
+    char write_err[CURL_ERROR_SIZE]; /* why the write callback refused bytes (curl then
+                                        writes its own, vaguer message into up_errmsg) */
     int64_t ttfb_ms, last_up_ms;
 
     /* response to the client */

@@ -604,7 +604,7 @@ static int bedrock_feed(struct dp_request *r, const char *buf, size_t len, struc
     struct feed_ctx c = {r, st, out};
     char err[160];
     if (dp_es_feed(&st->es, buf, len, on_message, &c, err, sizeof(err)) != KW_OK) {
-        snprintf(r->up_errmsg, sizeof(r->up_errmsg), "%s", err);
+        snprintf(r->write_err, sizeof(r->write_err), "%s", err);
         bedrock_cleanup(r);
         return KW_ERROR;
     }

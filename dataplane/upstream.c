@@ -132,7 +132,7 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *ud)
     r->last_up_ms = dp_now_ms();
     if (r->state != DP_ST_STREAM) {
         if (kw_buf_append(&r->up_resp, ptr, n) != KW_OK) {
-            snprintf(r->up_errmsg, sizeof(r->up_errmsg), "upstream response larger than %u bytes",
+            snprintf(r->write_err, sizeof(r->write_err), "upstream response larger than %u bytes",
                      DP_MAX_UPSTREAM_RESPONSE);
             return 0;
         }
@@ -147,7 +147,7 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *ud)
         }
         /* libcurl 7.88 pauses HTTP/2 streams unreliably: buffer up to a bound instead */
         if (r->out.len - r->out_off >= DP_H2_STREAM_BUFFER) {
-            snprintf(r->up_errmsg, sizeof(r->up_errmsg),
+            snprintf(r->write_err, sizeof(r->write_err),
                      "the client reads too slowly (%u bytes waiting)", DP_H2_STREAM_BUFFER);
             return 0;
         }
@@ -155,8 +155,8 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *ud)
     size_t before = r->out.len;
     if (r->provider->feed != NULL ? r->provider->feed(r, ptr, n, &r->out) != KW_OK
                                   : dp_sse_feed(&r->sse, ptr, n, on_sse_event, r) != KW_OK) {
-        if (r->up_errmsg[0] == '\0')
-            snprintf(r->up_errmsg, sizeof(r->up_errmsg),
+        if (r->write_err[0] == '\0')
+            snprintf(r->write_err, sizeof(r->write_err),
                      "upstream stream event too large or invalid");
         return 0;
     }
@@ -231,7 +231,7 @@ int dp_upstream_start(struct dp_request *r)
     r->up_status = 0;
     r->up_headers_done = r->up_done = r->paused = false;
     r->up_error = DP_UPERR_NONE;
-    r->up_errmsg[0] = '\0';
+    r->up_errmsg[0] = r->write_err[0] = '\0';
     kw_buf_reset(&r->up_resp);
     int64_t timeout = r->route->timeout_ms;
     if (r->backend->upstream.timeout_ms > 0 && r->backend->upstream.timeout_ms < timeout)
@@ -405,8 +405,10 @@ static void finish(struct dp_request *r, CURLcode rc)
 {
     r->up_done = true;
     r->up_error = classify(rc);
-    if (rc == CURLE_WRITE_ERROR && r->up_errmsg[0] != '\0')
+    if (rc == CURLE_WRITE_ERROR && r->write_err[0] != '\0') {
         r->up_error = DP_UPERR_OTHER;
+        snprintf(r->up_errmsg, sizeof(r->up_errmsg), "%s", r->write_err);
+    }
     if (r->up_error != DP_UPERR_NONE) {
         if (r->up_errmsg[0] == '\0')
             snprintf(r->up_errmsg, sizeof(r->up_errmsg), "%s", curl_easy_strerror(rc));

@@ -454,6 +454,9 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request, client_address):
+        pass  # clients that hang up (the gateway cancelling a stream) are expected
+
 
 def main():
     global ARGS

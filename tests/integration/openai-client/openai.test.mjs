@@ -128,7 +128,17 @@ spec:
     baseURL: "http://127.0.0.1:${mock2}"
     headers: [{name: x-mock-fault, value: exception}, {name: x-mock-fault-after, value: "2"}]
   credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
-${route('bedrock-broken', 'bedrock-broken')}`);
+${route('bedrock-broken', 'bedrock-broken')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: bedrock-crc}
+spec:
+  provider: AWSBedrock
+  upstream:
+    baseURL: "http://127.0.0.1:${mock2}"
+    headers: [{name: x-mock-fault, value: badcrc}, {name: x-mock-fault-after, value: "2"}]
+  credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
+${route('bedrock-crc', 'bedrock-crc')}`);
   procs.push(spawn(join(build, 'dataplane/knoway-dataplane'), ['-c', cfg], { stdio: 'ignore' }));
   await waitPort(listen);
   client = new OpenAI({ baseURL: `http://127.0.0.1:${listen}/v1`, apiKey: 'not-needed', maxRetries: 0 });
@@ -182,8 +192,8 @@ test('embeddings', async () => {
 test('models', async () => {
   const ids = [];
   for await (const m of client.models.list()) ids.push(m.id);
-  assert.deepEqual(ids.sort(), ['azure', 'bedrock', 'bedrock-broken', 'claude', 'cut', 'demo', 'gemini',
-    'gemini-badkey']);
+  assert.deepEqual(ids.sort(), ['azure', 'bedrock', 'bedrock-broken', 'bedrock-crc', 'claude', 'cut',
+    'demo', 'gemini', 'gemini-badkey']);
 });
 
 test('unknown model is a NotFoundError', async () => {
@@ -295,5 +305,16 @@ test('a Bedrock exception frame mid-stream surfaces as an error', async () => {
   await assert.rejects(async () => {
     for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
   }, (e) => e instanceof OpenAI.APIError && /The model stream failed/.test(e.message));
+  assert.equal(text, 'tok0 tok1 ');
+});
+
+test('a Bedrock frame with a bad CRC ends the stream with an error', async () => {
+  const stream = await client.chat.completions.create({
+    model: 'bedrock-crc', stream: true, messages: [{ role: 'user', content: 'hi' }],
+  });
+  let text = '';
+  await assert.rejects(async () => {
+    for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
+  }, (e) => e instanceof OpenAI.APIError && /event stream: message CRC mismatch/.test(e.message));
   assert.equal(text, 'tok0 tok1 ');
 });

@@ -298,6 +298,12 @@ static char *run_stream(struct fixture *f, const struct kw_node *c, struct kw_ar
         assert_int_equal(r->provider->on_stream_end(r, &r->out), KW_OK);
     dp_sse_cleanup(&sse);
     char *res = strndup(r->out.data != NULL ? r->out.data : "", r->out.len);
+    /* "created" is the clock's: runs straddling a second must still compare equal */
+    for (char *p = res; (p = strstr(p, "\"created\":")) != NULL;) {
+        p += 10;
+        while (*p >= '0' && *p <= '9')
+            *p++ = '1';
+    }
     *rout = r;
     return res;
 }
