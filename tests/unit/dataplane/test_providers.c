@@ -285,7 +285,7 @@ static char *run_stream(struct fixture *f, const struct kw_node *c, struct kw_ar
     dp_sse_init(&sse, DP_MAX_SSE_EVENT);
     size_t at = 0;
     for (size_t i = 0; i <= ncuts; i++) {
-        size_t end = i < ncuts ? cuts[i] : in->len;
+        size_t end = cuts != NULL && i < ncuts ? cuts[i] : in->len;
         int rc = r->provider->feed != NULL
                      ? r->provider->feed(r, in->data + at, end - at, &r->out)
                      : dp_sse_feed(&sse, in->data + at, end - at, on_sse, r);
@@ -554,7 +554,7 @@ static char *decode(const struct kw_buf *b, const size_t *cuts, size_t ncuts, in
     size_t at = 0;
     *rc = KW_OK;
     for (size_t i = 0; i <= ncuts && *rc == KW_OK; i++) {
-        size_t end = i < ncuts ? cuts[i] : b->len;
+        size_t end = cuts != NULL && i < ncuts ? cuts[i] : b->len;
         *rc = dp_es_feed(&p, b->data + at, end - at, on_msg, &s, err, 160);
         at = end;
     }
