@@ -208,8 +208,8 @@ static void check_usage(const char *file, const struct kw_node *c, const struct 
         r->completion_tokens != u->items[1]->i || r->cached_tokens != u->items[2]->i)
         fail_msg("%s: usage [%lld, %lld, %lld], expected [%lld, %lld, %lld]", file,
                  (long long)r->prompt_tokens, (long long)r->completion_tokens,
-                 (long long)r->cached_tokens, (long long)u->items[0]->i,
-                 (long long)u->items[1]->i, (long long)u->items[2]->i);
+                 (long long)r->cached_tokens, (long long)u->items[0]->i, (long long)u->items[1]->i,
+                 (long long)u->items[2]->i);
 }
 
 static void check_response(const char *file, struct fixture *f, const struct kw_node *c,
@@ -286,9 +286,8 @@ static char *run_stream(struct fixture *f, const struct kw_node *c, struct kw_ar
     size_t at = 0;
     for (size_t i = 0; i <= ncuts; i++) {
         size_t end = cuts != NULL && i < ncuts ? cuts[i] : in->len;
-        int rc = r->provider->feed != NULL
-                     ? r->provider->feed(r, in->data + at, end - at, &r->out)
-                     : dp_sse_feed(&sse, in->data + at, end - at, on_sse, r);
+        int rc = r->provider->feed != NULL ? r->provider->feed(r, in->data + at, end - at, &r->out)
+                                           : dp_sse_feed(&sse, in->data + at, end - at, on_sse, r);
         assert_int_equal(rc, KW_OK);
         at = end;
     }
@@ -381,9 +380,8 @@ static void check_error(const char *file, struct fixture *f, const struct kw_nod
     else
         kw_json_write(b, &body);
     assert_non_null(r->provider->on_error);
-    assert_int_equal(r->provider->on_error(r, kw_node_get(in, "status")->i, body.data, body.len,
-                                           &out),
-                     KW_OK);
+    assert_int_equal(
+        r->provider->on_error(r, kw_node_get(in, "status")->i, body.data, body.len, &out), KW_OK);
     assert_json_equal("mapped error", file, kw_node_get(c, "error_out"), out.data, out.len, a);
     kw_buf_cleanup(&body);
     kw_buf_cleanup(&out);
@@ -629,8 +627,10 @@ static void test_eventstream_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sigv4_vectors),      cmocka_unit_test(test_sigv4_bedrock_path),
-        cmocka_unit_test(test_eventstream_splits), cmocka_unit_test(test_eventstream_errors),
+        cmocka_unit_test(test_sigv4_vectors),
+        cmocka_unit_test(test_sigv4_bedrock_path),
+        cmocka_unit_test(test_eventstream_splits),
+        cmocka_unit_test(test_eventstream_errors),
         cmocka_unit_test(test_golden),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
