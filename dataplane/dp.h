@@ -228,7 +228,11 @@ extern const struct dp_provider_ops dp_provider_gemini;
 /* Shared by the OpenAI-shaped providers (provider_openai.c). */
 int dp_openai_add_header(struct curl_slist **list, struct kw_arena *a, const char *name,
                          const char *value);
-const char *dp_openai_pick_base(struct dp_request *r);
+/* The base URL (baseURL, or one of the endpoints by weight); *len excludes trailing '/'. */
+const char *dp_openai_pick_base(struct dp_request *r, size_t *len);
+/* A value of the backend's Secret: key, or credentials.secretRef.key when key is NULL.
+ * NULL when there is no secretRef or the value is empty. */
+const char *dp_provider_secret(struct dp_request *r, const char *key);
 /* The backend's extra headers, then body written as the upstream request: how every
  * provider's build ends. KW_OK or KW_ERROR. */
 int dp_openai_finish(struct dp_request *r, struct curl_slist **headers, const struct kw_node *body);

@@ -46,20 +46,7 @@ struct anth_state {
 
 static struct anth_state *state_of(struct dp_request *r)
 {
-    if (r->provider_state == NULL) {
-        struct anth_state *st = kw_arena_alloc(r->arena, sizeof(*st));
-        if (st == NULL)
-            return NULL;
-        memset(st, 0, sizeof(*st));
-        dp_tr_stream_init(r, &st->tr);
-        r->provider_state = st;
-    }
-    return r->provider_state;
-}
-
-static struct kw_node *str(struct kw_arena *a, const struct kw_node *n)
-{
-    return kw_node_string(a, n->str, n->len);
+    return dp_tr_state_sized(r, sizeof(struct anth_state));
 }
 
 /* An OpenAI content part as an Anthropic content block, or NULL (unsupported). */
@@ -74,7 +61,7 @@ static struct kw_node *content_block(struct kw_arena *a, const struct kw_node *p
         if (text == NULL || text->type != KW_NODE_STRING)
             return NULL;
         kw_node_map_put(a, b, "type", kw_node_cstring(a, "text"));
-        kw_node_map_put(a, b, "text", str(a, text));
+        kw_node_map_put(a, b, "text", dp_tr_str(a, text));
         return b;
     }
     if (strcmp(type->str, "image_url") == 0) {
@@ -90,7 +77,7 @@ static struct kw_node *content_block(struct kw_arena *a, const struct kw_node *p
             kw_node_map_put(a, src, "data", kw_node_cstring(a, data));
         } else {
             kw_node_map_put(a, src, "type", kw_node_cstring(a, "url"));
-            kw_node_map_put(a, src, "url", str(a, url));
+            kw_node_map_put(a, src, "url", dp_tr_str(a, url));
         }
         kw_node_map_put(a, b, "type", kw_node_cstring(a, "image"));
         kw_node_map_put(a, b, "source", src);
@@ -114,9 +101,9 @@ static struct kw_node *translate_tools(struct dp_request *r, const struct kw_nod
         if (dp_tr_tool_decl(r, i, tools->items[i], &name, &desc, &schema) != KW_OK)
             return NULL;
         struct kw_node *at = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, at, "name", str(a, name));
+        kw_node_map_put(a, at, "name", dp_tr_str(a, name));
         if (desc != NULL)
-            kw_node_map_put(a, at, "description", str(a, desc));
+            kw_node_map_put(a, at, "description", dp_tr_str(a, desc));
         kw_node_map_put(a, at, "input_schema", schema);
         kw_node_seq_push(a, out, at);
     }
@@ -157,7 +144,7 @@ static struct kw_node *translate_tool_choice(struct dp_request *r, const struct 
     }
     kw_node_map_put(a, out, "type", kw_node_cstring(a, type));
     if (name != NULL)
-        kw_node_map_put(a, out, "name", str(a, name));
+        kw_node_map_put(a, out, "name", dp_tr_str(a, name));
     if (no_parallel && strcmp(type, "none") != 0)
         kw_node_map_put(a, out, "disable_parallel_tool_use", kw_node_bool(a, true));
     return out;
@@ -176,9 +163,9 @@ static struct kw_node *tool_result_block(struct dp_request *r, size_t i, const s
     }
     struct kw_node *b = kw_node_new(a, KW_NODE_MAP);
     kw_node_map_put(a, b, "type", kw_node_cstring(a, "tool_result"));
-    kw_node_map_put(a, b, "tool_use_id", str(a, id));
+    kw_node_map_put(a, b, "tool_use_id", dp_tr_str(a, id));
     if (content->type == KW_NODE_STRING) {
-        kw_node_map_put(a, b, "content", str(a, content));
+        kw_node_map_put(a, b, "content", dp_tr_str(a, content));
         return b;
     }
     struct kw_node *parts = kw_node_new(a, KW_NODE_SEQ);
@@ -204,7 +191,7 @@ static struct kw_node *message_content(struct dp_request *r, size_t i, const str
     const struct kw_node *calls = assistant ? kw_node_get(m, "tool_calls") : NULL;
     bool has_calls = calls != NULL && calls->type == KW_NODE_SEQ && calls->n > 0;
     if (content != NULL && content->type == KW_NODE_STRING && !has_calls)
-        return str(a, content);
+        return dp_tr_str(a, content);
     if ((content == NULL || content->type == KW_NODE_NULL) && !has_calls) {
         dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
                         "messages[%zu] needs content", i);
@@ -214,7 +201,7 @@ static struct kw_node *message_content(struct dp_request *r, size_t i, const str
     if (content != NULL && content->type == KW_NODE_STRING && content->len > 0) {
         struct kw_node *t = kw_node_new(a, KW_NODE_MAP);
         kw_node_map_put(a, t, "type", kw_node_cstring(a, "text"));
-        kw_node_map_put(a, t, "text", str(a, content));
+        kw_node_map_put(a, t, "text", dp_tr_str(a, content));
         kw_node_seq_push(a, blocks, t);
     } else if (content != NULL && content->type == KW_NODE_SEQ) {
         for (size_t j = 0; j < content->n; j++) {
@@ -239,8 +226,8 @@ static struct kw_node *message_content(struct dp_request *r, size_t i, const str
             return NULL;
         struct kw_node *b = kw_node_new(a, KW_NODE_MAP);
         kw_node_map_put(a, b, "type", kw_node_cstring(a, "tool_use"));
-        kw_node_map_put(a, b, "id", str(a, id));
-        kw_node_map_put(a, b, "name", str(a, name));
+        kw_node_map_put(a, b, "id", dp_tr_str(a, id));
+        kw_node_map_put(a, b, "name", dp_tr_str(a, name));
         kw_node_map_put(a, b, "input", input);
         kw_node_seq_push(a, blocks, b);
     }
@@ -294,7 +281,7 @@ static int translate_messages(struct dp_request *r, const struct kw_node *list, 
         if (blocks == NULL)
             return KW_ERROR;
         struct kw_node *am = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, am, "role", str(a, role));
+        kw_node_map_put(a, am, "role", dp_tr_str(a, role));
         kw_node_map_put(a, am, "content", blocks);
         kw_node_seq_push(a, msgs, am);
     }
@@ -309,7 +296,7 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
     struct kw_node *msgs = kw_node_new(a, KW_NODE_SEQ);
     if (body == NULL || msgs == NULL)
         return KW_ERROR;
-    kw_node_map_put(a, body, "model", str(a, kw_node_get(in, "model")));
+    kw_node_map_put(a, body, "model", dp_tr_str(a, kw_node_get(in, "model")));
     struct kw_buf sys;
     kw_buf_init(&sys, 4u * 1024 * 1024);
     if (translate_messages(r, kw_node_get(in, "messages"), &sys, msgs) != KW_OK) {
@@ -347,7 +334,7 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
     const struct kw_node *user = kw_node_get(in, "user");
     if (user != NULL && user->type == KW_NODE_STRING) {
         struct kw_node *meta = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, meta, "user_id", str(a, user));
+        kw_node_map_put(a, meta, "user_id", dp_tr_str(a, user));
         kw_node_map_put(a, body, "metadata", meta);
     }
     *out = body;
@@ -365,21 +352,14 @@ static int anthropic_build(struct dp_request *r, struct kw_buf *url, struct curl
     struct kw_node *body;
     if (translate_request(r, &body) != KW_OK)
         return KW_ERROR;
-    const char *base = dp_openai_pick_base(r);
-    size_t blen = strlen(base);
-    while (blen > 0 && base[blen - 1] == '/')
-        blen--;
+    size_t blen;
+    const char *base = dp_openai_pick_base(r, &blen);
     int rc = kw_buf_printf(url, "%.*s/v1/messages", (int)blen, base);
     rc |= dp_openai_add_header(headers, r->arena, "Content-Type", "application/json");
     rc |= dp_openai_add_header(headers, r->arena, "anthropic-version", ANTHROPIC_VERSION);
-    const struct kw_backend *b = r->backend;
-    if (b->credentials.secret_ref.name != NULL) {
-        const struct kw_credential *c =
-            kw_snapshot_credential(r->table->snap, b->meta.ns, b->credentials.secret_ref.name,
-                                   b->credentials.secret_ref.key);
-        if (c != NULL && c->len > 0)
-            rc |= dp_openai_add_header(headers, r->arena, "x-api-key", c->value);
-    }
+    const char *key = dp_provider_secret(r, NULL);
+    if (key != NULL)
+        rc |= dp_openai_add_header(headers, r->arena, "x-api-key", key);
     if (rc != KW_OK)
         return KW_ERROR;
     return dp_openai_finish(r, headers, body);
@@ -398,23 +378,17 @@ static const char *finish_reason(const struct kw_node *stop)
     return "stop"; /* end_turn, stop_sequence, pause_turn */
 }
 
-static int64_t int_of(const struct kw_node *map, const char *key)
-{
-    const struct kw_node *n = kw_node_get(map, key);
-    return n != NULL && n->type == KW_NODE_INT ? n->i : 0;
-}
-
 static void read_usage(struct anth_state *st, const struct kw_node *usage)
 {
     if (usage == NULL || usage->type != KW_NODE_MAP)
         return;
     if (kw_node_get(usage, "input_tokens") != NULL) {
-        st->input = int_of(usage, "input_tokens");
-        st->cache_read = int_of(usage, "cache_read_input_tokens");
-        st->cache_create = int_of(usage, "cache_creation_input_tokens");
+        st->input = dp_tr_int(usage, "input_tokens");
+        st->cache_read = dp_tr_int(usage, "cache_read_input_tokens");
+        st->cache_create = dp_tr_int(usage, "cache_creation_input_tokens");
     }
     if (kw_node_get(usage, "output_tokens") != NULL)
-        st->output = int_of(usage, "output_tokens");
+        st->output = dp_tr_int(usage, "output_tokens");
 }
 
 static void set_usage(struct dp_request *r, const struct anth_state *st)

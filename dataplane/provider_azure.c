@@ -14,10 +14,8 @@
 static int azure_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
 {
     const struct kw_backend *b = r->backend;
-    const char *base = dp_openai_pick_base(r);
-    size_t blen = strlen(base);
-    while (blen > 0 && base[blen - 1] == '/')
-        blen--;
+    size_t blen;
+    const char *base = dp_openai_pick_base(r, &blen);
     const char *deployment = b->credentials.azure.deployment != NULL
                                  ? b->credentials.azure.deployment
                                  : r->upstream_model;
@@ -32,13 +30,9 @@ static int azure_build(struct dp_request *r, struct kw_buf *url, struct curl_sli
     curl_free(dep);
     curl_free(ver);
     rc |= dp_openai_add_header(headers, r->arena, "Content-Type", "application/json");
-    if (b->credentials.secret_ref.name != NULL) {
-        const struct kw_credential *c =
-            kw_snapshot_credential(r->table->snap, b->meta.ns, b->credentials.secret_ref.name,
-                                   b->credentials.secret_ref.key);
-        if (c != NULL && c->len > 0)
-            rc |= dp_openai_add_header(headers, r->arena, "api-key", c->value);
-    }
+    const char *key = dp_provider_secret(r, NULL);
+    if (key != NULL)
+        rc |= dp_openai_add_header(headers, r->arena, "api-key", key);
     if (rc != KW_OK)
         return KW_ERROR;
     return dp_openai_finish(r, headers, r->up_json);

@@ -49,32 +49,12 @@ struct br_state {
 
 static struct br_state *state_of(struct dp_request *r)
 {
-    if (r->provider_state == NULL) {
-        struct br_state *st = kw_arena_alloc(r->arena, sizeof(*st));
-        if (st == NULL)
-            return NULL;
-        memset(st, 0, sizeof(*st));
-        dp_tr_stream_init(r, &st->tr);
-        r->provider_state = st;
-    }
-    return r->provider_state;
-}
-
-static struct kw_node *str(struct kw_arena *a, const struct kw_node *n)
-{
-    return kw_node_string(a, n->str, n->len);
-}
-
-static struct kw_node *map1(struct kw_arena *a, const char *key, struct kw_node *v)
-{
-    struct kw_node *m = kw_node_new(a, KW_NODE_MAP);
-    kw_node_map_put(a, m, key, v);
-    return m;
+    return dp_tr_state_sized(r, sizeof(struct br_state));
 }
 
 static struct kw_node *text_block(struct kw_arena *a, const char *s, size_t len)
 {
-    return map1(a, "text", kw_node_string(a, s, len));
+    return dp_tr_map1(a, "text", kw_node_string(a, s, len));
 }
 
 /* An OpenAI content part as a Converse content block, or NULL (unsupported). */
@@ -96,8 +76,8 @@ static struct kw_node *content_block(struct kw_arena *a, const struct kw_node *p
         return NULL;
     struct kw_node *img = kw_node_new(a, KW_NODE_MAP);
     kw_node_map_put(a, img, "format", kw_node_string(a, mime + 6, mlen - 6));
-    kw_node_map_put(a, img, "source", map1(a, "bytes", kw_node_cstring(a, data)));
-    return map1(a, "image", img);
+    kw_node_map_put(a, img, "source", dp_tr_map1(a, "bytes", kw_node_cstring(a, data)));
+    return dp_tr_map1(a, "image", img);
 }
 
 static struct kw_node *tool_result(struct dp_request *r, size_t i, const struct kw_node *m)
@@ -125,9 +105,9 @@ static struct kw_node *tool_result(struct dp_request *r, size_t i, const struct 
         }
     }
     struct kw_node *tr = kw_node_new(a, KW_NODE_MAP);
-    kw_node_map_put(a, tr, "toolUseId", str(a, id));
+    kw_node_map_put(a, tr, "toolUseId", dp_tr_str(a, id));
     kw_node_map_put(a, tr, "content", blocks);
-    return map1(a, "toolResult", tr);
+    return dp_tr_map1(a, "toolResult", tr);
 }
 
 static struct kw_node *message_blocks(struct dp_request *r, size_t i, const struct kw_node *m)
@@ -162,10 +142,10 @@ static struct kw_node *message_blocks(struct dp_request *r, size_t i, const stru
         if (dp_tr_tool_call(r, i, j, calls->items[j], &id, &name, &input) != KW_OK)
             return NULL;
         struct kw_node *tu = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, tu, "toolUseId", str(a, id));
-        kw_node_map_put(a, tu, "name", str(a, name));
+        kw_node_map_put(a, tu, "toolUseId", dp_tr_str(a, id));
+        kw_node_map_put(a, tu, "name", dp_tr_str(a, name));
         kw_node_map_put(a, tu, "input", input);
-        kw_node_seq_push(a, blocks, map1(a, "toolUse", tu));
+        kw_node_seq_push(a, blocks, dp_tr_map1(a, "toolUse", tu));
     }
     if (blocks->n == 0) {
         dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
@@ -238,7 +218,7 @@ static int translate_messages(struct dp_request *r, const struct kw_node *list,
             continue;
         }
         struct kw_node *bm = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, bm, "role", str(a, role));
+        kw_node_map_put(a, bm, "role", dp_tr_str(a, role));
         kw_node_map_put(a, bm, "content", blocks);
         kw_node_seq_push(a, msgs, bm);
     }
@@ -262,25 +242,28 @@ static int tool_config(struct dp_request *r, const struct kw_node *in, struct kw
         if (dp_tr_tool_decl(r, i, tools->items[i], &name, &desc, &params) != KW_OK)
             return KW_ERROR;
         struct kw_node *spec = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, spec, "name", str(a, name));
+        kw_node_map_put(a, spec, "name", dp_tr_str(a, name));
         if (desc != NULL)
-            kw_node_map_put(a, spec, "description", str(a, desc));
-        kw_node_map_put(a, spec, "inputSchema", map1(a, "json", params));
-        kw_node_seq_push(a, specs, map1(a, "toolSpec", spec));
+            kw_node_map_put(a, spec, "description", dp_tr_str(a, desc));
+        kw_node_map_put(a, spec, "inputSchema", dp_tr_map1(a, "json", params));
+        kw_node_seq_push(a, specs, dp_tr_map1(a, "toolSpec", spec));
     }
-    struct kw_node *cfg = map1(a, "tools", specs);
+    struct kw_node *cfg = dp_tr_map1(a, "tools", specs);
     const struct kw_node *tc = kw_node_get(in, "tool_choice");
     if (tc != NULL && tc->type == KW_NODE_STRING) {
         if (strcmp(tc->str, "auto") == 0)
-            kw_node_map_put(a, cfg, "toolChoice", map1(a, "auto", kw_node_new(a, KW_NODE_MAP)));
+            kw_node_map_put(a, cfg, "toolChoice",
+                            dp_tr_map1(a, "auto", kw_node_new(a, KW_NODE_MAP)));
         else if (strcmp(tc->str, "required") == 0)
-            kw_node_map_put(a, cfg, "toolChoice", map1(a, "any", kw_node_new(a, KW_NODE_MAP)));
+            kw_node_map_put(a, cfg, "toolChoice",
+                            dp_tr_map1(a, "any", kw_node_new(a, KW_NODE_MAP)));
         else if (strcmp(tc->str, "none") != 0)
             tc = NULL, tools = NULL;
     } else if (tc != NULL && tc->type != KW_NODE_NULL) {
         const struct kw_node *name = kw_node_get(kw_node_get(tc, "function"), "name");
         if (name != NULL && name->type == KW_NODE_STRING)
-            kw_node_map_put(a, cfg, "toolChoice", map1(a, "tool", map1(a, "name", str(a, name))));
+            kw_node_map_put(a, cfg, "toolChoice",
+                            dp_tr_map1(a, "tool", dp_tr_map1(a, "name", dp_tr_str(a, name))));
         else
             tools = NULL;
     }
@@ -326,25 +309,16 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
     return KW_OK;
 }
 
-/* A Secret value of the backend, or NULL. */
-static const char *secret_value(struct dp_request *r, const char *key)
-{
-    const struct kw_backend *b = r->backend;
-    if (key == NULL || b->credentials.secret_ref.name == NULL)
-        return NULL;
-    const struct kw_credential *c =
-        kw_snapshot_credential(r->table->snap, b->meta.ns, b->credentials.secret_ref.name, key);
-    return c != NULL && c->len > 0 ? c->value : NULL;
-}
-
 /* Sign and add the headers: Content-Type, Host, X-Amz-Date, X-Amz-Security-Token,
  * Authorization. */
 static int sign(struct dp_request *r, const char *url, struct curl_slist **headers)
 {
     const struct kw_backend *b = r->backend;
-    const char *akid = secret_value(r, b->credentials.bedrock.access_key_id_key);
-    const char *secret = secret_value(r, b->credentials.bedrock.secret_access_key_key);
-    const char *token = secret_value(r, b->credentials.bedrock.session_token_key);
+    const char *akid = dp_provider_secret(r, b->credentials.bedrock.access_key_id_key);
+    const char *secret = dp_provider_secret(r, b->credentials.bedrock.secret_access_key_key);
+    const char *token = b->credentials.bedrock.session_token_key != NULL
+                            ? dp_provider_secret(r, b->credentials.bedrock.session_token_key)
+                            : NULL;
     if (akid == NULL || secret == NULL) {
         dp_request_fail(r, 500, "server_error", "upstream_credentials", NULL,
                         "backend %s: the Secret has no AWS access key id or secret access key",
@@ -423,17 +397,16 @@ static int bedrock_build(struct dp_request *r, struct kw_buf *url, struct curl_s
         return KW_ERROR;
     const struct kw_backend *b = r->backend;
     char dflt[160];
-    const char *base =
-        b->upstream.base_url != NULL || b->upstream.nendpoints > 0 ? dp_openai_pick_base(r) : NULL;
-    if (base == NULL) {
-        snprintf(dflt, sizeof(dflt), "https://bedrock-runtime.%s.amazonaws.com",
-                 b->credentials.bedrock.region != NULL ? b->credentials.bedrock.region
-                                                       : "us-east-1");
+    size_t blen;
+    const char *base = NULL;
+    if (b->upstream.base_url != NULL || b->upstream.nendpoints > 0) {
+        base = dp_openai_pick_base(r, &blen);
+    } else {
+        blen = (size_t)snprintf(
+            dflt, sizeof(dflt), "https://bedrock-runtime.%s.amazonaws.com",
+            b->credentials.bedrock.region != NULL ? b->credentials.bedrock.region : "us-east-1");
         base = dflt;
     }
-    size_t blen = strlen(base);
-    while (blen > 0 && base[blen - 1] == '/')
-        blen--;
     char *model = curl_easy_escape(NULL, r->upstream_model, 0);
     if (model == NULL)
         return KW_ERROR;
@@ -464,19 +437,14 @@ static const char *finish_reason(const struct kw_node *n)
     return "stop";
 }
 
-static int64_t int_of(const struct kw_node *map, const char *key)
-{
-    const struct kw_node *n = kw_node_get(map, key);
-    return n != NULL && n->type == KW_NODE_INT ? n->i : 0;
-}
-
 static void read_usage(struct dp_request *r, const struct kw_node *u)
 {
     if (u == NULL || u->type != KW_NODE_MAP)
         return;
-    int64_t cache_read = int_of(u, "cacheReadInputTokens");
-    r->prompt_tokens = int_of(u, "inputTokens") + cache_read + int_of(u, "cacheWriteInputTokens");
-    r->completion_tokens = int_of(u, "outputTokens");
+    int64_t cache_read = dp_tr_int(u, "cacheReadInputTokens");
+    r->prompt_tokens =
+        dp_tr_int(u, "inputTokens") + cache_read + dp_tr_int(u, "cacheWriteInputTokens");
+    r->completion_tokens = dp_tr_int(u, "outputTokens");
     r->cached_tokens = cache_read;
     r->have_usage = true;
 }

@@ -48,32 +48,12 @@ struct gem_state {
 
 static struct gem_state *state_of(struct dp_request *r)
 {
-    if (r->provider_state == NULL) {
-        struct gem_state *st = kw_arena_alloc(r->arena, sizeof(*st));
-        if (st == NULL)
-            return NULL;
-        memset(st, 0, sizeof(*st));
-        dp_tr_stream_init(r, &st->tr);
-        r->provider_state = st;
-    }
-    return r->provider_state;
-}
-
-static struct kw_node *str(struct kw_arena *a, const struct kw_node *n)
-{
-    return kw_node_string(a, n->str, n->len);
-}
-
-static struct kw_node *map1(struct kw_arena *a, const char *key, struct kw_node *v)
-{
-    struct kw_node *m = kw_node_new(a, KW_NODE_MAP);
-    kw_node_map_put(a, m, key, v);
-    return m;
+    return dp_tr_state_sized(r, sizeof(struct gem_state));
 }
 
 static struct kw_node *text_part(struct kw_arena *a, const char *s, size_t len)
 {
-    return map1(a, "text", kw_node_string(a, s, len));
+    return dp_tr_map1(a, "text", kw_node_string(a, s, len));
 }
 
 /* The MIME type of an image URL by its extension (fileData needs one). */
@@ -116,11 +96,11 @@ static struct kw_node *content_part(struct kw_arena *a, const struct kw_node *pa
     if (dp_tr_data_url(url->str, &mime, &mlen, &data)) {
         kw_node_map_put(a, d, "mimeType", kw_node_string(a, mime, mlen));
         kw_node_map_put(a, d, "data", kw_node_cstring(a, data));
-        return map1(a, "inlineData", d);
+        return dp_tr_map1(a, "inlineData", d);
     }
     kw_node_map_put(a, d, "mimeType", kw_node_cstring(a, mime_of(url->str)));
-    kw_node_map_put(a, d, "fileUri", str(a, url));
-    return map1(a, "fileData", d);
+    kw_node_map_put(a, d, "fileUri", dp_tr_str(a, url));
+    return dp_tr_map1(a, "fileData", d);
 }
 
 /* The function name of the tool call with this id among earlier assistant messages. */
@@ -162,12 +142,13 @@ static struct kw_node *function_response(struct dp_request *r, const struct kw_n
     if (kw_json_parse(a, text.data != NULL ? text.data : "", text.len, &resp, err, sizeof(err)) !=
             KW_OK ||
         resp->type != KW_NODE_MAP)
-        resp = map1(a, "content", kw_node_string(a, text.data != NULL ? text.data : "", text.len));
+        resp = dp_tr_map1(a, "content",
+                          kw_node_string(a, text.data != NULL ? text.data : "", text.len));
     kw_buf_cleanup(&text);
     struct kw_node *fr = kw_node_new(a, KW_NODE_MAP);
-    kw_node_map_put(a, fr, "name", str(a, name));
+    kw_node_map_put(a, fr, "name", dp_tr_str(a, name));
     kw_node_map_put(a, fr, "response", resp);
-    return map1(a, "functionResponse", fr);
+    return dp_tr_map1(a, "functionResponse", fr);
 }
 
 /* The parts of a user or assistant message. NULL with a failure prepared. */
@@ -201,9 +182,9 @@ static struct kw_node *message_parts(struct dp_request *r, size_t i, const struc
         if (dp_tr_tool_call(r, i, j, calls->items[j], &id, &name, &input) != KW_OK)
             return NULL;
         struct kw_node *fc = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, fc, "name", str(a, name));
+        kw_node_map_put(a, fc, "name", dp_tr_str(a, name));
         kw_node_map_put(a, fc, "args", input);
-        kw_node_seq_push(a, parts, map1(a, "functionCall", fc));
+        kw_node_seq_push(a, parts, dp_tr_map1(a, "functionCall", fc));
     }
     if (parts->n == 0) {
         dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
@@ -308,14 +289,14 @@ static int translate_tools(struct dp_request *r, const struct kw_node *in, struc
             if (dp_tr_tool_decl(r, i, tools->items[i], &name, &desc, &params) != KW_OK)
                 return KW_ERROR;
             struct kw_node *d = kw_node_new(a, KW_NODE_MAP);
-            kw_node_map_put(a, d, "name", str(a, name));
+            kw_node_map_put(a, d, "name", dp_tr_str(a, name));
             if (desc != NULL)
-                kw_node_map_put(a, d, "description", str(a, desc));
+                kw_node_map_put(a, d, "description", dp_tr_str(a, desc));
             kw_node_map_put(a, d, "parameters", params);
             kw_node_seq_push(a, decls, d);
         }
         struct kw_node *list = kw_node_new(a, KW_NODE_SEQ);
-        kw_node_seq_push(a, list, map1(a, "functionDeclarations", decls));
+        kw_node_seq_push(a, list, dp_tr_map1(a, "functionDeclarations", decls));
         kw_node_map_put(a, body, "tools", list);
     }
     const struct kw_node *tc = kw_node_get(in, "tool_choice");
@@ -332,7 +313,7 @@ static int translate_tools(struct dp_request *r, const struct kw_node *in, struc
         const struct kw_node *name = kw_node_get(kw_node_get(tc, "function"), "name");
         if (name != NULL && name->type == KW_NODE_STRING) {
             struct kw_node *names = kw_node_new(a, KW_NODE_SEQ);
-            kw_node_seq_push(a, names, str(a, name));
+            kw_node_seq_push(a, names, dp_tr_str(a, name));
             kw_node_map_put(a, fcc, "allowedFunctionNames", names);
             mode = "ANY";
         }
@@ -344,7 +325,7 @@ static int translate_tools(struct dp_request *r, const struct kw_node *in, struc
         return KW_ERROR;
     }
     kw_node_map_put(a, fcc, "mode", kw_node_cstring(a, mode));
-    kw_node_map_put(a, body, "toolConfig", map1(a, "functionCallingConfig", fcc));
+    kw_node_map_put(a, body, "toolConfig", dp_tr_map1(a, "functionCallingConfig", fcc));
     return KW_OK;
 }
 
@@ -370,7 +351,7 @@ static int chat_body(struct dp_request *r, struct kw_node **out)
     if (sys.len > 0) {
         struct kw_node *parts = kw_node_new(a, KW_NODE_SEQ);
         kw_node_seq_push(a, parts, text_part(a, sys.data, sys.len));
-        kw_node_map_put(a, body, "systemInstruction", map1(a, "parts", parts));
+        kw_node_map_put(a, body, "systemInstruction", dp_tr_map1(a, "parts", parts));
     }
     kw_buf_cleanup(&sys);
     struct kw_node *gc = generation_config(r, in);
@@ -386,7 +367,7 @@ static struct kw_node *embed_content(struct kw_arena *a, const struct kw_node *t
 {
     struct kw_node *parts = kw_node_new(a, KW_NODE_SEQ);
     kw_node_seq_push(a, parts, text_part(a, text->str, text->len));
-    return map1(a, "parts", parts);
+    return dp_tr_map1(a, "parts", parts);
 }
 
 static int embeddings_body(struct dp_request *r, struct gem_state *st, struct kw_node **out)
@@ -445,24 +426,17 @@ static int gemini_build(struct dp_request *r, struct kw_buf *url, struct curl_sl
                              ? (st->batch ? "batchEmbedContents" : "embedContent")
                          : r->stream ? "streamGenerateContent?alt=sse"
                                      : "generateContent";
-    const char *base = dp_openai_pick_base(r);
-    size_t blen = strlen(base);
-    while (blen > 0 && base[blen - 1] == '/')
-        blen--;
+    size_t blen;
+    const char *base = dp_openai_pick_base(r, &blen);
     char *model = curl_easy_escape(NULL, r->upstream_model, 0);
     if (model == NULL)
         return KW_ERROR;
     int rc = kw_buf_printf(url, "%.*s/v1beta/models/%s:%s", (int)blen, base, model, method);
     curl_free(model);
     rc |= dp_openai_add_header(headers, r->arena, "Content-Type", "application/json");
-    const struct kw_backend *b = r->backend;
-    if (b->credentials.secret_ref.name != NULL) {
-        const struct kw_credential *c =
-            kw_snapshot_credential(r->table->snap, b->meta.ns, b->credentials.secret_ref.name,
-                                   b->credentials.secret_ref.key);
-        if (c != NULL && c->len > 0)
-            rc |= dp_openai_add_header(headers, r->arena, "x-goog-api-key", c->value);
-    }
+    const char *key = dp_provider_secret(r, NULL);
+    if (key != NULL)
+        rc |= dp_openai_add_header(headers, r->arena, "x-goog-api-key", key);
     if (rc != KW_OK)
         return KW_ERROR;
     return dp_openai_finish(r, headers, body);
@@ -482,20 +456,14 @@ static const char *finish_reason(const struct kw_node *fr)
     return "content_filter"; /* SAFETY, RECITATION, BLOCKLIST, PROHIBITED_CONTENT, SPII, ... */
 }
 
-static int64_t int_of(const struct kw_node *map, const char *key)
-{
-    const struct kw_node *n = kw_node_get(map, key);
-    return n != NULL && n->type == KW_NODE_INT ? n->i : 0;
-}
-
 static void read_usage(struct dp_request *r, struct gem_state *st, const struct kw_node *u)
 {
     if (u == NULL || u->type != KW_NODE_MAP)
         return;
-    st->prompt = int_of(u, "promptTokenCount");
-    st->candidates = int_of(u, "candidatesTokenCount");
-    st->thoughts = int_of(u, "thoughtsTokenCount");
-    st->cached = int_of(u, "cachedContentTokenCount");
+    st->prompt = dp_tr_int(u, "promptTokenCount");
+    st->candidates = dp_tr_int(u, "candidatesTokenCount");
+    st->thoughts = dp_tr_int(u, "thoughtsTokenCount");
+    st->cached = dp_tr_int(u, "cachedContentTokenCount");
     r->prompt_tokens = st->prompt;
     r->completion_tokens = st->candidates + st->thoughts;
     r->cached_tokens = st->cached;
@@ -615,7 +583,7 @@ static int embeddings_response(struct dp_request *r, struct gem_state *st,
     }
     /* Gemini reports no token counts for embeddings unless usageMetadata is present */
     const struct kw_node *u = kw_node_get(root, "usageMetadata");
-    r->prompt_tokens = int_of(u, "promptTokenCount");
+    r->prompt_tokens = dp_tr_int(u, "promptTokenCount");
     r->completion_tokens = 0;
     r->have_usage = u != NULL;
     kw_buf_puts(out, "],\"model\":");

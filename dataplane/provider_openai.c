@@ -22,8 +22,7 @@ const char *dp_openai_api_suffix(enum dp_api api)
     }
 }
 
-/* The base URL: baseURL, or one of the endpoints by weight. */
-const char *dp_openai_pick_base(struct dp_request *r)
+static const char *pick(struct dp_request *r)
 {
     const struct kw_upstream *u = &r->backend->upstream;
     if (u->base_url != NULL)
@@ -41,6 +40,27 @@ const char *dp_openai_pick_base(struct dp_request *r)
         x -= u->endpoints[i].weight;
     }
     return u->endpoints[0].url;
+}
+
+const char *dp_openai_pick_base(struct dp_request *r, size_t *len)
+{
+    const char *base = pick(r);
+    size_t n = strlen(base);
+    while (n > 0 && base[n - 1] == '/')
+        n--;
+    *len = n;
+    return base;
+}
+
+const char *dp_provider_secret(struct dp_request *r, const char *key)
+{
+    const struct kw_backend *b = r->backend;
+    if (b->credentials.secret_ref.name == NULL)
+        return NULL;
+    const struct kw_credential *c =
+        kw_snapshot_credential(r->table->snap, b->meta.ns, b->credentials.secret_ref.name,
+                               key != NULL ? key : b->credentials.secret_ref.key);
+    return c != NULL && c->len > 0 ? c->value : NULL;
 }
 
 int dp_openai_finish(struct dp_request *r, struct curl_slist **headers, const struct kw_node *body)
@@ -70,26 +90,18 @@ int dp_openai_add_header(struct curl_slist **list, struct kw_arena *a, const cha
 
 static int openai_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
 {
-    const char *base = dp_openai_pick_base(r);
-    size_t blen = strlen(base);
-    while (blen > 0 && base[blen - 1] == '/')
-        blen--;
+    size_t blen;
+    const char *base = dp_openai_pick_base(r, &blen);
     if (kw_buf_append(url, base, blen) != KW_OK ||
         kw_buf_puts(url, dp_openai_api_suffix(r->api)) != KW_OK)
         return KW_ERROR;
-    const struct kw_backend *b = r->backend;
     int rc = dp_openai_add_header(headers, r->arena, "Content-Type", "application/json");
-    if (b->credentials.secret_ref.name != NULL) {
-        const struct kw_credential *c =
-            kw_snapshot_credential(r->table->snap, b->meta.ns, b->credentials.secret_ref.name,
-                                   b->credentials.secret_ref.key);
-        if (c != NULL && c->len > 0) { /* an empty key sends none: the upstream says why */
-            char *h = kw_arena_printf(r->arena, "Authorization: Bearer %s", c->value);
-            struct curl_slist *n = h != NULL ? curl_slist_append(*headers, h) : NULL;
-            if (n == NULL)
-                return KW_ERROR;
-            *headers = n;
-        }
+    const char *key =
+        dp_provider_secret(r, NULL); /* an empty key sends none: the upstream says why */
+    if (key != NULL) {
+        const char *bearer = kw_arena_printf(r->arena, "Bearer %s", key);
+        rc |= bearer != NULL ? dp_openai_add_header(headers, r->arena, "Authorization", bearer)
+                             : KW_ERROR;
     }
     if (rc != KW_OK)
         return KW_ERROR;

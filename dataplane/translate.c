@@ -17,16 +17,40 @@ void dp_tr_stream_init(struct dp_request *r, struct dp_tr_stream *st)
     snprintf(st->ident.id, sizeof(st->ident.id), "chatcmpl-%s", r->id);
 }
 
-struct dp_tr_stream *dp_tr_state(struct dp_request *r)
+void *dp_tr_state_sized(struct dp_request *r, size_t size)
 {
     if (r->provider_state == NULL) {
-        struct dp_tr_stream *st = kw_arena_alloc(r->arena, sizeof(*st));
+        void *st = kw_arena_alloc(r->arena, size);
         if (st == NULL)
             return NULL;
+        memset(st, 0, size);
         dp_tr_stream_init(r, st);
         r->provider_state = st;
     }
     return r->provider_state;
+}
+
+struct dp_tr_stream *dp_tr_state(struct dp_request *r)
+{
+    return dp_tr_state_sized(r, sizeof(struct dp_tr_stream));
+}
+
+struct kw_node *dp_tr_str(struct kw_arena *a, const struct kw_node *n)
+{
+    return kw_node_string(a, n->str, n->len);
+}
+
+struct kw_node *dp_tr_map1(struct kw_arena *a, const char *key, struct kw_node *v)
+{
+    struct kw_node *m = kw_node_new(a, KW_NODE_MAP);
+    kw_node_map_put(a, m, key, v);
+    return m;
+}
+
+int64_t dp_tr_int(const struct kw_node *map, const char *key)
+{
+    const struct kw_node *n = kw_node_get(map, key);
+    return n != NULL && n->type == KW_NODE_INT ? n->i : 0;
 }
 
 void dp_tr_copy(char *dst, size_t cap, const struct kw_node *n, const char *dflt)

@@ -36,6 +36,15 @@ struct dp_tr_stream {
 struct dp_tr_stream *dp_tr_state(struct dp_request *r);
 /* A fresh state (for providers that embed it in a larger one, first). */
 void dp_tr_stream_init(struct dp_request *r, struct dp_tr_stream *st);
+/* r->provider_state, allocated zeroed on first use with size bytes (a provider's state
+ * whose first member is a struct dp_tr_stream, initialized). NULL on out-of-memory. */
+void *dp_tr_state_sized(struct dp_request *r, size_t size);
+
+/* Small node helpers: a copy of a string node, a one-entry map, an integer member (0 when
+ * missing or not an integer). */
+struct kw_node *dp_tr_str(struct kw_arena *a, const struct kw_node *n);
+struct kw_node *dp_tr_map1(struct kw_arena *a, const char *key, struct kw_node *v);
+int64_t dp_tr_int(const struct kw_node *map, const char *key);
 
 /* Set a fixed string field from a node (or dflt when it is not a string). */
 void dp_tr_copy(char *dst, size_t cap, const struct kw_node *n, const char *dflt);
