@@ -151,16 +151,12 @@ static struct kw_node *translate_tool_choice(struct dp_request *r, const struct 
 }
 
 /* A tool message as a tool_result block. NULL with a failure prepared. */
-static struct kw_node *tool_result_block(struct dp_request *r, size_t i, const struct kw_node *m)
+static struct kw_node *tool_result_block(struct dp_request *r, const struct kw_node *list, size_t i)
 {
     struct kw_arena *a = r->arena;
-    const struct kw_node *id = kw_node_get(m, "tool_call_id"), *content = kw_node_get(m, "content");
-    if (id == NULL || id->type != KW_NODE_STRING || content == NULL ||
-        (content->type != KW_NODE_STRING && content->type != KW_NODE_SEQ)) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                        "messages[%zu]: a tool message needs tool_call_id and content", i);
+    const struct kw_node *id, *content;
+    if (dp_tr_tool_message(r, list, i, &id, &content) != KW_OK)
         return NULL;
-    }
     struct kw_node *b = kw_node_new(a, KW_NODE_MAP);
     kw_node_map_put(a, b, "type", kw_node_cstring(a, "tool_result"));
     kw_node_map_put(a, b, "tool_use_id", dp_tr_str(a, id));
@@ -234,60 +230,6 @@ static struct kw_node *message_content(struct dp_request *r, size_t i, const str
     return blocks;
 }
 
-/* The messages (system lifted into sys). KW_OK, or KW_ERROR with a failure prepared. */
-static int translate_messages(struct dp_request *r, const struct kw_node *list, struct kw_buf *sys,
-                              struct kw_node *msgs)
-{
-    struct kw_arena *a = r->arena;
-    struct kw_node *results = NULL; /* the user turn collecting consecutive tool results */
-    for (size_t i = 0; i < list->n; i++) {
-        const struct kw_node *m = list->items[i];
-        const struct kw_node *role = kw_node_get(m, "role");
-        if (m->type != KW_NODE_MAP || role == NULL || role->type != KW_NODE_STRING) {
-            dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                            "messages[%zu] needs a role and content", i);
-            return KW_ERROR;
-        }
-        const struct kw_node *content = kw_node_get(m, "content");
-        if (strcmp(role->str, "system") == 0 || strcmp(role->str, "developer") == 0) {
-            if (content != NULL)
-                dp_tr_system_text(sys, content);
-            continue;
-        }
-        if (strcmp(role->str, "tool") == 0) {
-            struct kw_node *b = tool_result_block(r, i, m);
-            if (b == NULL)
-                return KW_ERROR;
-            if (results == NULL) {
-                struct kw_node *um = kw_node_new(a, KW_NODE_MAP);
-                results = kw_node_new(a, KW_NODE_SEQ);
-                kw_node_map_put(a, um, "role", kw_node_cstring(a, "user"));
-                kw_node_map_put(a, um, "content", results);
-                kw_node_seq_push(a, msgs, um);
-            }
-            kw_node_seq_push(a, results, b);
-            continue;
-        }
-        results = NULL;
-        bool assistant = strcmp(role->str, "assistant") == 0;
-        if (!assistant && strcmp(role->str, "user") != 0) {
-            dp_request_fail(r, 400, "invalid_request_error", "unsupported_value", "messages",
-                            "messages[%zu]: role \"%s\" is not one of system, developer, user, "
-                            "assistant, tool",
-                            i, role->str);
-            return KW_ERROR;
-        }
-        struct kw_node *blocks = message_content(r, i, m, assistant);
-        if (blocks == NULL)
-            return KW_ERROR;
-        struct kw_node *am = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, am, "role", dp_tr_str(a, role));
-        kw_node_map_put(a, am, "content", blocks);
-        kw_node_seq_push(a, msgs, am);
-    }
-    return KW_OK;
-}
-
 static int translate_request(struct dp_request *r, struct kw_node **out)
 {
     struct kw_arena *a = r->arena;
@@ -297,12 +239,14 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
     if (body == NULL || msgs == NULL)
         return KW_ERROR;
     kw_node_map_put(a, body, "model", dp_tr_str(a, kw_node_get(in, "model")));
+    static const struct dp_tr_turn_ops turns = {"assistant", "content", false, message_content,
+                                                tool_result_block};
+    struct kw_node *system = kw_node_new(a, KW_NODE_SEQ);
+    if (dp_tr_turns(r, &turns, kw_node_get(in, "messages"), system, msgs) != KW_OK)
+        return KW_ERROR;
     struct kw_buf sys;
     kw_buf_init(&sys, 4u * 1024 * 1024);
-    if (translate_messages(r, kw_node_get(in, "messages"), &sys, msgs) != KW_OK) {
-        kw_buf_cleanup(&sys);
-        return KW_ERROR;
-    }
+    dp_tr_system_join(&sys, system);
     if (sys.len > 0)
         kw_node_map_put(a, body, "system", kw_node_string(a, sys.data, sys.len));
     kw_buf_cleanup(&sys);

@@ -80,16 +80,12 @@ static struct kw_node *content_block(struct kw_arena *a, const struct kw_node *p
     return dp_tr_map1(a, "image", img);
 }
 
-static struct kw_node *tool_result(struct dp_request *r, size_t i, const struct kw_node *m)
+static struct kw_node *tool_result(struct dp_request *r, const struct kw_node *list, size_t i)
 {
     struct kw_arena *a = r->arena;
-    const struct kw_node *id = kw_node_get(m, "tool_call_id"), *content = kw_node_get(m, "content");
-    if (id == NULL || id->type != KW_NODE_STRING || content == NULL ||
-        (content->type != KW_NODE_STRING && content->type != KW_NODE_SEQ)) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                        "messages[%zu]: a tool message needs tool_call_id and content", i);
+    const struct kw_node *id, *content;
+    if (dp_tr_tool_message(r, list, i, &id, &content) != KW_OK)
         return NULL;
-    }
     struct kw_node *blocks = kw_node_new(a, KW_NODE_SEQ);
     if (content->type == KW_NODE_STRING) {
         kw_node_seq_push(a, blocks, text_block(a, content->str, content->len));
@@ -110,8 +106,10 @@ static struct kw_node *tool_result(struct dp_request *r, size_t i, const struct 
     return dp_tr_map1(a, "toolResult", tr);
 }
 
-static struct kw_node *message_blocks(struct dp_request *r, size_t i, const struct kw_node *m)
+static struct kw_node *message_blocks(struct dp_request *r, size_t i, const struct kw_node *m,
+                                      bool assistant)
 {
+    (void)assistant;
     struct kw_arena *a = r->arena;
     const struct kw_node *content = kw_node_get(m, "content");
     const struct kw_node *calls = kw_node_get(m, "tool_calls");
@@ -153,76 +151,6 @@ static struct kw_node *message_blocks(struct dp_request *r, size_t i, const stru
         return NULL;
     }
     return blocks;
-}
-
-static int translate_messages(struct dp_request *r, const struct kw_node *list,
-                              struct kw_node *system, struct kw_node *msgs)
-{
-    struct kw_arena *a = r->arena;
-    struct kw_node *results = NULL;
-    for (size_t i = 0; i < list->n; i++) {
-        const struct kw_node *m = list->items[i], *role = kw_node_get(m, "role");
-        if (m->type != KW_NODE_MAP || role == NULL || role->type != KW_NODE_STRING) {
-            dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                            "messages[%zu] needs a role and content", i);
-            return KW_ERROR;
-        }
-        if (strcmp(role->str, "system") == 0 || strcmp(role->str, "developer") == 0) {
-            struct kw_buf sys;
-            kw_buf_init(&sys, 4u * 1024 * 1024);
-            const struct kw_node *content = kw_node_get(m, "content");
-            if (content != NULL)
-                dp_tr_system_text(&sys, content);
-            if (sys.len > 0)
-                kw_node_seq_push(a, system, text_block(a, sys.data, sys.len));
-            kw_buf_cleanup(&sys);
-            continue;
-        }
-        if (strcmp(role->str, "tool") == 0) {
-            struct kw_node *b = tool_result(r, i, m);
-            if (b == NULL)
-                return KW_ERROR;
-            struct kw_node *prev = msgs->n > 0 ? msgs->items[msgs->n - 1] : NULL;
-            const struct kw_node *prole = kw_node_get(prev, "role");
-            if (results == NULL && prole != NULL && strcmp(prole->str, "user") == 0)
-                results = kw_node_get(prev, "content");
-            if (results == NULL) {
-                struct kw_node *um = kw_node_new(a, KW_NODE_MAP);
-                results = kw_node_new(a, KW_NODE_SEQ);
-                kw_node_map_put(a, um, "role", kw_node_cstring(a, "user"));
-                kw_node_map_put(a, um, "content", results);
-                kw_node_seq_push(a, msgs, um);
-            }
-            kw_node_seq_push(a, results, b);
-            continue;
-        }
-        results = NULL;
-        if (strcmp(role->str, "user") != 0 && strcmp(role->str, "assistant") != 0) {
-            dp_request_fail(r, 400, "invalid_request_error", "unsupported_value", "messages",
-                            "messages[%zu]: role \"%s\" is not one of system, developer, user, "
-                            "assistant, tool",
-                            i, role->str);
-            return KW_ERROR;
-        }
-        struct kw_node *blocks = message_blocks(r, i, m);
-        if (blocks == NULL)
-            return KW_ERROR;
-        /* Converse wants user and assistant turns to alternate: a turn following one of the
-         * same role (a user message after tool results) joins it */
-        struct kw_node *prev = msgs->n > 0 ? msgs->items[msgs->n - 1] : NULL;
-        const struct kw_node *prole = kw_node_get(prev, "role");
-        if (prole != NULL && strcmp(prole->str, role->str) == 0) {
-            struct kw_node *pc = kw_node_get(prev, "content");
-            for (size_t j = 0; j < blocks->n; j++)
-                kw_node_seq_push(a, pc, blocks->items[j]);
-            continue;
-        }
-        struct kw_node *bm = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, bm, "role", dp_tr_str(a, role));
-        kw_node_map_put(a, bm, "content", blocks);
-        kw_node_seq_push(a, msgs, bm);
-    }
-    return KW_OK;
 }
 
 static int tool_config(struct dp_request *r, const struct kw_node *in, struct kw_node *body)
@@ -283,8 +211,21 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
     const struct kw_node *in = r->up_json;
     struct kw_node *body = kw_node_new(a, KW_NODE_MAP);
     struct kw_node *msgs = kw_node_new(a, KW_NODE_SEQ), *system = kw_node_new(a, KW_NODE_SEQ);
-    if (translate_messages(r, kw_node_get(in, "messages"), system, msgs) != KW_OK)
+    /* Converse wants user and assistant turns to alternate: a turn following one of the same
+     * role (a user message after tool results) joins it */
+    static const struct dp_tr_turn_ops turns = {"assistant", "content", true, message_blocks,
+                                                tool_result};
+    struct kw_node *sys = kw_node_new(a, KW_NODE_SEQ);
+    if (dp_tr_turns(r, &turns, kw_node_get(in, "messages"), sys, msgs) != KW_OK)
         return KW_ERROR;
+    for (size_t i = 0; i < sys->n; i++) {
+        struct kw_buf text;
+        kw_buf_init(&text, 4u * 1024 * 1024);
+        dp_tr_system_text(&text, sys->items[i]);
+        if (text.len > 0)
+            kw_node_seq_push(a, system, text_block(a, text.data, text.len));
+        kw_buf_cleanup(&text);
+    }
     kw_node_map_put(a, body, "messages", msgs);
     if (system->n > 0)
         kw_node_map_put(a, body, "system", system);

@@ -152,8 +152,10 @@ static struct kw_node *function_response(struct dp_request *r, const struct kw_n
 }
 
 /* The parts of a user or assistant message. NULL with a failure prepared. */
-static struct kw_node *message_parts(struct dp_request *r, size_t i, const struct kw_node *m)
+static struct kw_node *message_parts(struct dp_request *r, size_t i, const struct kw_node *m,
+                                     bool assistant)
 {
+    (void)assistant;
     struct kw_arena *a = r->arena;
     const struct kw_node *content = kw_node_get(m, "content");
     const struct kw_node *calls = kw_node_get(m, "tool_calls");
@@ -192,58 +194,6 @@ static struct kw_node *message_parts(struct dp_request *r, size_t i, const struc
         return NULL;
     }
     return parts;
-}
-
-static int translate_contents(struct dp_request *r, const struct kw_node *list, struct kw_buf *sys,
-                              struct kw_node *contents)
-{
-    struct kw_arena *a = r->arena;
-    struct kw_node *responses = NULL; /* the user turn collecting consecutive tool results */
-    for (size_t i = 0; i < list->n; i++) {
-        const struct kw_node *m = list->items[i], *role = kw_node_get(m, "role");
-        if (m->type != KW_NODE_MAP || role == NULL || role->type != KW_NODE_STRING) {
-            dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                            "messages[%zu] needs a role and content", i);
-            return KW_ERROR;
-        }
-        if (strcmp(role->str, "system") == 0 || strcmp(role->str, "developer") == 0) {
-            const struct kw_node *content = kw_node_get(m, "content");
-            if (content != NULL)
-                dp_tr_system_text(sys, content);
-            continue;
-        }
-        if (strcmp(role->str, "tool") == 0) {
-            struct kw_node *p = function_response(r, list, i);
-            if (p == NULL)
-                return KW_ERROR;
-            if (responses == NULL) {
-                struct kw_node *c = kw_node_new(a, KW_NODE_MAP);
-                responses = kw_node_new(a, KW_NODE_SEQ);
-                kw_node_map_put(a, c, "role", kw_node_cstring(a, "user"));
-                kw_node_map_put(a, c, "parts", responses);
-                kw_node_seq_push(a, contents, c);
-            }
-            kw_node_seq_push(a, responses, p);
-            continue;
-        }
-        responses = NULL;
-        bool assistant = strcmp(role->str, "assistant") == 0;
-        if (!assistant && strcmp(role->str, "user") != 0) {
-            dp_request_fail(r, 400, "invalid_request_error", "unsupported_value", "messages",
-                            "messages[%zu]: role \"%s\" is not one of system, developer, user, "
-                            "assistant, tool",
-                            i, role->str);
-            return KW_ERROR;
-        }
-        struct kw_node *parts = message_parts(r, i, m);
-        if (parts == NULL)
-            return KW_ERROR;
-        struct kw_node *c = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, c, "role", kw_node_cstring(a, assistant ? "model" : "user"));
-        kw_node_map_put(a, c, "parts", parts);
-        kw_node_seq_push(a, contents, c);
-    }
-    return KW_OK;
 }
 
 static struct kw_node *generation_config(struct dp_request *r, const struct kw_node *in)
@@ -341,12 +291,14 @@ static int chat_body(struct dp_request *r, struct kw_node **out)
     }
     struct kw_node *body = kw_node_new(a, KW_NODE_MAP);
     struct kw_node *contents = kw_node_new(a, KW_NODE_SEQ);
+    static const struct dp_tr_turn_ops turns = {"model", "parts", false, message_parts,
+                                                function_response};
+    struct kw_node *system = kw_node_new(a, KW_NODE_SEQ);
+    if (dp_tr_turns(r, &turns, kw_node_get(in, "messages"), system, contents) != KW_OK)
+        return KW_ERROR;
     struct kw_buf sys;
     kw_buf_init(&sys, 4u * 1024 * 1024);
-    if (translate_contents(r, kw_node_get(in, "messages"), &sys, contents) != KW_OK) {
-        kw_buf_cleanup(&sys);
-        return KW_ERROR;
-    }
+    dp_tr_system_join(&sys, system);
     kw_node_map_put(a, body, "contents", contents);
     if (sys.len > 0) {
         struct kw_node *parts = kw_node_new(a, KW_NODE_SEQ);

@@ -75,6 +75,102 @@ void dp_tr_system_text(struct kw_buf *sys, const struct kw_node *content)
     }
 }
 
+int dp_tr_tool_message(struct dp_request *r, const struct kw_node *list, size_t i,
+                       const struct kw_node **id, const struct kw_node **content)
+{
+    const struct kw_node *m = list->items[i];
+    *id = kw_node_get(m, "tool_call_id");
+    *content = kw_node_get(m, "content");
+    if (*id == NULL || (*id)->type != KW_NODE_STRING || *content == NULL ||
+        ((*content)->type != KW_NODE_STRING && (*content)->type != KW_NODE_SEQ)) {
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
+                        "messages[%zu]: a tool message needs tool_call_id and content", i);
+        return KW_ERROR;
+    }
+    return KW_OK;
+}
+
+void dp_tr_system_join(struct kw_buf *sys, const struct kw_node *system)
+{
+    for (size_t i = 0; i < system->n; i++)
+        dp_tr_system_text(sys, system->items[i]);
+}
+
+/* The last turn when it has this role, else NULL. */
+static struct kw_node *last_turn(const struct kw_node *turns, const char *role)
+{
+    const struct kw_node *prev = turns->n > 0 ? turns->items[turns->n - 1] : NULL;
+    const struct kw_node *prole = kw_node_get(prev, "role");
+    return prole != NULL && strcmp(prole->str, role) == 0 ? (struct kw_node *)prev : NULL;
+}
+
+static struct kw_node *new_turn(struct kw_arena *a, const struct dp_tr_turn_ops *ops,
+                                const char *role, struct kw_node *content, struct kw_node *turns)
+{
+    struct kw_node *t = kw_node_new(a, KW_NODE_MAP);
+    kw_node_map_put(a, t, "role", kw_node_cstring(a, role));
+    kw_node_map_put(a, t, ops->content_key, content);
+    kw_node_seq_push(a, turns, t);
+    return t;
+}
+
+int dp_tr_turns(struct dp_request *r, const struct dp_tr_turn_ops *ops, const struct kw_node *list,
+                struct kw_node *system, struct kw_node *turns)
+{
+    struct kw_arena *a = r->arena;
+    struct kw_node *results = NULL; /* the user turn collecting consecutive tool results */
+    for (size_t i = 0; i < list->n; i++) {
+        const struct kw_node *m = list->items[i], *role = kw_node_get(m, "role");
+        if (m->type != KW_NODE_MAP || role == NULL || role->type != KW_NODE_STRING) {
+            dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
+                            "messages[%zu] needs a role and content", i);
+            return KW_ERROR;
+        }
+        if (strcmp(role->str, "system") == 0 || strcmp(role->str, "developer") == 0) {
+            struct kw_node *content = kw_node_get(m, "content");
+            if (content != NULL)
+                kw_node_seq_push(a, system, content);
+            continue;
+        }
+        if (strcmp(role->str, "tool") == 0) {
+            struct kw_node *item = ops->tool(r, list, i);
+            if (item == NULL)
+                return KW_ERROR;
+            struct kw_node *prev = ops->merge ? last_turn(turns, "user") : NULL;
+            if (results == NULL && prev != NULL)
+                results = kw_node_get(prev, ops->content_key);
+            if (results == NULL) {
+                results = kw_node_new(a, KW_NODE_SEQ);
+                new_turn(a, ops, "user", results, turns);
+            }
+            kw_node_seq_push(a, results, item);
+            continue;
+        }
+        results = NULL;
+        bool assistant = strcmp(role->str, "assistant") == 0;
+        if (!assistant && strcmp(role->str, "user") != 0) {
+            dp_request_fail(r, 400, "invalid_request_error", "unsupported_value", "messages",
+                            "messages[%zu]: role \"%s\" is not one of system, developer, user, "
+                            "assistant, tool",
+                            i, role->str);
+            return KW_ERROR;
+        }
+        struct kw_node *content = ops->content(r, i, m, assistant);
+        if (content == NULL)
+            return KW_ERROR;
+        const char *trole = assistant ? ops->assistant_role : "user";
+        struct kw_node *prev = ops->merge ? last_turn(turns, trole) : NULL;
+        if (prev != NULL) { /* content is a list where turns merge */
+            struct kw_node *pc = kw_node_get(prev, ops->content_key);
+            for (size_t j = 0; j < content->n; j++)
+                kw_node_seq_push(a, pc, content->items[j]);
+            continue;
+        }
+        new_turn(a, ops, trole, content, turns);
+    }
+    return KW_OK;
+}
+
 bool dp_tr_data_url(const char *url, const char **mime, size_t *mime_len, const char **data)
 {
     if (strncmp(url, "data:", 5) != 0)

@@ -55,6 +55,33 @@ void dp_tr_copy(char *dst, size_t cap, const struct kw_node *n, const char *dflt
  * sys with a blank line between messages. */
 void dp_tr_system_text(struct kw_buf *sys, const struct kw_node *content);
 
+/* How a provider shapes the turns of a conversation (dp_tr_turns). */
+struct dp_tr_turn_ops {
+    const char *assistant_role; /* "assistant", or Gemini's "model" */
+    const char *content_key;    /* "content", or Gemini's "parts" */
+    bool merge;                 /* a turn after one of the same role joins it (Converse) */
+    /* A user or assistant message's content (a string or a list). NULL with a failure
+     * prepared. */
+    struct kw_node *(*content)(struct dp_request *r, size_t i, const struct kw_node *m,
+                               bool assistant);
+    /* Tool message list->items[i] as one item of a user turn. NULL with a failure prepared. */
+    struct kw_node *(*tool)(struct dp_request *r, const struct kw_node *list, size_t i);
+};
+
+/* The messages as turns {role, content_key} appended to turns: system and developer
+ * contents are appended to system (a list of content nodes) instead, consecutive tool
+ * messages become one user turn. KW_OK, or KW_ERROR with a 400 prepared. */
+int dp_tr_turns(struct dp_request *r, const struct dp_tr_turn_ops *ops, const struct kw_node *list,
+                struct kw_node *system, struct kw_node *turns);
+
+/* Tool message list->items[i]: its tool_call_id and content (a string or parts). KW_OK, or
+ * KW_ERROR with a 400 prepared. */
+int dp_tr_tool_message(struct dp_request *r, const struct kw_node *list, size_t i,
+                       const struct kw_node **id, const struct kw_node **content);
+
+/* The system contents collected by dp_tr_turns as one text (dp_tr_system_text each). */
+void dp_tr_system_join(struct kw_buf *sys, const struct kw_node *system);
+
 /* A data URL "data:MIME;base64,DATA": the MIME type and the base64 data. False otherwise. */
 bool dp_tr_data_url(const char *url, const char **mime, size_t *mime_len, const char **data);
 
