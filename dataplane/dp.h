@@ -116,6 +116,7 @@ enum dp_upstream_error {
 };
 
 struct dp_provider_ops;
+struct dp_front_ops;
 
 struct dp_request {
     struct dp_worker *w;
@@ -123,6 +124,8 @@ struct dp_request {
     struct kw_arena *arena;
     char id[40];
     enum dp_api api;
+    const struct dp_front_ops *front; /* the client's API when not OpenAI's (NULL) */
+    void *front_state;                /* its per-request state (arena) */
     const char *path;
     const char *method;
     int64_t start_ms;
@@ -167,8 +170,9 @@ struct dp_request {
     /* response to the client */
     struct MHD_Response *pending; /* queued at the next access-handler call */
     unsigned pending_status;
-    unsigned status;   /* the status sent */
-    struct kw_buf out; /* stream bytes not yet taken by MHD */
+    unsigned status;     /* the status sent */
+    struct kw_buf out;   /* stream bytes not yet taken by MHD */
+    struct kw_buf stage; /* with a front: the provider's OpenAI chunks, before translation */
     size_t out_off;
     struct dp_sse sse;
     bool stream_end; /* no more bytes will be added to out */
@@ -216,6 +220,36 @@ struct dp_provider_ops {
      * falls back to another backend). */
     void (*cleanup)(struct dp_request *r);
 };
+
+/* An input API other than OpenAI's (POST /v1/messages): the client's request is translated
+ * into an OpenAI one before routing, and every answer back. Providers are unaware of it:
+ * their stream output goes to r->stage and the front turns it into the client's events. */
+struct dp_front_ops {
+    const char *name;
+    /* The client's body in r->json -> an OpenAI request (r->json replaced). KW_OK, or
+     * KW_ERROR with a 400 prepared. */
+    int (*request)(struct dp_request *r);
+    /* A successful OpenAI response body -> the client's form. KW_OK or KW_ERROR. */
+    int (*response)(struct dp_request *r, const char *body, size_t len, struct kw_buf *out);
+    /* An error (its HTTP status and message) in the client's shape. */
+    int (*error_body)(struct dp_request *r, unsigned status, const char *msg, size_t len,
+                      struct kw_buf *out);
+    /* Stream: what the client gets first (when the stream starts), OpenAI SSE bytes (split
+     * anywhere) -> client events, the upstream ended cleanly, a gateway error ends it. */
+    int (*stream_begin)(struct dp_request *r, struct kw_buf *out);
+    int (*stream)(struct dp_request *r, const char *buf, size_t len, struct kw_buf *out);
+    int (*stream_end)(struct dp_request *r, struct kw_buf *out);
+    int (*stream_error)(struct dp_request *r, const char *msg, struct kw_buf *out);
+    const char *keepalive; /* an idle stream's keep-alive event */
+    const char *id_header; /* the request id is also sent under this name (or NULL) */
+    void (*cleanup)(struct dp_request *r); /* state outside the arena */
+};
+extern const struct dp_front_ops dp_front_anthropic;
+
+/* Where a provider writes stream output: r->out, or r->stage with a front. */
+struct kw_buf *dp_stream_sink(struct dp_request *r);
+/* With a front: translate what r->stage holds into r->out. KW_OK or KW_ERROR. */
+int dp_front_flush(struct dp_request *r);
 
 /* The provider that serves a backend. */
 const struct dp_provider_ops *dp_provider_for(const struct kw_backend *b);
@@ -272,6 +306,8 @@ void dp_request_fail(struct dp_request *r, unsigned status, const char *type, co
 void dp_request_wake(struct dp_request *r);
 /* The client went away (RDHUP on its socket). */
 void dp_request_client_gone(struct dp_request *r);
+/* The headers every response carries (x-request-id, ...). */
+void dp_request_headers(struct dp_request *r, struct MHD_Response *resp);
 /* Start relaying a stream: a 200 text/event-stream response is queued. */
 void dp_request_begin_stream(struct dp_request *r);
 /* Append bytes for the client and wake its connection. KW_OK or KW_ERROR (limit). */

@@ -33,16 +33,22 @@ static const char *header_of(void *ud, const char *name)
     return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
 }
 
-static void add_common_headers(struct dp_request *r, struct MHD_Response *resp)
+void dp_request_headers(struct dp_request *r, struct MHD_Response *resp)
 {
     MHD_add_response_header(resp, "x-request-id", r->id);
+    if (r->front != NULL && r->front->id_header != NULL)
+        MHD_add_response_header(resp, r->front->id_header, r->id);
 }
 
-static char *error_body(struct dp_request *r, const char *message, const char *type,
-                        const char *param, const char *code, size_t *len)
+static char *error_body(struct dp_request *r, unsigned status, const char *message,
+                        const char *type, const char *param, const char *code, size_t *len)
 {
     struct kw_buf b;
     kw_buf_init(&b, 64 * 1024);
+    if (r->front != NULL) {
+        r->front->error_body(r, status, message, strlen(message), &b);
+        goto done;
+    }
     kw_buf_puts(&b, "{\"error\":{\"message\":");
     kw_json_write_string(&b, message, strlen(message));
     kw_buf_puts(&b, ",\"type\":");
@@ -58,6 +64,7 @@ static char *error_body(struct dp_request *r, const char *message, const char *t
     else
         kw_buf_puts(&b, "null");
     kw_buf_puts(&b, "}}");
+done:;
     char *out = b.data != NULL ? kw_arena_strndup(r->arena, b.data, b.len) : NULL;
     *len = b.len;
     kw_buf_cleanup(&b);
@@ -98,13 +105,13 @@ void dp_request_fail(struct dp_request *r, unsigned status, const char *type, co
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     size_t len = 0;
-    char *body = error_body(r, msg, type, param, code, &len);
+    char *body = error_body(r, status, msg, type, param, code, &len);
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(body != NULL ? len : 0, body, MHD_RESPMEM_MUST_COPY);
     if (resp == NULL)
         return;
     MHD_add_response_header(resp, "Content-Type", "application/json");
-    add_common_headers(r, resp);
+    dp_request_headers(r, resp);
     if (status == 405)
         MHD_add_response_header(resp, "Allow", r->api == DP_API_MODELS ? "GET" : "POST");
     set_pending(r, resp, status);
@@ -197,7 +204,12 @@ void dp_request_begin_stream(struct dp_request *r)
     MHD_add_response_header(resp, "Content-Type", "text/event-stream");
     MHD_add_response_header(resp, "Cache-Control", "no-cache");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
-    add_common_headers(r, resp);
+    dp_request_headers(r, resp);
+    if (r->front != NULL && r->front->stream_begin(r, &r->out) != KW_OK) {
+        MHD_destroy_response(resp);
+        dp_request_fail(r, 500, "server_error", NULL, NULL, "out of memory");
+        return;
+    }
     r->state = DP_ST_STREAM;
     atomic_fetch_add_explicit(&r->w->stats.active_streams, 1, memory_order_relaxed);
     r->last_out_ms = r->last_up_ms = dp_now_ms();
@@ -207,6 +219,20 @@ void dp_request_begin_stream(struct dp_request *r)
         due = r->last_up_ms + r->route->stream_idle_timeout_ms;
     dp_timer_arm(r->w, &r->timer, due);
     set_pending(r, resp, 200);
+}
+
+struct kw_buf *dp_stream_sink(struct dp_request *r)
+{
+    return r->front != NULL ? &r->stage : &r->out;
+}
+
+int dp_front_flush(struct dp_request *r)
+{
+    if (r->front == NULL || r->stage.len == 0)
+        return KW_OK;
+    int rc = r->front->stream(r, r->stage.data, r->stage.len, &r->out);
+    kw_buf_reset(&r->stage);
+    return rc;
 }
 
 /* Append bytes for the client and wake it. */
@@ -228,7 +254,13 @@ void dp_request_stream_error(struct dp_request *r, const char *code, const char 
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     size_t len;
-    char *body = error_body(r, msg, "server_error", NULL, code, &len);
+    if (r->front != NULL) {
+        r->front->stream_error(r, msg, &r->out);
+        r->stream_end = true;
+        dp_request_wake(r);
+        return;
+    }
+    char *body = error_body(r, 500, msg, "server_error", NULL, code, &len);
     if (body != NULL) {
         kw_buf_puts(&r->out, "data: ");
         kw_buf_append(&r->out, body, len);
@@ -253,8 +285,9 @@ static void on_stream_timer(struct dp_timer *t)
                                 (long long)idle);
         return;
     }
+    const char *ka = r->front != NULL ? r->front->keepalive : ": keepalive\n\n";
     if (now - r->last_out_ms >= DP_KEEPALIVE_MS && r->out.len == r->out_off)
-        dp_request_emit(r, ": keepalive\n\n", 13);
+        dp_request_emit(r, ka, strlen(ka));
     int64_t due = r->last_out_ms + DP_KEEPALIVE_MS;
     if (!r->up_done && r->last_up_ms + idle < due)
         due = r->last_up_ms + idle;
@@ -263,21 +296,25 @@ static void on_stream_timer(struct dp_timer *t)
 
 /* ---- phases --------------------------------------------------------------------------------- */
 
-static enum dp_api api_of(const char *url, const char *method, unsigned *status)
+static enum dp_api api_of(const char *url, const char *method, unsigned *status,
+                          const struct dp_front_ops **front)
 {
     static const struct {
         const char *path, *method;
         enum dp_api api;
+        const struct dp_front_ops *front;
     } apis[] = {
-        {"/v1/chat/completions", "POST", DP_API_CHAT},
-        {"/v1/completions", "POST", DP_API_COMPLETIONS},
-        {"/v1/embeddings", "POST", DP_API_EMBEDDINGS},
-        {"/v1/models", "GET", DP_API_MODELS},
+        {"/v1/chat/completions", "POST", DP_API_CHAT, NULL},
+        {"/v1/completions", "POST", DP_API_COMPLETIONS, NULL},
+        {"/v1/embeddings", "POST", DP_API_EMBEDDINGS, NULL},
+        {"/v1/models", "GET", DP_API_MODELS, NULL},
+        {"/v1/messages", "POST", DP_API_CHAT, &dp_front_anthropic},
     };
     for (size_t i = 0; i < KW_ARRAY_LEN(apis); i++) {
         if (strcmp(url, apis[i].path) != 0)
             continue;
         *status = strcmp(method, apis[i].method) == 0 ? 0 : 405;
+        *front = apis[i].front;
         return apis[i].api;
     }
     *status = 404;
@@ -359,6 +396,8 @@ static int parse_body(struct dp_request *r)
                         r->json == NULL ? err : "the body must be a JSON object");
         return KW_ERROR;
     }
+    if (r->front != NULL && r->front->request(r) != KW_OK)
+        return KW_ERROR;
     const struct kw_node *model = kw_node_get(r->json, "model");
     if (model == NULL || model->type != KW_NODE_STRING || model->len == 0 ||
         strlen(model->str) != model->len) {
@@ -443,7 +482,7 @@ static enum MHD_Result respond_models(struct dp_request *r)
     if (resp == NULL)
         return MHD_NO;
     MHD_add_response_header(resp, "Content-Type", "application/json");
-    add_common_headers(r, resp);
+    dp_request_headers(r, resp);
     r->pending = resp;
     r->pending_status = 200;
     return queue_pending(r);
@@ -548,6 +587,7 @@ static struct dp_request *request_new(struct dp_worker *w, struct MHD_Connection
     kw_buf_init(&r->up_body, w->server->max_body_bytes * 2 + 65536);
     kw_buf_init(&r->up_resp, DP_MAX_UPSTREAM_RESPONSE);
     kw_buf_init(&r->out, DP_MAX_STREAM_BUFFER);
+    kw_buf_init(&r->stage, DP_MAX_STREAM_BUFFER);
     dp_sse_init(&r->sse, DP_MAX_SSE_EVENT);
     r->table = dp_table_ref(w->table);
     atomic_fetch_add_explicit(&w->stats.active_requests, 1, memory_order_relaxed);
@@ -567,7 +607,7 @@ enum MHD_Result dp_on_access(void *cls, struct MHD_Connection *conn, const char 
         if (r == NULL)
             return MHD_NO;
         unsigned early = 0;
-        r->api = api_of(url, method, &early);
+        r->api = api_of(url, method, &early, &r->front);
         r->early_status = early;
         *con_cls = r;
         return MHD_YES;
@@ -662,10 +702,13 @@ void dp_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     dp_sse_cleanup(&r->sse);
     if (r->provider != NULL && r->provider->cleanup != NULL && r->provider_state != NULL)
         r->provider->cleanup(r);
+    if (r->front != NULL && r->front->cleanup != NULL)
+        r->front->cleanup(r);
     kw_buf_cleanup(&r->body);
     kw_buf_cleanup(&r->up_body);
     kw_buf_cleanup(&r->up_resp);
     kw_buf_cleanup(&r->out);
+    kw_buf_cleanup(&r->stage);
     dp_table_unref(r->table);
     dp_worker_arena_done(w, r->arena);
     free(r);

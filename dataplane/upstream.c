@@ -13,6 +13,7 @@
 #include <sys/epoll.h>
 
 #include "dp.h"
+#include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/log.h"
 #include "knoway/snapshot.h"
@@ -122,7 +123,7 @@ static int on_sse_event(void *ud, const char *raw, size_t raw_len, const char *e
     struct dp_request *r = ud;
     if (!has_data)
         return KW_OK; /* upstream comments: the gateway sends its own keep-alives */
-    return r->provider->on_event(r, raw, raw_len, event, data, data_len, &r->out);
+    return r->provider->on_event(r, raw, raw_len, event, data, data_len, dp_stream_sink(r));
 }
 
 static size_t on_write(char *ptr, size_t size, size_t nmemb, void *ud)
@@ -153,8 +154,9 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *ud)
         }
     }
     size_t before = r->out.len;
-    if (r->provider->feed != NULL ? r->provider->feed(r, ptr, n, &r->out) != KW_OK
-                                  : dp_sse_feed(&r->sse, ptr, n, on_sse_event, r) != KW_OK) {
+    if ((r->provider->feed != NULL ? r->provider->feed(r, ptr, n, dp_stream_sink(r))
+                                   : dp_sse_feed(&r->sse, ptr, n, on_sse_event, r)) != KW_OK ||
+        dp_front_flush(r) != KW_OK) {
         if (r->write_err[0] == '\0')
             snprintf(r->write_err, sizeof(r->write_err),
                      "upstream stream event too large or invalid");
@@ -313,8 +315,32 @@ static enum dp_upstream_error classify(CURLcode rc)
     }
 }
 
+/* An OpenAI error body in r->up_resp rewritten into the front's shape. False when it has
+ * no message (the caller wraps it like any other body). */
+static bool front_error(struct dp_request *r)
+{
+    struct kw_node *root;
+    char err[128];
+    if (kw_json_parse(r->arena, r->up_resp.data, r->up_resp.len, &root, err, sizeof(err)) != KW_OK)
+        return false;
+    const struct kw_node *e = kw_node_get(root, "error");
+    const struct kw_node *msg =
+        e != NULL && e->type == KW_NODE_STRING ? e : kw_node_get(e, "message");
+    if (msg == NULL || msg->type != KW_NODE_STRING)
+        return false;
+    struct kw_buf b;
+    kw_buf_init(&b, DP_MAX_UPSTREAM_RESPONSE);
+    bool ok = r->front->error_body(r, (unsigned)r->up_status, msg->str, msg->len, &b) == KW_OK;
+    if (ok) {
+        kw_buf_reset(&r->up_resp);
+        ok = kw_buf_append(&r->up_resp, b.data, b.len) == KW_OK;
+    }
+    kw_buf_cleanup(&b);
+    return ok;
+}
+
 /* An upstream error response relayed: its status and body when it is an OpenAI-style
- * error, else wrapped into one. */
+ * error (in the front's shape for a front), else wrapped into one. */
 static void relay_error(struct dp_request *r)
 {
     if (r->provider->on_error != NULL) {
@@ -330,6 +356,8 @@ static void relay_error(struct dp_request *r)
     }
     const char *body = r->up_resp.data != NULL ? r->up_resp.data : "";
     bool json = r->up_resp.len > 0 && body[0] == '{' && strstr(body, "\"error\"") != NULL;
+    if (json && r->front != NULL)
+        json = front_error(r);
     struct MHD_Response *resp;
     if (json) {
         resp =
@@ -348,7 +376,7 @@ static void relay_error(struct dp_request *r)
         return;
     if (json) {
         MHD_add_response_header(resp, "Content-Type", "application/json");
-        MHD_add_response_header(resp, "x-request-id", r->id);
+        dp_request_headers(r, resp);
     }
     if (r->retry_after[0] != '\0')
         MHD_add_response_header(resp, "Retry-After", r->retry_after);
@@ -369,16 +397,31 @@ static void relay_body(struct dp_request *r)
         return;
     }
     struct kw_buf *src = translated.len > 0 ? &translated : &r->up_resp;
+    struct kw_buf fronted;
+    kw_buf_init(&fronted, DP_MAX_UPSTREAM_RESPONSE);
+    if (r->front != NULL) {
+        if (r->front->response(r, src->data != NULL ? src->data : "", src->len, &fronted) !=
+            KW_OK) {
+            kw_buf_cleanup(&translated);
+            kw_buf_cleanup(&fronted);
+            dp_request_fail(r, 502, "server_error", "upstream_invalid_response", NULL,
+                            "the upstream's response could not be translated");
+            return;
+        }
+        src = &fronted;
+    }
     struct MHD_Response *resp = MHD_create_response_from_buffer(
         src->len, src->data != NULL ? src->data : (char *)"", MHD_RESPMEM_MUST_COPY);
     kw_buf_cleanup(&translated);
+    kw_buf_cleanup(&fronted);
     if (resp == NULL) {
         dp_request_fail(r, 500, "server_error", NULL, NULL, "out of memory");
         return;
     }
     MHD_add_response_header(resp, "Content-Type",
-                            r->up_ctype[0] != '\0' ? r->up_ctype : "application/json");
-    MHD_add_response_header(resp, "x-request-id", r->id);
+                            r->up_ctype[0] != '\0' && r->front == NULL ? r->up_ctype
+                                                                       : "application/json");
+    dp_request_headers(r, resp);
     r->pending = resp;
     r->pending_status = (unsigned)r->up_status;
     dp_request_wake(r);
@@ -420,7 +463,10 @@ static void finish(struct dp_request *r, CURLcode rc)
         if (r->provider->feed == NULL)
             dp_sse_finish(&r->sse, on_sse_event, r);
         if (r->up_error == DP_UPERR_NONE && r->provider->on_stream_end != NULL)
-            r->provider->on_stream_end(r, &r->out);
+            r->provider->on_stream_end(r, dp_stream_sink(r));
+        dp_front_flush(r);
+        if (r->up_error == DP_UPERR_NONE && r->front != NULL)
+            r->front->stream_end(r, &r->out);
         if (r->up_error != DP_UPERR_NONE)
             dp_request_stream_error(
                 r, r->up_error == DP_UPERR_TIMEOUT ? "upstream_timeout" : "upstream_error",

@@ -1,0 +1,148 @@
+// The gateway under test for the client suites: knoway-dataplane in static mode with the
+// mock providers (tests/tools) behind it, one route per provider and fault.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const build = process.env.KW_BUILD ?? new URL('../../../build', import.meta.url).pathname;
+const procs = [];
+
+function freePort() {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitPort(port) {
+  for (let i = 0; i < 500; i++) {
+    const ok = await new Promise((resolve) => {
+      const c = connect(port, '127.0.0.1', () => { c.destroy(); resolve(true); });
+      c.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`port ${port} did not open`);
+}
+
+// Start the mocks and the gateway; its base URL (http://127.0.0.1:PORT).
+export async function start() {
+  const [mock, listen, admin, mock2] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  procs.push(spawn(join(build, 'tests/knoway-mockllm'), ['--listen', `127.0.0.1:${mock}`], { stdio: 'ignore' }));
+  // Gemini and Bedrock (SigV4 verified by the mock, with a session token)
+  procs.push(spawn('python3', [new URL('../../tools/mockproviders.py', import.meta.url).pathname,
+    '--listen', `127.0.0.1:${mock2}`, '--aws-region', 'eu-central-1', '--aws-session-token', 'tok-1'],
+  { stdio: 'ignore' }));
+  await waitPort(mock);
+  await waitPort(mock2);
+  const dir = mkdtempSync(join(tmpdir(), 'kw-openai-'));
+  const cfg = join(dir, 'knoway.yaml');
+  const backend = (name, headers = '') => `---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: ${name}}
+spec:
+  provider: vLLM
+  upstream:
+    baseURL: http://127.0.0.1:${mock}/v1
+${headers}`;
+  const route = (name, model) => `---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: ${name}}
+spec:
+  match: {models: [${model}]}
+  backendRefs: [{name: ${name}}]
+`;
+  writeFileSync(cfg, `apiVersion: llm.knoway.dev/v1alpha1
+kind: DataPlane
+metadata: {name: t}
+spec: {listen: "127.0.0.1:${listen}", admin: "127.0.0.1:${admin}", workers: 2}
+${backend('demo')}${route('demo', 'demo')}${backend('cut', '    headers: [{name: x-mock-fault, value: reset}, {name: x-mock-fault-after, value: "3"}]\n')}${route('cut', 'cut')}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: keys}
+stringData:
+  apiKey: k-1
+  bad: invalid
+  AWS_ACCESS_KEY_ID: AKIDEXAMPLE
+  AWS_SECRET_ACCESS_KEY: wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY
+  AWS_SESSION_TOKEN: tok-1
+---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: claude}
+spec:
+  provider: Anthropic
+  upstream: {baseURL: "http://127.0.0.1:${mock}"}
+  credentials: {secretRef: {name: keys}}
+${route('claude', 'claude')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: azure}
+spec:
+  provider: AzureOpenAI
+  upstream: {baseURL: "http://127.0.0.1:${mock}"}
+  credentials: {secretRef: {name: keys}, azure: {deployment: dep-1}}
+${route('azure', 'azure')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: gemini}
+spec:
+  provider: Gemini
+  modelName: gemini-2.5-flash
+  upstream: {baseURL: "http://127.0.0.1:${mock2}"}
+  credentials: {secretRef: {name: keys}}
+${route('gemini', 'gemini')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: gemini-badkey}
+spec:
+  provider: Gemini
+  upstream: {baseURL: "http://127.0.0.1:${mock2}"}
+  credentials: {secretRef: {name: keys, key: bad}}
+${route('gemini-badkey', 'gemini-badkey')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: bedrock}
+spec:
+  provider: AWSBedrock
+  modelName: "anthropic.claude-3-5-haiku-20241022-v1:0"
+  upstream: {baseURL: "http://127.0.0.1:${mock2}"}
+  credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
+${route('bedrock', 'bedrock')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: bedrock-broken}
+spec:
+  provider: AWSBedrock
+  upstream:
+    baseURL: "http://127.0.0.1:${mock2}"
+    headers: [{name: x-mock-fault, value: exception}, {name: x-mock-fault-after, value: "2"}]
+  credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
+${route('bedrock-broken', 'bedrock-broken')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: bedrock-crc}
+spec:
+  provider: AWSBedrock
+  upstream:
+    baseURL: "http://127.0.0.1:${mock2}"
+    headers: [{name: x-mock-fault, value: badcrc}, {name: x-mock-fault-after, value: "2"}]
+  credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
+${route('bedrock-crc', 'bedrock-crc')}`);
+  procs.push(spawn(join(build, 'dataplane/knoway-dataplane'), ['-c', cfg], { stdio: 'ignore' }));
+  await waitPort(listen);
+  return `http://127.0.0.1:${listen}`;
+}
+
+export function stop() {
+  procs.forEach((p) => p.kill('SIGTERM'));
+}
+
