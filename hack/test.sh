@@ -14,8 +14,8 @@ step() { printf '\n=== %s\n' "$*"; }
 step "dependencies"
 bash hack/install-deps.sh
 
-step "openai npm client for the integration tests"
-(cd tests/integration/openai-client && npm ci --no-audit --no-fund --loglevel=error)
+step "openai and Anthropic npm clients for the integration tests"
+(cd tests/integration/clients && npm ci --no-audit --no-fund --loglevel=error)
 
 step "kube-apiserver for the e2e tests (built once, cached outside the clone)"
 bash hack/kube-apiserver.sh build

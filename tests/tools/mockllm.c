@@ -6,7 +6,12 @@
  *
  * Endpoints (the OpenAI wire format):
  *   GET  /v1/models
- *   POST /v1/chat/completions   (stream, stream_options.include_usage)
+ *   POST /v1/chat/completions   (stream, stream_options.include_usage); tool messages must
+ *                               answer the preceding assistant's tool_calls (400 otherwise,
+ *                               as OpenAI answers). With tools and no tool message last it
+ *                               calls the first tool with {"city": "Paris"} (streamed: the
+ *                               call, then its arguments in two deltas); after a tool message
+ *                               it answers "tool said: RESULT"
  *   POST /v1/completions        (stream)
  *   POST /v1/embeddings
  *   POST /openai/deployments/{d}/{chat/completions|completions|embeddings}?api-version=V
@@ -193,8 +198,8 @@ struct conn {
     char model[128];
     int sent, prompt_tokens;
     bool include_usage;
-    char tool[64];             /* Anthropic: call this tool (the first declared one) */
-    char tool_result[256];     /* Anthropic: answer "tool said: " and this result */
+    char tool[64];             /* call this tool (the first declared one) */
+    char tool_result[256];     /* answer "tool said: " and this result */
     struct kw_heap_node tnode; /* the next stream step or delayed answer */
     uint64_t rec_id;
     bool pending_nonstream; /* a delayed non-streaming response */
@@ -538,7 +543,35 @@ static void chunk_event(struct conn *c, int i, bool last)
         anthropic_event(c, i, last);
         return;
     }
-    if (c->kind == K_CHAT) {
+    if (c->kind == K_CHAT && c->tool[0] != '\0') {
+        static const char *const args[] = {"", "{\\\"city\\\": ", "\\\"Paris\\\"}"};
+        char call[256] = "";
+        if (!last && i == 0)
+            snprintf(call, sizeof(call),
+                     "\"id\":\"call_mock01\",\"type\":\"function\",\"function\":{\"name\":"
+                     "\"%s\",\"arguments\":\"\"}",
+                     c->tool);
+        else if (!last)
+            snprintf(call, sizeof(call), "\"function\":{\"arguments\":\"%s\"}", args[i % 3]);
+        if (last)
+            n = snprintf(ev, sizeof(ev),
+                         "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\","
+                         "\"created\":1700000000,\"model\":\"%s\",\"choices\":[{\"index\":0,"
+                         "\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+                         c->model);
+        else
+            n = snprintf(ev, sizeof(ev),
+                         "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\","
+                         "\"created\":1700000000,\"model\":\"%s\",\"choices\":[{\"index\":0,"
+                         "\"delta\":{%s\"tool_calls\":[{\"index\":0,%s}]},"
+                         "\"finish_reason\":null}]}\n\n",
+                         c->model, i == 0 ? "\"role\":\"assistant\",\"content\":null," : "", call);
+    } else if (c->kind == K_CHAT) {
+        char text[300];
+        struct out esc = {0};
+        piece(c, i, text, sizeof(text));
+        out_json_str(&esc, text);
+        out_put(&esc, "", 1);
         if (last)
             n = snprintf(ev, sizeof(ev),
                          "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\","
@@ -549,8 +582,9 @@ static void chunk_event(struct conn *c, int i, bool last)
             n = snprintf(ev, sizeof(ev),
                          "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\","
                          "\"created\":1700000000,\"model\":\"%s\",\"choices\":[{\"index\":0,"
-                         "\"delta\":{%s\"content\":\"tok%d \"},\"finish_reason\":null}]}\n\n",
-                         c->model, i == 0 ? "\"role\":\"assistant\"," : "", i);
+                         "\"delta\":{%s\"content\":\"%s\"},\"finish_reason\":null}]}\n\n",
+                         c->model, i == 0 ? "\"role\":\"assistant\"," : "", esc.data);
+        free(esc.data);
     } else {
         char text[32] = "";
         if (!last)
@@ -671,7 +705,16 @@ static void reply_completion_body(struct conn *c)
         free(text.data);
         return;
     }
-    if (c->kind == K_CHAT)
+    if (c->kind == K_CHAT && c->tool[0] != '\0')
+        out_printf(&b,
+                   "{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion\",\"created\":"
+                   "1700000000,\"model\":\"%s\",\"choices\":[{\"index\":0,\"message\":{"
+                   "\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":"
+                   "\"call_mock01\",\"type\":\"function\",\"function\":{\"name\":\"%s\","
+                   "\"arguments\":\"{\\\"city\\\": \\\"Paris\\\"}\"}}]},\"logprobs\":null,"
+                   "\"finish_reason\":\"tool_calls\"}],",
+                   c->model, c->tool);
+    else if (c->kind == K_CHAT)
         out_printf(
             &b,
             "{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion\",\"created\":1700000000,"
@@ -693,6 +736,73 @@ static void reply_completion_body(struct conn *c)
     free(text.data);
 }
 
+/* Copy a string into a fixed field with the characters our JSON templates cannot hold
+ * replaced. */
+static void set_plain(char *dst, size_t cap, const char *s)
+{
+    snprintf(dst, cap, "%s", s);
+    for (char *q = dst; *q; q++)
+        if (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20)
+            *q = '_';
+}
+
+/* Chat tool calls: check that tool messages answer the preceding assistant's tool_calls (as
+ * OpenAI does), and decide what to do: call the first tool (c->tool) or answer the tool's
+ * result (c->tool_result). An error message, or NULL. */
+static const char *chat_tools(struct conn *c, yajl_val root, yajl_val msgs)
+{
+    const char *p_role[] = {"role", NULL}, *p_calls[] = {"tool_calls", NULL};
+    const char *p_id[] = {"id", NULL}, *p_tcid[] = {"tool_call_id", NULL};
+    const char *p_content[] = {"content", NULL};
+    char pending[16][64];
+    size_t npending = 0;
+    bool last_tool = false;
+    for (size_t i = 0; i < msgs->u.array.len; i++) {
+        yajl_val m = msgs->u.array.values[i];
+        yajl_val role = yajl_tree_get(m, p_role, yajl_t_string);
+        bool is_tool = role != NULL && strcmp(role->u.string, "tool") == 0;
+        if (!is_tool && npending > 0)
+            return "An assistant message with 'tool_calls' must be followed by tool messages "
+                   "responding to each 'tool_call_id'.";
+        last_tool = is_tool;
+        if (is_tool) {
+            yajl_val id = yajl_tree_get(m, p_tcid, yajl_t_string);
+            size_t k = 0;
+            while (id != NULL && k < npending && strcmp(pending[k], id->u.string) != 0)
+                k++;
+            if (id == NULL || k == npending)
+                return "Invalid parameter: messages with role 'tool' must be a response to a "
+                       "preceeding message with 'tool_calls'.";
+            memmove(pending[k], pending[k + 1], (npending - k - 1) * sizeof(pending[0]));
+            npending--;
+            yajl_val content = yajl_tree_get(m, p_content, yajl_t_string);
+            set_plain(c->tool_result, sizeof(c->tool_result), content ? content->u.string : "");
+            continue;
+        }
+        yajl_val calls = yajl_tree_get(m, p_calls, yajl_t_array);
+        for (size_t j = 0; calls != NULL && j < calls->u.array.len && npending < 16; j++) {
+            yajl_val id = yajl_tree_get(calls->u.array.values[j], p_id, yajl_t_string);
+            if (id == NULL)
+                return "Missing required parameter: 'messages.tool_calls.id'.";
+            snprintf(pending[npending++], sizeof(pending[0]), "%s", id->u.string);
+        }
+    }
+    if (npending > 0)
+        return "An assistant message with 'tool_calls' must be followed by tool messages "
+               "responding to each 'tool_call_id'.";
+    if (!last_tool)
+        c->tool_result[0] = '\0';
+    const char *p_tools[] = {"tools", NULL}, *p_name[] = {"function", "name", NULL};
+    yajl_val tools = yajl_tree_get(root, p_tools, yajl_t_array);
+    if (!last_tool && tools != NULL && tools->u.array.len > 0) {
+        yajl_val name = yajl_tree_get(tools->u.array.values[0], p_name, yajl_t_string);
+        if (name == NULL)
+            return "Missing required parameter: 'tools[0].function.name'.";
+        set_plain(c->tool, sizeof(c->tool), name->u.string);
+    }
+    return NULL;
+}
+
 static void reply_completion(struct worker *w, struct conn *c, yajl_val root, enum kind kind)
 {
     const char *p_model[] = {"model", NULL};
@@ -703,10 +813,17 @@ static void reply_completion(struct worker *w, struct conn *c, yajl_val root, en
         send_error(c, 400, "invalid_request_error", NULL, "you must provide a model parameter");
         return;
     }
+    c->tool[0] = c->tool_result[0] = '\0';
     if (kind == K_CHAT) {
         const char *p_msgs[] = {"messages", NULL};
-        if (yajl_tree_get(root, p_msgs, yajl_t_array) == NULL) {
+        yajl_val msgs = yajl_tree_get(root, p_msgs, yajl_t_array);
+        if (msgs == NULL) {
             send_error(c, 400, "invalid_request_error", NULL, "messages is required");
+            return;
+        }
+        const char *problem = chat_tools(c, root, msgs);
+        if (problem != NULL) {
+            send_error(c, 400, "invalid_request_error", NULL, problem);
             return;
         }
     }
@@ -716,6 +833,10 @@ static void reply_completion(struct worker *w, struct conn *c, yajl_val root, en
         if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
             *p = '_';
     c->prompt_tokens = prompt_tokens_of(root, kind);
+    if (c->tool[0] != '\0')
+        c->chunks = 3; /* the call, then its arguments in two pieces */
+    else if (c->tool_result[0] != '\0')
+        c->chunks = 2; /* "tool said: " and the result */
     yajl_val stream = yajl_tree_get(root, p_stream, yajl_t_any);
     yajl_val usage = yajl_tree_get(root, p_usage, yajl_t_any);
     c->include_usage = usage != NULL && YAJL_IS_TRUE(usage);
