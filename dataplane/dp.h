@@ -170,9 +170,10 @@ struct dp_request {
     /* response to the client */
     struct MHD_Response *pending; /* queued at the next access-handler call */
     unsigned pending_status;
-    unsigned status;     /* the status sent */
-    struct kw_buf out;   /* stream bytes not yet taken by MHD */
-    struct kw_buf stage; /* with a front: the provider's OpenAI chunks, before translation */
+    const char *fail_msg; /* the message of the last dp_request_fail (access log) */
+    unsigned status;      /* the status sent */
+    struct kw_buf out;    /* stream bytes not yet taken by MHD */
+    struct kw_buf stage;  /* with a front: the provider's OpenAI chunks, before translation */
     size_t out_off;
     struct dp_sse sse;
     bool stream_end; /* no more bytes will be added to out */

@@ -105,6 +105,7 @@ void dp_request_fail(struct dp_request *r, unsigned status, const char *type, co
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     size_t len = 0;
+    r->fail_msg = kw_arena_strdup(r->arena, msg);
     char *body = error_body(r, status, msg, type, param, code, &len);
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(body != NULL ? len : 0, body, MHD_RESPMEM_MUST_COPY);
@@ -658,6 +659,8 @@ static void access_log(struct dp_request *r, enum MHD_RequestTerminationCode toe
     }
     if (r->up_error != DP_UPERR_NONE)
         kw_log_field(b, "upstream_error", r->up_errmsg);
+    else if (r->fail_msg != NULL && r->status >= 400)
+        kw_log_field(b, "error", r->fail_msg);
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         kw_log_field(b, "client",
                      r->client_gone || toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT ? "disconnected"

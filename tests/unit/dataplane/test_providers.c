@@ -10,6 +10,14 @@
  *    "usage": [prompt, completion, cached]                 after the response or stream
  *    "error_in": {"status", "body"}, "error_out": {...}}   error mapping
  *
+ * With "front": "anthropic" the request is Anthropic's (POST /v1/messages) and goes through
+ * the front first:
+ *    "openai_request": {...}        what the front makes of it (then the provider's request;
+ *                                   the upstream body defaults to it)
+ *    "refusals": [[request, "message"], ...]  requests the front refuses with a 400
+ *    "translated"                   the client's (Anthropic) body after provider and front
+ *    "stream_out": [{"event", "data"}, ...]   the client's events after provider and front
+ *
  * Streams are also fed split at every byte boundary and one byte at a time: the output must
  * be identical. "created" is time-dependent and left out of every comparison. */
 #include <dirent.h>
@@ -38,8 +46,8 @@
     ", namespace: t}\nspec:\n  provider: " provider "\n  upstream: {baseURL: "                     \
     "\"http://up.example:8080\"}\n  credentials:\n" extra
 
-static const char CONFIG[] =
-    SECRETS BACKEND("anthropic", "Anthropic", "    secretRef: {name: keys}\n")
+static const char CONFIG[] = SECRETS BACKEND("openai", "OpenAI", "    secretRef: {name: keys}\n")
+    BACKEND("anthropic", "Anthropic", "    secretRef: {name: keys}\n")
         BACKEND("gemini", "Gemini", "    secretRef: {name: keys}\n")
             BACKEND("bedrock", "AWSBedrock",
                     "    secretRef: {name: keys}\n    bedrock: {region: eu-west-1, "
@@ -62,7 +70,7 @@ static struct fixture *fixture(void)
     f->snap = kw_snapshot_build(cfg, kw_service_resolve_dns, NULL, &diag);
     kw_config_free(cfg);
     assert_non_null(f->snap);
-    assert_int_equal(f->snap->nbackends, 3);
+    assert_int_equal(f->snap->nbackends, 4);
     kw_diag_cleanup(&diag);
     f->table.snap = f->snap;
     f->w.scratch = kw_arena_new(64u << 20);
@@ -96,11 +104,22 @@ static struct dp_request *request(struct fixture *f, const struct kw_node *c, st
     const struct kw_node *api = kw_node_get(c, "api");
     r->api = api != NULL && strcmp(api->str, "embeddings") == 0 ? DP_API_EMBEDDINGS : DP_API_CHAT;
     r->json = r->up_json = kw_node_get(c, "request");
+    kw_buf_init(&r->stage, 1 << 24);
+    if (kw_node_get(c, "front") != NULL) {
+        r->front = &dp_front_anthropic;
+        r->model = kw_node_get(r->json, "model")->str;
+        r->up_json = NULL;
+        if (r->front->request(r) != KW_OK)
+            return r; /* the refusal is in r->pending */
+        r->up_json = r->json;
+    }
     const struct kw_node *stream = kw_node_get(r->json, "stream");
     r->stream = stream != NULL && stream->type == KW_NODE_BOOL && stream->b;
     const struct kw_node *u = kw_node_get(kw_node_get(r->json, "stream_options"), "include_usage");
     r->client_usage = u != NULL && u->type == KW_NODE_BOOL && u->b;
-    r->upstream_model = r->model = kw_node_get(r->json, "model")->str;
+    r->upstream_model = kw_node_get(r->json, "model")->str;
+    if (r->model == NULL)
+        r->model = r->upstream_model;
     r->table = &f->table;
     r->backend = backend(f, kw_node_get(c, "backend")->str);
     r->provider = dp_provider_for(r->backend);
@@ -114,6 +133,9 @@ static void request_done(struct dp_request *r)
 {
     if (r->provider->cleanup != NULL && r->provider_state != NULL)
         r->provider->cleanup(r);
+    if (r->front != NULL && r->front->cleanup != NULL)
+        r->front->cleanup(r);
+    kw_buf_cleanup(&r->stage);
     if (r->pending != NULL)
         MHD_destroy_response(r->pending);
     kw_buf_cleanup(&r->up_body);
@@ -162,6 +184,42 @@ static void assert_json_equal(const char *what, const char *file, struct kw_node
     free(g);
 }
 
+static void check_front(const char *file, struct fixture *f, const struct kw_node *c,
+                        struct kw_arena *a)
+{
+    if (kw_node_get(c, "front") == NULL)
+        return;
+    const struct kw_node *want = kw_node_get(c, "openai_request");
+    if (want != NULL) {
+        struct dp_request *r = request(f, c, a);
+        if (r->up_json == NULL)
+            fail_msg("%s: the front refused the request (status %u)", file, r->pending_status);
+        struct kw_buf got;
+        kw_buf_init(&got, 1 << 24);
+        assert_int_equal(kw_json_write(r->json, &got), KW_OK);
+        assert_json_equal("OpenAI request", file, (struct kw_node *)want, got.data, got.len, a);
+        kw_buf_cleanup(&got);
+        request_done(r);
+    }
+    const struct kw_node *refusals = kw_node_get(c, "refusals");
+    for (size_t i = 0; refusals != NULL && i < refusals->n; i++) {
+        struct dp_request *r = kw_arena_alloc(a, sizeof(*r));
+        memset(r, 0, sizeof(*r));
+        r->w = &f->w;
+        r->arena = a;
+        snprintf(r->id, sizeof(r->id), "golden");
+        r->front = &dp_front_anthropic;
+        r->json = refusals->items[i]->items[0];
+        const char *msg = refusals->items[i]->items[1]->str;
+        if (r->front->request(r) != KW_ERROR || r->pending_status != 400 || r->fail_msg == NULL ||
+            strcmp(r->fail_msg, msg) != 0)
+            fail_msg("%s: refusal %zu: expected 400 \"%s\", got status %u \"%s\"", file, i, msg,
+                     r->pending_status, r->fail_msg != NULL ? r->fail_msg : "");
+        if (r->pending != NULL)
+            MHD_destroy_response(r->pending);
+    }
+}
+
 static void check_request(const char *file, struct fixture *f, const struct kw_node *c,
                           struct kw_arena *a)
 {
@@ -191,8 +249,10 @@ static void check_request(const char *file, struct fixture *f, const struct kw_n
             if (!found)
                 fail_msg("%s: header \"%s\" not sent", file, eh->items[i]->str);
         }
-        assert_json_equal("upstream body", file, kw_node_get(up, "body"), r->up_body.data,
-                          r->up_body.len, a);
+        const struct kw_node *body = kw_node_get(up, "body"); /* else relayed as translated */
+        assert_json_equal("upstream body", file,
+                          (struct kw_node *)(body != NULL ? body : kw_node_get(c, "openai_request")),
+                          r->up_body.data, r->up_body.len, a);
     }
     curl_slist_free_all(headers);
     kw_buf_cleanup(&url);
@@ -232,6 +292,14 @@ static void check_response(const char *file, struct fixture *f, const struct kw_
         kw_buf_cleanup(&url);
     }
     assert_int_equal(r->provider->on_response(r, body.data, body.len, &out), KW_OK);
+    if (r->front != NULL) {
+        struct kw_buf client;
+        kw_buf_init(&client, 1 << 24);
+        const struct kw_buf *src = out.len > 0 ? &out : &body;
+        assert_int_equal(r->front->response(r, src->data, src->len, &client), KW_OK);
+        kw_buf_cleanup(&out);
+        out = client;
+    }
     assert_json_equal("translated response", file, kw_node_get(c, "translated"), out.data, out.len,
                       a);
     check_usage(file, c, r);
@@ -248,7 +316,7 @@ static int on_sse(void *ud, const char *raw, size_t raw_len, const char *event, 
     struct dp_request *r = ud;
     if (!has_data)
         return KW_OK;
-    return r->provider->on_event(r, raw, raw_len, event, data, data_len, &r->out);
+    return r->provider->on_event(r, raw, raw_len, event, data, data_len, dp_stream_sink(r));
 }
 
 /* The upstream stream bytes of a case (SSE text, or event-stream frames encoded). */
@@ -283,18 +351,25 @@ static char *run_stream(struct fixture *f, const struct kw_node *c, struct kw_ar
     struct dp_request *r = request(f, c, a);
     struct dp_sse sse;
     dp_sse_init(&sse, DP_MAX_SSE_EVENT);
+    if (r->front != NULL) /* as dp_request_begin_stream does */
+        assert_int_equal(r->front->stream_begin(r, &r->out), KW_OK);
     size_t at = 0;
-    for (size_t i = 0; i <= ncuts; i++) {
+    for (size_t i = 0; i <= ncuts; i++) { /* as upstream.c's write callback does */
         size_t end = cuts != NULL && i < ncuts ? cuts[i] : in->len;
-        int rc = r->provider->feed != NULL ? r->provider->feed(r, in->data + at, end - at, &r->out)
-                                           : dp_sse_feed(&sse, in->data + at, end - at, on_sse, r);
+        int rc = r->provider->feed != NULL
+                     ? r->provider->feed(r, in->data + at, end - at, dp_stream_sink(r))
+                     : dp_sse_feed(&sse, in->data + at, end - at, on_sse, r);
         assert_int_equal(rc, KW_OK);
+        assert_int_equal(dp_front_flush(r), KW_OK);
         at = end;
     }
     if (r->provider->feed == NULL)
         assert_int_equal(dp_sse_finish(&sse, on_sse, r), KW_OK);
     if (r->provider->on_stream_end != NULL)
-        assert_int_equal(r->provider->on_stream_end(r, &r->out), KW_OK);
+        assert_int_equal(r->provider->on_stream_end(r, dp_stream_sink(r)), KW_OK);
+    assert_int_equal(dp_front_flush(r), KW_OK);
+    if (r->front != NULL)
+        assert_int_equal(r->front->stream_end(r, &r->out), KW_OK);
     dp_sse_cleanup(&sse);
     char *res = strndup(r->out.data != NULL ? r->out.data : "", r->out.len);
     /* "created" is the clock's: runs straddling a second must still compare equal */
@@ -327,6 +402,20 @@ static void check_stream(const char *file, struct fixture *f, const struct kw_no
         assert_non_null(end);
         if (n >= exp->n)
             fail_msg("%s: more chunks than expected; extra: %.*s", file, (int)(end - p), p);
+        const struct kw_node *ev = kw_node_get(exp->items[n], "event");
+        if (ev != NULL) { /* a front's events: "event: NAME\ndata: JSON" */
+            char *nl = memchr(p, '\n', (size_t)(end - p));
+            if (strncmp(p, "event: ", 7) != 0 || nl == NULL || strncmp(nl + 1, "data: ", 6) != 0 ||
+                (size_t)(nl - p - 7) != ev->len || memcmp(p + 7, ev->str, ev->len) != 0)
+                fail_msg("%s: event %zu: expected %s, got %.*s", file, n, ev->str, (int)(end - p),
+                         p);
+            char what[32];
+            snprintf(what, sizeof(what), "event %zu", n);
+            assert_json_equal(what, file, kw_node_get(exp->items[n], "data"), nl + 7,
+                              (size_t)(end - nl - 7), a);
+            p = end + 2;
+            continue;
+        }
         if (strncmp(p, "data: ", 6) != 0)
             fail_msg("%s: chunk %zu is not a data line: %.*s", file, n, (int)(end - p), p);
         const struct kw_node *e = exp->items[n];
@@ -420,6 +509,7 @@ static void test_golden(void **state)
         char err[256];
         if (kw_json_parse(a, text.data, text.len, &c, err, sizeof(err)) != KW_OK)
             fail_msg("%s: %s", name, err);
+        check_front(name, f, c, a);
         check_request(name, f, c, a);
         check_response(name, f, c, a);
         check_stream(name, f, c, a);
