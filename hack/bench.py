@@ -5,7 +5,8 @@ Reports ratios, not absolute pass/fail (hack/bench.sh builds and calls this):
   1. small non-streaming chat completions at fixed concurrency (wrk): RPS, and the latency
      added over direct at low concurrency (p50/p99)
   2. concurrent SSE streams held open: RSS per stream
-  3. streamed chunks relayed: CPU per chunk
+  3. streamed chunks relayed: CPU per chunk; for knoway also through POST /v1/messages
+     (every OpenAI chunk translated into Anthropic events)
 Equal worker counts: nginx worker_processes 1, knoway workers 1, mock 1 thread.
 """
 import argparse
@@ -184,10 +185,10 @@ async def hold_streams(port, n, body):
     return conns
 
 
-async def relay_streams(port, n, body):
-    """n concurrent streams read to the end; returns bytes received."""
-    req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-           b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+async def relay_streams(port, n, body, path=b"/v1/chat/completions", end=b"data: [DONE]"):
+    """n concurrent streams read to the end; returns bytes received and streams completed."""
+    req = (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (path, len(body), body))
 
     async def one():
         r, w = await asyncio.open_connection("127.0.0.1", port)
@@ -198,7 +199,7 @@ async def relay_streams(port, n, body):
         return data
 
     res = await asyncio.gather(*(one() for _ in range(n)))
-    return sum(len(d) for d in res), sum(d.count(b"data: [DONE]") for d in res)
+    return sum(len(d) for d in res), sum(d.count(end) for d in res)
 
 
 def main():
@@ -293,14 +294,18 @@ def relay_phase(a, tmp, results):
     mock = start_mock(a.build, ["--chunks", str(a.relay_chunks), "--interval-ms", "5"])
     nginx = start_nginx(tmp, mock.port)
     knoway = start_knoway(a.build, tmp, mock.port)
+    messages = json.dumps({"model": "bench", "stream": True, "max_tokens": 1024,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
     relay = {}
     try:
-        for t in (nginx, knoway):
+        for name, t, args in (("nginx", nginx, (body,)), ("knoway", knoway, (body,)),
+                              ("knoway_messages", knoway,
+                               (messages, b"/v1/messages", b"event: message_stop"))):
             c0, t0 = cpu_seconds(t.proc.pid), time.time()
-            nbytes, done = asyncio.run(relay_streams(t.port, a.relay_streams, body))
+            nbytes, done = asyncio.run(relay_streams(t.port, a.relay_streams, *args))
             cpu = cpu_seconds(t.proc.pid) - c0
             chunks = a.relay_streams * (a.relay_chunks + 2)
-            relay[t.name] = {"streams": a.relay_streams, "completed": done, "chunks": chunks,
+            relay[name] = {"streams": a.relay_streams, "completed": done, "chunks": chunks,
                              "bytes": nbytes, "cpu_s": round(cpu, 3),
                              "us_per_chunk": round(cpu / chunks * 1e6, 2),
                              "wall_s": round(time.time() - t0, 2)}
@@ -332,6 +337,10 @@ def ratios(a, results):
         relay = results["relay"]
         out["knoway_cpu_per_chunk_over_nginx"] = round(
             relay["knoway"]["us_per_chunk"] / max(relay["nginx"]["us_per_chunk"], 0.001), 3)
+        out["knoway_messages_cpu_per_chunk_over_nginx"] = round(
+            relay["knoway_messages"]["us_per_chunk"] / max(relay["nginx"]["us_per_chunk"], 0.001), 3)
+        out["knoway_messages_cpu_per_chunk_over_passthrough"] = round(
+            relay["knoway_messages"]["us_per_chunk"] / max(relay["knoway"]["us_per_chunk"], 0.001), 3)
     return out
 
 
