@@ -369,6 +369,8 @@ static void relay_error(struct dp_request *r)
                                               : "invalid_request_error",
                         "upstream_error", NULL, "upstream answered %ld: %.200s", r->up_status,
                         body);
+        r->fail_msg = NULL; /* an upstream's body is the client's to see, not the log's: it
+                               may echo what was sent, credentials included */
         resp = r->pending;
         r->pending = NULL;
     }

@@ -950,7 +950,7 @@ static void decode_match(struct kw_dec *d, const struct kw_node *spec, struct kw
 {
     static const char *const fields[] = {"models", "headers", "paths", NULL};
     static const char *const api_paths[] = {"/v1/chat/completions", "/v1/completions",
-                                            "/v1/embeddings", NULL};
+                                            "/v1/embeddings", "/v1/messages", NULL};
     size_t mark;
     const struct kw_node *m = get_map(d, spec, "match", true, &mark);
     if (m == NULL) {
@@ -1004,7 +1004,7 @@ static void decode_match(struct kw_dec *d, const struct kw_node *spec, struct kw
             const char *hint = s->type == KW_NODE_STRING ? suggest(s->str, api_paths) : NULL;
             kw_dec_error(d, s,
                          "must be one of /v1/chat/completions, /v1/completions, "
-                         "/v1/embeddings%s%s%s",
+                         "/v1/embeddings, /v1/messages%s%s%s",
                          hint != NULL ? " (did you mean \"" : "", hint != NULL ? hint : "",
                          hint != NULL ? "\"?)" : "");
         } else {

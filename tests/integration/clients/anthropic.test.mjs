@@ -127,6 +127,15 @@ test('a request Anthropic would refuse is refused the same way', async () => {
     (e) => e instanceof Anthropic.BadRequestError && /tools.0.type: server tool/.test(e.message));
 });
 
+test('a route can serve /v1/messages only (match.paths)', async () => {
+  const m = await client.messages.create({ model: 'messages-only', max_tokens: 5,
+    messages: [{ role: 'user', content: 'x' }] });
+  assert.equal(m.content[0].text, TEXT);
+  await assert.rejects(
+    openai.chat.completions.create({ model: 'messages-only', messages: [{ role: 'user', content: 'x' }] }),
+    (e) => e instanceof OpenAI.NotFoundError);
+});
+
 test('unknown model is a NotFoundError', async () => {
   await assert.rejects(
     client.messages.create({ model: 'claude-nope', max_tokens: 5, messages: [{ role: 'user', content: 'x' }] }),

@@ -63,7 +63,14 @@ spec:
 kind: DataPlane
 metadata: {name: t}
 spec: {listen: "127.0.0.1:${listen}", admin: "127.0.0.1:${admin}", workers: 2}
-${backend('demo')}${route('demo', 'demo')}${backend('cut', '    headers: [{name: x-mock-fault, value: reset}, {name: x-mock-fault-after, value: "3"}]\n')}${route('cut', 'cut')}
+${backend('demo')}${route('demo', 'demo')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: messages-only}
+spec:
+  match: {models: [messages-only], paths: [/v1/messages]}
+  backendRefs: [{name: demo}]
+${backend('cut', '    headers: [{name: x-mock-fault, value: reset}, {name: x-mock-fault-after, value: "3"}]\n')}${route('cut', 'cut')}
 ---
 apiVersion: v1
 kind: Secret

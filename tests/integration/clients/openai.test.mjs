@@ -59,7 +59,7 @@ test('models', async () => {
   const ids = [];
   for await (const m of client.models.list()) ids.push(m.id);
   assert.deepEqual(ids.sort(), ['azure', 'bedrock', 'bedrock-broken', 'bedrock-crc', 'claude', 'cut',
-    'demo', 'gemini', 'gemini-badkey']);
+    'demo', 'gemini', 'gemini-badkey', 'messages-only']);
 });
 
 test('unknown model is a NotFoundError', async () => {

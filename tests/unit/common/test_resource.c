@@ -216,16 +216,18 @@ static void test_match(void **state)
     assert_ptr_equal(r->refs[0].backend, cfg->backends[0]);
     kw_config_free(cfg);
 
-    kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match:\n    models: [a, a]\n"
-                                "    paths: [/v1/chat/completion]\n"
-                                "  backendRefs: [{name: b}, {name: b}]\n",
-                      "t.yaml:17:17: LLMRoute/default/r: spec.match.models[1]: \"a\" is listed "
-                      "twice\n"
-                      "t.yaml:18:13: LLMRoute/default/r: spec.match.paths[0]: must be one of "
-                      "/v1/chat/completions, /v1/completions, /v1/embeddings (did you mean "
-                      "\"/v1/chat/completions\"?)\n"
-                      "t.yaml:19:35: LLMRoute/default/r: spec.backendRefs[1].name: backend \"b\" "
-                      "is referenced twice\n");
+    kwt_assert_errors(
+        BACKEND_B "---\n" HDR_R "  match:\n    models: [a, a]\n"
+                  "    paths: [/v1/chat/completion]\n"
+                  "  backendRefs: [{name: b}, {name: b}]\n",
+        "t.yaml:17:17: LLMRoute/default/r: spec.match.models[1]: \"a\" is listed "
+        "twice\n"
+        "t.yaml:18:13: LLMRoute/default/r: spec.match.paths[0]: must be one of "
+        "/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages (did you "
+        "mean "
+        "\"/v1/chat/completions\"?)\n"
+        "t.yaml:19:35: LLMRoute/default/r: spec.backendRefs[1].name: backend \"b\" "
+        "is referenced twice\n");
 }
 
 static void test_duplicates_and_references(void **state)
