@@ -250,9 +250,10 @@ static void check_request(const char *file, struct fixture *f, const struct kw_n
                 fail_msg("%s: header \"%s\" not sent", file, eh->items[i]->str);
         }
         const struct kw_node *body = kw_node_get(up, "body"); /* else relayed as translated */
-        assert_json_equal("upstream body", file,
-                          (struct kw_node *)(body != NULL ? body : kw_node_get(c, "openai_request")),
-                          r->up_body.data, r->up_body.len, a);
+        assert_json_equal(
+            "upstream body", file,
+            (struct kw_node *)(body != NULL ? body : kw_node_get(c, "openai_request")),
+            r->up_body.data, r->up_body.len, a);
     }
     curl_slist_free_all(headers);
     kw_buf_cleanup(&url);
