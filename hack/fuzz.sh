@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 secs=${1:-30}
 build=${KW_FUZZ_BUILD:-build-fuzz}
 CC=clang cmake -S . -B "$build" -DKW_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" --target fuzz_yaml fuzz_json -j"$(nproc)" >/dev/null
-for t in yaml json; do
+cmake --build "$build" --target fuzz_yaml fuzz_json fuzz_front -j"$(nproc)" >/dev/null
+for t in yaml json front; do
     work=$(mktemp -d)
     echo "fuzz: $t for ${secs}s"
     "$build/tests/fuzz_$t" -max_total_time="$secs" -rss_limit_mb=2048 -max_len=8192 \

@@ -1,0 +1,62 @@
+/* libFuzzer: what the Anthropic front (POST /v1/messages) reads from outside - a client's
+ * request, an upstream's OpenAI body, an upstream's OpenAI stream (split at a point the
+ * input chooses). The first byte picks which. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dp.h"
+#include "knoway/json.h"
+#include "knoway/kw.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 2)
+        return 0;
+    static struct dp_worker w;
+    if (w.scratch == NULL)
+        w.scratch = kw_arena_new(1u << 26);
+    struct dp_request r;
+    memset(&r, 0, sizeof(r));
+    r.w = &w;
+    r.arena = kw_arena_new(1u << 26);
+    strcpy(r.id, "fuzz");
+    r.model = "m";
+    r.front = &dp_front_anthropic;
+    kw_buf_init(&r.out, 1u << 24);
+    struct kw_buf out;
+    kw_buf_init(&out, 1u << 24);
+    const char *in = (const char *)data + 2;
+    size_t len = size - 2;
+    char err[128];
+    switch (data[0] % 3) {
+    case 0: /* a client's request */
+        if (kw_json_parse(r.arena, in, len, &r.json, err, sizeof(err)) == KW_OK &&
+            r.json->type == KW_NODE_MAP && r.front->request(&r) == KW_OK)
+            kw_json_write(r.json, &out);
+        break;
+    case 1: /* an upstream's body */
+        r.prompt_tokens = 7;
+        r.front->response(&r, in, len, &out);
+        break;
+    default: { /* an upstream's stream, in two pieces */
+        size_t cut = len > 0 ? data[1] % (len + 1) : 0;
+        r.front->stream_begin(&r, &r.out);
+        if (r.front->stream(&r, in, cut, &r.out) == KW_OK &&
+            r.front->stream(&r, in + cut, len - cut, &r.out) == KW_OK)
+            r.front->stream_end(&r, &r.out);
+        else
+            r.front->stream_error(&r, "boom", &r.out);
+        break;
+    }
+    }
+    if (r.pending != NULL)
+        MHD_destroy_response(r.pending);
+    r.front->cleanup(&r);
+    kw_buf_cleanup(&out);
+    kw_buf_cleanup(&r.out);
+    kw_arena_free(r.arena);
+    return 0;
+}
