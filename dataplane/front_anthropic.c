@@ -432,8 +432,10 @@ static int tool_choice(struct dp_request *r, const struct kw_node *tc, bool have
         return bad(r, "tool_choice.name: Field required");
     else
         return bad(r, "tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'");
+    if (!have_tools)
+        return KW_OK; /* OpenAI refuses a tool_choice without tools; it means nothing here */
     int rc = kw_node_map_put(a, out, "tool_choice", v);
-    if (have_tools && is(dp, KW_NODE_BOOL) && dp->b)
+    if (is(dp, KW_NODE_BOOL) && dp->b)
         rc |= kw_node_map_put(a, out, "parallel_tool_calls", kw_node_bool(a, false));
     return rc == KW_OK ? KW_OK : bad(r, "out of memory");
 }

@@ -543,47 +543,39 @@ static void chunk_event(struct conn *c, int i, bool last)
         anthropic_event(c, i, last);
         return;
     }
-    if (c->kind == K_CHAT && c->tool[0] != '\0') {
+    if (c->kind == K_CHAT && last) {
+        n = snprintf(ev, sizeof(ev),
+                     "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\","
+                     "\"created\":1700000000,\"model\":\"%s\",\"choices\":[{\"index\":0,"
+                     "\"delta\":{},\"finish_reason\":\"%s\"}]}\n\n",
+                     c->model, c->tool[0] != '\0' ? "tool_calls" : "stop");
+    } else if (c->kind == K_CHAT && c->tool[0] != '\0') {
         static const char *const args[] = {"", "{\\\"city\\\": ", "\\\"Paris\\\"}"};
-        char call[256] = "";
-        if (!last && i == 0)
+        char call[256];
+        if (i == 0)
             snprintf(call, sizeof(call),
                      "\"id\":\"call_mock01\",\"type\":\"function\",\"function\":{\"name\":"
                      "\"%s\",\"arguments\":\"\"}",
                      c->tool);
-        else if (!last)
-            snprintf(call, sizeof(call), "\"function\":{\"arguments\":\"%s\"}", args[i % 3]);
-        if (last)
-            n = snprintf(ev, sizeof(ev),
-                         "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\","
-                         "\"created\":1700000000,\"model\":\"%s\",\"choices\":[{\"index\":0,"
-                         "\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
-                         c->model);
         else
-            n = snprintf(ev, sizeof(ev),
-                         "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\","
-                         "\"created\":1700000000,\"model\":\"%s\",\"choices\":[{\"index\":0,"
-                         "\"delta\":{%s\"tool_calls\":[{\"index\":0,%s}]},"
-                         "\"finish_reason\":null}]}\n\n",
-                         c->model, i == 0 ? "\"role\":\"assistant\",\"content\":null," : "", call);
+            snprintf(call, sizeof(call), "\"function\":{\"arguments\":\"%s\"}", args[i % 3]);
+        n = snprintf(ev, sizeof(ev),
+                     "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\","
+                     "\"created\":1700000000,\"model\":\"%s\",\"choices\":[{\"index\":0,"
+                     "\"delta\":{%s\"tool_calls\":[{\"index\":0,%s}]},\"finish_reason\":null}]}"
+                     "\n\n",
+                     c->model, i == 0 ? "\"role\":\"assistant\",\"content\":null," : "", call);
     } else if (c->kind == K_CHAT) {
         char text[300];
         struct out esc = {0};
         piece(c, i, text, sizeof(text));
         out_json_str(&esc, text);
         out_put(&esc, "", 1);
-        if (last)
-            n = snprintf(ev, sizeof(ev),
-                         "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\","
-                         "\"created\":1700000000,\"model\":\"%s\",\"choices\":[{\"index\":0,"
-                         "\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
-                         c->model);
-        else
-            n = snprintf(ev, sizeof(ev),
-                         "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\","
-                         "\"created\":1700000000,\"model\":\"%s\",\"choices\":[{\"index\":0,"
-                         "\"delta\":{%s\"content\":\"%s\"},\"finish_reason\":null}]}\n\n",
-                         c->model, i == 0 ? "\"role\":\"assistant\"," : "", esc.data);
+        n = snprintf(ev, sizeof(ev),
+                     "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\","
+                     "\"created\":1700000000,\"model\":\"%s\",\"choices\":[{\"index\":0,"
+                     "\"delta\":{%s\"content\":\"%s\"},\"finish_reason\":null}]}\n\n",
+                     c->model, i == 0 ? "\"role\":\"assistant\"," : "", esc.data);
         free(esc.data);
     } else {
         char text[32] = "";

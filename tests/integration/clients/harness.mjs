@@ -59,6 +59,18 @@ spec:
   match: {models: [${model}]}
   backendRefs: [{name: ${name}}]
 `;
+  // Bedrock answering a stream with a fault after two events (tests/tools/mockproviders.py)
+  const bedrockFault = (name, fault) => `---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: ${name}}
+spec:
+  provider: AWSBedrock
+  upstream:
+    baseURL: "http://127.0.0.1:${mock2}"
+    headers: [{name: x-mock-fault, value: ${fault}}, {name: x-mock-fault-after, value: "2"}]
+  credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
+${route(name, name)}`;
   writeFileSync(cfg, `apiVersion: llm.knoway.dev/v1alpha1
 kind: DataPlane
 metadata: {name: t}
@@ -123,27 +135,7 @@ spec:
   modelName: "anthropic.claude-3-5-haiku-20241022-v1:0"
   upstream: {baseURL: "http://127.0.0.1:${mock2}"}
   credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
-${route('bedrock', 'bedrock')}---
-apiVersion: llm.knoway.dev/v1alpha1
-kind: LLMBackend
-metadata: {name: bedrock-broken}
-spec:
-  provider: AWSBedrock
-  upstream:
-    baseURL: "http://127.0.0.1:${mock2}"
-    headers: [{name: x-mock-fault, value: exception}, {name: x-mock-fault-after, value: "2"}]
-  credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
-${route('bedrock-broken', 'bedrock-broken')}---
-apiVersion: llm.knoway.dev/v1alpha1
-kind: LLMBackend
-metadata: {name: bedrock-crc}
-spec:
-  provider: AWSBedrock
-  upstream:
-    baseURL: "http://127.0.0.1:${mock2}"
-    headers: [{name: x-mock-fault, value: badcrc}, {name: x-mock-fault-after, value: "2"}]
-  credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
-${route('bedrock-crc', 'bedrock-crc')}`);
+${route('bedrock', 'bedrock')}${bedrockFault('bedrock-broken', 'exception')}${bedrockFault('bedrock-crc', 'badcrc')}`);
   procs.push(spawn(join(build, 'dataplane/knoway-dataplane'), ['-c', cfg], { stdio: 'ignore' }));
   await waitPort(listen);
   return `http://127.0.0.1:${listen}`;
