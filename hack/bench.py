@@ -6,7 +6,8 @@ Reports ratios, not absolute pass/fail (hack/bench.sh builds and calls this):
      added over direct at low concurrency (p50/p99)
   2. concurrent SSE streams held open: RSS per stream
   3. streamed chunks relayed: CPU per chunk; for knoway also through POST /v1/messages
-     (every OpenAI chunk translated into Anthropic events)
+     (every OpenAI chunk translated into Anthropic events) and from an Anthropic backend
+     (every Anthropic event translated into OpenAI chunks)
 Equal worker counts: nginx worker_processes 1, knoway workers 1, mock 1 thread.
 """
 import argparse
@@ -133,7 +134,25 @@ apiVersion: llm.knoway.dev/v1alpha1
 kind: LLMRoute
 metadata: {name: bench}
 spec: {match: {models: [bench]}, backendRefs: [{name: mock}], timeout: 1h, streamIdleTimeout: 1h}
-""" % (port, admin, upstream_port))
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-key}
+stringData: {apiKey: k}
+---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: mock-anthropic}
+spec:
+  provider: Anthropic
+  upstream: {baseURL: "http://127.0.0.1:%d"}
+  credentials: {secretRef: {name: bench-key}}
+---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: bench-anthropic}
+spec: {match: {models: [bench-anthropic]}, backendRefs: [{name: mock-anthropic}], timeout: 1h, streamIdleTimeout: 1h}
+""" % (port, admin, upstream_port, upstream_port))
     log = open(os.path.join(tmp, "knoway.log"), "w")
     env = dict(os.environ)
     p = subprocess.Popen([os.path.join(build, "dataplane", "knoway-dataplane"), "-c", cfg],
@@ -296,11 +315,14 @@ def relay_phase(a, tmp, results):
     knoway = start_knoway(a.build, tmp, mock.port)
     messages = json.dumps({"model": "bench", "stream": True, "max_tokens": 1024,
                            "messages": [{"role": "user", "content": "hi"}]}).encode()
+    anthropic = json.dumps({"model": "bench-anthropic", "stream": True,
+                            "messages": [{"role": "user", "content": "hi"}]}).encode()
     relay = {}
     try:
         for name, t, args in (("nginx", nginx, (body,)), ("knoway", knoway, (body,)),
                               ("knoway_messages", knoway,
-                               (messages, b"/v1/messages", b"event: message_stop"))):
+                               (messages, b"/v1/messages", b"event: message_stop")),
+                              ("knoway_from_anthropic", knoway, (anthropic,))):
             c0, t0 = cpu_seconds(t.proc.pid), time.time()
             nbytes, done = asyncio.run(relay_streams(t.port, a.relay_streams, *args))
             cpu = cpu_seconds(t.proc.pid) - c0
@@ -341,6 +363,8 @@ def ratios(a, results):
             relay["knoway_messages"]["us_per_chunk"] / max(relay["nginx"]["us_per_chunk"], 0.001), 3)
         out["knoway_messages_cpu_per_chunk_over_passthrough"] = round(
             relay["knoway_messages"]["us_per_chunk"] / max(relay["knoway"]["us_per_chunk"], 0.001), 3)
+        out["knoway_from_anthropic_cpu_per_chunk_over_passthrough"] = round(
+            relay["knoway_from_anthropic"]["us_per_chunk"] / max(relay["knoway"]["us_per_chunk"], 0.001), 3)
     return out
 
 
