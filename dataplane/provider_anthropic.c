@@ -165,69 +165,50 @@ static struct kw_node *tool_result_block(struct dp_request *r, const struct kw_n
         return b;
     }
     struct kw_node *parts = kw_node_new(a, KW_NODE_SEQ);
-    for (size_t j = 0; j < content->n; j++) {
-        struct kw_node *p = content_block(a, content->items[j]);
-        if (p == NULL) {
-            dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                            "messages[%zu].content[%zu] is not a text or image part", i, j);
-            return NULL;
-        }
-        kw_node_seq_push(a, parts, p);
-    }
+    if (dp_tr_parts(r, i, content, content_block, NULL, "is not a text or image part", parts) !=
+        KW_OK)
+        return NULL;
     kw_node_map_put(a, b, "content", parts);
     return b;
 }
 
-/* The content blocks of a user or assistant message. NULL with a failure prepared. */
+static struct kw_node *text_block(struct kw_arena *a, const char *s, size_t len)
+{
+    struct kw_node *t = kw_node_new(a, KW_NODE_MAP);
+    kw_node_map_put(a, t, "type", kw_node_cstring(a, "text"));
+    kw_node_map_put(a, t, "text", kw_node_string(a, s, len));
+    return t;
+}
+
+static struct kw_node *tool_use_block(struct kw_arena *a, const struct kw_node *id,
+                                      const struct kw_node *name, struct kw_node *input)
+{
+    struct kw_node *b = kw_node_new(a, KW_NODE_MAP);
+    kw_node_map_put(a, b, "type", kw_node_cstring(a, "tool_use"));
+    kw_node_map_put(a, b, "id", dp_tr_str(a, id));
+    kw_node_map_put(a, b, "name", dp_tr_str(a, name));
+    kw_node_map_put(a, b, "input", input);
+    return b;
+}
+
+/* The content of a user or assistant message: a string when it is only text, else
+ * content blocks. NULL with a failure prepared. */
 static struct kw_node *message_content(struct dp_request *r, size_t i, const struct kw_node *m,
                                        bool assistant)
 {
-    struct kw_arena *a = r->arena;
+    static const struct dp_tr_content_ops ops = {
+        text_block, content_block, tool_use_block, "is not a text or image part", NULL, false};
     const struct kw_node *content = kw_node_get(m, "content");
     const struct kw_node *calls = assistant ? kw_node_get(m, "tool_calls") : NULL;
     bool has_calls = calls != NULL && calls->type == KW_NODE_SEQ && calls->n > 0;
     if (content != NULL && content->type == KW_NODE_STRING && !has_calls)
-        return dp_tr_str(a, content);
+        return dp_tr_str(r->arena, content);
     if ((content == NULL || content->type == KW_NODE_NULL) && !has_calls) {
         dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
                         "messages[%zu] needs content", i);
         return NULL;
     }
-    struct kw_node *blocks = kw_node_new(a, KW_NODE_SEQ);
-    if (content != NULL && content->type == KW_NODE_STRING && content->len > 0) {
-        struct kw_node *t = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, t, "type", kw_node_cstring(a, "text"));
-        kw_node_map_put(a, t, "text", dp_tr_str(a, content));
-        kw_node_seq_push(a, blocks, t);
-    } else if (content != NULL && content->type == KW_NODE_SEQ) {
-        for (size_t j = 0; j < content->n; j++) {
-            struct kw_node *b = content_block(a, content->items[j]);
-            if (b == NULL) {
-                dp_request_fail(r, 400, "invalid_request_error", "unsupported_value", "messages",
-                                "messages[%zu].content[%zu] is not a text or image part", i, j);
-                return NULL;
-            }
-            kw_node_seq_push(a, blocks, b);
-        }
-    } else if (content != NULL && content->type != KW_NODE_STRING &&
-               content->type != KW_NODE_NULL) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                        "messages[%zu].content must be a string or a list of parts", i);
-        return NULL;
-    }
-    for (size_t j = 0; has_calls && j < calls->n; j++) {
-        const struct kw_node *id, *name;
-        struct kw_node *input;
-        if (dp_tr_tool_call(r, i, j, calls->items[j], &id, &name, &input) != KW_OK)
-            return NULL;
-        struct kw_node *b = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, b, "type", kw_node_cstring(a, "tool_use"));
-        kw_node_map_put(a, b, "id", dp_tr_str(a, id));
-        kw_node_map_put(a, b, "name", dp_tr_str(a, name));
-        kw_node_map_put(a, b, "input", input);
-        kw_node_seq_push(a, blocks, b);
-    }
-    return blocks;
+    return dp_tr_content(r, i, content, calls, &ops);
 }
 
 static int translate_request(struct dp_request *r, struct kw_node **out)

@@ -89,16 +89,9 @@ static struct kw_node *tool_result(struct dp_request *r, const struct kw_node *l
     struct kw_node *blocks = kw_node_new(a, KW_NODE_SEQ);
     if (content->type == KW_NODE_STRING) {
         kw_node_seq_push(a, blocks, text_block(a, content->str, content->len));
-    } else {
-        for (size_t j = 0; j < content->n; j++) {
-            struct kw_node *b = content_block(a, content->items[j]);
-            if (b == NULL) {
-                dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                                "messages[%zu].content[%zu] is not a text or image part", i, j);
-                return NULL;
-            }
-            kw_node_seq_push(a, blocks, b);
-        }
+    } else if (dp_tr_parts(r, i, content, content_block, NULL, "is not a text or image part",
+                           blocks) != KW_OK) {
+        return NULL;
     }
     struct kw_node *tr = kw_node_new(a, KW_NODE_MAP);
     kw_node_map_put(a, tr, "toolUseId", dp_tr_str(a, id));
@@ -106,51 +99,29 @@ static struct kw_node *tool_result(struct dp_request *r, const struct kw_node *l
     return dp_tr_map1(a, "toolResult", tr);
 }
 
+static struct kw_node *tool_use_block(struct kw_arena *a, const struct kw_node *id,
+                                      const struct kw_node *name, struct kw_node *input)
+{
+    struct kw_node *tu = kw_node_new(a, KW_NODE_MAP);
+    kw_node_map_put(a, tu, "toolUseId", dp_tr_str(a, id));
+    kw_node_map_put(a, tu, "name", dp_tr_str(a, name));
+    kw_node_map_put(a, tu, "input", input);
+    return dp_tr_map1(a, "toolUse", tu);
+}
+
 static struct kw_node *message_blocks(struct dp_request *r, size_t i, const struct kw_node *m,
                                       bool assistant)
 {
     (void)assistant;
-    struct kw_arena *a = r->arena;
-    const struct kw_node *content = kw_node_get(m, "content");
-    const struct kw_node *calls = kw_node_get(m, "tool_calls");
-    struct kw_node *blocks = kw_node_new(a, KW_NODE_SEQ);
-    if (content != NULL && content->type == KW_NODE_STRING) {
-        if (content->len > 0) /* Converse rejects blank text blocks */
-            kw_node_seq_push(a, blocks, text_block(a, content->str, content->len));
-    } else if (content != NULL && content->type == KW_NODE_SEQ) {
-        for (size_t j = 0; j < content->n; j++) {
-            struct kw_node *b = content_block(a, content->items[j]);
-            if (b == NULL) {
-                dp_request_fail(r, 400, "invalid_request_error", "unsupported_value", "messages",
-                                "messages[%zu].content[%zu] is not a text part or an image data "
-                                "URL (Bedrock takes image bytes, not URLs)",
-                                i, j);
-                return NULL;
-            }
-            kw_node_seq_push(a, blocks, b);
-        }
-    } else if (content != NULL && content->type != KW_NODE_NULL) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                        "messages[%zu].content must be a string or a list of parts", i);
-        return NULL;
-    }
-    for (size_t j = 0; calls != NULL && calls->type == KW_NODE_SEQ && j < calls->n; j++) {
-        const struct kw_node *id, *name;
-        struct kw_node *input;
-        if (dp_tr_tool_call(r, i, j, calls->items[j], &id, &name, &input) != KW_OK)
-            return NULL;
-        struct kw_node *tu = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, tu, "toolUseId", dp_tr_str(a, id));
-        kw_node_map_put(a, tu, "name", dp_tr_str(a, name));
-        kw_node_map_put(a, tu, "input", input);
-        kw_node_seq_push(a, blocks, dp_tr_map1(a, "toolUse", tu));
-    }
-    if (blocks->n == 0) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                        "messages[%zu] needs non-empty content", i);
-        return NULL;
-    }
-    return blocks;
+    /* Converse rejects blank text blocks and messages without content */
+    static const struct dp_tr_content_ops ops = {
+        text_block,
+        content_block,
+        tool_use_block,
+        "is not a text part or an image data URL (Bedrock takes image bytes, not URLs)",
+        "needs non-empty content",
+        false};
+    return dp_tr_content(r, i, kw_node_get(m, "content"), kw_node_get(m, "tool_calls"), &ops);
 }
 
 static int tool_config(struct dp_request *r, const struct kw_node *in, struct kw_node *body)

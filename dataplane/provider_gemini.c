@@ -151,49 +151,25 @@ static struct kw_node *function_response(struct dp_request *r, const struct kw_n
     return dp_tr_map1(a, "functionResponse", fr);
 }
 
+static struct kw_node *function_call_part(struct kw_arena *a, const struct kw_node *id,
+                                          const struct kw_node *name, struct kw_node *input)
+{
+    (void)id; /* Gemini's calls have no id: a response names its function */
+    struct kw_node *fc = kw_node_new(a, KW_NODE_MAP);
+    kw_node_map_put(a, fc, "name", dp_tr_str(a, name));
+    kw_node_map_put(a, fc, "args", input);
+    return dp_tr_map1(a, "functionCall", fc);
+}
+
 /* The parts of a user or assistant message. NULL with a failure prepared. */
 static struct kw_node *message_parts(struct dp_request *r, size_t i, const struct kw_node *m,
                                      bool assistant)
 {
     (void)assistant;
-    struct kw_arena *a = r->arena;
-    const struct kw_node *content = kw_node_get(m, "content");
-    const struct kw_node *calls = kw_node_get(m, "tool_calls");
-    struct kw_node *parts = kw_node_new(a, KW_NODE_SEQ);
-    if (content != NULL && content->type == KW_NODE_STRING) {
-        if (content->len > 0 || calls == NULL)
-            kw_node_seq_push(a, parts, text_part(a, content->str, content->len));
-    } else if (content != NULL && content->type == KW_NODE_SEQ) {
-        for (size_t j = 0; j < content->n; j++) {
-            struct kw_node *p = content_part(a, content->items[j]);
-            if (p == NULL) {
-                dp_request_fail(r, 400, "invalid_request_error", "unsupported_value", "messages",
-                                "messages[%zu].content[%zu] is not a text or image part", i, j);
-                return NULL;
-            }
-            kw_node_seq_push(a, parts, p);
-        }
-    } else if (content != NULL && content->type != KW_NODE_NULL) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                        "messages[%zu].content must be a string or a list of parts", i);
-        return NULL;
-    }
-    for (size_t j = 0; calls != NULL && calls->type == KW_NODE_SEQ && j < calls->n; j++) {
-        const struct kw_node *id, *name;
-        struct kw_node *input;
-        if (dp_tr_tool_call(r, i, j, calls->items[j], &id, &name, &input) != KW_OK)
-            return NULL;
-        struct kw_node *fc = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, fc, "name", dp_tr_str(a, name));
-        kw_node_map_put(a, fc, "args", input);
-        kw_node_seq_push(a, parts, dp_tr_map1(a, "functionCall", fc));
-    }
-    if (parts->n == 0) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                        "messages[%zu] needs content", i);
-        return NULL;
-    }
-    return parts;
+    static const struct dp_tr_content_ops ops = {text_part,          content_part,
+                                                 function_call_part, "is not a text or image part",
+                                                 "needs content",    true};
+    return dp_tr_content(r, i, kw_node_get(m, "content"), kw_node_get(m, "tool_calls"), &ops);
 }
 
 static struct kw_node *generation_config(struct dp_request *r, const struct kw_node *in)

@@ -75,6 +75,54 @@ void dp_tr_system_text(struct kw_buf *sys, const struct kw_node *content)
     }
 }
 
+int dp_tr_parts(struct dp_request *r, size_t i, const struct kw_node *list,
+                struct kw_node *(*part)(struct kw_arena *a, const struct kw_node *part),
+                const char *code, const char *what, struct kw_node *out)
+{
+    for (size_t j = 0; j < list->n; j++) {
+        struct kw_node *b = part(r->arena, list->items[j]);
+        if (b == NULL) {
+            dp_request_fail(r, 400, "invalid_request_error", code, "messages",
+                            "messages[%zu].content[%zu] %s", i, j, what);
+            return KW_ERROR;
+        }
+        kw_node_seq_push(r->arena, out, b);
+    }
+    return KW_OK;
+}
+
+struct kw_node *dp_tr_content(struct dp_request *r, size_t i, const struct kw_node *content,
+                              const struct kw_node *calls, const struct dp_tr_content_ops *ops)
+{
+    struct kw_arena *a = r->arena;
+    struct kw_node *blocks = kw_node_new(a, KW_NODE_SEQ);
+    if (content != NULL && content->type == KW_NODE_STRING) {
+        if (content->len > 0 || (ops->blank_text && calls == NULL))
+            kw_node_seq_push(a, blocks, ops->text(a, content->str, content->len));
+    } else if (content != NULL && content->type == KW_NODE_SEQ) {
+        if (dp_tr_parts(r, i, content, ops->part, "unsupported_value", ops->bad_part, blocks) !=
+            KW_OK)
+            return NULL;
+    } else if (content != NULL && content->type != KW_NODE_NULL) {
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
+                        "messages[%zu].content must be a string or a list of parts", i);
+        return NULL;
+    }
+    for (size_t j = 0; calls != NULL && calls->type == KW_NODE_SEQ && j < calls->n; j++) {
+        const struct kw_node *id, *name;
+        struct kw_node *input;
+        if (dp_tr_tool_call(r, i, j, calls->items[j], &id, &name, &input) != KW_OK)
+            return NULL;
+        kw_node_seq_push(a, blocks, ops->tool_call(a, id, name, input));
+    }
+    if (ops->empty != NULL && blocks->n == 0) {
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages", "messages[%zu] %s", i,
+                        ops->empty);
+        return NULL;
+    }
+    return blocks;
+}
+
 int dp_tr_tool_message(struct dp_request *r, const struct kw_node *list, size_t i,
                        const struct kw_node **id, const struct kw_node **content)
 {

@@ -74,6 +74,29 @@ struct dp_tr_turn_ops {
 int dp_tr_turns(struct dp_request *r, const struct dp_tr_turn_ops *ops, const struct kw_node *list,
                 struct kw_node *system, struct kw_node *turns);
 
+/* How a provider builds the blocks of one message (dp_tr_content). */
+struct dp_tr_content_ops {
+    /* A text block; an OpenAI content part as a block (NULL: the provider cannot take it);
+     * an assistant's tool call as a block. */
+    struct kw_node *(*text)(struct kw_arena *a, const char *s, size_t len);
+    struct kw_node *(*part)(struct kw_arena *a, const struct kw_node *part);
+    struct kw_node *(*tool_call)(struct kw_arena *a, const struct kw_node *id,
+                                 const struct kw_node *name, struct kw_node *input);
+    const char *bad_part; /* the 400 for a part part() refuses: "is not a text or image part" */
+    const char *empty;    /* the 400 for a message left without blocks; NULL: allowed */
+    bool blank_text;      /* a blank string content is a block when there are no tool calls */
+};
+
+/* Message i's content (a string, a list of parts or null) and tool calls (may be NULL) as a
+ * list of blocks. NULL with a 400 prepared. */
+struct kw_node *dp_tr_content(struct dp_request *r, size_t i, const struct kw_node *content,
+                              const struct kw_node *calls, const struct dp_tr_content_ops *ops);
+/* Each part of list (message i's parts) as part() makes it, appended to out. KW_OK, or
+ * KW_ERROR with a 400 "messages[i].content[j] WHAT" (error code code) prepared. */
+int dp_tr_parts(struct dp_request *r, size_t i, const struct kw_node *list,
+                struct kw_node *(*part)(struct kw_arena *a, const struct kw_node *part),
+                const char *code, const char *what, struct kw_node *out);
+
 /* Tool message list->items[i]: its tool_call_id and content (a string or parts). KW_OK, or
  * KW_ERROR with a 400 prepared. */
 int dp_tr_tool_message(struct dp_request *r, const struct kw_node *list, size_t i,
