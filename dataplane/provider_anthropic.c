@@ -86,28 +86,16 @@ static struct kw_node *content_block(struct kw_arena *a, const struct kw_node *p
     return NULL;
 }
 
-/* tools[] in OpenAI form -> Anthropic's. NULL with a failure prepared. */
-static struct kw_node *translate_tools(struct dp_request *r, const struct kw_node *tools)
+/* A function as an Anthropic tool. */
+static struct kw_node *tool_decl(struct kw_arena *a, const struct kw_node *name,
+                                 const struct kw_node *desc, struct kw_node *schema)
 {
-    struct kw_arena *a = r->arena;
-    struct kw_node *out = kw_node_new(a, KW_NODE_SEQ);
-    if (tools->type != KW_NODE_SEQ || out == NULL) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "tools", "tools must be a list");
-        return NULL;
-    }
-    for (size_t i = 0; i < tools->n; i++) {
-        const struct kw_node *name, *desc;
-        struct kw_node *schema;
-        if (dp_tr_tool_decl(r, i, tools->items[i], &name, &desc, &schema) != KW_OK)
-            return NULL;
-        struct kw_node *at = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, at, "name", dp_tr_str(a, name));
-        if (desc != NULL)
-            kw_node_map_put(a, at, "description", dp_tr_str(a, desc));
-        kw_node_map_put(a, at, "input_schema", schema);
-        kw_node_seq_push(a, out, at);
-    }
-    return out;
+    struct kw_node *at = kw_node_new(a, KW_NODE_MAP);
+    kw_node_map_put(a, at, "name", dp_tr_str(a, name));
+    if (desc != NULL)
+        kw_node_map_put(a, at, "description", dp_tr_str(a, desc));
+    kw_node_map_put(a, at, "input_schema", schema);
+    return at;
 }
 
 /* tool_choice (and parallel_tool_calls) -> Anthropic's tool_choice; NULL when unset or
@@ -243,13 +231,11 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
         if (v != NULL && v->type != KW_NODE_NULL)
             kw_node_map_put(a, body, copied[i], (struct kw_node *)v);
     }
-    const struct kw_node *tools = kw_node_get(in, "tools");
-    if (tools != NULL && tools->type != KW_NODE_NULL) {
-        struct kw_node *t = translate_tools(r, tools);
-        if (t == NULL)
-            return KW_ERROR;
-        kw_node_map_put(a, body, "tools", t);
-    }
+    struct kw_node *tools;
+    if (dp_tr_tools(r, in, tool_decl, &tools) != KW_OK)
+        return KW_ERROR;
+    if (tools != NULL)
+        kw_node_map_put(a, body, "tools", tools);
     bool bad = false;
     struct kw_node *tc = translate_tool_choice(r, in, &bad);
     if (bad)

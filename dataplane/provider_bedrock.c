@@ -124,29 +124,27 @@ static struct kw_node *message_blocks(struct dp_request *r, size_t i, const stru
     return dp_tr_content(r, i, kw_node_get(m, "content"), kw_node_get(m, "tool_calls"), &ops);
 }
 
+/* A function as a Converse toolSpec. */
+static struct kw_node *tool_spec(struct kw_arena *a, const struct kw_node *name,
+                                 const struct kw_node *desc, struct kw_node *params)
+{
+    struct kw_node *spec = kw_node_new(a, KW_NODE_MAP);
+    kw_node_map_put(a, spec, "name", dp_tr_str(a, name));
+    if (desc != NULL)
+        kw_node_map_put(a, spec, "description", dp_tr_str(a, desc));
+    kw_node_map_put(a, spec, "inputSchema", dp_tr_map1(a, "json", params));
+    return dp_tr_map1(a, "toolSpec", spec);
+}
+
 static int tool_config(struct dp_request *r, const struct kw_node *in, struct kw_node *body)
 {
     struct kw_arena *a = r->arena;
-    const struct kw_node *tools = kw_node_get(in, "tools");
-    if (tools == NULL || tools->type == KW_NODE_NULL)
-        return KW_OK;
-    if (tools->type != KW_NODE_SEQ) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "tools", "tools must be a list");
+    struct kw_node *specs;
+    if (dp_tr_tools(r, in, tool_spec, &specs) != KW_OK)
         return KW_ERROR;
-    }
-    struct kw_node *specs = kw_node_new(a, KW_NODE_SEQ);
-    for (size_t i = 0; i < tools->n; i++) {
-        const struct kw_node *name, *desc;
-        struct kw_node *params;
-        if (dp_tr_tool_decl(r, i, tools->items[i], &name, &desc, &params) != KW_OK)
-            return KW_ERROR;
-        struct kw_node *spec = kw_node_new(a, KW_NODE_MAP);
-        kw_node_map_put(a, spec, "name", dp_tr_str(a, name));
-        if (desc != NULL)
-            kw_node_map_put(a, spec, "description", dp_tr_str(a, desc));
-        kw_node_map_put(a, spec, "inputSchema", dp_tr_map1(a, "json", params));
-        kw_node_seq_push(a, specs, dp_tr_map1(a, "toolSpec", spec));
-    }
+    if (specs == NULL)
+        return KW_OK;
+    bool valid = true;
     struct kw_node *cfg = dp_tr_map1(a, "tools", specs);
     const struct kw_node *tc = kw_node_get(in, "tool_choice");
     if (tc != NULL && tc->type == KW_NODE_STRING) {
@@ -157,16 +155,16 @@ static int tool_config(struct dp_request *r, const struct kw_node *in, struct kw
             kw_node_map_put(a, cfg, "toolChoice",
                             dp_tr_map1(a, "any", kw_node_new(a, KW_NODE_MAP)));
         else if (strcmp(tc->str, "none") != 0)
-            tc = NULL, tools = NULL;
+            valid = false;
     } else if (tc != NULL && tc->type != KW_NODE_NULL) {
         const struct kw_node *name = kw_node_get(kw_node_get(tc, "function"), "name");
         if (name != NULL && name->type == KW_NODE_STRING)
             kw_node_map_put(a, cfg, "toolChoice",
                             dp_tr_map1(a, "tool", dp_tr_map1(a, "name", dp_tr_str(a, name))));
         else
-            tools = NULL;
+            valid = false;
     }
-    if (tools == NULL) {
+    if (!valid) {
         dp_request_fail(r, 400, "invalid_request_error", NULL, "tool_choice",
                         "tool_choice must be \"auto\", \"none\", \"required\" or "
                         "{\"type\": \"function\", \"function\": {\"name\": ...}}");

@@ -198,29 +198,26 @@ static struct kw_node *generation_config(struct dp_request *r, const struct kw_n
     return gc;
 }
 
+/* A function as a Gemini functionDeclaration. */
+static struct kw_node *function_decl(struct kw_arena *a, const struct kw_node *name,
+                                     const struct kw_node *desc, struct kw_node *params)
+{
+    struct kw_node *d = kw_node_new(a, KW_NODE_MAP);
+    kw_node_map_put(a, d, "name", dp_tr_str(a, name));
+    if (desc != NULL)
+        kw_node_map_put(a, d, "description", dp_tr_str(a, desc));
+    kw_node_map_put(a, d, "parameters", params);
+    return d;
+}
+
 /* tools and tool_choice. KW_OK, or KW_ERROR with a failure prepared. */
 static int translate_tools(struct dp_request *r, const struct kw_node *in, struct kw_node *body)
 {
     struct kw_arena *a = r->arena;
-    const struct kw_node *tools = kw_node_get(in, "tools");
-    if (tools != NULL && tools->type != KW_NODE_NULL) {
-        if (tools->type != KW_NODE_SEQ) {
-            dp_request_fail(r, 400, "invalid_request_error", NULL, "tools", "tools must be a list");
-            return KW_ERROR;
-        }
-        struct kw_node *decls = kw_node_new(a, KW_NODE_SEQ);
-        for (size_t i = 0; i < tools->n; i++) {
-            const struct kw_node *name, *desc;
-            struct kw_node *params;
-            if (dp_tr_tool_decl(r, i, tools->items[i], &name, &desc, &params) != KW_OK)
-                return KW_ERROR;
-            struct kw_node *d = kw_node_new(a, KW_NODE_MAP);
-            kw_node_map_put(a, d, "name", dp_tr_str(a, name));
-            if (desc != NULL)
-                kw_node_map_put(a, d, "description", dp_tr_str(a, desc));
-            kw_node_map_put(a, d, "parameters", params);
-            kw_node_seq_push(a, decls, d);
-        }
+    struct kw_node *decls;
+    if (dp_tr_tools(r, in, function_decl, &decls) != KW_OK)
+        return KW_ERROR;
+    if (decls != NULL) {
         struct kw_node *list = kw_node_new(a, KW_NODE_SEQ);
         kw_node_seq_push(a, list, dp_tr_map1(a, "functionDeclarations", decls));
         kw_node_map_put(a, body, "tools", list);

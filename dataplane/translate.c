@@ -280,6 +280,31 @@ int dp_tr_tool_decl(struct dp_request *r, size_t j, const struct kw_node *tool,
     return KW_OK;
 }
 
+int dp_tr_tools(struct dp_request *r, const struct kw_node *req,
+                struct kw_node *(*decl)(struct kw_arena *a, const struct kw_node *name,
+                                        const struct kw_node *desc, struct kw_node *params),
+                struct kw_node **out)
+{
+    const struct kw_node *tools = kw_node_get(req, "tools");
+    *out = NULL;
+    if (tools == NULL || tools->type == KW_NODE_NULL)
+        return KW_OK;
+    if (tools->type != KW_NODE_SEQ) {
+        dp_request_fail(r, 400, "invalid_request_error", NULL, "tools", "tools must be a list");
+        return KW_ERROR;
+    }
+    struct kw_node *list = kw_node_new(r->arena, KW_NODE_SEQ);
+    for (size_t i = 0; i < tools->n; i++) {
+        const struct kw_node *name, *desc;
+        struct kw_node *params;
+        if (dp_tr_tool_decl(r, i, tools->items[i], &name, &desc, &params) != KW_OK)
+            return KW_ERROR;
+        kw_node_seq_push(r->arena, list, decl(r->arena, name, desc, params));
+    }
+    *out = list;
+    return KW_OK;
+}
+
 int64_t dp_tr_max_tokens(const struct kw_node *req, int64_t dflt)
 {
     const struct kw_node *max = kw_node_get(req, "max_completion_tokens");

@@ -119,6 +119,14 @@ int dp_tr_tool_decl(struct dp_request *r, size_t j, const struct kw_node *tool,
                     const struct kw_node **name, const struct kw_node **desc,
                     struct kw_node **params);
 
+/* The request's tools as the provider declares them: decl() of each function's name,
+ * description (or NULL) and parameters, in a list (*out; NULL when the request has no
+ * tools). KW_OK, or KW_ERROR with a 400 prepared. */
+int dp_tr_tools(struct dp_request *r, const struct kw_node *req,
+                struct kw_node *(*decl)(struct kw_arena *a, const struct kw_node *name,
+                                        const struct kw_node *desc, struct kw_node *params),
+                struct kw_node **out);
+
 /* max_completion_tokens, else max_tokens, else dflt. */
 int64_t dp_tr_max_tokens(const struct kw_node *req, int64_t dflt);
 
