@@ -10,11 +10,13 @@
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/limits.h"
+#include "keyset.h"
 #include "scalar.h"
 
 struct frame {
     struct kw_node *node;
     struct kw_node *key;
+    struct kw_keyset keys; /* maps: the duplicate check (linear in the keys) */
 };
 
 struct ctx {
@@ -89,8 +91,7 @@ static int open_container(struct ctx *c, enum kw_node_type t)
     struct kw_node *n = kw_node_new(c->a, t);
     if (n == NULL)
         return fail(c, "out of memory (document too large)");
-    c->stack[c->depth].node = n;
-    c->stack[c->depth].key = NULL;
+    c->stack[c->depth] = (struct frame){.node = n};
     c->depth++;
     return 1;
 }
@@ -108,25 +109,28 @@ static int on_start_array(void *ud)
 static int on_end(void *ud)
 {
     struct ctx *c = ud;
-    struct kw_node *n = c->stack[--c->depth].node;
-    return attach(c, n);
+    struct frame *f = &c->stack[--c->depth];
+    kw_keyset_cleanup(&f->keys);
+    return attach(c, f->node);
 }
 
 static int on_map_key(void *ud, const unsigned char *s, size_t len)
 {
     struct ctx *c = ud;
     struct frame *f = &c->stack[c->depth - 1];
-    for (size_t i = 0; i < f->node->n; i++) {
-        const struct kw_node *k = f->node->pairs[i].key;
-        if (k->len == len && memcmp(k->str, s, len) == 0) {
-            char msg[300];
-            snprintf(msg, sizeof(msg), "duplicate key \"%.*s\"", (int)(len > 200 ? 200 : len),
-                     (const char *)s);
-            return fail(c, msg);
-        }
+    const struct kw_node *dup;
+    if (kw_keyset_find(&f->keys, f->node, (const char *)s, len, &dup) != KW_OK)
+        return fail(c, "out of memory (document too large)");
+    if (dup != NULL) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "duplicate key \"%.*s\"", (int)(len > 200 ? 200 : len),
+                 (const char *)s);
+        return fail(c, msg);
     }
     f->key = kw_node_string(c->a, (const char *)s, len);
-    return f->key != NULL ? 1 : fail(c, "out of memory (document too large)");
+    if (f->key == NULL || kw_keyset_add(&f->keys, f->key) != KW_OK)
+        return fail(c, "out of memory (document too large)");
+    return 1;
 }
 
 static const yajl_callbacks callbacks = {
@@ -166,6 +170,8 @@ int kw_json_parse(struct kw_arena *a, const char *buf, size_t len, struct kw_nod
     yajl_status st = yajl_parse(h, (const unsigned char *)buf, len);
     if (st == yajl_status_ok)
         st = yajl_complete_parse(h);
+    for (size_t i = 0; i < c.depth; i++) /* frames left open by an error */
+        kw_keyset_cleanup(&c.stack[i].keys);
     if (st != yajl_status_ok) {
         if (err[0] == '\0') {
             unsigned char *msg = yajl_get_error(h, 0, (const unsigned char *)buf, len);

@@ -11,11 +11,13 @@
 #include "knoway/kw.h"
 #include "knoway/limits.h"
 #include "knoway/yaml.h"
+#include "keyset.h"
 #include "scalar.h"
 
 struct frame {
     struct kw_node *node;
-    struct kw_node *key; /* maps: the key waiting for its value */
+    struct kw_node *key;   /* maps: the key waiting for its value */
+    struct kw_keyset keys; /* maps: the duplicate check (linear in the keys) */
 };
 
 struct ctx {
@@ -48,11 +50,6 @@ static void oom(struct ctx *c, const yaml_mark_t *m)
     error_at(c, m, "%s", "out of memory (document too large)");
 }
 
-static bool key_equal(const struct kw_node *a, const struct kw_node *b)
-{
-    return a->len == b->len && memcmp(a->str, b->str, a->len) == 0;
-}
-
 /* Attach a finished node to the container on top, or make it the root. */
 static void attach(struct ctx *c, struct kw_node *n, const yaml_mark_t *m)
 {
@@ -72,17 +69,20 @@ static void attach(struct ctx *c, struct kw_node *n, const yaml_mark_t *m)
             error_at(c, &at, "%s", "a map key must be a scalar");
             return;
         }
-        for (size_t i = 0; i < f->node->n; i++) {
-            if (key_equal(f->node->pairs[i].key, n)) {
-                char prev[32];
-                snprintf(prev, sizeof(prev), "%u:%u", f->node->pairs[i].key->line,
-                         f->node->pairs[i].key->col);
-                char msg[300];
-                snprintf(msg, sizeof(msg), "duplicate key \"%.200s\" (first at line %s)", n->str,
-                         prev);
-                error_at(c, m, "%s", msg);
-                break;
-            }
+        const struct kw_node *dup;
+        if (kw_keyset_find(&f->keys, f->node, n->str, n->len, &dup) != KW_OK) {
+            oom(c, m);
+            return;
+        }
+        if (dup != NULL) {
+            char prev[32];
+            snprintf(prev, sizeof(prev), "%u:%u", dup->line, dup->col);
+            char msg[300];
+            snprintf(msg, sizeof(msg), "duplicate key \"%.200s\" (first at line %s)", n->str, prev);
+            error_at(c, m, "%s", msg);
+        } else if (kw_keyset_add(&f->keys, n) != KW_OK) {
+            oom(c, m);
+            return;
         }
         /* Keys are strings whatever they look like ("1:" is the key "1"). */
         n->type = KW_NODE_STRING;
@@ -156,15 +156,21 @@ static void on_start(struct ctx *c, const yaml_event_t *ev, enum kw_node_type t)
     struct kw_node *n = node_at(c, t, m);
     if (n == NULL)
         return;
-    c->stack[c->depth].node = n;
-    c->stack[c->depth].key = NULL;
+    c->stack[c->depth] = (struct frame){.node = n};
     c->depth++;
 }
 
 static void on_end(struct ctx *c, const yaml_event_t *ev)
 {
-    struct kw_node *n = c->stack[--c->depth].node;
-    attach(c, n, &ev->start_mark);
+    struct frame *f = &c->stack[--c->depth];
+    kw_keyset_cleanup(&f->keys);
+    attach(c, f->node, &ev->start_mark);
+}
+
+static void close_frames(struct ctx *c)
+{
+    while (c->depth > 0)
+        kw_keyset_cleanup(&c->stack[--c->depth].keys);
 }
 
 int kw_yaml_parse(struct kw_arena *a, const char *file, const char *buf, size_t len,
@@ -204,7 +210,7 @@ int kw_yaml_parse(struct kw_arena *a, const char *file, const char *buf, size_t 
             break;
         case YAML_DOCUMENT_START_EVENT:
             c.root = NULL;
-            c.depth = 0;
+            close_frames(&c);
             break;
         case YAML_DOCUMENT_END_EVENT:
             if (c.root != NULL && c.root->type != KW_NODE_NULL) {
@@ -244,6 +250,7 @@ int kw_yaml_parse(struct kw_arena *a, const char *file, const char *buf, size_t 
         }
         yaml_event_delete(&ev);
     }
+    close_frames(&c);
     yaml_parser_delete(&p);
     if (c.failed)
         return KW_ERROR;

@@ -1,3 +1,4 @@
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,4 +19,31 @@ char *kwt_errors(const char *yaml, struct kw_config **cfg_out)
     else
         kw_config_free(cfg);
     return s;
+}
+
+double kwt_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double best_of_three(void (*fn)(void *), void *arg)
+{
+    double best = 1e9;
+    for (int i = 0; i < 3; i++) {
+        double t0 = kwt_now();
+        fn(arg);
+        double t = kwt_now() - t0;
+        if (t < best)
+            best = t;
+    }
+    return best;
+}
+
+double kwt_time_ratio(void (*fn)(void *), void *input, void (*base)(void *), void *baseline)
+{
+    double tb = best_of_three(base, baseline);
+    double tf = best_of_three(fn, input);
+    return tf / (tb > 1e-6 ? tb : 1e-6);
 }

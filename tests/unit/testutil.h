@@ -22,4 +22,12 @@ char *kwt_errors(const char *yaml, struct kw_config **cfg_out);
         free(got_);                                                                                \
     } while (0)
 
+/* Seconds on the monotonic clock. */
+double kwt_now(void);
+
+/* Time-linearity check that does not flake on a slow or loaded machine: fn(input) runs
+ * against base(baseline input of the same size, known linear) and the ratio is bounded.
+ * Returns fn's time over base's time, each the best of three runs. */
+double kwt_time_ratio(void (*fn)(void *), void *input, void (*base)(void *), void *baseline);
+
 #endif

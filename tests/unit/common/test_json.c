@@ -1,3 +1,5 @@
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,6 +83,56 @@ static void test_invalid_utf8(void **state)
     assert_int_equal(rc, KW_ERROR);
 }
 
+/* n keys "k0000001".. as an object, or the same text as an array: the baseline. */
+static char *many(size_t n, bool object, const char *dup)
+{
+    size_t cap = n * 16 + 64;
+    char *s = malloc(cap);
+    size_t off = 0;
+    s[off++] = object ? '{' : '[';
+    for (size_t i = 0; i < n; i++)
+        off += (size_t)snprintf(s + off, cap - off, "%s\"k%07zu\"%c0", i > 0 ? "," : "", i,
+                                object ? ':' : ',');
+    if (dup != NULL)
+        off += (size_t)snprintf(s + off, cap - off, ",\"%s\"%c1", dup, object ? ':' : ',');
+    s[off++] = object ? '}' : ']';
+    s[off] = '\0';
+    return s;
+}
+
+static void parse_ok(void *text)
+{
+    struct kw_arena *a = kw_arena_new(1u << 28);
+    struct kw_node *n;
+    char err[256];
+    assert_int_equal(kw_json_parse(a, text, strlen(text), &n, err, sizeof(err)), KW_OK);
+    kw_arena_free(a);
+}
+
+/* Regression: the duplicate-key check compared each key with every earlier one, so a
+ * 480 KB body of 40,000 keys stalled a worker for 15 s. An object of the most keys a
+ * container may hold parses in time linear in its size: measured against an array of the
+ * same text, not against a clock. */
+static void test_linear_in_keys(void **state)
+{
+    (void)state;
+    size_t n = 99999; /* KW_MAX_CONTAINER_ITEMS - 1: the array holds 2n items */
+    char *obj = many(n / 2, true, NULL), *arr = many(n / 2, false, NULL);
+    double ratio = kwt_time_ratio(parse_ok, obj, parse_ok, arr);
+    print_message("object of %zu keys: %.2fx the time of the same text as an array\n", n / 2,
+                  ratio);
+    assert_true(ratio < 4.0);
+    free(obj);
+    free(arr);
+    /* the hashed check still finds a duplicate far from its first occurrence */
+    obj = many(50000, true, "k0000007");
+    int rc;
+    char err[256];
+    assert_null(canon(obj, &rc, err, sizeof(err)));
+    assert_string_equal(err, "duplicate key \"k0000007\"");
+    free(obj);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -88,6 +140,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_depth),
         cmocka_unit_test(test_invalid_utf8),
+        cmocka_unit_test(test_linear_in_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,3 +1,5 @@
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -110,6 +112,43 @@ static void test_duplicate_key(void **state)
     done(&p);
 }
 
+static char *yaml_many(size_t n, bool map)
+{
+    size_t cap = n * 16 + 64;
+    char *s = malloc(cap);
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++)
+        off += (size_t)snprintf(s + off, cap - off, map ? "k%07zu: 0\n" : "- k%07zu\n- 0\n", i);
+    return s;
+}
+
+static void parse_yaml_ok(void *text)
+{
+    struct parsed p;
+    parse(&p, text);
+    assert_int_equal(p.rc, KW_OK);
+    done(&p);
+}
+
+/* A map of many keys parses in time linear in its size (the duplicate check hashes). */
+static void test_linear_in_keys(void **state)
+{
+    (void)state;
+    char *map = yaml_many(50000, true), *seq = yaml_many(50000, false);
+    double ratio = kwt_time_ratio(parse_yaml_ok, map, parse_yaml_ok, seq);
+    print_message("map of 50000 keys: %.2fx the time of a sequence\n", ratio);
+    assert_true(ratio < 4.0);
+    free(map);
+    free(seq);
+    struct parsed p;
+    parse(&p, "a: 1\nb: 2\nc: 3\nd: 4\ne: 5\nf: 6\ng: 7\nh: 8\ni: 9\nj: 10\nd: 11\n");
+    assert_int_equal(p.rc, KW_ERROR);
+    char *e = first_error(&p);
+    assert_string_equal(e, "t.yaml:11:1: duplicate key \"d\" (first at line 4:1)");
+    free(e);
+    done(&p);
+}
+
 static void test_aliases_refused(void **state)
 {
     (void)state;
@@ -173,6 +212,7 @@ int main(void)
         cmocka_unit_test(test_nesting_limit),
         cmocka_unit_test(test_unknown_tag),
         cmocka_unit_test(test_complex_key),
+        cmocka_unit_test(test_linear_in_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
