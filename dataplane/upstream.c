@@ -472,7 +472,7 @@ static void finish(struct dp_request *r, CURLcode rc)
         if (r->up_error != DP_UPERR_NONE)
             dp_request_stream_error(
                 r, r->up_error == DP_UPERR_TIMEOUT ? "upstream_timeout" : "upstream_error",
-                "upstream failed after the response started: %s", r->up_errmsg);
+                "the upstream failed after the response started (request id %s)", r->id);
         r->stream_end = true;
         dp_request_wake(r);
         return;
@@ -482,19 +482,21 @@ static void finish(struct dp_request *r, CURLcode rc)
                      (r->up_error == DP_UPERR_NONE && r->up_status >= 500);
     if (retryable && fallback(r))
         return;
+    /* the client learns what kind of failure it was and the request id; backend names,
+     * addresses and curl's text go to the access log only (upstream_error, backend) */
     switch (r->up_error) {
     case DP_UPERR_CONNECT:
     case DP_UPERR_RESET:
-        dp_request_fail(r, 502, "server_error", "upstream_unavailable", NULL, "upstream %s: %s",
-                        r->backend->meta.name, r->up_errmsg);
+        dp_request_fail(r, 502, "server_error", "upstream_unavailable", NULL,
+                        "the upstream service is unavailable (request id %s)", r->id);
         return;
     case DP_UPERR_TIMEOUT:
         dp_request_fail(r, 504, "server_error", "upstream_timeout", NULL,
-                        "upstream %s timed out: %s", r->backend->meta.name, r->up_errmsg);
+                        "the upstream service timed out (request id %s)", r->id);
         return;
     case DP_UPERR_OTHER:
-        dp_request_fail(r, 502, "server_error", "upstream_error", NULL, "upstream %s: %s",
-                        r->backend->meta.name, r->up_errmsg);
+        dp_request_fail(r, 502, "server_error", "upstream_error", NULL,
+                        "the upstream service failed (request id %s)", r->id);
         return;
     case DP_UPERR_NONE:
         break;

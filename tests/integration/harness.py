@@ -20,6 +20,18 @@ DATAPLANE = os.environ.get("KW_DATAPLANE", os.path.join(BUILD, "dataplane", "kno
 MOCK = os.environ.get("KW_MOCK", os.path.join(BUILD, "tests", "knoway-mockllm"))
 
 
+def wait_for(fn, timeout=5.0):
+    """Poll fn until it returns something truthy (returned) or timeout (AssertionError)."""
+    deadline = time.time() + timeout
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.time() > deadline:
+            raise AssertionError("condition not met within %.1f s" % timeout)
+        time.sleep(0.05)
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

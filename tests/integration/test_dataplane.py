@@ -13,7 +13,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import (Dataplane, Mock, backend, free_port, post, request, route,  # noqa: E402
-                     sse_data, wait_port)
+                     sse_data, wait_for, wait_port)
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hello there friend"}]}
 
@@ -294,8 +294,15 @@ class Errors(unittest.TestCase):
         self.assertEqual(s, 200)
 
     def test_upstream_connect_failure(self):
-        s, _, b = post(DP.port, "/v1/chat/completions", dict(CHAT, model="dead"))
-        self.check(s, b, 502, "server_error", "upstream_unavailable")
+        s, h, b = post(DP.port, "/v1/chat/completions", dict(CHAT, model="dead"))
+        err = self.check(s, b, 502, "server_error", "upstream_unavailable")
+        # the client gets a generic message with the request id; the address, the backend
+        # and curl's text are in the access log only
+        rid = h["x-request-id"]
+        self.assertEqual(err["message"], "the upstream service is unavailable (request id %s)" % rid)
+        line = wait_for(lambda: [l for l in DP.logs().splitlines() if rid in l and '"status":502' in l])
+        self.assertIn('"backend":"dead"', line[0])
+        self.assertIn("127.0.0.1 port", line[0])
 
     def test_upstream_reset_before_response(self):
         s, _, b = post(DP.port, "/v1/chat/completions", dict(CHAT, model="reset-early", stream=True))
