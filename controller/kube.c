@@ -491,6 +491,14 @@ long ctl_kube_request(struct ctl_kube *k, const char *method, const char *path,
                       const char *content_type, const char *body, size_t len, struct kw_buf *resp,
                       char *err, size_t errlen)
 {
+    return ctl_kube_request_within(k, 30000, method, path, content_type, body, len, resp, err,
+                                   errlen);
+}
+
+long ctl_kube_request_within(struct ctl_kube *k, long timeout_ms, const char *method,
+                             const char *path, const char *content_type, const char *body,
+                             size_t len, struct kw_buf *resp, char *err, size_t errlen)
+{
     long status = 0;
     for (int attempt = 0; attempt < 2; attempt++) {
         rate_wait(k);
@@ -511,7 +519,9 @@ long ctl_kube_request(struct ctl_kube *k, const char *method, const char *path,
             curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
             curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
         }
-        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 30000L);
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
+        if (timeout_ms < 10000)
+            curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms);
         curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
         curl_easy_setopt(h, CURLOPT_WRITEDATA, resp);
         kw_buf_reset(resp);

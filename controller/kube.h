@@ -72,6 +72,11 @@ void ctl_kube_cleanup(struct ctl_kube *k);
 long ctl_kube_request(struct ctl_kube *k, const char *method, const char *path,
                       const char *content_type, const char *body, size_t len, struct kw_buf *resp,
                       char *err, size_t errlen);
+/* The same with the whole request (rate-limit wait aside) bounded by timeout_ms (the
+ * default is 30 s): leader election must not wait longer than its renew deadline. */
+long ctl_kube_request_within(struct ctl_kube *k, long timeout_ms, const char *method,
+                             const char *path, const char *content_type, const char *body,
+                             size_t len, struct kw_buf *resp, char *err, size_t errlen);
 
 /* An easy handle set up for path (TLS, authentication, shared connections) for callers
  * that stream the response themselves (watches). *headers must be freed with

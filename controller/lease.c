@@ -78,19 +78,37 @@ static void set_leader(struct ctl_lease *l, bool on, const char *why)
         l->on_change(l->ud, on);
 }
 
+/* Every Lease request ends within a quarter of the renew deadline, and a leader's ends
+ * before its deadline: a hung API call may not keep a leader that can no longer renew
+ * (another replica may take over once leaseDuration passes) writing status. */
+static long lease_request(struct ctl_lease *l, const char *method, const char *path,
+                          struct kw_buf *body, struct kw_buf *resp, char *err, size_t errlen)
+{
+    int64_t budget = l->renew_deadline_ms / 4;
+    if (atomic_load(&l->leader)) {
+        int64_t left = l->renewed_ms + l->renew_deadline_ms - ctl_now_ms();
+        if (left < budget)
+            budget = left;
+    }
+    if (budget < 100)
+        budget = 100;
+    return ctl_kube_request_within(
+        l->kube, (long)budget, method, path, body != NULL ? "application/json" : NULL,
+        body != NULL ? body->data : NULL, body != NULL ? body->len : 0, resp, err, errlen);
+}
+
 static void attempt(struct ctl_lease *l, struct kw_buf *resp, struct kw_buf *body)
 {
     char path[512], err[256];
     snprintf(path, sizeof(path), "/apis/coordination.k8s.io/v1/namespaces/%s/leases", l->ns);
     size_t coll = strlen(path);
     snprintf(path + coll, sizeof(path) - coll, "/%s", l->name);
-    long st = ctl_kube_request(l->kube, "GET", path, NULL, NULL, 0, resp, err, sizeof(err));
+    long st = lease_request(l, "GET", path, NULL, resp, err, sizeof(err));
     int64_t now = ctl_now_ms();
     if (st == 404) {
         lease_body(l, body, NULL, l->id, "", 0, l->duration_s);
         path[coll] = '\0';
-        st = ctl_kube_request(l->kube, "POST", path, "application/json", body->data, body->len,
-                              resp, err, sizeof(err));
+        st = lease_request(l, "POST", path, body, resp, err, sizeof(err));
         if (st == 201 || st == 200) {
             l->renewed_ms = now;
             set_leader(l, true, "created the Lease");
@@ -127,8 +145,7 @@ static void attempt(struct ctl_lease *l, struct kw_buf *resp, struct kw_buf *bod
         char acq[64];
         snprintf(acq, sizeof(acq), "%s", mine ? acquire : "");
         lease_body(l, body, rv, l->id, acq, mine ? transitions : transitions + 1, l->duration_s);
-        st = ctl_kube_request(l->kube, "PUT", path, "application/json", body->data, body->len, resp,
-                              err, sizeof(err));
+        st = lease_request(l, "PUT", path, body, resp, err, sizeof(err));
         if (st == 200) {
             l->renewed_ms = now;
             set_leader(l, true, mine ? "renewed" : "took over an expired Lease");
@@ -148,7 +165,7 @@ static void release(struct ctl_lease *l, struct kw_buf *resp, struct kw_buf *bod
     char path[512], err[256];
     snprintf(path, sizeof(path), "/apis/coordination.k8s.io/v1/namespaces/%s/leases/%s", l->ns,
              l->name);
-    if (ctl_kube_request(l->kube, "GET", path, NULL, NULL, 0, resp, err, sizeof(err)) != 200)
+    if (lease_request(l, "GET", path, NULL, resp, err, sizeof(err)) != 200)
         return;
     struct kw_arena *a = kw_arena_new(1u << 20);
     struct kw_node *root;
@@ -157,8 +174,7 @@ static void release(struct ctl_lease *l, struct kw_buf *resp, struct kw_buf *bod
         char rv[128];
         snprintf(rv, sizeof(rv), "%s", jstr(root, "metadata", "resourceVersion"));
         lease_body(l, body, rv, "", "", jint(root, "spec", "leaseTransitions"), 1);
-        if (ctl_kube_request(l->kube, "PUT", path, "application/json", body->data, body->len, resp,
-                             err, sizeof(err)) == 200)
+        if (lease_request(l, "PUT", path, body, resp, err, sizeof(err)) == 200)
             kw_log(KW_LOG_INFO, "leader election: released the Lease", "id", l->id, NULL);
     }
     kw_arena_free(a);
