@@ -122,11 +122,37 @@ static bool authorized(struct ctl_discovery *d, struct MHD_Connection *c)
     return CRYPTO_memcmp(got, d->token_hash, sizeof(got)) == 0;
 }
 
+#define TOO_MANY_NODES "too many data planes connected"
+
+static bool live(const struct ctl_discovery *d, const struct ctl_node *n, int64_t now)
+{
+    return n->waiting || now - n->last_seen_ms <= d->node_grace_ms;
+}
+
+/* d->mu held: forget nodes that stopped polling more than the grace period ago. */
+static void evict(struct ctl_discovery *d, int64_t now)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < d->nnodes; i++) {
+        if (live(d, &d->nodes[i], now)) {
+            if (keep != i)
+                d->nodes[keep] = d->nodes[i];
+            keep++;
+            continue;
+        }
+        free(d->nodes[i].error);
+        atomic_fetch_add(&d->evicted, 1);
+    }
+    d->nnodes = keep;
+}
+
 static struct ctl_node *node_get(struct ctl_discovery *d, const char *id)
 {
     for (size_t i = 0; i < d->nnodes; i++)
         if (strcmp(d->nodes[i].id, id) == 0)
             return &d->nodes[i];
+    if (d->nnodes == CTL_MAX_NODES)
+        evict(d, ctl_now_ms());
     if (d->nnodes == CTL_MAX_NODES)
         return NULL;
     if (d->nnodes == d->cap_nodes) {
@@ -228,7 +254,7 @@ static const char *take_poll(struct ctl_discovery *d, struct ctl_waiter *w, bool
     }
     pthread_mutex_unlock(&d->mu);
     kw_arena_free(a);
-    return n == NULL ? "too many data planes" : NULL;
+    return n == NULL ? TOO_MANY_NODES : NULL;
 }
 
 static void unlink_waiter(struct ctl_discovery *d, struct ctl_waiter *w)
@@ -297,6 +323,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return fail(c, 413, "too_large", "the poll body is larger than 64 KiB");
         bool acked;
         const char *why = take_poll(d, w, &acked);
+        if (why != NULL && strcmp(why, TOO_MANY_NODES) == 0)
+            return fail(c, 503, "unavailable", why);
         if (why != NULL)
             return fail(c, 400, "invalid_request", why);
         w->parsed = true;
@@ -363,10 +391,15 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 static void *ticker_main(void *arg)
 {
     struct ctl_discovery *d = arg;
+    int64_t next_evict = 0;
     while (!atomic_load(&d->stop)) {
         usleep(100000);
         int64_t now = ctl_now_ms();
         pthread_mutex_lock(&d->mu);
+        if (now >= next_evict) {
+            evict(d, now);
+            next_evict = now + 1000;
+        }
         for (struct ctl_waiter *w = d->waiters, *next; w != NULL; w = next) {
             next = w->next;
             if (now >= w->deadline_ms)
@@ -396,6 +429,8 @@ int ctl_discovery_start(struct ctl_discovery *d, const char *addr, const char *t
                         const char *tls_cert_file, const char *tls_key_file)
 {
     pthread_mutex_init(&d->mu, NULL);
+    if (d->node_grace_ms <= 0)
+        d->node_grace_ms = CTL_NODE_STALE_MS;
     if (token != NULL) {
         SHA256((const unsigned char *)token, strlen(token), d->token_hash);
         d->has_token = true;
@@ -502,7 +537,7 @@ void ctl_discovery_counts(struct ctl_discovery *d, const char *version, size_t *
     pthread_mutex_lock(&d->mu);
     for (size_t i = 0; i < d->nnodes; i++) {
         const struct ctl_node *n = &d->nodes[i];
-        if (!n->waiting && now - n->last_seen_ms > CTL_NODE_STALE_MS)
+        if (!live(d, n, now))
             continue;
         (*connected)++;
         if (version != NULL && strcmp(n->acked, version) == 0)
@@ -521,7 +556,7 @@ void ctl_discovery_nodes_json(struct ctl_discovery *d, struct kw_buf *out)
     kw_buf_puts(out, ",\"nodes\":[");
     for (size_t i = 0; i < d->nnodes; i++) {
         const struct ctl_node *n = &d->nodes[i];
-        bool connected = n->waiting || now - n->last_seen_ms <= CTL_NODE_STALE_MS;
+        bool connected = live(d, n, now);
         kw_buf_puts(out, i > 0 ? ",{\"id\":" : "{\"id\":");
         kw_json_write_string(out, n->id, strlen(n->id));
         kw_buf_puts(out, ",\"cluster\":");
@@ -556,7 +591,7 @@ size_t ctl_discovery_connected(struct ctl_discovery *d, struct ctl_node **out)
     *out = calloc(d->nnodes + 1, sizeof(**out));
     for (size_t i = 0; *out != NULL && i < d->nnodes; i++) {
         const struct ctl_node *src = &d->nodes[i];
-        if (!src->waiting && now - src->last_seen_ms > CTL_NODE_STALE_MS)
+        if (!live(d, src, now))
             continue;
         (*out)[n] = *src;
         (*out)[n].error = src->error != NULL ? strdup(src->error) : NULL;

@@ -31,7 +31,7 @@
 
 #define CTL_NODE_ID_MAX   253
 #define CTL_MAX_NODES     10000
-#define CTL_NODE_STALE_MS 90000 /* a node not seen for this long no longer counts */
+#define CTL_NODE_STALE_MS 90000 /* default grace: a node not seen for this long is forgotten */
 
 struct ctl_node {
     char id[CTL_NODE_ID_MAX + 1];
@@ -60,6 +60,8 @@ struct ctl_discovery {
     struct ctl_waiter *waiters;
     struct ctl_node *nodes;
     size_t nnodes, cap_nodes;
+    int64_t node_grace_ms; /* a node not polling for this long is evicted (0: default) */
+    atomic_uint_fast64_t evicted;
     ctl_ack_fn on_ack; /* a node acked or nacked (status writer) */
     void *ud;
     pthread_t ticker;
@@ -80,7 +82,7 @@ void ctl_discovery_cleanup(struct ctl_discovery *d);
  * are answered at once. Returns true when the version changed. */
 bool ctl_discovery_publish(struct ctl_discovery *d, struct ctl_build *b);
 
-/* Copies of the connected nodes (seen within CTL_NODE_STALE_MS or waiting) in *out;
+/* Copies of the connected nodes (seen within the grace period or waiting) in *out;
  * returns how many. Free with ctl_discovery_nodes_free. */
 size_t ctl_discovery_connected(struct ctl_discovery *d, struct ctl_node **out);
 void ctl_discovery_nodes_free(struct ctl_node *nodes, size_t n);
@@ -88,8 +90,9 @@ void ctl_discovery_nodes_free(struct ctl_node *nodes, size_t n);
 /* The nodes as JSON (/debug/nodes). */
 void ctl_discovery_nodes_json(struct ctl_discovery *d, struct kw_buf *out);
 
-/* Counts for status and metrics: connected nodes (seen within CTL_NODE_STALE_MS or
- * waiting) and how many of them applied version. */
+/* Counts for status and metrics: connected nodes (seen within the grace period or
+ * waiting) and how many of them applied version. Nodes past the grace period are evicted
+ * (pod churn must never fill the table). */
 void ctl_discovery_counts(struct ctl_discovery *d, const char *version, size_t *connected,
                           size_t *acked);
 

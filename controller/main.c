@@ -67,6 +67,8 @@ static void usage(FILE *out)
         "  --lease-name NAME       name of the Lease (default knoway-controller)\n"
         "  --id NAME               this replica's identity (default: host name)\n"
         "  --qps N, --burst N      client-side rate limit for API requests (default 20, 40)\n"
+        "  --node-grace SECONDS    forget a data plane that stopped polling this long ago\n"
+        "                          (default 90)\n"
         "  --version, --help\n"
         "\n"
         "Documentation: docs/controller.md\n");
@@ -172,6 +174,10 @@ static void metrics(struct ctl *c, struct kw_buf *b)
         "# HELP knoway_controller_discovery_unauthorized_total Polls without a valid token.\n"
         "# TYPE knoway_controller_discovery_unauthorized_total counter\n"
         "knoway_controller_discovery_unauthorized_total %llu\n"
+        "# HELP knoway_controller_discovery_nodes_evicted_total Data planes forgotten after "
+        "they stopped polling for the grace period.\n"
+        "# TYPE knoway_controller_discovery_nodes_evicted_total counter\n"
+        "knoway_controller_discovery_nodes_evicted_total %llu\n"
         "# HELP knoway_controller_leader Whether this replica writes status.\n"
         "# TYPE knoway_controller_leader gauge\n"
         "knoway_controller_leader %d\n"
@@ -185,7 +191,8 @@ static void metrics(struct ctl *c, struct kw_buf *b)
         (unsigned long long)atomic_load(&c->disc.polls),
         (unsigned long long)atomic_load(&c->disc.pushes),
         (unsigned long long)atomic_load(&c->disc.nacks),
-        (unsigned long long)atomic_load(&c->disc.unauthorized), atomic_load(&c->leader) ? 1 : 0,
+        (unsigned long long)atomic_load(&c->disc.unauthorized),
+        (unsigned long long)atomic_load(&c->disc.evicted), atomic_load(&c->leader) ? 1 : 0,
         (unsigned long long)atomic_load(&c->status.writes),
         (unsigned long long)atomic_load(&c->status.skipped),
         (unsigned long long)atomic_load(&c->status.conflicts),
@@ -255,6 +262,7 @@ int main(int argc, char **argv)
         {"id", required_argument, NULL, 'i'},
         {"qps", required_argument, NULL, 'q'},
         {"burst", required_argument, NULL, 'b'},
+        {"node-grace", required_argument, NULL, 'g'},
         {"version", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -263,7 +271,7 @@ int main(int argc, char **argv)
     const char *admin_addr = "0.0.0.0:9902", *token_file = NULL, *lease_ns = NULL;
     const char *lease_name = "knoway-controller", *tls_cert = NULL, *tls_key = NULL;
     char id[256] = "";
-    double qps = 20, burst = 40;
+    double qps = 20, burst = 40, node_grace_s = CTL_NODE_STALE_MS / 1000.0;
     bool leader_elect = false;
     int o;
     while ((o = getopt_long(argc, argv, "hv", opts, NULL)) != -1) {
@@ -307,6 +315,9 @@ int main(int argc, char **argv)
         case 'b':
             burst = atof(optarg);
             break;
+        case 'g':
+            node_grace_s = atof(optarg);
+            break;
         case 'v':
             printf("knoway-controller %s\n", kw_version());
             return 0;
@@ -324,6 +335,10 @@ int main(int argc, char **argv)
     }
     if ((tls_cert == NULL) != (tls_key == NULL)) {
         fprintf(stderr, "knoway-controller: --tls-cert-file and --tls-key-file go together\n");
+        return 2;
+    }
+    if (node_grace_s < 1) {
+        fprintf(stderr, "knoway-controller: --node-grace must be at least 1 second\n");
         return 2;
     }
     if (qps <= 0 || burst < 1) {
@@ -379,6 +394,7 @@ int main(int argc, char **argv)
     c.status.backends = &c.inf[INF_BACKENDS].store;
     c.status.routes = &c.inf[INF_ROUTES].store;
     c.status.leader = &c.leader;
+    c.disc.node_grace_ms = (int64_t)(node_grace_s * 1000);
     c.disc.on_ack = ctl_status_kick;
     c.disc.ud = &c.status;
     atomic_store(&c.leader, !leader_elect);

@@ -78,6 +78,10 @@ int dp_openai_finish(struct dp_request *r, struct curl_slist **headers, const st
 int dp_openai_add_header(struct curl_slist **list, struct kw_arena *a, const char *name,
                          const char *value)
 {
+    /* the last line of defence against header injection: snapshots are checked already */
+    for (const char *p = value; *p != '\0'; p++)
+        if ((unsigned char)*p < 0x20 && *p != '\t')
+            return KW_ERROR;
     char *h = kw_arena_printf(a, "%s: %s", name, value);
     if (h == NULL)
         return KW_ERROR;

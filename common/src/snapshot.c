@@ -13,6 +13,7 @@
 #include "decode.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
+#include "knoway/log.h"
 #include "knoway/snapshot.h"
 
 /* ---- canonical text --------------------------------------------------------------- */
@@ -166,14 +167,34 @@ int kw_service_resolve_dns(void *ud, struct kw_arena *a, const char *ns, const c
     return e->url != NULL ? KW_OK : KW_ERROR;
 }
 
+int kw_credential_header_check(const char *value, size_t *len)
+{
+    int rc = KW_OK;
+    if (*len >= 1 && value[*len - 1] == '\n') {
+        *len -= *len >= 2 && value[*len - 2] == '\r' ? 2 : 1;
+        rc = KW_DECLINED;
+    }
+    if (*len == 0)
+        return KW_ERROR;
+    for (size_t i = 0; i < *len; i++) {
+        unsigned char c = (unsigned char)value[i];
+        if (c < 0x20 || c == 0x7f)
+            return KW_ERROR;
+    }
+    return rc;
+}
+
 struct creds {
     struct kw_credential *items;
     size_t n, cap;
 };
 
-static int add_cred(struct creds *cs, const struct kw_config *cfg, const char *ns, const char *name,
-                    const char *key)
+/* A credential of backend b for the snapshot; header: it is sent in a header, so control
+ * characters make b invalid and one trailing newline is trimmed with a warning. */
+static int add_cred(struct creds *cs, const struct kw_config *cfg, const struct kw_backend *b,
+                    const char *name, const char *key, bool header, struct kw_diag *diag)
 {
+    const char *ns = b->meta.ns;
     if (name == NULL || key == NULL || key[0] == '\0')
         return KW_OK;
     for (size_t i = 0; i < cs->n; i++)
@@ -184,6 +205,20 @@ static int add_cred(struct creds *cs, const struct kw_config *cfg, const char *n
     const struct kw_secret_item *it = s != NULL ? kw_secret_get(s, key) : NULL;
     if (it == NULL)
         return KW_DECLINED;
+    size_t len = it->len;
+    int chk = header ? kw_credential_header_check(it->value, &len) : KW_OK;
+    if (chk == KW_ERROR) {
+        char obj[600];
+        snprintf(obj, sizeof(obj), "LLMBackend/%s/%s", ns, b->meta.name);
+        kw_diag_add(diag, b->meta.file, b->meta.line, b->meta.col, obj, "spec.credentials",
+                    "Secret \"%s\" key \"%s\" is empty or holds control characters (CR, LF, "
+                    "...): it cannot be sent in an HTTP header",
+                    name, key);
+        return KW_DECLINED;
+    }
+    if (chk == KW_DECLINED)
+        kw_log(KW_LOG_WARN, "a credential ends with a newline: trimmed", "secret", name,
+               "namespace", ns, "key", key, NULL);
     if (cs->n == cs->cap) {
         size_t cap = cs->cap != 0 ? cs->cap * 2 : 16;
         struct kw_credential *p = realloc(cs->items, cap * sizeof(*p));
@@ -192,24 +227,25 @@ static int add_cred(struct creds *cs, const struct kw_config *cfg, const char *n
         cs->items = p;
         cs->cap = cap;
     }
-    cs->items[cs->n++] = (struct kw_credential){ns, name, key, it->value, it->len};
+    cs->items[cs->n++] = (struct kw_credential){ns, name, key, it->value, len};
     return KW_OK;
 }
 
-static int backend_creds(struct creds *cs, const struct kw_config *cfg, const struct kw_backend *b)
+static int backend_creds(struct creds *cs, const struct kw_config *cfg, const struct kw_backend *b,
+                         struct kw_diag *diag)
 {
-    const char *ns = b->meta.ns;
     const struct kw_credentials *c = &b->credentials;
-    int rc = add_cred(cs, cfg, ns, b->upstream.tls.ca_secret_ref.name,
-                      b->upstream.tls.ca_secret_ref.key);
+    int rc = add_cred(cs, cfg, b, b->upstream.tls.ca_secret_ref.name,
+                      b->upstream.tls.ca_secret_ref.key, false, diag);
     if (rc == KW_OK && b->provider == KW_PROVIDER_AWS_BEDROCK) {
-        rc = add_cred(cs, cfg, ns, c->secret_ref.name, c->bedrock.access_key_id_key);
+        rc = add_cred(cs, cfg, b, c->secret_ref.name, c->bedrock.access_key_id_key, true, diag);
         if (rc == KW_OK)
-            rc = add_cred(cs, cfg, ns, c->secret_ref.name, c->bedrock.secret_access_key_key);
+            rc = add_cred(cs, cfg, b, c->secret_ref.name, c->bedrock.secret_access_key_key, true,
+                          diag);
         if (rc == KW_OK)
-            rc = add_cred(cs, cfg, ns, c->secret_ref.name, c->bedrock.session_token_key);
+            rc = add_cred(cs, cfg, b, c->secret_ref.name, c->bedrock.session_token_key, true, diag);
     } else if (rc == KW_OK) {
-        rc = add_cred(cs, cfg, ns, c->secret_ref.name, c->secret_ref.key);
+        rc = add_cred(cs, cfg, b, c->secret_ref.name, c->secret_ref.key, true, diag);
     }
     return rc;
 }
@@ -278,10 +314,10 @@ struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_re
             b->upstream.endpoints = eps;
             b->upstream.nendpoints = neps;
         }
-        int rc = backend_creds(&cs, cfg, b);
+        int rc = backend_creds(&cs, cfg, b, diag);
         if (rc == KW_ERROR)
             goto out;
-        if (rc == KW_DECLINED) /* kw_config_check reported it */
+        if (rc == KW_DECLINED) /* reported: by kw_config_check or add_cred */
             continue;
         bs[nb++] = b;
     }
@@ -406,6 +442,16 @@ static bool has_cred(struct kw_snapshot *s, const char *ns, const char *name, co
            kw_snapshot_credential(s, ns, name, key) != NULL;
 }
 
+/* A credential sent in a header must hold no control character (a snapshot from a
+ * controller that did not check, or edited by hand, must not inject headers). */
+static bool header_cred_ok(struct kw_snapshot *s, const char *ns, const char *name, const char *key)
+{
+    const struct kw_credential *c =
+        name != NULL && key != NULL ? kw_snapshot_credential(s, ns, name, key) : NULL;
+    size_t len = c != NULL ? c->len : 0;
+    return c == NULL || kw_credential_header_check(c->value, &len) == KW_OK;
+}
+
 static void parse_credentials(struct kw_dec *d, struct kw_snapshot *s, const struct kw_node *seq)
 {
     static const char *const keys[] = {"data", "key", "name", "namespace", NULL};
@@ -519,6 +565,17 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
             creds_ok &= has_cred(s, b->meta.ns, c->secret_ref.name, c->secret_ref.key);
         if (!creds_ok)
             kw_dec_error(&d, bn->items[i], "a referenced credential is missing from the snapshot");
+        bool headers_ok =
+            b->provider == KW_PROVIDER_AWS_BEDROCK
+                ? header_cred_ok(s, b->meta.ns, c->secret_ref.name, c->bedrock.access_key_id_key) &&
+                      header_cred_ok(s, b->meta.ns, c->secret_ref.name,
+                                     c->bedrock.secret_access_key_key) &&
+                      header_cred_ok(s, b->meta.ns, c->secret_ref.name,
+                                     c->bedrock.session_token_key)
+                : header_cred_ok(s, b->meta.ns, c->secret_ref.name, c->secret_ref.key);
+        if (!headers_ok)
+            kw_dec_error(&d, bn->items[i],
+                         "a credential sent in a header holds control characters");
         if (s->nbackends > 0 && cmp_meta(&s->backends[s->nbackends - 1]->meta, &b->meta) >= 0)
             kw_dec_error(&d, bn->items[i], "backends are not sorted by namespace/name, or repeat");
         if (d.errors == before) {

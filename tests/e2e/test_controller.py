@@ -4,6 +4,7 @@ kubectl: the controller and two data planes run as processes with the mock provi
 The cases run in order (test_NN_) and share one cluster: each builds on the state the
 previous ones left, as an operator's session would.
 """
+import http.client
 import http.server
 import json
 import os
@@ -466,6 +467,40 @@ class ControlPlane(unittest.TestCase):
         print("\n    50 changes under load: %d requests, %d failed" % (results["ok"], len(results["fail"])))
         self.assertEqual(results["fail"], [])
         self.assertGreater(results["ok"], 100)
+
+
+class NodeChurn(unittest.TestCase):
+    def test_node_ids_of_departed_pods_are_forgotten(self):
+        """Regression: the node table never forgot a node, so after 10,000 distinct node ids
+        (ordinary pod churn) every new data plane got 400 until a restart. Nodes that stop
+        polling are evicted after --node-grace; a full table of live nodes answers 503."""
+        token = os.path.join(DIR, "churn-token")
+        with open(token, "w") as f:
+            f.write("churn-token\n")
+        ctl = Controller("churn", token, leader_elect=False, extra=("--node-grace", "2"))
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", ctl.port, timeout=10)
+            hdr = {"Authorization": "Bearer churn-token", "Content-Type": "application/json"}
+
+            def poll(node):
+                conn.request("POST", "/v1/discovery?wait=0",
+                             json.dumps({"node": {"id": node}, "version": ""}), hdr)
+                r = conn.getresponse()
+                r.read()
+                return r.status
+
+            statuses = [poll("pod-%d" % i) for i in range(10000)]
+            self.assertEqual(set(statuses), {200})
+            self.assertEqual(poll("pod-new"), 503)  # the table is full of live nodes
+            time.sleep(3.5)  # every one of them stopped polling: past the grace period
+            self.assertEqual(poll("pod-new"), 200)
+            nodes = ctl.nodes()["nodes"]
+            self.assertEqual([n["id"] for n in nodes], ["pod-new"])
+            self.assertGreaterEqual(ctl.metrics()["knoway_controller_discovery_nodes_evicted_total"],
+                                    10000)
+            conn.close()
+        finally:
+            ctl.stop()
 
 
 class ControllerOnPorts(Controller):

@@ -70,6 +70,12 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
 struct kw_snapshot *kw_snapshot_ref(struct kw_snapshot *s);
 void kw_snapshot_unref(struct kw_snapshot *s);
 
+/* Check a credential value that will be sent in an HTTP header (API keys, AWS keys; not
+ * CA certificates). KW_OK; KW_DECLINED when it ends with one newline ("\n" or "\r\n", as
+ * `kubectl create secret --from-file` leaves) and *len was shortened to drop it; KW_ERROR
+ * when it holds a control character (CR/LF would inject headers) or is empty. */
+int kw_credential_header_check(const char *value, size_t *len);
+
 /* The credential a secretRef names in this snapshot, or NULL. */
 const struct kw_credential *kw_snapshot_credential(const struct kw_snapshot *s, const char *ns,
                                                    const char *name, const char *key);

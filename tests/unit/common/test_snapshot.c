@@ -150,6 +150,57 @@ static void test_invalid_left_out(void **state)
     kw_diag_cleanup(&diag);
 }
 
+/* Regression: a Secret value with CR/LF went into upstream headers (injection), and the
+ * trailing newline `kubectl create secret --from-file` leaves corrupted requests. */
+static void test_header_credentials_checked(void **state)
+{
+    (void)state;
+    struct kw_diag diag;
+    kw_diag_init(&diag);
+    struct kw_snapshot *s =
+        build("---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: ml}\n"
+              "stringData: {openai: \"sk-123\\n\", evil: \"sk-1\\r\\nX-Injected: 1\", "
+              "ca.crt: \"-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n\"}\n"
+              "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: oai, "
+              "namespace: ml}\nspec:\n  provider: OpenAI\n"
+              "  credentials: {secretRef: {name: keys, key: openai}}\n"
+              "  upstream: {tls: {caSecretRef: {name: keys}}}\n"
+              "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: bad, "
+              "namespace: ml}\nspec:\n  provider: OpenAI\n"
+              "  credentials: {secretRef: {name: keys, key: evil}}\n",
+              &diag);
+    assert_non_null(s);
+    /* one trailing newline trimmed; the CA keeps its newlines; the injecting key makes its
+     * backend invalid, reported on it */
+    assert_int_equal(s->nbackends, 1);
+    assert_string_equal(s->backends[0]->meta.name, "oai");
+    const struct kw_credential *c = kw_snapshot_credential(s, "ml", "keys", "openai");
+    assert_int_equal(c->len, 6);
+    assert_string_equal(c->value, "sk-123");
+    c = kw_snapshot_credential(s, "ml", "keys", "ca.crt");
+    assert_non_null(strstr(c->value, "\nMIIB\n"));
+    assert_null(kw_snapshot_credential(s, "ml", "keys", "evil"));
+    struct kw_buf out;
+    kw_buf_init(&out, 4096);
+    kw_diag_format_all(&diag, &out);
+    assert_string_equal(out.data, "t.yaml:15:1: LLMBackend/ml/bad: spec.credentials: Secret "
+                                  "\"keys\" key \"evil\" is empty or holds control characters "
+                                  "(CR, LF, ...): it cannot be sent in an HTTP header\n");
+    kw_buf_cleanup(&out);
+    kw_snapshot_unref(s);
+    kw_diag_cleanup(&diag);
+
+    size_t len = 4;
+    assert_int_equal(kw_credential_header_check("ab\r\n", &len), KW_DECLINED);
+    assert_int_equal(len, 2);
+    len = 3;
+    assert_int_equal(kw_credential_header_check("a\nb", &len), KW_ERROR);
+    len = 2;
+    assert_int_equal(kw_credential_header_check("a\x7f", &len), KW_ERROR);
+    len = 1;
+    assert_int_equal(kw_credential_header_check("\n", &len), KW_ERROR);
+}
+
 static char *first_error(const char *json)
 {
     struct kw_diag diag;
@@ -226,6 +277,7 @@ int main(void)
         cmocka_unit_test(test_version_is_content_hash),
         cmocka_unit_test(test_invalid_left_out),
         cmocka_unit_test(test_parse_rejects),
+        cmocka_unit_test(test_header_credentials_checked),
         cmocka_unit_test(test_refcount),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
