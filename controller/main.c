@@ -367,6 +367,10 @@ int main(int argc, char **argv)
         ctl_kube_config_cleanup(&kc);
         return 1;
     }
+    /* credential digests in snapshot versions are keyed by the shared token: replicas agree
+     * on versions, and no one without the token can test a credential guess against one */
+    if (token != NULL)
+        kw_snapshot_set_key(token, strlen(token));
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     static struct ctl c; /* big; lives for the process */

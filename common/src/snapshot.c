@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #include "decode.h"
 #include "knoway/json.h"
@@ -28,20 +30,26 @@ static struct kw_node *entry(struct kw_arena *a, const struct kw_meta *m, struct
     return e;
 }
 
+/* A credential without its value: what the version covers. */
 static struct kw_node *credential_entry(struct kw_arena *a, const struct kw_credential *c)
 {
     struct kw_node *e = kw_node_new(a, KW_NODE_MAP);
-    size_t cap = (c->len + 2) / 3 * 4 + 1;
-    char *b64 = kw_arena_alloc(a, cap);
-    if (e == NULL || b64 == NULL)
-        return NULL;
-    int n = EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)c->value, (int)c->len);
-    if (kw_node_map_put(a, e, "data", kw_node_string(a, b64, (size_t)n)) ||
+    if (e == NULL || kw_node_map_put(a, e, "digest", kw_node_cstring(a, c->digest)) ||
         kw_node_map_put(a, e, "key", kw_node_cstring(a, c->key)) ||
         kw_node_map_put(a, e, "name", kw_node_cstring(a, c->name)) ||
         kw_node_map_put(a, e, "namespace", kw_node_cstring(a, c->ns)))
         return NULL;
     return e;
+}
+
+static int add_credential_data(struct kw_arena *a, struct kw_node *e, const struct kw_credential *c)
+{
+    size_t cap = (c->len + 2) / 3 * 4 + 1;
+    char *b64 = kw_arena_alloc(a, cap);
+    if (b64 == NULL)
+        return KW_ERROR;
+    int n = EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)c->value, (int)c->len);
+    return kw_node_map_put(a, e, "data", kw_node_string(a, b64, (size_t)n));
 }
 
 static void hex(const unsigned char *in, size_t len, char *out)
@@ -83,6 +91,7 @@ static int snapshot_text(struct kw_backend *const *bs, size_t nb, struct kw_rout
         kw_node_map_put(a, root, "credentials", creds) ||
         kw_node_map_put(a, root, "routes", routes))
         goto out;
+    /* the version: the document without credential values (their keyed digests stand in) */
     size_t start = out->len;
     if (kw_json_write_canonical(root, out) != KW_OK)
         goto out;
@@ -92,6 +101,14 @@ static int snapshot_text(struct kw_backend *const *bs, size_t nb, struct kw_rout
         goto out;
     memcpy(version, "sha256:", 7);
     hex(md, mdlen, version + 7);
+    if (nc > 0) { /* the document itself carries the values */
+        for (size_t i = 0; i < nc; i++)
+            if (add_credential_data(a, creds->items[i], &cs[i]) != KW_OK)
+                goto out;
+        out->len = start;
+        if (kw_json_write_canonical(root, out) != KW_OK)
+            goto out;
+    }
     /* "version" sorts after every other key: it closes the object. */
     out->len--;
     if (kw_buf_printf(out, ",\"version\":\"%s\"}", version) != KW_OK)
@@ -167,6 +184,32 @@ int kw_service_resolve_dns(void *ud, struct kw_arena *a, const char *ns, const c
     return e->url != NULL ? KW_OK : KW_ERROR;
 }
 
+static unsigned char digest_key[32];
+static bool have_digest_key;
+
+void kw_snapshot_set_key(const void *secret, size_t len)
+{
+    static const char label[] = "knoway snapshot credential digest key";
+    unsigned int n = 0;
+    HMAC(EVP_sha256(), label, sizeof(label) - 1, secret, len, digest_key, &n);
+    have_digest_key = true;
+}
+
+static void credential_digest(struct kw_credential *c)
+{
+    if (!have_digest_key) { /* once per process: versions stay stable while it runs */
+        if (RAND_bytes(digest_key, sizeof(digest_key)) != 1)
+            abort(); /* no randomness at start-up: nothing safe to do */
+        have_digest_key = true;
+    }
+    unsigned char md[32];
+    unsigned int n = 0;
+    HMAC(EVP_sha256(), digest_key, sizeof(digest_key), (const unsigned char *)c->value, c->len, md,
+         &n);
+    memcpy(c->digest, "hmac-sha256:", 12);
+    hex(md, n, c->digest + 12);
+}
+
 int kw_credential_header_check(const char *value, size_t *len)
 {
     int rc = KW_OK;
@@ -174,8 +217,6 @@ int kw_credential_header_check(const char *value, size_t *len)
         *len -= *len >= 2 && value[*len - 2] == '\r' ? 2 : 1;
         rc = KW_DECLINED;
     }
-    if (*len == 0)
-        return KW_ERROR;
     for (size_t i = 0; i < *len; i++) {
         unsigned char c = (unsigned char)value[i];
         if (c < 0x20 || c == 0x7f)
@@ -211,7 +252,7 @@ static int add_cred(struct creds *cs, const struct kw_config *cfg, const struct 
         char obj[600];
         snprintf(obj, sizeof(obj), "LLMBackend/%s/%s", ns, b->meta.name);
         kw_diag_add(diag, b->meta.file, b->meta.line, b->meta.col, obj, "spec.credentials",
-                    "Secret \"%s\" key \"%s\" is empty or holds control characters (CR, LF, "
+                    "Secret \"%s\" key \"%s\" holds control characters (CR, LF, "
                     "...): it cannot be sent in an HTTP header",
                     name, key);
         return KW_DECLINED;
@@ -227,7 +268,9 @@ static int add_cred(struct creds *cs, const struct kw_config *cfg, const struct 
         cs->items = p;
         cs->cap = cap;
     }
-    cs->items[cs->n++] = (struct kw_credential){ns, name, key, it->value, len};
+    struct kw_credential *c = &cs->items[cs->n++];
+    *c = (struct kw_credential){ns, name, key, it->value, len, ""};
+    credential_digest(c);
     return KW_OK;
 }
 
@@ -454,7 +497,7 @@ static bool header_cred_ok(struct kw_snapshot *s, const char *ns, const char *na
 
 static void parse_credentials(struct kw_dec *d, struct kw_snapshot *s, const struct kw_node *seq)
 {
-    static const char *const keys[] = {"data", "key", "name", "namespace", NULL};
+    static const char *const keys[] = {"data", "digest", "key", "name", "namespace", NULL};
     s->credentials = kw_arena_alloc(d->a, (seq->n + 1) * sizeof(*s->credentials));
     if (s->credentials == NULL) {
         kw_dec_error(d, seq, "out of memory");
@@ -468,11 +511,20 @@ static void parse_credentials(struct kw_dec *d, struct kw_snapshot *s, const str
         c->ns = kw_arena_strdup(d->a, entry_str(e, "namespace"));
         c->name = kw_arena_strdup(d->a, entry_str(e, "name"));
         c->key = kw_arena_strdup(d->a, entry_str(e, "key"));
-        const char *data = entry_str(e, "data");
-        if (c->ns == NULL || c->name == NULL || c->key == NULL || data == NULL) {
-            kw_dec_error(d, e, "credentials[%zu]: fields must be strings", i);
+        const char *data = entry_str(e, "data"), *digest = entry_str(e, "digest");
+        if (c->ns == NULL || c->name == NULL || c->key == NULL || data == NULL || digest == NULL) {
+            kw_dec_error(d, e,
+                         "credentials[%zu]: data, digest, key, name and namespace must be "
+                         "strings",
+                         i);
             continue;
         }
+        if (strlen(digest) != KW_CREDENTIAL_DIGEST_LEN ||
+            strncmp(digest, "hmac-sha256:", 12) != 0) {
+            kw_dec_error(d, e, "credentials[%zu].digest: not an hmac-sha256 digest", i);
+            continue;
+        }
+        memcpy(c->digest, digest, KW_CREDENTIAL_DIGEST_LEN + 1);
         size_t len = strlen(data);
         unsigned char *v = kw_arena_alloc(d->a, len / 4 * 3 + 1);
         int n = len % 4 == 0 && v != NULL

@@ -23,10 +23,16 @@
 
 #define KW_SNAPSHOT_VERSION_LEN (7 + 64) /* "sha256:" + hex */
 
+#define KW_CREDENTIAL_DIGEST_LEN (12 + 64) /* "hmac-sha256:" + hex */
+
 struct kw_credential {
     const char *ns, *name, *key;
     const char *value; /* NUL-terminated */
     size_t len;
+    /* HMAC-SHA256 of the value under the installation's key (kw_snapshot_set_key): the
+     * version covers this digest, never the value, so a published version and a redacted
+     * snapshot do not let anyone test guesses of a credential offline. */
+    char digest[KW_CREDENTIAL_DIGEST_LEN + 1];
 };
 
 struct kw_snapshot {
@@ -73,8 +79,15 @@ void kw_snapshot_unref(struct kw_snapshot *s);
 /* Check a credential value that will be sent in an HTTP header (API keys, AWS keys; not
  * CA certificates). KW_OK; KW_DECLINED when it ends with one newline ("\n" or "\r\n", as
  * `kubectl create secret --from-file` leaves) and *len was shortened to drop it; KW_ERROR
- * when it holds a control character (CR/LF would inject headers) or is empty. */
+ * when it holds a control character (CR/LF would inject headers). Empty is allowed (no
+ * header is sent; the upstream says why). */
 int kw_credential_header_check(const char *value, size_t *len);
+
+/* The installation's key for credential digests, derived from secret (the controller uses
+ * its discovery token, which every replica shares, so replicas agree on versions). Without
+ * a call, a random key is drawn once per process (static mode: versions are stable while
+ * the process runs). Call before any thread builds snapshots. */
+void kw_snapshot_set_key(const void *secret, size_t len);
 
 /* The credential a secretRef names in this snapshot, or NULL. */
 const struct kw_credential *kw_snapshot_credential(const struct kw_snapshot *s, const char *ns,

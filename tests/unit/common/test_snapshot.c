@@ -1,3 +1,7 @@
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -5,6 +9,8 @@
 #include "knoway/kw.h"
 #include "knoway/snapshot.h"
 #include "testutil.h"
+
+#define TEST_KEY "installation-secret"
 
 #define SECRET                                                                                     \
     "---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: ml}\n"                   \
@@ -21,6 +27,21 @@
     "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: chat, "            \
     "namespace: ml}\nspec:\n  match: {models: [\"gpt*\"]}\n  backendRefs:\n"                       \
     "    - {name: vllm, weight: 3}\n    - {name: oai, priority: 1}\n  timeout: 2m\n"
+
+/* The credential digest as documented (docs/snapshot.md), computed here independently:
+ * HMAC-SHA256(key = HMAC-SHA256("knoway snapshot credential digest key", secret), value). */
+static void expected_digest(const char *value, char out[KW_CREDENTIAL_DIGEST_LEN + 1])
+{
+    static const char label[] = "knoway snapshot credential digest key";
+    unsigned char key[32], md[32];
+    unsigned int n;
+    HMAC(EVP_sha256(), label, sizeof(label) - 1, (const unsigned char *)TEST_KEY, strlen(TEST_KEY),
+         key, &n);
+    HMAC(EVP_sha256(), key, 32, (const unsigned char *)value, strlen(value), md, &n);
+    strcpy(out, "hmac-sha256:");
+    for (int i = 0; i < 32; i++)
+        sprintf(out + 12 + 2 * i, "%02x", md[i]);
+}
 
 static struct kw_snapshot *build(const char *yaml, struct kw_diag *diag)
 {
@@ -59,7 +80,7 @@ static void test_build_and_round_trip(void **state)
 
     char *text = text_of(s);
     /* the exact canonical document: keys sorted, defaults filled in, secret base64 */
-    const char *want =
+    const char *want_fmt =
         "{\"backends\":[{\"name\":\"oai\",\"namespace\":\"ml\",\"spec\":{\"credentials\":"
         "{\"secretRef\":{\"key\":\"openai\",\"name\":\"keys\"}},\"modelName\":\"gpt-4o\","
         "\"params\":{\"defaults\":{\"n\":1,\"temperature\":0.5},\"remove\":[\"user\"]},"
@@ -69,11 +90,17 @@ static void test_build_and_round_trip(void **state)
         "{\"provider\":\"vLLM\",\"upstream\":{\"connectTimeout\":\"10s\",\"endpoints\":"
         "[{\"url\":\"http://vllm.ml.svc:8000/v1\",\"weight\":1}],\"protocol\":\"HTTP/"
         "1.1\"}}}],\"credentials\":"
-        "[{\"data\":\"c2stMTIz\",\"key\":\"openai\",\"name\":\"keys\",\"namespace\":\"ml\"}],"
+        "[{\"data\":\"c2stMTIz\",\"digest\":\"%s\",\"key\":\"openai\",\"name\":\"keys\","
+        "\"namespace\":\"ml\"}],"
         "\"routes\":[{\"name\":\"chat\",\"namespace\":\"ml\",\"spec\":{\"backendRefs\":"
         "[{\"name\":\"vllm\",\"priority\":0,\"weight\":3},{\"name\":\"oai\",\"priority\":1,"
         "\"weight\":1}],\"match\":{\"models\":[\"gpt*\"]},\"streamIdleTimeout\":\"1m\","
         "\"timeout\":\"2m\"}}],\"version\":\"";
+    char digest[KW_CREDENTIAL_DIGEST_LEN + 1];
+    expected_digest("sk-123", digest);
+    char want[4096];
+    const char *hole = strstr(want_fmt, "%s");
+    snprintf(want, sizeof(want), "%.*s%s%s", (int)(hole - want_fmt), want_fmt, digest, hole + 2);
     assert_memory_equal(text, want, strlen(want));
     assert_string_equal(text + strlen(want) + strlen(s->version), "\"}");
 
@@ -120,6 +147,51 @@ static void test_version_is_content_hash(void **state)
     kw_snapshot_unref(b);
     kw_snapshot_unref(c);
     kw_snapshot_unref(d);
+    kw_diag_cleanup(&diag);
+}
+
+/* Regression: the version was an unsalted SHA-256 over a document holding credentials, so
+ * the published version plus the redacted /debug/config let anyone confirm a guessed key
+ * offline. The version covers only a keyed digest of each value now: recomputing it with
+ * the right guess but without the installation's key gives nothing. */
+static void test_version_cannot_confirm_a_guess(void **state)
+{
+    (void)state;
+    struct kw_diag diag;
+    kw_diag_init(&diag);
+    struct kw_snapshot *s = build(SECRET BACKENDS ROUTE, &diag);
+    char *text = text_of(s);
+    /* the attacker's view: the document with the value redacted, and the version */
+    char *v = strstr(text, ",\"version\":\"");
+    *v = '\0';
+    char *redacted = malloc(strlen(text) + 64);
+    char *data = strstr(text, "\"data\":\"c2stMTIz\",");
+    assert_non_null(data);
+    *data = '\0';
+    /* guess right ("sk-123"), in both the old scheme (value in the hashed document) and the
+     * new one (data left out, digest kept): neither reproduces the version */
+    const char *variants[] = {"\"data\":\"c2stMTIz\",", ""};
+    for (int i = 0; i < 2; i++) {
+        sprintf(redacted, "%s%s%s}", text, variants[i], data + strlen("\"data\":\"c2stMTIz\","));
+        unsigned char md[32];
+        SHA256((const unsigned char *)redacted, strlen(redacted), md);
+        char hexv[72] = "sha256:";
+        for (int k = 0; k < 32; k++)
+            sprintf(hexv + 7 + 2 * k, "%02x", md[k]);
+        if (i == 0)
+            assert_string_not_equal(hexv, s->version);
+        else /* only with the digest, which needs the installation's key */
+            assert_string_equal(hexv, s->version);
+    }
+    /* another installation (another key): same resources, another version */
+    kw_snapshot_set_key("other", 5);
+    struct kw_snapshot *o = build(SECRET BACKENDS ROUTE, &diag);
+    assert_string_not_equal(o->version, s->version);
+    kw_snapshot_set_key(TEST_KEY, strlen(TEST_KEY));
+    free(redacted);
+    free(text);
+    kw_snapshot_unref(o);
+    kw_snapshot_unref(s);
     kw_diag_cleanup(&diag);
 }
 
@@ -184,7 +256,7 @@ static void test_header_credentials_checked(void **state)
     kw_buf_init(&out, 4096);
     kw_diag_format_all(&diag, &out);
     assert_string_equal(out.data, "t.yaml:15:1: LLMBackend/ml/bad: spec.credentials: Secret "
-                                  "\"keys\" key \"evil\" is empty or holds control characters "
+                                  "\"keys\" key \"evil\" holds control characters "
                                   "(CR, LF, ...): it cannot be sent in an HTTP header\n");
     kw_buf_cleanup(&out);
     kw_snapshot_unref(s);
@@ -198,7 +270,8 @@ static void test_header_credentials_checked(void **state)
     len = 2;
     assert_int_equal(kw_credential_header_check("a\x7f", &len), KW_ERROR);
     len = 1;
-    assert_int_equal(kw_credential_header_check("\n", &len), KW_ERROR);
+    assert_int_equal(kw_credential_header_check("\n", &len), KW_DECLINED);
+    assert_int_equal(len, 0);
 }
 
 static char *first_error(const char *json)
@@ -251,6 +324,17 @@ static void test_parse_rejects(void **state)
     assert_non_null(strstr(e, "snapshot: invalid JSON at byte"));
     free(e);
 
+    /* a snapshot whose header credential holds CR/LF (a controller that did not check, or a
+     * cache file edited by hand) is refused: "sk\r\nX: 1" in base64 */
+    t = strdup(text);
+    char *data = strstr(t, "c2stMTIz");
+    assert_non_null(data);
+    memcpy(data, "c2sNClg6", 8);
+    e = first_error(t);
+    assert_non_null(strstr(e, "a credential sent in a header holds control characters"));
+    free(e);
+    free(t);
+
     free(text);
     kw_snapshot_unref(s);
     kw_diag_cleanup(&diag);
@@ -275,10 +359,12 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_build_and_round_trip),
         cmocka_unit_test(test_version_is_content_hash),
+        cmocka_unit_test(test_version_cannot_confirm_a_guess),
         cmocka_unit_test(test_invalid_left_out),
         cmocka_unit_test(test_parse_rejects),
         cmocka_unit_test(test_header_credentials_checked),
         cmocka_unit_test(test_refcount),
     };
+    kw_snapshot_set_key(TEST_KEY, strlen(TEST_KEY));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
