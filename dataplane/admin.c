@@ -93,6 +93,21 @@ static void metrics(struct dp_server *s, struct kw_buf *b)
                   "knoway_config_reloads_total{result=\"failure\"} %llu\n",
                   (unsigned long long)atomic_load(&s->reloads_ok),
                   (unsigned long long)atomic_load(&s->reloads_failed));
+    kw_buf_printf(b,
+                  "# HELP knoway_memory_budget_bytes Memory held by requests (arenas and "
+                  "buffers) and the budget (limits.maxMemoryBytes).\n"
+                  "# TYPE knoway_memory_budget_bytes gauge\n"
+                  "knoway_memory_budget_bytes{state=\"used\"} %lld\n"
+                  "knoway_memory_budget_bytes{state=\"limit\"} %llu\n"
+                  "# HELP knoway_requests_rejected_total Requests refused before routing, by "
+                  "reason.\n"
+                  "# TYPE knoway_requests_rejected_total counter\n"
+                  "knoway_requests_rejected_total{reason=\"memory\"} %llu\n"
+                  "knoway_requests_rejected_total{reason=\"read_timeout\"} %llu\n",
+                  (long long)atomic_load(&s->mem_used),
+                  (unsigned long long)s->dp->limits.max_memory_bytes,
+                  (unsigned long long)atomic_load(&s->rejected_memory),
+                  (unsigned long long)atomic_load(&s->read_timeouts));
     struct dp_table *t = dp_server_table(s);
     if (t != NULL) {
         kw_buf_printf(b,

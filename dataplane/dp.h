@@ -31,9 +31,15 @@
 #define DP_CONN_MEMORY           (8u * 1024)  /* MHD pool per connection: headers too */
 #define DP_CURL_BUFFER           (16u * 1024) /* receive buffer of a buffered transfer */
 #define DP_CURL_STREAM_BUFFER    (2u * 1024)  /* ... of a stream: small events, held long */
-#define DP_REQUEST_ARENA         (64u * 1024 * 1024)
-#define DP_WATCH_AFTER_MS        20  /* a request waiting this long gets its client fd watched */
-#define DP_POOL_MAX              256 /* idle arenas and curl handles kept per worker */
+/* A request's arena may hold DP_ARENA_BASE plus DP_ARENA_PER_BYTE times the bytes it parses
+ * (its body, then a buffered response): a JSON tree costs a few times its text, a
+ * pathological one (an array of a million 1-byte numbers) ~40x and is refused with 413. */
+#define DP_ARENA_BASE       (1024u * 1024)
+#define DP_ARENA_PER_BYTE   16u
+#define DP_WATCH_AFTER_MS   20   /* a request waiting this long gets its client fd watched */
+#define DP_POOL_MAX         256  /* idle arenas and curl handles kept per worker */
+#define DP_TRIM_EVERY_MS    2000 /* the main thread returns freed memory after bursts */
+#define DP_TRIM_AFTER_BYTES (16ll * 1024 * 1024)
 
 /* ---- timers: a min-heap per worker ------------------------------------------------------ */
 struct dp_timer;
@@ -117,6 +123,7 @@ enum dp_upstream_error {
 
 struct dp_provider_ops;
 struct dp_front_ops;
+struct dp_conn;
 
 struct dp_request {
     struct dp_worker *w;
@@ -129,13 +136,18 @@ struct dp_request {
     const char *path;
     const char *method;
     int64_t start_ms;
+    struct dp_conn *conn_ctx; /* its connection's read deadline (worker.c) */
     enum dp_state state;
     unsigned early_status;          /* 404/405 known from the first call */
     struct dp_request *prev, *next; /* the worker's active requests */
 
     /* client body and the request as parsed once */
     struct kw_buf body;
+    size_t body_len;    /* what was received (body may be freed) */
+    size_t arena_bytes; /* input bytes the arena was sized for (dp_request_arena_grow) */
     bool body_too_large;
+    bool over_budget;     /* the memory budget was spent when it arrived: 503 */
+    long long accounted;  /* bytes of this request's buffers counted in the memory budget */
     struct kw_node *json; /* the parsed body (arena) */
     const char *model;    /* the client's model */
     bool stream;          /* the client asked for a stream */
@@ -171,6 +183,7 @@ struct dp_request {
     struct MHD_Response *pending; /* queued at the next access-handler call */
     unsigned pending_status;
     const char *fail_msg; /* the message of the last dp_request_fail (access log) */
+    char fail_buf[512];   /* ... held here, not in the arena (which may be exhausted) */
     unsigned status;      /* the status sent */
     struct kw_buf out;    /* stream bytes not yet taken by MHD */
     struct kw_buf stage;  /* with a front: the provider's OpenAI chunks, before translation */
@@ -286,6 +299,14 @@ void dp_worker_unwatch(struct dp_worker *w, struct dp_watch *watch);
 void dp_worker_track(struct dp_worker *w, struct dp_request *r);
 void dp_worker_untrack(struct dp_worker *w, struct dp_request *r);
 
+/* The read deadline of a client connection (limits.readTimeout): headers and body must
+ * arrive within it, counted from the connection's start or its previous request's end.
+ * Past it, a request still reading its body gets a 408 and the connection is closed; a
+ * connection still sending headers (or idle) is closed. */
+void dp_conn_request_started(struct MHD_Connection *conn, struct dp_request *r);
+void dp_conn_body_done(struct dp_request *r);
+void dp_conn_request_done(struct dp_request *r);
+
 /* Per-worker pools: an arena (reset) or a curl handle for reuse; NULL when empty. */
 struct kw_arena *dp_worker_arena(struct dp_worker *w);
 void dp_worker_arena_done(struct dp_worker *w, struct kw_arena *a);
@@ -319,6 +340,10 @@ void dp_request_stream_error(struct dp_request *r, const char *code, const char 
 /* Pick the next backend among refs not yet tried and rewrite the body for it. KW_OK,
  * KW_DECLINED when none is left, KW_ERROR with a failure prepared. */
 int dp_request_choose(struct dp_request *r, bool *tried);
+/* Keep the process's memory budget in step with r's buffers (call after they grow). */
+void dp_request_account(struct dp_request *r);
+/* Let r's arena hold what parsing extra bytes more needs (DP_ARENA_PER_BYTE each). */
+void dp_request_arena_grow(struct dp_request *r, size_t extra);
 /* Record usage from an OpenAI-shaped "usage" object. */
 void dp_request_usage(struct dp_request *r, const struct kw_node *usage);
 

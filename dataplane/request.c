@@ -40,35 +40,31 @@ void dp_request_headers(struct dp_request *r, struct MHD_Response *resp)
         MHD_add_response_header(resp, r->front->id_header, r->id);
 }
 
-static char *error_body(struct dp_request *r, unsigned status, const char *message,
-                        const char *type, const char *param, const char *code, size_t *len)
+/* The error body in the client's API shape into b (malloc'd: the arena may be the very
+ * thing that ran out). */
+static void error_body(struct dp_request *r, unsigned status, const char *message, const char *type,
+                       const char *param, const char *code, struct kw_buf *b)
 {
-    struct kw_buf b;
-    kw_buf_init(&b, 64 * 1024);
+    kw_buf_init(b, 64 * 1024);
     if (r->front != NULL) {
-        r->front->error_body(r, status, message, strlen(message), &b);
-        goto done;
+        r->front->error_body(r, status, message, strlen(message), b);
+        return;
     }
-    kw_buf_puts(&b, "{\"error\":{\"message\":");
-    kw_json_write_string(&b, message, strlen(message));
-    kw_buf_puts(&b, ",\"type\":");
-    kw_json_write_string(&b, type, strlen(type));
-    kw_buf_puts(&b, ",\"param\":");
+    kw_buf_puts(b, "{\"error\":{\"message\":");
+    kw_json_write_string(b, message, strlen(message));
+    kw_buf_puts(b, ",\"type\":");
+    kw_json_write_string(b, type, strlen(type));
+    kw_buf_puts(b, ",\"param\":");
     if (param != NULL)
-        kw_json_write_string(&b, param, strlen(param));
+        kw_json_write_string(b, param, strlen(param));
     else
-        kw_buf_puts(&b, "null");
-    kw_buf_puts(&b, ",\"code\":");
+        kw_buf_puts(b, "null");
+    kw_buf_puts(b, ",\"code\":");
     if (code != NULL)
-        kw_json_write_string(&b, code, strlen(code));
+        kw_json_write_string(b, code, strlen(code));
     else
-        kw_buf_puts(&b, "null");
-    kw_buf_puts(&b, "}}");
-done:;
-    char *out = b.data != NULL ? kw_arena_strndup(r->arena, b.data, b.len) : NULL;
-    *len = b.len;
-    kw_buf_cleanup(&b);
-    return out;
+        kw_buf_puts(b, "null");
+    kw_buf_puts(b, "}}");
 }
 
 void dp_request_wake(struct dp_request *r)
@@ -104,17 +100,21 @@ void dp_request_fail(struct dp_request *r, unsigned status, const char *type, co
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    size_t len = 0;
-    r->fail_msg = kw_arena_strdup(r->arena, msg);
-    char *body = error_body(r, status, msg, type, param, code, &len);
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(body != NULL ? len : 0, body, MHD_RESPMEM_MUST_COPY);
+    snprintf(r->fail_buf, sizeof(r->fail_buf), "%.*s", (int)sizeof(r->fail_buf) - 1, msg);
+    r->fail_msg = r->fail_buf;
+    struct kw_buf body;
+    error_body(r, status, msg, type, param, code, &body);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        body.len, body.data != NULL ? body.data : (char *)"", MHD_RESPMEM_MUST_COPY);
+    kw_buf_cleanup(&body);
     if (resp == NULL)
         return;
     MHD_add_response_header(resp, "Content-Type", "application/json");
     dp_request_headers(r, resp);
     if (status == 405)
         MHD_add_response_header(resp, "Allow", r->api == DP_API_MODELS ? "GET" : "POST");
+    if (status == 503 && r->over_budget)
+        MHD_add_response_header(resp, "Retry-After", "1");
     set_pending(r, resp, status);
 }
 
@@ -134,6 +134,32 @@ static enum MHD_Result queue_pending(struct dp_request *r)
         r->client_watched = false;
     }
     return rc;
+}
+
+void dp_request_account(struct dp_request *r)
+{
+    long long now =
+        (long long)(r->body.cap + r->up_body.cap + r->up_resp.cap + r->out.cap + r->stage.cap);
+    if (now != r->accounted) {
+        atomic_fetch_add_explicit(&r->w->server->mem_used, now - r->accounted,
+                                  memory_order_relaxed);
+        r->accounted = now;
+    }
+}
+
+void dp_request_arena_grow(struct dp_request *r, size_t extra)
+{
+    r->arena_bytes += extra;
+    kw_arena_set_max(r->arena, DP_ARENA_BASE + DP_ARENA_PER_BYTE * r->arena_bytes);
+}
+
+/* Whether more bytes fit in the memory budget now (admission control: requests already in
+ * flight are never cut; new ones wait for the budget). */
+static bool admit(struct dp_request *r, uint64_t more)
+{
+    const struct dp_server *s = r->w->server;
+    long long used = atomic_load_explicit(&r->w->server->mem_used, memory_order_relaxed);
+    return used < 0 || (uint64_t)used + more <= s->dp->limits.max_memory_bytes;
 }
 
 void dp_request_usage(struct dp_request *r, const struct kw_node *usage)
@@ -254,19 +280,20 @@ void dp_request_stream_error(struct dp_request *r, const char *code, const char 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    size_t len;
     if (r->front != NULL) {
         r->front->stream_error(r, msg, &r->out);
         r->stream_end = true;
         dp_request_wake(r);
         return;
     }
-    char *body = error_body(r, 500, msg, "server_error", NULL, code, &len);
-    if (body != NULL) {
+    struct kw_buf body;
+    error_body(r, 500, msg, "server_error", NULL, code, &body);
+    if (body.data != NULL) {
         kw_buf_puts(&r->out, "data: ");
-        kw_buf_append(&r->out, body, len);
+        kw_buf_append(&r->out, body.data, body.len);
         kw_buf_puts(&r->out, "\n\n");
     }
+    kw_buf_cleanup(&body);
     r->stream_end = true;
     dp_request_wake(r);
 }
@@ -389,9 +416,17 @@ static struct kw_node *rewrite(struct dp_request *r)
 static int parse_body(struct dp_request *r)
 {
     char err[256];
+    dp_request_arena_grow(r, r->body.len);
     if (kw_json_parse(r->arena, r->body.data != NULL ? r->body.data : "", r->body.len, &r->json,
-                      err, sizeof(err)) != KW_OK ||
-        r->json->type != KW_NODE_MAP) {
+                      err, sizeof(err)) != KW_OK &&
+        strncmp(err, "out of memory", 13) == 0) {
+        dp_request_fail(r, 413, "invalid_request_error", "request_too_large", NULL,
+                        "the request body needs more memory to parse than a request may use "
+                        "(%u MiB plus %u times its size): send fewer, larger JSON values",
+                        DP_ARENA_BASE >> 20, DP_ARENA_PER_BYTE);
+        return KW_ERROR;
+    }
+    if (r->json == NULL || r->json->type != KW_NODE_MAP) {
         dp_request_fail(r, 400, "invalid_request_error", NULL, NULL,
                         "We could not parse the JSON body of your request: %s",
                         r->json == NULL ? err : "the body must be a JSON object");
@@ -510,6 +545,7 @@ static void on_watch_timer(struct dp_timer *t)
 
 static enum MHD_Result run_phases(struct dp_request *r, unsigned early_status)
 {
+    dp_conn_body_done(r);
     r->state = DP_ST_UPSTREAM;
     if (early_status == 404) {
         dp_request_fail(r, 404, "invalid_request_error", "unknown_url", NULL, "Invalid URL (%s %s)",
@@ -525,6 +561,13 @@ static enum MHD_Result run_phases(struct dp_request *r, unsigned early_status)
         dp_request_fail(r, 413, "invalid_request_error", "request_too_large", NULL,
                         "request body is larger than %llu bytes",
                         (unsigned long long)r->w->server->max_body_bytes);
+        return queue_pending(r);
+    }
+    if (r->over_budget) {
+        atomic_fetch_add_explicit(&r->w->server->rejected_memory, 1, memory_order_relaxed);
+        dp_request_fail(r, 503, "server_error", "memory_limit", NULL,
+                        "the gateway is at its memory limit (limits.maxMemoryBytes): retry "
+                        "shortly");
         return queue_pending(r);
     }
     if (r->table == NULL) {
@@ -567,6 +610,7 @@ static struct dp_request *request_new(struct dp_worker *w, struct MHD_Connection
         free(r);
         return NULL;
     }
+    kw_arena_set_max(r->arena, DP_ARENA_BASE);
     r->w = w;
     r->conn = conn;
     r->start_ms = dp_now_ms();
@@ -611,14 +655,27 @@ enum MHD_Result dp_on_access(void *cls, struct MHD_Connection *conn, const char 
         r->api = api_of(url, method, &early, &r->front);
         r->early_status = early;
         *con_cls = r;
+        dp_conn_request_started(conn, r);
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        unsigned long long announced = cl != NULL ? strtoull(cl, NULL, 10) : 0;
+        if (announced > w->server->max_body_bytes)
+            r->body_too_large = true; /* refused without buffering any of it */
+        else if (!admit(r, announced + DP_ARENA_BASE))
+            r->over_budget = true;
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
-        if (!r->body_too_large &&
-            kw_buf_append(&r->body, upload_data, *upload_data_size) != KW_OK) {
+        r->body_len += *upload_data_size;
+        if (r->body_too_large || r->over_budget) {
+            /* dropped */
+        } else if (!admit(r, *upload_data_size)) {
+            r->over_budget = true;
+            kw_buf_cleanup(&r->body);
+        } else if (kw_buf_append(&r->body, upload_data, *upload_data_size) != KW_OK) {
             r->body_too_large = true;
             kw_buf_cleanup(&r->body);
         }
+        dp_request_account(r);
         *upload_data_size = 0; /* always consume everything */
         return MHD_YES;
     }
@@ -681,6 +738,7 @@ void dp_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (r->state == DP_ST_STREAM && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         atomic_fetch_add_explicit(&w->stats.streams_cancelled, 1, memory_order_relaxed);
     dp_upstream_stop(r);
+    dp_conn_request_done(r);
     dp_timer_cancel(w, &r->timer);
     dp_timer_cancel(w, &r->watch_timer);
     if (r->client_watched)
@@ -712,6 +770,7 @@ void dp_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     kw_buf_cleanup(&r->up_resp);
     kw_buf_cleanup(&r->out);
     kw_buf_cleanup(&r->stage);
+    dp_request_account(r); /* every buffer is freed: gives back what r counted */
     dp_table_unref(r->table);
     dp_worker_arena_done(w, r->arena);
     free(r);

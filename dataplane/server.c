@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -219,12 +220,31 @@ static void reload_config(struct dp_server *s, const char *why)
     dp_table_unref(t);
 }
 
-static void raise_nofile(void)
+/* Raise the fd limit to its hard maximum and clamp the connection limit to what it allows:
+ * a proxied request holds two descriptors (client and upstream), and some are kept for
+ * listeners, epoll, the admin listener, discovery and log files. */
+static void raise_nofile(struct dp_server *s)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    rlim_t reserved = 128 + 8 * (rlim_t)s->nworkers;
+    rlim_t fit = rl.rlim_cur > reserved * 2 ? (rl.rlim_cur - reserved) / 2 : 16;
+    if (s->max_connections > fit) {
+        char want[32], got[32], nofile[32];
+        snprintf(want, sizeof(want), "%u", s->max_connections);
+        snprintf(got, sizeof(got), "%llu", (unsigned long long)fit);
+        snprintf(nofile, sizeof(nofile), "%llu", (unsigned long long)rl.rlim_cur);
+        kw_log(KW_LOG_WARN,
+               "limits.maxConnections lowered to what the file-descriptor limit allows "
+               "(two per proxied request); raise LimitNOFILE / ulimit -n for more",
+               "configured", want, "effective", got, "nofile", nofile, NULL);
+        s->max_connections = (unsigned)fit;
     }
 }
 
@@ -309,7 +329,11 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
     if (snap != NULL && (s.table = dp_table_new(snap)) == NULL)
         return 1;
     signal(SIGPIPE, SIG_IGN);
-    raise_nofile();
+    s.max_connections = s.dp->limits.max_connections;
+    raise_nofile(&s);
+    /* large buffers (bodies, responses) come from mmap and go back to the system when freed,
+     * whatever sizes came before (glibc's dynamic threshold would keep them in the heap) */
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return 1;
     /* signals go to the main thread's signalfd only: block them before threads start */
@@ -373,10 +397,20 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
 
     int ifd = discovery ? -1 : watch_file(config_path);
     int64_t reload_due = -1;
+    int64_t trim_due = dp_now_ms() + DP_TRIM_EVERY_MS;
     for (;;) {
         struct pollfd pfd[2] = {{.fd = sfd, .events = POLLIN}, {.fd = ifd, .events = POLLIN}};
-        int64_t now = dp_now_ms(), next = -1;
-        if (reload_due >= 0)
+        int64_t now = dp_now_ms(), next = trim_due;
+        if (now >= trim_due) {
+            /* after a burst, give freed heap memory back: workers free into glibc's arenas,
+             * which would keep it */
+            struct mallinfo2 mi = mallinfo2();
+            if (mi.fordblks > DP_TRIM_AFTER_BYTES)
+                malloc_trim(0);
+            trim_due = now + DP_TRIM_EVERY_MS;
+            continue;
+        }
+        if (reload_due >= 0 && reload_due < next)
             next = reload_due;
         if (wd_due >= 0 && (next < 0 || wd_due < next))
             next = wd_due;

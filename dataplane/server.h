@@ -35,6 +35,7 @@ struct dp_server {
     struct kw_config *bootstrap; /* the first load; holds the DataPlane settings */
     const struct kw_dataplane *dp;
     uint64_t max_body_bytes;
+    unsigned max_connections; /* limits.maxConnections clamped to the fd limit */
     uint64_t boot_id;
     unsigned nworkers;
     struct dp_worker *workers;
@@ -46,6 +47,8 @@ struct dp_server {
     atomic_bool ready;      /* a table is applied and we are not draining */
     atomic_uint_fast64_t reloads_ok, reloads_failed;
     atomic_uint_fast64_t ping; /* watchdog: bumped by main, echoed by every worker loop */
+    atomic_llong mem_used;     /* requests' memory: arenas and buffers (the budget) */
+    atomic_uint_fast64_t rejected_memory, read_timeouts;
     struct MHD_Daemon *admin;
     struct dp_discovery discovery; /* used when dp->discovery.url is set */
 };

@@ -137,6 +137,7 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *ud)
                      DP_MAX_UPSTREAM_RESPONSE);
             return 0;
         }
+        dp_request_account(r);
         return n;
     }
     if (r->client_gone)
@@ -166,6 +167,7 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *ud)
         r->last_out_ms = r->last_up_ms;
         dp_request_wake(r);
     }
+    dp_request_account(r);
     return n;
 }
 
@@ -217,6 +219,7 @@ int dp_upstream_start(struct dp_request *r)
                             "cannot build the upstream request");
         return KW_ERROR;
     }
+    dp_request_account(r); /* the upstream body */
     char rid[64];
     snprintf(rid, sizeof(rid), "x-request-id: %s", r->id);
     struct curl_slist *h = curl_slist_append(r->up_headers, "Expect:");
@@ -321,6 +324,7 @@ static bool front_error(struct dp_request *r)
 {
     struct kw_node *root;
     char err[128];
+    dp_request_arena_grow(r, r->up_resp.len);
     if (kw_json_parse(r->arena, r->up_resp.data, r->up_resp.len, &root, err, sizeof(err)) != KW_OK)
         return false;
     const struct kw_node *e = kw_node_get(root, "error");
@@ -343,6 +347,7 @@ static bool front_error(struct dp_request *r)
  * error (in the front's shape for a front), else wrapped into one. */
 static void relay_error(struct dp_request *r)
 {
+    dp_request_arena_grow(r, r->up_resp.len);
     if (r->provider->on_error != NULL) {
         struct kw_buf mapped;
         kw_buf_init(&mapped, DP_MAX_UPSTREAM_RESPONSE);
@@ -389,6 +394,7 @@ static void relay_error(struct dp_request *r)
 
 static void relay_body(struct dp_request *r)
 {
+    dp_request_arena_grow(r, r->up_resp.len); /* in flight: never refused for memory */
     struct kw_buf translated;
     kw_buf_init(&translated, DP_MAX_UPSTREAM_RESPONSE);
     if (r->provider->on_response(r, r->up_resp.data != NULL ? r->up_resp.data : "", r->up_resp.len,

@@ -16,7 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <stdio.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -83,7 +85,10 @@ struct kw_arena *dp_worker_arena(struct dp_worker *w)
 {
     if (w->narena_pool > 0)
         return w->arena_pool[--w->narena_pool];
-    return kw_arena_new(DP_REQUEST_ARENA);
+    struct kw_arena *a = kw_arena_new(DP_ARENA_BASE);
+    if (a != NULL)
+        kw_arena_set_account(a, &w->server->mem_used);
+    return a;
 }
 
 void dp_worker_arena_done(struct dp_worker *w, struct kw_arena *a)
@@ -120,14 +125,100 @@ void dp_worker_post(struct dp_worker *w)
     (void)n;
 }
 
+struct dp_conn {
+    struct dp_worker *w;
+    struct MHD_Connection *conn;
+    struct dp_timer timer;
+    struct dp_request *req; /* the request on it whose body is not complete, or NULL */
+};
+
+static void on_read_timeout(struct dp_timer *t)
+{
+    struct dp_conn *c = (struct dp_conn *)((char *)t - offsetof(struct dp_conn, timer));
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL)
+        return;
+    atomic_fetch_add_explicit(&c->w->server->read_timeouts, 1, memory_order_relaxed);
+    struct dp_request *r = c->req;
+    if (r != NULL && r->state == DP_ST_BODY) {
+        /* nothing was sent on this connection for this request yet: answer it ourselves
+         * (libmicrohttpd cannot send a response before the body is complete) */
+        static const char body[] =
+            "{\"error\":{\"message\":\"the request was not received within limits.readTimeout\","
+            "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"request_timeout\"}}";
+        char resp[512];
+        int len = snprintf(resp, sizeof(resp),
+                           "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                           "Content-Type: application/json\r\nx-request-id: %s\r\n"
+                           "Content-Length: %zu\r\n\r\n%s",
+                           r->id, sizeof(body) - 1, body);
+        ssize_t n = send(ci->connect_fd, resp, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)n;
+        r->status = 408;
+        snprintf(r->fail_buf, sizeof(r->fail_buf), "the request was not received within %lld ms",
+                 (long long)c->w->server->dp->limits.read_timeout_ms);
+        r->fail_msg = r->fail_buf;
+    }
+    /* libmicrohttpd sees the connection end at its next pass and closes it */
+    shutdown(ci->connect_fd, SHUT_RDWR);
+}
+
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
-    (void)conn;
-    (void)socket_context;
     struct dp_worker *w = cls;
     atomic_fetch_add_explicit(&w->stats.open_connections,
                               toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1, memory_order_relaxed);
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        struct dp_conn *c = calloc(1, sizeof(*c));
+        if (c == NULL)
+            return; /* no read deadline; libmicrohttpd's idle timeout still applies */
+        c->w = w;
+        c->conn = conn;
+        kw_heap_node_init(&c->timer.node);
+        c->timer.on_fire = on_read_timeout;
+        dp_timer_arm(w, &c->timer, dp_now_ms() + w->server->dp->limits.read_timeout_ms);
+        *socket_context = c;
+    } else if (*socket_context != NULL) {
+        struct dp_conn *c = *socket_context;
+        dp_timer_cancel(w, &c->timer);
+        if (c->req != NULL)
+            c->req->conn_ctx = NULL;
+        free(c);
+        *socket_context = NULL;
+    }
+}
+
+void dp_conn_request_started(struct MHD_Connection *conn, struct dp_request *r)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct dp_conn *c = ci != NULL ? ci->socket_context : NULL;
+    if (c == NULL)
+        return;
+    c->req = r;
+    r->conn_ctx = c;
+}
+
+void dp_conn_body_done(struct dp_request *r)
+{
+    struct dp_conn *c = r->conn_ctx;
+    if (c == NULL)
+        return;
+    dp_timer_cancel(c->w, &c->timer);
+    c->req = NULL;
+}
+
+void dp_conn_request_done(struct dp_request *r)
+{
+    struct dp_conn *c = r->conn_ctx;
+    if (c == NULL)
+        return;
+    c->req = NULL;
+    r->conn_ctx = NULL;
+    /* the next request (or the end of an idle keep-alive) has its own deadline */
+    dp_timer_arm(c->w, &c->timer, dp_now_ms() + c->w->server->dp->limits.read_timeout_ms);
 }
 
 int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int listen_fd)
@@ -144,13 +235,18 @@ int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int
     w->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (w->ep == -1 || w->event_fd == -1 || w->scratch == NULL)
         return KW_ERROR;
-    unsigned conns = s->dp->limits.max_connections / s->nworkers + 1;
+    unsigned conns = s->max_connections / s->nworkers + 1;
     w->conn_limit = conns;
+    /* SO_REUSEPORT spreads one client's connections over the workers by hash: each worker
+     * enforces its share of the per-client limit */
+    uint32_t per_client = s->dp->limits.max_connections_per_client;
+    unsigned per_ip = per_client == 0 ? 0 : (per_client + s->nworkers - 1) / s->nworkers;
     w->mhd = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO, 0, NULL, NULL, dp_on_access, w,
         MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_CONNECTION_LIMIT, conns,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)DP_CONN_MEMORY, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)75, MHD_OPTION_NOTIFY_COMPLETED, dp_on_completed, w, MHD_OPTION_NOTIFY_CONNECTION,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)DP_CONN_MEMORY, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)75,
+        MHD_OPTION_NOTIFY_COMPLETED, dp_on_completed, w, MHD_OPTION_NOTIFY_CONNECTION,
         on_connection, w, MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1, MHD_OPTION_END);
     if (w->mhd == NULL)
         return KW_ERROR;

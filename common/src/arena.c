@@ -21,7 +21,14 @@ struct kw_arena {
     size_t total; /* bytes of chunks allocated */
     size_t max;
     size_t handed;
+    atomic_llong *account;
 };
+
+static void account(struct kw_arena *a, long long delta)
+{
+    if (a->account != NULL)
+        atomic_fetch_add_explicit(a->account, delta, memory_order_relaxed);
+}
 
 struct kw_arena *kw_arena_new(size_t max_bytes)
 {
@@ -36,6 +43,7 @@ void kw_arena_free(struct kw_arena *a)
 {
     if (a == NULL)
         return;
+    account(a, -(long long)a->total);
     struct chunk *c = a->head;
     while (c != NULL) {
         struct chunk *next = c->next;
@@ -67,6 +75,7 @@ void *kw_arena_alloc(struct kw_arena *a, size_t size)
         n->size = want;
         n->used = 0;
         a->total += want;
+        account(a, (long long)want);
         /* A large block goes behind the head so the head's free space stays usable. */
         if (c != NULL && want == size && c->size - c->used > 256) {
             n->next = c->next;
@@ -132,13 +141,39 @@ void kw_arena_reset(struct kw_arena *a)
     if (keep == NULL)
         return;
     struct chunk *c = keep->next;
+    if (keep->size > KW_ARENA_KEEP) {
+        c = keep;
+        keep = NULL;
+    }
     while (c != NULL) {
         struct chunk *next = c->next;
         free(c);
         c = next;
     }
-    keep->next = NULL;
-    keep->used = 0;
-    a->total = keep->size;
+    size_t total = keep != NULL ? keep->size : 0;
+    account(a, (long long)total - (long long)a->total);
+    a->total = total;
+    a->head = keep;
+    if (keep != NULL) {
+        keep->next = NULL;
+        keep->used = 0;
+    }
     a->handed = 0;
+}
+
+size_t kw_arena_total(const struct kw_arena *a)
+{
+    return a->total;
+}
+
+void kw_arena_set_max(struct kw_arena *a, size_t max_bytes)
+{
+    a->max = max_bytes;
+}
+
+void kw_arena_set_account(struct kw_arena *a, atomic_llong *counter)
+{
+    account(a, -(long long)a->total);
+    a->account = counter;
+    account(a, (long long)a->total);
 }

@@ -96,6 +96,9 @@ void kw_dataplane_defaults(struct kw_dataplane *dp)
     dp->admin = KW_DEFAULT_ADMIN;
     dp->limits.max_body_bytes = KW_DEFAULT_MAX_BODY_BYTES;
     dp->limits.max_connections = KW_DEFAULT_MAX_CONNECTIONS;
+    dp->limits.max_memory_bytes = KW_DEFAULT_MAX_MEMORY_BYTES;
+    dp->limits.max_connections_per_client = KW_DEFAULT_MAX_CONNS_PER_CLIENT;
+    dp->limits.read_timeout_ms = KW_DEFAULT_READ_TIMEOUT_MS;
 }
 
 const struct kw_secret_item *kw_secret_get(const struct kw_secret *s, const char *key)
@@ -1219,7 +1222,9 @@ static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struc
     static const char *const fields[] = {"listen", "admin", "workers", "discovery", "limits", NULL};
     static const char *const disc_fields[] = {"url",       "tokenFile", "nodeId",
                                               "cacheFile", "caFile",    NULL};
-    static const char *const lim_fields[] = {"maxBodyBytes", "maxConnections", NULL};
+    static const char *const lim_fields[] = {"maxBodyBytes",   "maxConnections",
+                                             "maxMemoryBytes", "maxConnectionsPerClient",
+                                             "readTimeout",    NULL};
     check_fields(d, spec, fields, NULL);
     const char *s;
     if ((s = get_address(d, spec, "listen")) != NULL)
@@ -1247,6 +1252,11 @@ static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struc
         if (get_int(d, m, "maxBodyBytes", 1024, 1024LL * 1024 * 1024, &v))
             dp->limits.max_body_bytes = (uint64_t)v;
         get_u32(d, m, "maxConnections", 1, 1000000, &dp->limits.max_connections);
+        if (get_int(d, m, "maxMemoryBytes", 16LL * 1024 * 1024, 1LL << 40, &v))
+            dp->limits.max_memory_bytes = (uint64_t)v;
+        get_u32(d, m, "maxConnectionsPerClient", 0, 1000000,
+                &dp->limits.max_connections_per_client);
+        get_duration(d, m, "readTimeout", 1000, 3600000, &dp->limits.read_timeout_ms);
     }
     pop(d, mark);
 }

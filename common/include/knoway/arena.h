@@ -3,6 +3,7 @@
 #ifndef KNOWAY_ARENA_H
 #define KNOWAY_ARENA_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 struct kw_arena;
@@ -26,11 +27,25 @@ char *kw_arena_strdup(struct kw_arena *a, const char *s);
 char *kw_arena_printf(struct kw_arena *a, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* Forget everything allocated, keeping one block for reuse (a scratch arena reset per
- * event costs no malloc in the steady state). */
+/* Forget everything allocated, keeping one block of at most KW_ARENA_KEEP bytes for reuse
+ * (a scratch arena reset per event costs no malloc in the steady state; a pooled arena
+ * that once served a large request does not keep its memory). */
+#define KW_ARENA_KEEP (64u * 1024)
 void kw_arena_reset(struct kw_arena *a);
 
 /* Bytes handed out so far (for tests and metrics). */
 size_t kw_arena_used(const struct kw_arena *a);
+
+/* Bytes of the blocks the arena holds (what it costs in memory). */
+size_t kw_arena_total(const struct kw_arena *a);
+
+/* Change the limit (an arena taken from a pool and sized for one request). Blocks held
+ * already stay. */
+void kw_arena_set_max(struct kw_arena *a, size_t max_bytes);
+
+/* Add the bytes of every block the arena allocates to *counter and subtract those it frees
+ * (a memory budget shared by many arenas and threads). NULL stops counting; the blocks
+ * counted so far are subtracted first. */
+void kw_arena_set_account(struct kw_arena *a, atomic_llong *counter);
 
 #endif

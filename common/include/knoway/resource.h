@@ -188,6 +188,9 @@ struct kw_dataplane {
     struct {
         uint64_t max_body_bytes;
         uint32_t max_connections;
+        uint64_t max_memory_bytes;           /* requests' memory budget: admission control */
+        uint32_t max_connections_per_client; /* per client IP; 0 = no limit */
+        int64_t read_timeout_ms;             /* headers and body of one request */
     } limits;
 };
 
@@ -199,6 +202,9 @@ struct kw_dataplane {
 #define KW_DEFAULT_ADMIN                  "127.0.0.1:9901"
 #define KW_DEFAULT_MAX_BODY_BYTES         10485760u
 #define KW_DEFAULT_MAX_CONNECTIONS        20000u
+#define KW_DEFAULT_MAX_MEMORY_BYTES       (1024ull * 1024 * 1024)
+#define KW_DEFAULT_MAX_CONNS_PER_CLIENT   4096u
+#define KW_DEFAULT_READ_TIMEOUT_MS        30000
 #define KW_DEFAULT_CACHE_FILE             "/var/lib/knoway/snapshot.json"
 
 /* Fill a DataPlane with the defaults of DESIGN.md. */

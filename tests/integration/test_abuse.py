@@ -1,0 +1,216 @@
+"""Abuse and exhaustion, tried as an attacker or an unlucky operator would (issue #12):
+slow clients on every listener with probes answering throughout, many large bodies at
+once under the memory budget, memory given back after a burst, pathological JSON, per-IP
+connection limits, fd exhaustion and recovery."""
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import (Dataplane, Mock, backend, post, request, route,  # noqa: E402
+                     wait_for)
+
+CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def raw(port, data, host="127.0.0.1", src="127.0.0.1"):
+    s = socket.socket()
+    s.bind((src, 0))
+    s.settimeout(10)
+    s.connect((host, port))
+    if data:
+        s.sendall(data)
+    return s
+
+
+def read_all(s, timeout=10.0):
+    s.settimeout(timeout)
+    out = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    except (ConnectionResetError, socket.timeout):
+        pass
+    return out
+
+
+def big_body(nbytes, model="demo"):
+    """A chat request of about nbytes: one long user message."""
+    filler = "x" * max(0, nbytes - 100)
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": filler}]})
+
+
+class ReadTimeoutAndMemory(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.mock = Mock()
+        cls.dp = Dataplane(
+            backend("demo", cls.mock.url())
+            + backend("held", cls.mock.url(), headers={"x-mock-latency-ms": "1500"})
+            + route("demo", ["demo"], ["demo"]) + route("held", ["held"], ["held"]),
+            workers=2,
+            extra_spec="  limits: {readTimeout: 1s, maxMemoryBytes: 41943040, "
+                       "maxConnectionsPerClient: 8}\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.dp.stop()
+        cls.mock.stop()
+
+    def test_slow_body_gets_408(self):
+        """Regression: a body trickling in held the request (and its memory) until the 75 s
+        idle timeout; readTimeout bounds headers + body."""
+        t = time.time()
+        s = raw(self.dp.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"mo")
+        for _ in range(4):  # a byte every 300 ms: never idle, never done
+            time.sleep(0.3)
+            try:
+                s.send(b"d")
+            except OSError:
+                break
+        resp = read_all(s)
+        s.close()
+        self.assertTrue(resp.startswith(b"HTTP/1.1 408 "), resp[:200])
+        err = json.loads(resp.split(b"\r\n\r\n", 1)[1])["error"]
+        self.assertEqual(err["code"], "request_timeout")
+        self.assertLess(time.time() - t, 3.0)
+        wait_for(lambda: '"status":408' in self.dp.logs())
+
+    def test_slow_headers_closed(self):
+        t = time.time()
+        s = raw(self.dp.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(5):
+            time.sleep(0.3)
+            try:
+                s.send(b"X-A: b\r\n")
+            except OSError:
+                break
+        read_all(s)  # the server closed it
+        s.close()
+        self.assertLess(time.time() - t, 3.5)
+        # a prompt client on the same listener was never held up
+        self.assertEqual(post(self.dp.port, "/v1/chat/completions", CHAT)[0], 200)
+
+    def test_pathological_json_gets_413_with_a_body(self):
+        """Regression: an exhausted arena answered 400 with an empty body and no log field."""
+        body = '{"model":"demo","messages":[{"role":"user","content":"hi"}],"x":[' + \
+               ",".join(["0"] * 400000) + "]}"
+        s, h, b = post(self.dp.port, "/v1/chat/completions", body)
+        self.assertEqual(s, 413, b)
+        err = json.loads(b)["error"]
+        self.assertEqual(err["code"], "request_too_large")
+        self.assertIn("times its size", err["message"])
+        rid = h["x-request-id"]
+        line = wait_for(lambda: [l for l in self.dp.logs().splitlines() if rid in l])
+        self.assertIn('"error":"the request body needs more memory', line[0])
+
+    def test_memory_budget_admission(self):
+        """Many large bodies at once: the 40 MiB budget admits what fits, the rest get 503
+        with Retry-After; every admitted request completes; the budget is given back."""
+        results = []
+        peak = [0]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                m = self.dp.metrics()
+                peak[0] = max(peak[0], m.get('knoway_memory_budget_bytes{state="used"}', 0))
+                time.sleep(0.05)
+
+        def one(i):
+            # distinct source addresses: the per-client limit (8) is not what is tested here
+            st, h, b = post(self.dp.port, "/v1/chat/completions", big_body(4 << 20, "held"),
+                            timeout=30)
+            results.append((st, h, b))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        stop.set()
+        sampler.join()
+        codes = sorted(r[0] for r in results)
+        self.assertEqual(len(codes), 8)
+        self.assertTrue(set(codes) <= {200, 503}, codes)
+        self.assertIn(200, codes)
+        self.assertIn(503, codes)
+        for st, h, b in results:
+            if st == 503:
+                self.assertEqual(json.loads(b)["error"]["code"], "memory_limit")
+                self.assertEqual(h["retry-after"], "1")
+        # admission keeps the budget: what is admitted may overshoot it by one request at most
+        self.assertLess(peak[0], 40 * 1024 * 1024 + 2 * (4 << 20) + (2 << 20), peak)
+        used = wait_for(lambda: self.dp.metrics()['knoway_memory_budget_bytes{state="used"}']
+                        < 2 * 1024 * 1024 or None, 5)
+        self.assertTrue(used)
+        self.assertGreaterEqual(self.dp.metrics()['knoway_requests_rejected_total{reason="memory"}'], 1)
+        self.assertEqual(post(self.dp.port, "/v1/chat/completions", CHAT)[0], 200)
+
+    def test_per_client_connection_limit(self):
+        """8 per client IP over 2 workers: 4 per worker. Idle connections from one address
+        stop being accepted; another address is still served."""
+        held = [raw(self.dp.port, b"") for _ in range(12)]
+        time.sleep(0.3)
+        closed = 0
+        for s in held:
+            s.settimeout(0.5)
+            try:
+                if s.recv(1) == b"":
+                    closed += 1
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                closed += 1
+        self.assertGreaterEqual(closed, 4)  # 12 - 8 allowed (fewer if hashing is uneven)
+        s = raw(self.dp.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                src="127.0.0.2")
+        self.assertTrue(read_all(s).startswith(b"HTTP/1.1 200"))
+        s.close()
+        for s in held:
+            s.close()
+
+
+class MemoryGivenBack(unittest.TestCase):
+    def test_rss_returns_after_a_burst_of_slow_uploads(self):
+        """Regression: 30 slow 10 MB uploads took RSS from 24 to 318 MB, never given back."""
+        mock = Mock()
+        dp = Dataplane(backend("demo", mock.url()) + route("demo", ["demo"], ["demo"]), workers=2,
+                       extra_spec="  limits: {maxBodyBytes: 12582912}\n")
+        try:
+            post(dp.port, "/v1/chat/completions", CHAT)
+            base = dp.rss_kib()
+            body = big_body(7 << 20).encode()
+            hdr = ("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                   "\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)).encode()
+            socks = [raw(dp.port, hdr, src="127.0.0.%d" % (2 + i % 8)) for i in range(30)]
+            step = len(body) // 10
+            for k in range(10):  # all 30 upload in parallel, slowly
+                for s in socks:
+                    s.sendall(body[k * step:(k + 1) * step if k < 9 else len(body)])
+                time.sleep(0.05)
+            during = dp.rss_kib()
+            for s in socks:
+                self.assertTrue(read_all(s).startswith(b"HTTP/1.1 200"))
+                s.close()
+            after = wait_for(lambda: dp.rss_kib() < base + 40 * 1024 and dp.rss_kib(), 8)
+            print("\n    RSS: %d KiB before, %d during 30 uploads of 7 MiB, %d after"
+                  % (base, during, after))
+            self.assertGreater(during, base + 100 * 1024)  # the burst was real
+        finally:
+            dp.stop()
+            mock.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
