@@ -80,6 +80,8 @@ struct dp_worker {
     int listen_fd;
     unsigned conn_limit; /* libmicrohttpd's connection limit for this worker */
     bool limit_wake;     /* reached it: keep waking until a run starts below it */
+    bool accept_stalled; /* libmicrohttpd hit EMFILE and stopped accepting until one of its
+                            connections closes: accept ourselves meanwhile (worker.c) */
     struct MHD_Daemon *mhd;
     struct dp_watch mhd_watch, event_watch;
     CURLM *multi;

@@ -12,6 +12,7 @@
  * stop aborts the requests still active and lets MHD close them before MHD_stop_daemon
  * (a daemon must not be stopped while a connection is suspended). */
 #include <errno.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,6 +171,8 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     struct dp_worker *w = cls;
     atomic_fetch_add_explicit(&w->stats.open_connections,
                               toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1, memory_order_relaxed);
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED)
+        w->accept_stalled = false; /* a close lets libmicrohttpd accept again */
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
         struct dp_conn *c = calloc(1, sizeof(*c));
         if (c == NULL)
@@ -221,6 +224,36 @@ void dp_conn_request_done(struct dp_request *r)
     dp_timer_arm(c->w, &c->timer, dp_now_ms() + c->w->server->dp->limits.read_timeout_ms);
 }
 
+/* libmicrohttpd's messages: only running out of descriptors matters here. After EMFILE it
+ * stops accepting until one of this daemon's connections closes, which on a quiet worker
+ * can take tens of seconds after descriptors are free again. */
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    struct dp_worker *w = cls;
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    if (strstr(msg, "resource limit") == NULL)
+        return;
+    if (!w->accept_stalled)
+        kw_log(KW_LOG_WARN, "out of file descriptors: accepting again as soon as some are free",
+               NULL);
+    w->accept_stalled = true;
+}
+
+/* While libmicrohttpd stays stopped after EMFILE, accept on its behalf. */
+static void accept_for_mhd(struct dp_worker *w)
+{
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = accept4(w->listen_fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd == -1)
+            return; /* EAGAIN: none waiting; EMFILE: still none free */
+        if (MHD_add_connection(w->mhd, fd, (struct sockaddr *)&ss, len) != MHD_YES)
+            return; /* it closed fd */
+    }
+}
+
 int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int listen_fd)
 {
     memset(w, 0, sizeof(*w));
@@ -242,7 +275,8 @@ int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int
     uint32_t per_client = s->dp->limits.max_connections_per_client;
     unsigned per_ip = per_client == 0 ? 0 : (per_client + s->nworkers - 1) / s->nworkers;
     w->mhd = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO, 0, NULL, NULL, dp_on_access, w,
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        dp_on_access, w, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, w,
         MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_CONNECTION_LIMIT, conns,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)DP_CONN_MEMORY, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)75,
@@ -331,7 +365,7 @@ void *dp_worker_main(void *arg)
         /* at its connection limit libmicrohttpd takes its listening socket out of its epoll
          * set and puts it back only in an MHD_run that starts below the limit: nothing
          * would wake us for that run, so poll until it has happened */
-        if (w->limit_wake && (timeout < 0 || timeout > 50))
+        if ((w->limit_wake || w->accept_stalled) && (timeout < 0 || timeout > 50))
             timeout = 50;
         int n = epoll_wait(w->ep, evs, KW_ARRAY_LEN(evs), timeout > 60000 ? 60000 : (int)timeout);
         if (n == -1 && errno != EINTR)
@@ -383,6 +417,8 @@ void *dp_worker_main(void *arg)
         if (atomic_load_explicit(&w->stats.open_connections, memory_order_relaxed) >=
             (int_fast64_t)w->conn_limit)
             w->limit_wake = true;
+        else if (w->accept_stalled && !w->draining)
+            accept_for_mhd(w);
         while (w->retired != NULL) {
             struct dp_watch *dead = w->retired;
             w->retired = dead->next;

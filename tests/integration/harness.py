@@ -77,7 +77,8 @@ class Mock:
 class Dataplane:
     """knoway-dataplane on a generated config file. `resources` is YAML text."""
 
-    def __init__(self, resources, workers=2, extra_spec="", args=(), env=None, wait=True):
+    def __init__(self, resources, workers=2, extra_spec="", args=(), env=None, wait=True,
+                 wrap=()):
         self.port = free_port()
         self.admin = free_port()
         self.dir = tempfile.mkdtemp(prefix="kwtest-")
@@ -86,7 +87,7 @@ class Dataplane:
         self.extra_spec = extra_spec
         self.write(resources)
         self.log = open(os.path.join(self.dir, "dataplane.log"), "w+")
-        self.proc = subprocess.Popen([DATAPLANE, "-c", self.path, *args],
+        self.proc = subprocess.Popen([*wrap, DATAPLANE, "-c", self.path, *args],
                                      stdout=self.log, stderr=subprocess.STDOUT,
                                      env=dict(os.environ, **(env or {})))
         if wait:

@@ -181,6 +181,48 @@ class ReadTimeoutAndMemory(unittest.TestCase):
             s.close()
 
 
+class FileDescriptors(unittest.TestCase):
+    def test_accepts_again_as_soon_as_descriptors_are_free(self):
+        """Regression: after EMFILE the data plane stopped accepting for tens of seconds,
+        until one of the worker's own connections closed. Descriptors run out here by
+        lowering the process's limit below what it holds, then come back."""
+        import resource
+        mock = Mock()
+        dp = Dataplane(backend("demo", mock.url()) + route("demo", ["demo"], ["demo"]), workers=1)
+        try:
+            idle = [raw(dp.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n") for _ in range(4)]
+            for s in idle:  # keep-alive connections that stay open
+                self.assertIn(b"200", s.recv(65536))
+            soft, hard = resource.prlimit(dp.proc.pid, resource.RLIMIT_NOFILE)
+            used = len(os.listdir("/proc/%d/fd" % dp.proc.pid))
+            resource.prlimit(dp.proc.pid, resource.RLIMIT_NOFILE, (used, hard))
+            waiting = raw(dp.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            time.sleep(0.5)  # accept fails with EMFILE meanwhile
+            resource.prlimit(dp.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+            t = time.time()
+            resp = read_all(waiting, timeout=5)
+            self.assertTrue(resp.startswith(b"HTTP/1.1 200"), resp[:100])
+            self.assertLess(time.time() - t, 1.0)
+            self.assertIn("out of file descriptors", dp.logs())
+            for s in idle + [waiting]:
+                s.close()
+        finally:
+            dp.stop()
+            mock.stop()
+
+
+    def test_connection_limit_clamped_to_the_fd_limit(self):
+        dp = Dataplane(route("demo", ["demo"], ["demo"]) + backend("demo", "http://127.0.0.1:1/v1"),
+                       workers=2, wrap=("prlimit", "--nofile=600:600", "--"))
+        try:
+            line = [l for l in dp.logs().splitlines() if "maxConnections lowered" in l]
+            self.assertEqual(len(line), 1, dp.logs())
+            # (600 - 128 reserved - 8 per worker) / 2
+            self.assertIn('"configured":"20000","effective":"228","nofile":"600"', line[0])
+        finally:
+            dp.stop()
+
+
 class MemoryGivenBack(unittest.TestCase):
     def test_rss_returns_after_a_burst_of_slow_uploads(self):
         """Regression: 30 slow 10 MB uploads took RSS from 24 to 318 MB, never given back."""
