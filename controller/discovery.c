@@ -457,19 +457,24 @@ int ctl_discovery_start(struct ctl_discovery *d, const char *addr, const char *t
                NULL);
         return KW_ERROR;
     }
+    /* A held poll is a suspended connection, which libmicrohttpd never times out: the short
+     * timeout applies to the rest (headers, body, the gap between polls), so connections that
+     * never send a valid poll are closed quickly; one address holds at most
+     * CTL_DISC_PER_IP connections, and the total stays below the fd limit. */
+    unsigned limit = d->max_connections != 0 ? d->max_connections : 20000;
     if (d->tls_cert != NULL)
-        d->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, d, MHD_OPTION_LISTEN_SOCKET, fd,
-                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, d,
-                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
-                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(MAX_WAIT_S + 60),
-                                  MHD_OPTION_HTTPS_MEM_CERT, d->tls_cert, MHD_OPTION_HTTPS_MEM_KEY,
-                                  d->tls_key, MHD_OPTION_END);
+        d->mhd = MHD_start_daemon(
+            flags, 0, NULL, NULL, on_request, d, MHD_OPTION_LISTEN_SOCKET, fd,
+            MHD_OPTION_NOTIFY_COMPLETED, on_completed, d, MHD_OPTION_CONNECTION_LIMIT, limit,
+            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)CTL_DISC_PER_IP,
+            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CTL_DISC_TIMEOUT, MHD_OPTION_HTTPS_MEM_CERT,
+            d->tls_cert, MHD_OPTION_HTTPS_MEM_KEY, d->tls_key, MHD_OPTION_END);
     else
-        d->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, d, MHD_OPTION_LISTEN_SOCKET, fd,
-                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, d,
-                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
-                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(MAX_WAIT_S + 60),
-                                  MHD_OPTION_END);
+        d->mhd = MHD_start_daemon(
+            flags, 0, NULL, NULL, on_request, d, MHD_OPTION_LISTEN_SOCKET, fd,
+            MHD_OPTION_NOTIFY_COMPLETED, on_completed, d, MHD_OPTION_CONNECTION_LIMIT, limit,
+            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)CTL_DISC_PER_IP,
+            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CTL_DISC_TIMEOUT, MHD_OPTION_END);
     if (d->mhd == NULL) {
         close(fd);
         kw_log(KW_LOG_ERROR, "discovery: cannot start the HTTP server", "address", addr, NULL);

@@ -30,6 +30,8 @@
 #include "knoway/buf.h"
 
 #define CTL_NODE_ID_MAX   253
+#define CTL_DISC_PER_IP   64 /* discovery connections from one address (a data plane uses 1) */
+#define CTL_DISC_TIMEOUT  10 /* seconds a connection may idle outside a held poll */
 #define CTL_MAX_NODES     10000
 #define CTL_NODE_STALE_MS 90000 /* default grace: a node not seen for this long is forgotten */
 
@@ -60,7 +62,8 @@ struct ctl_discovery {
     struct ctl_waiter *waiters;
     struct ctl_node *nodes;
     size_t nnodes, cap_nodes;
-    int64_t node_grace_ms; /* a node not polling for this long is evicted (0: default) */
+    int64_t node_grace_ms;    /* a node not polling for this long is evicted (0: default) */
+    unsigned max_connections; /* open discovery connections (0: 20000) */
     atomic_uint_fast64_t evicted;
     ctl_ack_fn on_ack; /* a node acked or nacked (status writer) */
     void *ud;

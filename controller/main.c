@@ -5,6 +5,7 @@
  *                                   \-> status writer (leader only) <-- acks, leadership
  */
 #include <getopt.h>
+#include <sys/resource.h>
 #include <openssl/crypto.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@
 #include "informer.h"
 #include "knoway/kw.h"
 #include "knoway/log.h"
+#include "knoway/net.h"
 #include "kube.h"
 #include "lease.h"
 #include "status.h"
@@ -36,6 +38,8 @@ struct ctl {
     atomic_bool leader;
     atomic_bool ready;
     struct MHD_Daemon *admin;
+    struct kw_cidr debug_from[16]; /* who may read the debug endpoints (--debug-from) */
+    size_t ndebug_from;
     pthread_mutex_t mu; /* guards the fields below */
     char version[80];
     size_t nbackends, nroutes, nstates, nerrors;
@@ -67,6 +71,8 @@ static void usage(FILE *out)
         "  --lease-name NAME       name of the Lease (default knoway-controller)\n"
         "  --id NAME               this replica's identity (default: host name)\n"
         "  --qps N, --burst N      client-side rate limit for API requests (default 20, 40)\n"
+        "  --debug-from CIDRS      who may read /debug/* on the admin listener, comma-separated\n"
+        "                          (default 127.0.0.0/8,::1/128)\n"
         "  --node-grace SECONDS    forget a data plane that stopped polling this long ago\n"
         "                          (default 90)\n"
         "  --version, --help\n"
@@ -216,6 +222,29 @@ static void metrics(struct ctl *c, struct kw_buf *b)
     }
 }
 
+static bool debug_allowed(const struct ctl *c, const union MHD_ConnectionInfo *ci)
+{
+    return ci != NULL && kw_cidr_match(c->debug_from, c->ndebug_from, ci->client_addr);
+}
+
+/* Raise the fd limit to its hard maximum (a waiting poll holds a descriptor). The number
+ * of descriptors discovery may use: the rest is kept for the admin listener, the API
+ * client and files. */
+static unsigned raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 1024;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    rlim_t keep = 256;
+    rlim_t n = rl.rlim_cur > keep + 64 ? rl.rlim_cur - keep : 64;
+    return n > 20000 ? 20000 : (unsigned)n;
+}
+
 static enum MHD_Result on_admin(void *cls, struct MHD_Connection *conn, const char *url,
                                 const char *method, const char *version, const char *upload,
                                 size_t *upload_size, void **con_cls)
@@ -236,6 +265,12 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *conn, const ch
     if (strcmp(url, "/metrics") == 0) {
         metrics(c, &b);
         rc = reply(conn, 200, "text/plain; version=0.0.4", b.data != NULL ? b.data : "", b.len);
+    } else if (strncmp(url, "/debug/", 7) == 0 &&
+               !debug_allowed(c,
+                              MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS))) {
+        static const char msg[] = "forbidden: /debug/* is served only to --debug-from "
+                                  "(loopback by default)\n";
+        rc = reply(conn, 403, "text/plain", msg, sizeof(msg) - 1);
     } else if (strcmp(url, "/debug/nodes") == 0) {
         ctl_discovery_nodes_json(&c->disc, &b);
         rc = reply(conn, 200, "application/json", b.data != NULL ? b.data : "{}", b.len);
@@ -263,6 +298,7 @@ int main(int argc, char **argv)
         {"qps", required_argument, NULL, 'q'},
         {"burst", required_argument, NULL, 'b'},
         {"node-grace", required_argument, NULL, 'g'},
+        {"debug-from", required_argument, NULL, 'D'},
         {"version", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -271,6 +307,7 @@ int main(int argc, char **argv)
     const char *admin_addr = "0.0.0.0:9902", *token_file = NULL, *lease_ns = NULL;
     const char *lease_name = "knoway-controller", *tls_cert = NULL, *tls_key = NULL;
     char id[256] = "";
+    const char *debug_from = NULL;
     double qps = 20, burst = 40, node_grace_s = CTL_NODE_STALE_MS / 1000.0;
     bool leader_elect = false;
     int o;
@@ -318,6 +355,9 @@ int main(int argc, char **argv)
         case 'g':
             node_grace_s = atof(optarg);
             break;
+        case 'D':
+            debug_from = optarg;
+            break;
         case 'v':
             printf("knoway-controller %s\n", kw_version());
             return 0;
@@ -336,6 +376,26 @@ int main(int argc, char **argv)
     if ((tls_cert == NULL) != (tls_key == NULL)) {
         fprintf(stderr, "knoway-controller: --tls-cert-file and --tls-key-file go together\n");
         return 2;
+    }
+    static struct ctl c; /* big; lives for the process */
+    if (debug_from == NULL) {
+        memcpy(c.debug_from, kw_cidr_loopback, sizeof(kw_cidr_loopback));
+        c.ndebug_from = KW_ARRAY_LEN(kw_cidr_loopback);
+    }
+    for (const char *p = debug_from; p != NULL && *p != '\0';) {
+        char one[64];
+        size_t len = strcspn(p, ",");
+        snprintf(one, sizeof(one), "%.*s", (int)(len < 63 ? len : 63), p);
+        if (c.ndebug_from == KW_ARRAY_LEN(c.debug_from) || len >= sizeof(one) ||
+            kw_cidr_parse(one, &c.debug_from[c.ndebug_from]) != KW_OK) {
+            fprintf(stderr,
+                    "knoway-controller: --debug-from: \"%s\" is not an address range "
+                    "like 10.0.0.0/8 (at most 16, comma-separated)\n",
+                    one);
+            return 2;
+        }
+        c.ndebug_from++;
+        p += len + (p[len] == ',');
     }
     if (node_grace_s < 1) {
         fprintf(stderr, "knoway-controller: --node-grace must be at least 1 second\n");
@@ -373,7 +433,7 @@ int main(int argc, char **argv)
         kw_snapshot_set_key(token, strlen(token));
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    static struct ctl c; /* big; lives for the process */
+    c.disc.max_connections = raise_nofile();
     pthread_mutex_init(&c.mu, NULL);
     if (ctl_kube_init(&c.kube, &kc, qps, burst, err, sizeof(err)) != KW_OK) {
         fprintf(stderr, "knoway-controller: %s\n", err);
@@ -411,9 +471,12 @@ int main(int argc, char **argv)
     }
     int afd = ctl_listen(admin_addr);
     if (afd != -1)
-        c.admin = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL, 0, NULL, NULL,
-                                   on_admin, &c, MHD_OPTION_LISTEN_SOCKET, afd,
-                                   MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+        c.admin = MHD_start_daemon(
+            MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, 0, NULL, NULL, on_admin, &c,
+            MHD_OPTION_LISTEN_SOCKET, afd, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
+            /* probes answer whatever else connects: one address holds at most 16 slots */
+            MHD_OPTION_CONNECTION_LIMIT, 128u, MHD_OPTION_PER_IP_CONNECTION_LIMIT, 16u,
+            MHD_OPTION_END);
     if (c.admin == NULL) {
         kw_log(KW_LOG_ERROR, "cannot listen", "address", admin_addr, "what", "admin", NULL);
         goto out;

@@ -8,6 +8,7 @@
 #include "knoway/kw.h"
 #include "knoway/limits.h"
 #include "knoway/log.h"
+#include "knoway/net.h"
 #include "server.h"
 
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *ctype,
@@ -170,6 +171,16 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
     if (strcmp(url, "/readyz") == 0)
         return atomic_load(&s->ready) ? reply(c, 200, "text/plain", "ready\n", 6)
                                       : reply(c, 503, "text/plain", "not ready\n", 10);
+    if (strncmp(url, "/debug/", 7) == 0) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        if (ci == NULL || !kw_cidr_match(s->dp->debug_from, s->dp->ndebug_from, ci->client_addr))
+            return reply(c, 403, "text/plain",
+                         "forbidden: /debug/* is served only to DataPlane spec.adminDebugFrom "
+                         "(loopback by default)\n",
+                         strlen("forbidden: /debug/* is served only to DataPlane "
+                                "spec.adminDebugFrom (loopback by default)\n"));
+    }
     struct kw_buf b;
     kw_buf_init(&b, KW_MAX_SNAPSHOT_BYTES);
     enum MHD_Result rc;
@@ -198,8 +209,12 @@ int dp_admin_start(struct dp_server *s)
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
             (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
         0, NULL, NULL, on_admin, s, act != -1 ? MHD_OPTION_LISTEN_SOCKET : MHD_OPTION_SOCK_ADDR,
-        act != -1 ? (void *)(intptr_t)act : (void *)&ss, MHD_OPTION_CONNECTION_LIMIT, 64u,
-        MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_END);
+        act != -1 ? (void *)(intptr_t)act : (void *)&ss,
+        /* probes must answer whatever else connects: one client address holds at most
+         * DP_ADMIN_PER_IP of the slots (kubelet probes come from the node's address) */
+        MHD_OPTION_CONNECTION_LIMIT, DP_ADMIN_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        DP_ADMIN_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
+        MHD_OPTION_END);
     return s->admin != NULL ? KW_OK : KW_ERROR;
 }
 

@@ -34,12 +34,14 @@
 /* A request's arena may hold DP_ARENA_BASE plus DP_ARENA_PER_BYTE times the bytes it parses
  * (its body, then a buffered response): a JSON tree costs a few times its text, a
  * pathological one (an array of a million 1-byte numbers) ~40x and is refused with 413. */
-#define DP_ARENA_BASE       (1024u * 1024)
-#define DP_ARENA_PER_BYTE   16u
-#define DP_WATCH_AFTER_MS   20   /* a request waiting this long gets its client fd watched */
-#define DP_POOL_MAX         256  /* idle arenas and curl handles kept per worker */
-#define DP_TRIM_EVERY_MS    2000 /* the main thread returns freed memory after bursts */
-#define DP_TRIM_AFTER_BYTES (16ll * 1024 * 1024)
+#define DP_ARENA_BASE        (1024u * 1024)
+#define DP_ARENA_PER_BYTE    16u
+#define DP_WATCH_AFTER_MS    20    /* a request waiting this long gets its client fd watched */
+#define DP_POOL_MAX          256   /* idle arenas and curl handles kept per worker */
+#define DP_TRIM_EVERY_MS     2000  /* the main thread returns freed memory after bursts */
+#define DP_ADMIN_CONNECTIONS 1024u /* the admin listener's connections ... */
+#define DP_ADMIN_PER_IP      16u   /* ... and of them from one client address */
+#define DP_TRIM_AFTER_BYTES  (16ll * 1024 * 1024)
 
 /* ---- timers: a min-heap per worker ------------------------------------------------------ */
 struct dp_timer;

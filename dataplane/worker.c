@@ -276,11 +276,10 @@ int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int
     unsigned per_ip = per_client == 0 ? 0 : (per_client + s->nworkers - 1) / s->nworkers;
     w->mhd = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-        dp_on_access, w, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, w,
-        MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_CONNECTION_LIMIT, conns,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)DP_CONN_MEMORY, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)75,
-        MHD_OPTION_NOTIFY_COMPLETED, dp_on_completed, w, MHD_OPTION_NOTIFY_CONNECTION,
+        dp_on_access, w, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, w, MHD_OPTION_LISTEN_SOCKET,
+        listen_fd, MHD_OPTION_CONNECTION_LIMIT, conns, MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)DP_CONN_MEMORY, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)75, MHD_OPTION_NOTIFY_COMPLETED, dp_on_completed, w, MHD_OPTION_NOTIFY_CONNECTION,
         on_connection, w, MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1, MHD_OPTION_END);
     if (w->mhd == NULL)
         return KW_ERROR;

@@ -94,6 +94,8 @@ void kw_dataplane_defaults(struct kw_dataplane *dp)
     dp->meta.ns = "default";
     dp->listen = KW_DEFAULT_LISTEN;
     dp->admin = KW_DEFAULT_ADMIN;
+    dp->debug_from = kw_cidr_loopback;
+    dp->ndebug_from = KW_ARRAY_LEN(kw_cidr_loopback);
     dp->limits.max_body_bytes = KW_DEFAULT_MAX_BODY_BYTES;
     dp->limits.max_connections = KW_DEFAULT_MAX_CONNECTIONS;
     dp->limits.max_memory_bytes = KW_DEFAULT_MAX_MEMORY_BYTES;
@@ -1219,7 +1221,8 @@ static void decode_secret(struct kw_dec *d, const struct kw_node *doc, struct kw
 
 static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
 {
-    static const char *const fields[] = {"listen", "admin", "workers", "discovery", "limits", NULL};
+    static const char *const fields[] = {
+        "listen", "admin", "adminDebugFrom", "workers", "discovery", "limits", NULL};
     static const char *const disc_fields[] = {"url",       "tokenFile", "nodeId",
                                               "cacheFile", "caFile",    NULL};
     static const char *const lim_fields[] = {"maxBodyBytes",   "maxConnections",
@@ -1233,6 +1236,23 @@ static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struc
         dp->admin = s;
     get_u32(d, spec, "workers", 0, 256, &dp->workers);
     size_t mark;
+    const struct kw_node *from = get_seq(d, spec, "adminDebugFrom", false, 64, &mark);
+    if (from != NULL) {
+        struct kw_cidr *ranges = kw_arena_alloc(d->a, (from->n + 1) * sizeof(*ranges));
+        size_t n = 0;
+        for (size_t i = 0; ranges != NULL && i < from->n; i++) {
+            size_t im = push_index(d, i);
+            const struct kw_node *it = from->items[i];
+            if (it->type != KW_NODE_STRING || kw_cidr_parse(it->str, &ranges[n]) != KW_OK)
+                kw_dec_error(d, it, "must be an address range like \"10.0.0.0/8\" or \"::1/128\"");
+            else
+                n++;
+            pop(d, im);
+        }
+        dp->debug_from = ranges;
+        dp->ndebug_from = n;
+    }
+    pop(d, mark);
     const struct kw_node *m = get_map(d, spec, "discovery", false, &mark);
     if (m != NULL) {
         check_fields(d, m, disc_fields, NULL);

@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -469,6 +470,62 @@ class ControlPlane(unittest.TestCase):
         self.assertGreater(results["ok"], 100)
 
 
+def idle_conn(port, src):
+    s = socket.socket()
+    s.bind((src, 0))
+    s.settimeout(5)
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def closed_by_peer(s):
+    try:
+        s.settimeout(0.01)
+        return s.recv(1) == b""
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+
+class Abuse(unittest.TestCase):
+    def test_idle_connections_do_not_starve_discovery_or_probes(self):
+        """Regression: 200 idle unauthenticated connections starved real polls and /healthz.
+        One address holds at most 64 discovery connections, connections that send no poll
+        are closed after 10 s, and /debug/* is served to --debug-from only."""
+        token = os.path.join(DIR, "abuse-token")
+        with open(token, "w") as f:
+            f.write("abuse-token\n")
+        ctl = Controller("abuse", token, leader_elect=False, extra=("--debug-from", "127.0.0.1/32"))
+        idle = []
+        try:
+            for i in range(200):
+                try:
+                    idle.append(idle_conn(ctl.port, "127.0.0.%d" % (2 + i % 2)))
+                except OSError:
+                    pass
+            time.sleep(0.5)
+            refused = sum(1 for s in idle if closed_by_peer(s))
+            self.assertGreaterEqual(refused, 200 - 2 * 64)
+            t = time.time()
+            st, _, _ = post(ctl.port, "/v1/discovery?wait=0", {"node": {"id": "real"}, "version": ""},
+                            headers={"Authorization": "Bearer abuse-token"})
+            self.assertEqual(st, 200)
+            self.assertEqual(request("GET", ctl.admin, "/healthz")[0], 200)
+            self.assertLess(time.time() - t, 2.0)
+            self.assertEqual(request("GET", ctl.admin, "/debug/nodes")[0], 200)
+            s = idle_conn(ctl.admin, "127.0.0.9")
+            s.sendall(b"GET /debug/nodes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            self.assertTrue(s.recv(100).startswith(b"HTTP/1.1 403"))
+            s.close()
+            # the idle ones are closed by the controller within its 10 s timeout
+            wait_for(lambda: all(closed_by_peer(s) for s in idle), 15, "idle connections closed")
+        finally:
+            for s in idle:
+                s.close()
+            ctl.stop()
+
+
 class NodeChurn(unittest.TestCase):
     def test_node_ids_of_departed_pods_are_forgotten(self):
         """Regression: the node table never forgot a node, so after 10,000 distinct node ids
@@ -484,6 +541,7 @@ class NodeChurn(unittest.TestCase):
             hdr = {"Authorization": "Bearer churn-token", "Content-Type": "application/json"}
 
             def poll(node):
+                nonlocal conn
                 conn.request("POST", "/v1/discovery?wait=0",
                              json.dumps({"node": {"id": node}, "version": ""}), hdr)
                 r = conn.getresponse()
@@ -498,6 +556,8 @@ class NodeChurn(unittest.TestCase):
             self.assertEqual(set(statuses), {200})
             self.assertEqual(poll("pod-new"), 503)  # the table is full of live nodes
             time.sleep(grace + 1.5)  # every one of them stopped polling: past the grace period
+            conn.close()  # idle longer than the controller keeps a connection between polls
+            conn = http.client.HTTPConnection("127.0.0.1", ctl.port, timeout=10)
             self.assertEqual(poll("pod-new"), 200)
             nodes = ctl.nodes()["nodes"]
             self.assertEqual([n["id"] for n in nodes], ["pod-new"])

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "net.h"
 #include "node.h"
 
 #define KW_API_GROUP   "llm.knoway.dev"
@@ -178,6 +179,9 @@ struct kw_dataplane {
     const char *listen; /* "0.0.0.0:8080" */
     const char *admin;  /* "127.0.0.1:9901" */
     uint32_t workers;   /* 0 = one per core */
+    /* who may read the admin listener's debug endpoints: loopback by default */
+    const struct kw_cidr *debug_from;
+    size_t ndebug_from;
     struct {
         const char *url; /* NULL = static mode */
         const char *token_file;

@@ -1,0 +1,24 @@
+/* knoway: address ranges (CIDR) for listener access rules, such as who may read /debug. */
+#ifndef KNOWAY_NET_H
+#define KNOWAY_NET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+struct kw_cidr {
+    int family; /* AF_INET or AF_INET6 */
+    unsigned char addr[16];
+    unsigned bits;
+};
+
+/* "10.0.0.0/8", "::1/128", or an address alone (a single host). KW_OK or KW_ERROR. */
+int kw_cidr_parse(const char *s, struct kw_cidr *out);
+
+/* Whether sa (IPv4, IPv6, or IPv4-mapped IPv6) is in one of the n ranges. */
+bool kw_cidr_match(const struct kw_cidr *ranges, size_t n, const struct sockaddr *sa);
+
+/* The default for debug endpoints: loopback only (127.0.0.0/8 and ::1). */
+extern const struct kw_cidr kw_cidr_loopback[2];
+
+#endif
