@@ -69,7 +69,9 @@ int ctl_event_parse(struct kw_arena *a, const char *line, size_t len, struct ctl
 {
     struct kw_node *root;
     memset(ev, 0, sizeof(*ev));
-    if (kw_json_parse(a, line, len, &root, err, errlen) != KW_OK)
+    /* room for the event around the object; an object deeper than the limit is cut, kept
+     * too deep in the store, and reported on its own status by the builder */
+    if (kw_json_parse_ex(a, line, len, KW_MAX_NESTING + 1, true, &root, err, errlen) != KW_OK)
         return KW_ERROR;
     const char *type = str_at(root, "type", NULL);
     static const char *const names[] = {"ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"};
@@ -328,7 +330,10 @@ static int list(struct ctl_informer *inf)
         }
         struct kw_arena *a = kw_arena_new(KW_MAX_ARENA_BYTES);
         struct kw_node *root = NULL;
-        if (a == NULL || kw_json_parse(a, body.data, body.len, &root, err, sizeof(err)) != KW_OK) {
+        /* room for the list and items around each object; one too deep is cut (see
+         * ctl_event_parse), never the reason the whole list fails */
+        if (a == NULL || kw_json_parse_ex(a, body.data, body.len, KW_MAX_NESTING + 2, true, &root,
+                                          err, sizeof(err)) != KW_OK) {
             kw_log(KW_LOG_WARN, "informer: bad list response", "kind", inf->kind, "error", err,
                    NULL);
             kw_arena_free(a);

@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "knoway/json.h"
+#include "knoway/limits.h"
 #include "knoway/kw.h"
 #include "knoway/log.h"
 #include "status.h"
@@ -148,7 +149,10 @@ static void write_one(struct ctl_status *s, const struct ctl_resource_state *st,
     kw_arena_reset(a);
     pthread_mutex_lock(&store->mu);
     const struct ctl_object *o = ctl_store_get(store, key);
-    if (o != NULL && kw_json_parse(a, o->json, o->len, &obj, err, sizeof(err)) != KW_OK)
+    /* cut mode: an object nested too deep still gets its status (only metadata and status
+     * are read) */
+    if (o != NULL &&
+        kw_json_parse_ex(a, o->json, o->len, KW_MAX_NESTING, true, &obj, err, sizeof(err)) != KW_OK)
         obj = NULL;
     pthread_mutex_unlock(&store->mu);
     if (obj == NULL)

@@ -112,11 +112,36 @@ int kw_config_add_json(struct kw_config *cfg, const char *buf, size_t len)
                     KW_MAX_CONFIG_BYTES);
         return KW_ERROR;
     }
-    if (kw_json_parse(cfg->arena, buf, len, &doc, err, sizeof(err)) != KW_OK) {
+    /* an object nested too deep is cut, not refused whole: it is then reported on its
+     * own name (status) and left out, like any other invalid resource */
+    if (kw_json_parse_ex(cfg->arena, buf, len, KW_MAX_NESTING, true, &doc, err, sizeof(err)) !=
+        KW_OK) {
         kw_diag_add(&cfg->diag, NULL, 0, 0, NULL, NULL, "%s", err);
         return KW_ERROR;
     }
-    return kw_config_add_node(cfg, doc, NULL, false);
+    char cut[KW_MAX_FIELD_PATH];
+    if (!kw_json_find_cut(doc, cut, sizeof(cut)))
+        return kw_config_add_node(cfg, doc, NULL, false);
+    /* reported first (the status shows the first error), on the object's own name */
+    const struct kw_node *kind = kw_node_get(doc, "kind");
+    const struct kw_node *md = kw_node_get(doc, "metadata");
+    const struct kw_node *ns = kw_node_get(md, "namespace"), *name = kw_node_get(md, "name");
+    char obj[KW_MAX_NAME_LEN + KW_MAX_NAMESPACE_LEN + 64] = "";
+    if (kind != NULL && kind->type == KW_NODE_STRING && name != NULL &&
+        name->type == KW_NODE_STRING)
+        snprintf(obj, sizeof(obj), "%.40s/%.63s/%.253s", kind->str,
+                 ns != NULL && ns->type == KW_NODE_STRING ? ns->str : "default", name->str);
+    kw_diag_add(&cfg->diag, NULL, 0, 0, obj[0] != '\0' ? obj : NULL, cut,
+                "nesting deeper than %u levels: the object is left out", KW_MAX_NESTING);
+    size_t nb = cfg->nbackends, nr = cfg->nroutes, ns_ = cfg->nsecrets;
+    kw_config_add_node(cfg, doc, NULL, false); /* names it; the spec is not used */
+    if (cfg->nbackends > nb)
+        cfg->backends[nb]->valid = false;
+    if (cfg->nroutes > nr)
+        cfg->routes[nr]->valid = false;
+    if (cfg->nsecrets > ns_)
+        cfg->secrets[ns_]->valid = false;
+    return KW_ERROR;
 }
 
 int kw_config_load_file(struct kw_config *cfg, const char *path)

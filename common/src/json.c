@@ -19,10 +19,17 @@ struct frame {
     struct kw_keyset keys; /* maps: the duplicate check (linear in the keys) */
 };
 
+#define MAX_DEPTH (KW_MAX_NESTING + 4)
+
+const char kw_json_cut_marker[] = "(nesting too deep)";
+
 struct ctx {
     struct kw_arena *a;
-    struct frame stack[KW_MAX_NESTING + 1];
+    struct frame stack[MAX_DEPTH + 1];
     size_t depth;
+    size_t max_depth;
+    bool cut;
+    size_t skip; /* > 0: inside a container past max_depth, being skipped */
     struct kw_node *root;
     char *err;
     size_t errlen;
@@ -55,6 +62,8 @@ static int attach(struct ctx *c, struct kw_node *n)
 static int on_null(void *ud)
 {
     struct ctx *c = ud;
+    if (c->skip > 0)
+        return 1;
     struct kw_node *n = kw_node_new(c->a, KW_NODE_NULL);
     if (n != NULL) {
         n->str = "null";
@@ -66,12 +75,16 @@ static int on_null(void *ud)
 static int on_boolean(void *ud, int v)
 {
     struct ctx *c = ud;
+    if (c->skip > 0)
+        return 1;
     return attach(c, kw_node_bool(c->a, v != 0));
 }
 
 static int on_number(void *ud, const char *s, size_t len)
 {
     struct ctx *c = ud;
+    if (c->skip > 0)
+        return 1;
     struct kw_node *n = kw_node_string(c->a, s, len);
     if (n != NULL)
         kw_scalar_number(n);
@@ -81,13 +94,31 @@ static int on_number(void *ud, const char *s, size_t len)
 static int on_string(void *ud, const unsigned char *s, size_t len)
 {
     struct ctx *c = ud;
+    if (c->skip > 0)
+        return 1;
     return attach(c, kw_node_string(c->a, (const char *)s, len));
 }
 
 static int open_container(struct ctx *c, enum kw_node_type t)
 {
-    if (c->depth >= KW_MAX_NESTING)
-        return fail(c, "nesting deeper than 64 levels");
+    if (c->skip > 0) {
+        c->skip++;
+        return 1;
+    }
+    if (c->depth >= c->max_depth && c->cut) {
+        struct kw_node *m = kw_node_new(c->a, KW_NODE_NULL);
+        if (m == NULL)
+            return fail(c, "out of memory (document too large)");
+        m->str = kw_json_cut_marker;
+        m->len = sizeof(kw_json_cut_marker) - 1;
+        c->skip = 1;
+        return attach(c, m);
+    }
+    if (c->depth >= c->max_depth) {
+        char msg[64];
+        snprintf(msg, sizeof(msg), "nesting deeper than %zu levels", c->max_depth);
+        return fail(c, msg);
+    }
     struct kw_node *n = kw_node_new(c->a, t);
     if (n == NULL)
         return fail(c, "out of memory (document too large)");
@@ -109,6 +140,10 @@ static int on_start_array(void *ud)
 static int on_end(void *ud)
 {
     struct ctx *c = ud;
+    if (c->skip > 0) {
+        c->skip--;
+        return 1;
+    }
     struct frame *f = &c->stack[--c->depth];
     kw_keyset_cleanup(&f->keys);
     return attach(c, f->node);
@@ -117,6 +152,8 @@ static int on_end(void *ud)
 static int on_map_key(void *ud, const unsigned char *s, size_t len)
 {
     struct ctx *c = ud;
+    if (c->skip > 0)
+        return 1;
     struct frame *f = &c->stack[c->depth - 1];
     const struct kw_node *dup;
     if (kw_keyset_find(&f->keys, f->node, (const char *)s, len, &dup) != KW_OK)
@@ -148,7 +185,52 @@ static const yajl_callbacks callbacks = {
 int kw_json_parse(struct kw_arena *a, const char *buf, size_t len, struct kw_node **out, char *err,
                   size_t errlen)
 {
-    struct ctx c = {.a = a, .err = err, .errlen = errlen};
+    return kw_json_parse_ex(a, buf, len, KW_MAX_NESTING, false, out, err, errlen);
+}
+
+static bool find_cut(const struct kw_node *n, struct kw_buf *path, unsigned depth)
+{
+    if (n->type == KW_NODE_NULL && n->str == kw_json_cut_marker)
+        return true;
+    if (depth > MAX_DEPTH)
+        return false;
+    size_t mark = path->len;
+    for (size_t i = 0; n->type == KW_NODE_SEQ && i < n->n; i++) {
+        kw_buf_printf(path, "[%zu]", i);
+        if (find_cut(n->items[i], path, depth + 1))
+            return true;
+        path->len = mark;
+    }
+    for (size_t i = 0; n->type == KW_NODE_MAP && i < n->n; i++) {
+        kw_buf_printf(path, "%s%.*s", mark > 0 ? "." : "", (int)n->pairs[i].key->len,
+                      n->pairs[i].key->str);
+        if (find_cut(n->pairs[i].val, path, depth + 1))
+            return true;
+        path->len = mark;
+    }
+    if (path->data != NULL)
+        path->data[mark] = '\0';
+    return false;
+}
+
+bool kw_json_find_cut(const struct kw_node *n, char *path, size_t pathlen)
+{
+    struct kw_buf b;
+    kw_buf_init(&b, 4096);
+    bool found = find_cut(n, &b, 0);
+    snprintf(path, pathlen, "%.*s", (int)b.len, b.data != NULL ? b.data : "");
+    kw_buf_cleanup(&b);
+    return found;
+}
+
+int kw_json_parse_ex(struct kw_arena *a, const char *buf, size_t len, unsigned max_depth, bool cut,
+                     struct kw_node **out, char *err, size_t errlen)
+{
+    struct ctx c = {.a = a,
+                    .err = err,
+                    .errlen = errlen,
+                    .max_depth = max_depth < MAX_DEPTH ? max_depth : MAX_DEPTH,
+                    .cut = cut};
     err[0] = '\0';
     *out = NULL;
     if (len > KW_MAX_SNAPSHOT_BYTES) {
@@ -214,6 +296,16 @@ static int write_node(yajl_gen g, const struct kw_node *n, unsigned depth, bool 
         return KW_ERROR;
     switch (n->type) {
     case KW_NODE_NULL:
+        if (n->str == kw_json_cut_marker) {
+            /* a cut subtree stays too deep: nested lists that pass the limit again when
+             * the text is parsed (an informer stores what a parse with room cut) */
+            unsigned k = depth < KW_MAX_NESTING + 1 ? KW_MAX_NESTING + 1 - depth : 1;
+            for (unsigned i = 0; st == yajl_gen_status_ok && i < k; i++)
+                st = yajl_gen_array_open(g);
+            for (unsigned i = 0; st == yajl_gen_status_ok && i < k; i++)
+                st = yajl_gen_array_close(g);
+            break;
+        }
         st = yajl_gen_null(g);
         break;
     case KW_NODE_BOOL:

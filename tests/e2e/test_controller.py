@@ -249,6 +249,37 @@ class ControlPlane(unittest.TestCase):
         kubectl("delete", "llmroute", "badroute")
         kubectl("delete", "llmbackend", "bad", "nosecret")
 
+    def test_04b_deeply_nested_object_reported_others_flow(self):
+        """Regression: one LLMBackend whose params nest 70 levels deep made every LIST of
+        LLMBackends fail: the controller never became ready and no namespace got updates."""
+        deep = {"apiVersion": API, "kind": "LLMBackend",
+                "metadata": {"name": "deep", "namespace": "default"},
+                "spec": {"provider": "vLLM", "upstream": {"baseURL": self.mock.url()},
+                         "params": {"defaults": {"a": json.loads("[" * 70 + "]" * 70)}}}}
+        kubectl("apply", "-f", "-", stdin=json.dumps(deep))
+        conds = wait_for(lambda: (lambda c: c if "Accepted" in c else None)(
+            conditions("llmbackend", "deep")[0]), 10, "status on the deep backend")
+        self.assertEqual(conds["Accepted"]["status"], "False")
+        self.assertIn("nesting deeper than 64 levels", conds["Accepted"]["message"])
+        self.assertTrue(conds["Accepted"]["message"].startswith("spec.params.defaults.a[0]"))
+        apply(backend("after-deep", self.mock.url()) + route("after-deep", ["gpt-after-deep"],
+                                                             ["after-deep"]))
+        self.serve_all("gpt-after-deep")
+        # a controller starting now LISTs the deep object with the others and serves them
+        fresh = Controller("deep-list", self.token)  # a follower: it writes no status
+        try:
+            st, _, body = post(fresh.port, "/v1/discovery?wait=0",
+                               {"node": {"id": "probe"}, "version": ""},
+                               headers={"Authorization": "Bearer " + open(self.token).read().strip()})
+        finally:
+            fresh.stop()
+        self.assertEqual(st, 200)
+        names = [r["name"] for r in json.loads(body)["routes"]]
+        self.assertIn("after-deep", names)
+        kubectl("delete", "llmbackend", "deep", "after-deep")
+        kubectl("delete", "llmroute", "after-deep")
+        self.serve_all("gpt-after-deep", 404)
+
     def test_05_unauthorized_poll_is_refused(self):
         st, _, body = post(self.ctl.port, "/v1/discovery", {"node": {"id": "x"}, "version": ""},
                            headers={"Authorization": "Bearer wrong"})

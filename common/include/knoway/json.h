@@ -2,6 +2,7 @@
 #ifndef KNOWAY_JSON_H
 #define KNOWAY_JSON_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "arena.h"
@@ -12,6 +13,17 @@
  * Duplicate keys in an object are an error. Depth and sizes are limited (limits.h). */
 int kw_json_parse(struct kw_arena *a, const char *buf, size_t len, struct kw_node **out, char *err,
                   size_t errlen);
+
+/* The same with a chosen depth limit (at most KW_MAX_NESTING + 4). With cut, a container
+ * deeper than max_depth does not fail the parse: it is skipped and replaced by a null node
+ * whose str is kw_json_cut_marker (a list of many objects survives one that is too deep;
+ * kw_json_find_cut tells which). */
+int kw_json_parse_ex(struct kw_arena *a, const char *buf, size_t len, unsigned max_depth, bool cut,
+                     struct kw_node **out, char *err, size_t errlen);
+extern const char kw_json_cut_marker[];
+
+/* Whether n holds a cut subtree; path (like "spec.params.defaults.a[0]") gets where. */
+bool kw_json_find_cut(const struct kw_node *n, char *path, size_t pathlen);
 
 /* Append the canonical JSON form of n to out: no white space, object keys sorted by
  * bytes, numbers as their text, strings escaped by yajl. Equal trees give equal bytes.

@@ -7,7 +7,9 @@
 #include <string.h>
 
 #include "builder.h"
+#include "knoway/json.h"
 #include "knoway/kw.h"
+#include "knoway/limits.h"
 #include "testutil.h"
 
 struct fixture {
@@ -163,11 +165,70 @@ static void test_service_ref_and_order(void **state)
     ctl_build_unref(b2);
 }
 
+/* Regression: one LLMBackend whose params nest 70 levels deep made every LIST of
+ * LLMBackends fail, so no namespace got updates. The list and its other objects parse; the
+ * deep object is kept too deep in the store and reported on its own status. */
+static void test_deep_object_reported_others_flow(void **state)
+{
+    struct fixture *f = *state;
+    struct kw_buf deep;
+    kw_buf_init(&deep, 1 << 20);
+    kw_buf_puts(&deep, "{\"kind\":\"LLMBackendList\",\"metadata\":{\"resourceVersion\":\"9\"},"
+                       "\"items\":[");
+    kw_buf_puts(&deep, "{\"apiVersion\":\"llm.knoway.dev/v1alpha1\",\"kind\":\"LLMBackend\","
+                       "\"metadata\":{\"name\":\"deep\",\"namespace\":\"ml\",\"generation\":2},"
+                       "\"spec\":{\"provider\":\"vLLM\",\"upstream\":{\"baseURL\":"
+                       "\"http://v:8000/v1\"},\"params\":{\"defaults\":{\"a\":");
+    for (int i = 0; i < 70; i++)
+        kw_buf_puts(&deep, "[");
+    for (int i = 0; i < 70; i++)
+        kw_buf_puts(&deep, "]");
+    kw_buf_puts(&deep, "}}}},"); /* a sound object follows */
+    kw_buf_puts(&deep, BACKEND("good", "{\"provider\":\"vLLM\",\"upstream\":{\"baseURL\":"
+                                       "\"http://v:8000/v1\"}}"));
+    kw_buf_puts(&deep, "]}");
+    struct kw_arena *a = kw_arena_new(1 << 24);
+    struct kw_node *root;
+    char err[256];
+    /* as the informer parses a LIST: room for the list around each object, cut past it */
+    assert_int_equal(
+        kw_json_parse_ex(a, deep.data, deep.len, KW_MAX_NESTING + 2, true, &root, err, sizeof(err)),
+        KW_OK);
+    const struct kw_node *items = kw_node_get(root, "items");
+    assert_int_equal(items->n, 2);
+    struct kw_buf text;
+    kw_buf_init(&text, 1 << 20);
+    for (size_t i = 0; i < items->n; i++) {
+        kw_buf_reset(&text);
+        assert_int_equal(kw_json_write(items->items[i], &text), KW_OK);
+        put(&f->b, i == 0 ? "ml/deep" : "ml/good", text.data);
+    }
+    put(&f->r, "ml/chat",
+        ROUTE("chat", "{\"match\":{\"models\":[\"m\"]},\"backendRefs\":[{\"name\":\"good\"}]}"));
+    struct ctl_build *b = ctl_build_run(&f->src);
+    assert_non_null(b);
+    assert_int_equal(b->snap->nbackends, 1);
+    assert_string_equal(b->snap->backends[0]->meta.name, "good");
+    const struct ctl_resource_state *st = state_of(b, KW_KIND_LLMBACKEND, "deep");
+    assert_false(st->accepted);
+    assert_string_equal(st->accepted_msg,
+                        "spec.params.defaults.a[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]"
+                        "[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]"
+                        "[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]: nesting "
+                        "deeper than 64 levels: the object is left out");
+    assert_true(state_of(b, KW_KIND_LLMROUTE, "chat")->programmed);
+    ctl_build_unref(b);
+    kw_buf_cleanup(&text);
+    kw_buf_cleanup(&deep);
+    kw_arena_free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_invalid_left_out_others_programmed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_ref_and_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deep_object_reported_others_flow, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
