@@ -283,8 +283,10 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
         if (cfg->backends[i]->meta.name != NULL)
             add_state(b, KW_KIND_LLMBACKEND, &cfg->backends[i]->meta);
     for (size_t i = 0; i < cfg->nroutes; i++)
-        if (cfg->routes[i]->meta.name != NULL)
+        if (cfg->routes[i]->meta.name != NULL) {
             add_state(b, KW_KIND_LLMROUTE, &cfg->routes[i]->meta);
+            b->states[b->nstates - 1].conflicted = cfg->routes[i]->conflicted;
+        }
     qsort(b->states, b->nstates, sizeof(*b->states), cmp_state);
     for (size_t i = 0; i < cfg->nroutes;
          i++) { /* routes whose backend is invalid: the precise reason first */
@@ -319,6 +321,17 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
         if (is_ref_path(e->path)) {
             s->resolved = false;
             set_msg(&s->resolved_msg, e);
+            /* a Secret the informer does not see because it lacks the label */
+            if (src->secret_selector != NULL && strstr(e->message, "Secret \"") != NULL &&
+                strstr(e->message, "not found") != NULL &&
+                strstr(s->resolved_msg, "labelled") == NULL) {
+                char *hint;
+                if (asprintf(&hint, "%s (the controller reads only Secrets labelled %s)",
+                             s->resolved_msg, src->secret_selector) != -1) {
+                    free(s->resolved_msg);
+                    s->resolved_msg = hint;
+                }
+            }
         } else {
             s->accepted = false;
             set_msg(&s->accepted_msg, e);

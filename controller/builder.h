@@ -25,6 +25,7 @@ struct ctl_resource_state {
     char *ns, *name;
     int64_t generation;
     bool accepted;
+    bool conflicted;    /* not accepted because an older route claims its model */
     char *accepted_msg; /* the first error, or NULL */
     bool resolved;
     char *resolved_msg;
@@ -48,6 +49,7 @@ void ctl_build_unref(struct ctl_build *b);
 /* The stores a build reads. */
 struct ctl_sources {
     struct ctl_store *backends, *routes, *secrets, *slices;
+    const char *secret_selector; /* the Secrets informer's label selector, or NULL (hints) */
 };
 
 /* Build once from the sources (locks each store while reading it). NULL on out-of-memory. */

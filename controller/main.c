@@ -27,6 +27,10 @@
 
 enum { INF_BACKENDS, INF_ROUTES, INF_SECRETS, INF_SLICES, INF__COUNT };
 
+/* Secrets the controller reads: labelled ones only (a cluster holds many others: tokens,
+ * certificates, Helm releases; none of them is the controller's business). */
+#define CTL_SECRET_SELECTOR "llm.knoway.dev/secret"
+
 struct ctl {
     struct ctl_kube kube;
     struct ctl_informer inf[INF__COUNT];
@@ -71,6 +75,8 @@ static void usage(FILE *out)
         "  --lease-name NAME       name of the Lease (default knoway-controller)\n"
         "  --id NAME               this replica's identity (default: host name)\n"
         "  --qps N, --burst N      client-side rate limit for API requests (default 20, 40)\n"
+        "  --secret-selector SEL   label selector of the Secrets to watch (default\n"
+        "                          " CTL_SECRET_SELECTOR "; \"\" watches every Secret)\n"
         "  --debug-from CIDRS      who may read /debug/* on the admin listener, comma-separated\n"
         "                          (default 127.0.0.0/8,::1/128)\n"
         "  --node-grace SECONDS    forget a data plane that stopped polling this long ago\n"
@@ -299,6 +305,7 @@ int main(int argc, char **argv)
         {"burst", required_argument, NULL, 'b'},
         {"node-grace", required_argument, NULL, 'g'},
         {"debug-from", required_argument, NULL, 'D'},
+        {"secret-selector", required_argument, NULL, 'S'},
         {"version", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -307,7 +314,7 @@ int main(int argc, char **argv)
     const char *admin_addr = "0.0.0.0:9902", *token_file = NULL, *lease_ns = NULL;
     const char *lease_name = "knoway-controller", *tls_cert = NULL, *tls_key = NULL;
     char id[256] = "";
-    const char *debug_from = NULL;
+    const char *debug_from = NULL, *secret_selector = CTL_SECRET_SELECTOR;
     double qps = 20, burst = 40, node_grace_s = CTL_NODE_STALE_MS / 1000.0;
     bool leader_elect = false;
     int o;
@@ -357,6 +364,9 @@ int main(int argc, char **argv)
             break;
         case 'D':
             debug_from = optarg;
+            break;
+        case 'S':
+            secret_selector = optarg[0] != '\0' ? optarg : NULL;
             break;
         case 'v':
             printf("knoway-controller %s\n", kw_version());
@@ -486,7 +496,8 @@ int main(int argc, char **argv)
     c.builder.src = (struct ctl_sources){.backends = &c.inf[INF_BACKENDS].store,
                                          .routes = &c.inf[INF_ROUTES].store,
                                          .secrets = &c.inf[INF_SECRETS].store,
-                                         .slices = &c.inf[INF_SLICES].store};
+                                         .slices = &c.inf[INF_SLICES].store,
+                                         .secret_selector = secret_selector};
     c.builder.on_build = on_build;
     c.builder.ud = &c;
     c.builder.debounce_ms = 100;
@@ -507,7 +518,7 @@ int main(int argc, char **argv)
         inf->api = kinds[i].api;
         inf->fallback_api = kinds[i].fallback;
         inf->resource = kinds[i].resource;
-        inf->label_selector = kinds[i].selector;
+        inf->label_selector = i == INF_SECRETS ? secret_selector : kinds[i].selector;
         inf->ns = ns;
         inf->kube = &c.kube;
         inf->on_change = ctl_builder_kick;

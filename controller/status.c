@@ -87,7 +87,7 @@ static void conditions(struct ctl_status *s, const struct ctl_resource_state *st
 {
     c[0].type = "Accepted";
     c[0].status = st->accepted ? "True" : "False";
-    c[0].reason = st->accepted ? "Accepted" : "Invalid";
+    c[0].reason = st->accepted ? "Accepted" : st->conflicted ? "Conflicted" : "Invalid";
     snprintf(c[0].message, sizeof(c[0].message), "%s",
              st->accepted ? "the resource is valid" : st->accepted_msg);
     c[1].type = "ResolvedRefs";

@@ -288,6 +288,110 @@ static bool check_secret_key(struct kw_config *cfg, const struct kw_backend *b, 
     return false;
 }
 
+static int cmp_age(const void *x, const void *y)
+{
+    return kw_route_age_cmp(*(struct kw_route *const *)x, *(struct kw_route *const *)y);
+}
+
+/* Whether two model patterns can match the same model. */
+static bool overlap(const struct kw_model_match *a, const struct kw_model_match *b)
+{
+    size_t la = strlen(a->value), lb = strlen(b->value);
+    if (!a->prefix && !b->prefix)
+        return strcmp(a->value, b->value) == 0;
+    if (a->prefix && (!b->prefix || lb >= la))
+        return strncmp(a->value, b->value, la) == 0; /* b's models start with a's prefix */
+    return strncmp(b->value, a->value, lb) == 0;
+}
+
+/* Routes of different namespaces may not claim the same model: the oldest claim wins and
+ * the younger route is left out and reported Conflicted, so whoever may create an LLMRoute
+ * in one namespace cannot outrank the platform's route and receive everyone's prompts.
+ * Within a namespace, specificity and age decide as before. Exact claims are found through
+ * a sorted index (linear-logarithmic); prefix claims, which are few, are compared with all. */
+struct claim {
+    const char *model;
+    const struct kw_route *route;
+};
+
+static int cmp_claim(const void *x, const void *y)
+{
+    return strcmp(((const struct claim *)x)->model, ((const struct claim *)y)->model);
+}
+
+static void check_conflicts(struct kw_config *cfg)
+{
+    size_t n = 0, nclaims = 0;
+    struct kw_route **rs = calloc(cfg->nroutes + 1, sizeof(*rs));
+    for (size_t i = 0; rs != NULL && i < cfg->nroutes; i++)
+        if (cfg->routes[i]->meta.name != NULL && cfg->routes[i]->valid) {
+            rs[n++] = cfg->routes[i];
+            nclaims += cfg->routes[i]->nmodels;
+        }
+    struct claim *exact = calloc(nclaims + 1, sizeof(*exact));
+    struct claim *prefixes = calloc(nclaims + 1, sizeof(*prefixes));
+    if (rs == NULL || exact == NULL || prefixes == NULL)
+        goto out;
+    qsort(rs, n, sizeof(*rs), cmp_age);
+    /* the oldest exact claim of each model, whatever its namespace */
+    size_t ne = 0, np = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < rs[i]->nmodels; j++)
+            if (!rs[i]->models[j].prefix)
+                exact[ne++] = (struct claim){rs[i]->models[j].value, rs[i]};
+    qsort(exact, ne, sizeof(*exact), cmp_claim); /* qsort is not stable: keep the oldest */
+    for (size_t i = 0; i < n; i++) {
+        struct kw_route *r = rs[i];
+        const struct kw_route *winner = NULL;
+        const struct kw_model_match *m = NULL;
+        for (size_t j = 0; j < r->nmodels && winner == NULL; j++) {
+            m = &r->models[j];
+            if (!m->prefix) {
+                struct claim key = {m->value, NULL};
+                const struct claim *c = bsearch(&key, exact, ne, sizeof(*exact), cmp_claim);
+                while (c != NULL && c > exact && strcmp(c[-1].model, m->value) == 0)
+                    c--;
+                for (; c != NULL && c < exact + ne && strcmp(c->model, m->value) == 0; c++)
+                    if (strcmp(c->route->meta.ns, r->meta.ns) != 0 && c->route->valid &&
+                        !c->route->conflicted && kw_route_age_cmp(c->route, r) < 0) {
+                        winner = c->route;
+                        break;
+                    }
+            } else {
+                for (size_t k = 0; k < ne && winner == NULL; k++) {
+                    const struct kw_route *o = exact[k].route;
+                    struct kw_model_match em = {exact[k].model, false};
+                    if (strcmp(o->meta.ns, r->meta.ns) != 0 && !o->conflicted &&
+                        kw_route_age_cmp(o, r) < 0 && overlap(m, &em))
+                        winner = o;
+                }
+            }
+            for (size_t k = 0; k < np && winner == NULL; k++) {
+                const struct kw_route *o = prefixes[k].route;
+                struct kw_model_match pm = {prefixes[k].model, true};
+                if (strcmp(o->meta.ns, r->meta.ns) != 0 && overlap(m, &pm))
+                    winner = o;
+            }
+        }
+        if (winner == NULL) {
+            for (size_t j = 0; j < r->nmodels; j++)
+                if (r->models[j].prefix)
+                    prefixes[np++] = (struct claim){r->models[j].value, r};
+            continue;
+        }
+        r->conflicted = true;
+        r->valid = false;
+        ref_error(cfg, KW_KIND_LLMROUTE, &r->meta, 0, 0, "spec.match.models",
+                  "model \"%s%s\" is already claimed by the older LLMRoute %s/%s in another "
+                  "namespace: the oldest claim wins",
+                  m->value, m->prefix ? "*" : "", winner->meta.ns, winner->meta.name);
+    }
+out:
+    free(rs);
+    free(exact);
+    free(prefixes);
+}
+
 int kw_config_check(struct kw_config *cfg)
 {
     check_duplicates(cfg, KW_KIND_SECRET, (void **)cfg->secrets, cfg->nsecrets,
@@ -337,5 +441,6 @@ int kw_config_check(struct kw_config *cfg)
             }
         }
     }
+    check_conflicts(cfg);
     return kw_diag_count(&cfg->diag) == 0 ? KW_OK : KW_ERROR;
 }

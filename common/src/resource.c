@@ -103,6 +103,20 @@ void kw_dataplane_defaults(struct kw_dataplane *dp)
     dp->limits.read_timeout_ms = KW_DEFAULT_READ_TIMEOUT_MS;
 }
 
+int kw_route_age_cmp(const struct kw_route *x, const struct kw_route *y)
+{
+    const struct kw_meta *a = &x->meta, *b = &y->meta;
+    const char *ta = a->creation_timestamp != NULL ? a->creation_timestamp : "";
+    const char *tb = b->creation_timestamp != NULL ? b->creation_timestamp : "";
+    int r = strcmp(ta, tb);
+    if (r != 0)
+        return r;
+    if (a->order != b->order)
+        return a->order < b->order ? -1 : 1;
+    r = strcmp(a->ns, b->ns);
+    return r != 0 ? r : strcmp(a->name, b->name);
+}
+
 const struct kw_secret_item *kw_secret_get(const struct kw_secret *s, const char *key)
 {
     for (size_t i = 0; i < s->nitems; i++)

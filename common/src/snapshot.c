@@ -144,16 +144,7 @@ static int cmp_backend(const void *x, const void *y)
  * matches. Age is the creation time from the API, else the order in the file. */
 static int cmp_route_age(const void *x, const void *y)
 {
-    const struct kw_meta *a = &(*(struct kw_route *const *)x)->meta;
-    const struct kw_meta *b = &(*(struct kw_route *const *)y)->meta;
-    const char *ta = a->creation_timestamp != NULL ? a->creation_timestamp : "";
-    const char *tb = b->creation_timestamp != NULL ? b->creation_timestamp : "";
-    int r = strcmp(ta, tb); /* RFC 3339 UTC times sort as text */
-    if (r != 0)
-        return r;
-    if (a->order != b->order)
-        return a->order < b->order ? -1 : 1;
-    return cmp_meta(a, b);
+    return kw_route_age_cmp(*(struct kw_route *const *)x, *(struct kw_route *const *)y);
 }
 
 static int cmp_cred(const void *x, const void *y)

@@ -27,8 +27,7 @@ import sys
 docs = open(sys.argv[1]).read().split("\n---\n")
 print("\n---\n".join(d for d in docs if "kind: DataPlane" not in d))
 PY
-    ns=$(grep -m1 -o 'namespace: [a-z0-9-]*' "$dir/apply.yaml" | awk '{print $2}' || true)
-    [ -n "$ns" ] && { k get ns "$ns" >/dev/null 2>&1 || k create ns "$ns" >/dev/null; }
+    # as they are on a fresh cluster: no namespace to create first
     k apply -f "$dir/apply.yaml" >/dev/null || fail "kubectl apply $f"
 done
 echo "ok   examples apply"
@@ -42,7 +41,7 @@ table=$(k get llmb bedrock-claude)
 [[ "$table" == *PROVIDER*MODEL*ACCEPTED*AGE*AWSBedrock*anthropic.claude-3-5-sonnet* ]] || fail "LLMBackend columns: $table"
 table=$(k get llmr openai)
 [[ "$table" == *MODELS*BACKENDS*PROGRAMMED*AGE* ]] || fail "LLMRoute columns: $table"
-row=$(k -n ml get llmr llama --no-headers)
+row=$(k get llmr llama --no-headers)
 # (a [*] column shows its first match on 1.20)
 [[ "$row" == *'["llama-3.1-8b"]'*llama-a* ]] || fail "LLMRoute column values: $row"
 echo "ok   names and columns"

@@ -174,7 +174,8 @@ class ControlPlane(unittest.TestCase):
         wait_for(ok, timeout, "model %s -> %d on every data plane" % (model, status))
 
     def test_01_requests_route(self):
-        apply("---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: default}\n"
+        apply("---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: default, "
+              "labels: {llm.knoway.dev/secret: \"true\"}}\n"
               "stringData: {token: sk-e2e-secret}\n" +
               backend("mock", self.mock.url(),
                       "  credentials: {secretRef: {name: keys, key: token}}\n") +
@@ -234,16 +235,21 @@ class ControlPlane(unittest.TestCase):
             conditions("llmbackend", "nosecret")[0]), 10, "status on nosecret")
         self.assertEqual(conds["ResolvedRefs"]["status"], "False")
         self.assertEqual(conds["ResolvedRefs"]["message"],
-                         'spec.credentials.secretRef.name: Secret "default/missing" not found')
+                         'spec.credentials.secretRef.name: Secret "default/missing" not found '
+                         '(the controller reads only Secrets labelled llm.knoway.dev/secret)')
         conds, gen, _ = conditions("llmroute", "badroute")
         self.assertEqual(conds["ResolvedRefs"]["status"], "False")
         self.assertIn('LLMBackend "default/bad"', conds["ResolvedRefs"]["message"])
         self.assertEqual(gen, 1)
         self.serve_all("gpt-e2e")
         self.serve_all("gpt-bad", 404)
-        # fixing it programs it
+        # a Secret without the label is not read (the controller watches labelled ones only)
         apply("---\napiVersion: v1\nkind: Secret\nmetadata: {name: missing, namespace: default}\n"
               "stringData: {k: v}\n")
+        time.sleep(1.0)
+        self.assertEqual(conditions("llmbackend", "nosecret")[0]["ResolvedRefs"]["status"], "False")
+        # labelling it programs it
+        kubectl("label", "secret", "missing", "llm.knoway.dev/secret=true")
         wait_for(lambda: conditions("llmbackend", "nosecret")[0]["ResolvedRefs"]["status"] == "True",
                  10, "ResolvedRefs=True after the Secret appeared")
         kubectl("delete", "llmroute", "badroute")
@@ -279,6 +285,34 @@ class ControlPlane(unittest.TestCase):
         kubectl("delete", "llmbackend", "deep", "after-deep")
         kubectl("delete", "llmroute", "after-deep")
         self.serve_all("gpt-after-deep", 404)
+
+    def test_04c_younger_claim_from_another_namespace_is_conflicted(self):
+        """Regression: routes of every namespace competed on specificity, so a tenant could
+        outrank the platform's route for a model and receive everyone's prompts."""
+        kubectl("create", "namespace", "tenant")
+        apply(("---\napiVersion: %s\nkind: LLMBackend\nmetadata: {name: thief, namespace: tenant}\n"
+               "spec:\n  provider: vLLM\n  upstream: {baseURL: \"http://127.0.0.1:9/v1\"}\n"
+               "---\napiVersion: %s\nkind: LLMRoute\nmetadata: {name: steal, namespace: tenant}\n"
+               "spec:\n  match: {models: [gpt-e2e]}\n  backendRefs: [{name: thief}]\n") % (API, API))
+        def conds():
+            obj = json.loads(kubectl("-n", "tenant", "get", "llmroute", "steal", "-o", "json").stdout)
+            c = {x["type"]: x for x in obj.get("status", {}).get("conditions", [])}
+            return c if "Accepted" in c else None
+        out = wait_for(conds, 10, "status on the conflicting route")
+        self.assertEqual(out["Accepted"]["status"], "False")
+        self.assertEqual(out["Accepted"]["reason"], "Conflicted")
+        self.assertIn("default/chat", out["Accepted"]["message"])
+        self.serve_all("gpt-e2e")  # still the platform's backend (the mock), not the thief's
+        kubectl("-n", "tenant", "delete", "llmroute", "steal")
+        kubectl("-n", "tenant", "delete", "llmbackend", "thief")
+        kubectl("delete", "namespace", "tenant", "--wait=false")
+
+        def quiet():  # status writes settle before the next test counts them
+            key = 'knoway_controller_status_writes_total{result="written"}'
+            a = self.ctl.metrics()[key]
+            time.sleep(1.0)
+            return self.ctl.metrics()[key] == a
+        wait_for(quiet, 15, "status writes settled")
 
     def test_05_unauthorized_poll_is_refused(self):
         st, _, body = post(self.ctl.port, "/v1/discovery", {"node": {"id": "x"}, "version": ""},

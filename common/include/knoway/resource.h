@@ -158,6 +158,7 @@ struct kw_route {
     int64_t stream_idle_timeout_ms; /* default 60s */
     bool valid;                     /* false when the route itself has an error */
     bool resolved;                  /* every backendRef names an existing, valid LLMBackend */
+    bool conflicted; /* an older route of another namespace claims one of its models */
 };
 
 struct kw_secret_item {
@@ -216,5 +217,9 @@ void kw_dataplane_defaults(struct kw_dataplane *dp);
 
 /* Look up a secret item by key, or NULL. */
 const struct kw_secret_item *kw_secret_get(const struct kw_secret *s, const char *key);
+
+/* Route age order: creation time from the API (RFC 3339 UTC sorts as text), else the order
+ * in the file, then namespace/name. The oldest route wins ties and model conflicts. */
+int kw_route_age_cmp(const struct kw_route *a, const struct kw_route *b);
 
 #endif

@@ -1,3 +1,4 @@
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,12 +83,61 @@ static void test_errors_are_collected(void **state)
     kw_config_free(cfg);
 }
 
+#define R(ns, name, models)                                                                        \
+    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: " name             \
+    ", namespace: " ns "}\nspec: {match: {models: " models "}, backendRefs: [{name: b}]}\n"        \
+    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: b, "             \
+    "namespace: " ns "}\nspec: {provider: Ollama, upstream: {baseURL: \"http://o:1/v1\"}}\n"
+
+/* Regression: routes of every namespace competed on specificity, so whoever could create an
+ * LLMRoute anywhere could outrank the platform's route for gpt-4o and receive everyone's
+ * prompts. The oldest claim wins; younger claims from other namespaces are Conflicted. */
+static void test_cross_namespace_claims_conflict(void **state)
+{
+    (void)state;
+    struct kw_config *cfg = kw_config_new();
+    const char *text = R("platform", "main",
+                         "[gpt-4o, \"claude*\"]") "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: "
+                                                  "LLMRoute\nmetadata: {name: same-ns, "
+                                                  "namespace: platform}\nspec: {match: {models: "
+                                                  "[gpt-4o]}, backendRefs: [{name: b}]}\n"
+        /* ^ same namespace: specificity and age decide, as before */
+        R("team-a", "steal", "[x, gpt-4o]") /* exact claim of an older exact claim */
+        R("team-b", "wide", "[\"gpt*\"]")   /* prefix over an older exact claim */
+        R("team-c", "narrow", "[claude-3]") /* exact under an older prefix claim */
+        R("team-d", "own", "[\"mistral*\", llama]");
+    kw_config_add_yaml(cfg, "t.yaml", text, strlen(text));
+    /* the backend named b is declared in each namespace once; fine */
+    assert_int_equal(kw_config_check(cfg), KW_ERROR);
+    char *e = errors_of(cfg);
+    assert_string_equal(
+        e, "t.yaml:17:1: LLMRoute/team-a/steal: spec.match.models: model \"gpt-4o\" is already "
+           "claimed by the older LLMRoute platform/main in another namespace: the oldest claim "
+           "wins\n"
+           "t.yaml:27:1: LLMRoute/team-b/wide: spec.match.models: model \"gpt*\" is already "
+           "claimed by the older LLMRoute platform/main in another namespace: the oldest claim "
+           "wins\n"
+           "t.yaml:37:1: LLMRoute/team-c/narrow: spec.match.models: model \"claude-3\" is "
+           "already claimed by the older LLMRoute platform/main in another namespace: the oldest "
+           "claim wins\n");
+    free(e);
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const struct kw_route *r = cfg->routes[i];
+        bool lost = strcmp(r->meta.ns, "team-a") == 0 || strcmp(r->meta.ns, "team-b") == 0 ||
+                    strcmp(r->meta.ns, "team-c") == 0;
+        assert_int_equal(r->conflicted, lost);
+        assert_int_equal(r->valid, !lost);
+    }
+    kw_config_free(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_file_and_defaults),
         cmocka_unit_test(test_errors_are_collected),
+        cmocka_unit_test(test_cross_namespace_claims_conflict),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
