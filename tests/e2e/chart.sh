@@ -35,6 +35,16 @@ k -n "$ns" get deploy knoway-dataplane -o jsonpath='{.spec.template.spec.securit
     grep -q "true true" || fail "security context"
 token=$(k -n "$ns" get secret knoway-discovery -o jsonpath='{.data.token}' | base64 -d)
 [ ${#token} -eq 48 ] || fail "generated token: ${#token} characters"
+# discovery over TLS by default: a CA and a certificate for the controller's Service names
+for f in tls.crt tls.key ca.crt; do
+    k -n "$ns" get secret knoway-discovery-tls -o jsonpath="{.data.${f//./\\.}}" | base64 -d >"$dir/$f"
+done
+openssl verify -CAfile "$dir/ca.crt" -verify_hostname knoway-controller.$ns.svc "$dir/tls.crt" >/dev/null ||
+    fail "discovery certificate does not verify for knoway-controller.$ns.svc"
+[ "$(openssl x509 -noout -modulus -in "$dir/tls.crt")" = "$(openssl rsa -noout -modulus -in "$dir/tls.key")" ] ||
+    fail "discovery key does not match its certificate"
+k -n "$ns" get configmap knoway-dataplane -o jsonpath='{.data.knoway\.yaml}' |
+    grep -q "url: \"https://knoway-controller.$ns.svc:18000\"" || fail "data planes poll over https"
 echo "ok   install"
 
 # least privilege: the controller may read Secrets and write status, never write specs
@@ -50,13 +60,15 @@ echo "ok   RBAC"
     --set dataplane.autoscaling.enabled=true >/dev/null || fail "helm upgrade"
 [ "$(k -n "$ns" get secret knoway-discovery -o jsonpath='{.data.token}' | base64 -d)" = "$token" ] ||
     fail "the discovery token changed on upgrade"
+[ "$(k -n "$ns" get secret knoway-discovery-tls -o jsonpath='{.data.tls\.crt}' | base64 -d)" = "$(cat "$dir/tls.crt")" ] ||
+    fail "the discovery certificate changed on upgrade"
 util=$(k -n "$ns" get horizontalpodautoscalers.v2beta2.autoscaling knoway-dataplane \
     -o jsonpath='{.spec.metrics[0].resource.target.averageUtilization}')
 [ "$util" = 70 ] || fail "HPA (autoscaling/v2beta2 on 1.20): $util"
 "$helm" upgrade $ssa knoway charts/knoway -n "$ns" --set dataplane.replicas=3 >/dev/null || fail "helm upgrade 2"
 [ "$(k -n "$ns" get deploy knoway-dataplane -o jsonpath='{.spec.replicas}')" = 3 ] || fail "upgraded replicas"
 ! k -n "$ns" get hpa knoway-dataplane >/dev/null 2>&1 || fail "HPA not removed"
-echo "ok   upgrade keeps the token"
+echo "ok   upgrade keeps the token and the certificate"
 
 python3 -c '
 import sys

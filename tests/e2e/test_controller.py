@@ -591,6 +591,60 @@ class Abuse(unittest.TestCase):
             ctl.stop()
 
 
+class DiscoveryTLS(unittest.TestCase):
+    def test_data_planes_verify_the_controller_certificate(self):
+        """The chart serves discovery over TLS by default (the token and every referenced
+        credential cross it): a data plane with the CA gets snapshots; one with another CA
+        refuses the controller and never applies anything from it."""
+        d = os.path.join(DIR, "disc-tls")
+        os.makedirs(d, exist_ok=True)
+
+        def ossl(*a):
+            subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)
+        for ca in ("ca", "other"):
+            ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                 "/CN=" + ca, "-keyout", ca + ".key", "-out", ca + ".crt")
+        with open(os.path.join(d, "san.cnf"), "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        ossl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "tls.key",
+             "-out", "tls.csr")
+        ossl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "2", "-extfile", "san.cnf", "-out", "tls.crt")
+        token = os.path.join(d, "token")
+        with open(token, "w") as f:
+            f.write("tls-token\n")
+        mock = Mock()
+        apply(backend("tls-mock", mock.url()) + route("tls-route", ["gpt-tls"], ["tls-mock"]))
+        ctl = Controller("tls", token, leader_elect=False,
+                         extra=("--tls-cert-file", os.path.join(d, "tls.crt"),
+                                "--tls-key-file", os.path.join(d, "tls.key")))
+        dps = []
+        try:
+            def dp(ca, node, wait):
+                spec = ("  discovery:\n    url: \"https://127.0.0.1:%d\"\n    tokenFile: %s\n"
+                        "    nodeId: %s\n    cacheFile: %s\n    caFile: %s\n"
+                        % (ctl.port, token, node, os.path.join(d, node + ".json"),
+                           os.path.join(d, ca)))
+                x = Dataplane("", workers=1, extra_spec=spec, wait=wait)
+                dps.append(x)
+                return x
+            good = dp("ca.crt", "tls-good", True)
+            wait_for(lambda: chat(good.port, "gpt-tls")[0] == 200, 10, "gpt-tls over TLS discovery")
+            bad = dp("other.crt", "tls-bad", False)
+            wait_port(bad.admin)
+            time.sleep(2.0)
+            self.assertEqual(request("GET", bad.admin, "/readyz")[0], 503)
+            self.assertIn("certificate", bad.logs().lower())
+            self.assertNotIn("tls-bad", [n["id"] for n in ctl.nodes()["nodes"]])
+        finally:
+            for x in dps:
+                x.stop()
+            ctl.stop()
+            mock.stop()
+            kubectl("delete", "llmroute", "tls-route")
+            kubectl("delete", "llmbackend", "tls-mock")
+
+
 class NodeChurn(unittest.TestCase):
     def test_node_ids_of_departed_pods_are_forgotten(self):
         """Regression: the node table never forgot a node, so after 10,000 distinct node ids
