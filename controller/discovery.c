@@ -189,36 +189,49 @@ static void peer_addr(struct MHD_Connection *c, char *out, size_t len)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)len);
 }
 
+const char *ctl_poll_parse(struct kw_arena *a, const char *body, size_t len, struct ctl_poll *p)
+{
+    static __thread char why[300];
+    struct kw_node *root = NULL;
+    char err[256];
+    memset(p, 0, sizeof(*p));
+    if (kw_json_parse(a, body, len, &root, err, sizeof(err)) != KW_OK) {
+        snprintf(why, sizeof(why), "the body is not JSON: %s", err);
+        return why;
+    }
+    const struct kw_node *node = kw_node_get(root, "node");
+    p->id = jstr(node, "id");
+    p->version = jstr(root, "version");
+    p->nonce = jstr(root, "nonce");
+    p->cluster = jstr(node, "cluster");
+    p->error = kw_node_get(root, "error");
+    if (p->id == NULL || p->id[0] == '\0' || strlen(p->id) > CTL_NODE_ID_MAX)
+        return "node.id: a string of 1..253 bytes is required";
+    if (p->error != NULL && p->error->type != KW_NODE_NULL && p->error->type != KW_NODE_MAP)
+        return "error: must be null or {\"message\": ...}";
+    if (p->version == NULL)
+        p->version = "";
+    if (p->nonce == NULL || p->nonce[0] == '\0')
+        p->nonce = p->version;
+    p->message = p->error != NULL ? jstr(p->error, "message") : NULL;
+    return NULL;
+}
+
 /* Parse the poll and record what it says about its node. NULL, or an error message. */
 static const char *take_poll(struct ctl_discovery *d, struct ctl_waiter *w, bool *acked)
 {
     struct kw_arena *a = kw_arena_new(1u << 20);
-    struct kw_node *root = NULL;
-    char err[256];
-    static __thread char why[300];
     *acked = false;
-    if (a == NULL || kw_json_parse(a, w->body.data != NULL ? w->body.data : "", w->body.len, &root,
-                                   err, sizeof(err)) != KW_OK) {
-        snprintf(why, sizeof(why), "the body is not JSON: %s", a != NULL ? err : "out of memory");
+    if (a == NULL)
+        return "out of memory";
+    struct ctl_poll p;
+    const char *why = ctl_poll_parse(a, w->body.data != NULL ? w->body.data : "", w->body.len, &p);
+    if (why != NULL) {
         kw_arena_free(a);
         return why;
     }
-    const struct kw_node *node = kw_node_get(root, "node");
-    const char *id = jstr(node, "id"), *version = jstr(root, "version");
-    const char *nonce = jstr(root, "nonce"), *cluster = jstr(node, "cluster");
-    const struct kw_node *error = kw_node_get(root, "error");
-    if (id == NULL || id[0] == '\0' || strlen(id) > CTL_NODE_ID_MAX) {
-        kw_arena_free(a);
-        return "node.id: a string of 1..253 bytes is required";
-    }
-    if (error != NULL && error->type != KW_NODE_NULL && error->type != KW_NODE_MAP) {
-        kw_arena_free(a);
-        return "error: must be null or {\"message\": ...}";
-    }
-    if (version == NULL)
-        version = "";
-    if (nonce == NULL || nonce[0] == '\0')
-        nonce = version;
+    const char *id = p.id, *version = p.version, *nonce = p.nonce, *cluster = p.cluster;
+    const struct kw_node *error = p.error;
     snprintf(w->seen, sizeof(w->seen), "%s", nonce);
     snprintf(w->node, sizeof(w->node), "%s", id);
     pthread_mutex_lock(&d->mu);
@@ -229,7 +242,7 @@ static const char *take_poll(struct ctl_discovery *d, struct ctl_waiter *w, bool
         if (cluster != NULL)
             snprintf(n->cluster, sizeof(n->cluster), "%s", cluster);
         peer_addr(w->c, n->addr, sizeof(n->addr));
-        const char *msg = error != NULL ? jstr(error, "message") : NULL;
+        const char *msg = p.message;
         if (error != NULL && error->type == KW_NODE_MAP) {
             if (strcmp(n->nacked, nonce) != 0) {
                 atomic_fetch_add(&d->nacks, 1);

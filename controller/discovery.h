@@ -99,6 +99,15 @@ void ctl_discovery_nodes_json(struct ctl_discovery *d, struct kw_buf *out);
 void ctl_discovery_counts(struct ctl_discovery *d, const char *version, size_t *connected,
                           size_t *acked);
 
+/* One poll's body, parsed (strings live in the arena). */
+struct ctl_poll {
+    const char *id, *cluster, *version, *nonce; /* nonce defaults to version */
+    const struct kw_node *error;                /* null or {"message"}; NULL when absent */
+    const char *message;                        /* error.message, or NULL */
+};
+/* Parse a poll body. NULL, or why it is refused (a 400's message). Pure: no node state. */
+const char *ctl_poll_parse(struct kw_arena *a, const char *body, size_t len, struct ctl_poll *p);
+
 /* Listening socket for addr, or -1. Shared with the admin listener. */
 int ctl_listen(const char *addr);
 

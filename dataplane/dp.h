@@ -341,6 +341,9 @@ int dp_request_emit(struct dp_request *r, const char *data, size_t len);
 /* End a started stream with an OpenAI-style error event. */
 void dp_request_stream_error(struct dp_request *r, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Parse and check the client's body in r->body (with a front: translate it first) into
+ * r->json, r->model, r->stream. KW_OK, or KW_ERROR with a 400/413 prepared. */
+int dp_request_parse_body(struct dp_request *r);
 /* Pick the next backend among refs not yet tried and rewrite the body for it. KW_OK,
  * KW_DECLINED when none is left, KW_ERROR with a failure prepared. */
 int dp_request_choose(struct dp_request *r, bool *tried);
@@ -363,5 +366,7 @@ void dp_upstream_poll(struct dp_worker *w);
 void dp_upstream_drained(struct dp_request *r);
 /* Configure the multi handle's callbacks. */
 int dp_upstream_init(struct dp_worker *w);
+/* libcurl's header callback for r's transfer: one header line (exported for the fuzzer). */
+size_t dp_upstream_on_header(char *buf, size_t size, size_t nitems, void *ud);
 
 #endif

@@ -412,8 +412,7 @@ static struct kw_node *rewrite(struct dp_request *r)
     return j;
 }
 
-/* Parse and check the body; KW_OK or KW_ERROR with a 400 prepared. */
-static int parse_body(struct dp_request *r)
+int dp_request_parse_body(struct dp_request *r)
 {
     char err[256];
     dp_request_arena_grow(r, r->body.len);
@@ -576,7 +575,7 @@ static enum MHD_Result run_phases(struct dp_request *r, unsigned early_status)
     }
     if (r->api == DP_API_MODELS)
         return respond_models(r);
-    if (parse_body(r) != KW_OK)
+    if (dp_request_parse_body(r) != KW_OK)
         return queue_pending(r);
     r->route = dp_table_route(r->table, r->model, r->path, header_of, r);
     if (r->route == NULL) {

@@ -73,7 +73,7 @@ int dp_upstream_init(struct dp_worker *w)
 
 /* ---- callbacks ------------------------------------------------------------------------------ */
 
-static size_t on_header(char *buf, size_t size, size_t nitems, void *ud)
+size_t dp_upstream_on_header(char *buf, size_t size, size_t nitems, void *ud)
 {
     struct dp_request *r = ud;
     size_t n = size * nitems;
@@ -258,7 +258,7 @@ int dp_upstream_start(struct dp_request *r)
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->up_body.data);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->up_body.len);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->up_headers);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, dp_upstream_on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);

@@ -228,6 +228,9 @@ void dp_conn_request_done(struct dp_request *r)
  * stops accepting until one of this daemon's connections closes, which on a quiet worker
  * can take tens of seconds after descriptors are free again. */
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     struct dp_worker *w = cls;
     char msg[512];

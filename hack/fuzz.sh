@@ -6,14 +6,18 @@ cd "$(dirname "$0")/.."
 secs=${1:-30}
 build=${KW_FUZZ_BUILD:-build-fuzz}
 CC=clang cmake -S . -B "$build" -DKW_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" --target fuzz_yaml fuzz_json fuzz_front -j"$(nproc)" >/dev/null
-for t in yaml json front; do
+targets=(yaml json front providers controller)
+cmake --build "$build" $(printf -- '--target fuzz_%s ' "${targets[@]}") -j"$(nproc)" >/dev/null
+for t in "${targets[@]}"; do
     work=$(mktemp -d)
     echo "fuzz: $t for ${secs}s"
+    log="$build/fuzz_$t.log"
+    set +e # a crash must fail this script: keep the fuzzer's exit status
     "$build/tests/fuzz_$t" -max_total_time="$secs" -rss_limit_mb=2048 -max_len=8192 \
-        -print_final_stats=1 -artifact_prefix="$build/" "$work" "tests/fuzz/corpus/$t" 2>&1 |
-        grep -E 'stat::number_of_executed_units|ERROR|SUMMARY|Done' || true
-    rc=${PIPESTATUS[0]}
+        -print_final_stats=1 -artifact_prefix="$build/" "$work" "tests/fuzz/corpus/$t" >"$log" 2>&1
+    rc=$?
+    set -e
+    grep -E 'stat::number_of_executed_units|^==[0-9]+==ERROR|SUMMARY|^Done' "$log" || true
     rm -rf "$work"
     if [ "$rc" -ne 0 ]; then
         echo "fuzz: fuzz_$t failed (exit $rc); crash input saved under $build/"
