@@ -149,12 +149,62 @@ static void test_backoff(void **state)
     }
 }
 
+struct chunked {
+    const char *text;
+    size_t len, step;
+};
+
+static int count_line(void *ud, const char *line, size_t len)
+{
+    (void)line, (void)len;
+    (*(size_t *)ud)++;
+    return KW_OK;
+}
+
+static void split_chunked(void *arg)
+{
+    const struct chunked *c = arg;
+    struct ctl_lines l;
+    size_t n = 0;
+    ctl_lines_init(&l, 16u << 20, count_line, &n);
+    for (size_t off = 0; off < c->len; off += c->step)
+        assert_int_equal(
+            ctl_lines_feed(&l, c->text + off, c->len - off < c->step ? c->len - off : c->step),
+            KW_OK);
+    assert_true(n > 0);
+    ctl_lines_cleanup(&l);
+}
+
+/* A watch event of 8 MiB in 4 KiB reads costs what short lines of the same bytes cost. */
+static void test_linear_in_line_length(void **state)
+{
+    (void)state;
+    size_t len = 8u << 20;
+    char *big = malloc(len), *small = malloc(len);
+    memset(big, 'x', len - 1);
+    big[len - 1] = '\n';
+    for (size_t off = 0; off < len; off += 100) {
+        memset(small + off, 'y', 99);
+        small[off + 99] = '\n';
+    }
+    struct chunked a = {big, len, 4096}, b = {small, len - len % 100, 4096};
+    double ratio = kwt_time_ratio(split_chunked, &a, split_chunked, &b);
+    print_message("one 8 MiB line: %.2fx the time of 100-byte lines\n", ratio);
+    assert_true(ratio < 4.0);
+    free(big);
+    free(small);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_events),     cmocka_unit_test(test_every_split_is_the_same),
-        cmocka_unit_test(test_line_limit), cmocka_unit_test(test_bad_events),
-        cmocka_unit_test(test_store),      cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_events),
+        cmocka_unit_test(test_every_split_is_the_same),
+        cmocka_unit_test(test_line_limit),
+        cmocka_unit_test(test_bad_events),
+        cmocka_unit_test(test_store),
+        cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_linear_in_line_length),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 /* The SSE parser: LF, CRLF and CR line ends, comments, multi-line data, event names, the
  * raw bytes of each event, the end of a stream without a blank line, the event size limit,
  * and the same events whatever byte boundaries the input is split at. */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -110,12 +111,64 @@ static void test_event_limit(void **state)
     kw_buf_cleanup(&g.text);
 }
 
+struct chunked {
+    const char *text;
+    size_t len, step;
+};
+
+static int count_event(void *ud, const char *raw, size_t raw_len, const char *event,
+                       const char *data, size_t data_len, bool has_data)
+{
+    (void)raw, (void)raw_len, (void)event, (void)data, (void)data_len, (void)has_data;
+    (*(size_t *)ud)++;
+    return KW_OK;
+}
+
+static void feed_chunked(void *arg)
+{
+    const struct chunked *c = arg;
+    struct dp_sse p;
+    dp_sse_init(&p, 4u << 20);
+    size_t n = 0;
+    for (size_t off = 0; off < c->len; off += c->step)
+        assert_int_equal(dp_sse_feed(&p, c->text + off,
+                                     c->len - off < c->step ? c->len - off : c->step, count_event,
+                                     &n),
+                         KW_OK);
+    assert_true(n > 0);
+    dp_sse_cleanup(&p);
+}
+
+/* An event at the 4 MiB limit, arriving in 4 KiB reads, costs what the same bytes as small
+ * events cost: the parser never rescans what it holds (time linear in the input). */
+static void test_linear_at_the_limit(void **state)
+{
+    (void)state;
+    size_t len = (4u << 20) - 64;
+    char *big = malloc(len), *small = malloc(len);
+    memcpy(big, "data: ", 6);
+    memset(big + 6, 'x', len - 8);
+    memcpy(big + len - 2, "\n\n", 2);
+    for (size_t off = 0; off < len; off += 64) { /* 64-byte events: "data: xxx...\n\n" */
+        memcpy(small + off, "data: ", 6);
+        memset(small + off + 6, 'y', 56);
+        memcpy(small + off + 62, "\n\n", 2);
+    }
+    struct chunked a = {big, len, 4096}, b = {small, len, 4096};
+    double ratio = kwt_time_ratio(feed_chunked, &a, feed_chunked, &b);
+    print_message("one 4 MiB event: %.2fx the time of 64-byte events\n", ratio);
+    assert_true(ratio < 4.0);
+    free(big);
+    free(small);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_events),
         cmocka_unit_test(test_every_split_is_the_same),
         cmocka_unit_test(test_event_limit),
+        cmocka_unit_test(test_linear_at_the_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
