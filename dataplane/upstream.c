@@ -476,9 +476,12 @@ static void finish(struct dp_request *r, CURLcode rc)
         if (r->up_error == DP_UPERR_NONE && r->front != NULL)
             r->front->stream_end(r, &r->out);
         if (r->up_error != DP_UPERR_NONE)
+            /* the gateway's own reasons (a bad frame, a too slow client) are the client's
+             * to know; curl's text (addresses) stays in the log */
             dp_request_stream_error(
                 r, r->up_error == DP_UPERR_TIMEOUT ? "upstream_timeout" : "upstream_error",
-                "the upstream failed after the response started (request id %s)", r->id);
+                "the upstream failed after the response started%s%s (request id %s)",
+                r->write_err[0] != '\0' ? ": " : "", r->write_err, r->id);
         r->stream_end = true;
         dp_request_wake(r);
         return;

@@ -26,5 +26,6 @@ if command -v cppcheck >/dev/null; then
         fail=1
     fi
 fi
+python3 hack/docs-check.py || fail=1
 [ $fail -eq 0 ] && echo "lint: ${#files[@]} files clean"
 exit $fail

@@ -2,7 +2,8 @@
 # The README's test command: install dependencies, build, run every test.
 #   hack/test.sh           everything CI runs: deps, Debug build + ctest, ASan+UBSan build +
 #                          ctest, valgrind on the unit tests, lint, fuzzing (FUZZ_SECONDS each)
-#   hack/test.sh --quick   Debug build + ctest only
+#   hack/test.sh --quick   Debug build + ctest only; once set up it installs nothing (the
+#                          dependency and kube-apiserver steps find everything in place)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -15,7 +16,14 @@ step "dependencies"
 bash hack/install-deps.sh
 
 step "openai and Anthropic npm clients for the integration tests"
-(cd tests/integration/clients && npm ci --no-audit --no-fund --loglevel=error)
+# --quick once set up: node_modules newer than the lock file is kept as it is
+lock=tests/integration/clients/package-lock.json
+installed=tests/integration/clients/node_modules/.package-lock.json
+if [ $quick -eq 1 ] && [ -f "$installed" ] && [ "$installed" -nt "$lock" ]; then
+    echo "npm clients: up to date"
+else
+    (cd tests/integration/clients && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 step "kube-apiserver for the e2e tests (built once, cached outside the clone)"
 bash hack/kube-apiserver.sh build
