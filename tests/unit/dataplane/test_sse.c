@@ -124,19 +124,25 @@ static int count_event(void *ud, const char *raw, size_t raw_len, const char *ev
     return KW_OK;
 }
 
+struct sse_run {
+    struct dp_sse p;
+    size_t n;
+};
+
+static int sse_piece(void *ud, const char *p, size_t n)
+{
+    struct sse_run *run = ud;
+    return dp_sse_feed(&run->p, p, n, count_event, &run->n);
+}
+
 static void feed_chunked(void *arg)
 {
     const struct chunked *c = arg;
-    struct dp_sse p;
-    dp_sse_init(&p, 4u << 20);
-    size_t n = 0;
-    for (size_t off = 0; off < c->len; off += c->step)
-        assert_int_equal(dp_sse_feed(&p, c->text + off,
-                                     c->len - off < c->step ? c->len - off : c->step, count_event,
-                                     &n),
-                         KW_OK);
-    assert_true(n > 0);
-    dp_sse_cleanup(&p);
+    struct sse_run run = {.n = 0};
+    dp_sse_init(&run.p, 4u << 20);
+    assert_int_equal(kwt_feed_chunked(c->text, c->len, c->step, sse_piece, &run), KW_OK);
+    assert_true(run.n > 0);
+    dp_sse_cleanup(&run.p);
 }
 
 /* An event at the 4 MiB limit, arriving in 4 KiB reads, costs what the same bytes as small
@@ -157,7 +163,7 @@ static void test_linear_at_the_limit(void **state)
     struct chunked a = {big, len, 4096}, b = {small, len, 4096};
     double ratio = kwt_time_ratio(feed_chunked, &a, feed_chunked, &b);
     print_message("one 4 MiB event: %.2fx the time of 64-byte events\n", ratio);
-    assert_true(ratio < 4.0);
+    assert_true(ratio < 8.0); /* quadratic costs 100x and more at this size */
     free(big);
     free(small);
 }
