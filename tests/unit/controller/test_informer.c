@@ -185,7 +185,7 @@ static void test_linear_in_line_length(void **state)
     char *big = malloc(len), *small = malloc(len);
     memset(big, 'x', len - 1);
     big[len - 1] = '\n';
-    for (size_t off = 0; off < len; off += 100) {
+    for (size_t off = 0; off + 100 <= len; off += 100) {
         memset(small + off, 'y', 99);
         small[off + 99] = '\n';
     }
