@@ -47,7 +47,7 @@ build-release/dataplane/knoway-dataplane --check -c examples/quickstart.yaml
 
 step "valgrind on the unit tests"
 for t in build/tests/test_*; do
-    valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect,possible \
+    KW_NO_TIMING=1 valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect,possible \
         --error-exitcode=9 "$t" >/dev/null
     echo "valgrind clean: $(basename "$t")"
 done

@@ -1,4 +1,5 @@
 #include <time.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,4 +58,22 @@ int kwt_feed_chunked(const char *text, size_t len, size_t step,
             return rc;
     }
     return 0;
+}
+
+void kwt_assert_linear(const char *what, void (*fn)(void *), void *input, void (*base)(void *),
+                       void *baseline, double bound)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    bool instrumented = true;
+#else
+    bool instrumented = getenv("KW_NO_TIMING") != NULL;
+#endif
+    if (instrumented) {
+        fn(input);
+        print_message("%s: not timed (sanitizer or valgrind)\n", what);
+        return;
+    }
+    double ratio = kwt_time_ratio(fn, input, base, baseline);
+    print_message("%s: %.2fx the baseline's time (bound %.0fx)\n", what, ratio, bound);
+    assert_true(ratio < bound);
 }

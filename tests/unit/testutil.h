@@ -30,6 +30,12 @@ double kwt_now(void);
  * Returns fn's time over base's time, each the best of three runs. */
 double kwt_time_ratio(void (*fn)(void *), void *input, void (*base)(void *), void *baseline);
 
+/* Assert that fn(input) takes less than bound times base(baseline) (kwt_time_ratio). Under
+ * ASan or valgrind (KW_NO_TIMING set by hack/test.sh) time says nothing about the code:
+ * fn runs once, unmeasured. what names the case in the message printed. */
+void kwt_assert_linear(const char *what, void (*fn)(void *), void *input, void (*base)(void *),
+                       void *baseline, double bound);
+
 /* Feed len bytes of text to fn in pieces of step bytes (the last may be shorter), as reads
  * from a socket would come. Returns 0, or fn's first non-zero result. */
 int kwt_feed_chunked(const char *text, size_t len, size_t step,
