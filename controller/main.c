@@ -5,7 +5,6 @@
  *                                   \-> status writer (leader only) <-- acks, leadership
  */
 #include <getopt.h>
-#include <sys/resource.h>
 #include <openssl/crypto.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,6 +20,7 @@
 #include "knoway/kw.h"
 #include "knoway/log.h"
 #include "knoway/net.h"
+#include "knoway/proc.h"
 #include "kube.h"
 #include "lease.h"
 #include "status.h"
@@ -238,16 +238,8 @@ static bool debug_allowed(const struct ctl *c, const union MHD_ConnectionInfo *c
  * client and files. */
 static unsigned raise_nofile(void)
 {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return 1024;
-    if (rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-        getrlimit(RLIMIT_NOFILE, &rl);
-    }
-    rlim_t keep = 256;
-    rlim_t n = rl.rlim_cur > keep + 64 ? rl.rlim_cur - keep : 64;
+    uint64_t nofile = kw_raise_nofile(), keep = 256;
+    uint64_t n = nofile > keep + 64 ? nofile - keep : 64;
     return n > 20000 ? 20000 : (unsigned)n;
 }
 

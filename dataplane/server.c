@@ -20,7 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
-#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
@@ -29,6 +28,7 @@
 #include "dp.h"
 #include "knoway/kw.h"
 #include "knoway/log.h"
+#include "knoway/proc.h"
 #include "server.h"
 
 int dp_parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len)
@@ -225,25 +225,18 @@ static void reload_config(struct dp_server *s, const char *why)
  * listeners, epoll, the admin listener, discovery and log files. */
 static void raise_nofile(struct dp_server *s)
 {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return;
-    if (rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-        getrlimit(RLIMIT_NOFILE, &rl);
-    }
-    rlim_t reserved = 128 + 8 * (rlim_t)s->nworkers;
-    rlim_t fit = rl.rlim_cur > reserved * 2 ? (rl.rlim_cur - reserved) / 2 : 16;
+    uint64_t nofile = kw_raise_nofile();
+    uint64_t reserved = 128 + 8 * (uint64_t)s->nworkers;
+    uint64_t fit = nofile > reserved * 2 ? (nofile - reserved) / 2 : 16;
     if (s->max_connections > fit) {
-        char want[32], got[32], nofile[32];
+        char want[32], got[32], nofile_s[32];
         snprintf(want, sizeof(want), "%u", s->max_connections);
         snprintf(got, sizeof(got), "%llu", (unsigned long long)fit);
-        snprintf(nofile, sizeof(nofile), "%llu", (unsigned long long)rl.rlim_cur);
+        snprintf(nofile_s, sizeof(nofile_s), "%llu", (unsigned long long)nofile);
         kw_log(KW_LOG_WARN,
                "limits.maxConnections lowered to what the file-descriptor limit allows "
                "(two per proxied request); raise LimitNOFILE / ulimit -n for more",
-               "configured", want, "effective", got, "nofile", nofile, NULL);
+               "configured", want, "effective", got, "nofile", nofile_s, NULL);
         s->max_connections = (unsigned)fit;
     }
 }

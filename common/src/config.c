@@ -288,11 +288,6 @@ static bool check_secret_key(struct kw_config *cfg, const struct kw_backend *b, 
     return false;
 }
 
-static int cmp_age(const void *x, const void *y)
-{
-    return kw_route_age_cmp(*(struct kw_route *const *)x, *(struct kw_route *const *)y);
-}
-
 /* Whether two model patterns can match the same model. */
 static bool overlap(const struct kw_model_match *a, const struct kw_model_match *b)
 {
@@ -332,7 +327,7 @@ static void check_conflicts(struct kw_config *cfg)
     struct claim *prefixes = calloc(nclaims + 1, sizeof(*prefixes));
     if (rs == NULL || exact == NULL || prefixes == NULL)
         goto out;
-    qsort(rs, n, sizeof(*rs), cmp_age);
+    qsort(rs, n, sizeof(*rs), kw_route_ptr_age_cmp);
     /* the oldest exact claim of each model, whatever its namespace */
     size_t ne = 0, np = 0;
     for (size_t i = 0; i < n; i++)

@@ -117,6 +117,11 @@ int kw_route_age_cmp(const struct kw_route *x, const struct kw_route *y)
     return r != 0 ? r : strcmp(a->name, b->name);
 }
 
+int kw_route_ptr_age_cmp(const void *a, const void *b)
+{
+    return kw_route_age_cmp(*(struct kw_route *const *)a, *(struct kw_route *const *)b);
+}
+
 const struct kw_secret_item *kw_secret_get(const struct kw_secret *s, const char *key)
 {
     for (size_t i = 0; i < s->nitems; i++)

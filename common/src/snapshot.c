@@ -140,13 +140,6 @@ static int cmp_backend(const void *x, const void *y)
                     &(*(struct kw_backend *const *)y)->meta);
 }
 
-/* Routes are listed oldest first: that order breaks ties between equally specific
- * matches. Age is the creation time from the API, else the order in the file. */
-static int cmp_route_age(const void *x, const void *y)
-{
-    return kw_route_age_cmp(*(struct kw_route *const *)x, *(struct kw_route *const *)y);
-}
-
 static int cmp_cred(const void *x, const void *y)
 {
     const struct kw_credential *a = x, *b = y;
@@ -388,7 +381,9 @@ struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_re
         }
         rs[nr++] = r;
     }
-    qsort(rs, nr, sizeof(*rs), cmp_route_age);
+    /* routes are listed oldest first: that order breaks ties between equally specific
+     * matches (kw_route_age_cmp) */
+    qsort(rs, nr, sizeof(*rs), kw_route_ptr_age_cmp);
     if (cs.n > 0)
         qsort(cs.items, cs.n, sizeof(*cs.items), cmp_cred);
 

@@ -221,5 +221,7 @@ const struct kw_secret_item *kw_secret_get(const struct kw_secret *s, const char
 /* Route age order: creation time from the API (RFC 3339 UTC sorts as text), else the order
  * in the file, then namespace/name. The oldest route wins ties and model conflicts. */
 int kw_route_age_cmp(const struct kw_route *a, const struct kw_route *b);
+/* The same for qsort over an array of struct kw_route pointers. */
+int kw_route_ptr_age_cmp(const void *a, const void *b);
 
 #endif
