@@ -1,9 +1,11 @@
 /* The admin listener: /healthz, /readyz, /metrics (Prometheus text), /debug/config (the
  * current snapshot, credentials redacted). Its own libmicrohttpd thread: never a worker. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-#include "dp.h"
+#include "knoway/metrics.h"
+#include "worker.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/limits.h"
@@ -24,91 +26,69 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
     return rc;
 }
 
-static uint64_t sum(struct dp_server *s, size_t off)
+/* The process's gauges and counters kept outside the request path: set in the admin
+ * thread's shard (0) at each scrape. */
+struct admin_metrics {
+    struct kw_metric *active_requests, *active_streams, *open_connections, *reloads, *memory,
+        *rejected;
+};
+
+static int register_metrics(struct dp_server *s)
 {
-    uint64_t v = 0;
-    for (unsigned i = 0; i < s->nworkers; i++)
-        v += atomic_load_explicit((atomic_uint_fast64_t *)((char *)&s->workers[i].stats + off),
-                                  memory_order_relaxed);
-    return v;
+    struct admin_metrics *am = calloc(1, sizeof(*am));
+    if (am == NULL)
+        return KW_ERROR;
+    s->admin_metrics = am;
+    struct kw_metrics *m = s->metrics;
+    am->active_requests = kw_metrics_add(m, KW_METRIC_GAUGE, "knoway_active_requests",
+                                         "Requests in flight.", NULL, 1, NULL, 0);
+    am->active_streams = kw_metrics_add(m, KW_METRIC_GAUGE, "knoway_active_streams",
+                                        "Streams being relayed.", NULL, 1, NULL, 0);
+    am->open_connections = kw_metrics_add(m, KW_METRIC_GAUGE, "knoway_open_connections",
+                                          "Open client connections.", NULL, 1, NULL, 0);
+    am->reloads = kw_metrics_add(m, KW_METRIC_COUNTER, "knoway_config_reloads_total",
+                                 "Configuration reloads, by result.",
+                                 (const char *const[]){"result", NULL}, 2, NULL, 0);
+    am->memory = kw_metrics_add(m, KW_METRIC_GAUGE, "knoway_memory_budget_bytes",
+                                "Memory held by requests (arenas and buffers) and the budget "
+                                "(limits.maxMemoryBytes).",
+                                (const char *const[]){"state", NULL}, 2, NULL, 0);
+    am->rejected = kw_metrics_add(m, KW_METRIC_COUNTER, "knoway_requests_rejected_total",
+                                  "Requests refused before routing, by reason.",
+                                  (const char *const[]){"reason", NULL}, 2, NULL, 0);
+    return am->active_requests != NULL && am->active_streams != NULL &&
+                   am->open_connections != NULL && am->reloads != NULL && am->memory != NULL &&
+                   am->rejected != NULL
+               ? KW_OK
+               : KW_ERROR;
 }
 
-static int64_t sum_signed(struct dp_server *s, size_t off)
+static void set1(struct kw_metric *f, const char *value, int64_t v)
 {
-    int64_t v = 0;
-    for (unsigned i = 0; i < s->nworkers; i++)
-        v += atomic_load_explicit((atomic_int_fast64_t *)((char *)&s->workers[i].stats + off),
-                                  memory_order_relaxed);
-    return v;
+    const char *const values[] = {value};
+    kw_series_set(kw_metric_series(f, 0, value != NULL ? values : NULL), v);
 }
-
-#define STAT(field) offsetof(struct dp_stats, field)
 
 static void metrics(struct dp_server *s, struct kw_buf *b)
 {
-    kw_buf_puts(b, "# HELP knoway_requests_total Client requests answered, by HTTP status.\n"
-                   "# TYPE knoway_requests_total counter\n");
-    for (unsigned code = 100; code < DP_STATUS_SLOTS; code++) {
-        uint64_t v = sum(s, STAT(requests_by_status) + code * sizeof(atomic_uint_fast64_t));
-        if (v > 0)
-            kw_buf_printf(b, "knoway_requests_total{code=\"%u\"} %llu\n", code,
-                          (unsigned long long)v);
+    struct admin_metrics *am = s->admin_metrics;
+    int64_t reqs = 0, streams = 0, conns = 0;
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        reqs += atomic_load_explicit(&s->workers[i].active_requests, memory_order_relaxed);
+        streams += atomic_load_explicit(&s->workers[i].active_streams, memory_order_relaxed);
+        conns += atomic_load_explicit(&s->workers[i].open_connections, memory_order_relaxed);
     }
-    static const char *const kinds[] = {"connect", "timeout", "reset", "other"};
-    kw_buf_puts(b, "# HELP knoway_upstream_errors_total Failed upstream transfers, by kind.\n"
-                   "# TYPE knoway_upstream_errors_total counter\n");
-    for (unsigned k = 0; k < 4; k++)
-        kw_buf_printf(
-            b, "knoway_upstream_errors_total{kind=\"%s\"} %llu\n", kinds[k],
-            (unsigned long long)sum(s, STAT(upstream_errors) + k * sizeof(atomic_uint_fast64_t)));
-    kw_buf_printf(b,
-                  "# HELP knoway_tokens_total Tokens accounted from upstream usage, by type.\n"
-                  "# TYPE knoway_tokens_total counter\n"
-                  "knoway_tokens_total{gen_ai_token_type=\"input\"} %llu\n"
-                  "knoway_tokens_total{gen_ai_token_type=\"output\"} %llu\n"
-                  "knoway_tokens_total{gen_ai_token_type=\"cached_input\"} %llu\n",
-                  (unsigned long long)sum(s, STAT(tokens_prompt)),
-                  (unsigned long long)sum(s, STAT(tokens_completion)),
-                  (unsigned long long)sum(s, STAT(tokens_cached)));
-    kw_buf_printf(b,
-                  "# HELP knoway_streams_cancelled_total Streams the client left before the end.\n"
-                  "# TYPE knoway_streams_cancelled_total counter\n"
-                  "knoway_streams_cancelled_total %llu\n"
-                  "# HELP knoway_active_requests Requests in flight.\n"
-                  "# TYPE knoway_active_requests gauge\n"
-                  "knoway_active_requests %lld\n"
-                  "# HELP knoway_active_streams Streams being relayed.\n"
-                  "# TYPE knoway_active_streams gauge\n"
-                  "knoway_active_streams %lld\n"
-                  "# HELP knoway_open_connections Open client connections.\n"
-                  "# TYPE knoway_open_connections gauge\n"
-                  "knoway_open_connections %lld\n",
-                  (unsigned long long)sum(s, STAT(streams_cancelled)),
-                  (long long)sum_signed(s, STAT(active_requests)),
-                  (long long)sum_signed(s, STAT(active_streams)),
-                  (long long)sum_signed(s, STAT(open_connections)));
-    kw_buf_printf(b,
-                  "# HELP knoway_config_reloads_total Configuration reloads, by result.\n"
-                  "# TYPE knoway_config_reloads_total counter\n"
-                  "knoway_config_reloads_total{result=\"success\"} %llu\n"
-                  "knoway_config_reloads_total{result=\"failure\"} %llu\n",
-                  (unsigned long long)atomic_load(&s->reloads_ok),
-                  (unsigned long long)atomic_load(&s->reloads_failed));
-    kw_buf_printf(b,
-                  "# HELP knoway_memory_budget_bytes Memory held by requests (arenas and "
-                  "buffers) and the budget (limits.maxMemoryBytes).\n"
-                  "# TYPE knoway_memory_budget_bytes gauge\n"
-                  "knoway_memory_budget_bytes{state=\"used\"} %lld\n"
-                  "knoway_memory_budget_bytes{state=\"limit\"} %llu\n"
-                  "# HELP knoway_requests_rejected_total Requests refused before routing, by "
-                  "reason.\n"
-                  "# TYPE knoway_requests_rejected_total counter\n"
-                  "knoway_requests_rejected_total{reason=\"memory\"} %llu\n"
-                  "knoway_requests_rejected_total{reason=\"read_timeout\"} %llu\n",
-                  (long long)atomic_load(&s->mem_used),
-                  (unsigned long long)s->dp->limits.max_memory_bytes,
-                  (unsigned long long)atomic_load(&s->rejected_memory),
-                  (unsigned long long)atomic_load(&s->read_timeouts));
+    set1(am->active_requests, NULL, reqs);
+    set1(am->active_streams, NULL, streams);
+    set1(am->open_connections, NULL, conns);
+    set1(am->reloads, "success", (int64_t)atomic_load(&s->reloads_ok));
+    set1(am->reloads, "failure", (int64_t)atomic_load(&s->reloads_failed));
+    set1(am->memory, "used", (int64_t)atomic_load(&s->mem_used));
+    set1(am->memory, "limit", (int64_t)s->dp->limits.max_memory_bytes);
+    set1(am->rejected, "memory", (int64_t)atomic_load(&s->rejected_memory));
+    set1(am->rejected, "read_timeout", (int64_t)atomic_load(&s->read_timeouts));
+    kw_metrics_write(s->metrics, b);
+    /* an info metric whose label changes with each snapshot: written here, not kept */
     struct dp_table *t = dp_server_table(s);
     if (t != NULL) {
         kw_buf_printf(b,
@@ -200,6 +180,8 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
 
 int dp_admin_start(struct dp_server *s)
 {
+    if (register_metrics(s) != KW_OK)
+        return KW_ERROR;
     struct sockaddr_storage ss;
     socklen_t len;
     if (dp_parse_address(s->dp->admin, &ss, &len) != KW_OK)
@@ -223,4 +205,6 @@ void dp_admin_stop(struct dp_server *s)
     if (s->admin != NULL)
         MHD_stop_daemon(s->admin);
     s->admin = NULL;
+    free(s->admin_metrics);
+    s->admin_metrics = NULL;
 }

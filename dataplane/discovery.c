@@ -23,7 +23,7 @@
 #include <unistd.h>
 #include <openssl/crypto.h>
 
-#include "dp.h"
+#include "worker.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/limits.h"

@@ -32,7 +32,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "dp.h"
+#include "provider.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 
@@ -88,7 +88,7 @@ static int bad(struct dp_request *r, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    dp_request_fail(r, 400, "invalid_request_error", NULL, NULL, "%s", msg);
+    dp_error_set(r, 400, "invalid_request_error", NULL, NULL, "%s", msg);
     return KW_ERROR;
 }
 
@@ -154,7 +154,7 @@ static struct kw_node *image_part(struct dp_request *r, const struct kw_node *bl
     struct kw_node *p = map_of(a, "type", kw_node_cstring(a, "image_url"), "image_url",
                                map_of(a, "url", url, NULL, NULL));
     if (p == NULL)
-        dp_request_fail(r, 500, "server_error", NULL, NULL, "out of memory");
+        dp_error_set(r, 500, "server_error", NULL, NULL, "out of memory");
     return p;
 }
 
@@ -547,12 +547,12 @@ static const char *stop_reason(const struct kw_node *fr)
 
 static int usage_json(struct kw_buf *out, const struct dp_request *r)
 {
-    int64_t cached = r->cached_tokens, prompt = r->prompt_tokens;
+    int64_t cached = r->usage.cached, prompt = r->usage.prompt;
     return kw_buf_printf(out,
                          "{\"input_tokens\":%lld,\"output_tokens\":%lld,"
                          "\"cache_read_input_tokens\":%lld}",
                          (long long)(prompt > cached ? prompt - cached : 0),
-                         (long long)r->completion_tokens, (long long)cached);
+                         (long long)r->usage.completion, (long long)cached);
 }
 
 static void write_str(struct kw_buf *out, const char *s)
@@ -722,7 +722,7 @@ static int tool_delta(struct dp_request *r, struct anth_stream *st, size_t pos,
     const struct kw_node *name = kw_node_get(fn, "name"), *args = kw_node_get(fn, "arguments");
     int64_t k = is(ix, KW_NODE_INT) ? ix->i : (int64_t)pos;
     if (k < 0 || k >= ANTH_MAX_TOOLS) {
-        snprintf(r->write_err, sizeof(r->write_err), "more than %d tool calls in one message",
+        snprintf(r->up.write_err, sizeof(r->up.write_err), "more than %d tool calls in one message",
                  ANTH_MAX_TOOLS);
         return KW_ERROR;
     }
@@ -815,9 +815,9 @@ static int on_chunk(void *ud, const char *raw, size_t raw_len, const char *ev, c
         return finish_message(r, st);
     struct kw_node *root;
     char err[128];
-    kw_arena_reset(r->w->scratch);
-    if (kw_json_parse(r->w->scratch, data, data_len, &root, err, sizeof(err)) != KW_OK) {
-        snprintf(r->write_err, sizeof(r->write_err), "upstream chunk is not JSON: %s", err);
+    kw_arena_reset(r->scratch);
+    if (kw_json_parse(r->scratch, data, data_len, &root, err, sizeof(err)) != KW_OK) {
+        snprintf(r->up.write_err, sizeof(r->up.write_err), "upstream chunk is not JSON: %s", err);
         return KW_ERROR;
     }
     const struct kw_node *e = kw_node_get(root, "error");

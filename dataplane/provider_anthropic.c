@@ -29,7 +29,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "dp.h"
+#include "provider.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/snapshot.h"
@@ -125,9 +125,9 @@ static struct kw_node *translate_tool_choice(struct dp_request *r, const struct 
     }
     if (type == NULL) {
         *bad = true;
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "tool_choice",
-                        "tool_choice must be \"auto\", \"none\", \"required\" or "
-                        "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+        dp_error_set(r, 400, "invalid_request_error", NULL, "tool_choice",
+                     "tool_choice must be \"auto\", \"none\", \"required\" or "
+                     "{\"type\": \"function\", \"function\": {\"name\": ...}}");
         return NULL;
     }
     kw_node_map_put(a, out, "type", kw_node_cstring(a, type));
@@ -192,8 +192,8 @@ static struct kw_node *message_content(struct dp_request *r, size_t i, const str
     if (content != NULL && content->type == KW_NODE_STRING && !has_calls)
         return dp_tr_str(r->arena, content);
     if ((content == NULL || content->type == KW_NODE_NULL) && !has_calls) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                        "messages[%zu] needs content", i);
+        dp_error_set(r, 400, "invalid_request_error", NULL, "messages",
+                     "messages[%zu] needs content", i);
         return NULL;
     }
     return dp_tr_content(r, i, content, calls, &ops);
@@ -255,16 +255,16 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
 static int anthropic_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
 {
     if (r->api != DP_API_CHAT) {
-        dp_request_fail(r, 400, "invalid_request_error", "unsupported_endpoint", NULL,
-                        "backend %s (Anthropic) serves /v1/chat/completions only",
-                        r->backend->meta.name);
+        dp_error_set(r, 400, "invalid_request_error", "unsupported_endpoint", NULL,
+                     "backend %s (Anthropic) serves /v1/chat/completions only",
+                     r->backend->meta.name);
         return KW_ERROR;
     }
     struct kw_node *body;
     if (translate_request(r, &body) != KW_OK)
         return KW_ERROR;
-    size_t blen;
-    const char *base = dp_openai_pick_base(r, &blen);
+    size_t blen = r->base_len;
+    const char *base = r->base_url != NULL ? r->base_url : "";
     int rc = kw_buf_printf(url, "%.*s/v1/messages", (int)blen, base);
     rc |= dp_openai_add_header(headers, r->arena, "Content-Type", "application/json");
     rc |= dp_openai_add_header(headers, r->arena, "anthropic-version", ANTHROPIC_VERSION);
@@ -304,10 +304,10 @@ static void read_usage(struct anth_state *st, const struct kw_node *usage)
 
 static void set_usage(struct dp_request *r, const struct anth_state *st)
 {
-    r->prompt_tokens = st->input + st->cache_read + st->cache_create;
-    r->completion_tokens = st->output;
-    r->cached_tokens = st->cache_read;
-    r->have_usage = true;
+    r->usage.prompt = st->input + st->cache_read + st->cache_create;
+    r->usage.completion = st->output;
+    r->usage.cached = st->cache_read;
+    r->usage.have = true;
 }
 
 static int anthropic_on_response(struct dp_request *r, const char *body, size_t len,
@@ -359,8 +359,8 @@ static int anthropic_on_event(struct dp_request *r, const char *raw, size_t raw_
     struct anth_state *st = state_of(r);
     struct kw_node *ev;
     char err[128];
-    kw_arena_reset(r->w->scratch);
-    if (st == NULL || kw_json_parse(r->w->scratch, data, data_len, &ev, err, sizeof(err)) != KW_OK)
+    kw_arena_reset(r->scratch);
+    if (st == NULL || kw_json_parse(r->scratch, data, data_len, &ev, err, sizeof(err)) != KW_OK)
         return KW_ERROR;
     const struct kw_node *tn = kw_node_get(ev, "type");
     const char *type = tn != NULL && tn->type == KW_NODE_STRING ? tn->str : event;
@@ -426,8 +426,8 @@ static int anthropic_on_error(struct dp_request *r, long status, const char *bod
 {
     struct kw_node *root;
     char err[128];
-    kw_arena_reset(r->w->scratch);
-    if (kw_json_parse(r->w->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
+    kw_arena_reset(r->scratch);
+    if (kw_json_parse(r->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
         return KW_OK;
     const struct kw_node *e = kw_node_get(root, "error");
     const struct kw_node *msg = kw_node_get(e, "message"), *type = kw_node_get(e, "type");

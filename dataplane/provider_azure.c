@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "dp.h"
+#include "provider.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/snapshot.h"
@@ -14,8 +14,8 @@
 static int azure_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
 {
     const struct kw_backend *b = r->backend;
-    size_t blen;
-    const char *base = dp_openai_pick_base(r, &blen);
+    size_t blen = r->base_len;
+    const char *base = r->base_url != NULL ? r->base_url : "";
     const char *deployment = b->credentials.azure.deployment != NULL
                                  ? b->credentials.azure.deployment
                                  : r->upstream_model;
@@ -53,8 +53,8 @@ static int azure_on_error(struct dp_request *r, long status, const char *body, s
 {
     struct kw_node *root;
     char err[128];
-    kw_arena_reset(r->w->scratch);
-    if (kw_json_parse(r->w->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
+    kw_arena_reset(r->scratch);
+    if (kw_json_parse(r->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
         return KW_OK; /* not JSON: wrapped by the caller */
     const struct kw_node *e = kw_node_get(root, "error");
     if (e == NULL || e->type != KW_NODE_MAP)

@@ -32,7 +32,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "dp.h"
+#include "provider.h"
 #include "eventstream.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
@@ -165,9 +165,9 @@ static int tool_config(struct dp_request *r, const struct kw_node *in, struct kw
             valid = false;
     }
     if (!valid) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "tool_choice",
-                        "tool_choice must be \"auto\", \"none\", \"required\" or "
-                        "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+        dp_error_set(r, 400, "invalid_request_error", NULL, "tool_choice",
+                     "tool_choice must be \"auto\", \"none\", \"required\" or "
+                     "{\"type\": \"function\", \"function\": {\"name\": ...}}");
         return KW_ERROR;
     }
     kw_node_map_put(a, body, "toolConfig", cfg);
@@ -230,9 +230,9 @@ static int sign(struct dp_request *r, const char *url, struct curl_slist **heade
                             ? dp_provider_secret(r, b->credentials.bedrock.session_token_key)
                             : NULL;
     if (akid == NULL || secret == NULL) {
-        dp_request_fail(r, 500, "server_error", "upstream_credentials", NULL,
-                        "backend %s: the Secret has no AWS access key id or secret access key",
-                        b->meta.name);
+        dp_error_set(r, 500, "server_error", "upstream_credentials", NULL,
+                     "backend %s: the Secret has no AWS access key id or secret access key",
+                     b->meta.name);
         return KW_ERROR;
     }
     CURLU *u = curl_url();
@@ -297,9 +297,9 @@ static int sign(struct dp_request *r, const char *url, struct curl_slist **heade
 static int bedrock_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
 {
     if (r->api != DP_API_CHAT) {
-        dp_request_fail(r, 400, "invalid_request_error", "unsupported_endpoint", NULL,
-                        "backend %s (AWSBedrock) serves /v1/chat/completions only",
-                        r->backend->meta.name);
+        dp_error_set(r, 400, "invalid_request_error", "unsupported_endpoint", NULL,
+                     "backend %s (AWSBedrock) serves /v1/chat/completions only",
+                     r->backend->meta.name);
         return KW_ERROR;
     }
     struct kw_node *body;
@@ -309,8 +309,9 @@ static int bedrock_build(struct dp_request *r, struct kw_buf *url, struct curl_s
     char dflt[160];
     size_t blen;
     const char *base = NULL;
-    if (b->upstream.base_url != NULL || b->upstream.nendpoints > 0) {
-        base = dp_openai_pick_base(r, &blen);
+    if (r->base_url != NULL) {
+        base = r->base_url;
+        blen = r->base_len;
     } else {
         blen = (size_t)snprintf(
             dflt, sizeof(dflt), "https://bedrock-runtime.%s.amazonaws.com",
@@ -352,11 +353,11 @@ static void read_usage(struct dp_request *r, const struct kw_node *u)
     if (u == NULL || u->type != KW_NODE_MAP)
         return;
     int64_t cache_read = dp_tr_int(u, "cacheReadInputTokens");
-    r->prompt_tokens =
+    r->usage.prompt =
         dp_tr_int(u, "inputTokens") + cache_read + dp_tr_int(u, "cacheWriteInputTokens");
-    r->completion_tokens = dp_tr_int(u, "outputTokens");
-    r->cached_tokens = cache_read;
-    r->have_usage = true;
+    r->usage.completion = dp_tr_int(u, "outputTokens");
+    r->usage.cached = cache_read;
+    r->usage.have = true;
 }
 
 static int bedrock_on_response(struct dp_request *r, const char *body, size_t len,
@@ -411,11 +412,10 @@ static int on_message(void *ud, const struct dp_es_message *m)
     struct br_state *st = c->st;
     struct kw_node *ev;
     char err[128];
-    kw_arena_reset(r->w->scratch);
+    kw_arena_reset(r->scratch);
     if (strcmp(m->message_type, "event") != 0) { /* exception or error frames */
         const struct kw_node *msg = NULL;
-        if (kw_json_parse(r->w->scratch, m->payload, m->payload_len, &ev, err, sizeof(err)) ==
-            KW_OK)
+        if (kw_json_parse(r->scratch, m->payload, m->payload_len, &ev, err, sizeof(err)) == KW_OK)
             msg = kw_node_get(ev, "message");
         const char *code = m->exception_type[0] != '\0' ? m->exception_type : m->error_code;
         bool has = msg != NULL && msg->type == KW_NODE_STRING;
@@ -428,7 +428,7 @@ static int on_message(void *ud, const struct dp_es_message *m)
         r->saw_done = true; /* the stream is over */
         return KW_OK;
     }
-    if (kw_json_parse(r->w->scratch, m->payload, m->payload_len, &ev, err, sizeof(err)) != KW_OK)
+    if (kw_json_parse(r->scratch, m->payload, m->payload_len, &ev, err, sizeof(err)) != KW_OK)
         return KW_ERROR;
     const char *type = m->event_type;
     if (strcmp(type, "messageStart") == 0)
@@ -482,7 +482,7 @@ static int bedrock_feed(struct dp_request *r, const char *buf, size_t len, struc
     struct feed_ctx c = {r, st, out};
     char err[160];
     if (dp_es_feed(&st->es, buf, len, on_message, &c, err, sizeof(err)) != KW_OK) {
-        snprintf(r->write_err, sizeof(r->write_err), "%s", err);
+        snprintf(r->up.write_err, sizeof(r->up.write_err), "%s", err);
         bedrock_cleanup(r);
         return KW_ERROR;
     }
@@ -516,8 +516,8 @@ static int bedrock_on_error(struct dp_request *r, long status, const char *body,
 {
     struct kw_node *root;
     char err[128];
-    kw_arena_reset(r->w->scratch);
-    if (kw_json_parse(r->w->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
+    kw_arena_reset(r->scratch);
+    if (kw_json_parse(r->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
         return KW_OK;
     const struct kw_node *msg = kw_node_get(root, "message");
     if (msg == NULL)

@@ -33,7 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dp.h"
+#include "provider.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/snapshot.h"
@@ -128,10 +128,10 @@ static struct kw_node *function_response(struct dp_request *r, const struct kw_n
         id != NULL && id->type == KW_NODE_STRING ? call_name(list, i, id) : NULL;
     if (name == NULL || name->type != KW_NODE_STRING || content == NULL ||
         (content->type != KW_NODE_STRING && content->type != KW_NODE_SEQ)) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                        "messages[%zu]: a tool message needs content and the tool_call_id of an "
-                        "earlier assistant tool call",
-                        i);
+        dp_error_set(r, 400, "invalid_request_error", NULL, "messages",
+                     "messages[%zu]: a tool message needs content and the tool_call_id of an "
+                     "earlier assistant tool call",
+                     i);
         return NULL;
     }
     struct kw_buf text;
@@ -242,9 +242,9 @@ static int translate_tools(struct dp_request *r, const struct kw_node *in, struc
         }
     }
     if (mode == NULL) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "tool_choice",
-                        "tool_choice must be \"auto\", \"none\", \"required\" or "
-                        "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+        dp_error_set(r, 400, "invalid_request_error", NULL, "tool_choice",
+                     "tool_choice must be \"auto\", \"none\", \"required\" or "
+                     "{\"type\": \"function\", \"function\": {\"name\": ...}}");
         return KW_ERROR;
     }
     kw_node_map_put(a, fcc, "mode", kw_node_cstring(a, mode));
@@ -258,8 +258,8 @@ static int chat_body(struct dp_request *r, struct kw_node **out)
     const struct kw_node *in = r->up_json;
     const struct kw_node *n = kw_node_get(in, "n");
     if (n != NULL && n->type == KW_NODE_INT && n->i != 1) {
-        dp_request_fail(r, 400, "invalid_request_error", "unsupported_value", "n",
-                        "n must be 1 for Gemini backends");
+        dp_error_set(r, 400, "invalid_request_error", "unsupported_value", "n",
+                     "n must be 1 for Gemini backends");
         return KW_ERROR;
     }
     struct kw_node *body = kw_node_new(a, KW_NODE_MAP);
@@ -304,9 +304,9 @@ static int embeddings_body(struct dp_request *r, struct gem_state *st, struct kw
     st->base64 = fmt != NULL && fmt->type == KW_NODE_STRING && strcmp(fmt->str, "base64") == 0;
     for (size_t i = 0; input->type == KW_NODE_SEQ && i < input->n; i++)
         if (input->items[i]->type != KW_NODE_STRING) {
-            dp_request_fail(r, 400, "invalid_request_error", "unsupported_value", "input",
-                            "input must be a string or a list of strings for Gemini backends "
-                            "(token arrays are not supported)");
+            dp_error_set(r, 400, "invalid_request_error", "unsupported_value", "input",
+                         "input must be a string or a list of strings for Gemini backends "
+                         "(token arrays are not supported)");
             return KW_ERROR;
         }
     struct kw_node *body = kw_node_new(a, KW_NODE_MAP);
@@ -339,9 +339,9 @@ static int gemini_build(struct dp_request *r, struct kw_buf *url, struct curl_sl
     if (st == NULL)
         return KW_ERROR;
     if (r->api != DP_API_CHAT && r->api != DP_API_EMBEDDINGS) {
-        dp_request_fail(r, 400, "invalid_request_error", "unsupported_endpoint", NULL,
-                        "backend %s (Gemini) serves /v1/chat/completions and /v1/embeddings",
-                        r->backend->meta.name);
+        dp_error_set(r, 400, "invalid_request_error", "unsupported_endpoint", NULL,
+                     "backend %s (Gemini) serves /v1/chat/completions and /v1/embeddings",
+                     r->backend->meta.name);
         return KW_ERROR;
     }
     struct kw_node *body;
@@ -351,8 +351,8 @@ static int gemini_build(struct dp_request *r, struct kw_buf *url, struct curl_sl
                              ? (st->batch ? "batchEmbedContents" : "embedContent")
                          : r->stream ? "streamGenerateContent?alt=sse"
                                      : "generateContent";
-    size_t blen;
-    const char *base = dp_openai_pick_base(r, &blen);
+    size_t blen = r->base_len;
+    const char *base = r->base_url != NULL ? r->base_url : "";
     char *model = curl_easy_escape(NULL, r->upstream_model, 0);
     if (model == NULL)
         return KW_ERROR;
@@ -389,10 +389,10 @@ static void read_usage(struct dp_request *r, struct gem_state *st, const struct 
     st->candidates = dp_tr_int(u, "candidatesTokenCount");
     st->thoughts = dp_tr_int(u, "thoughtsTokenCount");
     st->cached = dp_tr_int(u, "cachedContentTokenCount");
-    r->prompt_tokens = st->prompt;
-    r->completion_tokens = st->candidates + st->thoughts;
-    r->cached_tokens = st->cached;
-    r->have_usage = true;
+    r->usage.prompt = st->prompt;
+    r->usage.completion = st->candidates + st->thoughts;
+    r->usage.cached = st->cached;
+    r->usage.have = true;
 }
 
 static void read_ident(struct dp_request *r, struct gem_state *st, const struct kw_node *root)
@@ -508,13 +508,13 @@ static int embeddings_response(struct dp_request *r, struct gem_state *st,
     }
     /* Gemini reports no token counts for embeddings unless usageMetadata is present */
     const struct kw_node *u = kw_node_get(root, "usageMetadata");
-    r->prompt_tokens = dp_tr_int(u, "promptTokenCount");
-    r->completion_tokens = 0;
-    r->have_usage = u != NULL;
+    r->usage.prompt = dp_tr_int(u, "promptTokenCount");
+    r->usage.completion = 0;
+    r->usage.have = u != NULL;
     kw_buf_puts(out, "],\"model\":");
     kw_json_write_string(out, r->upstream_model, strlen(r->upstream_model));
     return kw_buf_printf(out, ",\"usage\":{\"prompt_tokens\":%lld,\"total_tokens\":%lld}}",
-                         (long long)r->prompt_tokens, (long long)r->prompt_tokens);
+                         (long long)r->usage.prompt, (long long)r->usage.prompt);
 }
 
 static int gemini_on_response(struct dp_request *r, const char *body, size_t len,
@@ -542,8 +542,8 @@ static int gemini_on_event(struct dp_request *r, const char *raw, size_t raw_len
     struct gem_state *st = state_of(r);
     struct kw_node *ev;
     char err[128];
-    kw_arena_reset(r->w->scratch);
-    if (st == NULL || kw_json_parse(r->w->scratch, data, data_len, &ev, err, sizeof(err)) != KW_OK)
+    kw_arena_reset(r->scratch);
+    if (st == NULL || kw_json_parse(r->scratch, data, data_len, &ev, err, sizeof(err)) != KW_OK)
         return KW_ERROR;
     const struct kw_node *e = kw_node_get(ev, "error");
     if (e != NULL) { /* an error after the stream started */
@@ -579,7 +579,7 @@ static int gemini_on_event(struct dp_request *r, const char *raw, size_t raw_len
             else
                 kw_buf_puts(&args, "{}");
             size_t idlen;
-            const char *id = call_id(r->w->scratch, fc, st->tr.tools, &idlen);
+            const char *id = call_id(r->scratch, fc, st->tr.tools, &idlen);
             dp_tr_chunk_tool(out, &st->tr, id, idlen, name->str, name->len,
                              args.data != NULL ? args.data : "", args.len);
             kw_buf_cleanup(&args);
@@ -612,8 +612,8 @@ static int gemini_on_error(struct dp_request *r, long status, const char *body, 
 {
     struct kw_node *root;
     char err[128];
-    kw_arena_reset(r->w->scratch);
-    if (kw_json_parse(r->w->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
+    kw_arena_reset(r->scratch);
+    if (kw_json_parse(r->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
         return KW_OK;
     if (root->type == KW_NODE_SEQ && root->n > 0)
         root = root->items[0];

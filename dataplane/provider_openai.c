@@ -3,7 +3,7 @@
  * events are relayed byte for byte; usage is read on the way. */
 #include <string.h>
 
-#include "dp.h"
+#include "provider.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/snapshot.h"
@@ -20,36 +20,6 @@ const char *dp_openai_api_suffix(enum dp_api api)
     default:
         return "";
     }
-}
-
-static const char *pick(struct dp_request *r)
-{
-    const struct kw_upstream *u = &r->backend->upstream;
-    if (u->base_url != NULL)
-        return u->base_url;
-    uint64_t total = 0;
-    for (size_t i = 0; i < u->nendpoints; i++)
-        total += u->endpoints[i].weight;
-    if (total == 0)
-        return u->nendpoints > 0 ? u->endpoints[0].url : "";
-    r->w->rnd = r->w->rnd * 1103515245u + 12345u;
-    uint64_t x = (r->w->rnd >> 8) % total;
-    for (size_t i = 0; i < u->nendpoints; i++) {
-        if (x < u->endpoints[i].weight)
-            return u->endpoints[i].url;
-        x -= u->endpoints[i].weight;
-    }
-    return u->endpoints[0].url;
-}
-
-const char *dp_openai_pick_base(struct dp_request *r, size_t *len)
-{
-    const char *base = pick(r);
-    size_t n = strlen(base);
-    while (n > 0 && base[n - 1] == '/')
-        n--;
-    *len = n;
-    return base;
 }
 
 const char *dp_provider_secret(struct dp_request *r, const char *key)
@@ -94,8 +64,8 @@ int dp_openai_add_header(struct curl_slist **list, struct kw_arena *a, const cha
 
 static int openai_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
 {
-    size_t blen;
-    const char *base = dp_openai_pick_base(r, &blen);
+    size_t blen = r->base_len;
+    const char *base = r->base_url != NULL ? r->base_url : "";
     if (kw_buf_append(url, base, blen) != KW_OK ||
         kw_buf_puts(url, dp_openai_api_suffix(r->api)) != KW_OK)
         return KW_ERROR;
@@ -147,9 +117,9 @@ int dp_openai_on_event(struct dp_request *r, const char *raw, size_t raw_len, co
     }
     struct kw_node *root;
     char err[128];
-    kw_arena_reset(r->w->scratch);
+    kw_arena_reset(r->scratch);
     if (has_usage_object(data, data_len) &&
-        kw_json_parse(r->w->scratch, data, data_len, &root, err, sizeof(err)) == KW_OK) {
+        kw_json_parse(r->scratch, data, data_len, &root, err, sizeof(err)) == KW_OK) {
         const struct kw_node *usage = kw_node_get(root, "usage");
         if (usage != NULL && usage->type == KW_NODE_MAP) {
             dp_request_usage(r, usage);

@@ -25,7 +25,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "dp.h"
+#include "conn.h"
+#include "filter.h"
+#include "upstream.h"
+#include "worker.h"
 #include "knoway/kw.h"
 #include "knoway/log.h"
 #include "knoway/proc.h"
@@ -340,7 +343,9 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
 
     s.workers = calloc(s.nworkers, sizeof(*s.workers));
     s.threads = calloc(s.nworkers, sizeof(*s.threads));
-    if (s.workers == NULL || s.threads == NULL || sfd == -1)
+    s.metrics = kw_metrics_new(s.nworkers + 1);
+    if (s.workers == NULL || s.threads == NULL || sfd == -1 || s.metrics == NULL ||
+        dp_filters_init(&s) != KW_OK)
         return 1;
     unsigned started = 0;
     int rc = 1;
@@ -351,7 +356,14 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
                    NULL);
             goto out;
         }
-        if (dp_worker_init(&s.workers[started], &s, started, lfd) != KW_OK) {
+        static const struct dp_worker_hooks hooks = {
+            .on_access = dp_on_access,
+            .on_completed = dp_on_completed,
+            .on_connection = dp_conn_notify,
+            .abort_all = dp_request_abort_all,
+        };
+        if (dp_worker_init(&s.workers[started], &s, started, lfd, &hooks) != KW_OK ||
+            dp_upstream_init(&s.workers[started]) != KW_OK) {
             kw_log(KW_LOG_ERROR, "cannot start a worker", NULL);
             started++; /* cleaned up below */
             goto out;
@@ -464,10 +476,14 @@ out:
     }
     dp_admin_stop(&s);
     for (unsigned i = 0; i < s.nworkers; i++)
-        if (s.workers[i].ep != 0)
+        if (s.workers[i].ep != 0) {
+            dp_upstream_cleanup(&s.workers[i]);
             dp_worker_cleanup(&s.workers[i]);
+        }
     free(s.workers);
     free(s.threads);
+    dp_filters_fini(&s);
+    kw_metrics_free(s.metrics);
     dp_table_unref(s.table);
     close(sfd);
     curl_global_cleanup();

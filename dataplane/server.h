@@ -10,7 +10,9 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "dp_limits.h"
 #include "knoway/config.h"
+#include "knoway/metrics.h"
 #include "router.h"
 
 struct dp_worker;
@@ -49,6 +51,9 @@ struct dp_server {
     atomic_uint_fast64_t ping; /* watchdog: bumped by main, echoed by every worker loop */
     atomic_llong mem_used;     /* requests' memory: arenas and buffers (the budget) */
     atomic_uint_fast64_t rejected_memory, read_timeouts;
+    struct kw_metrics *metrics;        /* shard 0: admin thread, 1 + i: worker i */
+    void *filter_conf[DP_MAX_FILTERS]; /* each filter's server-wide state (filter.h) */
+    void *admin_metrics;               /* admin.c's families */
     struct MHD_Daemon *admin;
     struct dp_discovery discovery; /* used when dp->discovery.url is set */
 };
@@ -76,11 +81,5 @@ int dp_activated_admin_fd(void);
 /* Admin listener (admin.c). */
 int dp_admin_start(struct dp_server *s);
 void dp_admin_stop(struct dp_server *s);
-
-/* Worker entry points (worker.c). */
-int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int listen_fd);
-void *dp_worker_main(void *arg);
-void dp_worker_post(struct dp_worker *w);
-void dp_worker_cleanup(struct dp_worker *w);
 
 #endif

@@ -82,8 +82,8 @@ int dp_tr_parts(struct dp_request *r, size_t i, const struct kw_node *list,
     for (size_t j = 0; j < list->n; j++) {
         struct kw_node *b = part(r->arena, list->items[j]);
         if (b == NULL) {
-            dp_request_fail(r, 400, "invalid_request_error", code, "messages",
-                            "messages[%zu].content[%zu] %s", i, j, what);
+            dp_error_set(r, 400, "invalid_request_error", code, "messages",
+                         "messages[%zu].content[%zu] %s", i, j, what);
             return KW_ERROR;
         }
         kw_node_seq_push(r->arena, out, b);
@@ -104,8 +104,8 @@ struct kw_node *dp_tr_content(struct dp_request *r, size_t i, const struct kw_no
             KW_OK)
             return NULL;
     } else if (content != NULL && content->type != KW_NODE_NULL) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                        "messages[%zu].content must be a string or a list of parts", i);
+        dp_error_set(r, 400, "invalid_request_error", NULL, "messages",
+                     "messages[%zu].content must be a string or a list of parts", i);
         return NULL;
     }
     for (size_t j = 0; calls != NULL && calls->type == KW_NODE_SEQ && j < calls->n; j++) {
@@ -116,8 +116,8 @@ struct kw_node *dp_tr_content(struct dp_request *r, size_t i, const struct kw_no
         kw_node_seq_push(a, blocks, ops->tool_call(a, id, name, input));
     }
     if (ops->empty != NULL && blocks->n == 0) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages", "messages[%zu] %s", i,
-                        ops->empty);
+        dp_error_set(r, 400, "invalid_request_error", NULL, "messages", "messages[%zu] %s", i,
+                     ops->empty);
         return NULL;
     }
     return blocks;
@@ -131,8 +131,8 @@ int dp_tr_tool_message(struct dp_request *r, const struct kw_node *list, size_t 
     *content = kw_node_get(m, "content");
     if (*id == NULL || (*id)->type != KW_NODE_STRING || *content == NULL ||
         ((*content)->type != KW_NODE_STRING && (*content)->type != KW_NODE_SEQ)) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                        "messages[%zu]: a tool message needs tool_call_id and content", i);
+        dp_error_set(r, 400, "invalid_request_error", NULL, "messages",
+                     "messages[%zu]: a tool message needs tool_call_id and content", i);
         return KW_ERROR;
     }
     return KW_OK;
@@ -170,8 +170,8 @@ int dp_tr_turns(struct dp_request *r, const struct dp_tr_turn_ops *ops, const st
     for (size_t i = 0; i < list->n; i++) {
         const struct kw_node *m = list->items[i], *role = kw_node_get(m, "role");
         if (m->type != KW_NODE_MAP || role == NULL || role->type != KW_NODE_STRING) {
-            dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                            "messages[%zu] needs a role and content", i);
+            dp_error_set(r, 400, "invalid_request_error", NULL, "messages",
+                         "messages[%zu] needs a role and content", i);
             return KW_ERROR;
         }
         if (strcmp(role->str, "system") == 0 || strcmp(role->str, "developer") == 0) {
@@ -197,10 +197,10 @@ int dp_tr_turns(struct dp_request *r, const struct dp_tr_turn_ops *ops, const st
         results = NULL;
         bool assistant = strcmp(role->str, "assistant") == 0;
         if (!assistant && strcmp(role->str, "user") != 0) {
-            dp_request_fail(r, 400, "invalid_request_error", "unsupported_value", "messages",
-                            "messages[%zu]: role \"%s\" is not one of system, developer, user, "
-                            "assistant, tool",
-                            i, role->str);
+            dp_error_set(r, 400, "invalid_request_error", "unsupported_value", "messages",
+                         "messages[%zu]: role \"%s\" is not one of system, developer, user, "
+                         "assistant, tool",
+                         i, role->str);
             return KW_ERROR;
         }
         struct kw_node *content = ops->content(r, i, m, assistant);
@@ -244,10 +244,10 @@ int dp_tr_tool_call(struct dp_request *r, size_t msg, size_t j, const struct kw_
         (*name)->type != KW_NODE_STRING || args == NULL || args->type != KW_NODE_STRING ||
         kw_json_parse(r->arena, args->str, args->len, input, err, sizeof(err)) != KW_OK ||
         (*input)->type != KW_NODE_MAP) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "messages",
-                        "messages[%zu].tool_calls[%zu] needs an id, a function name and "
-                        "arguments holding a JSON object",
-                        msg, j);
+        dp_error_set(r, 400, "invalid_request_error", NULL, "messages",
+                     "messages[%zu].tool_calls[%zu] needs an id, a function name and "
+                     "arguments holding a JSON object",
+                     msg, j);
         return KW_ERROR;
     }
     return KW_OK;
@@ -262,9 +262,9 @@ int dp_tr_tool_decl(struct dp_request *r, size_t j, const struct kw_node *tool,
     *name = kw_node_get(fn, "name");
     if (type == NULL || type->type != KW_NODE_STRING || strcmp(type->str, "function") != 0 ||
         *name == NULL || (*name)->type != KW_NODE_STRING) {
-        dp_request_fail(
-            r, 400, "invalid_request_error", NULL, "tools",
-            "tools[%zu] must be {\"type\": \"function\", \"function\": {\"name\": ...}}", j);
+        dp_error_set(r, 400, "invalid_request_error", NULL, "tools",
+                     "tools[%zu] must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                     j);
         return KW_ERROR;
     }
     *desc = kw_node_get(fn, "description");
@@ -290,7 +290,7 @@ int dp_tr_tools(struct dp_request *r, const struct kw_node *req,
     if (tools == NULL || tools->type == KW_NODE_NULL)
         return KW_OK;
     if (tools->type != KW_NODE_SEQ) {
-        dp_request_fail(r, 400, "invalid_request_error", NULL, "tools", "tools must be a list");
+        dp_error_set(r, 400, "invalid_request_error", NULL, "tools", "tools must be a list");
         return KW_ERROR;
     }
     struct kw_node *list = kw_node_new(r->arena, KW_NODE_SEQ);
@@ -332,9 +332,9 @@ int dp_tr_usage_json(struct kw_buf *out, const struct dp_request *r)
     return kw_buf_printf(out,
                          "{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"total_tokens\":%lld,"
                          "\"prompt_tokens_details\":{\"cached_tokens\":%lld}}",
-                         (long long)r->prompt_tokens, (long long)r->completion_tokens,
-                         (long long)(r->prompt_tokens + r->completion_tokens),
-                         (long long)r->cached_tokens);
+                         (long long)r->usage.prompt, (long long)r->usage.completion,
+                         (long long)(r->usage.prompt + r->usage.completion),
+                         (long long)r->usage.cached);
 }
 
 static void chunk_head(struct kw_buf *out, const struct dp_tr_ident *id)

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dp.h"
+#include "provider.h"
 
 /* The identity of a translated response: its chunks and body carry the same id, created
  * and model. */

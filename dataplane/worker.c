@@ -1,12 +1,12 @@
 /* A worker: one thread, one epoll loop driving its own libmicrohttpd daemon (external
- * epoll mode, suspend/resume, its own SO_REUSEPORT listening socket), its own libcurl
- * multi handle and a timer heap. Nothing here blocks.
+ * epoll mode, suspend/resume, its own SO_REUSEPORT listening socket), a timer heap, and
+ * whatever registers a watch (upstream.c's libcurl sockets, clients' fds). Nothing here
+ * blocks; the loop knows nothing of requests or curl.
  *
  * Loop:
- *   timeout = min(MHD's, curl's, first timer)
- *   epoll_wait -> MHD's epoll fd: MHD_run | curl socket: curl_multi_socket_action |
+ *   timeout = min(MHD's, first timer)
+ *   epoll_wait -> each ready watch's callback (curl socket: curl_multi_socket_action |
  *                 client fd RDHUP: cancel that request | eventfd: new table, drain, stop
- *   curl timeout due -> socket_action(CURL_SOCKET_TIMEOUT); finished transfers
  *   timers due -> fire
  * Drain: MHD_quiesce_daemon (stop accepting), finish what is in flight, then stop. A forced
  * stop aborts the requests still active and lets MHD close them before MHD_stop_daemon
@@ -23,7 +23,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "dp.h"
+#include "balancer.h"
+#include "router.h"
+#include "worker.h"
 #include "knoway/kw.h"
 #include "knoway/log.h"
 #include "server.h"
@@ -63,23 +65,14 @@ void dp_worker_unwatch(struct dp_worker *w, struct dp_watch *watch)
     epoll_ctl(w->ep, EPOLL_CTL_DEL, watch->fd, NULL);
 }
 
-void dp_worker_track(struct dp_worker *w, struct dp_request *r)
+void dp_worker_retire(struct dp_worker *w, struct dp_watch *watch)
 {
-    r->prev = NULL;
-    r->next = w->requests;
-    if (w->requests != NULL)
-        w->requests->prev = r;
-    w->requests = r;
-}
-
-void dp_worker_untrack(struct dp_worker *w, struct dp_request *r)
-{
-    if (r->prev != NULL)
-        r->prev->next = r->next;
-    else
-        w->requests = r->next;
-    if (r->next != NULL)
-        r->next->prev = r->prev;
+    /* an event for this socket may still be waiting in the current epoll batch: the watch
+     * is freed after the batch, not now */
+    dp_worker_unwatch(w, watch);
+    watch->retired = true;
+    watch->next = w->retired;
+    w->retired = watch;
 }
 
 struct kw_arena *dp_worker_arena(struct dp_worker *w)
@@ -102,23 +95,6 @@ void dp_worker_arena_done(struct dp_worker *w, struct kw_arena *a)
     }
 }
 
-CURL *dp_worker_easy(struct dp_worker *w)
-{
-    if (w->neasy_pool > 0)
-        return w->easy_pool[--w->neasy_pool];
-    return curl_easy_init();
-}
-
-void dp_worker_easy_done(struct dp_worker *w, CURL *e)
-{
-    if (w->neasy_pool < DP_POOL_MAX && !w->draining) {
-        curl_easy_reset(e); /* keeps its buffers; connections live in the multi's cache */
-        w->easy_pool[w->neasy_pool++] = e;
-    } else {
-        curl_easy_cleanup(e);
-    }
-}
-
 void dp_worker_post(struct dp_worker *w)
 {
     uint64_t one = 1;
@@ -126,102 +102,15 @@ void dp_worker_post(struct dp_worker *w)
     (void)n;
 }
 
-struct dp_conn {
-    struct dp_worker *w;
-    struct MHD_Connection *conn;
-    struct dp_timer timer;
-    struct dp_request *req; /* the request on it whose body is not complete, or NULL */
-};
-
-static void on_read_timeout(struct dp_timer *t)
-{
-    struct dp_conn *c = (struct dp_conn *)((char *)t - offsetof(struct dp_conn, timer));
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci == NULL)
-        return;
-    atomic_fetch_add_explicit(&c->w->server->read_timeouts, 1, memory_order_relaxed);
-    struct dp_request *r = c->req;
-    if (r != NULL && r->state == DP_ST_BODY) {
-        /* nothing was sent on this connection for this request yet: answer it ourselves
-         * (libmicrohttpd cannot send a response before the body is complete) */
-        static const char body[] =
-            "{\"error\":{\"message\":\"the request was not received within limits.readTimeout\","
-            "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"request_timeout\"}}";
-        char resp[512];
-        int len = snprintf(resp, sizeof(resp),
-                           "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
-                           "Content-Type: application/json\r\nx-request-id: %s\r\n"
-                           "Content-Length: %zu\r\n\r\n%s",
-                           r->id, sizeof(body) - 1, body);
-        ssize_t n = send(ci->connect_fd, resp, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
-        (void)n;
-        r->status = 408;
-        snprintf(r->fail_buf, sizeof(r->fail_buf), "the request was not received within %lld ms",
-                 (long long)c->w->server->dp->limits.read_timeout_ms);
-        r->fail_msg = r->fail_buf;
-    }
-    /* libmicrohttpd sees the connection end at its next pass and closes it */
-    shutdown(ci->connect_fd, SHUT_RDWR);
-}
-
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
     struct dp_worker *w = cls;
-    atomic_fetch_add_explicit(&w->stats.open_connections,
-                              toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&w->open_connections, toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1,
+                              memory_order_relaxed);
     if (toe == MHD_CONNECTION_NOTIFY_CLOSED)
         w->accept_stalled = false; /* a close lets libmicrohttpd accept again */
-    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-        struct dp_conn *c = calloc(1, sizeof(*c));
-        if (c == NULL)
-            return; /* no read deadline; libmicrohttpd's idle timeout still applies */
-        c->w = w;
-        c->conn = conn;
-        kw_heap_node_init(&c->timer.node);
-        c->timer.on_fire = on_read_timeout;
-        dp_timer_arm(w, &c->timer, dp_now_ms() + w->server->dp->limits.read_timeout_ms);
-        *socket_context = c;
-    } else if (*socket_context != NULL) {
-        struct dp_conn *c = *socket_context;
-        dp_timer_cancel(w, &c->timer);
-        if (c->req != NULL)
-            c->req->conn_ctx = NULL;
-        free(c);
-        *socket_context = NULL;
-    }
-}
-
-void dp_conn_request_started(struct MHD_Connection *conn, struct dp_request *r)
-{
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    struct dp_conn *c = ci != NULL ? ci->socket_context : NULL;
-    if (c == NULL)
-        return;
-    c->req = r;
-    r->conn_ctx = c;
-}
-
-void dp_conn_body_done(struct dp_request *r)
-{
-    struct dp_conn *c = r->conn_ctx;
-    if (c == NULL)
-        return;
-    dp_timer_cancel(c->w, &c->timer);
-    c->req = NULL;
-}
-
-void dp_conn_request_done(struct dp_request *r)
-{
-    struct dp_conn *c = r->conn_ctx;
-    if (c == NULL)
-        return;
-    c->req = NULL;
-    r->conn_ctx = NULL;
-    /* the next request (or the end of an idle keep-alive) has its own deadline */
-    dp_timer_arm(c->w, &c->timer, dp_now_ms() + c->w->server->dp->limits.read_timeout_ms);
+    w->hooks->on_connection(w, conn, socket_context, toe);
 }
 
 /* libmicrohttpd's messages: only running out of descriptors matters here. After EMFILE it
@@ -257,19 +146,24 @@ static void accept_for_mhd(struct dp_worker *w)
     }
 }
 
-int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int listen_fd)
+static void on_mhd_ready(struct dp_watch *watch, uint32_t events);
+static void on_event_fd(struct dp_watch *watch, uint32_t events);
+
+int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int listen_fd,
+                   const struct dp_worker_hooks *hooks)
 {
     memset(w, 0, sizeof(*w));
+    w->hooks = hooks;
     w->index = index;
     w->server = s;
     w->listen_fd = listen_fd;
-    w->rnd = (uint32_t)(s->boot_id * 2654435761u + index * 40503u) | 1u;
+    w->lb = dp_lb_new(s->boot_id * 2654435761u + index * 40503u);
     kw_buf_init(&w->logbuf, 64 * 1024);
     w->scratch = kw_arena_new(DP_MAX_SSE_EVENT * 4);
     kw_heap_init(&w->timers);
     w->ep = epoll_create1(EPOLL_CLOEXEC);
     w->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (w->ep == -1 || w->event_fd == -1 || w->scratch == NULL)
+    if (w->ep == -1 || w->event_fd == -1 || w->scratch == NULL || w->lb == NULL)
         return KW_ERROR;
     unsigned conns = s->max_connections / s->nworkers + 1;
     w->conn_limit = conns;
@@ -279,20 +173,21 @@ int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int
     unsigned per_ip = per_client == 0 ? 0 : (per_client + s->nworkers - 1) / s->nworkers;
     w->mhd = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-        dp_on_access, w, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, w, MHD_OPTION_LISTEN_SOCKET,
+        hooks->on_access, w, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, w, MHD_OPTION_LISTEN_SOCKET,
         listen_fd, MHD_OPTION_CONNECTION_LIMIT, conns, MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)DP_CONN_MEMORY, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)75, MHD_OPTION_NOTIFY_COMPLETED, dp_on_completed, w, MHD_OPTION_NOTIFY_CONNECTION,
-        on_connection, w, MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1, MHD_OPTION_END);
+        (unsigned)75, MHD_OPTION_NOTIFY_COMPLETED, hooks->on_completed, w,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, w, MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1,
+        MHD_OPTION_END);
     if (w->mhd == NULL)
         return KW_ERROR;
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(w->mhd, MHD_DAEMON_INFO_EPOLL_FD);
     if (di == NULL)
         return KW_ERROR;
-    w->mhd_watch = (struct dp_watch){.kind = DP_WATCH_MHD, .fd = di->epoll_fd};
-    w->event_watch = (struct dp_watch){.kind = DP_WATCH_EVENT, .fd = w->event_fd};
+    w->mhd_watch = (struct dp_watch){.fd = di->epoll_fd, .on_event = on_mhd_ready, .ptr = w};
+    w->event_watch = (struct dp_watch){.fd = w->event_fd, .on_event = on_event_fd, .ptr = w};
     if (dp_worker_watch(w, &w->mhd_watch, EPOLLIN, true) != KW_OK ||
-        dp_worker_watch(w, &w->event_watch, EPOLLIN, true) != KW_OK || dp_upstream_init(w) != KW_OK)
+        dp_worker_watch(w, &w->event_watch, EPOLLIN, true) != KW_OK)
         return KW_ERROR;
     w->table = dp_table_ref(s->table);
     return KW_OK;
@@ -305,15 +200,12 @@ void dp_worker_cleanup(struct dp_worker *w)
         w->retired = dead->next;
         free(dead);
     }
-    while (w->neasy_pool > 0)
-        curl_easy_cleanup(w->easy_pool[--w->neasy_pool]);
     while (w->narena_pool > 0)
         kw_arena_free(w->arena_pool[--w->narena_pool]);
-    if (w->multi != NULL)
-        curl_multi_cleanup(w->multi);
     dp_table_unref(w->table);
     dp_table_unref(atomic_exchange(&w->next, NULL));
     kw_heap_cleanup(&w->timers);
+    dp_lb_free(w->lb);
     kw_buf_cleanup(&w->logbuf);
     kw_arena_free(w->scratch);
     if (w->ep != -1)
@@ -332,6 +224,8 @@ static void on_message(struct dp_worker *w)
     if (t != NULL) {
         dp_table_unref(w->table); /* requests keep the old one pinned until they end */
         w->table = t;
+        /* balancer state of backends that are gone (and idle) goes with them */
+        dp_lb_sweep(w->lb, (const struct kw_backend *const *)t->snap->backends, t->snap->nbackends);
     }
     if (atomic_load(&w->drain) && !w->draining) {
         w->draining = true;
@@ -341,24 +235,32 @@ static void on_message(struct dp_worker *w)
     }
     if (atomic_load(&w->stop)) {
         /* forced stop: abort what is left; MHD closes them on its next pass */
-        for (struct dp_request *r = w->requests; r != NULL; r = r->next)
-            dp_request_client_gone(r);
+        w->hooks->abort_all(w);
     }
+}
+
+static void on_mhd_ready(struct dp_watch *watch, uint32_t events)
+{
+    (void)watch;
+    (void)events; /* MHD_run runs after every batch */
+}
+
+static void on_event_fd(struct dp_watch *watch, uint32_t events)
+{
+    (void)events;
+    on_message(watch->ptr);
 }
 
 void *dp_worker_main(void *arg)
 {
     struct dp_worker *w = arg;
     struct epoll_event evs[256];
-    int running;
     for (;;) {
         int64_t now = dp_now_ms();
         int64_t timeout = -1;
         MHD_UNSIGNED_LONG_LONG mt;
         if (MHD_get_timeout(w->mhd, &mt) == MHD_YES)
             timeout = (int64_t)mt;
-        if (w->curl_due_ms >= 0 && (timeout < 0 || w->curl_due_ms - now < timeout))
-            timeout = w->curl_due_ms > now ? w->curl_due_ms - now : 0;
         const struct kw_heap_node *first = kw_heap_top(&w->timers);
         if (first != NULL && (timeout < 0 || first->key - now < timeout))
             timeout = first->key > now ? first->key - now : 0;
@@ -372,51 +274,24 @@ void *dp_worker_main(void *arg)
         int n = epoll_wait(w->ep, evs, KW_ARRAY_LEN(evs), timeout > 60000 ? 60000 : (int)timeout);
         if (n == -1 && errno != EINTR)
             break;
-        bool run_mhd = timeout == 0 || (n == 0 && timeout >= 0);
         for (int i = 0; i < n; i++) {
             struct dp_watch *watch = evs[i].data.ptr;
-            if (watch->retired)
-                continue;
-            switch (watch->kind) {
-            case DP_WATCH_MHD:
-                run_mhd = true;
-                break;
-            case DP_WATCH_CURL: {
-                int flags = (evs[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
-                            (evs[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
-                            (evs[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
-                curl_multi_socket_action(w->multi, watch->fd, flags, &running);
-                break;
-            }
-            case DP_WATCH_CLIENT:
-                dp_request_client_gone(watch->ptr);
-                run_mhd = true;
-                break;
-            case DP_WATCH_EVENT:
-                on_message(w);
-                run_mhd = true;
-                break;
-            }
+            if (!watch->retired)
+                watch->on_event(watch, evs[i].events);
         }
         now = dp_now_ms();
-        if (w->curl_due_ms >= 0 && w->curl_due_ms <= now) {
-            w->curl_due_ms = -1;
-            curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-        }
-        dp_upstream_poll(w);
         struct kw_heap_node *due;
         while ((due = kw_heap_top(&w->timers)) != NULL && due->key <= now) {
             struct dp_timer *t = (struct dp_timer *)((char *)due - offsetof(struct dp_timer, node));
             kw_heap_remove(&w->timers, due);
             t->on_fire(t);
         }
-        (void)run_mhd;
-        bool below = atomic_load_explicit(&w->stats.open_connections, memory_order_relaxed) <
+        bool below = atomic_load_explicit(&w->open_connections, memory_order_relaxed) <
                      (int_fast64_t)w->conn_limit;
         MHD_run(w->mhd);
         if (below)
             w->limit_wake = false; /* this run put the listening socket back */
-        if (atomic_load_explicit(&w->stats.open_connections, memory_order_relaxed) >=
+        if (atomic_load_explicit(&w->open_connections, memory_order_relaxed) >=
             (int_fast64_t)w->conn_limit)
             w->limit_wake = true;
         else if (w->accept_stalled && !w->draining)

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dp.h"
+#include "provider.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 
@@ -15,12 +15,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    static struct dp_worker w;
-    if (w.scratch == NULL)
-        w.scratch = kw_arena_new(1u << 26);
+    static struct kw_arena *scratch;
+    if (scratch == NULL)
+        scratch = kw_arena_new(1u << 26);
     struct dp_request r;
     memset(&r, 0, sizeof(r));
-    r.w = &w;
+    r.scratch = scratch;
     r.arena = kw_arena_new(1u << 26);
     strcpy(r.id, "fuzz");
     r.model = "m";
@@ -38,7 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             kw_json_write(r.json, &out);
         break;
     case 1: /* an upstream's body */
-        r.prompt_tokens = 7;
+        r.usage.prompt = 7;
         r.front->response(&r, in, len, &out);
         break;
     default: { /* an upstream's stream, in two pieces */
@@ -52,8 +52,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     }
     }
-    if (r.pending != NULL)
-        MHD_destroy_response(r.pending);
     r.front->cleanup(&r);
     kw_buf_cleanup(&out);
     kw_buf_cleanup(&r.out);

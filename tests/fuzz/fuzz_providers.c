@@ -12,11 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dp.h"
+#include "provider.h"
 #include "knoway/config.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/snapshot.h"
+#include "balancer.h"
 #include "router.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -42,7 +43,7 @@ static const char CONFIG[] =
                   "AWS_SESSION_TOKEN}\n") R("bedrock");
 
 static struct dp_table table;
-static struct dp_worker w;
+static struct kw_arena *scratch;
 
 static int on_sse(void *ud, const char *raw, size_t raw_len, const char *event, const char *d,
                   size_t dlen, bool has_data)
@@ -51,6 +52,24 @@ static int on_sse(void *ud, const char *raw, size_t raw_len, const char *event, 
     return has_data ? r->provider->on_event(r, raw, raw_len, event, d, dlen, dp_stream_sink(r))
                     : KW_OK;
 }
+
+/* The engine's header hooks read rate-limit and retry headers: fed through a balancer
+ * state the way an attempt would. */
+static struct dp_lb *lb;
+static void on_header(struct dp_transfer *t, const char *name, size_t nlen, const char *value,
+                      size_t vlen)
+{
+    struct dp_request *r = t->ud;
+    struct dp_backend_state *bs = dp_lb_backend(lb, r->backend);
+    if (bs != NULL)
+        dp_lb_header(bs, -1, name, nlen, value, vlen, 1000);
+}
+static int on_headers(struct dp_transfer *t)
+{
+    (void)t;
+    return KW_OK;
+}
+static const struct dp_transfer_ops header_ops = {.on_header = on_header, .on_headers = on_headers};
 
 static void setup(void)
 {
@@ -64,7 +83,8 @@ static void setup(void)
     kw_config_free(cfg);
     if (table.snap == NULL || table.snap->nroutes != 5)
         abort();
-    w.scratch = kw_arena_new(1u << 26);
+    scratch = kw_arena_new(1u << 26);
+    lb = dp_lb_new(1);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -76,8 +96,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const struct kw_route *route = table.snap->routes[data[0] % table.snap->nroutes];
     struct dp_request r;
     memset(&r, 0, sizeof(r));
-    r.w = &w;
-    w.rnd = data[2] | 1u;
+    r.scratch = scratch;
     r.arena = kw_arena_new(1u << 26);
     r.table = &table;
     r.route = route;
@@ -89,7 +108,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     kw_buf_init(&r.stage, 1u << 24);
     kw_buf_init(&r.up_body, 1u << 24);
     dp_sse_init(&r.sse, 1u << 20);
-    bool tried[2] = {false, false};
+    /* as the route phase leaves it: the route's (only) backend, its baseURL */
+    const struct kw_backend_ref *ref = &route->refs[0];
+    r.base_url = ref->backend->upstream.base_url;
+    r.base_len = strlen(r.base_url);
     const char *in = (const char *)data + 3;
     size_t len = size - 3;
     struct kw_buf out, url;
@@ -103,12 +125,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         kw_buf_append(&r.body, in, len);
         if (data[2] & 4)
             r.front = &dp_front_anthropic;
-        if (dp_request_parse_body(&r) == KW_OK && dp_request_choose(&r, tried) == KW_OK)
+        if (dp_request_parse_body(&r) == KW_OK && dp_request_bind(&r, ref) == KW_OK)
             r.provider->build(&r, &url, &headers);
         kw_buf_cleanup(&r.body);
     } else {
         r.json = kw_node_new(r.arena, KW_NODE_MAP);
-        if (dp_request_choose(&r, tried) == KW_OK) {
+        if (dp_request_bind(&r, ref) == KW_OK) {
             size_t cut = len > 0 ? data[2] % (len + 1) : 0;
             if (mode == 1) {
                 r.provider->on_response(&r, in, len, &out);
@@ -125,7 +147,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 if (r.provider->on_error != NULL)
                     r.provider->on_error(&r, 400 + data[2], in, len, &out);
             } else {
-                r.easy = NULL;
+                r.up.ops = &header_ops;
+                r.up.ud = &r;
                 for (size_t off = 0; off < len;) { /* lines as libcurl hands them over */
                     const char *nl = memchr(in + off, '\n', len - off);
                     size_t n = nl != NULL ? (size_t)(nl - (in + off)) + 1 : len - off;
@@ -133,14 +156,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     size_t k = n < sizeof(line) ? n : sizeof(line);
                     memcpy(line, in + off, k);
                     if (k > 2 || (line[0] != '\r' && line[0] != '\n'))
-                        dp_upstream_on_header(line, 1, k, &r);
+                        dp_transfer_on_header(line, 1, k, &r.up);
                     off += n;
                 }
             }
         }
     }
-    if (r.pending != NULL)
-        MHD_destroy_response(r.pending);
     if (r.front != NULL && r.front->cleanup != NULL)
         r.front->cleanup(&r);
     if (r.provider != NULL && r.provider->cleanup != NULL && r.provider_state != NULL)
@@ -153,6 +174,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     kw_buf_cleanup(&r.stage);
     kw_buf_cleanup(&r.up_body);
     kw_arena_free(r.arena);
-    kw_arena_reset(w.scratch);
+    kw_arena_reset(scratch);
     return 0;
 }

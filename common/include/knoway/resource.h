@@ -127,6 +127,16 @@ struct kw_backend {
     bool has_credentials;
     struct kw_credentials credentials;
     struct kw_params params;
+    struct {
+        uint32_t consecutive_failures; /* 0 = no circuit breaker */
+        int64_t ejection_time_ms;      /* default 30s; doubles with each ejection in a row */
+        uint32_t max_ejection_percent; /* of the backend's endpoints; default 50 */
+    } circuit_breaker;
+    struct {
+        uint32_t requests_per_minute; /* 0 = unlimited */
+        uint32_t tokens_per_minute;
+        uint32_t max_concurrent_requests;
+    } limits;
     bool valid; /* false when any error was reported for it */
 };
 
@@ -144,6 +154,25 @@ struct kw_backend_ref {
     unsigned line, col;         /* where name was written (files) */
 };
 
+enum kw_lb_strategy {
+    KW_LB_WEIGHTED_RANDOM, /* default */
+    KW_LB_ROUND_ROBIN,
+    KW_LB_LEAST_REQUEST,
+    KW_LB_LATENCY,
+    KW_LB_COUNT
+};
+
+/* LLMRoute spec.retry.retryOn */
+enum {
+    KW_RETRY_CONNECT_FAILURE = 1 << 0,
+    KW_RETRY_RESET = 1 << 1,
+    KW_RETRY_TIMEOUT = 1 << 2,
+    KW_RETRY_5XX = 1 << 3,
+    KW_RETRY_429 = 1 << 4,
+};
+
+enum kw_mid_stream { KW_MID_STREAM_NONE, KW_MID_STREAM_CONTINUE };
+
 struct kw_route {
     struct kw_meta meta;
     struct kw_model_match *models;
@@ -156,8 +185,21 @@ struct kw_route {
     size_t nrefs;
     int64_t timeout_ms;             /* default 300s */
     int64_t stream_idle_timeout_ms; /* default 60s */
-    bool valid;                     /* false when the route itself has an error */
-    bool resolved;                  /* every backendRef names an existing, valid LLMBackend */
+    struct {
+        enum kw_lb_strategy strategy;
+        bool client_override; /* x-knoway-routing-strategy may choose */
+    } load_balancer;
+    struct {
+        uint32_t attempts;          /* in all, the first included; default: one per backendRef */
+        unsigned retry_on;          /* KW_RETRY_* bits */
+        int64_t backoff_base_ms;    /* default 25ms */
+        int64_t backoff_max_ms;     /* default 250ms */
+        int64_t per_try_timeout_ms; /* 0 = the route's timeout */
+        enum kw_mid_stream mid_stream;
+        uint32_t budget_percent; /* extra attempts per backend over 10s; default 20 */
+    } retry;
+    bool valid;      /* false when the route itself has an error */
+    bool resolved;   /* every backendRef names an existing, valid LLMBackend */
     bool conflicted; /* an older route of another namespace claims one of its models */
 };
 

@@ -25,7 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dp.h"
+#include "provider.h"
+#include "respond.h"
 #include "eventstream.h"
 #include "knoway/config.h"
 #include "knoway/json.h"
@@ -56,7 +57,7 @@ static const char CONFIG[] = SECRETS BACKEND("openai", "OpenAI", "    secretRef:
 struct fixture {
     struct kw_snapshot *snap;
     struct dp_table table;
-    struct dp_worker w;
+    struct kw_arena *scratch;
 };
 
 static struct fixture *fixture(void)
@@ -73,13 +74,13 @@ static struct fixture *fixture(void)
     assert_int_equal(f->snap->nbackends, 4);
     kw_diag_cleanup(&diag);
     f->table.snap = f->snap;
-    f->w.scratch = kw_arena_new(64u << 20);
+    f->scratch = kw_arena_new(64u << 20);
     return f;
 }
 
 static void fixture_free(struct fixture *f)
 {
-    kw_arena_free(f->w.scratch);
+    kw_arena_free(f->scratch);
     kw_snapshot_unref(f->snap);
     free(f);
 }
@@ -98,7 +99,7 @@ static struct dp_request *request(struct fixture *f, const struct kw_node *c, st
 {
     struct dp_request *r = kw_arena_alloc(a, sizeof(*r));
     memset(r, 0, sizeof(*r));
-    r->w = &f->w;
+    r->scratch = f->scratch;
     r->arena = a;
     snprintf(r->id, sizeof(r->id), "golden");
     const struct kw_node *api = kw_node_get(c, "api");
@@ -110,7 +111,7 @@ static struct dp_request *request(struct fixture *f, const struct kw_node *c, st
         r->model = kw_node_get(r->json, "model")->str;
         r->up_json = NULL;
         if (r->front->request(r) != KW_OK)
-            return r; /* the refusal is in r->pending */
+            return r; /* the refusal is in r->err */
         r->up_json = r->json;
     }
     const struct kw_node *stream = kw_node_get(r->json, "stream");
@@ -122,6 +123,8 @@ static struct dp_request *request(struct fixture *f, const struct kw_node *c, st
         r->model = r->upstream_model;
     r->table = &f->table;
     r->backend = backend(f, kw_node_get(c, "backend")->str);
+    r->base_url = r->backend->upstream.base_url; /* what the balancer picks */
+    r->base_len = r->base_url != NULL ? strlen(r->base_url) : 0;
     r->provider = dp_provider_for(r->backend);
     assert_non_null(r->provider);
     kw_buf_init(&r->up_body, 1 << 24);
@@ -136,8 +139,6 @@ static void request_done(struct dp_request *r)
     if (r->front != NULL && r->front->cleanup != NULL)
         r->front->cleanup(r);
     kw_buf_cleanup(&r->stage);
-    if (r->pending != NULL)
-        MHD_destroy_response(r->pending);
     kw_buf_cleanup(&r->up_body);
     kw_buf_cleanup(&r->out);
 }
@@ -193,7 +194,7 @@ static void check_front(const char *file, struct fixture *f, const struct kw_nod
     if (want != NULL) {
         struct dp_request *r = request(f, c, a);
         if (r->up_json == NULL)
-            fail_msg("%s: the front refused the request (status %u)", file, r->pending_status);
+            fail_msg("%s: the front refused the request (status %u)", file, r->err.status);
         struct kw_buf got;
         kw_buf_init(&got, 1 << 24);
         assert_int_equal(kw_json_write(r->json, &got), KW_OK);
@@ -205,18 +206,16 @@ static void check_front(const char *file, struct fixture *f, const struct kw_nod
     for (size_t i = 0; refusals != NULL && i < refusals->n; i++) {
         struct dp_request *r = kw_arena_alloc(a, sizeof(*r));
         memset(r, 0, sizeof(*r));
-        r->w = &f->w;
+        r->scratch = f->scratch;
         r->arena = a;
         snprintf(r->id, sizeof(r->id), "golden");
         r->front = &dp_front_anthropic;
         r->json = refusals->items[i]->items[0];
         const char *msg = refusals->items[i]->items[1]->str;
-        if (r->front->request(r) != KW_ERROR || r->pending_status != 400 || r->fail_msg == NULL ||
-            strcmp(r->fail_msg, msg) != 0)
+        if (r->front->request(r) != KW_ERROR || r->err.status != 400 ||
+            strcmp(r->err.msg, msg) != 0)
             fail_msg("%s: refusal %zu: expected 400 \"%s\", got status %u \"%s\"", file, i, msg,
-                     r->pending_status, r->fail_msg != NULL ? r->fail_msg : "");
-        if (r->pending != NULL)
-            MHD_destroy_response(r->pending);
+                     r->err.status, r->err.msg);
     }
 }
 
@@ -232,12 +231,12 @@ static void check_request(const char *file, struct fixture *f, const struct kw_n
     struct curl_slist *headers = NULL;
     int rc = r->provider->build(r, &url, &headers);
     if (fail != NULL) {
-        if (rc != KW_ERROR || r->pending_status != (unsigned)fail->i)
+        if (rc != KW_ERROR || r->err.status != (unsigned)fail->i)
             fail_msg("%s: expected a %lld refusal, got rc %d status %u", file, (long long)fail->i,
-                     rc, r->pending_status);
+                     rc, r->err.status);
     } else {
         if (rc != KW_OK)
-            fail_msg("%s: build failed (status %u)", file, r->pending_status);
+            fail_msg("%s: build failed (status %u)", file, r->err.status);
         const struct kw_node *eu = kw_node_get(up, "url");
         if (strcmp(eu->str, url.data) != 0)
             fail_msg("%s: url\n  expected: %s\n  got:      %s", file, eu->str, url.data);
@@ -265,11 +264,11 @@ static void check_usage(const char *file, const struct kw_node *c, const struct 
     const struct kw_node *u = kw_node_get(c, "usage");
     if (u == NULL)
         return;
-    if (!r->have_usage || r->prompt_tokens != u->items[0]->i ||
-        r->completion_tokens != u->items[1]->i || r->cached_tokens != u->items[2]->i)
+    if (!r->usage.have || r->usage.prompt != u->items[0]->i ||
+        r->usage.completion != u->items[1]->i || r->usage.cached != u->items[2]->i)
         fail_msg("%s: usage [%lld, %lld, %lld], expected [%lld, %lld, %lld]", file,
-                 (long long)r->prompt_tokens, (long long)r->completion_tokens,
-                 (long long)r->cached_tokens, (long long)u->items[0]->i, (long long)u->items[1]->i,
+                 (long long)r->usage.prompt, (long long)r->usage.completion,
+                 (long long)r->usage.cached, (long long)u->items[0]->i, (long long)u->items[1]->i,
                  (long long)u->items[2]->i);
 }
 
@@ -435,7 +434,7 @@ static void check_stream(const char *file, struct fixture *f, const struct kw_no
         fail_msg("%s: %zu chunks, expected %zu", file, n, exp->n);
     /* every split point, and one byte at a time, give the same bytes */
     for (size_t k = 1; k < bytes.len; k++) {
-        kw_arena_reset(f->w.scratch);
+        kw_arena_reset(f->scratch);
         char *split = run_stream(f, c, a, &bytes, &k, 1, &r);
         request_done(r);
         if (strcmp(split, whole) != 0)

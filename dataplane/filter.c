@@ -1,0 +1,36 @@
+/* The filter table (filter.h): order is the order filters run in; on_end runs in reverse
+ * (the access log sees what every other filter recorded). */
+#include "filter.h"
+#include "knoway/kw.h"
+#include "server.h"
+
+const struct dp_filter_ops *const dp_filters[] = {
+    &dp_filter_access_log,
+    &dp_filter_metrics,
+};
+const size_t dp_nfilters = KW_ARRAY_LEN(dp_filters);
+
+_Static_assert(KW_ARRAY_LEN(dp_filters) <= DP_MAX_FILTERS, "raise DP_MAX_FILTERS");
+
+int dp_filters_init(struct dp_server *s)
+{
+    for (size_t i = 0; i < dp_nfilters; i++)
+        if (dp_filters[i]->init != NULL && dp_filters[i]->init(s, &s->filter_conf[i]) != KW_OK)
+            return KW_ERROR;
+    return KW_OK;
+}
+
+void dp_filters_fini(struct dp_server *s)
+{
+    for (size_t i = 0; i < dp_nfilters; i++)
+        if (dp_filters[i]->fini != NULL)
+            dp_filters[i]->fini(s->filter_conf[i]);
+}
+
+void *dp_filter_conf(const struct dp_server *s, const struct dp_filter_ops *ops)
+{
+    for (size_t i = 0; i < dp_nfilters; i++)
+        if (dp_filters[i] == ops)
+            return s->filter_conf[i];
+    return NULL;
+}

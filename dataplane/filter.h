@@ -1,0 +1,65 @@
+/* knoway data plane: request filters - cross-cutting behaviour (access log, metrics, later
+ * auth, rate limits, usage records, tracing) as a table of callbacks the engine calls at
+ * fixed points (STYLE.md; HAProxy's flt_ops, nginx's phase handlers). A filter is one file
+ * and one entry in dp_filters (filter.c); the engine never changes for a new one.
+ *
+ * Contract, for every callback optional:
+ *   init         once at start-up on the main thread: server-wide state into *conf
+ *                (dp_filter_conf), KW_OK or KW_ERROR (start-up fails)
+ *   on_request   in phase `phase`, after that phase's own work: KW_OK / KW_DECLINED go on,
+ *                KW_AGAIN suspends the request (the filter calls dp_engine_resume later,
+ *                on the worker, and on_request runs again), KW_DONE: the filter sent a
+ *                response (respond.h), KW_ERROR: r->err is sent
+ *   on_response_headers  an upstream attempt's final status and headers arrived
+ *   on_event     each parsed upstream stream event; KW_ERROR ends the stream with r->err
+ *   on_attempt   an upstream attempt ended (r->up tells how; r->backend is its backend)
+ *   on_usage     the request's token usage is known (once, before on_end)
+ *   on_end       the request ends: always, exactly once, whatever happened
+ * ctx is the filter's per-request context: ctx_size zeroed bytes from the request's arena
+ * (NULL when ctx_size is 0 or the arena is exhausted: filters must cope). */
+#ifndef DP_FILTER_H
+#define DP_FILTER_H
+
+#include <stddef.h>
+
+#include "request.h"
+
+struct dp_server;
+
+/* One parsed upstream stream event (SSE: event name and data; other framings: data). */
+struct dp_event {
+    const char *raw;
+    size_t raw_len;
+    const char *event; /* "" when unnamed */
+    const char *data;
+    size_t data_len;
+};
+
+struct dp_filter_ops {
+    const char *name;
+    enum dp_phase phase; /* where on_request runs */
+    size_t ctx_size;
+    int (*init)(struct dp_server *s, void **conf);
+    void (*fini)(void *conf);
+    int (*on_request)(struct dp_request *r, void *ctx);
+    void (*on_response_headers)(struct dp_request *r, void *ctx);
+    int (*on_event)(struct dp_request *r, void *ctx, const struct dp_event *ev);
+    void (*on_attempt)(struct dp_request *r, void *ctx);
+    void (*on_usage)(struct dp_request *r, void *ctx, const struct dp_usage *u);
+    void (*on_end)(struct dp_request *r, void *ctx);
+};
+
+extern const struct dp_filter_ops *const dp_filters[];
+extern const size_t dp_nfilters;
+
+/* The filters (filter_*.c). */
+extern const struct dp_filter_ops dp_filter_metrics;
+extern const struct dp_filter_ops dp_filter_access_log;
+
+/* Run every filter's init / fini (main thread). KW_OK or KW_ERROR. */
+int dp_filters_init(struct dp_server *s);
+void dp_filters_fini(struct dp_server *s);
+/* A filter's server-wide state (what its init stored), found by its ops. */
+void *dp_filter_conf(const struct dp_server *s, const struct dp_filter_ops *ops);
+
+#endif

@@ -1,0 +1,49 @@
+/* The access log as a filter: one JSON line per request, at its end. */
+#include "filter.h"
+#include "knoway/log.h"
+
+static void on_end(struct dp_request *r, void *ctx)
+{
+    (void)ctx;
+    if (!kw_log_enabled(KW_LOG_INFO))
+        return;
+    struct kw_buf *b = &r->w->logbuf;
+    kw_log_begin(b, KW_LOG_INFO, "request");
+    kw_log_field(b, "request_id", r->id);
+    kw_log_field(b, "path", r->path);
+    kw_log_field_int(b, "status", r->status);
+    kw_log_field_int(b, "duration_ms", dp_now_ms() - r->start_ms);
+    if (r->model != NULL)
+        kw_log_field(b, "model", r->model);
+    if (r->route != NULL)
+        kw_log_field(b, "route", r->route->meta.name);
+    if (r->backend != NULL) {
+        kw_log_field(b, "backend", r->backend->meta.name);
+        kw_log_field(b, "upstream_model", r->upstream_model);
+    }
+    if (r->attempts > 1)
+        kw_log_field_int(b, "attempts", r->attempts);
+    if (r->stream)
+        kw_log_field(b, "stream", "true");
+    if (r->usage.have) {
+        kw_log_field_int(b, "prompt_tokens", r->usage.prompt);
+        kw_log_field_int(b, "completion_tokens", r->usage.completion);
+        kw_log_field_int(b, "cached_tokens", r->usage.cached);
+    }
+    if (r->up.error != DP_UPERR_NONE)
+        kw_log_field(b, "upstream_error", r->up.errmsg);
+    else if (r->err.status != 0 && r->status >= 400)
+        kw_log_field(b, "error", r->err.msg);
+    if (r->toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        kw_log_field(b, "client",
+                     r->client_gone || r->toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT
+                         ? "disconnected"
+                         : "error");
+    kw_log_emit(b);
+}
+
+const struct dp_filter_ops dp_filter_access_log = {
+    .name = "access_log",
+    .phase = DP_PH_LOG,
+    .on_end = on_end,
+};

@@ -1,0 +1,113 @@
+/* Request metrics as a filter: counters in the registry (knoway/metrics.h), this worker's
+ * shard. Label values come from configuration or fixed sets, never raw client input. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "filter.h"
+#include "knoway/kw.h"
+#include "knoway/metrics.h"
+#include "server.h"
+
+struct conf {
+    struct kw_metric *requests, *upstream_errors, *tokens, *streams_cancelled, *attempts;
+};
+
+static int init(struct dp_server *s, void **out)
+{
+    struct conf *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return KW_ERROR;
+    struct kw_metrics *m = s->metrics;
+    c->requests = kw_metrics_add(m, KW_METRIC_COUNTER, "knoway_requests_total",
+                                 "Client requests answered, by HTTP status.",
+                                 (const char *const[]){"code", NULL}, 600, NULL, 0);
+    c->upstream_errors = kw_metrics_add(m, KW_METRIC_COUNTER, "knoway_upstream_errors_total",
+                                        "Failed upstream transfers, by kind.",
+                                        (const char *const[]){"kind", NULL}, 8, NULL, 0);
+    c->tokens = kw_metrics_add(m, KW_METRIC_COUNTER, "knoway_tokens_total",
+                               "Tokens accounted from upstream usage, by type.",
+                               (const char *const[]){"gen_ai_token_type", NULL}, 8, NULL, 0);
+    c->streams_cancelled =
+        kw_metrics_add(m, KW_METRIC_COUNTER, "knoway_streams_cancelled_total",
+                       "Streams the client left before the end.", NULL, 1, NULL, 0);
+    c->attempts = kw_metrics_add(
+        m, KW_METRIC_COUNTER, "knoway_upstream_attempts_total",
+        "Upstream attempts by backend and result (HTTP status, or the transport error).",
+        (const char *const[]){"knoway_backend", "result", NULL}, 4096, NULL, 0);
+    *out = c;
+    if (c->requests == NULL || c->upstream_errors == NULL || c->tokens == NULL ||
+        c->streams_cancelled == NULL || c->attempts == NULL)
+        return KW_ERROR;
+    /* the error kinds exist from the start (zero), as before the registry */
+    static const char *const kinds[] = {"connect", "timeout", "reset", "other"};
+    for (size_t i = 0; i < KW_ARRAY_LEN(kinds); i++)
+        kw_metric_add(c->upstream_errors, 0, (const char *const[]){kinds[i]}, 0);
+    static const char *const types[] = {"input", "output", "cached_input"};
+    for (size_t i = 0; i < KW_ARRAY_LEN(types); i++)
+        kw_metric_add(c->tokens, 0, (const char *const[]){types[i]}, 0);
+    kw_metric_add(c->streams_cancelled, 0, NULL, 0);
+    return KW_OK;
+}
+
+static void fini(void *conf)
+{
+    free(conf);
+}
+
+static struct conf *conf_of(const struct dp_request *r)
+{
+    return dp_filter_conf(r->w->server, &dp_filter_metrics);
+}
+
+static const char *const error_kinds[] = {"", "connect", "timeout", "reset", "other"};
+
+static void on_attempt(struct dp_request *r, void *ctx)
+{
+    (void)ctx;
+    struct conf *c = conf_of(r);
+    unsigned shard = r->w->index + 1;
+    char result[16], backend[512];
+    if (r->up.error != DP_UPERR_NONE) {
+        kw_metric_add(c->upstream_errors, shard, (const char *const[]){error_kinds[r->up.error]},
+                      1);
+        snprintf(result, sizeof(result), "%s", error_kinds[r->up.error]);
+    } else {
+        snprintf(result, sizeof(result), "%ld", r->up.status);
+    }
+    snprintf(backend, sizeof(backend), "%s/%s", r->backend->meta.ns, r->backend->meta.name);
+    kw_metric_add(c->attempts, shard, (const char *const[]){backend, result}, 1);
+}
+
+static void on_usage(struct dp_request *r, void *ctx, const struct dp_usage *u)
+{
+    (void)ctx;
+    struct conf *c = conf_of(r);
+    unsigned shard = r->w->index + 1;
+    kw_metric_add(c->tokens, shard, (const char *const[]){"input"}, u->prompt);
+    kw_metric_add(c->tokens, shard, (const char *const[]){"output"}, u->completion);
+    kw_metric_add(c->tokens, shard, (const char *const[]){"cached_input"}, u->cached);
+}
+
+static void on_end(struct dp_request *r, void *ctx)
+{
+    (void)ctx;
+    struct conf *c = conf_of(r);
+    unsigned shard = r->w->index + 1;
+    if (r->state == DP_ST_STREAM && r->toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        kw_metric_add(c->streams_cancelled, shard, NULL, 1);
+    if (r->status >= 100 && r->status < 600) {
+        char code[8];
+        snprintf(code, sizeof(code), "%u", r->status);
+        kw_metric_add(c->requests, shard, (const char *const[]){code}, 1);
+    }
+}
+
+const struct dp_filter_ops dp_filter_metrics = {
+    .name = "metrics",
+    .phase = DP_PH_LOG,
+    .init = init,
+    .fini = fini,
+    .on_attempt = on_attempt,
+    .on_usage = on_usage,
+    .on_end = on_end,
+};

@@ -1,0 +1,785 @@
+/* The phase engine (phases.h).
+ *
+ *   body -> auth -> route -> limit -> cache -> transform -> upstream -> respond -> log
+ *                    ^                                         |
+ *                    +------- retry / fallback (backoff) ------+
+ *
+ * Each phase runs its own work, then the on_request of the filters attached to it. The
+ * request keeps its phase (r->phase) and, within it, the next filter (r->filter_ix: 0 is
+ * the phase's own work, k > 0 filter k-1), so KW_AGAIN resumes exactly there.
+ *
+ * The upstream phase starts an attempt and returns KW_AGAIN; the transport's callbacks
+ * relay the stream as it comes (provider -> filters' on_event -> front -> respond) and, at
+ * the end, resume the phase, which judges the attempt: success goes on to respond, a
+ * retryable failure goes back to route (another backend at once, the same one after a
+ * jittered backoff) while the policy, the budget and the route's timeout allow and nothing
+ * reached the client yet; anything else answers. */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "balancer.h"
+#include "filter.h"
+#include "knoway/json.h"
+#include "knoway/kw.h"
+#include "knoway/log.h"
+#include "knoway/snapshot.h"
+#include "phases.h"
+#include "provider.h"
+#include "respond.h"
+#include "server.h"
+
+#define PH_RETRY 1 /* the upstream phase's private outcome: go back to route */
+
+static int ph_body(struct dp_request *r);
+static int ph_route(struct dp_request *r);
+static int ph_transform(struct dp_request *r);
+static int ph_upstream(struct dp_request *r);
+static int ph_respond(struct dp_request *r);
+
+static const struct {
+    const char *name;
+    int (*run)(struct dp_request *r); /* NULL: filters only */
+} phases[DP_PH_COUNT] = {
+    [DP_PH_BODY] = {"body", ph_body},
+    [DP_PH_AUTH] = {"auth", NULL},
+    [DP_PH_ROUTE] = {"route", ph_route},
+    [DP_PH_LIMIT] = {"limit", NULL},
+    [DP_PH_CACHE] = {"cache", NULL},
+    [DP_PH_TRANSFORM] = {"transform", ph_transform},
+    [DP_PH_UPSTREAM] = {"upstream", ph_upstream},
+    [DP_PH_RESPOND] = {"respond", ph_respond},
+    [DP_PH_LOG] = {"log", NULL},
+};
+
+const char *dp_phase_name(enum dp_phase p)
+{
+    return (unsigned)p < DP_PH_COUNT ? phases[p].name : "?";
+}
+
+static void *ctx_of(struct dp_request *r, size_t i)
+{
+    if (r->fctx[i] == NULL && dp_filters[i]->ctx_size > 0) {
+        r->fctx[i] = kw_arena_alloc(r->arena, dp_filters[i]->ctx_size);
+        if (r->fctx[i] != NULL)
+            memset(r->fctx[i], 0, dp_filters[i]->ctx_size);
+    }
+    return r->fctx[i];
+}
+
+static bool retry_decide(struct dp_request *r, unsigned cls, int64_t *backoff_ms);
+static void on_backoff(struct dp_timer *t);
+
+/* Run from r->phase until the request suspends or has its response. */
+static void run(struct dp_request *r)
+{
+    if (r->in_engine)
+        return; /* a callback inside a phase: the running loop sees the new state */
+    r->in_engine = true;
+    while (r->phase < DP_PH_LOG) {
+        int rc;
+        if (r->filter_ix == 0) {
+            rc = phases[r->phase].run != NULL ? phases[r->phase].run(r) : KW_DECLINED;
+            if (rc == KW_OK || rc == KW_DECLINED) {
+                r->filter_ix = 1;
+                continue;
+            }
+        } else {
+            size_t i = r->filter_ix - 1;
+            while (i < dp_nfilters &&
+                   (dp_filters[i]->phase != r->phase || dp_filters[i]->on_request == NULL))
+                i++;
+            if (i >= dp_nfilters) {
+                r->phase++;
+                r->filter_ix = 0;
+                continue;
+            }
+            r->filter_ix = (unsigned)i + 1; /* KW_AGAIN runs this filter again */
+            rc = dp_filters[i]->on_request(r, ctx_of(r, i));
+            if (rc == KW_OK || rc == KW_DECLINED) {
+                r->filter_ix = (unsigned)i + 2;
+                continue;
+            }
+        }
+        if (rc == KW_AGAIN)
+            break;
+        if (rc == PH_RETRY) {
+            r->phase = DP_PH_ROUTE;
+            r->filter_ix = 0;
+            continue;
+        }
+        if (rc == KW_ERROR)
+            dp_respond_error(r);
+        r->phase = DP_PH_LOG; /* KW_DONE, KW_ERROR: the response is prepared */
+    }
+    r->in_engine = false;
+}
+
+void dp_engine_start(struct dp_request *r)
+{
+    r->phase = DP_PH_BODY;
+    r->filter_ix = 0;
+    run(r);
+}
+
+void dp_engine_resume(struct dp_request *r)
+{
+    if (r->phase < DP_PH_LOG && !r->client_gone)
+        run(r);
+}
+
+/* ---- body ---------------------------------------------------------------------------------- */
+
+static int respond_models(struct dp_request *r)
+{
+    if (dp_respond_buffer(r, 200, "application/json", r->table->models_json, r->table->models_len,
+                          NULL) != KW_OK)
+        return dp_error_set(r, 500, "server_error", NULL, NULL, "out of memory");
+    return KW_DONE;
+}
+
+static int ph_body(struct dp_request *r)
+{
+    if (r->early_status == 404)
+        return dp_error_set(r, 404, "invalid_request_error", "unknown_url", NULL,
+                            "Invalid URL (%s %s)", r->method, r->path);
+    if (r->early_status == 405)
+        return dp_error_set(r, 405, "invalid_request_error", "method_not_allowed", NULL,
+                            "method not allowed for %s", r->path);
+    if (r->body_too_large)
+        return dp_error_set(r, 413, "invalid_request_error", "request_too_large", NULL,
+                            "request body is larger than %llu bytes",
+                            (unsigned long long)r->w->server->max_body_bytes);
+    if (r->over_budget) {
+        atomic_fetch_add_explicit(&r->w->server->rejected_memory, 1, memory_order_relaxed);
+        return dp_error_set(r, 503, "server_error", "memory_limit", NULL,
+                            "the gateway is at its memory limit (limits.maxMemoryBytes): retry "
+                            "shortly");
+    }
+    if (r->table == NULL)
+        return dp_error_set(r, 503, "server_error", "not_ready", NULL,
+                            "no configuration applied yet");
+    if (r->api == DP_API_MODELS)
+        return respond_models(r);
+    return dp_request_parse_body(r);
+}
+
+/* ---- route --------------------------------------------------------------------------------- */
+
+static const char *header_of(void *ud, const char *name)
+{
+    return dp_request_header(ud, name);
+}
+
+/* Tokens this request may use: its text (4 bytes a token) and what it may generate. */
+static int64_t estimate_tokens(const struct dp_request *r)
+{
+    int64_t est = (int64_t)(r->body_len / 4);
+    static const char *const keys[] = {"max_completion_tokens", "max_tokens"};
+    for (size_t i = 0; i < KW_ARRAY_LEN(keys); i++) {
+        const struct kw_node *n = kw_node_get(r->json, keys[i]);
+        if (n != NULL && n->type == KW_NODE_INT && n->i > 0)
+            return est + n->i;
+    }
+    return est;
+}
+
+static int ph_route(struct dp_request *r)
+{
+    if (r->route == NULL) {
+        r->route = dp_table_route(r->table, r->model, r->path, header_of, r);
+        if (r->route == NULL)
+            return dp_error_set(r, 404, "invalid_request_error", "model_not_found", "model",
+                                "The model `%s` does not exist or you do not have access to it.",
+                                r->model);
+        r->tried = kw_arena_alloc(r->arena, r->route->nrefs * sizeof(bool) + 1);
+        if (r->tried == NULL)
+            return dp_error_set(r, 500, "server_error", NULL, NULL, "out of memory");
+        memset(r->tried, 0, r->route->nrefs * sizeof(bool) + 1);
+        r->strategy = r->route->load_balancer.strategy;
+        const char *want = r->route->load_balancer.client_override
+                               ? dp_request_header(r, "x-knoway-routing-strategy")
+                               : NULL;
+        int s = want != NULL ? dp_lb_strategy_parse(want) : -1;
+        if (s >= 0)
+            r->strategy = s;
+        r->est_tokens = estimate_tokens(r);
+    }
+    int64_t now = dp_now_ms();
+    const struct kw_backend_ref *ref =
+        dp_lb_pick(r->w->lb, r->route, r->strategy, r->tried, r->est_tokens, now);
+    if (ref == NULL)
+        return dp_error_set(r, 503, "server_error", "no_backend", NULL, "no backend available");
+    r->tried[ref - r->route->refs] = true;
+    if (dp_request_bind(r, ref) != KW_OK)
+        return KW_ERROR;
+    const struct kw_upstream *u = &r->backend->upstream;
+    struct dp_backend_state *bs = dp_lb_backend(r->w->lb, r->backend);
+    r->endpoint = bs != NULL ? dp_lb_pick_endpoint(r->w->lb, bs, r->backend, r->strategy, now)
+                  : u->base_url == NULL && u->nendpoints > 0 ? 0
+                                                             : -1;
+    r->base_url = r->endpoint >= 0 ? u->endpoints[r->endpoint].url : u->base_url;
+    size_t n = r->base_url != NULL ? strlen(r->base_url) : 0;
+    while (n > 0 && r->base_url[n - 1] == '/')
+        n--;
+    r->base_len = n;
+    return KW_OK;
+}
+
+/* ---- transform ----------------------------------------------------------------------------- */
+
+static int ph_transform(struct dp_request *r)
+{
+    kw_buf_init(&r->url, 8192);
+    kw_buf_reset(&r->up_body);
+    curl_slist_free_all(r->up_headers);
+    r->up_headers = NULL;
+    r->err.status = 0;
+    if (r->provider->build(r, &r->url, &r->up_headers) != KW_OK) {
+        if (r->err.status == 0)
+            dp_error_set(r, 500, "server_error", NULL, NULL, "cannot build the upstream request");
+        return KW_ERROR;
+    }
+    dp_request_account(r); /* the upstream body */
+    char rid[64];
+    snprintf(rid, sizeof(rid), "x-request-id: %s", r->id);
+    struct curl_slist *h = curl_slist_append(r->up_headers, "Expect:");
+    h = h != NULL ? curl_slist_append(h, rid) : NULL;
+    if (h == NULL)
+        return dp_error_set(r, 500, "server_error", NULL, NULL, "out of memory");
+    r->up_headers = h;
+    return KW_OK;
+}
+
+/* ---- upstream: the transport's callbacks ---------------------------------------------------- */
+
+static void run_filters_attempt(struct dp_request *r)
+{
+    for (size_t i = 0; i < dp_nfilters; i++)
+        if (dp_filters[i]->on_attempt != NULL)
+            dp_filters[i]->on_attempt(r, ctx_of(r, i));
+}
+
+static int64_t parse_retry_after(const char *v, size_t n, bool ms)
+{
+    int64_t x = 0;
+    size_t i = 0;
+    for (; i < n && v[i] >= '0' && v[i] <= '9' && x < 86400000; i++)
+        x = x * 10 + (v[i] - '0');
+    if (i == 0)
+        return -1;
+    return ms ? x : x * 1000;
+}
+
+static void on_up_header(struct dp_transfer *t, const char *name, size_t nlen, const char *value,
+                         size_t vlen)
+{
+    struct dp_request *r = t->ud;
+    if (nlen == 11 && strncasecmp(name, "retry-after", 11) == 0)
+        r->retry_after_ms = parse_retry_after(value, vlen, false);
+    else if (nlen == 14 && strncasecmp(name, "retry-after-ms", 14) == 0)
+        r->retry_after_ms = parse_retry_after(value, vlen, true);
+    if (r->bstate != NULL)
+        dp_lb_header(r->bstate, r->endpoint, name, nlen, value, vlen, dp_now_ms());
+}
+
+static void on_idle(struct dp_timer *t);
+
+static int on_up_headers(struct dp_transfer *t)
+{
+    struct dp_request *r = t->ud;
+    r->ttfb_ms = dp_now_ms() - r->start_ms;
+    for (size_t i = 0; i < dp_nfilters; i++)
+        if (dp_filters[i]->on_response_headers != NULL)
+            dp_filters[i]->on_response_headers(r, ctx_of(r, i));
+    const char *want =
+        r->provider->stream_ctype != NULL ? r->provider->stream_ctype : "text/event-stream";
+    if (!r->stream || t->status != 200 || strncasecmp(t->ctype, want, strlen(want)) != 0)
+        return KW_OK;
+    if (dp_respond_stream_begin(r) != KW_OK) {
+        snprintf(t->write_err, sizeof(t->write_err), "out of memory starting the stream");
+        return KW_ERROR;
+    }
+    r->last_up_ms = dp_now_ms();
+    r->attempt_timer.on_fire = on_idle;
+    dp_timer_arm(r->w, &r->attempt_timer, r->last_up_ms + r->route->stream_idle_timeout_ms);
+    return KW_OK;
+}
+
+static int on_sse_event(void *ud, const char *raw, size_t raw_len, const char *event,
+                        const char *data, size_t data_len, bool has_data)
+{
+    struct dp_request *r = ud;
+    if (!has_data)
+        return KW_OK; /* upstream comments: the gateway sends its own keep-alives */
+    struct dp_event ev = {raw, raw_len, event != NULL ? event : "", data, data_len};
+    for (size_t i = 0; i < dp_nfilters; i++)
+        if (dp_filters[i]->on_event != NULL &&
+            dp_filters[i]->on_event(r, ctx_of(r, i), &ev) != KW_OK)
+            return KW_ERROR;
+    return r->provider->on_event(r, raw, raw_len, event, data, data_len, dp_stream_sink(r));
+}
+
+static size_t on_up_body(struct dp_transfer *t, const char *ptr, size_t n)
+{
+    struct dp_request *r = t->ud;
+    r->last_up_ms = dp_now_ms();
+    if (r->state != DP_ST_STREAM) {
+        if (kw_buf_append(&r->up_resp, ptr, n) != KW_OK) {
+            snprintf(t->write_err, sizeof(t->write_err), "upstream response larger than %u bytes",
+                     DP_MAX_UPSTREAM_RESPONSE);
+            return 0;
+        }
+        dp_request_account(r);
+        return n;
+    }
+    if (r->client_gone)
+        return 0;
+    if (r->out.len - r->out_off >= DP_STREAM_HIGH_WATER) {
+        if (!t->http2)
+            return DP_TRANSFER_PAUSE; /* redelivered on resume */
+        /* libcurl 7.88 pauses HTTP/2 streams unreliably: buffer up to a bound instead */
+        if (r->out.len - r->out_off >= DP_H2_STREAM_BUFFER) {
+            snprintf(t->write_err, sizeof(t->write_err),
+                     "the client reads too slowly (%u bytes waiting)", DP_H2_STREAM_BUFFER);
+            return 0;
+        }
+    }
+    size_t before = r->out.len;
+    if ((r->provider->feed != NULL ? r->provider->feed(r, ptr, n, dp_stream_sink(r))
+                                   : dp_sse_feed(&r->sse, ptr, n, on_sse_event, r)) != KW_OK ||
+        dp_front_flush(r) != KW_OK) {
+        if (t->write_err[0] == '\0')
+            snprintf(t->write_err, sizeof(t->write_err),
+                     "upstream stream event too large or invalid");
+        return 0;
+    }
+    if (r->out.len != before) {
+        r->last_out_ms = r->last_up_ms;
+        dp_respond_wake(r);
+    }
+    dp_request_account(r);
+    return n;
+}
+
+/* How the attempt went, for the balancer. */
+static enum dp_lb_outcome outcome_of(const struct dp_request *r)
+{
+    const struct dp_transfer *t = &r->up;
+    if (r->client_gone || (t->error == DP_UPERR_OTHER && t->write_err[0] != '\0'))
+        return DP_LB_CANCELLED; /* the gateway's or the client's doing */
+    if (t->error != DP_UPERR_NONE)
+        return DP_LB_FAILURE;
+    if (t->status == 429)
+        return DP_LB_RATE_LIMITED;
+    return t->status >= 500 ? DP_LB_FAILURE : DP_LB_SUCCESS;
+}
+
+/* The attempt is over (the transport said so, or the stream went idle). */
+static void attempt_ended(struct dp_request *r)
+{
+    if (r->attempt != DP_ATT_RUNNING)
+        return;
+    r->attempt = DP_ATT_DONE;
+    dp_timer_cancel(r->w, &r->attempt_timer);
+    int64_t now = dp_now_ms();
+    if (r->bstate != NULL) {
+        enum dp_lb_outcome o = outcome_of(r);
+        int64_t ttfb = r->up.ttfb_ms >= 0 && o != DP_LB_CANCELLED ? r->up.ttfb_ms : -1;
+        int64_t cooldown = r->retry_after_ms;
+        if (o == DP_LB_RATE_LIMITED && cooldown < 0)
+            cooldown = 1000; /* a 429 without a hint: a second's rest */
+        dp_lb_attempt_end(r->bstate, r->endpoint, r->backend, o, ttfb, cooldown, now);
+        r->bstate = NULL; /* it may be swept once nothing is in flight */
+    }
+    run_filters_attempt(r);
+}
+
+static void on_up_done(struct dp_transfer *t)
+{
+    struct dp_request *r = t->ud;
+    attempt_ended(r);
+    dp_engine_resume(r);
+}
+
+static void on_idle(struct dp_timer *tm)
+{
+    struct dp_request *r =
+        (struct dp_request *)((char *)tm - offsetof(struct dp_request, attempt_timer));
+    if (r->attempt != DP_ATT_RUNNING)
+        return;
+    int64_t idle = r->route->stream_idle_timeout_ms;
+    if (dp_now_ms() - r->last_up_ms < idle) {
+        dp_timer_arm(r->w, &r->attempt_timer, r->last_up_ms + idle);
+        return;
+    }
+    dp_transfer_stop(&r->up);
+    r->up.error = DP_UPERR_TIMEOUT;
+    snprintf(r->up.errmsg, sizeof(r->up.errmsg), "the upstream sent nothing for %lld ms",
+             (long long)idle);
+    r->idle_timeout = true;
+    attempt_ended(r);
+    dp_engine_resume(r);
+}
+
+static const struct dp_transfer_ops transfer_ops = {
+    .on_header = on_up_header,
+    .on_headers = on_up_headers,
+    .on_body = on_up_body,
+    .on_done = on_up_done,
+};
+
+/* ---- upstream: the phase -------------------------------------------------------------------- */
+
+static int start_attempt(struct dp_request *r)
+{
+    const struct kw_backend *b = r->backend;
+    int64_t now = dp_now_ms();
+    int64_t timeout = r->route->timeout_ms - (now - r->start_ms);
+    if (timeout < 1)
+        timeout = 1;
+    if (b->upstream.timeout_ms > 0 && b->upstream.timeout_ms < timeout)
+        timeout = b->upstream.timeout_ms;
+    if (r->route->retry.per_try_timeout_ms > 0 && r->route->retry.per_try_timeout_ms < timeout)
+        timeout = r->route->retry.per_try_timeout_ms;
+    struct dp_transfer_req req = {
+        .url = r->url.data,
+        .headers = r->up_headers,
+        .body = r->up_body.data,
+        .len = r->up_body.len,
+        .http2 = b->upstream.http2,
+        .insecure = b->upstream.tls.insecure_skip_verify,
+        .timeout_ms = timeout,
+        .connect_timeout_ms = b->upstream.connect_timeout_ms,
+        .buffer_size = r->stream ? DP_CURL_STREAM_BUFFER : DP_CURL_BUFFER,
+    };
+    r->up_headers = NULL; /* the transfer's now */
+    const struct kw_secret_ref *ca = &b->upstream.tls.ca_secret_ref;
+    if (ca->name != NULL) {
+        const struct kw_credential *c =
+            kw_snapshot_credential(r->table->snap, b->meta.ns, ca->name, ca->key);
+        if (c != NULL) {
+            req.ca = c->value;
+            req.ca_len = c->len;
+        }
+    }
+    kw_buf_reset(&r->up_resp);
+    r->retry_after_ms = -1;
+    r->idle_timeout = false;
+    int rc = dp_transfer_start(&r->up, r->w, &req, &transfer_ops, r);
+    kw_buf_cleanup(&r->url);
+    if (rc != KW_OK)
+        return dp_error_set(r, 500, "server_error", NULL, NULL,
+                            "cannot start the upstream transfer");
+    r->attempts++;
+    r->attempt = DP_ATT_RUNNING;
+    r->bstate = dp_lb_backend(r->w->lb, b);
+    if (r->bstate != NULL)
+        dp_lb_attempt_start(r->bstate, r->endpoint, now);
+    return KW_AGAIN;
+}
+
+/* The failure's retryOn class (0: not a failure a retry may fix). */
+static unsigned failure_class(const struct dp_request *r)
+{
+    const struct dp_transfer *t = &r->up;
+    switch (t->error) {
+    case DP_UPERR_CONNECT:
+        return KW_RETRY_CONNECT_FAILURE;
+    case DP_UPERR_RESET:
+        return t->headers_done ? 0 : KW_RETRY_RESET;
+    case DP_UPERR_TIMEOUT:
+        return r->idle_timeout ? 0 : KW_RETRY_TIMEOUT;
+    case DP_UPERR_OTHER:
+        return 0;
+    case DP_UPERR_NONE:
+        break;
+    }
+    if (t->status == 429)
+        return KW_RETRY_429;
+    return t->status >= 500 ? KW_RETRY_5XX : 0;
+}
+
+static int ph_upstream(struct dp_request *r)
+{
+    if (r->attempt == DP_ATT_NONE)
+        return start_attempt(r);
+    if (r->attempt == DP_ATT_RUNNING)
+        return KW_AGAIN;
+    r->attempt = DP_ATT_NONE;
+    struct dp_transfer *t = &r->up;
+    if (r->state == DP_ST_STREAM && r->provider->feed == NULL)
+        dp_sse_finish(&r->sse, on_sse_event, r);
+    if (t->error == DP_UPERR_OTHER && t->write_err[0] != '\0')
+        snprintf(t->errmsg, sizeof(t->errmsg), "%s", t->write_err);
+    if (t->error != DP_UPERR_NONE && t->errmsg[0] == '\0')
+        snprintf(t->errmsg, sizeof(t->errmsg), "upstream transfer failed");
+    unsigned cls = failure_class(r);
+    int64_t backoff = 0;
+    if (cls != 0 && retry_decide(r, cls, &backoff)) {
+        kw_log(KW_LOG_WARN, "upstream failed, trying again", "request_id", r->id, "backend",
+               r->backend->meta.name, NULL);
+        if (r->provider->cleanup != NULL && r->provider_state != NULL)
+            r->provider->cleanup(r);
+        r->provider_state = NULL;
+        if (backoff <= 0)
+            return PH_RETRY;
+        r->backoff = true;
+        r->phase = DP_PH_ROUTE;
+        r->filter_ix = 0;
+        r->attempt_timer.on_fire = on_backoff;
+        dp_timer_arm(r->w, &r->attempt_timer, dp_now_ms() + backoff);
+        return KW_AGAIN;
+    }
+    if (r->state == DP_ST_STREAM) {
+        if (t->error == DP_UPERR_NONE)
+            return KW_OK; /* respond ends it */
+        /* the gateway's own reasons (a bad frame, a too slow client) are the client's to
+         * know; curl's text (addresses) stays in the log */
+        if (r->idle_timeout)
+            return dp_error_set(r, 500, "server_error", "upstream_timeout", NULL,
+                                "the upstream sent nothing for %lld ms",
+                                (long long)r->route->stream_idle_timeout_ms);
+        return dp_error_set(r, 500, "server_error",
+                            t->error == DP_UPERR_TIMEOUT ? "upstream_timeout" : "upstream_error",
+                            NULL,
+                            "the upstream failed after the response started%s%s (request id %s)",
+                            t->write_err[0] != '\0' ? ": " : "", t->write_err, r->id);
+    }
+    /* the client learns what kind of failure it was and the request id; backend names,
+     * addresses and curl's text go to the access log only (upstream_error, backend) */
+    switch (t->error) {
+    case DP_UPERR_CONNECT:
+    case DP_UPERR_RESET:
+        return dp_error_set(r, 502, "server_error", "upstream_unavailable", NULL,
+                            "the upstream service is unavailable (request id %s)", r->id);
+    case DP_UPERR_TIMEOUT:
+        return dp_error_set(r, 504, "server_error", "upstream_timeout", NULL,
+                            "the upstream service timed out (request id %s)", r->id);
+    case DP_UPERR_OTHER:
+        return dp_error_set(r, 502, "server_error", "upstream_error", NULL,
+                            "the upstream service failed (request id %s)", r->id);
+    case DP_UPERR_NONE:
+        break;
+    }
+    return KW_OK;
+}
+
+static void on_backoff(struct dp_timer *t)
+{
+    struct dp_request *r =
+        (struct dp_request *)((char *)t - offsetof(struct dp_request, attempt_timer));
+    r->backoff = false;
+    dp_engine_resume(r);
+}
+
+/* Whether to try again after a failure of class cls, and after how long. */
+static bool retry_decide(struct dp_request *r, unsigned cls, int64_t *backoff_ms)
+{
+    const struct kw_route *rt = r->route;
+    if (r->state == DP_ST_STREAM || r->client_gone)
+        return false; /* never after the first byte reached the client */
+    unsigned on = rt->retry.retry_on != 0
+                      ? rt->retry.retry_on
+                      : KW_RETRY_CONNECT_FAILURE | KW_RETRY_RESET | KW_RETRY_5XX;
+    if (!(cls & on))
+        return false;
+    unsigned max = rt->retry.attempts > 0 ? rt->retry.attempts : (unsigned)rt->nrefs;
+    if (max > DP_MAX_ATTEMPTS)
+        max = DP_MAX_ATTEMPTS;
+    if (r->attempts >= max)
+        return false;
+    bool other = false;
+    for (size_t i = 0; i < rt->nrefs && !other; i++)
+        other = !r->tried[i] && rt->refs[i].weight > 0 && rt->refs[i].backend != NULL;
+    if (!other && rt->retry.attempts == 0)
+        return false; /* without a retry policy each backend is tried once */
+    int64_t now = dp_now_ms();
+    int64_t wait = 0;
+    if (!other) {
+        /* the same backends again: jittered exponential backoff ("equal jitter") */
+        int64_t base = rt->retry.backoff_base_ms > 0 ? rt->retry.backoff_base_ms : 25;
+        int64_t cap = rt->retry.backoff_max_ms > 0 ? rt->retry.backoff_max_ms : 250;
+        int64_t exp = base;
+        for (unsigned i = 1; i < r->attempts && exp < cap; i++)
+            exp *= 2;
+        if (exp > cap)
+            exp = cap;
+        wait = exp / 2 + (int64_t)(dp_lb_rand(r->w->lb) % (uint32_t)(exp / 2 + 1));
+    }
+    if (now + wait - r->start_ms >= rt->timeout_ms)
+        return false;
+    struct dp_backend_state *bs = dp_lb_find(r->w->lb, r->backend);
+    uint32_t pct = rt->retry.budget_percent > 0 ? rt->retry.budget_percent : 20;
+    if (bs != NULL && !dp_lb_retry_allowed(bs, pct, 10000, now))
+        return false;
+    if (!other)
+        memset(r->tried, 0, rt->nrefs * sizeof(bool));
+    *backoff_ms = wait;
+    return true;
+}
+
+/* ---- respond ------------------------------------------------------------------------------- */
+
+/* An OpenAI error body in r->up_resp rewritten into the front's shape. False when it has
+ * no message (the caller wraps it like any other body). */
+static bool front_error(struct dp_request *r)
+{
+    struct kw_node *root;
+    char err[128];
+    dp_request_arena_grow(r, r->up_resp.len);
+    if (kw_json_parse(r->arena, r->up_resp.data, r->up_resp.len, &root, err, sizeof(err)) != KW_OK)
+        return false;
+    const struct kw_node *e = kw_node_get(root, "error");
+    const struct kw_node *msg =
+        e != NULL && e->type == KW_NODE_STRING ? e : kw_node_get(e, "message");
+    if (msg == NULL || msg->type != KW_NODE_STRING)
+        return false;
+    struct kw_buf b;
+    kw_buf_init(&b, DP_MAX_UPSTREAM_RESPONSE);
+    bool ok = r->front->error_body(r, (unsigned)r->up.status, msg->str, msg->len, &b) == KW_OK;
+    if (ok) {
+        kw_buf_reset(&r->up_resp);
+        ok = kw_buf_append(&r->up_resp, b.data, b.len) == KW_OK;
+    }
+    kw_buf_cleanup(&b);
+    return ok;
+}
+
+/* An upstream error response relayed: its status and body when it is an OpenAI-style
+ * error (in the front's shape for a front), else wrapped into one. */
+static int relay_error(struct dp_request *r)
+{
+    long status = r->up.status;
+    dp_request_arena_grow(r, r->up_resp.len);
+    if (r->provider->on_error != NULL) {
+        struct kw_buf mapped;
+        kw_buf_init(&mapped, DP_MAX_UPSTREAM_RESPONSE);
+        if (r->provider->on_error(r, status, r->up_resp.data != NULL ? r->up_resp.data : "",
+                                  r->up_resp.len, &mapped) == KW_OK &&
+            mapped.len > 0) {
+            kw_buf_reset(&r->up_resp);
+            kw_buf_append(&r->up_resp, mapped.data, mapped.len);
+        }
+        kw_buf_cleanup(&mapped);
+    }
+    const char *body = r->up_resp.data != NULL ? r->up_resp.data : "";
+    bool json = r->up_resp.len > 0 && body[0] == '{' && strstr(body, "\"error\"") != NULL;
+    if (json && r->front != NULL)
+        json = front_error(r);
+    if (json) {
+        if (dp_respond_buffer(r, (unsigned)status, "application/json", r->up_resp.data,
+                              r->up_resp.len, r->up.retry_after) != KW_OK)
+            return dp_error_set(r, 500, "server_error", NULL, NULL, "out of memory");
+        return KW_DONE;
+    }
+    /* an upstream's body is the client's to see, not the log's: it may echo what was sent,
+     * credentials included; so it goes into the response only, not into r->err */
+    struct dp_error saved = r->err;
+    dp_error_set(r, (unsigned)status,
+                 status == 429   ? "rate_limit_exceeded"
+                 : status >= 500 ? "server_error"
+                                 : "invalid_request_error",
+                 "upstream_error", NULL, "upstream answered %ld: %.200s", status, body);
+    dp_respond_error(r);
+    if (r->pending != NULL && r->up.retry_after[0] != '\0')
+        MHD_add_response_header(r->pending, "Retry-After", r->up.retry_after);
+    r->err = saved;
+    return KW_DONE;
+}
+
+static int relay_body(struct dp_request *r)
+{
+    dp_request_arena_grow(r, r->up_resp.len); /* in flight: never refused for memory */
+    struct kw_buf translated, fronted;
+    kw_buf_init(&translated, DP_MAX_UPSTREAM_RESPONSE);
+    kw_buf_init(&fronted, DP_MAX_UPSTREAM_RESPONSE);
+    int rc = KW_DONE;
+    if (r->provider->on_response(r, r->up_resp.data != NULL ? r->up_resp.data : "", r->up_resp.len,
+                                 &translated) != KW_OK) {
+        rc = dp_error_set(r, 502, "server_error", "upstream_invalid_response", NULL,
+                          "the upstream's response could not be translated");
+        goto out;
+    }
+    struct kw_buf *src = translated.len > 0 ? &translated : &r->up_resp;
+    if (r->front != NULL) {
+        if (r->front->response(r, src->data != NULL ? src->data : "", src->len, &fronted) !=
+            KW_OK) {
+            rc = dp_error_set(r, 502, "server_error", "upstream_invalid_response", NULL,
+                              "the upstream's response could not be translated");
+            goto out;
+        }
+        src = &fronted;
+    }
+    if (dp_respond_buffer(r, (unsigned)r->up.status,
+                          r->up.ctype[0] != '\0' && r->front == NULL ? r->up.ctype
+                                                                     : "application/json",
+                          src->data, src->len, NULL) != KW_OK)
+        rc = dp_error_set(r, 500, "server_error", NULL, NULL, "out of memory");
+out:
+    kw_buf_cleanup(&translated);
+    kw_buf_cleanup(&fronted);
+    return rc;
+}
+
+static int ph_respond(struct dp_request *r)
+{
+    if (r->state == DP_ST_STREAM) {
+        if (r->provider->on_stream_end != NULL)
+            r->provider->on_stream_end(r, dp_stream_sink(r));
+        dp_front_flush(r);
+        if (r->front != NULL)
+            r->front->stream_end(r, &r->out);
+        dp_respond_stream_end(r);
+        return KW_DONE;
+    }
+    if (r->up.status >= 200 && r->up.status < 300)
+        return relay_body(r);
+    return relay_error(r);
+}
+
+/* ---- the end ------------------------------------------------------------------------------- */
+
+static void stop_attempt(struct dp_request *r)
+{
+    if (r->attempt == DP_ATT_RUNNING) {
+        dp_transfer_stop(&r->up);
+        if (r->bstate != NULL)
+            dp_lb_attempt_end(r->bstate, r->endpoint, r->backend, DP_LB_CANCELLED, -1, -1,
+                              dp_now_ms());
+        r->bstate = NULL;
+        r->attempt = DP_ATT_NONE;
+    }
+    dp_transfer_stop(&r->up);
+    dp_timer_cancel(r->w, &r->attempt_timer);
+}
+
+void dp_engine_client_gone(struct dp_request *r)
+{
+    if (r->client_gone)
+        return;
+    r->client_gone = true;
+    stop_attempt(r); /* cancel the upstream at once, not at the next MHD pass */
+    dp_respond_wake(r);
+}
+
+void dp_engine_end(struct dp_request *r, enum MHD_RequestTerminationCode toe)
+{
+    stop_attempt(r);
+    curl_slist_free_all(r->up_headers);
+    r->up_headers = NULL;
+    kw_buf_cleanup(&r->url);
+    r->toe = toe;
+    if (r->usage.have) {
+        struct dp_backend_state *bs = r->backend != NULL ? dp_lb_find(r->w->lb, r->backend) : NULL;
+        if (bs != NULL)
+            dp_lb_tokens(bs, r->usage.prompt + r->usage.completion, dp_now_ms());
+        for (size_t i = 0; i < dp_nfilters; i++)
+            if (dp_filters[i]->on_usage != NULL)
+                dp_filters[i]->on_usage(r, ctx_of(r, i), &r->usage);
+    }
+    for (size_t i = dp_nfilters; i-- > 0;)
+        if (dp_filters[i]->on_end != NULL)
+            dp_filters[i]->on_end(r, ctx_of(r, i));
+    r->ended = true;
+}

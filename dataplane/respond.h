@@ -1,0 +1,44 @@
+/* knoway data plane: everything the client receives - error bodies (OpenAI's shape or the
+ * front's), buffered answers, streams (start, bytes, keep-alives, the final error event,
+ * the end) and libmicrohttpd's suspend/resume around them.
+ *
+ * A response is prepared (r->pending) and the connection resumed; the access handler
+ * queues it at its next call (dp_respond_queue). Stream bytes go to r->out, which MHD's
+ * content reader drains; below the low-water mark a paused upstream transfer resumes. */
+#ifndef DP_RESPOND_H
+#define DP_RESPOND_H
+
+#include <microhttpd.h>
+#include <stddef.h>
+
+#include "request.h"
+
+/* The headers every response carries (x-request-id, the front's id header). */
+void dp_respond_headers(struct dp_request *r, struct MHD_Response *resp);
+/* Resume a suspended connection (no-op otherwise); suspend it. */
+void dp_respond_wake(struct dp_request *r);
+void dp_respond_suspend(struct dp_request *r);
+
+/* Send r->err: a JSON error response before a stream started, the stream's final error
+ * event after. */
+void dp_respond_error(struct dp_request *r);
+/* dp_error_set, then dp_respond_error. Returns KW_DONE. */
+int dp_respond_fail(struct dp_request *r, unsigned status, const char *type, const char *code,
+                    const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* A complete answer (copied). retry_after may be NULL. KW_OK or KW_ERROR (memory). */
+int dp_respond_buffer(struct dp_request *r, unsigned status, const char *ctype, const char *data,
+                      size_t len, const char *retry_after);
+/* Queue the prepared response (access handler). */
+enum MHD_Result dp_respond_queue(struct dp_request *r);
+
+/* Start a stream: a 200 text/event-stream response (the front's first events in it).
+ * KW_OK or KW_ERROR (memory; nothing was sent). */
+int dp_respond_stream_begin(struct dp_request *r);
+/* Append bytes for the client and wake it. KW_OK or KW_ERROR (limit). */
+int dp_respond_emit(struct dp_request *r, const char *data, size_t len);
+/* No more bytes: the stream ends when the client has the rest. */
+void dp_respond_stream_end(struct dp_request *r);
+/* With a front: translate what r->stage holds into r->out. KW_OK or KW_ERROR. */
+int dp_front_flush(struct dp_request *r);
+
+#endif
