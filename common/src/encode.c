@@ -139,6 +139,25 @@ struct kw_node *kw_encode_backend_spec(struct kw_arena *a, const struct kw_backe
         put(&e, spec, "credentials", cr);
     }
 
+    if (b->circuit_breaker.consecutive_failures > 0) {
+        struct kw_node *cb = map(&e);
+        put_int(&e, cb, "consecutiveFailures", b->circuit_breaker.consecutive_failures);
+        put_duration(&e, cb, "ejectionTime", b->circuit_breaker.ejection_time_ms);
+        put_int(&e, cb, "maxEjectionPercent", b->circuit_breaker.max_ejection_percent);
+        put(&e, spec, "circuitBreaker", cb);
+    }
+    if (b->limits.requests_per_minute > 0 || b->limits.tokens_per_minute > 0 ||
+        b->limits.max_concurrent_requests > 0) {
+        struct kw_node *lim = map(&e);
+        if (b->limits.requests_per_minute > 0)
+            put_int(&e, lim, "requestsPerMinute", b->limits.requests_per_minute);
+        if (b->limits.tokens_per_minute > 0)
+            put_int(&e, lim, "tokensPerMinute", b->limits.tokens_per_minute);
+        if (b->limits.max_concurrent_requests > 0)
+            put_int(&e, lim, "maxConcurrentRequests", b->limits.max_concurrent_requests);
+        put(&e, spec, "limits", lim);
+    }
+
     const struct kw_params *p = &b->params;
     if (p->defaults != NULL || p->overrides != NULL || p->nremove > 0) {
         struct kw_node *pm = map(&e);
@@ -192,5 +211,36 @@ struct kw_node *kw_encode_route_spec(struct kw_arena *a, const struct kw_route *
     put(&e, spec, "backendRefs", refs);
     put_duration(&e, spec, "timeout", r->timeout_ms);
     put_duration(&e, spec, "streamIdleTimeout", r->stream_idle_timeout_ms);
+    if (r->load_balancer.strategy != KW_LB_WEIGHTED_RANDOM || r->load_balancer.client_override) {
+        static const char *const strategies[] = {"WeightedRandom", "RoundRobin", "LeastRequest",
+                                                 "Latency"};
+        struct kw_node *lb = map(&e);
+        put_str(&e, lb, "strategy", strategies[r->load_balancer.strategy]);
+        if (r->load_balancer.client_override)
+            put(&e, lb, "clientOverride", kw_node_bool(a, true));
+        put(&e, spec, "loadBalancer", lb);
+    }
+    if (r->retry.attempts == 0 &&
+        r->retry.retry_on == (KW_RETRY_CONNECT_FAILURE | KW_RETRY_RESET | KW_RETRY_5XX) &&
+        r->retry.backoff_base_ms == KW_DEFAULT_BACKOFF_BASE_MS &&
+        r->retry.backoff_max_ms == KW_DEFAULT_BACKOFF_MAX_MS && r->retry.per_try_timeout_ms == 0 &&
+        r->retry.budget_percent == KW_DEFAULT_RETRY_BUDGET_PERCENT)
+        return e.failed ? NULL : spec; /* the defaults: written only when changed */
+    struct kw_node *rt = map(&e);
+    static const char *const retry_on[] = {"connect-failure", "reset", "timeout", "5xx", "429"};
+    if (r->retry.attempts > 0)
+        put_int(&e, rt, "attempts", r->retry.attempts);
+    struct kw_node *on = seq(&e);
+    for (unsigned i = 0; i < KW_ARRAY_LEN(retry_on); i++)
+        if (r->retry.retry_on & (1u << i))
+            push(&e, on, kw_node_cstring(a, retry_on[i]));
+    put(&e, rt, "retryOn", on);
+    struct kw_node *bo = map(&e);
+    put_duration(&e, bo, "base", r->retry.backoff_base_ms);
+    put_duration(&e, bo, "max", r->retry.backoff_max_ms);
+    put(&e, rt, "backoff", bo);
+    put_duration(&e, rt, "perTryTimeout", r->retry.per_try_timeout_ms);
+    put_int(&e, rt, "budgetPercent", r->retry.budget_percent);
+    put(&e, spec, "retry", rt);
     return e.failed ? NULL : spec;
 }

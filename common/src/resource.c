@@ -931,10 +931,40 @@ static bool get_enum(struct kw_dec *d, const struct kw_node *m, const char *key,
     return false;
 }
 
+/* spec.circuitBreaker and spec.limits (docs/configuration.md, "Traffic management"). */
+static void decode_backend_traffic(struct kw_dec *d, const struct kw_node *spec,
+                                   struct kw_backend *b)
+{
+    static const char *const cb_fields[] = {"consecutiveFailures", "ejectionTime",
+                                            "maxEjectionPercent", NULL};
+    static const char *const lim_fields[] = {"requestsPerMinute", "tokensPerMinute",
+                                             "maxConcurrentRequests", NULL};
+    b->circuit_breaker.ejection_time_ms = KW_DEFAULT_EJECTION_TIME_MS;
+    b->circuit_breaker.max_ejection_percent = KW_DEFAULT_MAX_EJECTION_PERCENT;
+    size_t mark;
+    const struct kw_node *m = get_map(d, spec, "circuitBreaker", false, &mark);
+    if (m != NULL) {
+        check_fields(d, m, cb_fields, NULL);
+        b->circuit_breaker.consecutive_failures = 5;
+        get_u32(d, m, "consecutiveFailures", 1, 1000, &b->circuit_breaker.consecutive_failures);
+        get_duration(d, m, "ejectionTime", 100, 3600000, &b->circuit_breaker.ejection_time_ms);
+        get_u32(d, m, "maxEjectionPercent", 1, 100, &b->circuit_breaker.max_ejection_percent);
+    }
+    pop(d, mark);
+    m = get_map(d, spec, "limits", false, &mark);
+    if (m != NULL) {
+        check_fields(d, m, lim_fields, NULL);
+        get_u32(d, m, "requestsPerMinute", 1, 100000000, &b->limits.requests_per_minute);
+        get_u32(d, m, "tokensPerMinute", 1, 2000000000, &b->limits.tokens_per_minute);
+        get_u32(d, m, "maxConcurrentRequests", 1, 1000000, &b->limits.max_concurrent_requests);
+    }
+    pop(d, mark);
+}
+
 void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_backend *b)
 {
-    static const char *const fields[] = {"provider",    "modelName", "upstream",
-                                         "credentials", "params",    NULL};
+    static const char *const fields[] = {"provider", "modelName",      "upstream", "credentials",
+                                         "params",   "circuitBreaker", "limits",   NULL};
     static const char *const provider_list[KW_PROVIDER__COUNT + 1] = {
         "OpenAI", "AzureOpenAI", "Anthropic", "AWSBedrock", "Gemini", "VertexAI",
         "Cohere", "Mistral",     "vLLM",      "KServe",     "Ollama", NULL};
@@ -947,6 +977,7 @@ void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct
     decode_upstream(d, spec, b);
     decode_credentials(d, spec, b);
     decode_params(d, spec, &b->params);
+    decode_backend_traffic(d, spec, b);
 
     struct kw_upstream *u = &b->upstream;
     bool any = u->base_url != NULL || u->service_ref.name != NULL || u->nendpoints > 0;
@@ -1046,10 +1077,78 @@ static void decode_match(struct kw_dec *d, const struct kw_node *spec, struct kw
     pop(d, mark);
 }
 
+/* spec.loadBalancer and spec.retry (docs/configuration.md, "Traffic management"). */
+static void decode_route_traffic(struct kw_dec *d, const struct kw_node *spec, struct kw_route *r)
+{
+    static const char *const lb_fields[] = {"strategy", "clientOverride", NULL};
+    static const char *const strategies[KW_LB_COUNT + 1] = {"WeightedRandom", "RoundRobin",
+                                                            "LeastRequest", "Latency", NULL};
+    static const char *const retry_fields[] = {"attempts",      "retryOn",       "backoff",
+                                               "perTryTimeout", "budgetPercent", NULL};
+    static const char *const backoff_fields[] = {"base", "max", NULL};
+    static const char *const retry_on[] = {"connect-failure", "reset", "timeout", "5xx", "429",
+                                           NULL};
+    r->retry.retry_on = KW_RETRY_CONNECT_FAILURE | KW_RETRY_RESET | KW_RETRY_5XX;
+    r->retry.backoff_base_ms = KW_DEFAULT_BACKOFF_BASE_MS;
+    r->retry.backoff_max_ms = KW_DEFAULT_BACKOFF_MAX_MS;
+    r->retry.budget_percent = KW_DEFAULT_RETRY_BUDGET_PERCENT;
+    size_t mark;
+    const struct kw_node *m = get_map(d, spec, "loadBalancer", false, &mark);
+    if (m != NULL) {
+        check_fields(d, m, lb_fields, NULL);
+        int v;
+        if (kw_node_get(m, "strategy") != NULL &&
+            get_enum(d, m, "strategy", strategies, KW_LB_COUNT, &v))
+            r->load_balancer.strategy = (enum kw_lb_strategy)v;
+        get_bool(d, m, "clientOverride", &r->load_balancer.client_override);
+    }
+    pop(d, mark);
+    m = get_map(d, spec, "retry", false, &mark);
+    if (m != NULL) {
+        check_fields(d, m, retry_fields, NULL);
+        get_u32(d, m, "attempts", 1, KW_MAX_RETRY_ATTEMPTS, &r->retry.attempts);
+        size_t om;
+        const struct kw_node *on = get_seq(d, m, "retryOn", false, 8, &om);
+        if (on != NULL) {
+            r->retry.retry_on = 0;
+            for (size_t i = 0; i < on->n; i++) {
+                size_t im = push_index(d, i);
+                const struct kw_node *it = on->items[i];
+                size_t k = 0;
+                /* 429 may be written bare (an integer) */
+                while (retry_on[k] != NULL &&
+                       ((it->type != KW_NODE_STRING && it->type != KW_NODE_INT) ||
+                        it->str == NULL || strcmp(it->str, retry_on[k]) != 0))
+                    k++;
+                if (retry_on[k] == NULL)
+                    kw_dec_error(d, it,
+                                 "must be one of connect-failure, reset, timeout, 5xx, 429");
+                else
+                    r->retry.retry_on |= 1u << k;
+                pop(d, im);
+            }
+        }
+        pop(d, om);
+        size_t bm;
+        const struct kw_node *bo = get_map(d, m, "backoff", false, &bm);
+        if (bo != NULL) {
+            check_fields(d, bo, backoff_fields, NULL);
+            get_duration(d, bo, "base", 1, 60000, &r->retry.backoff_base_ms);
+            get_duration(d, bo, "max", 1, 300000, &r->retry.backoff_max_ms);
+            if (r->retry.backoff_max_ms < r->retry.backoff_base_ms)
+                kw_dec_error(d, bo, "max must not be below base");
+        }
+        pop(d, bm);
+        get_duration(d, m, "perTryTimeout", 1, 24 * 3600000LL, &r->retry.per_try_timeout_ms);
+        get_u32(d, m, "budgetPercent", 1, 100, &r->retry.budget_percent);
+    }
+    pop(d, mark);
+}
+
 void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_route *r)
 {
-    static const char *const fields[] = {"match", "backendRefs", "timeout", "streamIdleTimeout",
-                                         NULL};
+    static const char *const fields[] = {"match",       "backendRefs", "timeout", "streamIdleTimeout",
+                                         "loadBalancer", "retry",       NULL};
     static const char *const ref_fields[] = {"name", "weight", "priority", "modelOverride", NULL};
     check_fields(d, spec, fields, NULL);
     decode_match(d, spec, r);
@@ -1099,6 +1198,7 @@ void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct k
     r->stream_idle_timeout_ms = KW_DEFAULT_STREAM_IDLE_TIMEOUT_MS;
     get_duration(d, spec, "timeout", 1, 24 * 3600000LL, &r->timeout_ms);
     get_duration(d, spec, "streamIdleTimeout", 1000, 24 * 3600000LL, &r->stream_idle_timeout_ms);
+    decode_route_traffic(d, spec, r);
 }
 
 /* ---- Secret ------------------------------------------------------------------------- */

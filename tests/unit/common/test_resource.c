@@ -53,9 +53,9 @@ static void test_unknown_field_hint(void **state)
         "t.yaml:7:33: LLMBackend/default/b: spec.upstream.zzz: unknown field \"zzz\"\n");
     /* a field of a later wave is rejected like any unknown field */
     kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x}\n"
-                            "  circuitBreaker: {consecutiveFailures: 5}\n",
-                      "t.yaml:8:3: LLMBackend/default/b: spec.circuitBreaker: unknown field "
-                      "\"circuitBreaker\"\n");
+                            "  cache: {ttl: 5m}\n",
+                      "t.yaml:8:3: LLMBackend/default/b: spec.cache: unknown field "
+                      "\"cache\"\n");
 }
 
 static void test_wrong_type(void **state)
@@ -355,6 +355,70 @@ static void test_dataplane(void **state)
                       "t.yaml:6:14: DataPlane/gw: spec.discovery.url: required field is missing\n");
 }
 
+static void test_traffic(void **state)
+{
+    (void)state;
+    struct kw_config *cfg;
+    char *e = kwt_errors(
+        HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x}\n"
+              "  circuitBreaker: {consecutiveFailures: 3, ejectionTime: 2s}\n"
+              "  limits: {requestsPerMinute: 600, tokensPerMinute: 90000, maxConcurrentRequests: 8}\n"
+              "---\n" HDR_R "  match: {models: [m]}\n  backendRefs: [{name: b}]\n"
+              "  loadBalancer: {strategy: Latency, clientOverride: true}\n"
+              "  retry:\n    attempts: 4\n    retryOn: [429, timeout]\n"
+              "    backoff: {base: 10ms, max: 1s}\n    perTryTimeout: 5s\n    budgetPercent: 50\n",
+        &cfg);
+    assert_string_equal(e, "");
+    free(e);
+    const struct kw_backend *b = cfg->backends[0];
+    assert_int_equal(b->circuit_breaker.consecutive_failures, 3);
+    assert_int_equal(b->circuit_breaker.ejection_time_ms, 2000);
+    assert_int_equal(b->circuit_breaker.max_ejection_percent, 50); /* default */
+    assert_int_equal(b->limits.requests_per_minute, 600);
+    assert_int_equal(b->limits.tokens_per_minute, 90000);
+    assert_int_equal(b->limits.max_concurrent_requests, 8);
+    const struct kw_route *r = cfg->routes[0];
+    assert_int_equal(r->load_balancer.strategy, KW_LB_LATENCY);
+    assert_true(r->load_balancer.client_override);
+    assert_int_equal(r->retry.attempts, 4);
+    assert_int_equal(r->retry.retry_on, KW_RETRY_429 | KW_RETRY_TIMEOUT);
+    assert_int_equal(r->retry.backoff_base_ms, 10);
+    assert_int_equal(r->retry.backoff_max_ms, 1000);
+    assert_int_equal(r->retry.per_try_timeout_ms, 5000);
+    assert_int_equal(r->retry.budget_percent, 50);
+    kw_config_free(cfg);
+
+    /* defaults: weighted random, each backend once on connect failures, resets and 5xx */
+    e = kwt_errors(BACKEND_B "---\n" HDR_R "  match: {models: [m]}\n  backendRefs: [{name: b}]\n",
+                   &cfg);
+    assert_string_equal(e, "");
+    free(e);
+    r = cfg->routes[0];
+    assert_int_equal(r->load_balancer.strategy, KW_LB_WEIGHTED_RANDOM);
+    assert_int_equal(r->retry.attempts, 0);
+    assert_int_equal(r->retry.retry_on, KW_RETRY_CONNECT_FAILURE | KW_RETRY_RESET | KW_RETRY_5XX);
+    assert_int_equal(cfg->backends[0]->circuit_breaker.consecutive_failures, 0);
+    kw_config_free(cfg);
+
+    kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match: {models: [m]}\n  backendRefs: [{name: b}]\n"
+                                "  loadBalancer: {strategy: Fastest}\n",
+                      "t.yaml:18:28: LLMRoute/default/r: spec.loadBalancer.strategy: unknown value "
+                      "\"Fastest\"; one of: WeightedRandom, RoundRobin, LeastRequest, Latency\n");
+    kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match: {models: [m]}\n  backendRefs: [{name: b}]\n"
+                                "  retry: {retryOn: [4xx], attempts: 99, backoff: {base: 2s, max: 1s}}\n",
+                      "t.yaml:18:37: LLMRoute/default/r: spec.retry.attempts: must be 1..16, got 99\n"
+                      "t.yaml:18:21: LLMRoute/default/r: spec.retry.retryOn[0]: must be one of "
+                      "connect-failure, reset, timeout, 5xx, 429\n"
+                      "t.yaml:18:50: LLMRoute/default/r: spec.retry.backoff: max must not be below "
+                      "base\n");
+    kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x}\n"
+                            "  circuitBreaker: {consecutiveFailures: 0, maxEjectionPercent: 101}\n",
+                      "t.yaml:8:41: LLMBackend/default/b: spec.circuitBreaker.consecutiveFailures: "
+                      "must be 1..1000, got 0\n"
+                      "t.yaml:8:64: LLMBackend/default/b: spec.circuitBreaker.maxEjectionPercent: "
+                      "must be 1..100, got 101\n");
+}
+
 static void test_api_json(void **state)
 {
     (void)state;
@@ -410,6 +474,7 @@ int main(void)
         cmocka_unit_test(test_secret_env),
         cmocka_unit_test(test_documents),
         cmocka_unit_test(test_dataplane),
+        cmocka_unit_test(test_traffic),
         cmocka_unit_test(test_api_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
