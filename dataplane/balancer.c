@@ -416,6 +416,8 @@ int dp_lb_pick_endpoint(struct dp_lb *lb, struct dp_backend_state *bs, const str
     return chosen;
 }
 
+static void roll_budget(struct dp_backend_state *bs, int64_t now);
+
 /* ---- outcomes ----------------------------------------------------------------------------- */
 
 static void eject(struct dp_lb_target *t, const struct dp_lb_breaker *cb, int64_t now)
@@ -478,12 +480,7 @@ void dp_lb_attempt_start(struct dp_backend_state *bs, int ep, int64_t now)
         if (now >= t->ejected_until && t->ejections > 0)
             t->probing = true;
     }
-    if (now - bs->budget_window >= 10000) {
-        bs->attempts_prev = bs->attempts_now;
-        bs->retries_prev = bs->retries_now;
-        bs->attempts_now = bs->retries_now = 0;
-        bs->budget_window = now;
-    }
+    roll_budget(bs, now);
     bs->attempts_now++;
 }
 
@@ -541,23 +538,29 @@ void dp_lb_tokens(struct dp_backend_state *bs, int64_t tokens, int64_t now)
             bs->t.remaining_tokens > tokens ? bs->t.remaining_tokens - tokens : 0;
 }
 
-bool dp_lb_retry_allowed(struct dp_backend_state *bs, uint32_t percent, int64_t window_ms,
-                         int64_t now)
+static void roll_budget(struct dp_backend_state *bs, int64_t now)
 {
-    (void)window_ms; /* the window is the 10 s of dp_lb_attempt_start */
     if (now - bs->budget_window >= 10000) {
         bs->attempts_prev = bs->attempts_now;
         bs->retries_prev = bs->retries_now;
         bs->attempts_now = bs->retries_now = 0;
         bs->budget_window = now;
     }
+}
+
+bool dp_lb_retry_budget_ok(struct dp_backend_state *bs, uint32_t percent, int64_t now)
+{
+    roll_budget(bs, now);
     int64_t attempts = bs->attempts_now + bs->attempts_prev;
     int64_t retries = bs->retries_now + bs->retries_prev;
-    if (retries >= LB_MIN_RETRIES && retries * 100 >= (int64_t)percent * attempts)
-        return false;
+    /* one more retry: retries + 1 <= percent of attempts + 1 (it is an attempt too) */
+    return retries < LB_MIN_RETRIES || (retries + 1) * 100 <= (int64_t)percent * (attempts + 1);
+}
+
+void dp_lb_retry_taken(struct dp_backend_state *bs)
+{
     bs->retries_now++;
     bs->retries_total++;
-    return true;
 }
 
 /* ---- rate-limit headers ------------------------------------------------------------------- */

@@ -101,10 +101,11 @@ void dp_lb_tokens(struct dp_backend_state *bs, int64_t tokens, int64_t now);
 void dp_lb_header(struct dp_backend_state *bs, int ep, const char *name, size_t nlen,
                   const char *value, size_t vlen, int64_t now);
 
-/* Whether a retry on bs fits the retry budget (percent of attempts over window_ms; a
- * minimum of 3 retries per window always fits) and count it. */
-bool dp_lb_retry_allowed(struct dp_backend_state *bs, uint32_t percent, int64_t window_ms,
-                         int64_t now);
+/* The retry budget, per backend: of the attempts it received over the last 10 to 20 s, at
+ * most percent may be retries (a floor of 3 retries always fits), so a failing upstream
+ * cannot multiply the load on the others. Whether one more retry fits; count one. */
+bool dp_lb_retry_budget_ok(struct dp_backend_state *bs, uint32_t percent, int64_t now);
+void dp_lb_retry_taken(struct dp_backend_state *bs);
 
 /* Whether t is healthy for a request of est_tokens now. */
 bool dp_lb_target_healthy(const struct dp_lb_target *t, const struct kw_backend *b,

@@ -474,8 +474,11 @@ static int start_attempt(struct dp_request *r)
     r->attempts++;
     r->attempt = DP_ATT_RUNNING;
     r->bstate = dp_lb_backend(r->w->lb, b);
-    if (r->bstate != NULL)
+    if (r->bstate != NULL) {
         dp_lb_attempt_start(r->bstate, r->endpoint, now);
+        if (r->attempts > 1)
+            dp_lb_retry_taken(r->bstate);
+    }
     return KW_AGAIN;
 }
 
@@ -582,16 +585,18 @@ static bool retry_decide(struct dp_request *r, unsigned cls, int64_t *backoff_ms
     unsigned on = rt->retry.retry_on != 0
                       ? rt->retry.retry_on
                       : KW_RETRY_CONNECT_FAILURE | KW_RETRY_RESET | KW_RETRY_5XX;
-    if (!(cls & on))
+    bool other = false;
+    for (size_t i = 0; i < rt->nrefs && !other; i++)
+        other = !r->tried[i] && rt->refs[i].weight > 0 && rt->refs[i].backend != NULL;
+    /* a 429 puts its backend in cooldown: the request fails over at once when another
+     * backend is left, whatever retryOn says (retryOn: [429] also retries the same one) */
+    if (!(cls & on) && !(cls == KW_RETRY_429 && other))
         return false;
     unsigned max = rt->retry.attempts > 0 ? rt->retry.attempts : (unsigned)rt->nrefs;
     if (max > DP_MAX_ATTEMPTS)
         max = DP_MAX_ATTEMPTS;
     if (r->attempts >= max)
         return false;
-    bool other = false;
-    for (size_t i = 0; i < rt->nrefs && !other; i++)
-        other = !r->tried[i] && rt->refs[i].weight > 0 && rt->refs[i].backend != NULL;
     if (!other && rt->retry.attempts == 0)
         return false; /* without a retry policy each backend is tried once */
     int64_t now = dp_now_ms();
@@ -609,12 +614,22 @@ static bool retry_decide(struct dp_request *r, unsigned cls, int64_t *backoff_ms
     }
     if (now + wait - r->start_ms >= rt->timeout_ms)
         return false;
-    struct dp_backend_state *bs = dp_lb_find(r->w->lb, r->backend);
-    uint32_t pct = rt->retry.budget_percent > 0 ? rt->retry.budget_percent : 20;
-    if (bs != NULL && !dp_lb_retry_allowed(bs, pct, 10000, now))
-        return false;
     if (!other)
         memset(r->tried, 0, rt->nrefs * sizeof(bool));
+    /* the retry budget: backends that took their share of retries are left out */
+    uint32_t pct = rt->retry.budget_percent > 0 ? rt->retry.budget_percent : 20;
+    bool any = false;
+    for (size_t i = 0; i < rt->nrefs; i++) {
+        if (r->tried[i] || rt->refs[i].weight == 0 || rt->refs[i].backend == NULL)
+            continue;
+        struct dp_backend_state *bs = dp_lb_backend(r->w->lb, rt->refs[i].backend);
+        if (bs != NULL && !dp_lb_retry_budget_ok(bs, pct, now))
+            r->tried[i] = true;
+        else
+            any = true;
+    }
+    if (!any)
+        return false;
     *backoff_ms = wait;
     return true;
 }

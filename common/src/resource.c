@@ -1086,8 +1086,8 @@ static void decode_route_traffic(struct kw_dec *d, const struct kw_node *spec, s
     static const char *const retry_fields[] = {"attempts",      "retryOn",       "backoff",
                                                "perTryTimeout", "budgetPercent", NULL};
     static const char *const backoff_fields[] = {"base", "max", NULL};
-    static const char *const retry_on[] = {"connect-failure", "reset", "timeout", "5xx", "429",
-                                           NULL};
+    static const char *const retry_on[] = {
+        "connect-failure", "reset", "timeout", "5xx", "429", NULL};
     r->retry.retry_on = KW_RETRY_CONNECT_FAILURE | KW_RETRY_RESET | KW_RETRY_5XX;
     r->retry.backoff_base_ms = KW_DEFAULT_BACKOFF_BASE_MS;
     r->retry.backoff_max_ms = KW_DEFAULT_BACKOFF_MAX_MS;
@@ -1121,8 +1121,7 @@ static void decode_route_traffic(struct kw_dec *d, const struct kw_node *spec, s
                         it->str == NULL || strcmp(it->str, retry_on[k]) != 0))
                     k++;
                 if (retry_on[k] == NULL)
-                    kw_dec_error(d, it,
-                                 "must be one of connect-failure, reset, timeout, 5xx, 429");
+                    kw_dec_error(d, it, "must be one of connect-failure, reset, timeout, 5xx, 429");
                 else
                     r->retry.retry_on |= 1u << k;
                 pop(d, im);
@@ -1147,8 +1146,8 @@ static void decode_route_traffic(struct kw_dec *d, const struct kw_node *spec, s
 
 void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_route *r)
 {
-    static const char *const fields[] = {"match",       "backendRefs", "timeout", "streamIdleTimeout",
-                                         "loadBalancer", "retry",       NULL};
+    static const char *const fields[] = {
+        "match", "backendRefs", "timeout", "streamIdleTimeout", "loadBalancer", "retry", NULL};
     static const char *const ref_fields[] = {"name", "weight", "priority", "modelOverride", NULL};
     check_fields(d, spec, fields, NULL);
     decode_match(d, spec, r);

@@ -27,9 +27,18 @@
  *                               after a tool_result it answers "tool said: RESULT"
  *   GET  /_mock/requests        what was received: a JSON array of the last requests
  *   DELETE /_mock/requests      forget them
+ *   GET  /_mock/stats           {"requests": N, "errors": E}: completion requests received
+ *                               and those answered with an error status (attempt counting)
+ *   DELETE /_mock/stats         reset them
+ *   PUT  /_mock/behaviour       this instance's behaviour (also --behaviour JSON at start):
+ *     {"latency_ms", "ttft_ms", "status", "retry_after" (s), "retry_after_ms",
+ *      "fail_rate" (0..1, answered with "fail_status", default 500), "fault", "fault_after",
+ *      "quota_requests", "quota_tokens", "quota_reset_ms"}: with a quota, every answer
+ *      carries OpenAI's x-ratelimit-{limit,remaining,reset}-{requests,tokens} headers and a
+ *      request past it gets 429 with Retry-After. PUT replaces the whole behaviour.
  *
  * Behaviour per request, from request headers (a gateway backend sets them through
- * upstream.headers) or the command line defaults:
+ * upstream.headers), else the instance's behaviour, else the command line defaults:
  *   x-mock-latency-ms: N     wait before the response (non-streaming) or the headers
  *   x-mock-ttft-ms: N        time to the first streamed chunk
  *   x-mock-chunks: N         content chunks in a stream (also the completion tokens)
@@ -79,6 +88,28 @@ struct opts {
 };
 static struct opts g_opt = {
     .ttft_ms = 0, .interval_ms = 0, .chunks = 8, .latency_ms = 0, .log = true};
+
+/* ---- instance behaviour (PUT /_mock/behaviour) ---------------------------------------- */
+
+struct behaviour {
+    int latency_ms, ttft_ms, status, retry_after, retry_after_ms, fail_status, fault_after;
+    double fail_rate;
+    char fault[16];
+    long quota_requests, quota_tokens; /* -1: no rate-limit headers */
+    int quota_reset_ms;
+};
+static pthread_mutex_t g_beh_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct behaviour g_beh = {.latency_ms = -1,
+                                 .ttft_ms = -1,
+                                 .quota_requests = -1,
+                                 .quota_tokens = -1,
+                                 .quota_reset_ms = 60000,
+                                 .fail_status = 500,
+                                 .fault_after = 1};
+static long g_hits, g_errors;                   /* under g_beh_mu */
+static long g_quota_used_req, g_quota_used_tok; /* under g_beh_mu */
+static int64_t g_quota_window;
+static uint64_t g_rnd = 88172645463325252ull;
 
 /* ---- request log (for tests) --------------------------------------------------------- */
 
@@ -205,6 +236,7 @@ struct conn {
     bool pending_nonstream; /* a delayed non-streaming response */
     bool blocked;           /* a stream waits for the socket to drain */
     bool rst;               /* close with a TCP RST */
+    char extra[512];        /* headers added to this response (rate limits) */
 };
 
 struct worker {
@@ -322,7 +354,7 @@ static void send_json_status(struct conn *c, int status, struct out *body)
                status, reason, body->len);
     if (status >= 400 && c->retry_after > 0)
         out_printf(&c->out, "Retry-After: %d\r\n", c->retry_after);
-    out_printf(&c->out, "%s\r\n", c->keepalive ? "" : "Connection: close\r\n");
+    out_printf(&c->out, "%s%s\r\n", c->extra, c->keepalive ? "" : "Connection: close\r\n");
     out_put(&c->out, body->data, body->len);
     free(body->data);
     if (!c->keepalive)
@@ -378,9 +410,10 @@ static void send_content_filter(struct conn *c)
 
 static void send_json(struct conn *c, const char *json, size_t len)
 {
-    out_printf(&c->out,
-               "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n%s\r\n",
-               len, c->keepalive ? "" : "Connection: close\r\n");
+    out_printf(
+        &c->out,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n%s%s\r\n", len,
+        c->extra, c->keepalive ? "" : "Connection: close\r\n");
     out_put(&c->out, json, len);
     if (!c->keepalive)
         c->closing = true;
@@ -608,8 +641,10 @@ static void usage_event(struct conn *c)
 static int stream_step(struct worker *w, struct conn *c)
 {
     if (c->sent == -1) { /* headers */
-        out_printf(&c->out, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                            "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n");
+        out_printf(&c->out,
+                   "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                   "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n%s\r\n",
+                   c->extra);
         c->sent = 0;
         timer_add(w, c, now_ms() + c->ttft_ms);
         return flush_out(w, c);
@@ -1014,9 +1049,134 @@ static void record(struct conn *c)
     pthread_mutex_unlock(&g_log_mu);
 }
 
+static void reply_stats(struct conn *c)
+{
+    struct out b = {0};
+    pthread_mutex_lock(&g_beh_mu);
+    if (strcmp(c->method, "DELETE") == 0)
+        g_hits = g_errors = 0;
+    out_printf(&b, "{\"requests\":%ld,\"errors\":%ld}", g_hits, g_errors);
+    pthread_mutex_unlock(&g_beh_mu);
+    send_json(c, b.data, b.len);
+    free(b.data);
+}
+
+static double num(yajl_val root, const char *key, double dflt)
+{
+    const char *p[] = {key, NULL};
+    yajl_val v = yajl_tree_get(root, p, yajl_t_number);
+    return v != NULL ? YAJL_GET_DOUBLE(v) : dflt;
+}
+
+/* A behaviour from JSON; 0, or -1 when it is not a JSON object. */
+static int behaviour_parse(const char *json, struct behaviour *b)
+{
+    char err[128];
+    yajl_val root = yajl_tree_parse(json, err, sizeof(err));
+    if (root == NULL || !YAJL_IS_OBJECT(root)) {
+        yajl_tree_free(root);
+        return -1;
+    }
+    b->latency_ms = (int)num(root, "latency_ms", -1);
+    b->ttft_ms = (int)num(root, "ttft_ms", -1);
+    b->status = (int)num(root, "status", 0);
+    b->retry_after = (int)num(root, "retry_after", 0);
+    b->retry_after_ms = (int)num(root, "retry_after_ms", 0);
+    b->fail_rate = num(root, "fail_rate", 0);
+    b->fail_status = (int)num(root, "fail_status", 500);
+    b->fault_after = (int)num(root, "fault_after", 1);
+    b->quota_requests = (long)num(root, "quota_requests", -1);
+    b->quota_tokens = (long)num(root, "quota_tokens", -1);
+    b->quota_reset_ms = (int)num(root, "quota_reset_ms", 60000);
+    const char *pf[] = {"fault", NULL};
+    yajl_val f = yajl_tree_get(root, pf, yajl_t_string);
+    snprintf(b->fault, sizeof(b->fault), "%s", f != NULL ? f->u.string : "");
+    yajl_tree_free(root);
+    return 0;
+}
+
+static void reply_behaviour(struct conn *c)
+{
+    struct behaviour b;
+    if (behaviour_parse(c->body != NULL ? c->body : "", &b) != 0) {
+        send_error(c, 400, "invalid_request_error", NULL, "the behaviour must be a JSON object");
+        return;
+    }
+    pthread_mutex_lock(&g_beh_mu);
+    g_beh = b;
+    g_quota_used_req = g_quota_used_tok = 0;
+    g_quota_window = now_ms();
+    pthread_mutex_unlock(&g_beh_mu);
+    send_json(c, "{}", 2);
+}
+
+/* An inference request arrived: count it, apply the fail rate and the quota (its
+ * rate-limit headers go on whatever answer follows). */
+static void instance_gate(struct conn *c)
+{
+    pthread_mutex_lock(&g_beh_mu);
+    g_hits++;
+    if (c->status == 0 && g_beh.fail_rate > 0) {
+        g_rnd ^= g_rnd << 13, g_rnd ^= g_rnd >> 7, g_rnd ^= g_rnd << 17;
+        if ((double)(g_rnd % 1000000) / 1e6 < g_beh.fail_rate)
+            c->status = g_beh.fail_status;
+    }
+    if (g_beh.quota_requests >= 0 || g_beh.quota_tokens >= 0) {
+        int64_t now = now_ms();
+        if (now - g_quota_window >= g_beh.quota_reset_ms) {
+            g_quota_window = now;
+            g_quota_used_req = g_quota_used_tok = 0;
+        }
+        int64_t left_ms = g_beh.quota_reset_ms - (now - g_quota_window);
+        bool over = (g_beh.quota_requests >= 0 && g_quota_used_req >= g_beh.quota_requests) ||
+                    (g_beh.quota_tokens >= 0 && g_quota_used_tok >= g_beh.quota_tokens);
+        if (!over) {
+            g_quota_used_req++;
+            g_quota_used_tok += c->chunks + 16; /* about what the answer costs */
+        } else if (c->status == 0) {
+            c->status = 429;
+            c->retry_after = (int)((left_ms + 999) / 1000);
+        }
+        long rem_req = g_beh.quota_requests >= 0 ? g_beh.quota_requests - g_quota_used_req : 0;
+        long rem_tok = g_beh.quota_tokens >= 0 ? g_beh.quota_tokens - g_quota_used_tok : 0;
+        snprintf(c->extra, sizeof(c->extra),
+                 "x-ratelimit-limit-requests: %ld\r\nx-ratelimit-remaining-requests: %ld\r\n"
+                 "x-ratelimit-reset-requests: %lldms\r\nx-ratelimit-limit-tokens: %ld\r\n"
+                 "x-ratelimit-remaining-tokens: %ld\r\nx-ratelimit-reset-tokens: %lldms\r\n",
+                 g_beh.quota_requests >= 0 ? g_beh.quota_requests : 1000000,
+                 rem_req < 0                 ? 0
+                 : g_beh.quota_requests >= 0 ? rem_req
+                                             : 1000000,
+                 (long long)left_ms, g_beh.quota_tokens >= 0 ? g_beh.quota_tokens : 100000000,
+                 rem_tok < 0               ? 0
+                 : g_beh.quota_tokens >= 0 ? rem_tok
+                                           : 100000000,
+                 (long long)left_ms);
+    }
+    if (c->status >= 400) {
+        g_errors++;
+        if (g_beh.retry_after_ms > 0) {
+            size_t n = strlen(c->extra);
+            snprintf(c->extra + n, sizeof(c->extra) - n, "retry-after-ms: %d\r\n",
+                     g_beh.retry_after_ms);
+        }
+    }
+    pthread_mutex_unlock(&g_beh_mu);
+}
+
 static void dispatch(struct worker *w, struct conn *c)
 {
     record(c);
+    if (strcmp(c->path, "/_mock/stats") == 0) {
+        reply_stats(c);
+        return;
+    }
+    if (strcmp(c->path, "/_mock/behaviour") == 0 && strcmp(c->method, "PUT") == 0) {
+        reply_behaviour(c);
+        return;
+    }
+    if (strncmp(c->path, "/_mock/", 7) != 0 && strcmp(c->method, "POST") == 0)
+        instance_gate(c);
     if (strcmp(c->fault, "reset") == 0 && c->fault_after < 0) { /* before any response byte */
         c->rst = true;
         c->closing = true;
@@ -1121,14 +1281,17 @@ static int parse_head(struct conn *c, size_t headlen)
     if (sscanf(line, "%7s %255s %15s", c->method, c->path, proto) != 3)
         return -1;
     c->keepalive = strcmp(proto, "HTTP/1.1") == 0;
-    c->latency_ms = g_opt.latency_ms;
-    c->ttft_ms = g_opt.ttft_ms;
+    pthread_mutex_lock(&g_beh_mu);
+    c->latency_ms = g_beh.latency_ms >= 0 ? g_beh.latency_ms : g_opt.latency_ms;
+    c->ttft_ms = g_beh.ttft_ms >= 0 ? g_beh.ttft_ms : g_opt.ttft_ms;
+    c->status = g_beh.status;
+    c->retry_after = g_beh.retry_after;
+    snprintf(c->fault, sizeof(c->fault), "%s", g_beh.fault);
+    c->fault_after = g_beh.fault_after;
+    pthread_mutex_unlock(&g_beh_mu);
+    c->extra[0] = '\0';
     c->interval_ms = g_opt.interval_ms;
     c->chunks = g_opt.chunks;
-    c->status = 0;
-    c->retry_after = 0;
-    c->fault[0] = '\0';
-    c->fault_after = 1;
     c->has_api_key = false;
     c->has_x_api_key = c->has_anthropic_version = false;
     c->body_need = 0;
@@ -1377,19 +1540,15 @@ static int listen_on(const char *addr)
 int main(int argc, char **argv)
 {
     static const struct option lopts[] = {
-        {"listen", required_argument, NULL, 'l'},
-        {"threads", required_argument, NULL, 't'},
-        {"ttft-ms", required_argument, NULL, 'f'},
-        {"interval-ms", required_argument, NULL, 'i'},
-        {"chunks", required_argument, NULL, 'c'},
-        {"latency-ms", required_argument, NULL, 'd'},
-        {"no-log", no_argument, NULL, 'n'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"listen", required_argument, NULL, 'l'},  {"threads", required_argument, NULL, 't'},
+        {"ttft-ms", required_argument, NULL, 'f'}, {"interval-ms", required_argument, NULL, 'i'},
+        {"chunks", required_argument, NULL, 'c'},  {"latency-ms", required_argument, NULL, 'd'},
+        {"no-log", no_argument, NULL, 'n'},        {"behaviour", required_argument, NULL, 'b'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     const char *addr = "127.0.0.1:8000";
     int threads = 1, ch;
-    while ((ch = getopt_long(argc, argv, "l:t:f:i:c:d:nh", lopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "l:t:f:i:c:d:nb:h", lopts, NULL)) != -1) {
         switch (ch) {
         case 'l':
             addr = optarg;
@@ -1408,6 +1567,12 @@ int main(int argc, char **argv)
             break;
         case 'd':
             g_opt.latency_ms = atoi(optarg);
+            break;
+        case 'b':
+            if (behaviour_parse(optarg, &g_beh) != 0) {
+                fprintf(stderr, "knoway-mockllm: --behaviour must be a JSON object\n");
+                return 2;
+            }
             break;
         case 'n':
             g_opt.log = false;

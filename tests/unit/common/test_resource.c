@@ -360,13 +360,14 @@ static void test_traffic(void **state)
     (void)state;
     struct kw_config *cfg;
     char *e = kwt_errors(
-        HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x}\n"
-              "  circuitBreaker: {consecutiveFailures: 3, ejectionTime: 2s}\n"
-              "  limits: {requestsPerMinute: 600, tokensPerMinute: 90000, maxConcurrentRequests: 8}\n"
-              "---\n" HDR_R "  match: {models: [m]}\n  backendRefs: [{name: b}]\n"
-              "  loadBalancer: {strategy: Latency, clientOverride: true}\n"
-              "  retry:\n    attempts: 4\n    retryOn: [429, timeout]\n"
-              "    backoff: {base: 10ms, max: 1s}\n    perTryTimeout: 5s\n    budgetPercent: 50\n",
+        HDR_B
+        "  provider: vLLM\n  upstream: {baseURL: http://x}\n"
+        "  circuitBreaker: {consecutiveFailures: 3, ejectionTime: 2s}\n"
+        "  limits: {requestsPerMinute: 600, tokensPerMinute: 90000, maxConcurrentRequests: 8}\n"
+        "---\n" HDR_R "  match: {models: [m]}\n  backendRefs: [{name: b}]\n"
+        "  loadBalancer: {strategy: Latency, clientOverride: true}\n"
+        "  retry:\n    attempts: 4\n    retryOn: [429, timeout]\n"
+        "    backoff: {base: 10ms, max: 1s}\n    perTryTimeout: 5s\n    budgetPercent: 50\n",
         &cfg);
     assert_string_equal(e, "");
     free(e);
@@ -404,13 +405,14 @@ static void test_traffic(void **state)
                                 "  loadBalancer: {strategy: Fastest}\n",
                       "t.yaml:18:28: LLMRoute/default/r: spec.loadBalancer.strategy: unknown value "
                       "\"Fastest\"; one of: WeightedRandom, RoundRobin, LeastRequest, Latency\n");
-    kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match: {models: [m]}\n  backendRefs: [{name: b}]\n"
-                                "  retry: {retryOn: [4xx], attempts: 99, backoff: {base: 2s, max: 1s}}\n",
-                      "t.yaml:18:37: LLMRoute/default/r: spec.retry.attempts: must be 1..16, got 99\n"
-                      "t.yaml:18:21: LLMRoute/default/r: spec.retry.retryOn[0]: must be one of "
-                      "connect-failure, reset, timeout, 5xx, 429\n"
-                      "t.yaml:18:50: LLMRoute/default/r: spec.retry.backoff: max must not be below "
-                      "base\n");
+    kwt_assert_errors(
+        BACKEND_B "---\n" HDR_R "  match: {models: [m]}\n  backendRefs: [{name: b}]\n"
+                  "  retry: {retryOn: [4xx], attempts: 99, backoff: {base: 2s, max: 1s}}\n",
+        "t.yaml:18:37: LLMRoute/default/r: spec.retry.attempts: must be 1..16, got 99\n"
+        "t.yaml:18:21: LLMRoute/default/r: spec.retry.retryOn[0]: must be one of "
+        "connect-failure, reset, timeout, 5xx, 429\n"
+        "t.yaml:18:50: LLMRoute/default/r: spec.retry.backoff: max must not be below "
+        "base\n");
     kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x}\n"
                             "  circuitBreaker: {consecutiveFailures: 0, maxEjectionPercent: 101}\n",
                       "t.yaml:8:41: LLMBackend/default/b: spec.circuitBreaker.consecutiveFailures: "

@@ -1,0 +1,307 @@
+"""Traffic management: balancing strategies, retries and their budget, circuit breaking,
+429 cooldowns, quota-aware routing, state across a hot swap. Several knoway-mockllm
+instances, each with its own behaviour (PUT /_mock/behaviour); attempts are counted at the
+mocks (/_mock/stats), never inferred from the gateway's own numbers."""
+import concurrent.futures
+import json
+import os
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Dataplane, Mock, backend, post, request, route, sse_data  # noqa: E402
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+
+
+class Instance(Mock):
+    """A mock provider instance with its own behaviour and counters."""
+
+    def __init__(self, behaviour=None):
+        super().__init__("--no-log", "--behaviour", json.dumps(behaviour or {}))
+
+    def behave(self, **behaviour):
+        status, _, _ = request("PUT", self.port, "/_mock/behaviour", behaviour)
+        assert status == 200
+
+    def stats(self):
+        return json.loads(request("GET", self.port, "/_mock/stats")[2])
+
+    def reset(self):
+        request("DELETE", self.port, "/_mock/stats")
+
+    def served(self):
+        s = self.stats()
+        return s["requests"] - s["errors"]
+
+
+def chat(dp, model="m", headers=None, stream=False):
+    body = dict(CHAT, model=model)
+    if stream:
+        body["stream"] = True
+    return post(dp.port, "/v1/chat/completions", body, headers=headers, timeout=30)
+
+
+def many(dp, n, concurrency, model="m", headers=None):
+    """n requests over `concurrency` connections; the statuses."""
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(lambda _: chat(dp, model, headers)[0], range(n)))
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.mocks = []
+        self.dp = None
+
+    def tearDown(self):
+        if self.dp is not None:
+            self.assertEqual(self.dp.stop(), 0)
+        for m in self.mocks:
+            m.stop()
+
+    def instances(self, *behaviours):
+        out = [Instance(b) for b in behaviours]
+        self.mocks += out
+        return out
+
+    def start(self, resources, workers=1):
+        self.dp = Dataplane(resources, workers=workers)
+        return self.dp
+
+
+class Strategies(Base):
+    def three(self, strategy, breaker=""):
+        fast, slow, failing = self.instances({}, {"latency_ms": 150}, {"status": 500})
+        res = (backend("fast", fast.url()) + backend("slow", slow.url())
+               + backend("failing", failing.url(), extra=breaker)
+               + route("r", ["m"], ["fast", "slow", "failing"],
+                       extra="  loadBalancer: {strategy: %s, clientOverride: true}\n" % strategy))
+        return fast, slow, failing, self.start(res)
+
+    def check_mostly_fast(self, strategy):
+        breaker = "  circuitBreaker: {consecutiveFailures: 2, ejectionTime: 30s}\n"
+        fast, slow, failing, dp = self.three(strategy, breaker)
+        statuses = many(dp, 200, 8)
+        self.assertEqual(statuses.count(200), 200, statuses)  # failures fall over
+        served = fast.served() + slow.served()
+        self.assertEqual(served, 200)
+        self.assertGreaterEqual(fast.served() / served, 0.8,
+                                "fast %d slow %d" % (fast.served(), slow.served()))
+        # the failing one was ejected after 2 failures: a couple of attempts, no more
+        self.assertLessEqual(failing.stats()["requests"], 3)
+
+    def test_latency_prefers_the_fast_instance(self):
+        self.check_mostly_fast("Latency")
+
+    def test_least_request_prefers_the_fast_instance(self):
+        self.check_mostly_fast("LeastRequest")
+
+    def test_round_robin_is_exact_by_weight(self):
+        a, b = self.instances({}, {})
+        dp = self.start(backend("a", a.url()) + backend("b", b.url())
+                        + route("r", ["m"], [{"name": "a", "weight": 1}, {"name": "b", "weight": 2}],
+                                extra="  loadBalancer: {strategy: RoundRobin}\n"))
+        for _ in range(30):
+            self.assertEqual(chat(dp)[0], 200)
+        self.assertEqual((a.served(), b.served()), (10, 20))
+
+    def test_client_override(self):
+        fast, slow, failing, dp = self.three("WeightedRandom")
+        failing.behave()  # healthy: only the strategy differs
+        statuses = many(dp, 60, 4, headers={"x-knoway-routing-strategy": "RoundRobin"})
+        self.assertEqual(statuses.count(200), 60)
+        self.assertEqual((fast.served(), slow.served(), failing.served()), (20, 20, 20))
+
+    def test_endpoints_are_balanced_and_ejected(self):
+        good, bad = self.instances({}, {"status": 503})
+        dp = self.start(
+            "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: pool}\n"
+            "spec:\n  provider: vLLM\n  upstream:\n    endpoints:\n"
+            "      - {url: \"%s\"}\n      - {url: \"%s\"}\n"
+            "  circuitBreaker: {consecutiveFailures: 2, ejectionTime: 30s, maxEjectionPercent: 50}\n"
+            % (good.url(), bad.url())
+            + route("r", ["m"], ["pool"], extra="  retry: {attempts: 3}\n"))
+        statuses = many(dp, 40, 2)
+        self.assertEqual(statuses.count(200), 40, statuses)
+        self.assertLessEqual(bad.stats()["requests"], 3)  # ejected after 2 in a row
+        self.assertEqual(good.served(), 40)
+
+
+class Breaker(Base):
+    def test_ejection_probe_and_recovery(self):
+        ok, bad = self.instances({}, {"status": 500})
+        dp = self.start(backend("ok", ok.url()) + backend(
+            "bad", bad.url(),
+            extra="  circuitBreaker: {consecutiveFailures: 3, ejectionTime: 400ms}\n")
+            + route("r", ["m"], ["ok", "bad"]))
+        t0 = time.time()
+        for _ in range(100):
+            self.assertEqual(chat(dp)[0], 200)  # every failure falls over to ok
+            time.sleep(0.01)
+        elapsed = time.time() - t0
+        # 3 failures, then only probes: at most one per ejection period, which doubles
+        # (0.4 s, 0.8 s, 1.6 s, ...) over the elapsed time
+        self.assertGreaterEqual(bad.stats()["requests"], 3)
+        self.assertLessEqual(bad.stats()["requests"], 3 + 1 + int(elapsed / 0.4))
+        # it recovers: the next probe succeeds and traffic comes back
+        bad.behave()
+        bad.reset()
+        deadline = time.time() + 10
+        while time.time() < deadline and bad.served() < 10:
+            self.assertEqual(chat(dp)[0], 200)
+        self.assertGreaterEqual(bad.served(), 10)
+        metrics = dp.metrics()
+        self.assertGreaterEqual(metrics.get('knoway_upstream_attempts_total{knoway_backend="default/bad",result="500"}', 0), 3)
+
+    def test_429_storm_fails_over_with_no_client_error(self):
+        storm, room = self.instances({"status": 429, "retry_after": 30}, {})
+        dp = self.start(backend("storm", storm.url()) + backend("room", room.url())
+                        + route("r", ["m"], ["storm", "room"]))
+        statuses = many(dp, 100, 4)
+        self.assertEqual(statuses.count(200), 100, statuses)
+        # one 429 put it in cooldown for 30 s: nothing more reaches it
+        self.assertEqual(storm.stats()["requests"], 1)
+
+    def test_429_alone_is_relayed_with_retry_after(self):
+        storm, = self.instances({"status": 429, "retry_after": 7})
+        dp = self.start(backend("storm", storm.url()) + route("r", ["m"], ["storm"]))
+        status, headers, _ = chat(dp)
+        self.assertEqual(status, 429)
+        self.assertEqual(headers.get("retry-after"), "7")
+
+
+class Retries(Base):
+    def test_budget_caps_attempts_under_total_failure(self):
+        a, b = self.instances({"status": 500}, {"status": 503})
+        dp = self.start(backend("a", a.url()) + backend("b", b.url())
+                        + route("r", ["m"], ["a", "b"],
+                                extra="  retry: {attempts: 5, backoff: {base: 1ms, max: 2ms}}\n"))
+        n = 200
+        statuses = many(dp, n, 4)
+        self.assertTrue(all(s >= 500 for s in statuses), statuses)
+        attempts = a.stats()["requests"] + b.stats()["requests"]
+        # without a budget: 5 per request (1000); with 20 % over 10 s per backend (and a
+        # floor of 3 retries per backend and window) about 1.25 per request
+        self.assertLessEqual(attempts, int(n * 1.25) + 6, attempts)
+        self.assertGreater(attempts, n)
+
+    def test_retries_on_the_same_backend_with_backoff(self):
+        flaky, = self.instances({"fail_rate": 0.5, "fail_status": 502})
+        dp = self.start(backend("flaky", flaky.url())
+                        + route("r", ["m"], ["flaky"],
+                                extra="  retry: {attempts: 6, backoff: {base: 5ms, max: 20ms}, "
+                                      "budgetPercent: 100}\n"))
+        statuses = [chat(dp)[0] for _ in range(40)]
+        # 0.5^6: a request failing six times in a row is rare; most are rescued
+        self.assertGreaterEqual(statuses.count(200), 36, statuses)
+        self.assertGreater(flaky.stats()["requests"], 40)
+
+    def test_no_retry_after_the_first_byte(self):
+        cut, spare = self.instances({"fault": "reset", "fault_after": 2}, {})
+        dp = self.start(backend("cut", cut.url()) + backend("spare", spare.url())
+                        + route("r", ["m"], [{"name": "cut"}, {"name": "spare", "priority": 1}],
+                                extra="  retry: {attempts: 3, retryOn: [reset, 5xx]}\n"))
+        status, _, body = chat(dp, stream=True)
+        self.assertEqual(status, 200)
+        events = sse_data(body)
+        self.assertIn("error", events[-1])  # the stream ends with an error event
+        self.assertEqual(spare.stats()["requests"], 0)
+
+    def test_reset_before_the_response_is_retried(self):
+        early, spare = self.instances({"fault": "reset", "fault_after": -1}, {})
+        dp = self.start(backend("early", early.url()) + backend("spare", spare.url())
+                        + route("r", ["m"], [{"name": "early"}, {"name": "spare", "priority": 1}]))
+        status, _, body = chat(dp, stream=True)
+        self.assertEqual(status, 200)
+        self.assertEqual(sse_data(body)[-1], "[DONE]")
+        self.assertEqual(spare.served(), 1)
+
+    def test_per_try_timeout(self):
+        slow, fast = self.instances({"latency_ms": 3000}, {})
+        dp = self.start(backend("slow", slow.url()) + backend("fast", fast.url())
+                        + route("r", ["m"], [{"name": "slow"}, {"name": "fast", "priority": 1}],
+                                extra="  retry: {perTryTimeout: 200ms, retryOn: [timeout]}\n"))
+        t0 = time.time()
+        self.assertEqual(chat(dp)[0], 200)
+        self.assertLess(time.time() - t0, 2.0)
+        self.assertEqual(fast.served(), 1)
+
+
+class Quota(Base):
+    def test_quota_headers_steer_traffic_before_any_429(self):
+        metered, spare = self.instances({"quota_requests": 5, "quota_reset_ms": 60000}, {})
+        dp = self.start(backend("metered", metered.url()) + backend("spare", spare.url())
+                        + route("r", ["m"], [{"name": "metered"}, {"name": "spare", "priority": 1}]))
+        for _ in range(20):
+            self.assertEqual(chat(dp)[0], 200)
+        self.assertEqual(metered.stats(), {"requests": 5, "errors": 0})  # never a 429
+        self.assertEqual(spare.served(), 15)
+
+    def test_backend_limits(self):
+        capped, spare = self.instances({}, {})
+        dp = self.start(backend("capped", capped.url(), extra="  limits: {requestsPerMinute: 4}\n")
+                        + backend("spare", spare.url())
+                        + route("r", ["m"], [{"name": "capped"}, {"name": "spare", "priority": 1}]))
+        for _ in range(10):
+            self.assertEqual(chat(dp)[0], 200)
+        self.assertEqual((capped.served(), spare.served()), (4, 6))
+
+    def test_max_concurrent_requests(self):
+        slow, spare = self.instances({"latency_ms": 300}, {})
+        dp = self.start(backend("slow", slow.url(), extra="  limits: {maxConcurrentRequests: 2}\n")
+                        + backend("spare", spare.url())
+                        + route("r", ["m"], [{"name": "slow"}, {"name": "spare", "priority": 1}]))
+        statuses = many(dp, 6, 6)
+        self.assertEqual(statuses.count(200), 6)
+        self.assertEqual(slow.served(), 2)
+        self.assertEqual(spare.served(), 4)
+
+
+class HotSwap(Base):
+    def test_state_survives_a_swap_under_load(self):
+        ok, bad = self.instances({}, {"status": 500})
+        breaker = "  circuitBreaker: {consecutiveFailures: 2, ejectionTime: 60s}\n"
+
+        def config(extra_model):
+            return (backend("ok", ok.url()) + backend("bad", bad.url(), extra=breaker)
+                    + route("r", ["m", extra_model], ["ok", "bad"]))
+
+        dp = self.start(config("x1"))
+        for _ in range(20):
+            self.assertEqual(chat(dp)[0], 200)
+        ejected_after = bad.stats()["requests"]
+        self.assertLessEqual(ejected_after, 2)
+        failures = []
+        stop = threading.Event()
+
+        def load():
+            while not stop.is_set():
+                s = chat(dp)[0]
+                if s != 200:
+                    failures.append(s)
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        before = dp.version()
+        for i in range(5):  # five swaps: the route changes, the backends do not
+            dp.write(config("x%d" % (i + 2)))
+            dp.hup()
+            deadline = time.time() + 5
+            while dp.version() == before and time.time() < deadline:
+                time.sleep(0.02)
+            self.assertNotEqual(dp.version(), before)
+            before = dp.version()
+            time.sleep(0.1)
+        stop.set()
+        for t in threads:
+            t.join()
+        self.assertEqual(failures, [])
+        # still ejected across every swap: the failing backend saw nothing new
+        self.assertEqual(bad.stats()["requests"], ejected_after)
+
+
+if __name__ == "__main__":
+    unittest.main()
