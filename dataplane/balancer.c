@@ -540,6 +540,10 @@ void dp_lb_tokens(struct dp_backend_state *bs, int64_t tokens, int64_t now)
 
 static void roll_budget(struct dp_backend_state *bs, int64_t now)
 {
+    if (now - bs->budget_window >= 20000) { /* two windows: nothing is remembered */
+        bs->attempts_now = bs->retries_now = 0;
+        bs->budget_window = now;
+    }
     if (now - bs->budget_window >= 10000) {
         bs->attempts_prev = bs->attempts_now;
         bs->retries_prev = bs->retries_now;

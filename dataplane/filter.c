@@ -12,25 +12,29 @@ const size_t dp_nfilters = KW_ARRAY_LEN(dp_filters);
 
 _Static_assert(KW_ARRAY_LEN(dp_filters) <= DP_MAX_FILTERS, "raise DP_MAX_FILTERS");
 
-int dp_filters_init(struct dp_server *s)
+int dp_filters_init(struct dp_server *s, const struct dp_filter_ops *const *filters, size_t n)
 {
-    for (size_t i = 0; i < dp_nfilters; i++)
-        if (dp_filters[i]->init != NULL && dp_filters[i]->init(s, &s->filter_conf[i]) != KW_OK)
+    if (n > DP_MAX_FILTERS)
+        return KW_ERROR;
+    s->filters = filters;
+    s->nfilters = n;
+    for (size_t i = 0; i < n; i++)
+        if (filters[i]->init != NULL && filters[i]->init(s, &s->filter_conf[i]) != KW_OK)
             return KW_ERROR;
     return KW_OK;
 }
 
 void dp_filters_fini(struct dp_server *s)
 {
-    for (size_t i = 0; i < dp_nfilters; i++)
-        if (dp_filters[i]->fini != NULL)
-            dp_filters[i]->fini(s->filter_conf[i]);
+    for (size_t i = 0; i < s->nfilters; i++)
+        if (s->filters[i]->fini != NULL)
+            s->filters[i]->fini(s->filter_conf[i]);
 }
 
 void *dp_filter_conf(const struct dp_server *s, const struct dp_filter_ops *ops)
 {
-    for (size_t i = 0; i < dp_nfilters; i++)
-        if (dp_filters[i] == ops)
+    for (size_t i = 0; i < s->nfilters; i++)
+        if (s->filters[i] == ops)
             return s->filter_conf[i];
     return NULL;
 }

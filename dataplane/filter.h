@@ -56,8 +56,9 @@ extern const size_t dp_nfilters;
 extern const struct dp_filter_ops dp_filter_metrics;
 extern const struct dp_filter_ops dp_filter_access_log;
 
-/* Run every filter's init / fini (main thread). KW_OK or KW_ERROR. */
-int dp_filters_init(struct dp_server *s);
+/* Install a filter table (dp_filters, dp_nfilters in the server; tests pass their own) and
+ * run every filter's init; fini at the end (main thread). KW_OK or KW_ERROR. */
+int dp_filters_init(struct dp_server *s, const struct dp_filter_ops *const *filters, size_t n);
 void dp_filters_fini(struct dp_server *s);
 /* A filter's server-wide state (what its init stored), found by its ops. */
 void *dp_filter_conf(const struct dp_server *s, const struct dp_filter_ops *ops);

@@ -31,6 +31,10 @@
 
 #define PH_RETRY 1 /* the upstream phase's private outcome: go back to route */
 
+/* The filter table in use (the server's: dp_filters, or a test's). */
+#define F(r)  ((r)->w->server->filters)
+#define NF(r) ((r)->w->server->nfilters)
+
 static int ph_body(struct dp_request *r);
 static int ph_route(struct dp_request *r);
 static int ph_transform(struct dp_request *r);
@@ -59,10 +63,10 @@ const char *dp_phase_name(enum dp_phase p)
 
 static void *ctx_of(struct dp_request *r, size_t i)
 {
-    if (r->fctx[i] == NULL && dp_filters[i]->ctx_size > 0) {
-        r->fctx[i] = kw_arena_alloc(r->arena, dp_filters[i]->ctx_size);
+    if (r->fctx[i] == NULL && F(r)[i]->ctx_size > 0) {
+        r->fctx[i] = kw_arena_alloc(r->arena, F(r)[i]->ctx_size);
         if (r->fctx[i] != NULL)
-            memset(r->fctx[i], 0, dp_filters[i]->ctx_size);
+            memset(r->fctx[i], 0, F(r)[i]->ctx_size);
     }
     return r->fctx[i];
 }
@@ -86,16 +90,15 @@ static void run(struct dp_request *r)
             }
         } else {
             size_t i = r->filter_ix - 1;
-            while (i < dp_nfilters &&
-                   (dp_filters[i]->phase != r->phase || dp_filters[i]->on_request == NULL))
+            while (i < NF(r) && (F(r)[i]->phase != r->phase || F(r)[i]->on_request == NULL))
                 i++;
-            if (i >= dp_nfilters) {
+            if (i >= NF(r)) {
                 r->phase++;
                 r->filter_ix = 0;
                 continue;
             }
             r->filter_ix = (unsigned)i + 1; /* KW_AGAIN runs this filter again */
-            rc = dp_filters[i]->on_request(r, ctx_of(r, i));
+            rc = F(r)[i]->on_request(r, ctx_of(r, i));
             if (rc == KW_OK || rc == KW_DECLINED) {
                 r->filter_ix = (unsigned)i + 2;
                 continue;
@@ -255,9 +258,9 @@ static int ph_transform(struct dp_request *r)
 
 static void run_filters_attempt(struct dp_request *r)
 {
-    for (size_t i = 0; i < dp_nfilters; i++)
-        if (dp_filters[i]->on_attempt != NULL)
-            dp_filters[i]->on_attempt(r, ctx_of(r, i));
+    for (size_t i = 0; i < NF(r); i++)
+        if (F(r)[i]->on_attempt != NULL)
+            F(r)[i]->on_attempt(r, ctx_of(r, i));
 }
 
 static int64_t parse_retry_after(const char *v, size_t n, bool ms)
@@ -289,9 +292,9 @@ static int on_up_headers(struct dp_transfer *t)
 {
     struct dp_request *r = t->ud;
     r->ttfb_ms = dp_now_ms() - r->start_ms;
-    for (size_t i = 0; i < dp_nfilters; i++)
-        if (dp_filters[i]->on_response_headers != NULL)
-            dp_filters[i]->on_response_headers(r, ctx_of(r, i));
+    for (size_t i = 0; i < NF(r); i++)
+        if (F(r)[i]->on_response_headers != NULL)
+            F(r)[i]->on_response_headers(r, ctx_of(r, i));
     const char *want =
         r->provider->stream_ctype != NULL ? r->provider->stream_ctype : "text/event-stream";
     if (!r->stream || t->status != 200 || strncasecmp(t->ctype, want, strlen(want)) != 0)
@@ -313,9 +316,8 @@ static int on_sse_event(void *ud, const char *raw, size_t raw_len, const char *e
     if (!has_data)
         return KW_OK; /* upstream comments: the gateway sends its own keep-alives */
     struct dp_event ev = {raw, raw_len, event != NULL ? event : "", data, data_len};
-    for (size_t i = 0; i < dp_nfilters; i++)
-        if (dp_filters[i]->on_event != NULL &&
-            dp_filters[i]->on_event(r, ctx_of(r, i), &ev) != KW_OK)
+    for (size_t i = 0; i < NF(r); i++)
+        if (F(r)[i]->on_event != NULL && F(r)[i]->on_event(r, ctx_of(r, i), &ev) != KW_OK)
             return KW_ERROR;
     return r->provider->on_event(r, raw, raw_len, event, data, data_len, dp_stream_sink(r));
 }
@@ -780,6 +782,8 @@ void dp_engine_client_gone(struct dp_request *r)
 
 void dp_engine_end(struct dp_request *r, enum MHD_RequestTerminationCode toe)
 {
+    if (r->ended)
+        return;
     stop_attempt(r);
     curl_slist_free_all(r->up_headers);
     r->up_headers = NULL;
@@ -789,12 +793,12 @@ void dp_engine_end(struct dp_request *r, enum MHD_RequestTerminationCode toe)
         struct dp_backend_state *bs = r->backend != NULL ? dp_lb_find(r->w->lb, r->backend) : NULL;
         if (bs != NULL)
             dp_lb_tokens(bs, r->usage.prompt + r->usage.completion, dp_now_ms());
-        for (size_t i = 0; i < dp_nfilters; i++)
-            if (dp_filters[i]->on_usage != NULL)
-                dp_filters[i]->on_usage(r, ctx_of(r, i), &r->usage);
+        for (size_t i = 0; i < NF(r); i++)
+            if (F(r)[i]->on_usage != NULL)
+                F(r)[i]->on_usage(r, ctx_of(r, i), &r->usage);
     }
-    for (size_t i = dp_nfilters; i-- > 0;)
-        if (dp_filters[i]->on_end != NULL)
-            dp_filters[i]->on_end(r, ctx_of(r, i));
+    for (size_t i = NF(r); i-- > 0;)
+        if (F(r)[i]->on_end != NULL)
+            F(r)[i]->on_end(r, ctx_of(r, i));
     r->ended = true;
 }

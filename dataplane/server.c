@@ -345,7 +345,7 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
     s.threads = calloc(s.nworkers, sizeof(*s.threads));
     s.metrics = kw_metrics_new(s.nworkers + 1);
     if (s.workers == NULL || s.threads == NULL || sfd == -1 || s.metrics == NULL ||
-        dp_filters_init(&s) != KW_OK)
+        dp_filters_init(&s, dp_filters, dp_nfilters) != KW_OK)
         return 1;
     unsigned started = 0;
     int rc = 1;

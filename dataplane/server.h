@@ -16,6 +16,7 @@
 #include "router.h"
 
 struct dp_worker;
+struct dp_filter_ops;
 struct dp_server;
 
 /* The discovery client (discovery.c): its own thread, long-polling the controller. */
@@ -51,7 +52,9 @@ struct dp_server {
     atomic_uint_fast64_t ping; /* watchdog: bumped by main, echoed by every worker loop */
     atomic_llong mem_used;     /* requests' memory: arenas and buffers (the budget) */
     atomic_uint_fast64_t rejected_memory, read_timeouts;
-    struct kw_metrics *metrics;        /* shard 0: admin thread, 1 + i: worker i */
+    struct kw_metrics *metrics;                 /* shard 0: admin thread, 1 + i: worker i */
+    const struct dp_filter_ops *const *filters; /* the filter table (dp_filters) */
+    size_t nfilters;
     void *filter_conf[DP_MAX_FILTERS]; /* each filter's server-wide state (filter.h) */
     void *admin_metrics;               /* admin.c's families */
     struct MHD_Daemon *admin;

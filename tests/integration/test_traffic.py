@@ -161,8 +161,9 @@ class Breaker(Base):
                         + route("r", ["m"], ["storm", "room"]))
         statuses = many(dp, 100, 4)
         self.assertEqual(statuses.count(200), 100, statuses)
-        # one 429 put it in cooldown for 30 s: nothing more reaches it
-        self.assertEqual(storm.stats()["requests"], 1)
+        # the first 429 puts it in cooldown for 30 s: only requests already on their way
+        # (at most one per client connection) reach it
+        self.assertLessEqual(storm.stats()["requests"], 4)
 
     def test_429_alone_is_relayed_with_retry_after(self):
         storm, = self.instances({"status": 429, "retry_after": 7})
