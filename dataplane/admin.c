@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "debug.h"
 #include "knoway/metrics.h"
 #include "worker.h"
 #include "knoway/json.h"
@@ -129,6 +130,51 @@ static int debug_config(struct dp_server *s, struct kw_buf *b)
     return rc;
 }
 
+struct args {
+    const char *model, *path, *strategy;
+    const char *names[DP_DEBUG_MAX_HEADERS], *values[DP_DEBUG_MAX_HEADERS];
+    size_t n;
+    bool too_many;
+};
+
+static enum MHD_Result on_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                              const char *value)
+{
+    (void)kind;
+    struct args *a = cls;
+    if (value == NULL)
+        value = "";
+    if (strcmp(key, "model") == 0)
+        a->model = value;
+    else if (strcmp(key, "path") == 0)
+        a->path = value;
+    else if (strcmp(key, "strategy") == 0)
+        a->strategy = value;
+    else if (a->n < DP_DEBUG_MAX_HEADERS) {
+        a->names[a->n] = key;
+        a->values[a->n++] = value;
+    } else
+        a->too_many = true;
+    return MHD_YES;
+}
+
+/* GET /debug/routes?model=M[&path=P][&strategy=S][&header-name=value...] */
+static enum MHD_Result debug_routes(struct dp_server *s, struct MHD_Connection *c, struct kw_buf *b)
+{
+    struct args a = {.path = "/v1/chat/completions"};
+    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, on_arg, &a);
+    if (a.model == NULL || a.model[0] == '\0' || a.too_many) {
+        static const char msg[] = "usage: /debug/routes?model=M[&path=/v1/...][&strategy=S]"
+                                  "[&HEADER=VALUE...] (at most 32 headers)\n";
+        return reply(c, 400, "text/plain", msg, sizeof(msg) - 1);
+    }
+    int rc = dp_debug_routes(s, a.model, a.path, a.strategy, a.names, a.values, a.n, 2000, b);
+    if (b->len == 0)
+        return reply(c, 500, "text/plain", "out of memory\n", 14);
+    /* a worker that did not answer in time: what the others said, marked incomplete */
+    return reply(c, rc == KW_OK ? 200 : 503, "application/json", b->data, b->len);
+}
+
 static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char *url,
                                 const char *method, const char *version, const char *upload,
                                 size_t *upload_size, void **con_cls)
@@ -171,6 +217,8 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
         int r = debug_config(s, &b);
         rc = r == KW_OK ? reply(c, 200, "application/json", b.data, b.len)
                         : reply(c, 503, "text/plain", "no configuration\n", 17);
+    } else if (strcmp(url, "/debug/routes") == 0) {
+        rc = debug_routes(s, c, &b);
     } else {
         rc = reply(c, 404, "text/plain", "not found\n", 10);
     }

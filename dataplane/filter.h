@@ -12,7 +12,9 @@
  *                response (respond.h), KW_ERROR: r->err is sent
  *   on_response_headers  an upstream attempt's final status and headers arrived
  *   on_event     each parsed upstream stream event; KW_ERROR ends the stream with r->err
- *   on_attempt   an upstream attempt ended (r->up tells how; r->backend is its backend)
+ *   on_attempt_start  an upstream attempt starts (r->backend, r->endpoint, r->attempts)
+ *   on_attempt   an upstream attempt ended (r->up tells how; r->backend is its backend,
+ *                r->bstate the balancer's state of it)
  *   on_usage     the request's token usage is known (once, before on_end)
  *   on_end       the request ends: always, exactly once, whatever happened
  * ctx is the filter's per-request context: ctx_size zeroed bytes from the request's arena
@@ -44,6 +46,7 @@ struct dp_filter_ops {
     int (*on_request)(struct dp_request *r, void *ctx);
     void (*on_response_headers)(struct dp_request *r, void *ctx);
     int (*on_event)(struct dp_request *r, void *ctx, const struct dp_event *ev);
+    void (*on_attempt_start)(struct dp_request *r, void *ctx);
     void (*on_attempt)(struct dp_request *r, void *ctx);
     void (*on_usage)(struct dp_request *r, void *ctx, const struct dp_usage *u);
     void (*on_end)(struct dp_request *r, void *ctx);

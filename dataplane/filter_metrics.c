@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "balancer.h"
 #include "filter.h"
 #include "knoway/kw.h"
 #include "knoway/metrics.h"
@@ -10,6 +11,7 @@
 
 struct conf {
     struct kw_metric *requests, *upstream_errors, *tokens, *streams_cancelled, *attempts;
+    struct kw_metric *retries, *ejections, *cooldowns, *in_flight, *ewma;
 };
 
 static int init(struct dp_server *s, void **out)
@@ -34,9 +36,29 @@ static int init(struct dp_server *s, void **out)
         m, KW_METRIC_COUNTER, "knoway_upstream_attempts_total",
         "Upstream attempts by backend and result (HTTP status, or the transport error).",
         (const char *const[]){"knoway_backend", "result", NULL}, 4096, NULL, 0);
+    static const char *const by_backend[] = {"knoway_backend", NULL};
+    static const char *const by_worker[] = {"knoway_backend", "worker", NULL};
+    c->retries = kw_metrics_add(m, KW_METRIC_COUNTER, "knoway_upstream_retries_total",
+                                "Retries and fallbacks an upstream backend received.", by_backend,
+                                4096, NULL, 0);
+    c->ejections = kw_metrics_add(m, KW_METRIC_COUNTER, "knoway_upstream_ejections_total",
+                                  "Circuit-breaker ejections of a backend or one of its endpoints.",
+                                  by_backend, 4096, NULL, 0);
+    c->cooldowns =
+        kw_metrics_add(m, KW_METRIC_COUNTER, "knoway_upstream_cooldowns_total",
+                       "429 answers that put a backend in cooldown.", by_backend, 4096, NULL, 0);
+    c->in_flight =
+        kw_metrics_add(m, KW_METRIC_GAUGE, "knoway_upstream_in_flight",
+                       "Upstream attempts in flight, by backend.", by_backend, 4096, NULL, 0);
+    c->ewma = kw_metrics_add(m, KW_METRIC_GAUGE_DOUBLE, "knoway_upstream_ttfb_ewma_seconds",
+                             "Peak EWMA of time to first byte the Latency strategy reads, by "
+                             "backend and worker (each worker keeps its own).",
+                             by_worker, 4096, NULL, 0);
     *out = c;
-    if (c->requests == NULL || c->upstream_errors == NULL || c->tokens == NULL ||
-        c->streams_cancelled == NULL || c->attempts == NULL)
+    if (c->retries == NULL || c->ejections == NULL || c->cooldowns == NULL ||
+        c->in_flight == NULL || c->ewma == NULL || c->requests == NULL ||
+        c->upstream_errors == NULL || c->tokens == NULL || c->streams_cancelled == NULL ||
+        c->attempts == NULL)
         return KW_ERROR;
     /* the error kinds exist from the start (zero), as before the registry */
     static const char *const kinds[] = {"connect", "timeout", "reset", "other"};
@@ -61,20 +83,54 @@ static struct conf *conf_of(const struct dp_request *r)
 
 static const char *const error_kinds[] = {"", "connect", "timeout", "reset", "other"};
 
+static void backend_label(const struct dp_request *r, char *dst, size_t cap)
+{
+    snprintf(dst, cap, "%s/%s", r->backend->meta.ns, r->backend->meta.name);
+}
+
+/* The balancer's per-backend numbers, as this worker sees them now. */
+static void backend_state(struct conf *c, struct dp_request *r, const char *backend)
+{
+    const struct dp_backend_state *bs = r->bstate;
+    if (bs == NULL)
+        return;
+    unsigned shard = r->w->index + 1;
+    const char *const v[] = {backend};
+    kw_series_set(kw_metric_series(c->in_flight, shard, v), bs->t.in_flight);
+    kw_series_set(kw_metric_series(c->retries, shard, v), (int64_t)bs->retries_total);
+    kw_series_set(kw_metric_series(c->ejections, shard, v), (int64_t)bs->ejections_total);
+    kw_series_set(kw_metric_series(c->cooldowns, shard, v), (int64_t)bs->cooldowns_total);
+    char worker[16];
+    snprintf(worker, sizeof(worker), "%u", r->w->index);
+    kw_series_setf(kw_metric_series(c->ewma, shard, (const char *const[]){backend, worker}),
+                   bs->t.ewma_ms / 1000.0);
+}
+
+static void on_attempt_start(struct dp_request *r, void *ctx)
+{
+    (void)ctx;
+    char backend[512];
+    backend_label(r, backend, sizeof(backend));
+    backend_state(conf_of(r), r, backend);
+}
+
 static void on_attempt(struct dp_request *r, void *ctx)
 {
     (void)ctx;
     struct conf *c = conf_of(r);
     unsigned shard = r->w->index + 1;
     char result[16], backend[512];
-    if (r->up.error != DP_UPERR_NONE) {
+    backend_label(r, backend, sizeof(backend));
+    backend_state(c, r, backend);
+    if (r->attempt_cancelled) {
+        snprintf(result, sizeof(result), "cancelled");
+    } else if (r->up.error != DP_UPERR_NONE) {
         kw_metric_add(c->upstream_errors, shard, (const char *const[]){error_kinds[r->up.error]},
                       1);
         snprintf(result, sizeof(result), "%s", error_kinds[r->up.error]);
     } else {
         snprintf(result, sizeof(result), "%ld", r->up.status);
     }
-    snprintf(backend, sizeof(backend), "%s/%s", r->backend->meta.ns, r->backend->meta.name);
     kw_metric_add(c->attempts, shard, (const char *const[]){backend, result}, 1);
 }
 
@@ -107,6 +163,7 @@ const struct dp_filter_ops dp_filter_metrics = {
     .phase = DP_PH_LOG,
     .init = init,
     .fini = fini,
+    .on_attempt_start = on_attempt_start,
     .on_attempt = on_attempt,
     .on_usage = on_usage,
     .on_end = on_end,

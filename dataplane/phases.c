@@ -392,9 +392,9 @@ static void attempt_ended(struct dp_request *r)
         if (o == DP_LB_RATE_LIMITED && cooldown < 0)
             cooldown = 1000; /* a 429 without a hint: a second's rest */
         dp_lb_attempt_end(r->bstate, r->endpoint, r->backend, o, ttfb, cooldown, now);
-        r->bstate = NULL; /* it may be swept once nothing is in flight */
     }
     run_filters_attempt(r);
+    r->bstate = NULL; /* it may be swept once nothing is in flight */
 }
 
 static void on_up_done(struct dp_transfer *t)
@@ -468,6 +468,7 @@ static int start_attempt(struct dp_request *r)
     kw_buf_reset(&r->up_resp);
     r->retry_after_ms = -1;
     r->idle_timeout = false;
+    r->attempt_cancelled = false;
     int rc = dp_transfer_start(&r->up, r->w, &req, &transfer_ops, r);
     kw_buf_cleanup(&r->url);
     if (rc != KW_OK)
@@ -481,6 +482,9 @@ static int start_attempt(struct dp_request *r)
         if (r->attempts > 1)
             dp_lb_retry_taken(r->bstate);
     }
+    for (size_t i = 0; i < NF(r); i++)
+        if (F(r)[i]->on_attempt_start != NULL)
+            F(r)[i]->on_attempt_start(r, ctx_of(r, i));
     return KW_AGAIN;
 }
 
@@ -761,9 +765,11 @@ static void stop_attempt(struct dp_request *r)
 {
     if (r->attempt == DP_ATT_RUNNING) {
         dp_transfer_stop(&r->up);
+        r->attempt_cancelled = true;
         if (r->bstate != NULL)
             dp_lb_attempt_end(r->bstate, r->endpoint, r->backend, DP_LB_CANCELLED, -1, -1,
                               dp_now_ms());
+        run_filters_attempt(r);
         r->bstate = NULL;
         r->attempt = DP_ATT_NONE;
     }

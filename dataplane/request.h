@@ -115,6 +115,7 @@ struct dp_request {
     enum { DP_ATT_NONE, DP_ATT_RUNNING, DP_ATT_DONE } attempt;
     bool backoff;                  /* waiting before the next attempt */
     bool idle_timeout;             /* the stream's upstream went quiet (streamIdleTimeout) */
+    bool attempt_cancelled;        /* the running attempt was stopped (the client left, shutdown) */
     int64_t retry_after_ms;        /* the attempt's Retry-After / retry-after-ms, -1 none */
     struct curl_slist *up_headers; /* built by the transform phase for the transfer */
 

@@ -115,7 +115,7 @@ static bool route_fits(const struct kw_route *r, const char *path, dp_header_fn 
     return true;
 }
 
-const struct kw_route *dp_table_route(const struct dp_table *t, const char *model, const char *path,
+const struct dp_match *dp_table_match(const struct dp_table *t, const char *model, const char *path,
                                       dp_header_fn header, void *ud)
 {
     size_t mlen = strlen(model);
@@ -124,35 +124,14 @@ const struct kw_route *dp_table_route(const struct dp_table *t, const char *mode
         bool fits = m->prefix ? strncmp(model, m->value, strlen(m->value)) == 0
                               : strlen(m->value) == mlen && memcmp(m->value, model, mlen) == 0;
         if (fits && route_fits(t->matches[i].route, path, header, ud))
-            return t->matches[i].route;
+            return &t->matches[i];
     }
     return NULL;
 }
 
-const struct kw_backend_ref *dp_route_pick(const struct kw_route *r, uint32_t rnd,
-                                           const bool *tried)
+const struct kw_route *dp_table_route(const struct dp_table *t, const char *model, const char *path,
+                                      dp_header_fn header, void *ud)
 {
-    uint32_t best = UINT32_MAX;
-    uint64_t total = 0;
-    for (size_t i = 0; i < r->nrefs; i++) {
-        if (tried[i] || r->refs[i].weight == 0)
-            continue;
-        if (r->refs[i].priority < best) {
-            best = r->refs[i].priority;
-            total = 0;
-        }
-        if (r->refs[i].priority == best)
-            total += r->refs[i].weight;
-    }
-    if (total == 0)
-        return NULL;
-    uint64_t x = rnd % total;
-    for (size_t i = 0; i < r->nrefs; i++) {
-        if (tried[i] || r->refs[i].weight == 0 || r->refs[i].priority != best)
-            continue;
-        if (x < r->refs[i].weight)
-            return &r->refs[i];
-        x -= r->refs[i].weight;
-    }
-    return NULL;
+    const struct dp_match *m = dp_table_match(t, model, path, header, ud);
+    return m != NULL ? m->route : NULL;
 }

@@ -39,9 +39,8 @@ typedef const char *(*dp_header_fn)(void *ud, const char *name);
 const struct kw_route *dp_table_route(const struct dp_table *t, const char *model, const char *path,
                                       dp_header_fn header, void *ud);
 
-/* Pick a backendRef of r: among refs not yet tried (tried[i] false) with weight > 0, those
- * of the lowest priority, by weight. rnd is a random number. NULL when none is left. */
-const struct kw_backend_ref *dp_route_pick(const struct kw_route *r, uint32_t rnd,
-                                           const bool *tried);
+/* The same, with the model condition that matched (why: /debug/routes). */
+const struct dp_match *dp_table_match(const struct dp_table *t, const char *model, const char *path,
+                                      dp_header_fn header, void *ud);
 
 #endif

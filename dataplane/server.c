@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "debug.h"
 #include "filter.h"
 #include "upstream.h"
 #include "worker.h"
@@ -361,6 +362,7 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
             .on_completed = dp_on_completed,
             .on_connection = dp_conn_notify,
             .abort_all = dp_request_abort_all,
+            .on_post = dp_debug_answer,
         };
         if (dp_worker_init(&s.workers[started], &s, started, lfd, &hooks) != KW_OK ||
             dp_upstream_init(&s.workers[started]) != KW_OK) {

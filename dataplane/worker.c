@@ -233,6 +233,8 @@ static void on_message(struct dp_worker *w)
         if (fd != MHD_INVALID_SOCKET)
             close(fd);
     }
+    if (w->hooks->on_post != NULL)
+        w->hooks->on_post(w);
     if (atomic_load(&w->stop)) {
         /* forced stop: abort what is left; MHD closes them on its next pass */
         w->hooks->abort_all(w);

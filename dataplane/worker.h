@@ -22,6 +22,7 @@ struct dp_worker_hooks;
 struct dp_request;
 struct dp_lb;
 struct kw_metrics;
+struct dp_debug_query;
 
 /* ---- timers: a min-heap per worker ------------------------------------------------------- */
 struct dp_timer;
@@ -59,10 +60,11 @@ struct dp_worker {
     CURLM *multi;               /* upstream.c's */
     struct dp_timer curl_timer; /* upstream.c's: libcurl's timeout */
     struct kw_heap timers;
-    struct dp_table *table;          /* the table new requests pin */
-    _Atomic(struct dp_table *) next; /* atomic: a table posted by the main thread */
-    atomic_bool drain, stop;         /* atomic: posted by the main thread */
-    atomic_uint_fast64_t pong;       /* atomic: the last watchdog ping this loop saw */
+    struct dp_table *table;                 /* the table new requests pin */
+    _Atomic(struct dp_table *) next;        /* atomic: a table posted by the main thread */
+    atomic_bool drain, stop;                /* atomic: posted by the main thread */
+    _Atomic(struct dp_debug_query *) debug; /* atomic: posted by the admin thread */
+    atomic_uint_fast64_t pong;              /* atomic: the last watchdog ping this loop saw */
     bool draining;
     uint64_t next_id;
     struct dp_lb *lb; /* per-backend runtime state and the random source */
@@ -97,13 +99,15 @@ void dp_worker_arena_done(struct dp_worker *w, struct kw_arena *a);
 
 /* What the worker's loop calls into (wired by the server, so the loop knows nothing of
  * requests): libmicrohttpd's access and completion handlers (cls: the worker), each new or
- * closed client connection, and a forced stop's abort of every active request. */
+ * closed client connection, a forced stop's abort of every active request, and every wake-up
+ * by dp_worker_post (a query waiting in the worker, such as /debug/routes). */
 struct dp_worker_hooks {
     MHD_AccessHandlerCallback on_access;
     MHD_RequestCompletedCallback on_completed;
     void (*on_connection)(struct dp_worker *w, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe);
     void (*abort_all)(struct dp_worker *w);
+    void (*on_post)(struct dp_worker *w); /* a message was posted (queries for the worker) */
 };
 
 /* Entry points for the server (main thread). */

@@ -11,6 +11,7 @@ PKGS=(
   libsystemd-dev zlib1g-dev libhiredis-dev
   # tests
   libcmocka-dev valgrind clang libclang-rt-14-dev redis-server curl python3
+  prometheus  # promtool checks the /metrics text
   # benchmarks
   nginx-light wrk
   # lint

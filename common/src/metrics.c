@@ -240,6 +240,15 @@ void kw_series_observe(struct kw_series *s, double v)
     atomic_fetch_add_explicit(&s->value, 1, memory_order_relaxed);
 }
 
+void kw_series_setf(struct kw_series *s, double v)
+{
+    if (s == NULL)
+        return;
+    uint64_t bits;
+    memcpy(&bits, &v, sizeof(bits));
+    atomic_store_explicit(&s->sum_bits, bits, memory_order_relaxed);
+}
+
 void kw_metric_add(struct kw_metric *f, unsigned shard, const char *const *values, int64_t v)
 {
     kw_series_add(kw_metric_series(f, shard, values), v);
@@ -301,7 +310,7 @@ static void fmt_double(char *dst, size_t cap, double v)
 
 static int write_family(struct kw_metric *f, struct kw_buf *b)
 {
-    static const char *const types[] = {"counter", "gauge", "histogram"};
+    static const char *const types[] = {"counter", "gauge", "histogram", "gauge"};
     int rc =
         kw_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name, types[f->type]);
     size_t n = 0;
@@ -327,16 +336,22 @@ static int write_family(struct kw_metric *f, struct kw_buf *b)
         memset(buckets, 0, (f->nbounds + 1) * sizeof(uint64_t));
         for (; j < n && values_cmp(&all[i], &all[j]) == 0; j++) {
             value += atomic_load_explicit(&all[j]->value, memory_order_relaxed);
-            if (f->type != KW_METRIC_HISTOGRAM)
-                continue;
             uint64_t bits = atomic_load_explicit(&all[j]->sum_bits, memory_order_relaxed);
             double d;
             memcpy(&d, &bits, sizeof(d));
             sum += d;
+            if (f->type != KW_METRIC_HISTOGRAM)
+                continue;
             for (size_t q = 0; q <= f->nbounds; q++)
                 buckets[q] += atomic_load_explicit(&all[j]->buckets[q], memory_order_relaxed);
         }
-        if (f->type != KW_METRIC_HISTOGRAM) {
+        if (f->type == KW_METRIC_GAUGE_DOUBLE) {
+            char v[40];
+            fmt_double(v, sizeof(v), sum);
+            rc |= kw_buf_puts(b, f->name);
+            rc |= write_labels(b, all[i], NULL);
+            rc |= kw_buf_printf(b, " %s\n", v);
+        } else if (f->type != KW_METRIC_HISTOGRAM) {
             rc |= kw_buf_puts(b, f->name);
             rc |= write_labels(b, all[i], NULL);
             rc |= kw_buf_printf(b, " %lld\n", (long long)value);

@@ -5,6 +5,7 @@ mocks (/_mock/stats), never inferred from the gateway's own numbers."""
 import concurrent.futures
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -258,6 +259,60 @@ class Quota(Base):
         self.assertEqual(statuses.count(200), 6)
         self.assertEqual(slow.served(), 2)
         self.assertEqual(spare.served(), 4)
+
+
+class DebugRoutes(Base):
+    def test_explains_the_decision_with_state(self):
+        ok, bad = self.instances({"latency_ms": 5}, {"status": 500})
+        dp = self.start(
+            backend("ok", ok.url()) + backend(
+                "bad", bad.url(), extra="  circuitBreaker: {consecutiveFailures: 1, ejectionTime: 60s}\n")
+            + route("r", ["m", "fam-*"], ["ok", {"name": "bad", "weight": 3}],
+                    extra="  loadBalancer: {strategy: LeastRequest}\n")
+            + ("---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: blue}\n"
+               "spec:\n  match:\n    models: [m]\n    headers: [{name: x-tenant, value: blue}]\n"
+               "  backendRefs: [{name: ok}]\n"), workers=2)
+        for _ in range(10):
+            self.assertEqual(chat(dp)[0], 200)
+        status, _, body = request("GET", dp.admin, "/debug/routes?model=m")
+        self.assertEqual(status, 200, body)
+        doc = json.loads(body)
+        self.assertEqual(doc["answered"], 2)
+        ejected = 0
+        for w in doc["workers"]:
+            self.assertEqual(w["route"]["name"], "r")
+            self.assertEqual(w["route"]["matchedBy"], {"model": "m", "kind": "exact",
+                                                       "headers": 0, "paths": 0})
+            self.assertEqual(w["strategy"], "LeastRequest")
+            cands = {c["backendRef"]: c for c in w["candidates"]}
+            self.assertEqual(cands["bad"]["weight"], 3)
+            if cands["bad"]["ejectedForMs"] > 0:  # each worker judges for itself
+                ejected += 1
+                self.assertFalse(cands["bad"]["healthy"])
+                self.assertEqual(w["wouldPick"], {"backendRef": "ok"})
+            self.assertTrue(cands["ok"]["healthy"])
+        self.assertGreaterEqual(ejected, 1)
+        # headers as query parameters; prefixes; the strategy a client would ask for
+        doc = json.loads(request("GET", dp.admin, "/debug/routes?model=m&x-tenant=blue")[2])
+        self.assertEqual(doc["workers"][0]["route"]["name"], "blue")
+        doc = json.loads(request("GET", dp.admin,
+                                 "/debug/routes?model=fam-7&strategy=RoundRobin")[2])
+        self.assertEqual(doc["workers"][0]["route"]["matchedBy"]["kind"], "prefix")
+        self.assertEqual(doc["workers"][0]["strategy"], "RoundRobin")
+        doc = json.loads(request("GET", dp.admin, "/debug/routes?model=none")[2])
+        self.assertIsNone(doc["workers"][0]["route"])
+        self.assertEqual(request("GET", dp.admin, "/debug/routes")[0], 400)
+        # the per-backend metrics
+        m = dp.metrics()
+        self.assertGreaterEqual(m.get('knoway_upstream_ejections_total{knoway_backend="default/bad"}', 0), 1)
+        self.assertEqual(m.get('knoway_upstream_in_flight{knoway_backend="default/ok"}'), 0)
+        self.assertGreater(m.get('knoway_upstream_retries_total{knoway_backend="default/ok"}', 0), 0)
+        ewma = [v for k, v in m.items() if k.startswith('knoway_upstream_ttfb_ewma_seconds{knoway_backend="default/ok"')]
+        self.assertTrue(ewma and all(0.004 < v < 1.0 for v in ewma if v > 0), ewma)
+        # the registry's text passes Prometheus's own checker
+        text = request("GET", dp.admin, "/metrics")[2]
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)
+        self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
 
 
 class HotSwap(Base):

@@ -16,7 +16,12 @@
 
 #define KW_METRIC_MAX_LABELS 8
 
-enum kw_metric_type { KW_METRIC_COUNTER, KW_METRIC_GAUGE, KW_METRIC_HISTOGRAM };
+enum kw_metric_type {
+    KW_METRIC_COUNTER,
+    KW_METRIC_GAUGE,
+    KW_METRIC_HISTOGRAM,
+    KW_METRIC_GAUGE_DOUBLE /* a gauge of fractional values (kw_series_setf) */
+};
 
 struct kw_metrics;
 struct kw_metric;
@@ -40,6 +45,7 @@ struct kw_series *kw_metric_series(struct kw_metric *f, unsigned shard, const ch
 void kw_series_add(struct kw_series *s, int64_t v);
 void kw_series_set(struct kw_series *s, int64_t v);
 void kw_series_observe(struct kw_series *s, double v);
+void kw_series_setf(struct kw_series *s, double v); /* KW_METRIC_GAUGE_DOUBLE */
 
 /* Convenience: kw_series_add(kw_metric_series(f, shard, values), v). */
 void kw_metric_add(struct kw_metric *f, unsigned shard, const char *const *values, int64_t v);
