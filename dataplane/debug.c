@@ -9,6 +9,7 @@
 
 #include "balancer.h"
 #include "debug.h"
+#include "knoway/arena.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "router.h"
@@ -23,8 +24,8 @@ struct dp_debug_query {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     unsigned answered;
-    struct kw_buf *out; /* one per worker */
-    char *blk;          /* the strings above (the query's own copy) */
+    struct kw_buf *out;     /* one per worker */
+    struct kw_arena *arena; /* the strings above (the query's own copy) */
 };
 
 static void query_unref(struct dp_debug_query *q, unsigned nworkers)
@@ -34,7 +35,7 @@ static void query_unref(struct dp_debug_query *q, unsigned nworkers)
     for (unsigned i = 0; i < nworkers; i++)
         kw_buf_cleanup(&q->out[i]);
     free(q->out);
-    free(q->blk);
+    kw_arena_free(q->arena);
     pthread_mutex_destroy(&q->mu);
     pthread_cond_destroy(&q->cv);
     free(q);
@@ -203,35 +204,22 @@ int dp_debug_routes(struct dp_server *s, const char *model, const char *path, co
     }
     /* the strings live in the admin's request: a worker answering after the wait timed
      * out must not read them, so the query carries its own copy */
-    size_t need = strlen(model) + strlen(path) + (strategy != NULL ? strlen(strategy) : 0) + 3;
-    for (size_t i = 0; i < nheaders; i++)
-        need += strlen(names[i]) + strlen(values[i]) + 2 + 2 * sizeof(char *);
-    char *blk = malloc(need + 2 * sizeof(char *));
-    if (blk == NULL) {
+    q->arena = kw_arena_new(1u << 20); /* 32 headers of admin-sized URLs fit */
+    const char **nv =
+        q->arena != NULL ? kw_arena_alloc(q->arena, (nheaders + 1) * sizeof(char *)) : NULL;
+    const char **vv = nv != NULL ? kw_arena_alloc(q->arena, (nheaders + 1) * sizeof(char *)) : NULL;
+    bool ok = vv != NULL && (q->model = kw_arena_strdup(q->arena, model)) != NULL &&
+              (q->path = kw_arena_strdup(q->arena, path)) != NULL &&
+              (strategy == NULL || (q->strategy = kw_arena_strdup(q->arena, strategy)) != NULL);
+    for (size_t i = 0; ok && i < nheaders; i++)
+        ok = (nv[i] = kw_arena_strdup(q->arena, names[i])) != NULL &&
+             (vv[i] = kw_arena_strdup(q->arena, values[i])) != NULL;
+    if (!ok) {
+        kw_arena_free(q->arena);
         free(q->out);
         free(q);
         return KW_ERROR;
     }
-    q->blk = blk;
-    const char **nv = (const char **)(void *)blk;
-    const char **vv = nv + nheaders;
-    char *p = blk + 2 * nheaders * sizeof(char *);
-#define COPY(dst, src)                                                                             \
-    do {                                                                                           \
-        size_t l_ = strlen(src) + 1;                                                               \
-        memcpy(p, (src), l_);                                                                      \
-        (dst) = p;                                                                                 \
-        p += l_;                                                                                   \
-    } while (0)
-    COPY(q->model, model);
-    COPY(q->path, path);
-    if (strategy != NULL)
-        COPY(q->strategy, strategy);
-    for (size_t i = 0; i < nheaders; i++) {
-        COPY(nv[i], names[i]);
-        COPY(vv[i], values[i]);
-    }
-#undef COPY
     q->names = nv;
     q->values = vv;
     q->nheaders = nheaders;
