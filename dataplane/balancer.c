@@ -22,10 +22,18 @@
 #define LB_MAX_EJECTION_MS (10 * 60 * 1000)
 #define LB_MIN_RETRIES     3 /* per budget window, always allowed */
 
+#define LB_CACHE 256 /* direct-mapped: backend pointer -> state, for this table generation */
+
 struct dp_lb {
     uint64_t rnd;
     struct dp_backend_state **slots; /* open addressing by key */
     size_t cap, n;
+    uint64_t gen; /* bumped by every sweep (a table swap): cached pointers may be stale */
+    struct {
+        const struct kw_backend *b;
+        uint64_t gen;
+        struct dp_backend_state *bs;
+    } cache[LB_CACHE];
 };
 
 struct dp_lb *dp_lb_new(uint64_t seed)
@@ -173,6 +181,10 @@ struct dp_backend_state *dp_lb_find(struct dp_lb *lb, const struct kw_backend *b
 
 struct dp_backend_state *dp_lb_backend(struct dp_lb *lb, const struct kw_backend *b)
 {
+    /* a snapshot's backends are immutable: seen once in this generation, nothing to check */
+    size_t ci = ((uintptr_t)b >> 4) % LB_CACHE;
+    if (lb->cache[ci].b == b && lb->cache[ci].gen == lb->gen)
+        return lb->cache[ci].bs;
     size_t at = slot_of(lb, b->meta.ns, b->meta.name);
     struct dp_backend_state *bs = lb->slots[at];
     uint64_t fp = fingerprint(b);
@@ -203,11 +215,15 @@ struct dp_backend_state *dp_lb_backend(struct dp_lb *lb, const struct kw_backend
     }
     if (sync_endpoints(bs, b) != 0)
         return NULL;
+    lb->cache[ci].b = b;
+    lb->cache[ci].gen = lb->gen;
+    lb->cache[ci].bs = bs;
     return bs;
 }
 
 void dp_lb_sweep(struct dp_lb *lb, const struct kw_backend *const *backends, size_t n)
 {
+    lb->gen++; /* states may be freed or re-keyed below */
     for (size_t i = 0; i < lb->cap; i++)
         if (lb->slots[i] != NULL)
             lb->slots[i]->seen = false;

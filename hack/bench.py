@@ -135,6 +135,11 @@ kind: LLMRoute
 metadata: {name: bench}
 spec: {match: {models: [bench]}, backendRefs: [{name: mock}], timeout: 1h, streamIdleTimeout: 1h}
 ---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: mock2}
+spec: {provider: vLLM, upstream: {baseURL: "http://127.0.0.1:%d/v1/"}}
+%s---
 apiVersion: v1
 kind: Secret
 metadata: {name: bench-key}
@@ -152,13 +157,20 @@ apiVersion: llm.knoway.dev/v1alpha1
 kind: LLMRoute
 metadata: {name: bench-anthropic}
 spec: {match: {models: [bench-anthropic]}, backendRefs: [{name: mock-anthropic}], timeout: 1h, streamIdleTimeout: 1h}
-""" % (port, admin, upstream_port, upstream_port))
+""" % (port, admin, upstream_port, upstream_port, "".join(
+        "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: lb-%s}\n"
+        "spec: {match: {models: [lb-%s]}, backendRefs: [{name: mock}, {name: mock2}], "
+        "loadBalancer: {strategy: %s}, timeout: 1h}\n" % (s.lower(), s.lower(), s)
+        for s in STRATEGIES), upstream_port))
     log = open(os.path.join(tmp, "knoway.log"), "w")
     env = dict(os.environ)
     p = subprocess.Popen([os.path.join(build, "dataplane", "knoway-dataplane"), "-c", cfg],
                          stdout=log, stderr=log, env=env)
     wait_port(port)
     return Target("knoway", port, p)
+
+
+STRATEGIES = ("WeightedRandom", "RoundRobin", "LeastRequest", "Latency")
 
 
 def stop(t):
@@ -229,7 +241,7 @@ def main():
     ap.add_argument("--streams", type=int, default=10000)
     ap.add_argument("--relay-streams", type=int, default=200)
     ap.add_argument("--relay-chunks", type=int, default=500)
-    ap.add_argument("--phases", default="nonstream,held,relay")
+    ap.add_argument("--phases", default="nonstream,held,relay,strategies")
     a = ap.parse_args()
     phases = a.phases.split(",")
     tmp = tempfile.mkdtemp(prefix="kwbench-")
@@ -248,6 +260,8 @@ def main():
         held_phase(a, tmp, results)
     if "relay" in phases:
         relay_phase(a, tmp, results)
+    if "strategies" in phases:
+        strategies_phase(a, tmp, results)
     results["ratios"] = ratios(a, results)
     print(json.dumps(results, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)
@@ -271,6 +285,51 @@ def nonstream(a, tmp, lua, results):
         for t in (knoway, nginx, mock):
             stop(t)
 
+
+
+def strategies_phase(a, tmp, results):
+    """The balancing strategies over two backendRefs (one upstream), interleaved rounds:
+    what each costs against WeightedRandom."""
+    mock = start_mock(a.build, ["--chunks", "8", "--no-log"])
+    knoway = start_knoway(a.build, tmp, mock.port)
+    luas = {}
+    for s in STRATEGIES:
+        luas[s] = os.path.join(tmp, "lb-%s.lua" % s.lower())
+        with open(luas[s], "w") as f:
+            f.write('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = '
+                    '"application/json"\n' % json.dumps(json.dumps(dict(json.loads(BODY),
+                                                                          model="lb-" + s.lower()))))
+    try:
+        for s in STRATEGIES:
+            wrk(knoway.port, 8, 1, luas[s])
+        # RPS on 2 shared cores swings by 20 % between runs; the gateway's CPU time per
+        # request is what a strategy can change, and it is steadier
+        runs = {s: [] for s in STRATEGIES}
+        cpu = {s: [] for s in STRATEGIES}
+        secs = max(2, a.seconds // 2)
+        for _ in range(5):
+            for s in STRATEGIES:
+                c0 = cpu_seconds(knoway.proc.pid)
+                rps = wrk(knoway.port, a.conns, secs, luas[s])["rps"]
+                runs[s].append(rps)
+                cpu[s].append(round((cpu_seconds(knoway.proc.pid) - c0) / (rps * secs) * 1e6, 2))
+        med = {s: sorted(v)[2] for s, v in runs.items()}
+        us = {s: sorted(v)[2] for s, v in cpu.items()}
+        results["strategies"] = {
+            "rps_median_of_5": med, "rps_runs": runs,
+            "cpu_us_per_request_median_of_5": us, "cpu_us_runs": cpu,
+            "rps_over_weighted_random": {
+                s: round(med[s] / med["WeightedRandom"], 3) for s in STRATEGIES},
+            "cpu_per_request_over_weighted_random": {
+                s: round(us[s] / us["WeightedRandom"], 3) for s in STRATEGIES}}
+        # the decision itself, in a loop: what a strategy adds to a request's ~100 us
+        for n in (2, 8):
+            out = subprocess.run([os.path.join(a.build, "tests", "knoway-bench-lb"), str(n)],
+                                 capture_output=True, text=True, check=True).stdout
+            results["strategies"]["decision_ns_%d_refs" % n] = json.loads(out)["ns_per_decision"]
+    finally:
+        stop(knoway)
+        stop(mock)
 
 
 def held_phase(a, tmp, results):

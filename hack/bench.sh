@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hack/install-deps.sh >/dev/null
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build-release -j"$(nproc)" --target knoway-dataplane knoway-mockllm >/dev/null
+cmake --build build-release -j"$(nproc)" --target knoway-dataplane knoway-mockllm knoway-bench-lb >/dev/null
 ulimit -n "$(ulimit -Hn)"
 exec python3 hack/bench.py --build build-release "$@"

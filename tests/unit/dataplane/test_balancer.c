@@ -275,9 +275,11 @@ static void test_state_across_swaps(void **st)
     assert_ptr_equal(dp_lb_backend(f->lb, &copy), a);
     assert_int_equal(a->t.in_flight, 1);
     a->t.ejected_until = 99999;
-    /* a changed definition starts healthy (what is in flight still counts) */
-    copy.upstream.base_url = "http://elsewhere";
-    assert_ptr_equal(dp_lb_backend(f->lb, &copy), a);
+    /* a changed definition (another snapshot's struct) starts healthy (what is in flight
+     * still counts) */
+    struct kw_backend changed = f->b[0];
+    changed.upstream.base_url = "http://elsewhere";
+    assert_ptr_equal(dp_lb_backend(f->lb, &changed), a);
     assert_int_equal(a->t.ejected_until, 0);
     assert_int_equal(a->t.in_flight, 1);
     /* a sweep keeps what is listed or busy, drops the rest */
@@ -319,9 +321,10 @@ static void test_endpoints(void **st)
     assert_true(dp_lb_target_healthy(&s->t, &b, 0, 1));
     /* endpoints keep their state by URL when the list changes */
     struct kw_endpoint eps2[2] = {{"http://e0", 1}, {"http://e1", 1}};
-    b.upstream.endpoints = eps2;
-    b.upstream.nendpoints = 2;
-    s = dp_lb_backend(lb, &b);
+    struct kw_backend b2 = b; /* the next snapshot's */
+    b2.upstream.endpoints = eps2;
+    b2.upstream.nendpoints = 2;
+    s = dp_lb_backend(lb, &b2);
     assert_int_equal(s->neps, 2);
     assert_true(s->eps[1].t.ejected_until > 0);
     assert_int_equal(s->eps[0].t.ejected_until, 0);
