@@ -1,4 +1,5 @@
 /* The access log as a filter: one JSON line per request, at its end. */
+#include "continue.h"
 #include "filter.h"
 #include "knoway/log.h"
 
@@ -23,6 +24,8 @@ static void on_end(struct dp_request *r, void *ctx)
     }
     if (r->attempts > 1)
         kw_log_field_int(b, "attempts", r->attempts);
+    if (dp_cont_count(r) > 0)
+        kw_log_field_int(b, "continued", dp_cont_count(r));
     if (r->stream)
         kw_log_field(b, "stream", "true");
     if (r->usage.have) {

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "balancer.h"
+#include "continue.h"
 #include "filter.h"
 #include "knoway/kw.h"
 #include "knoway/metrics.h"
@@ -11,7 +12,7 @@
 
 struct conf {
     struct kw_metric *requests, *upstream_errors, *tokens, *streams_cancelled, *attempts;
-    struct kw_metric *retries, *ejections, *cooldowns, *in_flight, *ewma;
+    struct kw_metric *retries, *ejections, *cooldowns, *in_flight, *ewma, *continuations;
 };
 
 static int init(struct dp_server *s, void **out)
@@ -54,9 +55,14 @@ static int init(struct dp_server *s, void **out)
                              "Peak EWMA of time to first byte the Latency strategy reads, by "
                              "backend and worker (each worker keeps its own).",
                              by_worker, 4096, NULL, 0);
+    c->continuations = kw_metrics_add(
+        m, KW_METRIC_COUNTER, "knoway_stream_continuations_total",
+        "Streams continued by another backend after breaking (retry.midStream: Continue), by "
+        "how the continued stream ended.",
+        (const char *const[]){"result", NULL}, 2, NULL, 0);
     *out = c;
-    if (c->retries == NULL || c->ejections == NULL || c->cooldowns == NULL ||
-        c->in_flight == NULL || c->ewma == NULL || c->requests == NULL ||
+    if (c->continuations == NULL || c->retries == NULL || c->ejections == NULL ||
+        c->cooldowns == NULL || c->in_flight == NULL || c->ewma == NULL || c->requests == NULL ||
         c->upstream_errors == NULL || c->tokens == NULL || c->streams_cancelled == NULL ||
         c->attempts == NULL)
         return KW_ERROR;
@@ -151,6 +157,11 @@ static void on_end(struct dp_request *r, void *ctx)
     unsigned shard = r->w->index + 1;
     if (r->state == DP_ST_STREAM && r->toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         kw_metric_add(c->streams_cancelled, shard, NULL, 1);
+    if (dp_cont_count(r) > 0)
+        kw_metric_add(c->continuations, shard,
+                      (const char *const[]){
+                          r->up.error == DP_UPERR_NONE && !r->client_gone ? "completed" : "failed"},
+                      1);
     if (r->status >= 100 && r->status < 600) {
         char code[8];
         snprintf(code, sizeof(code), "%u", r->status);

@@ -19,6 +19,7 @@
 #include <strings.h>
 
 #include "balancer.h"
+#include "continue.h"
 #include "filter.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
@@ -216,6 +217,8 @@ static int ph_route(struct dp_request *r)
     r->tried[ref - r->route->refs] = true;
     if (dp_request_bind(r, ref) != KW_OK)
         return KW_ERROR;
+    if (dp_cont_bind(r) != KW_OK)
+        return dp_error_set(r, 500, "server_error", NULL, NULL, "out of memory");
     const struct kw_upstream *u = &r->backend->upstream;
     struct dp_backend_state *bs = dp_lb_backend(r->w->lb, r->backend);
     r->endpoint = bs != NULL ? dp_lb_pick_endpoint(r->w->lb, bs, r->backend, r->strategy, now)
@@ -297,7 +300,20 @@ static int on_up_headers(struct dp_transfer *t)
             F(r)[i]->on_response_headers(r, ctx_of(r, i));
     const char *want =
         r->provider->stream_ctype != NULL ? r->provider->stream_ctype : "text/event-stream";
-    if (!r->stream || t->status != 200 || strncasecmp(t->ctype, want, strlen(want)) != 0)
+    bool streams = t->status == 200 && strncasecmp(t->ctype, want, strlen(want)) == 0;
+    if (r->state == DP_ST_STREAM) {
+        /* a continuation: its stream joins the one the client has */
+        if (!streams) {
+            snprintf(t->write_err, sizeof(t->write_err),
+                     "the continuation was refused (status %ld)", t->status);
+            return KW_ERROR;
+        }
+        r->last_up_ms = dp_now_ms();
+        r->attempt_timer.on_fire = on_idle;
+        dp_timer_arm(r->w, &r->attempt_timer, r->last_up_ms + r->route->stream_idle_timeout_ms);
+        return KW_OK;
+    }
+    if (!r->stream || !streams)
         return KW_OK;
     if (dp_respond_stream_begin(r) != KW_OK) {
         snprintf(t->write_err, sizeof(t->write_err), "out of memory starting the stream");
@@ -348,9 +364,25 @@ static size_t on_up_body(struct dp_transfer *t, const char *ptr, size_t n)
         }
     }
     size_t before = r->out.len;
-    if ((r->provider->feed != NULL ? r->provider->feed(r, ptr, n, dp_stream_sink(r))
-                                   : dp_sse_feed(&r->sse, ptr, n, on_sse_event, r)) != KW_OK ||
-        dp_front_flush(r) != KW_OK) {
+    struct kw_buf *sink = dp_stream_sink(r);
+    size_t from = sink->len;
+    if ((r->provider->feed != NULL ? r->provider->feed(r, ptr, n, sink)
+                                   : dp_sse_feed(&r->sse, ptr, n, on_sse_event, r)) != KW_OK) {
+        if (t->write_err[0] == '\0')
+            snprintf(t->write_err, sizeof(t->write_err),
+                     "upstream stream event too large or invalid");
+        return 0;
+    }
+    if (dp_cont_enabled(r)) {
+        int rc = dp_cont_track(r, sink, from);
+        if (rc != KW_OK) {
+            snprintf(t->write_err, sizeof(t->write_err), "%s",
+                     rc == KW_DECLINED ? "the upstream sent an error event"
+                                       : "out of memory tracking the stream");
+            return 0;
+        }
+    }
+    if (dp_front_flush(r) != KW_OK) {
         if (t->write_err[0] == '\0')
             snprintf(t->write_err, sizeof(t->write_err),
                      "upstream stream event too large or invalid");
@@ -539,6 +571,17 @@ static int ph_upstream(struct dp_request *r)
         r->attempt_timer.on_fire = on_backoff;
         dp_timer_arm(r->w, &r->attempt_timer, dp_now_ms() + backoff);
         return KW_AGAIN;
+    }
+    if (r->state == DP_ST_STREAM && t->error != DP_UPERR_NONE && dp_cont_prepare(r)) {
+        kw_log(KW_LOG_WARN, "the stream broke: another backend continues it", "request_id", r->id,
+               "backend", r->backend->meta.name, "error", t->errmsg, NULL);
+        if (r->provider->cleanup != NULL && r->provider_state != NULL)
+            r->provider->cleanup(r);
+        r->provider_state = NULL;
+        dp_sse_cleanup(&r->sse);
+        dp_sse_init(&r->sse, DP_MAX_SSE_EVENT);
+        r->saw_done = false;
+        return PH_RETRY;
     }
     if (r->state == DP_ST_STREAM) {
         if (t->error == DP_UPERR_NONE)
@@ -746,8 +789,13 @@ out:
 static int ph_respond(struct dp_request *r)
 {
     if (r->state == DP_ST_STREAM) {
+        dp_cont_finish(r); /* usage counts the broken attempts' tokens */
+        struct kw_buf *sink = dp_stream_sink(r);
+        size_t from = sink->len;
         if (r->provider->on_stream_end != NULL)
-            r->provider->on_stream_end(r, dp_stream_sink(r));
+            r->provider->on_stream_end(r, sink);
+        if (dp_cont_active(r))
+            dp_cont_track(r, sink, from); /* the last chunks carry the first identity too */
         dp_front_flush(r);
         if (r->front != NULL)
             r->front->stream_end(r, &r->out);
@@ -795,6 +843,7 @@ void dp_engine_end(struct dp_request *r, enum MHD_RequestTerminationCode toe)
     r->up_headers = NULL;
     kw_buf_cleanup(&r->url);
     r->toe = toe;
+    dp_cont_finish(r); /* a continued stream the client left: what it got counts */
     if (r->usage.have) {
         struct dp_backend_state *bs = r->backend != NULL ? dp_lb_find(r->w->lb, r->backend) : NULL;
         if (bs != NULL)
@@ -807,4 +856,5 @@ void dp_engine_end(struct dp_request *r, enum MHD_RequestTerminationCode toe)
         if (F(r)[i]->on_end != NULL)
             F(r)[i]->on_end(r, ctx_of(r, i));
     r->ended = true;
+    dp_cont_cleanup(r);
 }

@@ -62,6 +62,7 @@ struct dp_provider_ops;
 struct dp_front_ops;
 struct dp_conn;
 struct dp_backend_state;
+struct dp_cont;
 
 struct dp_request {
     struct dp_worker *w;
@@ -118,6 +119,7 @@ struct dp_request {
     bool attempt_cancelled;        /* the running attempt was stopped (the client left, shutdown) */
     int64_t retry_after_ms;        /* the attempt's Retry-After / retry-after-ms, -1 none */
     struct curl_slist *up_headers; /* built by the transform phase for the transfer */
+    struct dp_cont *cont;          /* mid-stream continuation state (continue.c), or NULL */
 
     /* upstream */
     struct dp_transfer up;

@@ -224,7 +224,8 @@ struct kw_node *kw_encode_route_spec(struct kw_arena *a, const struct kw_route *
         r->retry.retry_on == (KW_RETRY_CONNECT_FAILURE | KW_RETRY_RESET | KW_RETRY_5XX) &&
         r->retry.backoff_base_ms == KW_DEFAULT_BACKOFF_BASE_MS &&
         r->retry.backoff_max_ms == KW_DEFAULT_BACKOFF_MAX_MS && r->retry.per_try_timeout_ms == 0 &&
-        r->retry.budget_percent == KW_DEFAULT_RETRY_BUDGET_PERCENT)
+        r->retry.budget_percent == KW_DEFAULT_RETRY_BUDGET_PERCENT &&
+        r->retry.mid_stream == KW_MID_STREAM_NONE)
         return e.failed ? NULL : spec; /* the defaults: written only when changed */
     struct kw_node *rt = map(&e);
     static const char *const retry_on[] = {"connect-failure", "reset", "timeout", "5xx", "429"};
@@ -241,6 +242,8 @@ struct kw_node *kw_encode_route_spec(struct kw_arena *a, const struct kw_route *
     put(&e, rt, "backoff", bo);
     put_duration(&e, rt, "perTryTimeout", r->retry.per_try_timeout_ms);
     put_int(&e, rt, "budgetPercent", r->retry.budget_percent);
+    if (r->retry.mid_stream == KW_MID_STREAM_CONTINUE)
+        put_str(&e, rt, "midStream", "Continue");
     put(&e, spec, "retry", rt);
     return e.failed ? NULL : spec;
 }

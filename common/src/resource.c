@@ -1083,8 +1083,9 @@ static void decode_route_traffic(struct kw_dec *d, const struct kw_node *spec, s
     static const char *const lb_fields[] = {"strategy", "clientOverride", NULL};
     static const char *const strategies[KW_LB_COUNT + 1] = {"WeightedRandom", "RoundRobin",
                                                             "LeastRequest", "Latency", NULL};
-    static const char *const retry_fields[] = {"attempts",      "retryOn",       "backoff",
-                                               "perTryTimeout", "budgetPercent", NULL};
+    static const char *const retry_fields[] = {
+        "attempts", "retryOn", "backoff", "perTryTimeout", "budgetPercent", "midStream", NULL};
+    static const char *const mid_stream[] = {"None", "Continue", NULL};
     static const char *const backoff_fields[] = {"base", "max", NULL};
     static const char *const retry_on[] = {
         "connect-failure", "reset", "timeout", "5xx", "429", NULL};
@@ -1140,6 +1141,9 @@ static void decode_route_traffic(struct kw_dec *d, const struct kw_node *spec, s
         pop(d, bm);
         get_duration(d, m, "perTryTimeout", 1, 24 * 3600000LL, &r->retry.per_try_timeout_ms);
         get_u32(d, m, "budgetPercent", 1, 100, &r->retry.budget_percent);
+        int ms;
+        if (kw_node_get(m, "midStream") != NULL && get_enum(d, m, "midStream", mid_stream, 2, &ms))
+            r->retry.mid_stream = (enum kw_mid_stream)ms;
     }
     pop(d, mark);
 }

@@ -45,10 +45,16 @@
  *   x-mock-interval-ms: N    time between chunks (tokens per second = 1000 / N)
  *   x-mock-status: N         answer with this HTTP status and an OpenAI error body
  *   x-mock-retry-after: S    with x-mock-status: add Retry-After: S
- *   x-mock-fault: reset|stall|malformed|close
+ *   x-mock-fault: reset|stall|malformed|close|error
  *   x-mock-fault-after: N    chunks sent before the fault (default 1)
  *     reset:     TCP RST mid-stream; stall: stop sending, keep the connection;
- *     malformed: one chunk of invalid JSON, then go on; close: FIN without the last chunk
+ *     malformed: one chunk of invalid JSON, then go on; close: FIN without the last chunk;
+ *     error: an OpenAI error event, then the end of the body
+ *
+ * Continuation (vLLM's continue_final_message: true): the final assistant message must be
+ * exactly the first K pieces the mock would have sent ("tok0 tok1 ... tokK-1 "); the stream
+ * then goes on from piece K (400 "prefill mismatch" otherwise: the test of a gateway that
+ * splices streams). Completion tokens count the new pieces only.
  *
  * Prompt tokens: 3 per message plus one per white-space separated word of its content;
  * completion tokens: the number of chunks. Content: "tok0 tok1 ...". */
@@ -228,6 +234,8 @@ struct conn {
     enum kind kind;
     char model[128];
     int sent, prompt_tokens;
+    int first;       /* a continuation (continue_final_message) starts at this piece */
+    bool lead_space; /* ... after a prefill without its trailing space (Anthropic) */
     bool include_usage;
     char tool[64];             /* call this tool (the first declared one) */
     char tool_result[256];     /* answer "tool said: " and this result */
@@ -532,8 +540,9 @@ static void anthropic_event(struct conn *c, int i, bool last)
     }
     char text[300];
     struct out esc = {0};
-    piece(c, i, text, sizeof(text));
-    out_json_str(&esc, text);
+    piece(c, i, text + 1, sizeof(text) - 1);
+    text[0] = ' '; /* after a prefill the text goes on with the space it lacked */
+    out_json_str(&esc, c->lead_space && i == c->first ? text : text + 1);
     out_put(&esc, "", 1);
     if (last) {
         n = snprintf(
@@ -542,8 +551,8 @@ static void anthropic_event(struct conn *c, int i, bool last)
             "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":"
             "\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":%d}}\n\n"
             "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-            c->chunks);
-    } else if (i == 0) {
+            c->chunks - c->first);
+    } else if (i == c->first) {
         n = snprintf(
             ev, sizeof(ev),
             "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":"
@@ -633,7 +642,7 @@ static void usage_event(struct conn *c)
                  "\"total_tokens\":%d,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n",
                  c->kind == K_CHAT ? "chatcmpl-mock" : "cmpl-mock",
                  c->kind == K_CHAT ? "chat.completion.chunk" : "text_completion", c->model,
-                 c->prompt_tokens, c->chunks, c->prompt_tokens + c->chunks);
+                 c->prompt_tokens, c->chunks - c->first, c->prompt_tokens + c->chunks - c->first);
     out_chunk(&c->out, ev, (size_t)n);
 }
 
@@ -645,7 +654,7 @@ static int stream_step(struct worker *w, struct conn *c)
                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                    "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n%s\r\n",
                    c->extra);
-        c->sent = 0;
+        c->sent = c->first;
         timer_add(w, c, now_ms() + c->ttft_ms);
         return flush_out(w, c);
     }
@@ -668,6 +677,20 @@ static int stream_step(struct worker *w, struct conn *c)
     }
     if (faulty && strcmp(c->fault, "stall") == 0)
         return flush_out(w, c); /* no further timer: stalls until the peer leaves */
+    if (faulty && strcmp(c->fault, "error") == 0) {
+        /* an error event mid-stream (OpenAI sends one when a model is overloaded), then the
+         * end of the body */
+        static const char ev[] = "data: {\"error\":{\"message\":\"The server had an error while "
+                                 "processing your request.\",\"type\":\"server_error\","
+                                 "\"param\":null,\"code\":null}}\n\n";
+        out_chunk(&c->out, ev, sizeof(ev) - 1);
+        out_put(&c->out, "0\r\n\r\n", 5);
+        c->streaming = false;
+        log_update(c->rec_id, 200, true, false);
+        if (!c->keepalive)
+            c->closing = true;
+        return flush_out(w, c);
+    }
     if (faulty && strcmp(c->fault, "malformed") == 0) {
         static const char bad[] = "data: {\"id\":\"chatcmpl-mock\",\"choices\":[{\"delta\":\n\n";
         out_chunk(&c->out, bad, sizeof(bad) - 1);
@@ -830,6 +853,31 @@ static const char *chat_tools(struct conn *c, yajl_val root, yajl_val msgs)
     return NULL;
 }
 
+/* continue_final_message: which piece the final assistant message ends before, or -1 when
+ * it is not a prefix of what this mock generates. */
+static int continuation_start(const struct conn *c, yajl_val msgs)
+{
+    const char *p_role[] = {"role", NULL}, *p_content[] = {"content", NULL};
+    size_t n = msgs->u.array.len;
+    yajl_val last = n > 0 ? msgs->u.array.values[n - 1] : NULL;
+    yajl_val role = last != NULL ? yajl_tree_get(last, p_role, yajl_t_string) : NULL;
+    yajl_val content = last != NULL ? yajl_tree_get(last, p_content, yajl_t_string) : NULL;
+    if (role == NULL || strcmp(role->u.string, "assistant") != 0 || content == NULL)
+        return -1;
+    const char *have = content->u.string;
+    size_t off = 0, len = strlen(have);
+    for (int k = 0; k <= c->chunks; k++) {
+        if (off == len)
+            return k;
+        char piece[32];
+        int pl = snprintf(piece, sizeof(piece), "tok%d ", k);
+        if (len - off < (size_t)pl || memcmp(have + off, piece, (size_t)pl) != 0)
+            return -1;
+        off += (size_t)pl;
+    }
+    return -1;
+}
+
 static void reply_completion(struct worker *w, struct conn *c, yajl_val root, enum kind kind)
 {
     const char *p_model[] = {"model", NULL};
@@ -853,6 +901,20 @@ static void reply_completion(struct worker *w, struct conn *c, yajl_val root, en
             send_error(c, 400, "invalid_request_error", NULL, problem);
             return;
         }
+    }
+    c->first = 0;
+    const char *p_cont[] = {"continue_final_message", NULL};
+    yajl_val cont = yajl_tree_get(root, p_cont, yajl_t_any);
+    if (kind == K_CHAT && cont != NULL && YAJL_IS_TRUE(cont)) {
+        const char *p_msgs[] = {"messages", NULL};
+        int k = continuation_start(c, yajl_tree_get(root, p_msgs, yajl_t_array));
+        if (k < 0) {
+            send_error(c, 400, "invalid_request_error", "prefill_mismatch",
+                       "prefill mismatch: the final assistant message is not what was "
+                       "generated so far");
+            return;
+        }
+        c->first = k;
     }
     c->kind = kind;
     snprintf(c->model, sizeof(c->model), "%s", model->u.string);
@@ -957,6 +1019,56 @@ static void reply_anthropic(struct worker *w, struct conn *c)
         for (char *q = c->tool; *q; q++)
             if (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20)
                 *q = '_';
+    }
+    /* a final assistant message is a prefill: Anthropic refuses trailing whitespace and
+     * continues right after it; it must be what this mock generated so far */
+    const char *p_role[] = {"role", NULL}, *p_text[] = {"text", NULL};
+    yajl_val lastm = msgs->u.array.values[msgs->u.array.len - 1];
+    yajl_val lrole = yajl_tree_get(lastm, p_role, yajl_t_string);
+    if (lrole != NULL && strcmp(lrole->u.string, "assistant") == 0 && last != NULL) {
+        char pre[4096] = "";
+        size_t pl = 0;
+        if (YAJL_IS_STRING(last))
+            pl = (size_t)snprintf(pre, sizeof(pre), "%s", last->u.string);
+        for (size_t i = 0; YAJL_IS_ARRAY(last) && i < last->u.array.len && pl < sizeof(pre); i++) {
+            yajl_val t = yajl_tree_get(last->u.array.values[i], p_text, yajl_t_string);
+            if (t != NULL)
+                pl += (size_t)snprintf(pre + pl, sizeof(pre) - pl, "%s", t->u.string);
+        }
+        if (pl > 0 && (pre[pl - 1] == ' ' || pre[pl - 1] == '\n')) {
+            send_anthropic_error(c, 400, "invalid_request_error",
+                                 "messages: final assistant content cannot end with trailing "
+                                 "whitespace");
+            yajl_tree_free(root);
+            return;
+        }
+        if (pl > 0) {
+            int k = -1;
+            size_t off = 0;
+            for (int i = 0; i < c->chunks && off <= pl; i++) {
+                char piece_text[32];
+                int n = snprintf(piece_text, sizeof(piece_text), "tok%d", i);
+                if (pl - off < (size_t)n || memcmp(pre + off, piece_text, (size_t)n) != 0)
+                    break;
+                off += (size_t)n;
+                if (off == pl) {
+                    k = i + 1;
+                    break;
+                }
+                if (pre[off] != ' ')
+                    break;
+                off++;
+            }
+            if (k < 0) {
+                send_anthropic_error(c, 400, "invalid_request_error",
+                                     "prefill mismatch: the final assistant message is not what "
+                                     "was generated so far");
+                yajl_tree_free(root);
+                return;
+            }
+            c->first = k;
+            c->lead_space = true;
+        }
     }
     c->kind = K_ANTHROPIC;
     snprintf(c->model, sizeof(c->model), "%s", model->u.string);
@@ -1290,6 +1402,8 @@ static int parse_head(struct conn *c, size_t headlen)
     c->fault_after = g_beh.fault_after;
     pthread_mutex_unlock(&g_beh_mu);
     c->extra[0] = '\0';
+    c->first = 0;
+    c->lead_space = false;
     c->interval_ms = g_opt.interval_ms;
     c->chunks = g_opt.chunks;
     c->has_api_key = false;

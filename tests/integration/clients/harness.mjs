@@ -82,7 +82,14 @@ metadata: {name: messages-only}
 spec:
   match: {models: [messages-only], paths: [/v1/messages]}
   backendRefs: [{name: demo}]
-${backend('cut', '    headers: [{name: x-mock-fault, value: reset}, {name: x-mock-fault-after, value: "3"}]\n')}${route('cut', 'cut')}
+${backend('cut', '    headers: [{name: x-mock-fault, value: reset}, {name: x-mock-fault-after, value: "3"}]\n')}${route('cut', 'cut')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: continued}
+spec:
+  match: {models: [continued]}
+  backendRefs: [{name: cut}, {name: demo, priority: 1}]
+  retry: {midStream: Continue}
 ---
 apiVersion: v1
 kind: Secret

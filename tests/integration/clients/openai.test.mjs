@@ -58,8 +58,8 @@ test('embeddings', async () => {
 test('models', async () => {
   const ids = [];
   for await (const m of client.models.list()) ids.push(m.id);
-  assert.deepEqual(ids.sort(), ['azure', 'bedrock', 'bedrock-broken', 'bedrock-crc', 'claude', 'cut',
-    'demo', 'gemini', 'gemini-badkey', 'messages-only']);
+  assert.deepEqual(ids.sort(), ['azure', 'bedrock', 'bedrock-broken', 'bedrock-crc', 'claude',
+    'continued', 'cut', 'demo', 'gemini', 'gemini-badkey', 'messages-only']);
 });
 
 test('unknown model is a NotFoundError', async () => {
@@ -78,6 +78,20 @@ test('an upstream failure mid-stream surfaces as an error, not a silent cut', as
     for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
   }, (e) => e instanceof OpenAI.APIError && /upstream failed after the response started/.test(e.message));
   assert.equal(text, 'tok0 tok1 tok2 ');
+});
+
+test('a stream continued by another backend after a cut is one stream to the SDK', async () => {
+  const stream = client.chat.completions.stream({
+    model: 'continued', stream: true, stream_options: { include_usage: true },
+    messages: [{ role: 'user', content: 'hi' }],
+  });
+  let text = '';
+  stream.on('content', (delta) => { text += delta; });
+  const done = await stream.finalChatCompletion(); // the SDK's own accumulation
+  assert.equal(text, 'tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 ');
+  assert.equal(done.choices[0].message.content, text);
+  assert.equal(done.choices[0].finish_reason, 'stop');
+  assert.equal(done.usage.completion_tokens, 8); // 3 before the cut, 5 after
 });
 
 for (const model of ['claude', 'azure', 'gemini', 'bedrock']) {

@@ -367,7 +367,8 @@ static void test_traffic(void **state)
         "---\n" HDR_R "  match: {models: [m]}\n  backendRefs: [{name: b}]\n"
         "  loadBalancer: {strategy: Latency, clientOverride: true}\n"
         "  retry:\n    attempts: 4\n    retryOn: [429, timeout]\n"
-        "    backoff: {base: 10ms, max: 1s}\n    perTryTimeout: 5s\n    budgetPercent: 50\n",
+        "    backoff: {base: 10ms, max: 1s}\n    perTryTimeout: 5s\n    budgetPercent: 50\n"
+        "    midStream: Continue\n",
         &cfg);
     assert_string_equal(e, "");
     free(e);
@@ -387,6 +388,7 @@ static void test_traffic(void **state)
     assert_int_equal(r->retry.backoff_max_ms, 1000);
     assert_int_equal(r->retry.per_try_timeout_ms, 5000);
     assert_int_equal(r->retry.budget_percent, 50);
+    assert_int_equal(r->retry.mid_stream, KW_MID_STREAM_CONTINUE);
     kw_config_free(cfg);
 
     /* defaults: weighted random, each backend once on connect failures, resets and 5xx */
