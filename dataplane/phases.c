@@ -541,6 +541,17 @@ static unsigned failure_class(const struct dp_request *r)
     return t->status >= 500 ? KW_RETRY_5XX : 0;
 }
 
+/* What the provider kept of a finished attempt goes before the next one. */
+static void forget_attempt(struct dp_request *r)
+{
+    if (r->provider->cleanup != NULL && r->provider_state != NULL)
+        r->provider->cleanup(r);
+    r->provider_state = NULL;
+    dp_sse_cleanup(&r->sse);
+    dp_sse_init(&r->sse, DP_MAX_SSE_EVENT);
+    r->saw_done = false;
+}
+
 static int ph_upstream(struct dp_request *r)
 {
     if (r->attempt == DP_ATT_NONE)
@@ -560,9 +571,7 @@ static int ph_upstream(struct dp_request *r)
     if (cls != 0 && retry_decide(r, cls, &backoff)) {
         kw_log(KW_LOG_WARN, "upstream failed, trying again", "request_id", r->id, "backend",
                r->backend->meta.name, NULL);
-        if (r->provider->cleanup != NULL && r->provider_state != NULL)
-            r->provider->cleanup(r);
-        r->provider_state = NULL;
+        forget_attempt(r);
         if (backoff <= 0)
             return PH_RETRY;
         r->backoff = true;
@@ -575,12 +584,7 @@ static int ph_upstream(struct dp_request *r)
     if (r->state == DP_ST_STREAM && t->error != DP_UPERR_NONE && dp_cont_prepare(r)) {
         kw_log(KW_LOG_WARN, "the stream broke: another backend continues it", "request_id", r->id,
                "backend", r->backend->meta.name, "error", t->errmsg, NULL);
-        if (r->provider->cleanup != NULL && r->provider_state != NULL)
-            r->provider->cleanup(r);
-        r->provider_state = NULL;
-        dp_sse_cleanup(&r->sse);
-        dp_sse_init(&r->sse, DP_MAX_SSE_EVENT);
-        r->saw_done = false;
+        forget_attempt(r);
         return PH_RETRY;
     }
     if (r->state == DP_ST_STREAM) {
