@@ -68,6 +68,18 @@ reject "missing backendRefs" 'apiVersion: llm.knoway.dev/v1alpha1
 kind: LLMRoute
 metadata: {name: bad4}
 spec: {match: {models: [m]}}' 'missing required field "backendRefs"'
+reject "unknown strategy" 'apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: bad5}
+spec: {match: {models: [m]}, backendRefs: [{name: b}], loadBalancer: {strategy: Fastest}}' 'spec.loadBalancer.strategy: Unsupported value: "Fastest"'
+reject "unknown retryOn" 'apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: bad6}
+spec: {match: {models: [m]}, backendRefs: [{name: b}], retry: {retryOn: [4xx]}}' 'Unsupported value: "4xx"'
+reject "breaker out of range" 'apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: bad7}
+spec: {provider: vLLM, upstream: {baseURL: "http://x"}, circuitBreaker: {maxEjectionPercent: 101}}' 'maxEjectionPercent: Invalid value: 101'
 
 # what the API returns is what the controller will read: it must pass the parser
 k get llmb,llmr,secret -A -o json >"$dir/objects.json"
