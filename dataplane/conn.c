@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include "conn.h"
+#include "respond.h"
 #include "knoway/kw.h"
 #include "server.h"
 
@@ -27,21 +28,7 @@ static void on_read_timeout(struct dp_timer *t)
     if (r != NULL && r->state == DP_ST_BODY) {
         /* nothing was sent on this connection for this request yet: answer it ourselves
          * (libmicrohttpd cannot send a response before the body is complete) */
-        static const char body[] =
-            "{\"error\":{\"message\":\"the request was not received within limits.readTimeout\","
-            "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"request_timeout\"}}";
-        char resp[512];
-        int len = snprintf(resp, sizeof(resp),
-                           "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
-                           "Content-Type: application/json\r\nx-request-id: %s\r\n"
-                           "Content-Length: %zu\r\n\r\n%s",
-                           r->id, sizeof(body) - 1, body);
-        ssize_t n = send(ci->connect_fd, resp, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
-        (void)n;
-        r->status = 408;
-        dp_error_set(r, 408, "invalid_request_error", "request_timeout", NULL,
-                     "the request was not received within %lld ms",
-                     (long long)c->w->server->dp->limits.read_timeout_ms);
+        dp_respond_read_timeout(r, ci->connect_fd, c->w->server->dp->limits.read_timeout_ms);
     }
     /* libmicrohttpd sees the connection end at its next pass and closes it */
     shutdown(ci->connect_fd, SHUT_RDWR);

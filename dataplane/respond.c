@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "knoway/json.h"
 #include "knoway/kw.h"
@@ -145,6 +146,24 @@ int dp_respond_buffer(struct dp_request *r, unsigned status, const char *ctype, 
         MHD_add_response_header(resp, "Retry-After", retry_after);
     set_pending(r, resp, status);
     return KW_OK;
+}
+
+void dp_respond_read_timeout(struct dp_request *r, int fd, int64_t timeout_ms)
+{
+    static const char body[] =
+        "{\"error\":{\"message\":\"the request was not received within limits.readTimeout\","
+        "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"request_timeout\"}}";
+    char resp[512];
+    int len = snprintf(resp, sizeof(resp),
+                       "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                       "Content-Type: application/json\r\nx-request-id: %s\r\n"
+                       "Content-Length: %zu\r\n\r\n%s",
+                       r->id, sizeof(body) - 1, body);
+    ssize_t n = send(fd, resp, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)n;
+    r->status = 408;
+    dp_error_set(r, 408, "invalid_request_error", "request_timeout", NULL,
+                 "the request was not received within %lld ms", (long long)timeout_ms);
 }
 
 enum MHD_Result dp_respond_queue(struct dp_request *r)

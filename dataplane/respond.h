@@ -28,6 +28,11 @@ int dp_respond_fail(struct dp_request *r, unsigned status, const char *type, con
 /* A complete answer (copied). retry_after may be NULL. KW_OK or KW_ERROR (memory). */
 int dp_respond_buffer(struct dp_request *r, unsigned status, const char *ctype, const char *data,
                       size_t len, const char *retry_after);
+/* A request whose body did not arrive within limits.readTimeout: a 408 written straight to
+ * the client's socket fd (libmicrohttpd cannot answer before the body is complete); the
+ * connection is then closed by the caller. */
+void dp_respond_read_timeout(struct dp_request *r, int fd, int64_t timeout_ms);
+
 /* Queue the prepared response (access handler). */
 enum MHD_Result dp_respond_queue(struct dp_request *r);
 

@@ -300,12 +300,18 @@ static int write_labels(struct kw_buf *b, const struct kw_series *s, const char 
     return rc | kw_buf_puts(b, "}");
 }
 
+/* The shortest text that reads back as v ("0.1", not "0.10000000000000001"). */
 static void fmt_double(char *dst, size_t cap, double v)
 {
-    if (isinf(v))
+    if (isinf(v)) {
         snprintf(dst, cap, v > 0 ? "+Inf" : "-Inf");
-    else
-        snprintf(dst, cap, "%.17g", v);
+        return;
+    }
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(dst, cap, "%.*g", prec, v);
+        if (strtod(dst, NULL) == v)
+            return;
+    }
 }
 
 static int write_family(struct kw_metric *f, struct kw_buf *b)
