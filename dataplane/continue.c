@@ -58,20 +58,6 @@ bool dp_cont_active(const struct dp_request *r)
     return r->cont != NULL && r->cont->continuing;
 }
 
-/* m[key] = v, replacing a member of that name. */
-static int set_member(struct kw_arena *a, struct kw_node *m, const char *key, struct kw_node *v)
-{
-    if (v == NULL)
-        return KW_ERROR;
-    size_t klen = strlen(key);
-    for (size_t i = 0; i < m->n; i++)
-        if (m->pairs[i].key->len == klen && memcmp(m->pairs[i].key->str, key, klen) == 0) {
-            m->pairs[i].val = v;
-            return KW_OK;
-        }
-    return kw_node_map_put(a, m, key, v);
-}
-
 static const char *str_of(const struct kw_node *n)
 {
     return n != NULL && n->type == KW_NODE_STRING ? n->str : NULL;
@@ -113,22 +99,23 @@ static bool splice(struct dp_request *r, struct dp_cont *c, struct kw_node *root
             c->skip_ws = 0;
             if (k == content->len)
                 return false;
-            set_member(a, delta, "content", kw_node_string(a, content->str + k, content->len - k));
+            kw_node_map_set(a, delta, "content",
+                            kw_node_string(a, content->str + k, content->len - k));
         }
     }
     if (c->ident) {
-        set_member(a, root, "id", kw_node_cstring(a, c->id));
-        set_member(a, root, "model", kw_node_cstring(a, c->model));
-        set_member(a, root, "created", kw_node_int(a, c->created));
+        kw_node_map_set(a, root, "id", kw_node_cstring(a, c->id));
+        kw_node_map_set(a, root, "model", kw_node_cstring(a, c->model));
+        kw_node_map_set(a, root, "created", kw_node_int(a, c->created));
     }
     if (usage != NULL && usage->type == KW_NODE_MAP && !c->usage_done) {
         struct kw_node *u = (struct kw_node *)usage;
         const struct kw_node *ct = kw_node_get(u, "completion_tokens");
         const struct kw_node *tt = kw_node_get(u, "total_tokens");
         if (ct != NULL && ct->type == KW_NODE_INT)
-            set_member(a, u, "completion_tokens", kw_node_int(a, ct->i + c->tokens));
+            kw_node_map_set(a, u, "completion_tokens", kw_node_int(a, ct->i + c->tokens));
         if (tt != NULL && tt->type == KW_NODE_INT)
-            set_member(a, u, "total_tokens", kw_node_int(a, tt->i + c->tokens));
+            kw_node_map_set(a, u, "total_tokens", kw_node_int(a, tt->i + c->tokens));
     }
     return true;
 }
@@ -229,13 +216,10 @@ static struct kw_node *with_prefill(struct dp_request *r, struct dp_cont *c)
     const struct kw_node *msgs = kw_node_get(orig, "messages");
     if (msgs == NULL || msgs->type != KW_NODE_SEQ)
         return NULL;
-    struct kw_node *j = kw_node_new(a, KW_NODE_MAP);
+    struct kw_node *j = kw_node_map_copy(a, orig);
     struct kw_node *seq = kw_node_new(a, KW_NODE_SEQ);
     if (j == NULL || seq == NULL)
         return NULL;
-    for (size_t i = 0; i < orig->n; i++)
-        if (kw_node_map_add(a, j, orig->pairs[i].key, orig->pairs[i].val) != KW_OK)
-            return NULL;
     size_t n = msgs->n;
     const struct kw_node *last = n > 0 ? msgs->items[n - 1] : NULL;
     const char *role = str_of(kw_node_get(last, "role"));
@@ -256,7 +240,7 @@ static struct kw_node *with_prefill(struct dp_request *r, struct dp_cont *c)
         m != NULL && kw_node_map_put(a, m, "role", kw_node_cstring(a, "assistant")) == KW_OK &&
         kw_node_map_put(a, m, "content",
                         kw_node_string(a, text.data != NULL ? text.data : "", text.len)) == KW_OK &&
-        kw_node_seq_push(a, seq, m) == KW_OK && set_member(a, j, "messages", seq) == KW_OK;
+        kw_node_seq_push(a, seq, m) == KW_OK && kw_node_map_set(a, j, "messages", seq) == KW_OK;
     kw_buf_cleanup(&text);
     return ok ? j : NULL;
 }
@@ -271,10 +255,7 @@ bool dp_cont_prepare(struct dp_request *r)
     const struct kw_node *n = kw_node_get(c->orig != NULL ? c->orig : r->json, "n");
     if (n != NULL && n->type == KW_NODE_INT && n->i > 1)
         return false;
-    unsigned max = rt->retry.attempts > 0 ? rt->retry.attempts : (unsigned)rt->nrefs;
-    if (max > DP_MAX_ATTEMPTS)
-        max = DP_MAX_ATTEMPTS;
-    if (r->attempts >= max)
+    if (r->attempts >= dp_route_attempts(rt))
         return false;
     bool any = false;
     for (size_t i = 0; i < rt->nrefs; i++) {
@@ -309,8 +290,10 @@ int dp_cont_bind(struct dp_request *r)
     if (r->backend->provider == KW_PROVIDER_VLLM) {
         /* vLLM's chat template continues the final assistant message instead of opening a
          * new turn */
-        if (set_member(a, r->up_json, "continue_final_message", kw_node_bool(a, true)) != KW_OK ||
-            set_member(a, r->up_json, "add_generation_prompt", kw_node_bool(a, false)) != KW_OK)
+        if (kw_node_map_set(a, r->up_json, "continue_final_message", kw_node_bool(a, true)) !=
+                KW_OK ||
+            kw_node_map_set(a, r->up_json, "add_generation_prompt", kw_node_bool(a, false)) !=
+                KW_OK)
             return KW_ERROR;
         c->skip_ws = 0;
         return KW_OK;
@@ -329,13 +312,9 @@ int dp_cont_bind(struct dp_request *r)
     c->skip_ws = content->len - len;
     if (c->skip_ws == 0)
         return KW_OK;
-    struct kw_node *m = kw_node_new(a, KW_NODE_MAP);
-    if (m == NULL)
-        return KW_ERROR;
-    for (size_t i = 0; i < last->n; i++)
-        if (kw_node_map_add(a, m, last->pairs[i].key, last->pairs[i].val) != KW_OK)
-            return KW_ERROR;
-    if (set_member(a, m, "content", kw_node_string(a, content->str, len)) != KW_OK)
+    struct kw_node *m = kw_node_map_copy(a, last);
+    if (m == NULL ||
+        kw_node_map_set(a, m, "content", kw_node_string(a, content->str, len)) != KW_OK)
         return KW_ERROR;
     ((struct kw_node *)msgs)->items[msgs->n - 1] = m; /* with_prefill's list: ours */
     return KW_OK;

@@ -645,10 +645,7 @@ static bool retry_decide(struct dp_request *r, unsigned cls, int64_t *backoff_ms
      * backend is left, whatever retryOn says (retryOn: [429] also retries the same one) */
     if (!(cls & on) && !(cls == KW_RETRY_429 && other))
         return false;
-    unsigned max = rt->retry.attempts > 0 ? rt->retry.attempts : (unsigned)rt->nrefs;
-    if (max > DP_MAX_ATTEMPTS)
-        max = DP_MAX_ATTEMPTS;
-    if (r->attempts >= max)
+    if (r->attempts >= dp_route_attempts(rt))
         return false;
     if (!other && rt->retry.attempts == 0)
         return false; /* without a retry policy each backend is tried once */

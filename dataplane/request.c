@@ -116,29 +116,6 @@ static enum dp_api api_of(const char *url, const char *method, unsigned *status,
     return DP_API_NONE;
 }
 
-/* A shallow copy of map m whose pairs may be replaced without touching m. */
-static struct kw_node *map_copy(struct kw_arena *a, const struct kw_node *m)
-{
-    struct kw_node *c = kw_node_new(a, KW_NODE_MAP);
-    if (c == NULL)
-        return NULL;
-    for (size_t i = 0; i < m->n; i++)
-        if (kw_node_map_add(a, c, m->pairs[i].key, m->pairs[i].val) != KW_OK)
-            return NULL;
-    return c;
-}
-
-static int map_set(struct kw_arena *a, struct kw_node *m, const char *key, struct kw_node *v)
-{
-    size_t klen = strlen(key);
-    for (size_t i = 0; i < m->n; i++)
-        if (m->pairs[i].key->len == klen && memcmp(m->pairs[i].key->str, key, klen) == 0) {
-            m->pairs[i].val = v;
-            return v != NULL ? KW_OK : KW_ERROR;
-        }
-    return kw_node_map_put(a, m, key, v);
-}
-
 static void map_del(struct kw_node *m, const char *key)
 {
     size_t klen = strlen(key);
@@ -155,8 +132,8 @@ static void map_del(struct kw_node *m, const char *key)
 static struct kw_node *rewrite(struct dp_request *r)
 {
     struct kw_arena *a = r->arena;
-    struct kw_node *j = map_copy(a, r->json);
-    if (j == NULL || map_set(a, j, "model", kw_node_cstring(a, r->upstream_model)) != KW_OK)
+    struct kw_node *j = kw_node_map_copy(a, r->json);
+    if (j == NULL || kw_node_map_set(a, j, "model", kw_node_cstring(a, r->upstream_model)) != KW_OK)
         return NULL;
     const struct kw_params *p = &r->backend->params;
     for (size_t i = 0; p->defaults != NULL && i < p->defaults->n; i++)
@@ -164,16 +141,18 @@ static struct kw_node *rewrite(struct dp_request *r)
             kw_node_map_add(a, j, p->defaults->pairs[i].key, p->defaults->pairs[i].val) != KW_OK)
             return NULL;
     for (size_t i = 0; p->overrides != NULL && i < p->overrides->n; i++)
-        if (map_set(a, j, p->overrides->pairs[i].key->str, p->overrides->pairs[i].val) != KW_OK)
+        if (kw_node_map_set(a, j, p->overrides->pairs[i].key->str, p->overrides->pairs[i].val) !=
+            KW_OK)
             return NULL;
     for (size_t i = 0; i < p->nremove; i++)
         map_del(j, p->remove[i]);
     if (r->stream && !r->client_usage) {
         const struct kw_node *so = kw_node_get(j, "stream_options");
-        struct kw_node *nso =
-            so != NULL && so->type == KW_NODE_MAP ? map_copy(a, so) : kw_node_new(a, KW_NODE_MAP);
-        if (nso == NULL || map_set(a, nso, "include_usage", kw_node_bool(a, true)) != KW_OK ||
-            map_set(a, j, "stream_options", nso) != KW_OK)
+        struct kw_node *nso = so != NULL && so->type == KW_NODE_MAP ? kw_node_map_copy(a, so)
+                                                                    : kw_node_new(a, KW_NODE_MAP);
+        if (nso == NULL ||
+            kw_node_map_set(a, nso, "include_usage", kw_node_bool(a, true)) != KW_OK ||
+            kw_node_map_set(a, j, "stream_options", nso) != KW_OK)
             return NULL;
     }
     return j;

@@ -3,6 +3,7 @@
 
 #include "knoway/json.h"
 #include "knoway/kw.h"
+#include "dp_limits.h"
 #include "router.h"
 
 static int specificity_cmp(const void *x, const void *y)
@@ -134,4 +135,10 @@ const struct kw_route *dp_table_route(const struct dp_table *t, const char *mode
 {
     const struct dp_match *m = dp_table_match(t, model, path, header, ud);
     return m != NULL ? m->route : NULL;
+}
+
+unsigned dp_route_attempts(const struct kw_route *r)
+{
+    unsigned max = r->retry.attempts > 0 ? r->retry.attempts : (unsigned)r->nrefs;
+    return max < DP_MAX_ATTEMPTS ? max : DP_MAX_ATTEMPTS;
 }

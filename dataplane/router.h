@@ -39,6 +39,10 @@ typedef const char *(*dp_header_fn)(void *ud, const char *name);
 const struct kw_route *dp_table_route(const struct dp_table *t, const char *model, const char *path,
                                       dp_header_fn header, void *ud);
 
+/* How many upstream attempts a request on r may make in all: retry.attempts, or one per
+ * backendRef, at most DP_MAX_ATTEMPTS. */
+unsigned dp_route_attempts(const struct kw_route *r);
+
 /* The same, with the model condition that matched (why: /debug/routes). */
 const struct dp_match *dp_table_match(const struct dp_table *t, const char *model, const char *path,
                                       dp_header_fn header, void *ud);

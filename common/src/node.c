@@ -118,6 +118,30 @@ int kw_node_map_put(struct kw_arena *a, struct kw_node *m, const char *key, stru
     return kw_node_map_add(a, m, kw_node_cstring(a, key), v);
 }
 
+int kw_node_map_set(struct kw_arena *a, struct kw_node *m, const char *key, struct kw_node *v)
+{
+    if (v == NULL)
+        return KW_ERROR;
+    size_t klen = strlen(key);
+    for (size_t i = 0; i < m->n; i++)
+        if (m->pairs[i].key->len == klen && memcmp(m->pairs[i].key->str, key, klen) == 0) {
+            m->pairs[i].val = v;
+            return KW_OK;
+        }
+    return kw_node_map_put(a, m, key, v);
+}
+
+struct kw_node *kw_node_map_copy(struct kw_arena *a, const struct kw_node *m)
+{
+    struct kw_node *c = kw_node_new(a, KW_NODE_MAP);
+    if (c == NULL)
+        return NULL;
+    for (size_t i = 0; i < m->n; i++)
+        if (kw_node_map_add(a, c, m->pairs[i].key, m->pairs[i].val) != KW_OK)
+            return NULL;
+    return c;
+}
+
 int kw_node_map_add(struct kw_arena *a, struct kw_node *m, struct kw_node *k, struct kw_node *v)
 {
     if (k == NULL || v == NULL)

@@ -646,6 +646,17 @@ static void usage_event(struct conn *c)
     out_chunk(&c->out, ev, (size_t)n);
 }
 
+/* The chunked body's end: the stream is over. Returns what flush_out does. */
+static int end_body(struct worker *w, struct conn *c)
+{
+    out_put(&c->out, "0\r\n\r\n", 5);
+    c->streaming = false;
+    log_update(c->rec_id, 200, true, false);
+    if (!c->keepalive)
+        c->closing = true;
+    return flush_out(w, c);
+}
+
 /* Called when a stream timer fires: emit the next piece. Returns -1 to close. */
 static int stream_step(struct worker *w, struct conn *c)
 {
@@ -684,12 +695,7 @@ static int stream_step(struct worker *w, struct conn *c)
                                  "processing your request.\",\"type\":\"server_error\","
                                  "\"param\":null,\"code\":null}}\n\n";
         out_chunk(&c->out, ev, sizeof(ev) - 1);
-        out_put(&c->out, "0\r\n\r\n", 5);
-        c->streaming = false;
-        log_update(c->rec_id, 200, true, false);
-        if (!c->keepalive)
-            c->closing = true;
-        return flush_out(w, c);
+        return end_body(w, c);
     }
     if (faulty && strcmp(c->fault, "malformed") == 0) {
         static const char bad[] = "data: {\"id\":\"chatcmpl-mock\",\"choices\":[{\"delta\":\n\n";
@@ -711,12 +717,7 @@ static int stream_step(struct worker *w, struct conn *c)
     static const char done[] = "data: [DONE]\n\n";
     if (c->kind != K_ANTHROPIC) /* Anthropic streams end with message_stop */
         out_chunk(&c->out, done, sizeof(done) - 1);
-    out_put(&c->out, "0\r\n\r\n", 5);
-    c->streaming = false;
-    log_update(c->rec_id, 200, true, false);
-    if (!c->keepalive)
-        c->closing = true;
-    return flush_out(w, c);
+    return end_body(w, c);
 }
 
 static void reply_completion_body(struct conn *c)

@@ -58,6 +58,11 @@ int kw_node_map_put(struct kw_arena *a, struct kw_node *m, const char *key, stru
 /* Append a pair whose key node is given (parsers keep the key's position). */
 int kw_node_map_add(struct kw_arena *a, struct kw_node *m, struct kw_node *k, struct kw_node *v);
 int kw_node_seq_push(struct kw_arena *a, struct kw_node *s, struct kw_node *v);
+/* m[key] = v: replaces the pair of that key, or appends one. KW_OK or KW_ERROR (v NULL,
+ * out of memory). */
+int kw_node_map_set(struct kw_arena *a, struct kw_node *m, const char *key, struct kw_node *v);
+/* A shallow copy of map m whose pairs may be replaced without touching m. NULL on OOM. */
+struct kw_node *kw_node_map_copy(struct kw_arena *a, const struct kw_node *m);
 
 /* Deep copy into another arena (positions kept). NULL on out-of-memory. */
 struct kw_node *kw_node_clone(struct kw_arena *a, const struct kw_node *n);
