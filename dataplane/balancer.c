@@ -20,7 +20,7 @@
 
 #define LB_TAU_MS          10000.0
 #define LB_MAX_EJECTION_MS (10 * 60 * 1000)
-#define LB_MIN_RETRIES     3 /* per budget window, always allowed */
+#define LB_MIN_RETRIES     10 /* per budget window (10 s), always allowed: one a second */
 
 #define LB_CACHE 256 /* direct-mapped: backend pointer -> state, for this table generation */
 
@@ -400,7 +400,7 @@ const struct kw_backend_ref *dp_lb_pick(struct dp_lb *lb, const struct kw_route 
 }
 
 int dp_lb_pick_endpoint(struct dp_lb *lb, struct dp_backend_state *bs, const struct kw_backend *b,
-                        enum kw_lb_strategy s, int64_t now)
+                        enum kw_lb_strategy s, uint64_t exclude, int64_t now)
 {
     const struct kw_upstream *u = &b->upstream;
     if (u->base_url != NULL || u->nendpoints == 0 || bs->neps != u->nendpoints)
@@ -412,10 +412,15 @@ int dp_lb_pick_endpoint(struct dp_lb *lb, struct dp_backend_state *bs, const str
     if (c == NULL)
         return 0;
     int chosen = 0;
-    for (int healthy_only = 1; healthy_only >= 0; healthy_only--) {
+    for (int pass = 0; pass < 3; pass++) {
+        /* healthy ones not excluded, then any not excluded, then any */
+        bool healthy_only = pass == 0;
+        uint64_t skip = pass < 2 ? exclude : 0;
         size_t n = 0;
         for (size_t i = 0; i < u->nendpoints; i++) {
             if (u->endpoints[i].weight == 0 && u->nendpoints > 1)
+                continue;
+            if (i < 64 && (skip >> i) & 1)
                 continue;
             if (healthy_only && !dp_lb_target_healthy(&bs->eps[i].t, NULL, 0, now))
                 continue;

@@ -86,10 +86,11 @@ struct dp_backend_state *dp_lb_backend(struct dp_lb *lb, const struct kw_backend
 const struct kw_backend_ref *dp_lb_pick(struct dp_lb *lb, const struct kw_route *route,
                                         enum kw_lb_strategy s, const bool *tried,
                                         int64_t est_tokens, int64_t now);
-/* Pick an endpoint of b (its state bs): an index into b->upstream.endpoints, or -1 when b
- * has a baseURL (or none). */
+/* Pick an endpoint of b (its state bs) other than those in exclude (bit i: endpoint i,
+ * the first 64): an index into b->upstream.endpoints, or -1 when b has a baseURL (or
+ * none). When every endpoint is excluded the exclusion is ignored. */
 int dp_lb_pick_endpoint(struct dp_lb *lb, struct dp_backend_state *bs, const struct kw_backend *b,
-                        enum kw_lb_strategy s, int64_t now);
+                        enum kw_lb_strategy s, uint64_t exclude, int64_t now);
 
 /* An attempt starts on bs (endpoint ep, -1 for none), and ends. */
 void dp_lb_attempt_start(struct dp_backend_state *bs, int ep, int64_t now);
@@ -102,8 +103,8 @@ void dp_lb_header(struct dp_backend_state *bs, int ep, const char *name, size_t 
                   const char *value, size_t vlen, int64_t now);
 
 /* The retry budget, per backend: of the attempts it received over the last 10 to 20 s, at
- * most percent may be retries (a floor of 3 retries always fits), so a failing upstream
- * cannot multiply the load on the others. Whether one more retry fits; count one. */
+ * most percent may be retries (a floor of 10 retries a window always fits), so a failing
+ * upstream cannot multiply the load on the others. Whether one more retry fits; count one. */
 bool dp_lb_retry_budget_ok(struct dp_backend_state *bs, uint32_t percent, int64_t now);
 void dp_lb_retry_taken(struct dp_backend_state *bs);
 

@@ -160,7 +160,7 @@ static void answer(struct dp_worker *w, const struct dp_debug_query *q, struct k
             int64_t *eps = calloc(bs->neps, sizeof(*eps));
             for (size_t j = 0; eps != NULL && j < bs->neps; j++)
                 eps[j] = bs->eps[j].t.rr_current;
-            int e = dp_lb_pick_endpoint(w->lb, bs, pick->backend, strategy, now);
+            int e = dp_lb_pick_endpoint(w->lb, bs, pick->backend, strategy, 0, now);
             for (size_t j = 0; eps != NULL && j < bs->neps; j++)
                 bs->eps[j].t.rr_current = eps[j];
             free(eps);

@@ -221,9 +221,16 @@ static int ph_route(struct dp_request *r)
         return dp_error_set(r, 500, "server_error", NULL, NULL, "out of memory");
     const struct kw_upstream *u = &r->backend->upstream;
     struct dp_backend_state *bs = dp_lb_backend(r->w->lb, r->backend);
-    r->endpoint = bs != NULL ? dp_lb_pick_endpoint(r->w->lb, bs, r->backend, r->strategy, now)
+    if (r->ep_backend != r->backend) {
+        r->ep_backend = r->backend;
+        r->ep_tried = 0;
+    }
+    r->endpoint = bs != NULL
+                      ? dp_lb_pick_endpoint(r->w->lb, bs, r->backend, r->strategy, r->ep_tried, now)
                   : u->base_url == NULL && u->nendpoints > 0 ? 0
                                                              : -1;
+    if (r->endpoint >= 0 && r->endpoint < 64)
+        r->ep_tried |= 1ull << r->endpoint;
     r->base_url = r->endpoint >= 0 ? u->endpoints[r->endpoint].url : u->base_url;
     size_t n = r->base_url != NULL ? strlen(r->base_url) : 0;
     while (n > 0 && r->base_url[n - 1] == '/')
@@ -641,6 +648,15 @@ static bool retry_decide(struct dp_request *r, unsigned cls, int64_t *backoff_ms
     bool other = false;
     for (size_t i = 0; i < rt->nrefs && !other; i++)
         other = !r->tried[i] && rt->refs[i].weight > 0 && rt->refs[i].backend != NULL;
+    /* another endpoint of the same backend counts as another target */
+    const struct kw_upstream *u = &r->backend->upstream;
+    bool other_ep = false;
+    for (size_t i = 0; u->base_url == NULL && i < u->nendpoints && i < 64 && !other_ep; i++)
+        other_ep = !((r->ep_tried >> i) & 1) && (u->endpoints[i].weight > 0 || u->nendpoints == 1);
+    if (!other && other_ep) {
+        r->tried[r->ref - rt->refs] = false; /* the same backend, another endpoint, at once */
+        other = true;
+    }
     /* a 429 puts its backend in cooldown: the request fails over at once when another
      * backend is left, whatever retryOn says (retryOn: [429] also retries the same one) */
     if (!(cls & on) && !(cls == KW_RETRY_429 && other))

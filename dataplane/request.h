@@ -120,6 +120,8 @@ struct dp_request {
     int64_t retry_after_ms;        /* the attempt's Retry-After / retry-after-ms, -1 none */
     struct curl_slist *up_headers; /* built by the transform phase for the transfer */
     struct dp_cont *cont;          /* mid-stream continuation state (continue.c), or NULL */
+    const struct kw_backend *ep_backend; /* the backend whose endpoints ep_tried marks */
+    uint64_t ep_tried;                   /* its endpoints this request tried (the first 64) */
 
     /* upstream */
     struct dp_transfer up;

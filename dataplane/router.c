@@ -139,6 +139,14 @@ const struct kw_route *dp_table_route(const struct dp_table *t, const char *mode
 
 unsigned dp_route_attempts(const struct kw_route *r)
 {
-    unsigned max = r->retry.attempts > 0 ? r->retry.attempts : (unsigned)r->nrefs;
-    return max < DP_MAX_ATTEMPTS ? max : DP_MAX_ATTEMPTS;
+    if (r->retry.attempts > 0)
+        return r->retry.attempts < DP_MAX_ATTEMPTS ? r->retry.attempts : DP_MAX_ATTEMPTS;
+    size_t targets = 0; /* each backend, or each of its endpoints, once */
+    for (size_t i = 0; i < r->nrefs; i++) {
+        const struct kw_backend *b = r->refs[i].backend;
+        targets += b != NULL && b->upstream.base_url == NULL && b->upstream.nendpoints > 1
+                       ? b->upstream.nendpoints
+                       : 1;
+    }
+    return targets < DP_MAX_ATTEMPTS ? (unsigned)targets : DP_MAX_ATTEMPTS;
 }

@@ -40,7 +40,7 @@ const struct kw_route *dp_table_route(const struct dp_table *t, const char *mode
                                       dp_header_fn header, void *ud);
 
 /* How many upstream attempts a request on r may make in all: retry.attempts, or one per
- * backendRef, at most DP_MAX_ATTEMPTS. */
+ * backendRef (per endpoint of a backend with several), at most DP_MAX_ATTEMPTS. */
 unsigned dp_route_attempts(const struct kw_route *r);
 
 /* The same, with the model condition that matched (why: /debug/routes). */

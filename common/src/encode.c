@@ -139,7 +139,9 @@ struct kw_node *kw_encode_backend_spec(struct kw_arena *a, const struct kw_backe
         put(&e, spec, "credentials", cr);
     }
 
-    if (b->circuit_breaker.consecutive_failures > 0) {
+    if (b->circuit_breaker.consecutive_failures != KW_DEFAULT_CONSECUTIVE_FAILURES ||
+        b->circuit_breaker.ejection_time_ms != KW_DEFAULT_EJECTION_TIME_MS ||
+        b->circuit_breaker.max_ejection_percent != KW_DEFAULT_MAX_EJECTION_PERCENT) {
         struct kw_node *cb = map(&e);
         put_int(&e, cb, "consecutiveFailures", b->circuit_breaker.consecutive_failures);
         put_duration(&e, cb, "ejectionTime", b->circuit_breaker.ejection_time_ms);

@@ -939,14 +939,15 @@ static void decode_backend_traffic(struct kw_dec *d, const struct kw_node *spec,
                                             "maxEjectionPercent", NULL};
     static const char *const lim_fields[] = {"requestsPerMinute", "tokensPerMinute",
                                              "maxConcurrentRequests", NULL};
+    /* on by default: a dead backend or endpoint is left out after a few failures */
+    b->circuit_breaker.consecutive_failures = KW_DEFAULT_CONSECUTIVE_FAILURES;
     b->circuit_breaker.ejection_time_ms = KW_DEFAULT_EJECTION_TIME_MS;
     b->circuit_breaker.max_ejection_percent = KW_DEFAULT_MAX_EJECTION_PERCENT;
     size_t mark;
     const struct kw_node *m = get_map(d, spec, "circuitBreaker", false, &mark);
     if (m != NULL) {
         check_fields(d, m, cb_fields, NULL);
-        b->circuit_breaker.consecutive_failures = 5;
-        get_u32(d, m, "consecutiveFailures", 1, 1000, &b->circuit_breaker.consecutive_failures);
+        get_u32(d, m, "consecutiveFailures", 0, 1000, &b->circuit_breaker.consecutive_failures);
         get_duration(d, m, "ejectionTime", 100, 3600000, &b->circuit_breaker.ejection_time_ms);
         get_u32(d, m, "maxEjectionPercent", 1, 100, &b->circuit_breaker.max_ejection_percent);
     }

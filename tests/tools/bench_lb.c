@@ -49,7 +49,7 @@ int main(int argc, char **argv)
         for (long i = 0; i < rounds; i++) {
             const struct kw_backend_ref *r = dp_lb_pick(lb, &route, s, tried, 100, t);
             struct dp_backend_state *bs = dp_lb_backend(lb, r->backend);
-            int ep = dp_lb_pick_endpoint(lb, bs, r->backend, s, t);
+            int ep = dp_lb_pick_endpoint(lb, bs, r->backend, s, 0, t);
             dp_lb_attempt_start(bs, ep, t);
             dp_lb_attempt_end(bs, ep, r->backend, DP_LB_SUCCESS, 5 + (i & 7), -1, t);
             t += (i & 15) == 0;

@@ -128,7 +128,7 @@ struct kw_backend {
     struct kw_credentials credentials;
     struct kw_params params;
     struct {
-        uint32_t consecutive_failures; /* 0 = no circuit breaker */
+        uint32_t consecutive_failures; /* default 5; 0 = no circuit breaker */
         int64_t ejection_time_ms;      /* default 30s; doubles with each ejection in a row */
         uint32_t max_ejection_percent; /* of the backend's endpoints; default 50 */
     } circuit_breaker;
@@ -248,6 +248,7 @@ struct kw_dataplane {
 #define KW_DEFAULT_BACKOFF_BASE_MS        25
 #define KW_DEFAULT_BACKOFF_MAX_MS         250
 #define KW_DEFAULT_RETRY_BUDGET_PERCENT   20
+#define KW_DEFAULT_CONSECUTIVE_FAILURES   5
 #define KW_DEFAULT_EJECTION_TIME_MS       30000
 #define KW_DEFAULT_MAX_EJECTION_PERCENT   50
 #define KW_MAX_RETRY_ATTEMPTS             16

@@ -400,7 +400,8 @@ static void test_traffic(void **state)
     assert_int_equal(r->load_balancer.strategy, KW_LB_WEIGHTED_RANDOM);
     assert_int_equal(r->retry.attempts, 0);
     assert_int_equal(r->retry.retry_on, KW_RETRY_CONNECT_FAILURE | KW_RETRY_RESET | KW_RETRY_5XX);
-    assert_int_equal(cfg->backends[0]->circuit_breaker.consecutive_failures, 0);
+    assert_int_equal(cfg->backends[0]->circuit_breaker.consecutive_failures, 5); /* on */
+    assert_int_equal(cfg->backends[0]->circuit_breaker.ejection_time_ms, 30000);
     kw_config_free(cfg);
 
     kwt_assert_errors(BACKEND_B "---\n" HDR_R "  match: {models: [m]}\n  backendRefs: [{name: b}]\n"
@@ -415,11 +416,12 @@ static void test_traffic(void **state)
         "connect-failure, reset, timeout, 5xx, 429\n"
         "t.yaml:18:50: LLMRoute/default/r: spec.retry.backoff: max must not be below "
         "base\n");
-    kwt_assert_errors(HDR_B "  provider: vLLM\n  upstream: {baseURL: http://x}\n"
-                            "  circuitBreaker: {consecutiveFailures: 0, maxEjectionPercent: 101}\n",
+    kwt_assert_errors(HDR_B
+                      "  provider: vLLM\n  upstream: {baseURL: http://x}\n"
+                      "  circuitBreaker: {consecutiveFailures: -1, maxEjectionPercent: 101}\n",
                       "t.yaml:8:41: LLMBackend/default/b: spec.circuitBreaker.consecutiveFailures: "
-                      "must be 1..1000, got 0\n"
-                      "t.yaml:8:64: LLMBackend/default/b: spec.circuitBreaker.maxEjectionPercent: "
+                      "must be 0..1000, got -1\n"
+                      "t.yaml:8:65: LLMBackend/default/b: spec.circuitBreaker.maxEjectionPercent: "
                       "must be 1..100, got 101\n");
 }
 

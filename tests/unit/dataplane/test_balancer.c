@@ -246,21 +246,22 @@ static void test_retry_budget(void **st)
     (void)st;
     struct fixture *f = fixture((uint32_t[]){1}, NULL, 1);
     struct dp_backend_state *a = state(f, 0);
-    /* the floor: 3 retries fit whatever the attempts */
-    for (int i = 0; i < 3; i++) {
+    /* the floor: 10 retries a window fit whatever the attempts */
+    for (int i = 0; i < 10; i++) {
         assert_true(dp_lb_retry_budget_ok(a, 20, 0));
         dp_lb_attempt_start(a, -1, 0);
         dp_lb_retry_taken(a);
     }
     assert_false(dp_lb_retry_budget_ok(a, 20, 0));
-    for (int i = 0; i < 17; i++)
-        dp_lb_attempt_start(a, -1, 0);            /* 20 attempts, 3 of them retries */
-    assert_true(dp_lb_retry_budget_ok(a, 20, 0)); /* 4 of 21 */
+    for (int i = 0; i < 44; i++)
+        dp_lb_attempt_start(a, -1, 0);            /* 54 attempts, 10 of them retries */
+    assert_true(dp_lb_retry_budget_ok(a, 20, 0)); /* 11 of 55: 20 % */
     dp_lb_attempt_start(a, -1, 0);
     dp_lb_retry_taken(a);
-    assert_false(dp_lb_retry_budget_ok(a, 20, 0)); /* 5 of 22 > 20 % */
-    /* windows of 10 s: after two, nothing is remembered */
-    assert_true(dp_lb_retry_budget_ok(a, 20, 20001));
+    assert_false(dp_lb_retry_budget_ok(a, 20, 0)); /* 12 of 56 > 20 % */
+    /* windows of 10 s: the last two count, then nothing is remembered */
+    assert_false(dp_lb_retry_budget_ok(a, 20, 10001));
+    assert_true(dp_lb_retry_budget_ok(a, 20, 20002));
     fixture_free(f);
 }
 
@@ -305,7 +306,7 @@ static void test_endpoints(void **st)
     struct dp_backend_state *s = dp_lb_backend(lb, &b);
     int n[3] = {0};
     for (int i = 0; i < 400; i++)
-        n[dp_lb_pick_endpoint(lb, s, &b, KW_LB_ROUND_ROBIN, 0)]++;
+        n[dp_lb_pick_endpoint(lb, s, &b, KW_LB_ROUND_ROBIN, 0, 0)]++;
     assert_int_equal(n[0], 100);
     assert_int_equal(n[2], 200);
     /* e1 fails once: ejected; e2 too would pass 50 %: it stays */
@@ -316,7 +317,7 @@ static void test_endpoints(void **st)
     assert_true(s->eps[0].t.ejected_until > 0);
     assert_int_equal(s->eps[1].t.ejected_until, 0);
     for (int i = 0; i < 100; i++)
-        assert_int_not_equal(dp_lb_pick_endpoint(lb, s, &b, KW_LB_WEIGHTED_RANDOM, 1), 0);
+        assert_int_not_equal(dp_lb_pick_endpoint(lb, s, &b, KW_LB_WEIGHTED_RANDOM, 0, 1), 0);
     /* the backend as a whole is not ejected while endpoints remain */
     assert_true(dp_lb_target_healthy(&s->t, &b, 0, 1));
     /* endpoints keep their state by URL when the list changes */
