@@ -32,6 +32,7 @@ void kw_config_free(struct kw_config *cfg)
     free(cfg->backends);
     free(cfg->routes);
     free(cfg->secrets);
+    free(cfg->consumers);
     kw_diag_cleanup(&cfg->diag);
     kw_arena_free(cfg->arena);
     free(cfg);
@@ -71,6 +72,10 @@ int kw_config_add_node(struct kw_config *cfg, const struct kw_node *doc, const c
     case KW_KIND_SECRET:
         dec.secret->meta.order = cfg->nsecrets;
         rc = append((void ***)&cfg->secrets, &cfg->nsecrets, &cfg->cap_secrets, dec.secret);
+        break;
+    case KW_KIND_LLMCONSUMER:
+        dec.consumer->meta.order = cfg->nconsumers;
+        rc = append((void ***)&cfg->consumers, &cfg->nconsumers, &cfg->cap_consumers, dec.consumer);
         break;
     case KW_KIND_DATAPLANE:
         if (cfg->has_dataplane) {
@@ -395,6 +400,28 @@ int kw_config_check(struct kw_config *cfg)
                      offsetof(struct kw_backend, meta), offsetof(struct kw_backend, valid));
     check_duplicates(cfg, KW_KIND_LLMROUTE, (void **)cfg->routes, cfg->nroutes,
                      offsetof(struct kw_route, meta), offsetof(struct kw_route, valid));
+    check_duplicates(cfg, KW_KIND_LLMCONSUMER, (void **)cfg->consumers, cfg->nconsumers,
+                     offsetof(struct kw_consumer, meta), offsetof(struct kw_consumer, valid));
+
+    /* a consumer's keys: the Secret must exist (and the key, when one is named) */
+    for (size_t i = 0; i < cfg->nconsumers; i++) {
+        struct kw_consumer *c = cfg->consumers[i];
+        for (size_t j = 0; c->meta.name != NULL && j < c->napi_keys; j++) {
+            const struct kw_secret_ref *ref = &c->api_keys[j];
+            const struct kw_secret *sec = kw_config_find_secret(cfg, c->meta.ns, ref->name);
+            char path[64];
+            snprintf(path, sizeof(path), "spec.apiKeys[%zu].secretRef", j);
+            if (sec == NULL) {
+                ref_error(cfg, KW_KIND_LLMCONSUMER, &c->meta, ref->line, ref->col, path,
+                          "Secret \"%s/%s\" not found", c->meta.ns, ref->name);
+                c->valid = false;
+            } else if (ref->key != NULL && kw_secret_get(sec, ref->key) == NULL) {
+                ref_error(cfg, KW_KIND_LLMCONSUMER, &c->meta, ref->line, ref->col, path,
+                          "Secret \"%s/%s\" has no key \"%s\"", c->meta.ns, ref->name, ref->key);
+                c->valid = false;
+            }
+        }
+    }
 
     for (size_t i = 0; i < cfg->nbackends; i++) {
         struct kw_backend *b = cfg->backends[i];

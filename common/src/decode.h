@@ -33,6 +33,7 @@ struct kw_decoded {
     struct kw_route *route;
     struct kw_secret *secret;
     struct kw_dataplane *dataplane;
+    struct kw_consumer *consumer;
     unsigned errors; /* errors reported for this document */
 };
 
@@ -45,6 +46,7 @@ int kw_decode_document(struct kw_arena *a, const struct kw_node *doc, const char
 /* Decode a spec alone into b / r (meta already set). Errors counted in d->errors. */
 void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_backend *b);
 void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_route *r);
+void kw_decode_consumer_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_consumer *c);
 
 /* Encode a spec with every default filled in; NULL on out-of-memory. */
 struct kw_node *kw_encode_backend_spec(struct kw_arena *a, const struct kw_backend *b);

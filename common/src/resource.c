@@ -83,6 +83,8 @@ const char *kw_kind_name(enum kw_kind k)
         return "Secret";
     case KW_KIND_DATAPLANE:
         return "DataPlane";
+    case KW_KIND_LLMCONSUMER:
+        return "LLMConsumer";
     }
     return "?";
 }
@@ -1002,23 +1004,17 @@ void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct
     }
 }
 
-static void decode_match(struct kw_dec *d, const struct kw_node *spec, struct kw_route *r)
+/* A list of model patterns (a name, or a prefix ending in "*"), each once. */
+static void decode_models(struct kw_dec *d, const struct kw_node *m, const char *key, bool required,
+                          struct kw_model_match **out, size_t *nout)
 {
-    static const char *const fields[] = {"models", "headers", "paths", NULL};
-    static const char *const api_paths[] = {"/v1/chat/completions", "/v1/completions",
-                                            "/v1/embeddings", "/v1/messages", NULL};
-    size_t mark;
-    const struct kw_node *m = get_map(d, spec, "match", true, &mark);
-    if (m == NULL) {
-        pop(d, mark);
-        return;
-    }
-    check_fields(d, m, fields, NULL);
     size_t sm;
-    const struct kw_node *models = get_seq(d, m, "models", true, KW_MAX_MATCH_ITEMS, &sm);
+    const struct kw_node *models = get_seq(d, m, key, required, KW_MAX_MATCH_ITEMS, &sm);
+    struct kw_model_match *list = NULL;
+    size_t n = 0;
     if (models != NULL)
-        r->models = kw_arena_alloc(d->a, models->n * sizeof(*r->models));
-    for (size_t i = 0; r->models != NULL && i < models->n; i++) {
+        list = kw_arena_alloc(d->a, (models->n + 1) * sizeof(*list));
+    for (size_t i = 0; list != NULL && i < models->n; i++) {
         size_t im = push_index(d, i);
         const struct kw_node *s = models->items[i];
         const char *star = s->type == KW_NODE_STRING ? memchr(s->str, '*', s->len) : NULL;
@@ -1035,17 +1031,33 @@ static void decode_match(struct kw_dec *d, const struct kw_node *spec, struct kw
                 .value = kw_arena_strndup(d->a, s->str, star != NULL ? s->len - 1 : s->len),
                 .prefix = star != NULL};
             bool dup = false;
-            for (size_t j = 0; j < r->nmodels; j++)
-                dup |=
-                    r->models[j].prefix == mm.prefix && strcmp(r->models[j].value, mm.value) == 0;
+            for (size_t j = 0; j < n; j++)
+                dup |= list[j].prefix == mm.prefix && strcmp(list[j].value, mm.value) == 0;
             if (dup)
                 kw_dec_error(d, s, "\"%s\" is listed twice", s->str);
             else
-                r->models[r->nmodels++] = mm;
+                list[n++] = mm;
         }
         pop(d, im);
     }
     pop(d, sm);
+    *out = list;
+    *nout = n;
+}
+
+static void decode_match(struct kw_dec *d, const struct kw_node *spec, struct kw_route *r)
+{
+    static const char *const fields[] = {"models", "headers", "paths", NULL};
+    static const char *const api_paths[] = {"/v1/chat/completions", "/v1/completions",
+                                            "/v1/embeddings", "/v1/messages", NULL};
+    size_t mark;
+    const struct kw_node *m = get_map(d, spec, "match", true, &mark);
+    if (m == NULL) {
+        pop(d, mark);
+        return;
+    }
+    check_fields(d, m, fields, NULL);
+    decode_models(d, m, "models", true, &r->models, &r->nmodels);
 
     r->headers = decode_headers(d, m, "headers", &r->nheaders, false);
 
@@ -1203,6 +1215,80 @@ void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct k
     get_duration(d, spec, "timeout", 1, 24 * 3600000LL, &r->timeout_ms);
     get_duration(d, spec, "streamIdleTimeout", 1000, 24 * 3600000LL, &r->stream_idle_timeout_ms);
     decode_route_traffic(d, spec, r);
+}
+
+/* ---- LLMConsumer ---------------------------------------------------------------------- */
+
+static int attr_cmp(const void *x, const void *y)
+{
+    return strcmp(((const struct kw_header *)x)->name, ((const struct kw_header *)y)->name);
+}
+
+void kw_decode_consumer_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_consumer *c)
+{
+    static const char *const fields[] = {"apiKeys", "attributes", "models", NULL};
+    static const char *const key_fields[] = {"secretRef", NULL};
+    static const char *const ref_fields[] = {"name", "key", NULL};
+    check_fields(d, spec, fields, NULL);
+    size_t mark;
+    const struct kw_node *keys = get_seq(d, spec, "apiKeys", false, KW_MAX_API_KEY_REFS, &mark);
+    if (keys != NULL)
+        c->api_keys = kw_arena_alloc(d->a, (keys->n + 1) * sizeof(*c->api_keys));
+    for (size_t i = 0; c->api_keys != NULL && i < keys->n; i++) {
+        size_t im = push_index(d, i);
+        const struct kw_node *k = keys->items[i];
+        if (k->type != KW_NODE_MAP) {
+            kw_dec_error(d, k, "must be a map with secretRef {name, key?}");
+            pop(d, im);
+            continue;
+        }
+        check_fields(d, k, key_fields, NULL);
+        size_t rm;
+        const struct kw_node *ref = get_map(d, k, "secretRef", true, &rm);
+        if (ref != NULL) {
+            check_fields(d, ref, ref_fields, NULL);
+            struct kw_secret_ref *out = &c->api_keys[c->napi_keys];
+            memset(out, 0, sizeof(*out));
+            const struct kw_node *where;
+            out->name = get_string(d, ref, "name", true, KW_MAX_NAME_LEN, &where);
+            out->line = where->line;
+            out->col = where->col;
+            out->key = get_string(d, ref, "key", false, KW_MAX_NAME_LEN, NULL);
+            if (out->name != NULL && !kw_valid_dns_subdomain(out->name)) {
+                size_t nm = push(d, "name");
+                kw_dec_error(d, where, "\"%s\" is not a valid Secret name", out->name);
+                pop(d, nm);
+            } else if (out->name != NULL) {
+                c->napi_keys++;
+            }
+        }
+        pop(d, rm);
+        pop(d, im);
+    }
+    pop(d, mark);
+    const struct kw_node *attrs = get_map(d, spec, "attributes", false, &mark);
+    if (attrs != NULL && attrs->n > KW_MAX_ATTRIBUTES)
+        kw_dec_error(d, attrs, "must have at most %u entries", KW_MAX_ATTRIBUTES);
+    else if (attrs != NULL)
+        c->attributes = kw_arena_alloc(d->a, (attrs->n + 1) * sizeof(*c->attributes));
+    for (size_t i = 0; c->attributes != NULL && i < attrs->n; i++) {
+        const struct kw_node *k = attrs->pairs[i].key, *v = attrs->pairs[i].val;
+        size_t am = push(d, k->str);
+        if (k->len == 0 || k->len > 63 || has_ctl(k->str, k->len))
+            kw_dec_error(d, k, "attribute names are 1..63 printable bytes");
+        else if (v->type != KW_NODE_STRING || v->len > 256 || has_ctl(v->str, v->len) ||
+                 strlen(v->str) != v->len)
+            kw_dec_error(d, v, "must be a string of at most 256 printable bytes");
+        else
+            c->attributes[c->nattributes++] =
+                (struct kw_header){.name = kw_arena_strndup(d->a, k->str, k->len),
+                                   .value = kw_arena_strndup(d->a, v->str, v->len)};
+        pop(d, am);
+    }
+    pop(d, mark);
+    if (c->nattributes > 1)
+        qsort(c->attributes, c->nattributes, sizeof(*c->attributes), attr_cmp);
+    decode_models(d, spec, "models", false, &c->models, &c->nmodels);
 }
 
 /* ---- Secret ------------------------------------------------------------------------- */
@@ -1467,7 +1553,8 @@ static char *object_name(struct kw_arena *a, enum kw_kind kind, const struct kw_
 int kw_decode_document(struct kw_arena *a, const struct kw_node *doc, const char *file, bool strict,
                        struct kw_diag *diag, struct kw_decoded *out)
 {
-    static const char *const kinds[] = {"LLMBackend", "LLMRoute", "Secret", "DataPlane", NULL};
+    static const char *const kinds[] = {"LLMBackend", "LLMRoute",    "Secret",
+                                        "DataPlane",  "LLMConsumer", NULL};
     static const char *const crd_fields[] = {"apiVersion", "kind", "metadata", "spec", NULL};
     static const char *const secret_fields[] = {"apiVersion", "kind",       "metadata",  "type",
                                                 "data",       "stringData", "immutable", NULL};
@@ -1484,7 +1571,7 @@ int kw_decode_document(struct kw_arena *a, const struct kw_node *doc, const char
     if (kn == NULL || kn->type != KW_NODE_STRING) {
         size_t m = push(&d, "kind");
         kw_dec_error(&d, kn != NULL ? kn : doc,
-                     "required: one of LLMBackend, LLMRoute, Secret, DataPlane");
+                     "required: one of LLMBackend, LLMRoute, LLMConsumer, Secret, DataPlane");
         pop(&d, m);
         return KW_ERROR;
     }
@@ -1542,6 +1629,13 @@ int kw_decode_document(struct kw_arena *a, const struct kw_node *doc, const char
         kw_dataplane_defaults(out->dataplane);
         meta = &out->dataplane->meta;
         break;
+    case KW_KIND_LLMCONSUMER:
+        out->consumer = kw_arena_alloc(a, sizeof(*out->consumer));
+        if (out->consumer == NULL)
+            return KW_ERROR;
+        memset(out->consumer, 0, sizeof(*out->consumer));
+        meta = &out->consumer->meta;
+        break;
     }
     check_fields(&d, doc, out->kind == KW_KIND_SECRET ? secret_fields : crd_fields, status_only);
     decode_meta(&d, doc, meta, out->kind != KW_KIND_DATAPLANE);
@@ -1568,11 +1662,16 @@ int kw_decode_document(struct kw_arena *a, const struct kw_node *doc, const char
         case KW_KIND_DATAPLANE:
             decode_dataplane(&d, spec, out->dataplane);
             break;
+        case KW_KIND_LLMCONSUMER:
+            kw_decode_consumer_spec(&d, spec, out->consumer);
+            break;
         default:
             break;
         }
     }
     pop(&d, sm);
+    if (out->consumer != NULL)
+        out->consumer->valid = d.errors == 0;
     if (out->backend != NULL)
         out->backend->valid = d.errors == 0;
     if (out->route != NULL)

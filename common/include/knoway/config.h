@@ -22,6 +22,8 @@ struct kw_config {
     size_t nroutes, cap_routes;
     struct kw_secret **secrets;
     size_t nsecrets, cap_secrets;
+    struct kw_consumer **consumers;
+    size_t nconsumers, cap_consumers;
     struct kw_dataplane dataplane; /* defaults unless a DataPlane document was given */
     bool has_dataplane;
     struct kw_diag diag;

@@ -21,6 +21,7 @@ enum kw_kind {
     KW_KIND_LLMROUTE,
     KW_KIND_SECRET,
     KW_KIND_DATAPLANE,
+    KW_KIND_LLMCONSUMER,
 };
 
 enum kw_provider {
@@ -201,6 +202,18 @@ struct kw_route {
     bool valid;      /* false when the route itself has an error */
     bool resolved;   /* every backendRef names an existing, valid LLMBackend */
     bool conflicted; /* an older route of another namespace claims one of its models */
+};
+
+/* A user, application or team calling the gateway (LLMConsumer). */
+struct kw_consumer {
+    struct kw_meta meta;
+    struct kw_secret_ref *api_keys; /* spec.apiKeys[].secretRef; key NULL: every value */
+    size_t napi_keys;
+    struct kw_header *attributes; /* spec.attributes, sorted by name */
+    size_t nattributes;
+    struct kw_model_match *models; /* spec.models (none: every model) */
+    size_t nmodels;
+    bool valid;
 };
 
 struct kw_secret_item {

@@ -425,6 +425,55 @@ static void test_traffic(void **state)
                       "must be 1..100, got 101\n");
 }
 
+#define HDR_C                                                                                      \
+    "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\nmetadata:\n  name: c\nspec:\n"
+#define KEYS                                                                                       \
+    "---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys}\nstringData: {a: k1, b: k2}\n"
+
+static void test_consumer(void **state)
+{
+    (void)state;
+    struct kw_config *cfg;
+    char *e = kwt_errors(HDR_C "  apiKeys:\n    - secretRef: {name: keys}\n"
+                               "    - secretRef: {name: keys, key: b}\n"
+                               "  attributes: {team: search, costCenter: \"42\"}\n"
+                               "  models: [gpt-4o, \"llama-*\"]\n" KEYS,
+                         &cfg);
+    assert_string_equal(e, "");
+    free(e);
+    assert_int_equal(cfg->nconsumers, 1);
+    const struct kw_consumer *c = cfg->consumers[0];
+    assert_true(c->valid);
+    assert_int_equal(c->napi_keys, 2);
+    assert_null(c->api_keys[0].key); /* every value of the Secret */
+    assert_string_equal(c->api_keys[1].key, "b");
+    assert_int_equal(c->nattributes, 2);
+    assert_string_equal(c->attributes[0].name, "costCenter"); /* sorted */
+    assert_string_equal(c->attributes[1].value, "search");
+    assert_int_equal(c->nmodels, 2);
+    assert_true(c->models[1].prefix);
+    kw_config_free(cfg);
+    /* references and shapes */
+    kwt_assert_errors(HDR_C "  apiKeys:\n    - secretRef: {name: gone}\n"
+                            "    - secretRef: {name: keys, key: z}\n" KEYS,
+                      "t.yaml:7:25: LLMConsumer/default/c: spec.apiKeys[0].secretRef: Secret "
+                      "\"default/gone\" not found\n"
+                      "t.yaml:8:25: LLMConsumer/default/c: spec.apiKeys[1].secretRef: Secret "
+                      "\"default/keys\" has no key \"z\"\n");
+    kwt_assert_errors(HDR_C "  apiKeys: [{secretRef: {key: a}}, x]\n  attributes: {team: [1]}\n"
+                            "  models: [\"a*b\"]\n  limits: []\n",
+                      "t.yaml:9:3: LLMConsumer/default/c: spec.limits: unknown field "
+                      "\"limits\"\n"
+                      "t.yaml:6:25: LLMConsumer/default/c: spec.apiKeys[0].secretRef.name: "
+                      "required field is missing\n"
+                      "t.yaml:6:36: LLMConsumer/default/c: spec.apiKeys[1]: must be a map with "
+                      "secretRef {name, key?}\n"
+                      "t.yaml:7:22: LLMConsumer/default/c: spec.attributes.team: must be a "
+                      "string of at most 256 printable bytes\n"
+                      "t.yaml:8:12: LLMConsumer/default/c: spec.models[0]: \"*\" may only end a "
+                      "prefix, as in \"llama-3*\"\n");
+}
+
 static void test_api_json(void **state)
 {
     (void)state;
@@ -481,6 +530,7 @@ int main(void)
         cmocka_unit_test(test_documents),
         cmocka_unit_test(test_dataplane),
         cmocka_unit_test(test_traffic),
+        cmocka_unit_test(test_consumer),
         cmocka_unit_test(test_api_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
