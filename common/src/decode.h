@@ -51,6 +51,7 @@ void kw_decode_consumer_spec(struct kw_dec *d, const struct kw_node *spec, struc
 /* Encode a spec with every default filled in; NULL on out-of-memory. */
 struct kw_node *kw_encode_backend_spec(struct kw_arena *a, const struct kw_backend *b);
 struct kw_node *kw_encode_route_spec(struct kw_arena *a, const struct kw_route *r);
+struct kw_node *kw_encode_consumer_spec(struct kw_arena *a, const struct kw_consumer *c);
 
 /* Tests only (not thread-safe): called for every map the decoder checks, with its field
  * path ("spec.upstream.endpoints[0]") and the fields it accepts there. The CRD agreement

@@ -178,6 +178,35 @@ struct kw_node *kw_encode_backend_spec(struct kw_arena *a, const struct kw_backe
     return e.failed ? NULL : spec;
 }
 
+/* A consumer as snapshots carry it: attributes, models, and its keys' digests. */
+struct kw_node *kw_encode_consumer_spec(struct kw_arena *a, const struct kw_consumer *c)
+{
+    struct enc e = {.a = a};
+    struct kw_node *spec = map(&e);
+    if (c->nattributes > 0) {
+        struct kw_node *attrs = map(&e);
+        for (size_t i = 0; i < c->nattributes; i++)
+            put_str(&e, attrs, c->attributes[i].name, c->attributes[i].value);
+        put(&e, spec, "attributes", attrs);
+    }
+    if (c->nmodels > 0) {
+        struct kw_node *models = seq(&e);
+        for (size_t i = 0; i < c->nmodels; i++) {
+            const char *v = c->models[i].value;
+            push(&e, models,
+                 c->models[i].prefix
+                     ? kw_node_string(a, kw_arena_printf(a, "%s*", v), strlen(v) + 1)
+                     : kw_node_cstring(a, v));
+        }
+        put(&e, spec, "models", models);
+    }
+    struct kw_node *keys = seq(&e);
+    for (size_t i = 0; i < c->nkey_hashes; i++)
+        push(&e, keys, kw_node_cstring(a, c->key_hashes[i]));
+    put(&e, spec, "keySha256", keys);
+    return e.failed ? NULL : spec;
+}
+
 struct kw_node *kw_encode_route_spec(struct kw_arena *a, const struct kw_route *r)
 {
     struct enc e = {.a = a};

@@ -1224,12 +1224,39 @@ static int attr_cmp(const void *x, const void *y)
     return strcmp(((const struct kw_header *)x)->name, ((const struct kw_header *)y)->name);
 }
 
+/* Snapshots carry a consumer's keys as SHA-256 digests only: 64 hex digits each, sorted. */
+static void decode_key_hashes(struct kw_dec *d, const struct kw_node *spec, struct kw_consumer *c)
+{
+    size_t mark;
+    const struct kw_node *hs = get_seq(d, spec, "keySha256", false, KW_MAX_CONSUMER_KEYS, &mark);
+    if (hs != NULL)
+        c->key_hashes = kw_arena_alloc(d->a, (hs->n + 1) * sizeof(*c->key_hashes));
+    for (size_t i = 0; c->key_hashes != NULL && i < hs->n; i++) {
+        const struct kw_node *h = hs->items[i];
+        bool ok = h->type == KW_NODE_STRING && h->len == 64;
+        for (size_t k = 0; ok && k < 64; k++)
+            ok = (h->str[k] >= '0' && h->str[k] <= '9') || (h->str[k] >= 'a' && h->str[k] <= 'f');
+        if (ok && c->nkey_hashes > 0 && strcmp(c->key_hashes[c->nkey_hashes - 1], h->str) >= 0)
+            ok = false;
+        size_t im = push_index(d, i);
+        if (!ok)
+            kw_dec_error(d, h, "must be sorted, distinct SHA-256 digests in lower-case hex");
+        else
+            c->key_hashes[c->nkey_hashes++] = kw_arena_strndup(d->a, h->str, h->len);
+        pop(d, im);
+    }
+    pop(d, mark);
+}
+
 void kw_decode_consumer_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_consumer *c)
 {
     static const char *const fields[] = {"apiKeys", "attributes", "models", NULL};
+    static const char *const snap_fields[] = {"attributes", "models", "keySha256", NULL};
     static const char *const key_fields[] = {"secretRef", NULL};
     static const char *const ref_fields[] = {"name", "key", NULL};
-    check_fields(d, spec, fields, NULL);
+    check_fields(d, spec, d->snapshot ? snap_fields : fields, NULL);
+    if (d->snapshot)
+        decode_key_hashes(d, spec, c);
     size_t mark;
     const struct kw_node *keys = get_seq(d, spec, "apiKeys", false, KW_MAX_API_KEY_REFS, &mark);
     if (keys != NULL)

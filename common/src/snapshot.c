@@ -65,7 +65,8 @@ static void hex(const unsigned char *in, size_t len, char *out)
 /* The canonical document (version included) of these resources into out, and the version
  * into version. KW_OK, or KW_ERROR on out-of-memory or past the size limit. */
 static int snapshot_text(struct kw_backend *const *bs, size_t nb, struct kw_route *const *rs,
-                         size_t nr, const struct kw_credential *cs, size_t nc, struct kw_buf *out,
+                         size_t nr, const struct kw_credential *cs, size_t nc,
+                         struct kw_consumer *const *us, size_t nu, struct kw_buf *out,
                          char version[KW_SNAPSHOT_VERSION_LEN + 1])
 {
     int rc = KW_ERROR;
@@ -91,6 +92,15 @@ static int snapshot_text(struct kw_backend *const *bs, size_t nb, struct kw_rout
         kw_node_map_put(a, root, "credentials", creds) ||
         kw_node_map_put(a, root, "routes", routes))
         goto out;
+    if (nu > 0) { /* absent without consumers: snapshots of older data planes stay readable */
+        struct kw_node *consumers = kw_node_new(a, KW_NODE_SEQ);
+        if (consumers == NULL || kw_node_map_put(a, root, "consumers", consumers))
+            goto out;
+        for (size_t i = 0; i < nu; i++)
+            if (kw_node_seq_push(a, consumers,
+                                 entry(a, &us[i]->meta, kw_encode_consumer_spec(a, us[i]))))
+                goto out;
+    }
     /* the version: the document without credential values (their keyed digests stand in) */
     size_t start = out->len;
     if (kw_json_write_canonical(root, out) != KW_OK)
@@ -123,7 +133,7 @@ int kw_snapshot_serialize(const struct kw_snapshot *s, struct kw_buf *out)
 {
     char version[KW_SNAPSHOT_VERSION_LEN + 1];
     return snapshot_text(s->backends, s->nbackends, s->routes, s->nroutes, s->credentials,
-                         s->ncredentials, out, version);
+                         s->ncredentials, s->consumers, s->nconsumers, out, version);
 }
 
 /* ---- ordering --------------------------------------------------------------------- */
@@ -298,6 +308,71 @@ static struct kw_backend *find_sorted(struct kw_backend *const *bs, size_t n, co
     return NULL;
 }
 
+static int cmp_consumer(const void *x, const void *y)
+{
+    return cmp_meta(&(*(struct kw_consumer *const *)x)->meta,
+                    &(*(struct kw_consumer *const *)y)->meta);
+}
+
+static int cmp_str(const void *x, const void *y)
+{
+    return strcmp(*(const char *const *)x, *(const char *const *)y);
+}
+
+/* A key's digest: SHA-256 of its bytes (a trailing newline, as `kubectl create secret
+ * --from-file` leaves it, is not part of the key), 64 hex digits. */
+static const char *key_digest(struct kw_arena *a, const char *v, size_t len)
+{
+    while (len > 0 && (v[len - 1] == '\n' || v[len - 1] == '\r'))
+        len--;
+    if (len == 0)
+        return NULL;
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    char *out = kw_arena_alloc(a, 65);
+    if (out == NULL || !EVP_Digest(v, len, md, &mdlen, EVP_sha256(), NULL))
+        return NULL;
+    hex(md, mdlen, out);
+    return out;
+}
+
+/* c = src with the digests of every key its Secrets hold (the values never leave). */
+static int consumer_keys(struct kw_arena *a, const struct kw_config *cfg,
+                         const struct kw_consumer *src, struct kw_consumer *c)
+{
+    *c = *src;
+    c->api_keys = NULL;
+    c->napi_keys = 0;
+    size_t cap = 0;
+    for (size_t i = 0; i < src->napi_keys; i++) {
+        const struct kw_secret *sec =
+            kw_config_find_secret(cfg, src->meta.ns, src->api_keys[i].name);
+        cap += sec != NULL ? sec->nitems : 0;
+    }
+    c->key_hashes = kw_arena_alloc(a, (cap + 1) * sizeof(*c->key_hashes));
+    c->nkey_hashes = 0;
+    if (c->key_hashes == NULL)
+        return KW_ERROR;
+    for (size_t i = 0; i < src->napi_keys; i++) {
+        const struct kw_secret_ref *ref = &src->api_keys[i];
+        const struct kw_secret *sec = kw_config_find_secret(cfg, src->meta.ns, ref->name);
+        for (size_t j = 0; sec != NULL && j < sec->nitems; j++) {
+            if (ref->key != NULL && strcmp(ref->key, sec->items[j].key) != 0)
+                continue;
+            const char *h = key_digest(a, sec->items[j].value, sec->items[j].len);
+            if (h != NULL && c->nkey_hashes < KW_MAX_CONSUMER_KEYS)
+                c->key_hashes[c->nkey_hashes++] = h;
+        }
+    }
+    qsort(c->key_hashes, c->nkey_hashes, sizeof(*c->key_hashes), cmp_str);
+    size_t n = 0; /* the same key twice is one key */
+    for (size_t i = 0; i < c->nkey_hashes; i++)
+        if (n == 0 || strcmp(c->key_hashes[n - 1], c->key_hashes[i]) != 0)
+            c->key_hashes[n++] = c->key_hashes[i];
+    c->nkey_hashes = n;
+    return KW_OK;
+}
+
 struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_resolver_fn resolve,
                                       void *ud, struct kw_diag *diag)
 {
@@ -305,11 +380,12 @@ struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_re
     struct kw_arena *a = kw_arena_new(KW_MAX_ARENA_BYTES);
     struct kw_backend **bs = calloc(cfg->nbackends + 1, sizeof(*bs));
     struct kw_route **rs = calloc(cfg->nroutes + 1, sizeof(*rs));
+    struct kw_consumer **us = calloc(cfg->nconsumers + 1, sizeof(*us));
     struct creds cs = {0};
     struct kw_buf text;
     kw_buf_init(&text, KW_MAX_SNAPSHOT_BYTES);
     size_t nb = 0, nr = 0;
-    if (a == NULL || bs == NULL || rs == NULL)
+    if (a == NULL || bs == NULL || rs == NULL || us == NULL)
         goto out;
 
     for (size_t i = 0; i < cfg->nbackends; i++) {
@@ -387,8 +463,20 @@ struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_re
     if (cs.n > 0)
         qsort(cs.items, cs.n, sizeof(*cs.items), cmp_cred);
 
+    size_t nu = 0;
+    for (size_t i = 0; i < cfg->nconsumers; i++) {
+        const struct kw_consumer *src = cfg->consumers[i];
+        if (!src->valid || src->meta.name == NULL)
+            continue;
+        struct kw_consumer *c = kw_arena_alloc(a, sizeof(*c));
+        if (c == NULL || consumer_keys(a, cfg, src, c) != KW_OK)
+            goto out;
+        us[nu++] = c;
+    }
+    qsort(us, nu, sizeof(*us), cmp_consumer);
+
     char version[KW_SNAPSHOT_VERSION_LEN + 1];
-    if (snapshot_text(bs, nb, rs, nr, cs.items, cs.n, &text, version) != KW_OK) {
+    if (snapshot_text(bs, nb, rs, nr, cs.items, cs.n, us, nu, &text, version) != KW_OK) {
         kw_diag_add(diag, NULL, 0, 0, NULL, NULL, "snapshot too large or out of memory");
         goto out;
     }
@@ -398,6 +486,7 @@ out:
     free(cs.items);
     free(bs);
     free(rs);
+    free(us);
     kw_arena_free(a);
     return snap;
 }
@@ -535,6 +624,8 @@ static void parse_credentials(struct kw_dec *d, struct kw_snapshot *s, const str
 struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_diag *diag)
 {
     static const char *const top[] = {"backends", "credentials", "routes", "version", NULL};
+    static const char *const top_consumers[] = {"backends", "consumers", "credentials",
+                                                "routes",   "version",   NULL};
     struct kw_snapshot *s = calloc(1, sizeof(*s));
     struct kw_buf text;
     kw_buf_init(&text, KW_MAX_SNAPSHOT_BYTES);
@@ -552,7 +643,9 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
         kw_diag_add(diag, NULL, 0, 0, "snapshot", NULL, "%s", s->arena ? err : "out of memory");
         goto fail;
     }
-    if (root->type != KW_NODE_MAP || !check_keys(&d, root, top))
+    /* "consumers" only when there are some (older data planes read the rest) */
+    if (root->type != KW_NODE_MAP ||
+        !check_keys(&d, root, kw_node_get(root, "consumers") != NULL ? top_consumers : top))
         goto fail;
     const struct kw_node *bn = kw_node_get(root, "backends");
     const struct kw_node *rn = kw_node_get(root, "routes");
@@ -655,10 +748,42 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
             s->routes[s->nroutes++] = r;
         }
     }
+    const struct kw_node *un = kw_node_get(root, "consumers");
+    if (un != NULL && un->type != KW_NODE_SEQ) {
+        kw_dec_error(&d, un, "consumers must be a list");
+        goto fail;
+    }
+    s->consumers = kw_arena_alloc(s->arena, ((un != NULL ? un->n : 0) + 1) * sizeof(*s->consumers));
+    if (s->consumers == NULL)
+        goto fail;
+    for (size_t i = 0; un != NULL && i < un->n; i++) {
+        struct kw_consumer *c = kw_arena_alloc(s->arena, sizeof(*c));
+        if (c == NULL)
+            goto fail;
+        memset(c, 0, sizeof(*c));
+        d.object = "snapshot";
+        const struct kw_node *spec =
+            parse_entry(&d, un->items[i], &c->meta, obj, sizeof(obj), "LLMConsumer");
+        if (spec == NULL)
+            continue;
+        d.object = obj;
+        unsigned before = d.errors;
+        strcpy(d.path, "spec");
+        d.plen = 4;
+        kw_decode_consumer_spec(&d, spec, c);
+        d.plen = 0;
+        d.path[0] = '\0';
+        if (s->nconsumers > 0 && cmp_meta(&s->consumers[s->nconsumers - 1]->meta, &c->meta) >= 0)
+            kw_dec_error(&d, un->items[i], "consumers are not sorted by namespace/name, or repeat");
+        if (d.errors == before) {
+            c->valid = true;
+            s->consumers[s->nconsumers++] = c;
+        }
+    }
     if (d.errors > 0)
         goto fail;
     if (snapshot_text(s->backends, s->nbackends, s->routes, s->nroutes, s->credentials,
-                      s->ncredentials, &text, s->version) != KW_OK) {
+                      s->ncredentials, s->consumers, s->nconsumers, &text, s->version) != KW_OK) {
         kw_diag_add(diag, NULL, 0, 0, "snapshot", NULL, "out of memory");
         goto fail;
     }

@@ -20,8 +20,9 @@
 #define KW_MAX_HEADER_VALUE  8192u
 #define KW_MAX_MODEL_LEN     256u
 #define KW_MAX_BACKEND_REFS  64u
-#define KW_MAX_API_KEY_REFS  64u /* spec.apiKeys of an LLMConsumer */
-#define KW_MAX_ATTRIBUTES    32u /* spec.attributes of an LLMConsumer */
+#define KW_MAX_API_KEY_REFS  64u   /* spec.apiKeys of an LLMConsumer */
+#define KW_MAX_ATTRIBUTES    32u   /* spec.attributes of an LLMConsumer */
+#define KW_MAX_CONSUMER_KEYS 1024u /* API keys of one LLMConsumer (all its Secrets' values) */
 #define KW_MAX_ENDPOINTS     1024u
 #define KW_MAX_MATCH_ITEMS   128u
 #define KW_MAX_WEIGHT        1000u

@@ -213,6 +213,9 @@ struct kw_consumer {
     size_t nattributes;
     struct kw_model_match *models; /* spec.models (none: every model) */
     size_t nmodels;
+    /* in snapshots: the SHA-256 (64 hex digits) of each key, sorted; never a key itself */
+    const char **key_hashes;
+    size_t nkey_hashes;
     bool valid;
 };
 

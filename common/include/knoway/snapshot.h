@@ -45,6 +45,8 @@ struct kw_snapshot {
     size_t nroutes;
     struct kw_credential *credentials; /* sorted by namespace/name/key */
     size_t ncredentials;
+    struct kw_consumer **consumers; /* sorted by namespace/name; keys as digests only */
+    size_t nconsumers;
 };
 
 /* Resolves an upstream.serviceRef into endpoints. Fills *eps (allocated from a) and

@@ -340,6 +340,60 @@ static void test_parse_rejects(void **state)
     kw_diag_cleanup(&diag);
 }
 
+static void sha256_hex(const char *v, char out[65])
+{
+    unsigned char md[32];
+    SHA256((const unsigned char *)v, strlen(v), md);
+    for (int i = 0; i < 32; i++)
+        sprintf(out + 2 * i, "%02x", md[i]);
+}
+
+static void test_consumers_carry_digests_only(void **state)
+{
+    (void)state;
+    struct kw_diag diag;
+    kw_diag_init(&diag);
+    struct kw_snapshot *s = build(
+        SECRET BACKENDS ROUTE
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {name: team-keys, namespace: ml}\n"
+        "stringData: {a: key-alpha, b: \"key-beta\\n\"}\n"
+        "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\nmetadata: {name: search, "
+        "namespace: ml}\nspec:\n  apiKeys: [{secretRef: {name: team-keys}}, {secretRef: {name: "
+        "team-keys, key: a}}]\n  attributes: {team: search}\n  models: [\"gpt*\"]\n",
+        &diag);
+    assert_non_null(s);
+    assert_int_equal(s->nconsumers, 1);
+    const struct kw_consumer *c = s->consumers[0];
+    assert_string_equal(c->meta.name, "search");
+    char ha[65], hb[65];
+    sha256_hex("key-alpha", ha);
+    sha256_hex("key-beta", hb);          /* the trailing newline is not part of the key */
+    assert_int_equal(c->nkey_hashes, 2); /* "a" twice is one key */
+    assert_string_equal(c->key_hashes[0], strcmp(ha, hb) < 0 ? ha : hb);
+    assert_string_equal(c->key_hashes[1], strcmp(ha, hb) < 0 ? hb : ha);
+    assert_string_equal(c->attributes[0].value, "search");
+    assert_true(c->models[0].prefix);
+    char *text = text_of(s);
+    assert_null(strstr(text, "key-alpha"));    /* never in clear */
+    assert_null(strstr(text, "a2V5LWFscGhh")); /* nor in base64 */
+    assert_non_null(strstr(text, ha));
+    /* the text parses back to the same version */
+    struct kw_snapshot *p = kw_snapshot_parse(text, strlen(text), &diag);
+    assert_non_null(p);
+    assert_string_equal(p->version, s->version);
+    assert_int_equal(p->nconsumers, 1);
+    kw_snapshot_unref(p);
+    free(text);
+    kw_snapshot_unref(s);
+    /* without consumers the document has no "consumers": older data planes read it */
+    s = build(SECRET BACKENDS ROUTE, &diag);
+    text = text_of(s);
+    assert_null(strstr(text, "consumers"));
+    free(text);
+    kw_snapshot_unref(s);
+    kw_diag_cleanup(&diag);
+}
+
 static void test_refcount(void **state)
 {
     (void)state;
@@ -363,6 +417,7 @@ int main(void)
         cmocka_unit_test(test_invalid_left_out),
         cmocka_unit_test(test_parse_rejects),
         cmocka_unit_test(test_header_credentials_checked),
+        cmocka_unit_test(test_consumers_carry_digests_only),
         cmocka_unit_test(test_refcount),
     };
     kw_snapshot_set_key(TEST_KEY, strlen(TEST_KEY));
