@@ -1,4 +1,6 @@
 /* The access log as a filter: one JSON line per request, at its end. */
+#include <stdio.h>
+
 #include "continue.h"
 #include "filter.h"
 #include "knoway/log.h"
@@ -16,6 +18,11 @@ static void on_end(struct dp_request *r, void *ctx)
     kw_log_field_int(b, "duration_ms", dp_now_ms() - r->start_ms);
     if (r->model != NULL)
         kw_log_field(b, "model", r->model);
+    if (r->consumer != NULL) {
+        char who[320];
+        snprintf(who, sizeof(who), "%s/%s", r->consumer->meta.ns, r->consumer->meta.name);
+        kw_log_field(b, "consumer", who);
+    }
     if (r->route != NULL)
         kw_log_field(b, "route", r->route->meta.name);
     if (r->backend != NULL) {

@@ -134,10 +134,21 @@ void dp_engine_resume(struct dp_request *r)
 
 /* ---- body ---------------------------------------------------------------------------------- */
 
+/* /v1/models: every model a route serves, or those the consumer may call. */
 static int respond_models(struct dp_request *r)
 {
-    if (dp_respond_buffer(r, 200, "application/json", r->table->models_json, r->table->models_len,
-                          NULL) != KW_OK)
+    int rc;
+    if (r->consumer != NULL && r->consumer->nmodels > 0) {
+        struct kw_buf b;
+        rc = dp_table_models_for(r->table, r->consumer, &b);
+        if (rc == KW_OK)
+            rc = dp_respond_buffer(r, 200, "application/json", b.data, b.len, NULL);
+        kw_buf_cleanup(&b);
+    } else {
+        rc = dp_respond_buffer(r, 200, "application/json", r->table->models_json,
+                               r->table->models_len, NULL);
+    }
+    if (rc != KW_OK)
         return dp_error_set(r, 500, "server_error", NULL, NULL, "out of memory");
     return KW_DONE;
 }
@@ -164,7 +175,7 @@ static int ph_body(struct dp_request *r)
         return dp_error_set(r, 503, "server_error", "not_ready", NULL,
                             "no configuration applied yet");
     if (r->api == DP_API_MODELS)
-        return respond_models(r);
+        return KW_OK; /* answered in route, once the caller is known */
     return dp_request_parse_body(r);
 }
 
@@ -190,6 +201,8 @@ static int64_t estimate_tokens(const struct dp_request *r)
 
 static int ph_route(struct dp_request *r)
 {
+    if (r->api == DP_API_MODELS)
+        return respond_models(r);
     if (r->route == NULL) {
         r->route = dp_table_route(r->table, r->model, r->path, header_of, r);
         if (r->route == NULL)

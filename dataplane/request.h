@@ -92,9 +92,10 @@ struct dp_request {
     bool over_budget;     /* the memory budget was spent when it arrived: 503 */
     long long accounted;  /* bytes of this request's buffers counted in the memory budget */
     struct kw_node *json; /* the parsed body (arena) */
-    const char *model;    /* the client's model */
-    bool stream;          /* the client asked for a stream */
-    bool client_usage;    /* ... with stream_options.include_usage */
+    const struct kw_consumer *consumer; /* who is calling (filter_auth.c), or NULL */
+    const char *model;                  /* the client's model */
+    bool stream;                        /* the client asked for a stream */
+    bool client_usage;                  /* ... with stream_options.include_usage */
 
     /* routing */
     struct dp_table *table;

@@ -1,3 +1,4 @@
+#include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,7 +24,20 @@ static int specificity_cmp(const void *x, const void *y)
     return 0;
 }
 
-static int build_models(struct dp_table *t)
+bool dp_consumer_allows(const struct kw_consumer *c, const char *model)
+{
+    if (c == NULL || c->nmodels == 0)
+        return true;
+    for (size_t i = 0; i < c->nmodels; i++) {
+        const struct kw_model_match *m = &c->models[i];
+        if (m->prefix ? strncmp(model, m->value, strlen(m->value)) == 0
+                      : strcmp(model, m->value) == 0)
+            return true;
+    }
+    return false;
+}
+
+static int models_json(const struct dp_table *t, const struct kw_consumer *c, struct kw_buf *out)
 {
     struct kw_buf b;
     kw_buf_init(&b, 16 * 1024 * 1024);
@@ -37,7 +51,7 @@ static int build_models(struct dp_table *t)
         for (size_t j = 0; j < i && !seen; j++)
             seen =
                 !t->matches[j].model->prefix && strcmp(t->matches[j].model->value, m->value) == 0;
-        if (seen)
+        if (seen || !dp_consumer_allows(c, m->value))
             continue;
         rc |= kw_buf_puts(&b, n++ > 0 ? ",{\"id\":" : "{\"id\":");
         rc |= kw_json_write_string(&b, m->value, strlen(m->value));
@@ -48,9 +62,85 @@ static int build_models(struct dp_table *t)
         kw_buf_cleanup(&b);
         return KW_ERROR;
     }
+    *out = b;
+    return KW_OK;
+}
+
+int dp_table_models_for(const struct dp_table *t, const struct kw_consumer *c, struct kw_buf *out)
+{
+    return models_json(t, c, out);
+}
+
+static int build_models(struct dp_table *t)
+{
+    struct kw_buf b;
+    if (models_json(t, NULL, &b) != KW_OK)
+        return KW_ERROR;
     t->models_json = b.data;
     t->models_len = b.len;
     return KW_OK;
+}
+
+static int unhex(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c - 'a' + 10;
+}
+
+static size_t key_slot(const unsigned char *digest, size_t cap)
+{
+    uint64_t h;
+    memcpy(&h, digest, sizeof(h)); /* a SHA-256: its bytes are the hash */
+    return (size_t)(h & (cap - 1));
+}
+
+/* Every consumer's key digests into an open-addressing table. A digest two consumers
+ * share belongs to the first (the controller reports such duplicates on the consumers). */
+static int build_keys(struct dp_table *t)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < t->snap->nconsumers; i++)
+        n += t->snap->consumers[i]->nkey_hashes;
+    size_t cap = 16;
+    while (cap < 2 * n + 2)
+        cap *= 2;
+    t->keys = calloc(cap, sizeof(*t->keys));
+    if (t->keys == NULL)
+        return KW_ERROR;
+    t->nkeys_cap = cap;
+    for (size_t i = 0; i < t->snap->nconsumers; i++) {
+        const struct kw_consumer *c = t->snap->consumers[i];
+        for (size_t j = 0; j < c->nkey_hashes; j++) {
+            unsigned char d[32];
+            for (int k = 0; k < 32; k++)
+                d[k] = (unsigned char)(unhex(c->key_hashes[j][2 * k]) << 4 |
+                                       unhex(c->key_hashes[j][2 * k + 1]));
+            size_t at = key_slot(d, cap);
+            bool dup = false;
+            while (t->keys[at].consumer != NULL && !dup) {
+                dup = memcmp(t->keys[at].digest, d, 32) == 0;
+                at = (at + 1) & (cap - 1);
+            }
+            if (dup)
+                continue;
+            memcpy(t->keys[at].digest, d, 32);
+            t->keys[at].consumer = c;
+        }
+    }
+    return KW_OK;
+}
+
+const struct kw_consumer *dp_table_consumer(const struct dp_table *t,
+                                            const unsigned char digest[32])
+{
+    if (t->keys == NULL)
+        return NULL;
+    for (size_t at = key_slot(digest, t->nkeys_cap);; at = (at + 1) & (t->nkeys_cap - 1)) {
+        const struct dp_key *k = &t->keys[at];
+        if (k->consumer == NULL)
+            return NULL;
+        if (CRYPTO_memcmp(k->digest, digest, 32) == 0)
+            return k->consumer;
+    }
 }
 
 struct dp_table *dp_table_new(struct kw_snapshot *snap)
@@ -75,7 +165,7 @@ struct dp_table *dp_table_new(struct kw_snapshot *snap)
             t->matches[t->nmatches++] =
                 (struct dp_match){snap->routes[i], &snap->routes[i]->models[j], i};
     qsort(t->matches, t->nmatches, sizeof(*t->matches), specificity_cmp);
-    if (build_models(t) != KW_OK) {
+    if (build_models(t) != KW_OK || build_keys(t) != KW_OK) {
         dp_table_unref(t);
         return NULL;
     }
@@ -96,6 +186,7 @@ void dp_table_unref(struct dp_table *t)
     kw_snapshot_unref(t->snap);
     free(t->matches);
     free(t->models_json);
+    free(t->keys);
     free(t);
 }
 

@@ -1457,8 +1457,9 @@ static void decode_secret(struct kw_dec *d, const struct kw_node *doc, struct kw
 
 static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
 {
-    static const char *const fields[] = {
-        "listen", "admin", "adminDebugFrom", "workers", "discovery", "limits", NULL};
+    static const char *const fields[] = {"listen",    "admin",  "adminDebugFrom", "workers",
+                                         "discovery", "limits", "auth",           NULL};
+    static const char *const auth_fields[] = {"required", NULL};
     static const char *const disc_fields[] = {"url",       "tokenFile", "nodeId",
                                               "cacheFile", "caFile",    NULL};
     static const char *const lim_fields[] = {"maxBodyBytes",   "maxConnections",
@@ -1513,6 +1514,12 @@ static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struc
         get_u32(d, m, "maxConnectionsPerClient", 0, 1000000,
                 &dp->limits.max_connections_per_client);
         get_duration(d, m, "readTimeout", 1000, 3600000, &dp->limits.read_timeout_ms);
+    }
+    pop(d, mark);
+    m = get_map(d, spec, "auth", false, &mark);
+    if (m != NULL) {
+        check_fields(d, m, auth_fields, NULL);
+        get_bool(d, m, "required", &dp->auth.required);
     }
     pop(d, mark);
 }

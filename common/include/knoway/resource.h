@@ -255,6 +255,9 @@ struct kw_dataplane {
         uint32_t max_connections_per_client; /* per client IP; 0 = no limit */
         int64_t read_timeout_ms;             /* headers and body of one request */
     } limits;
+    struct {
+        bool required; /* a request without a valid API key gets 401 */
+    } auth;
 };
 
 /* Route defaults */

@@ -1,0 +1,69 @@
+/* Authentication as a filter (auth phase): who is calling, from an API key.
+ *
+ * The key comes from `Authorization: Bearer KEY` (and `x-api-key` on /v1/messages, as the
+ * Anthropic SDK sends it). Its SHA-256 is looked up in the routing table's index of every
+ * LLMConsumer's key digests (O(1), compared in constant time); keys themselves never reach
+ * the data plane. Without consumers in the configuration and without `spec.auth.required`
+ * nothing is checked (the quickstart and clients sending dummy keys keep working). With
+ * consumers, a key that matches none is refused; without a key the request is anonymous
+ * unless `spec.auth.required`. A consumer calls only its `spec.models`. The upstream never
+ * gets the client's credentials (providers build their own headers). */
+#include <openssl/evp.h>
+#include <string.h>
+#include <strings.h>
+
+#include "filter.h"
+#include "knoway/kw.h"
+#include "router.h"
+#include "server.h"
+
+static const char *client_key(struct dp_request *r)
+{
+    const char *h = dp_request_header(r, "Authorization");
+    if (h != NULL && strncasecmp(h, "Bearer ", 7) == 0) {
+        h += 7;
+        while (*h == ' ')
+            h++;
+        return *h != '\0' ? h : NULL;
+    }
+    if (r->front != NULL) {
+        h = dp_request_header(r, "x-api-key");
+        return h != NULL && *h != '\0' ? h : NULL;
+    }
+    return NULL;
+}
+
+static int on_request(struct dp_request *r, void *ctx)
+{
+    (void)ctx;
+    bool required = r->w->server->dp->auth.required;
+    if (r->table == NULL || (r->table->snap->nconsumers == 0 && !required))
+        return KW_DECLINED;
+    const char *key = client_key(r);
+    if (key == NULL) {
+        if (!required)
+            return KW_DECLINED; /* anonymous */
+        return dp_error_set(r, 401, "invalid_request_error", "invalid_api_key", NULL,
+                            "You didn't provide an API key. Send it in the Authorization "
+                            "header as Bearer YOUR_KEY.");
+    }
+    unsigned char digest[32];
+    unsigned int n = 0;
+    if (!EVP_Digest(key, strlen(key), digest, &n, EVP_sha256(), NULL))
+        return dp_error_set(r, 500, "server_error", NULL, NULL, "cannot hash the API key");
+    r->consumer = dp_table_consumer(r->table, digest);
+    if (r->consumer == NULL)
+        /* the key is not echoed: it may be a real key of something else */
+        return dp_error_set(r, 401, "invalid_request_error", "invalid_api_key", NULL,
+                            "Incorrect API key provided.");
+    if (r->model != NULL && !dp_consumer_allows(r->consumer, r->model))
+        return dp_error_set(r, 403, "invalid_request_error", "model_not_allowed", "model",
+                            "The model `%s` is not allowed for this API key.", r->model);
+    return KW_OK;
+}
+
+const struct dp_filter_ops dp_filter_auth = {
+    .name = "auth",
+    .phase = DP_PH_AUTH,
+    .on_request = on_request,
+};

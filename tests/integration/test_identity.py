@@ -1,0 +1,116 @@
+"""Identity: LLMConsumer API keys (static mode), auth.required, model allow-lists."""
+import json
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Dataplane, Mock, backend, post, request, route  # noqa: E402
+
+CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+
+CONSUMERS = """---
+apiVersion: v1
+kind: Secret
+metadata: {name: search-keys}
+stringData: {a: sk-search-1, b: "sk-search-2\\n"}
+---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMConsumer
+metadata: {name: search}
+spec:
+  apiKeys: [{secretRef: {name: search-keys}}]
+  attributes: {team: search}
+  models: [demo]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: ops-keys}
+stringData: {key: sk-ops, other: sk-not-a-key}
+---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMConsumer
+metadata: {name: ops}
+spec:
+  apiKeys: [{secretRef: {name: ops-keys, key: key}}]
+"""
+
+
+def bearer(key):
+    return {"Authorization": "Bearer " + key}
+
+
+class Identity(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.mock = Mock()
+        res = (backend("b", cls.mock.url()) + route("demo", ["demo"], ["b"])
+               + route("other", ["other"], ["b"]) + CONSUMERS)
+        cls.dp = Dataplane(res, extra_spec="  auth: {required: true}\n")
+        cls.open = Dataplane(res)  # auth not required
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.dp.stop() == 0
+        assert cls.open.stop() == 0
+        cls.mock.stop()
+
+    def error(self, resp):
+        status, _, body = resp
+        return status, json.loads(body)["error"]["code"]
+
+    def test_required(self):
+        self.assertEqual(self.error(post(self.dp.port, "/v1/chat/completions", CHAT)),
+                         (401, "invalid_api_key"))
+        self.assertEqual(self.error(post(self.dp.port, "/v1/chat/completions", CHAT,
+                                         headers=bearer("sk-wrong"))), (401, "invalid_api_key"))
+        # every value of a Secret is a key (the trailing newline is not part of it) ...
+        for key in ("sk-search-1", "sk-search-2", "sk-ops"):
+            status, _, _ = post(self.dp.port, "/v1/chat/completions", CHAT, headers=bearer(key))
+            self.assertEqual(status, 200, key)
+        # ... or the one named
+        self.assertEqual(self.error(post(self.dp.port, "/v1/chat/completions", CHAT,
+                                         headers=bearer("sk-not-a-key"))), (401, "invalid_api_key"))
+
+    def test_models_allowed(self):
+        status, code = self.error(post(self.dp.port, "/v1/chat/completions",
+                                       dict(CHAT, model="other"), headers=bearer("sk-search-1")))
+        self.assertEqual((status, code), (403, "model_not_allowed"))
+        self.assertEqual(post(self.dp.port, "/v1/chat/completions", dict(CHAT, model="other"),
+                              headers=bearer("sk-ops"))[0], 200)
+        ids = lambda key: sorted(m["id"] for m in json.loads(request(  # noqa: E731
+            "GET", self.dp.port, "/v1/models", headers=bearer(key))[2])["data"])
+        self.assertEqual(ids("sk-search-1"), ["demo"])
+        self.assertEqual(ids("sk-ops"), ["demo", "other"])
+        self.assertEqual(request("GET", self.dp.port, "/v1/models")[0], 401)
+
+    def test_messages_takes_x_api_key(self):
+        body = {"model": "demo", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+        status, _, raw = post(self.dp.port, "/v1/messages", body,
+                              headers={"x-api-key": "sk-search-1", "anthropic-version": "2023-06-01"})
+        self.assertEqual(status, 200, raw)
+        status, _, raw = post(self.dp.port, "/v1/messages", body,
+                              headers={"anthropic-version": "2023-06-01"})
+        self.assertEqual(status, 401)
+        self.assertEqual(json.loads(raw)["type"], "error")  # Anthropic's shape
+
+    def test_not_required(self):
+        # anonymous is fine; a key that matches no consumer is refused
+        self.assertEqual(post(self.open.port, "/v1/chat/completions", CHAT)[0], 200)
+        self.assertEqual(self.error(post(self.open.port, "/v1/chat/completions", CHAT,
+                                         headers=bearer("sk-wrong"))), (401, "invalid_api_key"))
+
+    def test_the_log_names_the_consumer_never_the_key(self):
+        post(self.dp.port, "/v1/chat/completions", CHAT, headers=bearer("sk-search-1"))
+        post(self.dp.port, "/v1/chat/completions", CHAT, headers=bearer("sk-wrong"))
+        self.dp.wait_metric('knoway_requests_total{code="401"}', 1)
+        logs = self.dp.logs()
+        self.assertIn('"consumer":"default/search"', logs)
+        self.assertNotIn("sk-search-1", logs)
+        self.assertNotIn("sk-wrong", logs)
+        # the upstream never sees the client's key
+        self.assertNotIn("sk-search-1", json.dumps(self.mock.requests()))
+
+
+if __name__ == "__main__":
+    unittest.main()
