@@ -177,6 +177,14 @@ static bool referenced(const struct kw_config *cfg, const char *key)
     for (size_t i = 0; i < cfg->nbackends; i++)
         if (cfg->backends[i]->meta.name != NULL && refs_secret(cfg->backends[i], ns, slash + 1))
             return true;
+    for (size_t i = 0; i < cfg->nconsumers; i++) { /* a consumer's API keys */
+        const struct kw_consumer *c = cfg->consumers[i];
+        if (c->meta.name == NULL || strcmp(c->meta.ns, ns) != 0)
+            continue;
+        for (size_t j = 0; j < c->napi_keys; j++)
+            if (strcmp(c->api_keys[j].name, slash + 1) == 0)
+                return true;
+    }
     return false;
 }
 
@@ -262,6 +270,8 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
     atomic_init(&b->refs, 1);
     add_store(cfg, src->backends, NULL);
     add_store(cfg, src->routes, NULL);
+    if (src->consumers != NULL)
+        add_store(cfg, src->consumers, NULL);
     add_store(cfg, src->secrets, referenced);
     kw_config_check(cfg);
     b->snap = kw_snapshot_build(cfg, ctl_resolve_slices, src->slices, &cfg->diag);
@@ -276,7 +286,7 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
     b->json = text.data;
     b->len = text.len;
 
-    b->states = calloc(cfg->nbackends + cfg->nroutes + 1, sizeof(*b->states));
+    b->states = calloc(cfg->nbackends + cfg->nroutes + cfg->nconsumers + 1, sizeof(*b->states));
     if (b->states == NULL)
         goto fail;
     for (size_t i = 0; i < cfg->nbackends; i++)
@@ -287,6 +297,9 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
             add_state(b, KW_KIND_LLMROUTE, &cfg->routes[i]->meta);
             b->states[b->nstates - 1].conflicted = cfg->routes[i]->conflicted;
         }
+    for (size_t i = 0; i < cfg->nconsumers; i++)
+        if (cfg->consumers[i]->meta.name != NULL)
+            add_state(b, KW_KIND_LLMCONSUMER, &cfg->consumers[i]->meta);
     qsort(b->states, b->nstates, sizeof(*b->states), cmp_state);
     for (size_t i = 0; i < cfg->nroutes;
          i++) { /* routes whose backend is invalid: the precise reason first */
@@ -312,9 +325,10 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
         char kind[32], ns[KW_MAX_NAMESPACE_LEN + 1], name[KW_MAX_NAME_LEN + 1];
         if (e->object == NULL || sscanf(e->object, "%31[^/]/%63[^/]/%253s", kind, ns, name) != 3)
             continue;
-        enum kw_kind k = strcmp(kind, "LLMBackend") == 0 ? KW_KIND_LLMBACKEND
-                         : strcmp(kind, "LLMRoute") == 0 ? KW_KIND_LLMROUTE
-                                                         : KW_KIND_SECRET;
+        enum kw_kind k = strcmp(kind, "LLMBackend") == 0    ? KW_KIND_LLMBACKEND
+                         : strcmp(kind, "LLMRoute") == 0    ? KW_KIND_LLMROUTE
+                         : strcmp(kind, "LLMConsumer") == 0 ? KW_KIND_LLMCONSUMER
+                                                            : KW_KIND_SECRET;
         struct ctl_resource_state *s = find_state(b, k, ns, name);
         if (s == NULL)
             continue;
@@ -343,6 +357,12 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
             m->name != NULL ? find_state(b, KW_KIND_LLMBACKEND, m->ns, m->name) : NULL;
         if (s != NULL)
             s->programmed = in_snapshot_backend(b->snap, m);
+    }
+    for (size_t i = 0; i < b->snap->nconsumers; i++) {
+        const struct kw_meta *m = &b->snap->consumers[i]->meta;
+        struct ctl_resource_state *s = find_state(b, KW_KIND_LLMCONSUMER, m->ns, m->name);
+        if (s != NULL)
+            s->programmed = true;
     }
     for (size_t i = 0; i < b->snap->nroutes; i++) { /* routes are in age order: look up */
         const struct kw_meta *m = &b->snap->routes[i]->meta;

@@ -50,6 +50,7 @@ void ctl_build_unref(struct ctl_build *b);
 struct ctl_sources {
     struct ctl_store *backends, *routes, *secrets, *slices;
     const char *secret_selector; /* the Secrets informer's label selector, or NULL (hints) */
+    struct ctl_store *consumers; /* LLMConsumers, or NULL */
 };
 
 /* Build once from the sources (locks each store while reading it). NULL on out-of-memory. */

@@ -25,7 +25,7 @@
 #include "lease.h"
 #include "status.h"
 
-enum { INF_BACKENDS, INF_ROUTES, INF_SECRETS, INF_SLICES, INF__COUNT };
+enum { INF_BACKENDS, INF_ROUTES, INF_SECRETS, INF_SLICES, INF_CONSUMERS, INF__COUNT };
 
 /* Secrets the controller reads: labelled ones only (a cluster holds many others: tokens,
  * certificates, Helm releases; none of them is the controller's business). */
@@ -459,6 +459,7 @@ int main(int argc, char **argv)
     c.status.disc = &c.disc;
     c.status.backends = &c.inf[INF_BACKENDS].store;
     c.status.routes = &c.inf[INF_ROUTES].store;
+    c.status.consumers = &c.inf[INF_CONSUMERS].store;
     c.status.leader = &c.leader;
     c.disc.node_grace_ms = (int64_t)(node_grace_s * 1000);
     c.disc.on_ack = ctl_status_kick;
@@ -487,6 +488,7 @@ int main(int argc, char **argv)
         goto out;
     c.builder.src = (struct ctl_sources){.backends = &c.inf[INF_BACKENDS].store,
                                          .routes = &c.inf[INF_ROUTES].store,
+                                         .consumers = &c.inf[INF_CONSUMERS].store,
                                          .secrets = &c.inf[INF_SECRETS].store,
                                          .slices = &c.inf[INF_SLICES].store,
                                          .secret_selector = secret_selector};
@@ -503,6 +505,7 @@ int main(int argc, char **argv)
         {"Secret", "/api/v1", NULL, "secrets", NULL},
         {"EndpointSlice", "/apis/discovery.k8s.io/v1", "/apis/discovery.k8s.io/v1beta1",
          "endpointslices", "kubernetes.io/service-name"},
+        {"LLMConsumer", "/apis/llm.knoway.dev/v1alpha1", NULL, "llmconsumers", NULL},
     };
     for (int i = 0; i < INF__COUNT; i++) {
         struct ctl_informer *inf = &c.inf[i];

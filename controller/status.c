@@ -139,8 +139,14 @@ static void write_one(struct ctl_status *s, const struct ctl_resource_state *st,
                       const struct ctl_node *nodes, size_t nnodes, struct kw_arena *a,
                       struct kw_buf *patch, struct kw_buf *resp)
 {
-    struct ctl_store *store = st->kind == KW_KIND_LLMBACKEND ? s->backends : s->routes;
-    const char *plural = st->kind == KW_KIND_LLMBACKEND ? "llmbackends" : "llmroutes";
+    struct ctl_store *store = st->kind == KW_KIND_LLMBACKEND    ? s->backends
+                              : st->kind == KW_KIND_LLMCONSUMER ? s->consumers
+                                                                : s->routes;
+    const char *plural = st->kind == KW_KIND_LLMBACKEND    ? "llmbackends"
+                         : st->kind == KW_KIND_LLMCONSUMER ? "llmconsumers"
+                                                           : "llmroutes";
+    if (store == NULL)
+        return;
     char key[600], err[256];
     snprintf(key, sizeof(key), "%s/%s", st->ns, st->name);
     struct cond c[3];

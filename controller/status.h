@@ -30,7 +30,7 @@
 struct ctl_status {
     struct ctl_kube *kube;
     struct ctl_discovery *disc;
-    struct ctl_store *backends, *routes;
+    struct ctl_store *backends, *routes, *consumers;
     atomic_bool *leader;
     pthread_mutex_t mu;
     pthread_cond_t cond;

@@ -102,7 +102,10 @@ static int compare(const struct kw_node *schema, const char *path, const struct 
         snprintf(sub, sizeof(sub), "%s[]", path);
         return compare(get(schema, "items"), sub, s);
     }
-    if (strcmp(type, "object") != 0 || kw_node_get(schema, "x-kubernetes-preserve-unknown-fields"))
+    /* free-form maps (their keys are the user's: attributes, params) have no fields */
+    if (strcmp(type, "object") != 0 ||
+        kw_node_get(schema, "x-kubernetes-preserve-unknown-fields") ||
+        kw_node_get(schema, "additionalProperties"))
         return 0;
     const struct kw_node *props = kw_node_get(schema, "properties");
     const char *parsed = seen_fields(s, path);
@@ -196,11 +199,18 @@ static void test_llmroute(void **state)
     check_crd("llm.knoway.dev_llmroutes.yaml", "LLMRoute");
 }
 
+static void test_llmconsumer(void **state)
+{
+    (void)state;
+    check_crd("llm.knoway.dev_llmconsumers.yaml", "LLMConsumer");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_llmbackend),
         cmocka_unit_test(test_llmroute),
+        cmocka_unit_test(test_llmconsumer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
