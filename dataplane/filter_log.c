@@ -22,6 +22,15 @@ static void on_end(struct dp_request *r, void *ctx)
         char who[320];
         snprintf(who, sizeof(who), "%s/%s", r->consumer->meta.ns, r->consumer->meta.name);
         kw_log_field(b, "consumer", who);
+        char attrs[1024];
+        size_t n = 0;
+        attrs[0] = '\0';
+        for (size_t i = 0; i < r->consumer->nattributes && n < sizeof(attrs); i++)
+            n +=
+                (size_t)snprintf(attrs + n, sizeof(attrs) - n, "%s%s=%s", i > 0 ? "," : "",
+                                 r->consumer->attributes[i].name, r->consumer->attributes[i].value);
+        if (r->consumer->nattributes > 0)
+            kw_log_field(b, "attributes", attrs);
     }
     if (r->route != NULL)
         kw_log_field(b, "route", r->route->meta.name);

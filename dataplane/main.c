@@ -105,8 +105,11 @@ int main(int argc, char **argv)
     if (snap == NULL)
         return 1;
     if (check) {
-        printf("%s: configuration is valid (%zu backends, %zu routes, version %.19s)\n", file,
-               snap->nbackends, snap->nroutes, snap->version);
+        char consumers[48] = "";
+        if (snap->nconsumers > 0)
+            snprintf(consumers, sizeof(consumers), ", %zu consumers", snap->nconsumers);
+        printf("%s: configuration is valid (%zu backends, %zu routes%s, version %.19s)\n", file,
+               snap->nbackends, snap->nroutes, consumers, snap->version);
         kw_snapshot_unref(snap);
         kw_config_free(cfg);
         return 0;

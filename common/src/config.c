@@ -403,7 +403,9 @@ int kw_config_check(struct kw_config *cfg)
     check_duplicates(cfg, KW_KIND_LLMCONSUMER, (void **)cfg->consumers, cfg->nconsumers,
                      offsetof(struct kw_consumer, meta), offsetof(struct kw_consumer, valid));
 
-    /* a consumer's keys: the Secret must exist (and the key, when one is named) */
+    /* a consumer's keys: the Secret must exist (and the key, when one is named). A missing
+     * one is reported and contributes no key; the consumer stays (its other keys work, and
+     * a deleted Secret revokes its keys instead of turning key checks off) */
     for (size_t i = 0; i < cfg->nconsumers; i++) {
         struct kw_consumer *c = cfg->consumers[i];
         for (size_t j = 0; c->meta.name != NULL && j < c->napi_keys; j++) {
@@ -414,11 +416,9 @@ int kw_config_check(struct kw_config *cfg)
             if (sec == NULL) {
                 ref_error(cfg, KW_KIND_LLMCONSUMER, &c->meta, ref->line, ref->col, path,
                           "Secret \"%s/%s\" not found", c->meta.ns, ref->name);
-                c->valid = false;
             } else if (ref->key != NULL && kw_secret_get(sec, ref->key) == NULL) {
                 ref_error(cfg, KW_KIND_LLMCONSUMER, &c->meta, ref->line, ref->col, path,
                           "Secret \"%s/%s\" has no key \"%s\"", c->meta.ns, ref->name, ref->key);
-                c->valid = false;
             }
         }
     }

@@ -139,7 +139,8 @@ def setUpModule():
     ENV = dict(os.environ, KUBECONFIG=os.path.join(DIR, "kubeconfig"))
     kubectl("apply", "--validate=false", "-f", os.path.join(SRC, "crds"))
     kubectl("wait", "--for", "condition=established", "--timeout=30s",
-            "crd/llmbackends.llm.knoway.dev", "crd/llmroutes.llm.knoway.dev")
+            "crd/llmbackends.llm.knoway.dev", "crd/llmroutes.llm.knoway.dev",
+            "crd/llmconsumers.llm.knoway.dev")
 
 
 def tearDownModule():
@@ -313,6 +314,50 @@ class ControlPlane(unittest.TestCase):
             time.sleep(1.0)
             return self.ctl.metrics()[key] == a
         wait_for(quiet, 15, "status writes settled")
+
+    def test_04d_consumer_keys_work_and_are_revoked_within_1s(self):
+        apply("---\napiVersion: v1\nkind: Secret\nmetadata: {name: consumer-keys, namespace: "
+              "default, labels: {llm.knoway.dev/secret: \"true\"}}\n"
+              "stringData: {k: sk-consumer-e2e}\n"
+              "---\napiVersion: %s\nkind: LLMConsumer\nmetadata: {name: e2e-user, namespace: "
+              "default}\nspec:\n  apiKeys: [{secretRef: {name: consumer-keys}}]\n"
+              "  attributes: {team: e2e}\n" % API)
+
+        def with_key(dp, key):
+            return post(dp.port, "/v1/chat/completions",
+                        {"model": "gpt-e2e", "messages": [{"role": "user", "content": "hi"}]},
+                        headers={"Authorization": "Bearer " + key})[0]
+        # with a consumer in the snapshot a key that matches none is refused
+        wait_for(lambda: all(with_key(dp, "sk-wrong") == 401 for dp in self.dps), 5,
+                 "consumers programmed on every data plane")
+        self.assertTrue(all(with_key(dp, "sk-consumer-e2e") == 200 for dp in self.dps))
+        conds = wait_for(lambda: (lambda c: c if c.get("Programmed", {}).get("status") == "True" else None)(
+            conditions("llmconsumer", "e2e-user")[0]), 10, "consumer Programmed=True")
+        self.assertEqual(conds["ResolvedRefs"]["status"], "True")
+        # the key itself never reached a data plane: its cache holds the digest only
+        for i in range(2):
+            with open(os.path.join(DIR, "dp%d-snapshot.json" % i)) as f:
+                self.assertNotIn("sk-consumer-e2e", f.read())
+        # revocation: deleting the Secret refuses the key everywhere within a second
+        kubectl("delete", "secret", "consumer-keys")
+        t0 = time.time()
+        for dp in self.dps:
+            wait_for(lambda: with_key(dp, "sk-consumer-e2e") == 401, 5, "key revoked")
+        took = time.time() - t0
+        self.assertLess(took, 1.0, "revocation after kubectl delete returned")
+        print("\n    key revocation after kubectl delete returned: %.3f s" % took)
+        conds = wait_for(lambda: (lambda c: c if c.get("ResolvedRefs", {}).get("status") == "False" else None)(
+            conditions("llmconsumer", "e2e-user")[0]), 10, "consumer ResolvedRefs=False")
+        kubectl("delete", "llmconsumer", "e2e-user")
+        wait_for(lambda: all(with_key(dp, "sk-wrong") == 200 for dp in self.dps), 5,
+                 "no consumer left: keys are not checked")
+
+        def settled():  # the status writes this test caused are done
+            key = 'knoway_controller_status_writes_total{result="written"}'
+            a = self.ctl.metrics()[key]
+            time.sleep(0.7)
+            return a == self.ctl.metrics()[key]
+        wait_for(settled, 10, "status writes settled")
 
     def test_05_unauthorized_poll_is_refused(self):
         st, _, body = post(self.ctl.port, "/v1/discovery", {"node": {"id": "x"}, "version": ""},

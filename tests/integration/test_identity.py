@@ -105,7 +105,7 @@ class Identity(unittest.TestCase):
         post(self.dp.port, "/v1/chat/completions", CHAT, headers=bearer("sk-wrong"))
         self.dp.wait_metric('knoway_requests_total{code="401"}', 1)
         logs = self.dp.logs()
-        self.assertIn('"consumer":"default/search"', logs)
+        self.assertIn('"consumer":"default/search","attributes":"team=search"', logs)
         self.assertNotIn("sk-search-1", logs)
         self.assertNotIn("sk-wrong", logs)
         # the upstream never sees the client's key
