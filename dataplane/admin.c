@@ -122,6 +122,15 @@ static int debug_config(struct dp_server *s, struct kw_buf *b)
                 if (strcmp(c->pairs[j].key->str, "data") == 0)
                     c->pairs[j].val = kw_node_cstring(a, "(redacted)");
         }
+        /* consumers' key digests too: a weak key could be guessed from its SHA-256 */
+        struct kw_node *consumers = kw_node_get(root, "consumers");
+        for (size_t i = 0; consumers != NULL && i < consumers->n; i++) {
+            struct kw_node *spec = (struct kw_node *)kw_node_get(consumers->items[i], "spec");
+            for (size_t j = 0; spec != NULL && j < spec->n; j++)
+                if (strcmp(spec->pairs[j].key->str, "keySha256") == 0)
+                    spec->pairs[j].val = kw_node_cstring(
+                        a, kw_arena_printf(a, "(%zu keys, redacted)", spec->pairs[j].val->n));
+        }
         rc = kw_json_write(root, b);
     }
     kw_arena_free(a);

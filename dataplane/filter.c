@@ -8,6 +8,7 @@ const struct dp_filter_ops *const dp_filters[] = {
     &dp_filter_access_log,
     &dp_filter_metrics,
     &dp_filter_auth,
+    &dp_filter_models,
 };
 const size_t dp_nfilters = KW_ARRAY_LEN(dp_filters);
 

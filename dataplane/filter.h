@@ -59,6 +59,7 @@ extern const size_t dp_nfilters;
 extern const struct dp_filter_ops dp_filter_metrics;
 extern const struct dp_filter_ops dp_filter_access_log;
 extern const struct dp_filter_ops dp_filter_auth;
+extern const struct dp_filter_ops dp_filter_models;
 
 /* Install a filter table (dp_filters, dp_nfilters in the server; tests pass their own) and
  * run every filter's init; fini at the end (main thread). KW_OK or KW_ERROR. */

@@ -56,14 +56,29 @@ static int on_request(struct dp_request *r, void *ctx)
         /* the key is not echoed: it may be a real key of something else */
         return dp_error_set(r, 401, "invalid_request_error", "invalid_api_key", NULL,
                             "Incorrect API key provided.");
-    if (r->model != NULL && !dp_consumer_allows(r->consumer, r->model))
-        return dp_error_set(r, 403, "invalid_request_error", "model_not_allowed", "model",
-                            "The model `%s` is not allowed for this API key.", r->model);
     return KW_OK;
 }
 
+/* After route (the body is parsed there): the consumer's model allow-list. */
+static int on_route(struct dp_request *r, void *ctx)
+{
+    (void)ctx;
+    if (r->consumer == NULL || r->model == NULL || dp_consumer_allows(r->consumer, r->model))
+        return KW_DECLINED;
+    return dp_error_set(r, 403, "invalid_request_error", "model_not_allowed", "model",
+                        "The model `%s` is not allowed for this API key.", r->model);
+}
+
+/* Authentication runs before the body is parsed: a request refused for its key costs a
+ * hash, not a parse. */
 const struct dp_filter_ops dp_filter_auth = {
     .name = "auth",
     .phase = DP_PH_AUTH,
     .on_request = on_request,
+};
+
+const struct dp_filter_ops dp_filter_models = {
+    .name = "models",
+    .phase = DP_PH_ROUTE,
+    .on_request = on_route,
 };

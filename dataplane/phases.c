@@ -174,9 +174,7 @@ static int ph_body(struct dp_request *r)
     if (r->table == NULL)
         return dp_error_set(r, 503, "server_error", "not_ready", NULL,
                             "no configuration applied yet");
-    if (r->api == DP_API_MODELS)
-        return KW_OK; /* answered in route, once the caller is known */
-    return dp_request_parse_body(r);
+    return KW_OK; /* parsed in route: a caller auth refuses costs no parse */
 }
 
 /* ---- route --------------------------------------------------------------------------------- */
@@ -203,6 +201,8 @@ static int ph_route(struct dp_request *r)
 {
     if (r->api == DP_API_MODELS)
         return respond_models(r);
+    if (r->json == NULL && dp_request_parse_body(r) != KW_OK)
+        return KW_ERROR;
     if (r->route == NULL) {
         r->route = dp_table_route(r->table, r->model, r->path, header_of, r);
         if (r->route == NULL)

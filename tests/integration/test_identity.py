@@ -64,6 +64,11 @@ class Identity(unittest.TestCase):
                          (401, "invalid_api_key"))
         self.assertEqual(self.error(post(self.dp.port, "/v1/chat/completions", CHAT,
                                          headers=bearer("sk-wrong"))), (401, "invalid_api_key"))
+        # the key is checked before the body is parsed: a refused caller costs no parse
+        self.assertEqual(self.error(post(self.dp.port, "/v1/chat/completions", "{not json",
+                                         headers=bearer("sk-wrong"))), (401, "invalid_api_key"))
+        self.assertEqual(self.error(post(self.dp.port, "/v1/chat/completions", "{not json",
+                                         headers=bearer("sk-ops")))[0], 400)
         # every value of a Secret is a key (the trailing newline is not part of it) ...
         for key in ("sk-search-1", "sk-search-2", "sk-ops"):
             status, _, _ = post(self.dp.port, "/v1/chat/completions", CHAT, headers=bearer(key))
@@ -110,6 +115,10 @@ class Identity(unittest.TestCase):
         self.assertNotIn("sk-wrong", logs)
         # the upstream never sees the client's key
         self.assertNotIn("sk-search-1", json.dumps(self.mock.requests()))
+        # /debug/config shows neither keys nor their digests
+        config = json.loads(request("GET", self.dp.admin, "/debug/config")[2])
+        search = [c for c in config["consumers"] if c["name"] == "search"][0]
+        self.assertEqual(search["spec"]["keySha256"], "(2 keys, redacted)")
 
 
 if __name__ == "__main__":
