@@ -78,9 +78,14 @@ static void on_backoff(struct dp_timer *t);
 /* Run from r->phase until the request suspends or has its response. */
 static void run(struct dp_request *r)
 {
-    if (r->in_engine)
-        return; /* a callback inside a phase: the running loop sees the new state */
+    if (r->in_engine) {
+        /* resumed from inside a phase (a filter whose event came at once): the running
+         * loop goes on instead of suspending */
+        r->resume_pending = true;
+        return;
+    }
     r->in_engine = true;
+    r->resume_pending = false;
     while (r->phase < DP_PH_LOG) {
         int rc;
         if (r->filter_ix == 0) {
@@ -104,6 +109,10 @@ static void run(struct dp_request *r)
                 r->filter_ix = (unsigned)i + 2;
                 continue;
             }
+        }
+        if (rc == KW_AGAIN && r->resume_pending) {
+            r->resume_pending = false;
+            continue; /* the same phase or filter again, as dp_engine_resume would */
         }
         if (rc == KW_AGAIN)
             break;

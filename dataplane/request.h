@@ -81,6 +81,7 @@ struct dp_request {
     enum dp_phase phase;            /* where the engine runs or resumes */
     unsigned filter_ix;             /* the filter of the phase to run next */
     bool in_engine;                 /* the engine is running (re-entry guard) */
+    bool resume_pending;            /* ... and was asked to resume meanwhile */
     unsigned early_status;          /* 404/405 known from the first call */
     struct dp_request *prev, *next; /* the worker's active requests */
 
