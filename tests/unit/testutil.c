@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "knoway/kw.h"
+#include "knoway/snapshot.h"
 #include "testutil.h"
 
 char *kwt_errors(const char *yaml, struct kw_config **cfg_out)
@@ -76,4 +78,21 @@ void kwt_assert_linear(const char *what, void (*fn)(void *), void *input, void (
     double ratio = kwt_time_ratio(fn, input, base, baseline);
     print_message("%s: %.2fx the baseline's time (bound %.0fx)\n", what, ratio, bound);
     assert_true(ratio < bound);
+}
+
+struct kw_snapshot *kwt_snapshot(const char *yaml, struct kw_config **cfg_out)
+{
+    struct kw_config *cfg = kw_config_new();
+    assert_int_equal(kw_config_add_yaml(cfg, "t.yaml", yaml, strlen(yaml)), KW_OK);
+    kw_config_check(cfg);
+    struct kw_diag diag;
+    kw_diag_init(&diag);
+    struct kw_snapshot *snap = kw_snapshot_build(cfg, kw_service_resolve_dns, NULL, &diag);
+    kw_diag_cleanup(&diag);
+    assert_non_null(snap);
+    if (cfg_out != NULL)
+        *cfg_out = cfg;
+    else
+        kw_config_free(cfg);
+    return snap;
 }

@@ -22,6 +22,11 @@ char *kwt_errors(const char *yaml, struct kw_config **cfg_out);
         free(got_);                                                                                \
     } while (0)
 
+struct kw_snapshot;
+/* Load YAML text as file "t.yaml" (asserting it adds cleanly), check it, and build its
+ * snapshot (asserted). The config is kept in *cfg_out when not NULL, else freed. */
+struct kw_snapshot *kwt_snapshot(const char *yaml, struct kw_config **cfg_out);
+
 /* Seconds on the monotonic clock. */
 double kwt_now(void);
 

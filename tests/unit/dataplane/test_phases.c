@@ -95,14 +95,8 @@ struct env {
 static int setup(void **state)
 {
     struct env *e = calloc(1, sizeof(*e));
-    struct kw_config *cfg = kw_config_new();
-    assert_int_equal(kw_config_add_yaml(cfg, "t.yaml", CONFIG, strlen(CONFIG)), KW_OK);
-    kw_config_check(cfg);
-    struct kw_diag diag;
-    kw_diag_init(&diag);
-    struct kw_snapshot *snap = kw_snapshot_build(cfg, kw_service_resolve_dns, NULL, &diag);
-    kw_diag_cleanup(&diag);
-    assert_non_null(snap);
+    struct kw_config *cfg;
+    struct kw_snapshot *snap = kwt_snapshot(CONFIG, &cfg);
     e->bootstrap = cfg;
     e->s.dp = &cfg->dataplane;
     e->s.max_body_bytes = 1 << 20;

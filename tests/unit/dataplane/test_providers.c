@@ -63,16 +63,8 @@ struct fixture {
 static struct fixture *fixture(void)
 {
     struct fixture *f = calloc(1, sizeof(*f));
-    struct kw_config *cfg = kw_config_new();
-    assert_int_equal(kw_config_add_yaml(cfg, "t.yaml", CONFIG, strlen(CONFIG)), KW_OK);
-    kw_config_check(cfg);
-    struct kw_diag diag;
-    kw_diag_init(&diag);
-    f->snap = kw_snapshot_build(cfg, kw_service_resolve_dns, NULL, &diag);
-    kw_config_free(cfg);
-    assert_non_null(f->snap);
+    f->snap = kwt_snapshot(CONFIG, NULL);
     assert_int_equal(f->snap->nbackends, 4);
-    kw_diag_cleanup(&diag);
     f->table.snap = f->snap;
     f->scratch = kw_arena_new(64u << 20);
     return f;

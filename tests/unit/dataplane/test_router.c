@@ -33,16 +33,7 @@ static const char *header(void *ud, const char *name)
 
 static struct dp_table *table(void)
 {
-    struct kw_config *cfg = kw_config_new();
-    assert_int_equal(kw_config_add_yaml(cfg, "t.yaml", CONFIG, strlen(CONFIG)), KW_OK);
-    kw_config_check(cfg);
-    struct kw_diag diag;
-    kw_diag_init(&diag);
-    struct kw_snapshot *snap = kw_snapshot_build(cfg, kw_service_resolve_dns, NULL, &diag);
-    kw_diag_cleanup(&diag);
-    kw_config_free(cfg);
-    assert_non_null(snap);
-    struct dp_table *t = dp_table_new(snap);
+    struct dp_table *t = dp_table_new(kwt_snapshot(CONFIG, NULL));
     assert_non_null(t);
     return t;
 }
