@@ -94,8 +94,10 @@ static void backend_label(const struct dp_request *r, char *dst, size_t cap)
     snprintf(dst, cap, "%s/%s", r->backend->meta.ns, r->backend->meta.name);
 }
 
-/* The balancer's per-backend numbers, as this worker sees them now. */
-static void backend_state(struct conf *c, struct dp_request *r, const char *backend)
+/* The balancer's per-backend numbers, as this worker sees them: each set where it moves
+ * (in flight and retries as an attempt starts; in flight, ejections, cooldowns and the
+ * latency estimate as it ends), so an attempt costs no lookup for what did not change. */
+static void backend_state(struct conf *c, struct dp_request *r, const char *backend, bool start)
 {
     const struct dp_backend_state *bs = r->bstate;
     if (bs == NULL)
@@ -103,7 +105,11 @@ static void backend_state(struct conf *c, struct dp_request *r, const char *back
     unsigned shard = r->w->index + 1;
     const char *const v[] = {backend};
     kw_series_set(kw_metric_series(c->in_flight, shard, v), bs->t.in_flight);
-    kw_series_set(kw_metric_series(c->retries, shard, v), (int64_t)bs->retries_total);
+    if (start) {
+        if (r->attempts > 1)
+            kw_series_set(kw_metric_series(c->retries, shard, v), (int64_t)bs->retries_total);
+        return;
+    }
     kw_series_set(kw_metric_series(c->ejections, shard, v), (int64_t)bs->ejections_total);
     kw_series_set(kw_metric_series(c->cooldowns, shard, v), (int64_t)bs->cooldowns_total);
     char worker[16];
@@ -117,7 +123,7 @@ static void on_attempt_start(struct dp_request *r, void *ctx)
     (void)ctx;
     char backend[512];
     backend_label(r, backend, sizeof(backend));
-    backend_state(conf_of(r), r, backend);
+    backend_state(conf_of(r), r, backend, true);
 }
 
 static void on_attempt(struct dp_request *r, void *ctx)
@@ -127,7 +133,7 @@ static void on_attempt(struct dp_request *r, void *ctx)
     unsigned shard = r->w->index + 1;
     char result[16], backend[512];
     backend_label(r, backend, sizeof(backend));
-    backend_state(c, r, backend);
+    backend_state(c, r, backend, false);
     if (r->attempt_cancelled) {
         snprintf(result, sizeof(result), "cancelled");
     } else if (r->up.error != DP_UPERR_NONE) {
