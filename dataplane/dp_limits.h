@@ -27,5 +27,6 @@
 
 #define DP_MAX_ATTEMPTS 16 /* upstream attempts of one request (retry.attempts caps) */
 #define DP_MAX_FILTERS  16 /* entries of the filter table */
+#define DP_MAX_RESPONSE_HEADERS 12 /* headers filters add to one response */
 
 #endif

@@ -9,6 +9,7 @@ const struct dp_filter_ops *const dp_filters[] = {
     &dp_filter_metrics,
     &dp_filter_auth,
     &dp_filter_models,
+    &dp_filter_limit,
 };
 const size_t dp_nfilters = KW_ARRAY_LEN(dp_filters);
 
@@ -39,4 +40,12 @@ void *dp_filter_conf(const struct dp_server *s, const struct dp_filter_ops *ops)
         if (s->filters[i] == ops)
             return s->filter_conf[i];
     return NULL;
+}
+
+unsigned dp_filter_index(const struct dp_server *s, const struct dp_filter_ops *ops)
+{
+    for (size_t i = 0; i < s->nfilters; i++)
+        if (s->filters[i] == ops)
+            return (unsigned)i;
+    return DP_MAX_FILTERS;
 }

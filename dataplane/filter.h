@@ -15,6 +15,10 @@
  *   on_attempt_start  an upstream attempt starts (r->backend, r->endpoint, r->attempts)
  *   on_attempt   an upstream attempt ended (r->up tells how; r->backend is its backend,
  *                r->bstate the balancer's state of it)
+ *   on_chunk     each OpenAI-shaped chunk a stream sends the client (parsed), only while
+ *                r->watch_chunks is set (a filter sets it: parsing costs); KW_DONE with
+ *                r->err set ends the stream cleanly after this chunk (finish_reason
+ *                "length", the error event, [DONE]) and cancels the upstream
  *   on_usage     the request's token usage is known (once, before on_end)
  *   on_end       the request ends: always, exactly once, whatever happened
  * ctx is the filter's per-request context: ctx_size zeroed bytes from the request's arena
@@ -48,6 +52,7 @@ struct dp_filter_ops {
     int (*on_event)(struct dp_request *r, void *ctx, const struct dp_event *ev);
     void (*on_attempt_start)(struct dp_request *r, void *ctx);
     void (*on_attempt)(struct dp_request *r, void *ctx);
+    int (*on_chunk)(struct dp_request *r, void *ctx, const struct kw_node *chunk);
     void (*on_usage)(struct dp_request *r, void *ctx, const struct dp_usage *u);
     void (*on_end)(struct dp_request *r, void *ctx);
 };
@@ -60,6 +65,7 @@ extern const struct dp_filter_ops dp_filter_metrics;
 extern const struct dp_filter_ops dp_filter_access_log;
 extern const struct dp_filter_ops dp_filter_auth;
 extern const struct dp_filter_ops dp_filter_models;
+extern const struct dp_filter_ops dp_filter_limit;
 
 /* Install a filter table (dp_filters, dp_nfilters in the server; tests pass their own) and
  * run every filter's init; fini at the end (main thread). KW_OK or KW_ERROR. */
@@ -67,5 +73,7 @@ int dp_filters_init(struct dp_server *s, const struct dp_filter_ops *const *filt
 void dp_filters_fini(struct dp_server *s);
 /* A filter's server-wide state (what its init stored), found by its ops. */
 void *dp_filter_conf(const struct dp_server *s, const struct dp_filter_ops *ops);
+/* A filter's index in the table (r->fctx[index] is its context), or DP_MAX_FILTERS. */
+unsigned dp_filter_index(const struct dp_server *s, const struct dp_filter_ops *ops);
 
 #endif

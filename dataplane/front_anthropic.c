@@ -882,6 +882,13 @@ static int anth_stream_error(struct dp_request *r, const char *msg, struct kw_bu
     st->out = out;
     if (st->done)
         return KW_OK;
+    if (r->cut) {
+        /* a limit ended it: the message ends as at max_tokens, then the error says why */
+        if (st->stop != NULL)
+            finish_message(r, st);
+        return stream_error(r, st, r->err.status == 429 ? "rate_limit_error" : "api_error", msg,
+                            strlen(msg));
+    }
     return stream_error(r, st, "api_error", msg, strlen(msg));
 }
 

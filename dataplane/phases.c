@@ -367,6 +367,69 @@ static int on_sse_event(void *ud, const char *raw, size_t raw_len, const char *e
     return r->provider->on_event(r, raw, raw_len, event, data, data_len, dp_stream_sink(r));
 }
 
+/* ---- filters that watch a stream's chunks (on_chunk) ------------------------------------- */
+
+struct chunk_walk {
+    struct dp_request *r;
+    bool cut;
+    char id[128], model[128];
+    int64_t created;
+};
+
+static int on_client_chunk(void *ud, const char *raw, size_t raw_len, const char *event,
+                           const char *data, size_t data_len, bool has_data)
+{
+    (void)raw;
+    (void)raw_len;
+    (void)event;
+    struct chunk_walk *cw = ud;
+    struct dp_request *r = cw->r;
+    if (cw->cut || !has_data || (data_len == 6 && memcmp(data, "[DONE]", 6) == 0))
+        return KW_OK;
+    struct kw_node *root = NULL;
+    char err[64];
+    kw_arena_reset(r->scratch);
+    if (kw_json_parse(r->scratch, data, data_len, &root, err, sizeof(err)) != KW_OK ||
+        root->type != KW_NODE_MAP)
+        return KW_OK;
+    const struct kw_node *id = kw_node_get(root, "id"), *model = kw_node_get(root, "model"),
+                         *created = kw_node_get(root, "created");
+    if (id != NULL && id->type == KW_NODE_STRING)
+        snprintf(cw->id, sizeof(cw->id), "%s", id->str);
+    if (model != NULL && model->type == KW_NODE_STRING)
+        snprintf(cw->model, sizeof(cw->model), "%s", model->str);
+    if (created != NULL && created->type == KW_NODE_INT)
+        cw->created = created->i;
+    for (size_t i = 0; i < NF(r); i++)
+        if (F(r)[i]->on_chunk != NULL && F(r)[i]->on_chunk(r, ctx_of(r, i), root) == KW_DONE) {
+            cw->cut = true;
+            break;
+        }
+    return KW_OK;
+}
+
+/* Show the chunks the provider just wrote (sink from `from`) to the filters; KW_DONE when
+ * one ends the stream: the chunk that ends it (finish_reason "length") is appended. */
+static int walk_chunks(struct dp_request *r, struct kw_buf *sink, size_t from)
+{
+    struct chunk_walk cw = {.r = r};
+    struct dp_sse p;
+    dp_sse_init(&p, DP_MAX_SSE_EVENT);
+    int rc = dp_sse_feed(&p, sink->data + from, sink->len - from, on_client_chunk, &cw);
+    if (rc == KW_OK)
+        rc = dp_sse_finish(&p, on_client_chunk, &cw);
+    dp_sse_cleanup(&p);
+    if (!cw.cut)
+        return KW_OK;
+    kw_buf_puts(sink, "data: {\"id\":");
+    kw_json_write_string(sink, cw.id, strlen(cw.id));
+    kw_buf_printf(sink, ",\"object\":\"chat.completion.chunk\",\"created\":%lld,\"model\":",
+                  (long long)cw.created);
+    kw_json_write_string(sink, cw.model, strlen(cw.model));
+    kw_buf_puts(sink, ",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n");
+    return KW_DONE;
+}
+
 static size_t on_up_body(struct dp_transfer *t, const char *ptr, size_t n)
 {
     struct dp_request *r = t->ud;
@@ -402,7 +465,11 @@ static size_t on_up_body(struct dp_transfer *t, const char *ptr, size_t n)
                      "upstream stream event too large or invalid");
         return 0;
     }
-    if (dp_cont_enabled(r)) {
+    if (r->watch_chunks && sink->len > from && walk_chunks(r, sink, from) == KW_DONE) {
+        r->cut = true;
+        snprintf(t->write_err, sizeof(t->write_err), "the stream was ended by a limit");
+    }
+    if (dp_cont_enabled(r) && !r->cut) {
         int rc = dp_cont_track(r, sink, from);
         if (rc != KW_OK) {
             snprintf(t->write_err, sizeof(t->write_err), "%s",
@@ -422,7 +489,7 @@ static size_t on_up_body(struct dp_transfer *t, const char *ptr, size_t n)
         dp_respond_wake(r);
     }
     dp_request_account(r);
-    return n;
+    return r->cut ? 0 : n; /* cut: the transfer stops here */
 }
 
 /* How the attempt went, for the balancer. */
@@ -595,6 +662,8 @@ static int ph_upstream(struct dp_request *r)
         snprintf(t->errmsg, sizeof(t->errmsg), "%s", t->write_err);
     if (t->error != DP_UPERR_NONE && t->errmsg[0] == '\0')
         snprintf(t->errmsg, sizeof(t->errmsg), "upstream transfer failed");
+    if (r->cut)
+        return KW_ERROR; /* a filter ended the stream: r->err is its final event */
     unsigned cls = failure_class(r);
     int64_t backoff = 0;
     if (cls != 0 && retry_decide(r, cls, &backoff)) {

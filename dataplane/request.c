@@ -441,3 +441,20 @@ void dp_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     dp_worker_arena_done(w, r->arena);
     free(r);
 }
+
+int dp_request_add_header(struct dp_request *r, const char *name, const char *value)
+{
+    unsigned i = 0;
+    while (i < r->nhdrs && strcasecmp(r->hdrs[i].name, name) != 0)
+        i++;
+    if (i == DP_MAX_RESPONSE_HEADERS)
+        return KW_ERROR;
+    const char *v = kw_arena_strdup(r->arena, value);
+    if (v == NULL)
+        return KW_ERROR;
+    r->hdrs[i].name = name;
+    r->hdrs[i].value = v;
+    if (i == r->nhdrs)
+        r->nhdrs++;
+    return KW_OK;
+}

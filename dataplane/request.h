@@ -94,6 +94,7 @@ struct dp_request {
     long long accounted;  /* bytes of this request's buffers counted in the memory budget */
     struct kw_node *json; /* the parsed body (arena) */
     const struct kw_consumer *consumer; /* who is calling (filter_auth.c), or NULL */
+    const char *user;                   /* the end user (a JWT claim, else the body's "user") */
     const char *model;                  /* the client's model */
     bool stream;                        /* the client asked for a stream */
     bool client_usage;                  /* ... with stream_options.include_usage */
@@ -146,6 +147,8 @@ struct dp_request {
     bool suspended;
     bool client_gone;
     bool saw_done;                       /* the upstream sent data: [DONE] */
+    bool watch_chunks;                   /* filters' on_chunk see the stream (filter.h) */
+    bool cut;                            /* a filter ended the stream (r->err says why) */
     bool ended;                          /* the filters' on_end ran */
     enum MHD_RequestTerminationCode toe; /* how it ended (for on_end) */
     int64_t last_out_ms;
@@ -153,6 +156,12 @@ struct dp_request {
     struct dp_timer watch_timer; /* starts watching the client's fd */
     struct dp_watch client_watch;
     bool client_watched;
+
+    /* headers filters add to the client's response (x-ratelimit-*, Retry-After) */
+    struct {
+        const char *name, *value;
+    } hdrs[DP_MAX_RESPONSE_HEADERS];
+    unsigned nhdrs;
 
     /* accounting */
     struct dp_usage usage;
@@ -186,6 +195,10 @@ const char *dp_request_header(struct dp_request *r, const char *name);
  * as it does). Nothing is sent: the engine sends r->err when the phase fails. */
 int dp_error_set(struct dp_request *r, unsigned status, const char *type, const char *code,
                  const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+/* Add a header to whatever response r gets (copied; replaces one of the same name).
+ * KW_OK or KW_ERROR (full, memory). */
+int dp_request_add_header(struct dp_request *r, const char *name, const char *value);
 
 /* Record usage from an OpenAI-shaped "usage" object. */
 void dp_request_usage(struct dp_request *r, const struct kw_node *usage);

@@ -16,6 +16,8 @@ void dp_respond_headers(struct dp_request *r, struct MHD_Response *resp)
     MHD_add_response_header(resp, "x-request-id", r->id);
     if (r->front != NULL && r->front->id_header != NULL)
         MHD_add_response_header(resp, r->front->id_header, r->id);
+    for (unsigned i = 0; i < r->nhdrs; i++)
+        MHD_add_response_header(resp, r->hdrs[i].name, r->hdrs[i].value);
 }
 
 void dp_respond_wake(struct dp_request *r)
@@ -80,8 +82,10 @@ static void stream_error(struct dp_request *r, const struct dp_error *e)
         r->front->stream_error(r, e->msg, &r->out);
     } else {
         struct dp_error ev = *e;
-        ev.status = 500;
-        snprintf(ev.type, sizeof(ev.type), "server_error");
+        if (!r->cut) { /* a limit's end keeps its type and code (rate_limit_exceeded) */
+            ev.status = 500;
+            snprintf(ev.type, sizeof(ev.type), "server_error");
+        }
         ev.param[0] = '\0';
         struct kw_buf body;
         error_body(r, &ev, &body);
@@ -91,6 +95,8 @@ static void stream_error(struct dp_request *r, const struct dp_error *e)
             kw_buf_puts(&r->out, "\n\n");
         }
         kw_buf_cleanup(&body);
+        if (r->cut)
+            kw_buf_puts(&r->out, "data: [DONE]\n\n"); /* a clean end after the error */
     }
     dp_respond_stream_end(r);
 }

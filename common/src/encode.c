@@ -1,5 +1,6 @@
 /* Encoding resource specs back into kw_node trees, every default filled in: what the
  * snapshot carries. kw_decode_*_spec(kw_encode_*_spec(x)) gives x back. */
+#include <stdio.h>
 #include <string.h>
 
 #include "decode.h"
@@ -72,6 +73,55 @@ static struct kw_node *headers(struct enc *e, const struct kw_header *h, size_t 
         struct kw_node *m = map(e);
         put_str(e, m, "name", h[i].name);
         put_str(e, m, "value", h[i].value);
+        push(e, s, m);
+    }
+    return s;
+}
+
+/* micro-USD as a decimal string: 2500000 -> "2.5" */
+static void put_money(struct enc *e, struct kw_node *m, const char *key, int64_t micro)
+{
+    char buf[48];
+    int n = snprintf(buf, sizeof(buf), "%lld.%06lld", (long long)(micro / 1000000),
+                     (long long)(micro % 1000000));
+    while (n > 0 && buf[n - 1] == '0')
+        buf[--n] = '\0';
+    if (n > 0 && buf[n - 1] == '.')
+        buf[--n] = '\0';
+    put_str(e, m, key, buf);
+}
+
+static struct kw_node *rate_limits(struct enc *e, const struct kw_rate_limit *l, size_t n)
+{
+    static const char *const keys[] = {"Consumer", "User", "Header/", "ClientIP"};
+    static const char *const counts[] = {"Total", "Input", "Output"};
+    struct kw_node *s = seq(e);
+    for (size_t i = 0; i < n; i++, l++) {
+        struct kw_node *m = map(e);
+        put_str(e, m, "name", l->name);
+        put_str(e, m, "key",
+                l->key == KW_LIMIT_KEY_HEADER ? kw_arena_printf(e->a, "Header/%s", l->header)
+                                              : keys[l->key]);
+        if (l->nconsumers > 0 || l->nheaders > 0) {
+            struct kw_node *sel = map(e);
+            if (l->nconsumers > 0) {
+                struct kw_node *cs = seq(e);
+                for (size_t k = 0; k < l->nconsumers; k++)
+                    push(e, cs, kw_node_cstring(e->a, l->consumers[k]));
+                put(e, sel, "consumers", cs);
+            }
+            if (l->nheaders > 0)
+                put(e, sel, "headers", headers(e, l->headers, l->nheaders));
+            put(e, m, "clientSelector", sel);
+        }
+        struct kw_node *q = map(e);
+        put_int(e, q, "limit", (int64_t)l->limit);
+        put_duration(e, q, "window", l->window_ms);
+        if (l->tokens)
+            put_str(e, q, "count", counts[l->count]);
+        put(e, m, l->tokens ? "tokens" : "requests", q);
+        put_str(e, m, "scope", l->global ? "Global" : "Local");
+        put_str(e, m, "enforce", l->enforce_stream ? "Stream" : "Request");
         push(e, s, m);
     }
     return s;
@@ -160,6 +210,14 @@ struct kw_node *kw_encode_backend_spec(struct kw_arena *a, const struct kw_backe
         put(&e, spec, "limits", lim);
     }
 
+    if (b->pricing.set) {
+        struct kw_node *pr = map(&e);
+        put_money(&e, pr, "inputPerMillion", b->pricing.input_per_million);
+        put_money(&e, pr, "outputPerMillion", b->pricing.output_per_million);
+        put_money(&e, pr, "cachedInputPerMillion", b->pricing.cached_input_per_million);
+        put(&e, spec, "pricing", pr);
+    }
+
     const struct kw_params *p = &b->params;
     if (p->defaults != NULL || p->overrides != NULL || p->nremove > 0) {
         struct kw_node *pm = map(&e);
@@ -204,6 +262,17 @@ struct kw_node *kw_encode_consumer_spec(struct kw_arena *a, const struct kw_cons
     for (size_t i = 0; i < c->nkey_hashes; i++)
         push(&e, keys, kw_node_cstring(a, c->key_hashes[i]));
     put(&e, spec, "keySha256", keys);
+    if (c->nlimits > 0)
+        put(&e, spec, "limits", rate_limits(&e, c->limits, c->nlimits));
+    if (c->budget.set) {
+        static const char *const periods[] = {"Day", "Week", "Month"};
+        struct kw_node *b = map(&e);
+        put_money(&e, b, "limit", c->budget.limit_nusd / 1000);
+        put_str(&e, b, "currency", "USD");
+        put_str(&e, b, "period", periods[c->budget.period]);
+        put_str(&e, b, "enforce", c->budget.enforce_stream ? "Stream" : "Request");
+        put(&e, spec, "budget", b);
+    }
     return e.failed ? NULL : spec;
 }
 
@@ -242,6 +311,10 @@ struct kw_node *kw_encode_route_spec(struct kw_arena *a, const struct kw_route *
     put(&e, spec, "backendRefs", refs);
     put_duration(&e, spec, "timeout", r->timeout_ms);
     put_duration(&e, spec, "streamIdleTimeout", r->stream_idle_timeout_ms);
+    if (r->nrate_limits > 0)
+        put(&e, spec, "rateLimits", rate_limits(&e, r->rate_limits, r->nrate_limits));
+    if (r->estimated_output_tokens != KW_DEFAULT_ESTIMATED_OUTPUT)
+        put_int(&e, spec, "estimatedOutputTokens", r->estimated_output_tokens);
     if (r->load_balancer.strategy != KW_LB_WEIGHTED_RANDOM || r->load_balancer.client_override) {
         static const char *const strategies[] = {"WeightedRandom", "RoundRobin", "LeastRequest",
                                                  "Latency"};

@@ -933,6 +933,9 @@ static bool get_enum(struct kw_dec *d, const struct kw_node *m, const char *key,
     return false;
 }
 
+static bool get_money(struct kw_dec *d, const struct kw_node *m, const char *key, bool required,
+                      int64_t max_units, int64_t *out);
+
 /* spec.circuitBreaker and spec.limits (docs/configuration.md, "Traffic management"). */
 static void decode_backend_traffic(struct kw_dec *d, const struct kw_node *spec,
                                    struct kw_backend *b)
@@ -966,8 +969,11 @@ static void decode_backend_traffic(struct kw_dec *d, const struct kw_node *spec,
 
 void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_backend *b)
 {
-    static const char *const fields[] = {"provider", "modelName",      "upstream", "credentials",
-                                         "params",   "circuitBreaker", "limits",   NULL};
+    static const char *const fields[] = {"provider",       "modelName", "upstream", "credentials",
+                                         "params",         "circuitBreaker", "limits",
+                                         "pricing",        NULL};
+    static const char *const pricing_fields[] = {"inputPerMillion", "outputPerMillion",
+                                                 "cachedInputPerMillion", NULL};
     static const char *const provider_list[KW_PROVIDER__COUNT + 1] = {
         "OpenAI", "AzureOpenAI", "Anthropic", "AWSBedrock", "Gemini", "VertexAI",
         "Cohere", "Mistral",     "vLLM",      "KServe",     "Ollama", NULL};
@@ -981,6 +987,19 @@ void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct
     decode_credentials(d, spec, b);
     decode_params(d, spec, &b->params);
     decode_backend_traffic(d, spec, b);
+    size_t pmark;
+    const struct kw_node *pr = get_map(d, spec, "pricing", false, &pmark);
+    if (pr != NULL) {
+        check_fields(d, pr, pricing_fields, NULL);
+        bool in = get_money(d, pr, "inputPerMillion", true, 1000000, &b->pricing.input_per_million);
+        bool outp =
+            get_money(d, pr, "outputPerMillion", true, 1000000, &b->pricing.output_per_million);
+        b->pricing.cached_input_per_million = b->pricing.input_per_million;
+        get_money(d, pr, "cachedInputPerMillion", false, 1000000,
+                  &b->pricing.cached_input_per_million);
+        b->pricing.set = in && outp;
+    }
+    pop(d, pmark);
 
     struct kw_upstream *u = &b->upstream;
     bool any = u->base_url != NULL || u->service_ref.name != NULL || u->nendpoints > 0;
@@ -1161,10 +1180,222 @@ static void decode_route_traffic(struct kw_dec *d, const struct kw_node *spec, s
     pop(d, mark);
 }
 
+/* A decimal amount of USD ("12.50", at most 6 decimals) in micro-USD. */
+static bool get_money(struct kw_dec *d, const struct kw_node *m, const char *key, bool required,
+                      int64_t max_units, int64_t *out)
+{
+    size_t mark;
+    const struct kw_node *n = kw_node_get(m, key);
+    mark = push(d, key);
+    bool ok = false;
+    if (n == NULL || n->type == KW_NODE_NULL) {
+        if (required)
+            kw_dec_error(d, n != NULL ? n : m, "required field is missing");
+    } else if (n->type != KW_NODE_STRING && n->type != KW_NODE_INT && n->type != KW_NODE_FLOAT) {
+        kw_dec_error(d, n, "must be a decimal string like \"2.50\", not %s", a_type(n->type));
+    } else {
+        /* the source text: a float would lose digits, the scalar's text does not */
+        const char *s = n->str;
+        int64_t units = 0, frac = 0;
+        int fd = 0;
+        size_t i = 0;
+        bool bad = s == NULL || s[0] == '\0';
+        for (; !bad && s[i] >= '0' && s[i] <= '9'; i++) {
+            units = units * 10 + (s[i] - '0');
+            bad = units > max_units;
+        }
+        if (!bad && i == 0)
+            bad = true;
+        if (!bad && s[i] == '.') {
+            for (i++; s[i] >= '0' && s[i] <= '9'; i++)
+                if (++fd <= 6)
+                    frac = frac * 10 + (s[i] - '0');
+                else
+                    bad = true;
+            bad |= fd == 0;
+        }
+        bad = bad || s[i] != '\0';
+        if (bad) {
+            kw_dec_error(d, n,
+                         "must be a non-negative decimal amount of at most %lld with at most 6 "
+                         "decimals, like \"2.50\"",
+                         (long long)max_units);
+        } else {
+            for (; fd < 6; fd++)
+                frac *= 10;
+            *out = units * 1000000 + frac;
+            ok = true;
+        }
+    }
+    pop(d, mark);
+    return ok;
+}
+
+/* spec.rateLimits of a route, spec.limits of a consumer (docs/configuration.md, "Rate
+ * limits"). A consumer's limits count per consumer and take no clientSelector. */
+static void decode_rate_limits(struct kw_dec *d, const struct kw_node *spec, const char *key,
+                               bool of_consumer, struct kw_rate_limit **out, size_t *nout)
+{
+    static const char *const fields[] = {"name",   "key",   "clientSelector", "requests",
+                                         "tokens", "scope", "enforce",        NULL};
+    static const char *const consumer_fields[] = {"name",  "key",     "requests", "tokens",
+                                                  "scope", "enforce", NULL};
+    static const char *const sel_fields[] = {"consumers", "headers", NULL};
+    static const char *const req_fields[] = {"limit", "window", NULL};
+    static const char *const tok_fields[] = {"limit", "window", "count", NULL};
+    static const char *const keys[] = {"Consumer", "User", "Header/<name>", "ClientIP", NULL};
+    static const char *const counts[] = {"Total", "Input", "Output", NULL};
+    static const char *const scopes[] = {"Local", "Global", NULL};
+    static const char *const enforces[] = {"Request", "Stream", NULL};
+    size_t mark;
+    const struct kw_node *seq = get_seq(d, spec, key, false, KW_MAX_RATE_LIMITS, &mark);
+    struct kw_rate_limit *list = NULL;
+    size_t n = 0;
+    if (seq != NULL && seq->n > 0)
+        list = kw_arena_alloc(d->a, seq->n * sizeof(*list));
+    for (size_t i = 0; list != NULL && i < seq->n; i++) {
+        size_t im;
+        const struct kw_node *m = item_map(d, seq, i, &im);
+        if (m == NULL) {
+            pop(d, im);
+            continue;
+        }
+        unsigned before = d->errors;
+        struct kw_rate_limit *l = &list[n];
+        memset(l, 0, sizeof(*l));
+        check_fields(d, m, of_consumer ? consumer_fields : fields, NULL);
+        const struct kw_node *where;
+        l->name = get_string(d, m, "name", true, 63, &where);
+        if (l->name != NULL && !kw_valid_dns_label(l->name)) {
+            size_t nm = push(d, "name");
+            kw_dec_error(d, where, "\"%s\" must be a DNS label (a-z, 0-9, '-')", l->name);
+            pop(d, nm);
+        }
+        for (size_t j = 0; l->name != NULL && j < n; j++)
+            if (strcmp(list[j].name, l->name) == 0) {
+                size_t nm = push(d, "name");
+                kw_dec_error(d, where, "limit \"%s\" is defined twice", l->name);
+                pop(d, nm);
+            }
+        const struct kw_node *kn = kw_node_get(m, "key");
+        if (kn != NULL && kn->type == KW_NODE_STRING && strncmp(kn->str, "Header/", 7) == 0) {
+            size_t km = push(d, "key");
+            l->key = KW_LIMIT_KEY_HEADER;
+            if (kn->len == 7 || kn->len > 7 + KW_MAX_HEADER_NAME || !is_token(kn->str + 7))
+                kw_dec_error(d, kn, "Header/ must be followed by a header name");
+            else
+                l->header = kw_arena_strndup(d->a, kn->str + 7, kn->len - 7);
+            pop(d, km);
+        } else if (kn != NULL) {
+            int v;
+            if (get_enum(d, m, "key", keys, 4, &v))
+                l->key = (enum kw_limit_key)v;
+        }
+        size_t sm;
+        const struct kw_node *sel = of_consumer ? NULL : get_map(d, m, "clientSelector", false, &sm);
+        if (sel != NULL) {
+            check_fields(d, sel, sel_fields, NULL);
+            size_t cm;
+            const struct kw_node *cs = get_seq(d, sel, "consumers", false, KW_MAX_MATCH_ITEMS, &cm);
+            if (cs != NULL && cs->n > 0)
+                l->consumers = kw_arena_alloc(d->a, cs->n * sizeof(*l->consumers));
+            for (size_t k = 0; l->consumers != NULL && k < cs->n; k++) {
+                size_t ik = push_index(d, k);
+                const struct kw_node *c = cs->items[k];
+                const char *slash = c->type == KW_NODE_STRING ? strchr(c->str, '/') : NULL;
+                bool ok = c->type == KW_NODE_STRING && c->len > 0 && c->len <= 317;
+                if (ok && slash != NULL) {
+                    char ns[64];
+                    size_t nl = (size_t)(slash - c->str);
+                    ok = nl < sizeof(ns);
+                    if (ok) {
+                        memcpy(ns, c->str, nl);
+                        ns[nl] = '\0';
+                        ok = kw_valid_dns_label(ns) && kw_valid_dns_subdomain(slash + 1);
+                    }
+                } else if (ok) {
+                    ok = kw_valid_dns_subdomain(c->str);
+                }
+                if (!ok)
+                    kw_dec_error(d, c, "must name an LLMConsumer as \"name\" or \"namespace/name\"");
+                else
+                    l->consumers[l->nconsumers++] = kw_arena_strndup(d->a, c->str, c->len);
+                pop(d, ik);
+            }
+            pop(d, cm);
+            l->headers = decode_headers(d, sel, "headers", &l->nheaders, false);
+        }
+        if (!of_consumer)
+            pop(d, sm);
+        size_t rm, tm;
+        const struct kw_node *rq = get_map(d, m, "requests", false, &rm);
+        pop(d, rm);
+        const struct kw_node *tk = get_map(d, m, "tokens", false, &tm);
+        pop(d, tm);
+        if (rq != NULL) {
+            size_t qm = push(d, "requests");
+            check_fields(d, rq, req_fields, NULL);
+            pop(d, qm);
+        }
+        if (tk != NULL) {
+            size_t qm = push(d, "tokens");
+            check_fields(d, tk, tok_fields, NULL);
+            pop(d, qm);
+        }
+        if ((rq == NULL) == (tk == NULL)) {
+            kw_dec_error(d, m, "set exactly one of requests {limit, window} or tokens {limit, "
+                               "window, count}");
+        } else {
+            const struct kw_node *q = rq != NULL ? rq : tk;
+            size_t qm = push(d, rq != NULL ? "requests" : "tokens");
+            int64_t v = 0;
+            if (!get_int(d, q, "limit", 1, 1000000000000LL, &v) && kw_node_get(q, "limit") == NULL) {
+                size_t lm = push(d, "limit");
+                kw_dec_error(d, q, "required field is missing");
+                pop(d, lm);
+            }
+            l->limit = (uint64_t)v;
+            l->window_ms = 60000;
+            get_duration(d, q, "window", 1000, 31LL * 86400000, &l->window_ms);
+            l->tokens = tk != NULL;
+            int c;
+            if (tk != NULL && kw_node_get(q, "count") != NULL &&
+                get_enum(d, q, "count", counts, 3, &c))
+                l->count = (enum kw_limit_count)c;
+            pop(d, qm);
+        }
+        int v;
+        if (kw_node_get(m, "scope") != NULL && get_enum(d, m, "scope", scopes, 2, &v))
+            l->global = v == 1;
+        if (kw_node_get(m, "enforce") != NULL && get_enum(d, m, "enforce", enforces, 2, &v)) {
+            l->enforce_stream = v == 1;
+            if (l->enforce_stream && rq != NULL && tk == NULL) {
+                size_t em = push(d, "enforce");
+                kw_dec_error(d, kw_node_get(m, "enforce"),
+                             "Stream applies to token limits only (a request is counted when "
+                             "it starts)");
+                pop(d, em);
+            }
+        }
+        if (of_consumer && l->key != KW_LIMIT_KEY_CONSUMER && l->key != KW_LIMIT_KEY_USER) {
+            size_t km = push(d, "key");
+            kw_dec_error(d, kn, "a consumer's limit counts per Consumer or per User");
+            pop(d, km);
+        }
+        if (d->errors == before)
+            n++;
+        pop(d, im);
+    }
+    pop(d, mark);
+    *out = list;
+    *nout = n;
+}
+
 void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_route *r)
 {
-    static const char *const fields[] = {
-        "match", "backendRefs", "timeout", "streamIdleTimeout", "loadBalancer", "retry", NULL};
+    static const char *const fields[] = {"match",        "backendRefs", "timeout",
+                                         "streamIdleTimeout", "loadBalancer", "retry",
+                                         "rateLimits", "estimatedOutputTokens", NULL};
     static const char *const ref_fields[] = {"name", "weight", "priority", "modelOverride", NULL};
     check_fields(d, spec, fields, NULL);
     decode_match(d, spec, r);
@@ -1215,6 +1446,9 @@ void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct k
     get_duration(d, spec, "timeout", 1, 24 * 3600000LL, &r->timeout_ms);
     get_duration(d, spec, "streamIdleTimeout", 1000, 24 * 3600000LL, &r->stream_idle_timeout_ms);
     decode_route_traffic(d, spec, r);
+    decode_rate_limits(d, spec, "rateLimits", false, &r->rate_limits, &r->nrate_limits);
+    r->estimated_output_tokens = KW_DEFAULT_ESTIMATED_OUTPUT;
+    get_int(d, spec, "estimatedOutputTokens", 1, 10000000, &r->estimated_output_tokens);
 }
 
 /* ---- LLMConsumer ---------------------------------------------------------------------- */
@@ -1250,8 +1484,13 @@ static void decode_key_hashes(struct kw_dec *d, const struct kw_node *spec, stru
 
 void kw_decode_consumer_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_consumer *c)
 {
-    static const char *const fields[] = {"apiKeys", "attributes", "models", NULL};
-    static const char *const snap_fields[] = {"attributes", "models", "keySha256", NULL};
+    static const char *const fields[] = {"apiKeys", "attributes", "models", "limits", "budget",
+                                         NULL};
+    static const char *const snap_fields[] = {"attributes", "models", "keySha256", "limits",
+                                              "budget",     NULL};
+    static const char *const budget_fields[] = {"limit", "currency", "period", "enforce", NULL};
+    static const char *const periods[] = {"Day", "Week", "Month", NULL};
+    static const char *const enforces[] = {"Request", "Stream", NULL};
     static const char *const key_fields[] = {"secretRef", NULL};
     static const char *const ref_fields[] = {"name", "key", NULL};
     check_fields(d, spec, d->snapshot ? snap_fields : fields, NULL);
@@ -1316,6 +1555,28 @@ void kw_decode_consumer_spec(struct kw_dec *d, const struct kw_node *spec, struc
     if (c->nattributes > 1)
         qsort(c->attributes, c->nattributes, sizeof(*c->attributes), attr_cmp);
     decode_models(d, spec, "models", false, &c->models, &c->nmodels);
+    decode_rate_limits(d, spec, "limits", true, &c->limits, &c->nlimits);
+    const struct kw_node *b = get_map(d, spec, "budget", false, &mark);
+    if (b != NULL) {
+        check_fields(d, b, budget_fields, NULL);
+        int64_t micro;
+        c->budget.set = get_money(d, b, "limit", true, 1000000000, &micro);
+        c->budget.limit_nusd = micro * 1000;
+        const struct kw_node *cur = kw_node_get(b, "currency");
+        if (cur != NULL && (cur->type != KW_NODE_STRING || strcmp(cur->str, "USD") != 0)) {
+            size_t cm = push(d, "currency");
+            kw_dec_error(d, cur, "only USD is supported (prices are in USD)");
+            pop(d, cm);
+        }
+        int v;
+        if (get_enum(d, b, "period", periods, 3, &v))
+            c->budget.period = (enum kw_period)v;
+        else
+            c->budget.set = false;
+        if (kw_node_get(b, "enforce") != NULL && get_enum(d, b, "enforce", enforces, 2, &v))
+            c->budget.enforce_stream = v == 1;
+    }
+    pop(d, mark);
 }
 
 /* ---- Secret ------------------------------------------------------------------------- */
@@ -1455,11 +1716,151 @@ static void decode_secret(struct kw_dec *d, const struct kw_node *doc, struct kw
 
 /* ---- DataPlane ---------------------------------------------------------------------- */
 
+/* spec.auth.jwt[] */
+static void decode_jwt(struct kw_dec *d, const struct kw_node *auth, struct kw_dataplane *dp)
+{
+    static const char *const fields[] = {"issuer",  "audiences",     "jwksFile",  "jwksURL",
+                                         "refresh", "consumerClaim", "userClaim", NULL};
+    size_t mark;
+    const struct kw_node *seq = get_seq(d, auth, "jwt", false, KW_MAX_JWT_PROVIDERS, &mark);
+    if (seq != NULL && seq->n > 0)
+        dp->auth.jwt = kw_arena_alloc(d->a, seq->n * sizeof(*dp->auth.jwt));
+    for (size_t i = 0; dp->auth.jwt != NULL && i < seq->n; i++) {
+        size_t im;
+        const struct kw_node *m = item_map(d, seq, i, &im);
+        if (m == NULL) {
+            pop(d, im);
+            continue;
+        }
+        unsigned before = d->errors;
+        struct kw_jwt_provider *j = &dp->auth.jwt[dp->auth.njwt];
+        memset(j, 0, sizeof(*j));
+        check_fields(d, m, fields, NULL);
+        const struct kw_node *where;
+        j->issuer = get_string(d, m, "issuer", true, 1024, &where);
+        for (size_t k = 0; j->issuer != NULL && k < dp->auth.njwt; k++)
+            if (strcmp(dp->auth.jwt[k].issuer, j->issuer) == 0) {
+                size_t nm = push(d, "issuer");
+                kw_dec_error(d, where, "issuer \"%.200s\" is listed twice", j->issuer);
+                pop(d, nm);
+            }
+        size_t am;
+        const struct kw_node *aud = get_seq(d, m, "audiences", false, 32, &am);
+        if (aud != NULL && aud->n > 0)
+            j->audiences = kw_arena_alloc(d->a, aud->n * sizeof(*j->audiences));
+        for (size_t k = 0; j->audiences != NULL && k < aud->n; k++) {
+            size_t ik = push_index(d, k);
+            const struct kw_node *a = aud->items[k];
+            if (a->type != KW_NODE_STRING || a->len == 0 || a->len > 1024 ||
+                has_ctl(a->str, a->len))
+                kw_dec_error(d, a, "must be a non-empty string");
+            else
+                j->audiences[j->naudiences++] = kw_arena_strndup(d->a, a->str, a->len);
+            pop(d, ik);
+        }
+        pop(d, am);
+        j->jwks_file = get_string(d, m, "jwksFile", false, 4096, NULL);
+        j->jwks_url = get_url(d, m, "jwksURL", false);
+        if ((kw_node_get(m, "jwksFile") == NULL) == (kw_node_get(m, "jwksURL") == NULL))
+            kw_dec_error(d, m, "set exactly one of jwksFile or jwksURL");
+        j->refresh_ms = KW_DEFAULT_JWKS_REFRESH_MS;
+        get_duration(d, m, "refresh", 1000, 86400000, &j->refresh_ms);
+        j->consumer_claim = get_string(d, m, "consumerClaim", false, 256, NULL);
+        j->user_claim = get_string(d, m, "userClaim", false, 256, NULL);
+        if (j->user_claim == NULL)
+            j->user_claim = "sub";
+        if (d->errors == before)
+            dp->auth.njwt++;
+        pop(d, im);
+    }
+    pop(d, mark);
+}
+
+/* spec.redis: redis://[[user]:password@]host[:port][/db] is refused with a password in it
+ * (it would sit in a file in clear: passwordFile); rediss:// is refused because Debian's
+ * hiredis (0.14) has no TLS. */
+static void decode_redis(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
+{
+    static const char *const fields[] = {"url",     "passwordFile", "caFile",
+                                         "timeout", "failureMode",  NULL};
+    static const char *const modes[] = {"Open", "Closed", NULL};
+    size_t mark;
+    const struct kw_node *m = get_map(d, spec, "redis", false, &mark);
+    dp->redis.timeout_ms = KW_DEFAULT_REDIS_TIMEOUT_MS;
+    if (m != NULL) {
+        check_fields(d, m, fields, NULL);
+        const struct kw_node *where;
+        const char *url = get_string(d, m, "url", true, KW_MAX_URL_LEN, &where);
+        if (url != NULL) {
+            size_t um = push(d, "url");
+            const char *rest = NULL;
+            if (strncmp(url, "redis://", 8) == 0)
+                rest = url + 8;
+            else if (strncmp(url, "rediss://", 9) == 0)
+                kw_dec_error(d, where,
+                             "rediss:// (TLS) is not supported: the distribution's hiredis 0.14 "
+                             "has no TLS; reach Redis over a trusted network or a TLS sidecar");
+            else
+                kw_dec_error(d, where, "must start with redis://");
+            if (rest != NULL) {
+                const char *at = strchr(rest, '@');
+                if (at != NULL && memchr(rest, ':', (size_t)(at - rest)) != NULL) {
+                    kw_dec_error(d, where, "must not carry a password: use passwordFile");
+                    rest = NULL;
+                } else if (at != NULL) {
+                    dp->redis.user = kw_arena_strndup(d->a, rest, (size_t)(at - rest));
+                    rest = at + 1;
+                }
+            }
+            if (rest != NULL) {
+                size_t hl = strcspn(rest, ":/");
+                char *end = NULL;
+                long port = 6379, db = 0;
+                const char *p = rest + hl;
+                bool ok = hl > 0 && hl < 254;
+                if (ok && *p == ':') {
+                    port = strtol(p + 1, &end, 10);
+                    ok = end != p + 1 && port >= 1 && port <= 65535;
+                    p = end;
+                }
+                if (ok && *p == '/' && p[1] != '\0') {
+                    db = strtol(p + 1, &end, 10);
+                    ok = end != p + 1 && *end == '\0' && db >= 0 && db <= 15;
+                } else if (ok) {
+                    ok = *p == '\0' || (*p == '/' && p[1] == '\0');
+                }
+                if (!ok) {
+                    kw_dec_error(d, where,
+                                 "\"%.200s\" must be redis://host[:port][/db] (db 0..15)", url);
+                } else {
+                    dp->redis.url = url;
+                    dp->redis.host = kw_arena_strndup(d->a, rest, hl);
+                    dp->redis.port = (uint16_t)port;
+                    dp->redis.db = (unsigned)db;
+                }
+            }
+            pop(d, um);
+        }
+        dp->redis.password_file = get_string(d, m, "passwordFile", false, 4096, NULL);
+        const struct kw_node *ca = kw_node_get(m, "caFile");
+        if (ca != NULL) {
+            size_t cm = push(d, "caFile");
+            kw_dec_error(d, ca, "TLS to Redis is not supported (see url)");
+            pop(d, cm);
+        }
+        get_duration(d, m, "timeout", 1, 60000, &dp->redis.timeout_ms);
+        int v;
+        if (kw_node_get(m, "failureMode") != NULL && get_enum(d, m, "failureMode", modes, 2, &v))
+            dp->redis.fail_closed = v == 1;
+    }
+    pop(d, mark);
+}
+
 static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
 {
-    static const char *const fields[] = {"listen",    "admin",  "adminDebugFrom", "workers",
-                                         "discovery", "limits", "auth",           NULL};
-    static const char *const auth_fields[] = {"required", NULL};
+    static const char *const fields[] = {"listen", "admin", "adminDebugFrom", "workers",
+                                         "discovery", "limits", "auth", "redis", NULL};
+    static const char *const auth_fields[] = {"required", "jwt", NULL};
     static const char *const disc_fields[] = {"url",       "tokenFile", "nodeId",
                                               "cacheFile", "caFile",    NULL};
     static const char *const lim_fields[] = {"maxBodyBytes",   "maxConnections",
@@ -1520,8 +1921,10 @@ static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struc
     if (m != NULL) {
         check_fields(d, m, auth_fields, NULL);
         get_bool(d, m, "required", &dp->auth.required);
+        decode_jwt(d, m, dp);
     }
     pop(d, mark);
+    decode_redis(d, spec, dp);
 }
 
 /* ---- documents ---------------------------------------------------------------------- */

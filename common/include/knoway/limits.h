@@ -22,6 +22,8 @@
 #define KW_MAX_BACKEND_REFS  64u
 #define KW_MAX_API_KEY_REFS  64u   /* spec.apiKeys of an LLMConsumer */
 #define KW_MAX_ATTRIBUTES    32u   /* spec.attributes of an LLMConsumer */
+#define KW_MAX_RATE_LIMITS   16u   /* rateLimits of a route, limits of a consumer */
+#define KW_MAX_JWT_PROVIDERS 16u   /* DataPlane spec.auth.jwt */
 #define KW_MAX_CONSUMER_KEYS 1024u /* API keys of one LLMConsumer (all its Secrets' values) */
 #define KW_MAX_ENDPOINTS     1024u
 #define KW_MAX_MATCH_ITEMS   128u

@@ -138,6 +138,11 @@ struct kw_backend {
         uint32_t tokens_per_minute;
         uint32_t max_concurrent_requests;
     } limits;
+    struct {
+        bool set;
+        /* USD per million tokens, as micro-USD ("3.00" -> 3000000) */
+        int64_t input_per_million, output_per_million, cached_input_per_million;
+    } pricing;
     bool valid; /* false when any error was reported for it */
 };
 
@@ -174,6 +179,29 @@ enum {
 
 enum kw_mid_stream { KW_MID_STREAM_NONE, KW_MID_STREAM_CONTINUE };
 
+/* A rate limit: LLMRoute spec.rateLimits[] and LLMConsumer spec.limits[]. */
+enum kw_limit_key { KW_LIMIT_KEY_CONSUMER, KW_LIMIT_KEY_USER, KW_LIMIT_KEY_HEADER,
+                    KW_LIMIT_KEY_CLIENT_IP };
+enum kw_limit_count { KW_LIMIT_COUNT_TOTAL, KW_LIMIT_COUNT_INPUT, KW_LIMIT_COUNT_OUTPUT };
+struct kw_rate_limit {
+    const char *name;               /* unique in its list */
+    enum kw_limit_key key;          /* whose bucket: default Consumer */
+    const char *header;             /* key Header/<name>: the header's name */
+    const char **consumers;         /* clientSelector.consumers ("ns/name" or "name") */
+    size_t nconsumers;
+    struct kw_header *headers;      /* clientSelector.headers: exact values */
+    size_t nheaders;
+    bool tokens;                    /* tokens {...}, else requests {...} */
+    enum kw_limit_count count;      /* tokens only */
+    uint64_t limit;
+    int64_t window_ms;
+    bool global;                    /* scope: Global (Redis), else Local */
+    bool enforce_stream;            /* enforce: Stream (tokens only) */
+};
+
+/* Money is counted in nano-USD (1e-9 USD): exact sums of per-token prices. */
+enum kw_period { KW_PERIOD_DAY, KW_PERIOD_WEEK, KW_PERIOD_MONTH };
+
 struct kw_route {
     struct kw_meta meta;
     struct kw_model_match *models;
@@ -199,6 +227,9 @@ struct kw_route {
         enum kw_mid_stream mid_stream;
         uint32_t budget_percent; /* extra attempts per backend over 10s; default 20 */
     } retry;
+    struct kw_rate_limit *rate_limits; /* spec.rateLimits */
+    size_t nrate_limits;
+    int64_t estimated_output_tokens; /* token reservations without max_tokens; default 1024 */
     bool valid;      /* false when the route itself has an error */
     bool resolved;   /* every backendRef names an existing, valid LLMBackend */
     bool conflicted; /* an older route of another namespace claims one of its models */
@@ -216,6 +247,14 @@ struct kw_consumer {
     /* in snapshots: the SHA-256 (64 hex digits) of each key, sorted; never a key itself */
     const char **key_hashes;
     size_t nkey_hashes;
+    struct kw_rate_limit *limits; /* spec.limits (key Consumer unless written) */
+    size_t nlimits;
+    struct {
+        bool set;
+        int64_t limit_nusd; /* nano-USD */
+        enum kw_period period;
+        bool enforce_stream;
+    } budget;
     bool valid;
 };
 
@@ -231,6 +270,18 @@ struct kw_secret {
     struct kw_secret_item *items;
     size_t nitems;
     bool valid;
+};
+
+/* DataPlane spec.auth.jwt[]: who may sign tokens, and how claims map to identity. */
+struct kw_jwt_provider {
+    const char *issuer;
+    const char **audiences;
+    size_t naudiences;
+    const char *jwks_file; /* exactly one of jwks_file, jwks_url */
+    const char *jwks_url;
+    int64_t refresh_ms;         /* JWKS refresh period; default 5m */
+    const char *consumer_claim; /* names an LLMConsumer ("ns/name" or "name"); optional */
+    const char *user_claim;     /* default "sub" */
 };
 
 struct kw_dataplane {
@@ -257,7 +308,19 @@ struct kw_dataplane {
     } limits;
     struct {
         bool required; /* a request without a valid API key gets 401 */
+        struct kw_jwt_provider *jwt;
+        size_t njwt;
     } auth;
+    struct {
+        const char *url; /* redis://[user@]host[:port][/db]; NULL = no Redis */
+        const char *host;
+        uint16_t port;
+        unsigned db;
+        const char *user;
+        const char *password_file;
+        int64_t timeout_ms;  /* default 100ms */
+        bool fail_closed;    /* failureMode: Closed (503), else Open (local limits) */
+    } redis;
 };
 
 /* Route defaults */
@@ -278,6 +341,9 @@ struct kw_dataplane {
 #define KW_DEFAULT_MAX_MEMORY_BYTES       (1024ull * 1024 * 1024)
 #define KW_DEFAULT_MAX_CONNS_PER_CLIENT   4096u
 #define KW_DEFAULT_READ_TIMEOUT_MS        30000
+#define KW_DEFAULT_REDIS_TIMEOUT_MS       100
+#define KW_DEFAULT_ESTIMATED_OUTPUT       1024
+#define KW_DEFAULT_JWKS_REFRESH_MS        300000
 #define KW_DEFAULT_CACHE_FILE             "/var/lib/knoway/snapshot.json"
 
 /* Fill a DataPlane with the defaults of DESIGN.md. */

@@ -461,9 +461,9 @@ static void test_consumer(void **state)
                       "t.yaml:8:25: LLMConsumer/default/c: spec.apiKeys[1].secretRef: Secret "
                       "\"default/keys\" has no key \"z\"\n");
     kwt_assert_errors(HDR_C "  apiKeys: [{secretRef: {key: a}}, x]\n  attributes: {team: [1]}\n"
-                            "  models: [\"a*b\"]\n  limits: []\n",
-                      "t.yaml:9:3: LLMConsumer/default/c: spec.limits: unknown field "
-                      "\"limits\"\n"
+                            "  models: [\"a*b\"]\n  limitz: []\n",
+                      "t.yaml:9:3: LLMConsumer/default/c: spec.limitz: unknown field "
+                      "\"limitz\" (did you mean \"limits\"?)\n"
                       "t.yaml:6:25: LLMConsumer/default/c: spec.apiKeys[0].secretRef.name: "
                       "required field is missing\n"
                       "t.yaml:6:36: LLMConsumer/default/c: spec.apiKeys[1]: must be a map with "

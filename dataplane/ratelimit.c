@@ -1,0 +1,198 @@
+/* Sliding-window rate-limit counting (ratelimit.h). */
+#include <openssl/evp.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ratelimit.h"
+
+#define TAG_SHIFT 40
+#define TAG_MASK  0xffffffull
+#define CNT_MASK  DP_RL_MAX_CNT
+
+struct slot {
+    _Atomic uint64_t key;       /* 0: free */
+    _Atomic int64_t expires_ms; /* unused since: reclaimable after */
+    _Atomic uint64_t w[2];      /* window (win & 1): tag << 40 | count; counters: the value */
+};
+
+struct dp_rl_store {
+    struct slot slots[DP_RL_SLOTS];
+};
+
+struct dp_rl_store *dp_rl_store_new(void)
+{
+    return calloc(1, sizeof(struct dp_rl_store));
+}
+
+void dp_rl_store_free(struct dp_rl_store *s)
+{
+    free(s);
+}
+
+uint64_t dp_rl_hash(const char *key, size_t len)
+{
+    unsigned char d[32];
+    unsigned n = 0;
+    uint64_t h = 0;
+    if (EVP_Digest(key, len, d, &n, EVP_sha256(), NULL))
+        memcpy(&h, d, sizeof(h));
+    return h != 0 ? h : 1;
+}
+
+/* The slot of key, claimed when new or reclaimed when expired; NULL when none of its
+ * DP_RL_PROBE places is available. */
+static struct slot *find(struct dp_rl_store *s, uint64_t key, int64_t now_ms, int64_t keep_until)
+{
+    for (unsigned p = 0; p < DP_RL_PROBE; p++) {
+        struct slot *sl = &s->slots[(key + p) & (DP_RL_SLOTS - 1)];
+        uint64_t k = atomic_load_explicit(&sl->key, memory_order_acquire);
+        bool claim = false;
+        if (k == key) {
+            /* found */
+        } else if (k == 0 || atomic_load_explicit(&sl->expires_ms, memory_order_relaxed) < now_ms) {
+            if (!atomic_compare_exchange_strong(&sl->key, &k, key)) {
+                if (k != key)
+                    continue;
+            } else {
+                claim = true;
+            }
+        } else {
+            continue;
+        }
+        if (claim) {
+            atomic_store(&sl->w[0], 0);
+            atomic_store(&sl->w[1], 0);
+        }
+        if (atomic_load_explicit(&sl->expires_ms, memory_order_relaxed) < keep_until)
+            atomic_store_explicit(&sl->expires_ms, keep_until, memory_order_relaxed);
+        return sl;
+    }
+    return NULL;
+}
+
+static int64_t count_of(uint64_t word, int64_t win)
+{
+    return (word >> TAG_SHIFT) == ((uint64_t)win & TAG_MASK) ? (int64_t)(word & CNT_MASK) : 0;
+}
+
+int64_t dp_rl_estimate(const struct dp_rl_state *st)
+{
+    if (st->window_ms <= 0)
+        return st->cur;
+    __int128 p = (__int128)st->prev * (st->window_ms - st->elapsed_ms) / st->window_ms;
+    return (int64_t)p + st->cur;
+}
+
+int64_t dp_rl_remaining(const struct dp_rl_state *st)
+{
+    int64_t r = st->limit - dp_rl_estimate(st);
+    return r > 0 ? r : 0;
+}
+
+static int64_t ceil_div(__int128 a, int64_t b)
+{
+    return a <= 0 ? 0 : (int64_t)((a + b - 1) / b);
+}
+
+int64_t dp_rl_wait_ms(const struct dp_rl_state *st, int64_t cost)
+{
+    int64_t L = st->limit, W = st->window_ms, c = st->cur, p = st->prev, e = st->elapsed_ms;
+    if (cost > L)
+        return -1;
+    if (dp_rl_estimate(st) + cost <= L)
+        return 0;
+    if (c + cost <= L && p > 0) /* the previous window slides away within this one */
+        return ceil_div((__int128)(W - e) * p - (__int128)(L - c - cost) * W, p);
+    int64_t t = W - e; /* the next window: this one's count becomes the sliding part */
+    if (c > L - cost)
+        t += ceil_div((__int128)W * c - (__int128)(L - cost) * W, c);
+    return t;
+}
+
+int64_t dp_rl_reset_ms(const struct dp_rl_state *st)
+{
+    if (st->cur > 0)
+        return 2 * st->window_ms - st->elapsed_ms;
+    if (st->prev > 0)
+        return st->window_ms - st->elapsed_ms;
+    return 0;
+}
+
+void dp_rl_format_reset(int64_t ms, char *buf, size_t len)
+{
+    if (ms < 1000) {
+        snprintf(buf, len, "%lldms", (long long)(ms > 0 ? ms : 0));
+        return;
+    }
+    long long s = (ms + 999) / 1000;
+    if (s < 60)
+        snprintf(buf, len, "%llds", s);
+    else if (s < 3600)
+        snprintf(buf, len, "%lldm%llds", s / 60, s % 60);
+    else
+        snprintf(buf, len, "%lldh%lldm%llds", s / 3600, s / 60 % 60, s % 60);
+}
+
+int dp_rl_local(struct dp_rl_store *s, uint64_t key, int64_t limit, int64_t window_ms,
+                int64_t cost, bool take, int64_t now_ms, struct dp_rl_state *out)
+{
+    int64_t win = now_ms / window_ms;
+    *out = (struct dp_rl_state){.limit = limit,
+                                .window_ms = window_ms,
+                                .elapsed_ms = now_ms - win * window_ms,
+                                .win = win};
+    struct slot *sl = find(s, key, now_ms, (win + 2) * window_ms);
+    if (sl == NULL)
+        return -1;
+    _Atomic uint64_t *cw = &sl->w[win & 1], *pw = &sl->w[(win + 1) & 1];
+    uint64_t old = atomic_load(cw);
+    for (;;) {
+        out->cur = count_of(old, win);
+        out->prev = count_of(atomic_load(pw), win - 1);
+        if (take && cost > 0 && dp_rl_estimate(out) + cost > limit)
+            return 0;
+        int64_t n = out->cur + cost;
+        n = n < 0 ? 0 : n > (int64_t)CNT_MASK ? (int64_t)CNT_MASK : n;
+        uint64_t word = ((uint64_t)win & TAG_MASK) << TAG_SHIFT | (uint64_t)n;
+        if (atomic_compare_exchange_weak(cw, &old, word)) {
+            out->cur = n;
+            return 1;
+        }
+    }
+}
+
+void dp_rl_local_adjust(struct dp_rl_store *s, uint64_t key, int64_t window_ms, int64_t win,
+                        int64_t delta)
+{
+    struct slot *sl = NULL;
+    for (unsigned p = 0; p < DP_RL_PROBE && sl == NULL; p++) {
+        struct slot *c = &s->slots[(key + p) & (DP_RL_SLOTS - 1)];
+        if (atomic_load(&c->key) == key)
+            sl = c;
+    }
+    (void)window_ms;
+    if (sl == NULL)
+        return;
+    _Atomic uint64_t *cw = &sl->w[win & 1];
+    uint64_t old = atomic_load(cw);
+    for (;;) {
+        if ((old >> TAG_SHIFT) != ((uint64_t)win & TAG_MASK))
+            return; /* that window is gone: nothing to correct */
+        int64_t n = (int64_t)(old & CNT_MASK) + delta;
+        n = n < 0 ? 0 : n > (int64_t)CNT_MASK ? (int64_t)CNT_MASK : n;
+        if (atomic_compare_exchange_weak(cw, &old,
+                                         ((uint64_t)win & TAG_MASK) << TAG_SHIFT | (uint64_t)n))
+            return;
+    }
+}
+
+int64_t dp_rl_counter(struct dp_rl_store *s, uint64_t key, int64_t delta, int64_t now_ms,
+                      int64_t expires_ms)
+{
+    struct slot *sl = find(s, key, now_ms, expires_ms);
+    if (sl == NULL)
+        return -1;
+    return (int64_t)(atomic_fetch_add(&sl->w[0], (uint64_t)delta) + (uint64_t)delta);
+}
