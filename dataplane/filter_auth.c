@@ -9,10 +9,13 @@
  * unless `spec.auth.required`. A consumer calls only its `spec.models`. The upstream never
  * gets the client's credentials (providers build their own headers). */
 #include <openssl/evp.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "filter.h"
+#include "jwt.h"
 #include "knoway/kw.h"
 #include "router.h"
 #include "server.h"
@@ -33,13 +36,51 @@ static const char *client_key(struct dp_request *r)
     return NULL;
 }
 
+static int init(struct dp_server *s, void **out)
+{
+    *out = NULL;
+    if (s->dp->auth.njwt == 0)
+        return KW_OK;
+    *out = dp_jwt_start(s->dp->auth.jwt, s->dp->auth.njwt);
+    return *out != NULL ? KW_OK : KW_ERROR;
+}
+
+static void fini(void *conf)
+{
+    dp_jwt_stop(conf);
+}
+
+/* A bearer JWT: its issuer's keys, its claims -> consumer and user. */
+static int jwt_auth(struct dp_request *r, struct dp_jwt *j, const char *token)
+{
+    struct dp_jwt_claims cl;
+    char why[160];
+    if (dp_jwt_verify(j, token, (long long)time(NULL), r->arena, &cl, why, sizeof(why)) != KW_OK)
+        return dp_error_set(r, 401, "invalid_request_error", "invalid_api_key", NULL,
+                            "Invalid token: %s.", why);
+    r->user = cl.user;
+    if (cl.provider->consumer_claim == NULL)
+        return KW_OK; /* authenticated: a user, no consumer */
+    r->consumer = cl.consumer != NULL ? dp_table_consumer_named(r->table, cl.consumer) : NULL;
+    if (r->consumer == NULL)
+        return dp_error_set(r, 401, "invalid_request_error", "invalid_api_key", NULL,
+                            "Invalid token: its %s claim names no LLMConsumer.",
+                            cl.provider->consumer_claim);
+    return KW_OK;
+}
+
 static int on_request(struct dp_request *r, void *ctx)
 {
     (void)ctx;
     bool required = r->w->server->dp->auth.required;
-    if (r->table == NULL || (r->table->snap->nconsumers == 0 && !required))
+    struct dp_jwt *j = dp_filter_conf(r->w->server, &dp_filter_auth);
+    if (r->table == NULL || (r->table->snap->nconsumers == 0 && !required && j == NULL))
         return KW_DECLINED;
     const char *key = client_key(r);
+    if (key != NULL && j != NULL && dp_jwt_looks_like(key))
+        return jwt_auth(r, j, key);
+    if (key != NULL && r->table->snap->nconsumers == 0 && !required)
+        return KW_DECLINED; /* not a JWT, no API keys to check it against */
     if (key == NULL) {
         if (!required)
             return KW_DECLINED; /* anonymous */
@@ -74,6 +115,8 @@ static int on_route(struct dp_request *r, void *ctx)
 const struct dp_filter_ops dp_filter_auth = {
     .name = "auth",
     .phase = DP_PH_AUTH,
+    .init = init,
+    .fini = fini,
     .on_request = on_request,
 };
 

@@ -143,6 +143,37 @@ const struct kw_consumer *dp_table_consumer(const struct dp_table *t,
     }
 }
 
+const struct kw_consumer *dp_table_consumer_named(const struct dp_table *t, const char *name)
+{
+    const struct kw_snapshot *sn = t->snap;
+    const char *slash = strchr(name, '/');
+    const struct kw_consumer *found = NULL;
+    if (slash != NULL) { /* sorted by namespace/name: binary search */
+        size_t nl = (size_t)(slash - name), lo = 0, hi = sn->nconsumers;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            const struct kw_meta *m = &sn->consumers[mid]->meta;
+            int c = strncmp(m->ns, name, nl);
+            if (c == 0)
+                c = m->ns[nl] == '\0' ? strcmp(m->name, slash + 1) : 1;
+            if (c == 0)
+                return sn->consumers[mid];
+            if (c < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        return NULL;
+    }
+    for (size_t i = 0; i < sn->nconsumers; i++)
+        if (strcmp(sn->consumers[i]->meta.name, name) == 0) {
+            if (found != NULL)
+                return NULL; /* the same name in two namespaces: ambiguous */
+            found = sn->consumers[i];
+        }
+    return found;
+}
+
 struct dp_table *dp_table_new(struct kw_snapshot *snap)
 {
     struct dp_table *t = calloc(1, sizeof(*t));

@@ -53,6 +53,9 @@ const struct kw_route *dp_table_route(const struct dp_table *t, const char *mode
 const struct kw_consumer *dp_table_consumer(const struct dp_table *t,
                                             const unsigned char digest[32]);
 
+/* The consumer named "namespace/name", or "name" when exactly one namespace has it; NULL
+ * otherwise (a JWT's consumer claim). */
+const struct kw_consumer *dp_table_consumer_named(const struct dp_table *t, const char *name);
 /* Whether model is one the consumer may call (its spec.models, or every model). */
 bool dp_consumer_allows(const struct kw_consumer *c, const char *model);
 

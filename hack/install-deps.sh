@@ -10,7 +10,7 @@ PKGS=(
   libmicrohttpd-dev libcurl4-openssl-dev libyajl-dev libyaml-dev libssl-dev
   libsystemd-dev zlib1g-dev libhiredis-dev
   # tests
-  libcmocka-dev valgrind clang libclang-rt-14-dev redis-server curl python3
+  libcmocka-dev valgrind clang libclang-rt-14-dev redis-server curl python3 iproute2
   prometheus  # promtool checks the /metrics text
   # benchmarks
   nginx-light wrk

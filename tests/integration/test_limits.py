@@ -1,0 +1,359 @@
+"""Rate limits and budgets: local and global (a real redis-server started here), token
+reservations, budgets, mid-stream enforcement, Redis failure modes."""
+import concurrent.futures
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import (Dataplane, Mock, backend, free_port, post, request, route,  # noqa: E402
+                     sse_data, wait_port)
+
+CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+REDIS = shutil.which("redis-server")
+
+
+class Redis:
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="kwredis-")
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(5)
+
+    def cmd(self, *args):
+        """One command over RESP; returns the decoded reply (enough for these tests)."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        s.sendall(out)
+        f = s.makefile("rb")
+        reply = self._read(f)
+        s.close()
+        return reply
+
+    def _read(self, f):
+        line = f.readline().rstrip(b"\r\n")
+        t, rest = line[:1], line[1:]
+        if t in (b"+", b"-"):
+            return rest.decode()
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = f.read(n + 2)[:-2]
+            return data.decode()
+        if t == b"*":
+            return [self._read(f) for _ in range(int(rest))]
+        raise ValueError(line)
+
+    def url(self):
+        return "redis://127.0.0.1:%d" % self.port
+
+
+def consumer(name, key, extra=""):
+    return ("---\napiVersion: v1\nkind: Secret\nmetadata: {name: %s-keys}\nstringData: {k: %s}\n"
+            "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\nmetadata: {name: %s}\n"
+            "spec:\n  apiKeys: [{secretRef: {name: %s-keys}}]\n%s" % (name, key, name, name, extra))
+
+
+def bearer(key):
+    return {"Authorization": "Bearer " + key}
+
+
+def err(resp):
+    return json.loads(resp[2])["error"]
+
+
+def fire(port, n, body=CHAT, headers=None, threads=50):
+    with concurrent.futures.ThreadPoolExecutor(threads) as ex:
+        return list(ex.map(lambda _: post(port, "/v1/chat/completions", body, headers, timeout=30),
+                           range(n)))
+
+
+class Local(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.mock = Mock()
+        limits = ("  rateLimits:\n"
+                  "    - {name: per-user, key: Header/x-user, requests: {limit: 20, window: 1m}}\n"
+                  "    - name: vip\n      key: Header/x-user\n"
+                  "      clientSelector: {headers: [{name: x-tier, value: vip}]}\n"
+                  "      requests: {limit: 2, window: 1h}\n")
+        cls.dp = Dataplane(backend("b", cls.mock.url()) + route("demo", ["demo"], ["b"], limits))
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.dp.stop() == 0
+        cls.mock.stop()
+
+    def test_exact_under_concurrency(self):
+        res = fire(self.dp.port, 60, headers={"x-user": "burst"})
+        ok = [r for r in res if r[0] == 200]
+        refused = [r for r in res if r[0] == 429]
+        self.assertEqual(len(ok), 20)
+        self.assertEqual(len(refused), 40)
+        e = err(refused[0])
+        self.assertEqual((e["type"], e["code"]), ("requests", "rate_limit_exceeded"))
+        h = refused[0][1]
+        self.assertEqual(h["x-ratelimit-limit-requests"], "20")
+        self.assertEqual(h["x-ratelimit-remaining-requests"], "0")
+        self.assertGreaterEqual(int(h["retry-after"]), 1)
+        self.assertTrue(h["x-ratelimit-reset-requests"].endswith("s"))
+        remaining = sorted(int(r[1]["x-ratelimit-remaining-requests"]) for r in ok)
+        self.assertEqual(remaining, list(range(20)))
+        # another key has its own bucket
+        self.assertEqual(post(self.dp.port, "/v1/chat/completions", CHAT, {"x-user": "x"})[0], 200)
+
+    def test_client_selector(self):
+        vip = {"x-user": "v", "x-tier": "vip"}
+        codes = [post(self.dp.port, "/v1/chat/completions", CHAT, vip)[0] for _ in range(3)]
+        self.assertEqual(codes, [200, 200, 429])
+        r = post(self.dp.port, "/v1/chat/completions", CHAT, {"x-user": "v"})
+        self.assertEqual(r[0], 200)  # without the header the vip limit does not apply
+        self.assertIn("vip", err(post(self.dp.port, "/v1/chat/completions", CHAT, vip))["message"])
+
+
+class Global(unittest.TestCase):
+    """Two data planes, one Redis."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.redis = Redis()
+        cls.mock = Mock(threads=2)
+        cls.failing = Mock("--behaviour", json.dumps({"status": 500}))
+        spec = "  redis: {url: \"%s\", timeout: 500ms}\n" % cls.redis.url()
+        res = (backend("b", cls.mock.url(), extra="  pricing: {inputPerMillion: \"1\", "
+                       "outputPerMillion: \"2\"}\n")
+               + backend("bad", cls.failing.url())
+               + route("demo", ["demo"], ["b"],
+                       "  rateLimits:\n"
+                       "    - {name: rpm, key: Header/x-user, scope: Global,"
+                       " requests: {limit: 100, window: 1m}}\n"
+                       "    - {name: tpm, key: Header/x-t, scope: Global,"
+                       " clientSelector: {headers: [{name: x-tok, value: \"1\"}]},"
+                       " tokens: {limit: 1000, window: 1m}}\n")
+               + route("bad", ["bad"], ["bad"],
+                       "  rateLimits:\n"
+                       "    - {name: tpm, scope: Global, tokens: {limit: 100000, window: 1h}}\n")
+               + consumer("payer", "sk-payer", "  budget: {limit: \"0.001\", period: Day}\n"))
+        cls.a = Dataplane(res, extra_spec=spec)
+        cls.b = Dataplane(res, extra_spec=spec)
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.a.stop() == 0
+        assert cls.b.stop() == 0
+        cls.mock.stop()
+        cls.failing.stop()
+        cls.redis.stop()
+
+    def test_exactly_100_of_300_across_two(self):
+        hdr = {"x-user": "shared"}
+        with concurrent.futures.ThreadPoolExecutor(60) as ex:
+            res = list(ex.map(lambda i: post((self.a if i % 2 else self.b).port,
+                                             "/v1/chat/completions", CHAT, hdr, timeout=30),
+                              range(300)))
+        codes = [r[0] for r in res]
+        self.assertEqual(codes.count(200), 100, codes)
+        self.assertEqual(codes.count(429), 200)
+        served = {r[1]["x-request-id"].split("-")[1] for r in res if r[0] == 200}
+        self.assertEqual(len(served), 2, "both data planes served")
+
+    def test_token_limit_never_overshoots(self):
+        hdr = {"x-t": "tok", "x-tok": "1", "x-user": "tokens"}
+        body = dict(CHAT, max_tokens=40)
+        used = 0
+        reserve = 0
+        for _ in range(200):
+            r = post(self.a.port if used % 2 else self.b.port, "/v1/chat/completions", body, hdr)
+            if r[0] == 429:
+                self.assertEqual(err(r)["code"], "rate_limit_exceeded")
+                self.assertEqual(err(r)["type"], "tokens")
+                break
+            self.assertEqual(r[0], 200)
+            u = json.loads(r[2])["usage"]
+            used += u["total_tokens"]
+            reserve = len(json.dumps(body)) // 4 + 40
+        else:
+            self.fail("never limited")
+        # corrected by the real usage: at most one reservation's error past the limit
+        self.assertLessEqual(used, 1000)
+        self.assertGreater(used, 1000 - reserve - 20)
+
+    def test_refund_after_failure(self):
+        def remaining():
+            r = post(self.a.port, "/v1/chat/completions", dict(CHAT, model="bad", max_tokens=50))
+            self.assertEqual(r[0], 500)
+            return int(r[1]["x-ratelimit-remaining-tokens"])
+        first = remaining()
+        time.sleep(0.2)  # the refund is sent after the answer
+        second = remaining()
+        self.assertEqual(first, second, "the failed request's reservation was refunded")
+
+    def test_budget(self):
+        key = bearer("sk-payer")
+        statuses = []
+        for i in range(200):
+            r = post((self.a, self.b)[i % 2].port, "/v1/chat/completions", CHAT, key)
+            statuses.append(r[0])
+            if r[0] == 429:
+                e = err(r)
+                self.assertEqual((e["type"], e["code"]), ("insufficient_quota", "insufficient_quota"))
+                break
+            time.sleep(0.02)  # the charge lands after the answer
+        self.assertEqual(statuses[-1], 429)
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        h = self.redis.cmd("HGETALL", "knoway:usage:{default/payer}:" + day)
+        usage = dict(zip(h[::2], h[1::2]))
+        cost = int(usage["cost"])  # nano-USD
+        per_request = cost // int(usage["requests"])
+        self.assertGreaterEqual(cost, 1_000_000)
+        self.assertLess(cost, 1_000_000 + per_request + 1, "stopped within one request")
+        self.assertEqual(int(usage["requests"]), statuses.count(200))
+
+
+class Stream(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.mock = Mock()
+        slow = {"x-mock-chunks": "2000", "x-mock-interval-ms": "1"}
+        cls.dp = Dataplane(
+            backend("b", cls.mock.url(), headers=slow)
+            + route("demo", ["demo"], ["b"],
+                    "  rateLimits:\n"
+                    "    - {name: out, key: Header/x-user, enforce: Stream,"
+                    " tokens: {limit: 600, window: 1h, count: Output}}\n"))
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.dp.stop() == 0
+        cls.mock.stop()
+
+    def test_cut_at_the_limit(self):
+        self.mock.clear()
+        # 100 reserved, 500 left besides: the stream may produce 600 in all
+        body = dict(CHAT, stream=True, max_tokens=100)
+        r = post(self.dp.port, "/v1/chat/completions", body, {"x-user": "s"}, timeout=30)
+        self.assertEqual(r[0], 200)
+        events = sse_data(r[2])
+        self.assertEqual(events[-1], "[DONE]")
+        e = json.loads(events[-2])["error"]
+        self.assertEqual(e["code"], "rate_limit_exceeded")
+        self.assertEqual(json.loads(events[-3])["choices"][0]["finish_reason"], "length")
+        tokens = sum(1 for d in events[:-3] if json.loads(d)["choices"]
+                     and json.loads(d)["choices"][0]["delta"].get("content"))
+        self.assertGreaterEqual(tokens, 590)
+        self.assertLessEqual(tokens, 601, "at most the limit plus one chunk")
+        time.sleep(0.2)
+        req = self.mock.requests()[-1]
+        self.assertTrue(req["cancelled"], "the upstream transfer was cancelled")
+        # the bucket is spent: the next stream is refused before it starts
+        r = post(self.dp.port, "/v1/chat/completions", body, {"x-user": "s"})
+        self.assertEqual(r[0], 429)
+
+    def test_anthropic_front(self):
+        body = {"model": "demo", "max_tokens": 100, "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]}
+        r = post(self.dp.port, "/v1/messages", body,
+                 {"x-user": "anth", "x-api-key": "x", "anthropic-version": "2023-06-01"},
+                 timeout=30)
+        self.assertEqual(r[0], 200)
+        text = r[2].decode()
+        self.assertIn('"stop_reason":"max_tokens"', text)
+        self.assertIn("event: message_stop", text)
+        self.assertTrue(text.rstrip().endswith("}"))
+        last = text.strip().split("\n\n")[-1]
+        self.assertIn("event: error", last)
+        self.assertIn("rate_limit_error", last)
+
+
+class RedisFailure(unittest.TestCase):
+    """Redis killed under load: Open serves with local limits, Closed answers 503; both
+    recover; nothing waits past the timeout; no socket leaks."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.redis = Redis()
+        cls.mock = Mock()
+        res = (backend("b", cls.mock.url())
+               + route("demo", ["demo"], ["b"],
+                       "  rateLimits:\n"
+                       "    - {name: g, key: Header/x-user, scope: Global,"
+                       " requests: {limit: 100000, window: 1m}}\n"))
+        cls.open = Dataplane(res, extra_spec="  redis: {url: \"%s\", timeout: 200ms}\n"
+                             % cls.redis.url())
+        cls.closed = Dataplane(res, extra_spec="  redis: {url: \"%s\", timeout: 200ms, "
+                               "failureMode: Closed}\n" % cls.redis.url())
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.open.stop() == 0
+        assert cls.closed.stop() == 0
+        cls.mock.stop()
+        cls.redis.stop()
+
+    def redis_sockets(self, dp):
+        """The data plane's TCP sockets to Redis (ss -tanp: one per worker at most)."""
+        out = subprocess.run(["ss", "-tanp"], capture_output=True, text=True).stdout
+        return sum(1 for line in out.splitlines()
+                   if ":%d " % self.redis.port in line and "pid=%d," % dp.proc.pid in line)
+
+    def timed(self, dp, n):
+        def one(_):
+            t = time.monotonic()
+            r = post(dp.port, "/v1/chat/completions", CHAT, {"x-user": "u"}, timeout=10)
+            return r[0], time.monotonic() - t, r
+        with concurrent.futures.ThreadPoolExecutor(20) as ex:
+            return list(ex.map(one, range(n)))
+
+    def test_kill_and_return(self):
+        for dp in (self.open, self.closed):
+            self.assertTrue(all(s == 200 for s, _, _ in self.timed(dp, 40)))
+        self.redis.stop()
+        res_open = self.timed(self.open, 200)
+        res_closed = self.timed(self.closed, 200)
+        self.assertTrue(all(s == 200 for s, _, _ in res_open), "Open keeps serving")
+        self.assertTrue(all(s == 503 for s, _, _ in res_closed), "Closed refuses")
+        e = err(res_closed[0][2])
+        self.assertEqual(e["code"], "rate_limit_unavailable")
+        self.assertIn("Redis", e["message"])
+        slowest = max(t for _, t, _ in res_open + res_closed)
+        self.assertLess(slowest, 0.2 + 0.8, "no request waits past the timeout (with slack)")
+        self.assertIn('knoway_ratelimit_redis_failures_total{mode="open"}', self.open.metrics())
+        self.redis.start()
+        deadline = time.time() + 15  # the reconnect backoff is at most 5 s
+        while time.time() < deadline:
+            if all(s == 200 for s, _, _ in self.timed(self.closed, 4)):
+                break
+            time.sleep(0.3)
+        self.assertTrue(all(s == 200 for s, _, _ in self.timed(self.closed, 40)), "recovered")
+        self.assertTrue(all(s == 200 for s, _, _ in self.timed(self.open, 40)))
+        for dp in (self.open, self.closed):
+            self.assertLessEqual(self.redis_sockets(dp), dp.workers, "no leaked sockets")
+            self.assertGreaterEqual(self.redis_sockets(dp), 1)
+        self.assertIsNone(self.open.proc.poll())
+        self.assertIsNone(self.closed.proc.poll())
+
+
+if __name__ == "__main__":
+    unittest.main()
