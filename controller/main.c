@@ -24,6 +24,7 @@
 #include "kube.h"
 #include "lease.h"
 #include "status.h"
+#include "usage.h"
 
 enum { INF_BACKENDS, INF_ROUTES, INF_SECRETS, INF_SLICES, INF_CONSUMERS, INF__COUNT };
 
@@ -38,6 +39,7 @@ struct ctl {
     struct ctl_discovery disc;
     struct ctl_status status;
     struct ctl_lease lease;
+    struct ctl_usage usage; /* status.usage from Redis (--redis) */
     bool leader_elect;
     atomic_bool leader;
     atomic_bool ready;
@@ -79,6 +81,10 @@ static void usage(FILE *out)
         "                          " CTL_SECRET_SELECTOR "; \"\" watches every Secret)\n"
         "  --debug-from CIDRS      who may read /debug/* on the admin listener, comma-separated\n"
         "                          (default 127.0.0.0/8,::1/128)\n"
+        "  --redis redis://HOST[:PORT][/DB]  where the data planes count usage: the leader\n"
+        "                          writes LLMConsumer status.usage from it every 30 s\n"
+        "  --redis-password-file FILE  Redis password (AUTH)\n"
+        "  --usage-interval SECONDS    how often status.usage is refreshed (default 30)\n"
         "  --node-grace SECONDS    forget a data plane that stopped polling this long ago\n"
         "                          (default 90)\n"
         "  --version, --help\n"
@@ -198,7 +204,13 @@ static void metrics(struct ctl *c, struct kw_buf *b)
         "knoway_controller_status_writes_total{result=\"written\"} %llu\n"
         "knoway_controller_status_writes_total{result=\"unchanged\"} %llu\n"
         "knoway_controller_status_writes_total{result=\"conflict\"} %llu\n"
-        "knoway_controller_status_writes_total{result=\"failed\"} %llu\n",
+        "knoway_controller_status_writes_total{result=\"failed\"} %llu\n"
+        "# HELP knoway_controller_usage_writes_total LLMConsumer status.usage updates from "
+        "Redis, by result.\n"
+        "# TYPE knoway_controller_usage_writes_total counter\n"
+        "knoway_controller_usage_writes_total{result=\"written\"} %llu\n"
+        "knoway_controller_usage_writes_total{result=\"unchanged\"} %llu\n"
+        "knoway_controller_usage_writes_total{result=\"failed\"} %llu\n",
         (unsigned long long)atomic_load(&c->builder.builds), connected, acked,
         (unsigned long long)atomic_load(&c->disc.polls),
         (unsigned long long)atomic_load(&c->disc.pushes),
@@ -208,7 +220,10 @@ static void metrics(struct ctl *c, struct kw_buf *b)
         (unsigned long long)atomic_load(&c->status.writes),
         (unsigned long long)atomic_load(&c->status.skipped),
         (unsigned long long)atomic_load(&c->status.conflicts),
-        (unsigned long long)atomic_load(&c->status.failures));
+        (unsigned long long)atomic_load(&c->status.failures),
+        (unsigned long long)atomic_load(&c->usage.writes),
+        (unsigned long long)atomic_load(&c->usage.skipped),
+        (unsigned long long)atomic_load(&c->usage.failures));
     static const char *const names[] = {"lists", "watches", "events", "expired", "errors"};
     static const char *const help[] = {"LIST calls (initial and after 410)", "WATCH calls",
                                        "Watch events received", "Watches ended by 410 Gone",
@@ -298,6 +313,9 @@ int main(int argc, char **argv)
         {"node-grace", required_argument, NULL, 'g'},
         {"debug-from", required_argument, NULL, 'D'},
         {"secret-selector", required_argument, NULL, 'S'},
+        {"redis", required_argument, NULL, 'R'},
+        {"redis-password-file", required_argument, NULL, 'P'},
+        {"usage-interval", required_argument, NULL, 'U'},
         {"version", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -309,6 +327,8 @@ int main(int argc, char **argv)
     const char *debug_from = NULL, *secret_selector = CTL_SECRET_SELECTOR;
     double qps = 20, burst = 40, node_grace_s = CTL_NODE_STALE_MS / 1000.0;
     bool leader_elect = false;
+    const char *redis_url = NULL, *redis_pw_file = NULL;
+    double usage_interval_s = 30;
     int o;
     while ((o = getopt_long(argc, argv, "hv", opts, NULL)) != -1) {
         switch (o) {
@@ -360,6 +380,15 @@ int main(int argc, char **argv)
         case 'S':
             secret_selector = optarg[0] != '\0' ? optarg : NULL;
             break;
+        case 'R':
+            redis_url = optarg;
+            break;
+        case 'P':
+            redis_pw_file = optarg;
+            break;
+        case 'U':
+            usage_interval_s = atof(optarg);
+            break;
         case 'v':
             printf("knoway-controller %s\n", kw_version());
             return 0;
@@ -401,6 +430,43 @@ int main(int argc, char **argv)
     }
     if (node_grace_s < 1) {
         fprintf(stderr, "knoway-controller: --node-grace must be at least 1 second\n");
+        return 2;
+    }
+    static char redis_host[256];
+    int redis_port = 6379;
+    unsigned redis_db = 0;
+    if (redis_url != NULL) {
+        char rest[300];
+        long port = 6379, db = 0;
+        int n = 0;
+        if (strncmp(redis_url, "redis://", 8) != 0 || strlen(redis_url + 8) >= sizeof(rest) ||
+            strchr(redis_url, '@') != NULL) {
+            fprintf(stderr, "knoway-controller: --redis must be redis://HOST[:PORT][/DB] (the "
+                            "password goes in --redis-password-file)\n");
+            return 2;
+        }
+        snprintf(rest, sizeof(rest), "%s", redis_url + 8);
+        char *slash = strchr(rest, '/');
+        if (slash != NULL) {
+            *slash = '\0';
+            db = strtol(slash + 1, NULL, 10);
+        }
+        char *colon = strrchr(rest, ':');
+        if (colon != NULL) {
+            *colon = '\0';
+            port = strtol(colon + 1, NULL, 10);
+        }
+        n = snprintf(redis_host, sizeof(redis_host), "%s", rest);
+        if (n <= 0 || port < 1 || port > 65535 || db < 0 || db > 15) {
+            fprintf(stderr, "knoway-controller: --redis: bad host, port or db in \"%s\"\n",
+                    redis_url);
+            return 2;
+        }
+        redis_port = (int)port;
+        redis_db = (unsigned)db;
+    }
+    if (usage_interval_s < 1) {
+        fprintf(stderr, "knoway-controller: --usage-interval must be at least 1 second\n");
         return 2;
     }
     if (qps <= 0 || burst < 1) {
@@ -486,6 +552,24 @@ int main(int argc, char **argv)
     }
     if (ctl_status_start(&c.status) != KW_OK)
         goto out;
+    char *redis_pw = NULL;
+    if (redis_url != NULL) {
+        if (redis_pw_file != NULL &&
+            ((redis_pw = ctl_read_token(redis_pw_file)) == NULL || redis_pw[0] == '\0')) {
+            kw_log(KW_LOG_ERROR, "cannot read --redis-password-file", "file", redis_pw_file, NULL);
+            goto out;
+        }
+        c.usage = (struct ctl_usage){.kube = &c.kube,
+                                     .consumers = &c.inf[INF_CONSUMERS].store,
+                                     .leader = &c.leader,
+                                     .host = redis_host,
+                                     .port = redis_port,
+                                     .db = redis_db,
+                                     .password = redis_pw,
+                                     .interval_ms = (int64_t)(usage_interval_s * 1000)};
+        if (ctl_usage_start(&c.usage) != KW_OK)
+            goto out;
+    }
     c.builder.src = (struct ctl_sources){.backends = &c.inf[INF_BACKENDS].store,
                                          .routes = &c.inf[INF_ROUTES].store,
                                          .consumers = &c.inf[INF_CONSUMERS].store,
@@ -554,6 +638,11 @@ int main(int argc, char **argv)
     kw_log(KW_LOG_INFO, "knoway-controller stopping", NULL);
     exit_code = 0;
 out:
+    ctl_usage_stop(&c.usage);
+    if (c.usage.password != NULL) {
+        OPENSSL_cleanse((char *)c.usage.password, strlen(c.usage.password));
+        free((char *)c.usage.password);
+    }
     if (c.lease.running)
         ctl_lease_stop(&c.lease);
     for (int i = 0; i < INF__COUNT; i++)

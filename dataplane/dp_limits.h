@@ -25,8 +25,8 @@
 #define DP_ADMIN_PER_IP      16u   /* ... and of them from one client address */
 #define DP_TRIM_AFTER_BYTES  (16ll * 1024 * 1024)
 
-#define DP_MAX_ATTEMPTS 16 /* upstream attempts of one request (retry.attempts caps) */
-#define DP_MAX_FILTERS  16 /* entries of the filter table */
+#define DP_MAX_ATTEMPTS         16 /* upstream attempts of one request (retry.attempts caps) */
+#define DP_MAX_FILTERS          16 /* entries of the filter table */
 #define DP_MAX_RESPONSE_HEADERS 12 /* headers filters add to one response */
 
 #endif

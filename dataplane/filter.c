@@ -5,11 +5,7 @@
 #include "server.h"
 
 const struct dp_filter_ops *const dp_filters[] = {
-    &dp_filter_access_log,
-    &dp_filter_metrics,
-    &dp_filter_auth,
-    &dp_filter_models,
-    &dp_filter_limit,
+    &dp_filter_access_log, &dp_filter_metrics, &dp_filter_auth, &dp_filter_models, &dp_filter_limit,
 };
 const size_t dp_nfilters = KW_ARRAY_LEN(dp_filters);
 

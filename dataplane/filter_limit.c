@@ -92,32 +92,31 @@ static const char script_take[] =
 /* KEYS: n window keys ("bucket:window"), then the usage hash (optional).
  * ARGV: n, then delta and ttl ms per key, then requests, input, output, cached, cost and
  * ttl s for the hash. A refund never takes a window below 0 nor revives an expired one. */
-static const char script_settle[] =
-    "local n = tonumber(ARGV[1])\n"
-    "for i = 1, n do\n"
-    "  local d = tonumber(ARGV[2 * i])\n"
-    "  if d < 0 then\n"
-    "    if redis.call('EXISTS', KEYS[i]) == 1 then\n"
-    "      if redis.call('INCRBY', KEYS[i], d) < 0 then\n"
-    "        redis.call('SET', KEYS[i], 0, 'KEEPTTL')\n"
-    "      end\n"
-    "    end\n"
-    "  elseif d > 0 then\n"
-    "    redis.call('INCRBY', KEYS[i], d)\n"
-    "    redis.call('PEXPIRE', KEYS[i], ARGV[2 * i + 1])\n"
-    "  end\n"
-    "end\n"
-    "if #KEYS > n then\n"
-    "  local k = KEYS[n + 1]\n"
-    "  local b = 2 * n + 2\n"
-    "  redis.call('HINCRBY', k, 'requests', ARGV[b])\n"
-    "  redis.call('HINCRBY', k, 'inputTokens', ARGV[b + 1])\n"
-    "  redis.call('HINCRBY', k, 'outputTokens', ARGV[b + 2])\n"
-    "  redis.call('HINCRBY', k, 'cachedTokens', ARGV[b + 3])\n"
-    "  redis.call('HINCRBY', k, 'cost', ARGV[b + 4])\n"
-    "  redis.call('EXPIRE', k, ARGV[b + 5])\n"
-    "end\n"
-    "return 1\n";
+static const char script_settle[] = "local n = tonumber(ARGV[1])\n"
+                                    "for i = 1, n do\n"
+                                    "  local d = tonumber(ARGV[2 * i])\n"
+                                    "  if d < 0 then\n"
+                                    "    if redis.call('EXISTS', KEYS[i]) == 1 then\n"
+                                    "      if redis.call('INCRBY', KEYS[i], d) < 0 then\n"
+                                    "        redis.call('SET', KEYS[i], 0, 'KEEPTTL')\n"
+                                    "      end\n"
+                                    "    end\n"
+                                    "  elseif d > 0 then\n"
+                                    "    redis.call('INCRBY', KEYS[i], d)\n"
+                                    "    redis.call('PEXPIRE', KEYS[i], ARGV[2 * i + 1])\n"
+                                    "  end\n"
+                                    "end\n"
+                                    "if #KEYS > n then\n"
+                                    "  local k = KEYS[n + 1]\n"
+                                    "  local b = 2 * n + 2\n"
+                                    "  redis.call('HINCRBY', k, 'requests', ARGV[b])\n"
+                                    "  redis.call('HINCRBY', k, 'inputTokens', ARGV[b + 1])\n"
+                                    "  redis.call('HINCRBY', k, 'outputTokens', ARGV[b + 2])\n"
+                                    "  redis.call('HINCRBY', k, 'cachedTokens', ARGV[b + 3])\n"
+                                    "  redis.call('HINCRBY', k, 'cost', ARGV[b + 4])\n"
+                                    "  redis.call('EXPIRE', k, ARGV[b + 5])\n"
+                                    "end\n"
+                                    "return 1\n";
 
 static const char *const scripts[] = {script_take, script_settle};
 
@@ -137,9 +136,9 @@ struct item {
     const struct kw_rate_limit *l; /* NULL: none */
     const char *key;               /* the bucket's name (Redis key prefix) */
     uint64_t hash;
-    int64_t cost;  /* charged when admitted */
-    bool global;   /* counted in Redis */
-    bool charged;  /* cost is in the bucket (refund or correct it) */
+    int64_t cost; /* charged when admitted */
+    bool global;  /* counted in Redis */
+    bool charged; /* cost is in the bucket (refund or correct it) */
     struct dp_rl_state st;
 };
 
@@ -205,8 +204,8 @@ static int init(struct dp_server *s, void **out)
         char pw[1024];
         size_t n = f != NULL ? fread(pw, 1, sizeof(pw) - 1, f) : 0;
         if (f == NULL || ferror(f)) {
-            kw_log(KW_LOG_ERROR, "cannot read redis.passwordFile", "file",
-                   dp->redis.password_file, "error", strerror(errno), NULL);
+            kw_log(KW_LOG_ERROR, "cannot read redis.passwordFile", "file", dp->redis.password_file,
+                   "error", strerror(errno), NULL);
             if (f != NULL)
                 fclose(f);
             return KW_ERROR;
@@ -371,28 +370,6 @@ static bool add_item(struct dp_request *r, struct ctx *x, const struct kw_rate_l
     return true;
 }
 
-/* The budget period (UTC) containing now: its name and its end. */
-static void period_of(enum kw_period p, char *name, size_t len, int64_t *end_ms)
-{
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    struct tm e = tm;
-    e.tm_hour = e.tm_min = e.tm_sec = 0;
-    if (p == KW_PERIOD_DAY) {
-        strftime(name, len, "%Y-%m-%d", &tm);
-        e.tm_mday++;
-    } else if (p == KW_PERIOD_WEEK) {
-        strftime(name, len, "%G-W%V", &tm);
-        e.tm_mday += 7 - (tm.tm_wday + 6) % 7; /* next Monday */
-    } else {
-        strftime(name, len, "%Y-%m", &tm);
-        e.tm_mday = 1;
-        e.tm_mon++;
-    }
-    *end_ms = (int64_t)timegm(&e) * 1000;
-}
-
 /* ---- answers ------------------------------------------------------------------------------ */
 
 static void add_headers(struct dp_request *r, struct ctx *x)
@@ -443,7 +420,8 @@ static int refuse(struct dp_request *r, struct ctx *x, const struct item *it)
     int64_t wait = dp_rl_wait_ms(&it->st, it->cost);
     char w[32], per[32];
     if (wait >= 0) {
-        snprintf(w, sizeof(w), "%lld", (long long)((wait + 999) / 1000 > 0 ? (wait + 999) / 1000 : 1));
+        snprintf(w, sizeof(w), "%lld",
+                 (long long)((wait + 999) / 1000 > 0 ? (wait + 999) / 1000 : 1));
         dp_request_add_header(r, "Retry-After", w);
         dp_rl_format_reset(wait, w, sizeof(w));
     }
@@ -471,10 +449,7 @@ static int over_budget(struct dp_request *r, struct ctx *x)
     static const char *const periods[] = {"day", "week", "month"};
     const struct kw_consumer *k = r->consumer;
     char usd[48];
-    int n = snprintf(usd, sizeof(usd), "%lld.%06lld", (long long)(k->budget.limit_nusd / 1000000000),
-                     (long long)(k->budget.limit_nusd / 1000 % 1000000));
-    while (n > 0 && usd[n - 1] == '0' && usd[n - 3] != '.')
-        usd[--n] = '\0'; /* 12.50, 0.00003 */
+    kw_usd_format(k->budget.limit_nusd, usd, sizeof(usd));
     return dp_error_set(r, 429, "insufficient_quota", "insufficient_quota", NULL,
                         "You exceeded your budget of %s USD for this %s. The budget renews at "
                         "the start of the next %s (UTC).",
@@ -714,9 +689,9 @@ static int on_request(struct dp_request *r, void *p)
     if (budget || usage_hash) {
         char period[32];
         enum kw_period per = budget ? k->budget.period : KW_PERIOD_MONTH;
-        period_of(per, period, sizeof(period), &x->budget_expires_ms);
-        x->usage_key = kw_arena_printf(r->arena, "knoway:usage:{%s/%s}:%s", k->meta.ns,
-                                       k->meta.name, period);
+        kw_period_name(per, (long long)time(NULL), period, sizeof(period), &x->budget_expires_ms);
+        x->usage_key =
+            kw_arena_printf(r->arena, "knoway:usage:{%s/%s}:%s", k->meta.ns, k->meta.name, period);
         if (x->usage_key == NULL)
             return dp_error_set(r, 500, "server_error", NULL, NULL, "out of memory");
         x->budget_hash = dp_rl_hash(x->usage_key, strlen(x->usage_key));
@@ -756,7 +731,8 @@ static int on_request(struct dp_request *r, void *p)
     return KW_OK;
 }
 
-/* ---- streams ---------------------------------------------------------------------------------- */
+/* ---- streams ----------------------------------------------------------------------------------
+ */
 
 static int on_chunk(struct dp_request *r, void *p, const struct kw_node *chunk)
 {
@@ -769,9 +745,9 @@ static int on_chunk(struct dp_request *r, void *p, const struct kw_node *chunk)
         x->streamed = ct->i; /* a running usage (vLLM's continuous usage, Anthropic) */
     } else {
         const struct kw_node *ch = kw_node_get(chunk, "choices");
-        const struct kw_node *d =
-            ch != NULL && ch->type == KW_NODE_SEQ && ch->n > 0 ? kw_node_get(ch->items[0], "delta")
-                                                               : NULL;
+        const struct kw_node *d = ch != NULL && ch->type == KW_NODE_SEQ && ch->n > 0
+                                      ? kw_node_get(ch->items[0], "delta")
+                                      : NULL;
         size_t chars = 0;
         static const char *const text[] = {"content", "reasoning_content", "refusal"};
         for (size_t i = 0; i < 3; i++) {
@@ -781,7 +757,8 @@ static int on_chunk(struct dp_request *r, void *p, const struct kw_node *chunk)
         }
         const struct kw_node *tc = kw_node_get(d, "tool_calls");
         for (size_t i = 0; tc != NULL && tc->type == KW_NODE_SEQ && i < tc->n; i++) {
-            const struct kw_node *a = kw_node_get(kw_node_get(tc->items[i], "function"), "arguments");
+            const struct kw_node *a =
+                kw_node_get(kw_node_get(tc->items[i], "function"), "arguments");
             if (a != NULL && a->type == KW_NODE_STRING)
                 chars += a->len;
         }
@@ -794,7 +771,9 @@ static int on_chunk(struct dp_request *r, void *p, const struct kw_node *chunk)
     struct conf *c = dp_filter_conf(r->w->server, &dp_filter_limit);
     kw_metric_add(c->refused, 1 + r->w->index, (const char *const[]){"stream"}, 1);
     bool budget = x->budget && r->consumer->budget.enforce_stream &&
-                  (r->consumer->budget.limit_nusd - x->spent) / (price_out_nusd(r) > 0 ? price_out_nusd(r) : 1) <= x->allow_out;
+                  (r->consumer->budget.limit_nusd - x->spent) /
+                          (price_out_nusd(r) > 0 ? price_out_nusd(r) : 1) <=
+                      x->allow_out;
     if (budget)
         dp_error_set(r, 429, "insufficient_quota", "insufficient_quota", NULL,
                      "The stream was ended: your budget is spent (%lld output tokens were "

@@ -342,9 +342,9 @@ static void load(struct dp_jwt *j, struct provider *p)
     } else {
         rc = fetch(c->jwks_url, &b, why, sizeof(why));
     }
-    struct jwks *s = rc == KW_OK ? jwks_parse(c->issuer, b.data != NULL ? b.data : "", b.len, why,
-                                              sizeof(why))
-                                 : NULL;
+    struct jwks *s =
+        rc == KW_OK ? jwks_parse(c->issuer, b.data != NULL ? b.data : "", b.len, why, sizeof(why))
+                    : NULL;
     kw_buf_cleanup(&b);
     if (s == NULL) {
         kw_log(KW_LOG_ERROR, "JWKS not loaded (the last good set stays)", "issuer", c->issuer,
@@ -471,7 +471,8 @@ static struct kw_node *part(struct kw_arena *a, const char *s, size_t len)
     long n = buf != NULL ? b64url(s, len, buf) : -1;
     struct kw_node *root = NULL;
     char err[64];
-    if (n <= 0 || kw_json_parse(a, (const char *)buf, (size_t)n, &root, err, sizeof(err)) != KW_OK ||
+    if (n <= 0 ||
+        kw_json_parse(a, (const char *)buf, (size_t)n, &root, err, sizeof(err)) != KW_OK ||
         root->type != KW_NODE_MAP)
         return NULL;
     return root;
@@ -648,9 +649,8 @@ int dp_jwt_verify(struct dp_jwt *j, const char *token, long long now_s, struct k
     if (!has_audience(p->conf, kw_node_get(claims, "aud")))
         FAIL("the token's audience is not accepted");
     out->provider = p->conf;
-    out->consumer = p->conf->consumer_claim != NULL
-                        ? claim_string(a, claims, p->conf->consumer_claim)
-                        : NULL;
+    out->consumer =
+        p->conf->consumer_claim != NULL ? claim_string(a, claims, p->conf->consumer_claim) : NULL;
     out->user = claim_string(a, claims, p->conf->user_claim);
     return KW_OK;
 }

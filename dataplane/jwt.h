@@ -23,12 +23,12 @@
 #include "knoway/arena.h"
 #include "knoway/resource.h"
 
-#define DP_JWT_LEEWAY_S     60
-#define DP_JWT_MAX_TOKEN    8192
-#define DP_JWT_MAX_KEYS     64
-#define DP_JWKS_MAX_BYTES   (1024 * 1024)
-#define DP_JWKS_GRACE_MS    30000
-#define DP_JWKS_EARLY_MS    10000
+#define DP_JWT_LEEWAY_S   60
+#define DP_JWT_MAX_TOKEN  8192
+#define DP_JWT_MAX_KEYS   64
+#define DP_JWKS_MAX_BYTES (1024 * 1024)
+#define DP_JWKS_GRACE_MS  30000
+#define DP_JWKS_EARLY_MS  10000
 
 struct dp_jwt;
 

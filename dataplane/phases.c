@@ -426,7 +426,8 @@ static int walk_chunks(struct dp_request *r, struct kw_buf *sink, size_t from)
     kw_buf_printf(sink, ",\"object\":\"chat.completion.chunk\",\"created\":%lld,\"model\":",
                   (long long)cw.created);
     kw_json_write_string(sink, cw.model, strlen(cw.model));
-    kw_buf_puts(sink, ",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n");
+    kw_buf_puts(sink,
+                ",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n");
     return KW_DONE;
 }
 

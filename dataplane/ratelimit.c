@@ -135,14 +135,12 @@ void dp_rl_format_reset(int64_t ms, char *buf, size_t len)
         snprintf(buf, len, "%lldh%lldm%llds", s / 3600, s / 60 % 60, s % 60);
 }
 
-int dp_rl_local(struct dp_rl_store *s, uint64_t key, int64_t limit, int64_t window_ms,
-                int64_t cost, bool take, int64_t now_ms, struct dp_rl_state *out)
+int dp_rl_local(struct dp_rl_store *s, uint64_t key, int64_t limit, int64_t window_ms, int64_t cost,
+                bool take, int64_t now_ms, struct dp_rl_state *out)
 {
     int64_t win = now_ms / window_ms;
-    *out = (struct dp_rl_state){.limit = limit,
-                                .window_ms = window_ms,
-                                .elapsed_ms = now_ms - win * window_ms,
-                                .win = win};
+    *out = (struct dp_rl_state){
+        .limit = limit, .window_ms = window_ms, .elapsed_ms = now_ms - win * window_ms, .win = win};
     struct slot *sl = find(s, key, now_ms, (win + 2) * window_ms);
     if (sl == NULL)
         return -1;

@@ -44,8 +44,8 @@ uint64_t dp_rl_hash(const char *key, size_t len);
 /* Check and charge: admit cost when the window's estimate + cost <= limit (take), or add it
  * unconditionally (take=false; cost may be negative: a refund, never below 0). 1: admitted
  * (charged), 0: refused (nothing charged), -1: the table is full (nothing charged). */
-int dp_rl_local(struct dp_rl_store *s, uint64_t key, int64_t limit, int64_t window_ms,
-                int64_t cost, bool take, int64_t now_ms, struct dp_rl_state *out);
+int dp_rl_local(struct dp_rl_store *s, uint64_t key, int64_t limit, int64_t window_ms, int64_t cost,
+                bool take, int64_t now_ms, struct dp_rl_state *out);
 /* Add delta to the bucket's window win only (refunds and corrections of a reservation
  * charged in that window: a later window is not touched). */
 void dp_rl_local_adjust(struct dp_rl_store *s, uint64_t key, int64_t window_ms, int64_t win,

@@ -263,7 +263,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 static void on_timeout(struct dp_timer *t)
 {
-    struct dp_redis_op *op = (struct dp_redis_op *)((char *)t - offsetof(struct dp_redis_op, timer));
+    struct dp_redis_op *op =
+        (struct dp_redis_op *)((char *)t - offsetof(struct dp_redis_op, timer));
     struct dp_redis *rc = op->rc;
     op->armed = false;
     dp_redis_cb cb = op->cb;

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 
 #include <openssl/evp.h>
@@ -87,6 +88,37 @@ const char *kw_kind_name(enum kw_kind k)
         return "LLMConsumer";
     }
     return "?";
+}
+
+void kw_period_name(enum kw_period p, long long now, char *name, size_t len, int64_t *end_ms)
+{
+    time_t t = (time_t)now;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    struct tm e = tm;
+    e.tm_hour = e.tm_min = e.tm_sec = 0;
+    if (p == KW_PERIOD_DAY) {
+        strftime(name, len, "%Y-%m-%d", &tm);
+        e.tm_mday++;
+    } else if (p == KW_PERIOD_WEEK) {
+        strftime(name, len, "%G-W%V", &tm);
+        e.tm_mday += 7 - (tm.tm_wday + 6) % 7; /* the next Monday */
+    } else {
+        strftime(name, len, "%Y-%m", &tm);
+        e.tm_mday = 1;
+        e.tm_mon++;
+    }
+    *end_ms = (int64_t)timegm(&e) * 1000;
+}
+
+void kw_usd_format(int64_t nano, char *buf, size_t len)
+{
+    if (nano < 0)
+        nano = 0;
+    int n = snprintf(buf, len, "%lld.%06lld", (long long)(nano / 1000000000),
+                     (long long)(nano / 1000 % 1000000));
+    while (n > 3 && (size_t)n < len && buf[n - 1] == '0' && buf[n - 3] != '.')
+        buf[--n] = '\0';
 }
 
 void kw_dataplane_defaults(struct kw_dataplane *dp)
@@ -969,9 +1001,9 @@ static void decode_backend_traffic(struct kw_dec *d, const struct kw_node *spec,
 
 void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_backend *b)
 {
-    static const char *const fields[] = {"provider",       "modelName", "upstream", "credentials",
-                                         "params",         "circuitBreaker", "limits",
-                                         "pricing",        NULL};
+    static const char *const fields[] = {"provider",    "modelName", "upstream",
+                                         "credentials", "params",    "circuitBreaker",
+                                         "limits",      "pricing",   NULL};
     static const char *const pricing_fields[] = {"inputPerMillion", "outputPerMillion",
                                                  "cachedInputPerMillion", NULL};
     static const char *const provider_list[KW_PROVIDER__COUNT + 1] = {
@@ -1292,7 +1324,8 @@ static void decode_rate_limits(struct kw_dec *d, const struct kw_node *spec, con
                 l->key = (enum kw_limit_key)v;
         }
         size_t sm;
-        const struct kw_node *sel = of_consumer ? NULL : get_map(d, m, "clientSelector", false, &sm);
+        const struct kw_node *sel =
+            of_consumer ? NULL : get_map(d, m, "clientSelector", false, &sm);
         if (sel != NULL) {
             check_fields(d, sel, sel_fields, NULL);
             size_t cm;
@@ -1317,7 +1350,8 @@ static void decode_rate_limits(struct kw_dec *d, const struct kw_node *spec, con
                     ok = kw_valid_dns_subdomain(c->str);
                 }
                 if (!ok)
-                    kw_dec_error(d, c, "must name an LLMConsumer as \"name\" or \"namespace/name\"");
+                    kw_dec_error(d, c,
+                                 "must name an LLMConsumer as \"name\" or \"namespace/name\"");
                 else
                     l->consumers[l->nconsumers++] = kw_arena_strndup(d->a, c->str, c->len);
                 pop(d, ik);
@@ -1343,13 +1377,15 @@ static void decode_rate_limits(struct kw_dec *d, const struct kw_node *spec, con
             pop(d, qm);
         }
         if ((rq == NULL) == (tk == NULL)) {
-            kw_dec_error(d, m, "set exactly one of requests {limit, window} or tokens {limit, "
-                               "window, count}");
+            kw_dec_error(d, m,
+                         "set exactly one of requests {limit, window} or tokens {limit, "
+                         "window, count}");
         } else {
             const struct kw_node *q = rq != NULL ? rq : tk;
             size_t qm = push(d, rq != NULL ? "requests" : "tokens");
             int64_t v = 0;
-            if (!get_int(d, q, "limit", 1, 1000000000000LL, &v) && kw_node_get(q, "limit") == NULL) {
+            if (!get_int(d, q, "limit", 1, 1000000000000LL, &v) &&
+                kw_node_get(q, "limit") == NULL) {
                 size_t lm = push(d, "limit");
                 kw_dec_error(d, q, "required field is missing");
                 pop(d, lm);
@@ -1393,9 +1429,15 @@ static void decode_rate_limits(struct kw_dec *d, const struct kw_node *spec, con
 
 void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_route *r)
 {
-    static const char *const fields[] = {"match",        "backendRefs", "timeout",
-                                         "streamIdleTimeout", "loadBalancer", "retry",
-                                         "rateLimits", "estimatedOutputTokens", NULL};
+    static const char *const fields[] = {"match",
+                                         "backendRefs",
+                                         "timeout",
+                                         "streamIdleTimeout",
+                                         "loadBalancer",
+                                         "retry",
+                                         "rateLimits",
+                                         "estimatedOutputTokens",
+                                         NULL};
     static const char *const ref_fields[] = {"name", "weight", "priority", "modelOverride", NULL};
     check_fields(d, spec, fields, NULL);
     decode_match(d, spec, r);
@@ -1484,10 +1526,10 @@ static void decode_key_hashes(struct kw_dec *d, const struct kw_node *spec, stru
 
 void kw_decode_consumer_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_consumer *c)
 {
-    static const char *const fields[] = {"apiKeys", "attributes", "models", "limits", "budget",
-                                         NULL};
-    static const char *const snap_fields[] = {"attributes", "models", "keySha256", "limits",
-                                              "budget",     NULL};
+    static const char *const fields[] = {"apiKeys", "attributes", "models",
+                                         "limits",  "budget",     NULL};
+    static const char *const snap_fields[] = {"attributes", "models", "keySha256",
+                                              "limits",     "budget", NULL};
     static const char *const budget_fields[] = {"limit", "currency", "period", "enforce", NULL};
     static const char *const periods[] = {"Day", "Week", "Month", NULL};
     static const char *const enforces[] = {"Request", "Stream", NULL};
@@ -1830,8 +1872,8 @@ static void decode_redis(struct kw_dec *d, const struct kw_node *spec, struct kw
                     ok = *p == '\0' || (*p == '/' && p[1] == '\0');
                 }
                 if (!ok) {
-                    kw_dec_error(d, where,
-                                 "\"%.200s\" must be redis://host[:port][/db] (db 0..15)", url);
+                    kw_dec_error(d, where, "\"%.200s\" must be redis://host[:port][/db] (db 0..15)",
+                                 url);
                 } else {
                     dp->redis.url = url;
                     dp->redis.host = kw_arena_strndup(d->a, rest, hl);
@@ -1858,8 +1900,9 @@ static void decode_redis(struct kw_dec *d, const struct kw_node *spec, struct kw
 
 static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
 {
-    static const char *const fields[] = {"listen", "admin", "adminDebugFrom", "workers",
-                                         "discovery", "limits", "auth", "redis", NULL};
+    static const char *const fields[] = {"listen",  "admin",     "adminDebugFrom",
+                                         "workers", "discovery", "limits",
+                                         "auth",    "redis",     NULL};
     static const char *const auth_fields[] = {"required", "jwt", NULL};
     static const char *const disc_fields[] = {"url",       "tokenFile", "nodeId",
                                               "cacheFile", "caFile",    NULL};

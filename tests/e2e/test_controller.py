@@ -20,7 +20,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 import harness  # noqa: E402
-from harness import Dataplane, Mock, free_port, metrics, post, request, wait_port  # noqa: E402
+from harness import (Dataplane, Mock, Redis, free_port, metrics, post, request,  # noqa: E402
+                     wait_port)
 
 SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CONTROLLER = os.environ.get("KW_CONTROLLER",
@@ -125,9 +126,11 @@ class Controller:
             assert bad not in self.logs(), self.logs()[-20000:]
 
 
-def dataplane(controller_port, token_file, node, cache):
+def dataplane(controller_port, token_file, node, cache, redis=None):
     spec = ("  discovery:\n    url: \"http://127.0.0.1:%d\"\n    tokenFile: %s\n    nodeId: %s\n"
             "    cacheFile: %s\n" % (controller_port, token_file, node, cache))
+    if redis is not None:
+        spec += "  redis: {url: \"%s\"}\n" % redis.url()
     return Dataplane("", workers=1, extra_spec=spec)
 
 
@@ -156,9 +159,12 @@ class ControlPlane(unittest.TestCase):
         cls.token = os.path.join(DIR, "discovery-token")
         with open(cls.token, "w") as f:
             f.write("e2e-discovery-token-%d\n" % os.getpid())
-        cls.ctl = Controller("a", cls.token)
+        cls.redis = Redis()  # shared limits and the usage counters status.usage shows
+        cls.ctl = Controller("a", cls.token,
+                             extra=("--redis", cls.redis.url(), "--usage-interval", "1"))
         cls.dps = [dataplane(cls.ctl.port, cls.token, "dp%d" % i,
-                             os.path.join(DIR, "dp%d-snapshot.json" % i)) for i in range(2)]
+                             os.path.join(DIR, "dp%d-snapshot.json" % i), cls.redis)
+                   for i in range(2)]
         cls.extra = []
 
     @classmethod
@@ -168,6 +174,7 @@ class ControlPlane(unittest.TestCase):
         for c in [cls.ctl] + cls.extra:
             c.stop()
         cls.mock.stop()
+        cls.redis.stop()
 
     def serve_all(self, model, status=200, timeout=5.0):
         def ok():
@@ -358,6 +365,48 @@ class ControlPlane(unittest.TestCase):
             time.sleep(0.7)
             return a == self.ctl.metrics()[key]
         wait_for(settled, 10, "status writes settled")
+
+    def test_04e_consumer_usage_and_budget_in_status(self):
+        apply("---\napiVersion: v1\nkind: Secret\nmetadata: {name: payer-keys, namespace: "
+              "default, labels: {llm.knoway.dev/secret: \"true\"}}\n"
+              "stringData: {k: sk-payer-e2e}\n"
+              "---\napiVersion: %s\nkind: LLMConsumer\nmetadata: {name: payer, namespace: "
+              "default}\nspec:\n  apiKeys: [{secretRef: {name: payer-keys}}]\n"
+              "  budget: {limit: \"5\", period: Day}\n"
+              "  limits: [{name: rpm, scope: Global, requests: {limit: 3, window: 1h}}]\n" % API)
+
+        def call(dp):
+            return post(dp.port, "/v1/chat/completions",
+                        {"model": "gpt-e2e", "messages": [{"role": "user", "content": "hi"}]},
+                        headers={"Authorization": "Bearer sk-payer-e2e"})[0]
+        def models(dp, key):  # /v1/models answers before the limit phase: nothing counted
+            return request("GET", dp.port, "/v1/models",
+                           headers={"Authorization": "Bearer " + key})[0]
+
+        def programmed(dp):  # keys are checked (a consumer exists) and payer's is known
+            return models(dp, "sk-wrong") == 401 and models(dp, "sk-payer-e2e") == 200
+        wait_for(lambda: all(programmed(dp) for dp in self.dps), 5, "payer programmed")
+        # a Global limit of 3 requests across both data planes
+        codes = [call(self.dps[0]), call(self.dps[1]), call(self.dps[0]), call(self.dps[1])]
+        self.assertEqual(codes, [200, 200, 200, 429], "the global limit holds across replicas")
+
+        def usage():
+            st = conditions("llmconsumer", "payer")[2].get("status", {})
+            return st.get("usage") if st.get("usage", {}).get("requests") == 3 else None
+        u = wait_for(usage, 10, "status.usage written by the leader")
+        self.assertEqual(u["period"], time.strftime("%Y-%m-%d", time.gmtime()))
+        self.assertGreater(u["inputTokens"], 0)
+        self.assertGreater(u["outputTokens"], 0)
+        self.assertIn(".", u["cost"])
+        out = kubectl("get", "llmconsumers", "payer").stdout
+        self.assertIn("SPEND", out.splitlines()[0])
+        # unchanged counters are not written again
+        key = 'knoway_controller_usage_writes_total{result="written"}'
+        a = self.ctl.metrics()[key]
+        time.sleep(2.5)
+        self.assertEqual(self.ctl.metrics()[key], a)
+        kubectl("delete", "llmconsumer", "payer")
+        kubectl("delete", "secret", "payer-keys")
 
     def test_05_unauthorized_poll_is_refused(self):
         st, _, body = post(self.ctl.port, "/v1/discovery", {"node": {"id": "x"}, "version": ""},

@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -72,6 +73,57 @@ class Mock:
     def stop(self):
         self.proc.kill()
         self.proc.wait(5)
+
+
+class Redis:
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="kwredis-")
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(5)
+
+    def cmd(self, *args):
+        """One command over RESP; returns the decoded reply (enough for these tests)."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        s.sendall(out)
+        f = s.makefile("rb")
+        reply = self._read(f)
+        s.close()
+        return reply
+
+    def _read(self, f):
+        line = f.readline().rstrip(b"\r\n")
+        t, rest = line[:1], line[1:]
+        if t in (b"+", b"-"):
+            return rest.decode()
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = f.read(n + 2)[:-2]
+            return data.decode()
+        if t == b"*":
+            return [self._read(f) for _ in range(int(rest))]
+        raise ValueError(line)
+
+    def url(self):
+        return "redis://127.0.0.1:%d" % self.port
 
 
 class Dataplane:

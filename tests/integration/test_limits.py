@@ -3,71 +3,15 @@ reservations, budgets, mid-stream enforcement, Redis failure modes."""
 import concurrent.futures
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import (Dataplane, Mock, backend, free_port, post, request, route,  # noqa: E402
-                     sse_data, wait_port)
+from harness import Dataplane, Mock, Redis, backend, post, route, sse_data  # noqa: E402
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
-REDIS = shutil.which("redis-server")
-
-
-class Redis:
-    def __init__(self, port=None):
-        self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="kwredis-")
-        self.start()
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port)
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait(5)
-
-    def cmd(self, *args):
-        """One command over RESP; returns the decoded reply (enough for these tests)."""
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-        out = b"*%d\r\n" % len(args)
-        for a in args:
-            a = str(a).encode()
-            out += b"$%d\r\n%s\r\n" % (len(a), a)
-        s.sendall(out)
-        f = s.makefile("rb")
-        reply = self._read(f)
-        s.close()
-        return reply
-
-    def _read(self, f):
-        line = f.readline().rstrip(b"\r\n")
-        t, rest = line[:1], line[1:]
-        if t in (b"+", b"-"):
-            return rest.decode()
-        if t == b":":
-            return int(rest)
-        if t == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            data = f.read(n + 2)[:-2]
-            return data.decode()
-        if t == b"*":
-            return [self._read(f) for _ in range(int(rest))]
-        raise ValueError(line)
-
-    def url(self):
-        return "redis://127.0.0.1:%d" % self.port
 
 
 def consumer(name, key, extra=""):

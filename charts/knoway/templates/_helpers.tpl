@@ -39,3 +39,12 @@ allowPrivilegeEscalation: false
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{- /* The Redis URL data planes and the controller use: the release's own, or redis.url. */}}
+{{- define "knoway.redisURL" -}}
+{{- if .Values.redis.deploy -}}
+redis://{{ include "knoway.fullname" . }}-redis.{{ .Release.Namespace }}.svc:6379/0
+{{- else -}}
+{{ .Values.redis.url }}
+{{- end -}}
+{{- end -}}

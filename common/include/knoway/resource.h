@@ -180,23 +180,27 @@ enum {
 enum kw_mid_stream { KW_MID_STREAM_NONE, KW_MID_STREAM_CONTINUE };
 
 /* A rate limit: LLMRoute spec.rateLimits[] and LLMConsumer spec.limits[]. */
-enum kw_limit_key { KW_LIMIT_KEY_CONSUMER, KW_LIMIT_KEY_USER, KW_LIMIT_KEY_HEADER,
-                    KW_LIMIT_KEY_CLIENT_IP };
+enum kw_limit_key {
+    KW_LIMIT_KEY_CONSUMER,
+    KW_LIMIT_KEY_USER,
+    KW_LIMIT_KEY_HEADER,
+    KW_LIMIT_KEY_CLIENT_IP
+};
 enum kw_limit_count { KW_LIMIT_COUNT_TOTAL, KW_LIMIT_COUNT_INPUT, KW_LIMIT_COUNT_OUTPUT };
 struct kw_rate_limit {
-    const char *name;               /* unique in its list */
-    enum kw_limit_key key;          /* whose bucket: default Consumer */
-    const char *header;             /* key Header/<name>: the header's name */
-    const char **consumers;         /* clientSelector.consumers ("ns/name" or "name") */
+    const char *name;       /* unique in its list */
+    enum kw_limit_key key;  /* whose bucket: default Consumer */
+    const char *header;     /* key Header/<name>: the header's name */
+    const char **consumers; /* clientSelector.consumers ("ns/name" or "name") */
     size_t nconsumers;
-    struct kw_header *headers;      /* clientSelector.headers: exact values */
+    struct kw_header *headers; /* clientSelector.headers: exact values */
     size_t nheaders;
-    bool tokens;                    /* tokens {...}, else requests {...} */
-    enum kw_limit_count count;      /* tokens only */
+    bool tokens;               /* tokens {...}, else requests {...} */
+    enum kw_limit_count count; /* tokens only */
     uint64_t limit;
     int64_t window_ms;
-    bool global;                    /* scope: Global (Redis), else Local */
-    bool enforce_stream;            /* enforce: Stream (tokens only) */
+    bool global;         /* scope: Global (Redis), else Local */
+    bool enforce_stream; /* enforce: Stream (tokens only) */
 };
 
 /* Money is counted in nano-USD (1e-9 USD): exact sums of per-token prices. */
@@ -230,8 +234,8 @@ struct kw_route {
     struct kw_rate_limit *rate_limits; /* spec.rateLimits */
     size_t nrate_limits;
     int64_t estimated_output_tokens; /* token reservations without max_tokens; default 1024 */
-    bool valid;      /* false when the route itself has an error */
-    bool resolved;   /* every backendRef names an existing, valid LLMBackend */
+    bool valid;                      /* false when the route itself has an error */
+    bool resolved;                   /* every backendRef names an existing, valid LLMBackend */
     bool conflicted; /* an older route of another namespace claims one of its models */
 };
 
@@ -318,8 +322,8 @@ struct kw_dataplane {
         unsigned db;
         const char *user;
         const char *password_file;
-        int64_t timeout_ms;  /* default 100ms */
-        bool fail_closed;    /* failureMode: Closed (503), else Open (local limits) */
+        int64_t timeout_ms; /* default 100ms */
+        bool fail_closed;   /* failureMode: Closed (503), else Open (local limits) */
     } redis;
 };
 
@@ -345,6 +349,13 @@ struct kw_dataplane {
 #define KW_DEFAULT_ESTIMATED_OUTPUT       1024
 #define KW_DEFAULT_JWKS_REFRESH_MS        300000
 #define KW_DEFAULT_CACHE_FILE             "/var/lib/knoway/snapshot.json"
+
+/* The budget period (UTC) holding unix time now: its name ("2026-12-02", "2026-W49",
+ * "2026-12": the Redis key suffix and status.usage.period) and its end (unix ms). */
+void kw_period_name(enum kw_period p, long long now, char *name, size_t len, int64_t *end_ms);
+/* nano-USD as a decimal string with at least 2 and at most 6 decimals ("12.50",
+ * "0.000022"; rounded down). */
+void kw_usd_format(int64_t nano, char *buf, size_t len);
 
 /* Fill a DataPlane with the defaults of DESIGN.md. */
 void kw_dataplane_defaults(struct kw_dataplane *dp);

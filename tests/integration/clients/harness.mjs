@@ -148,6 +148,59 @@ ${route('bedrock', 'bedrock')}${bedrockFault('bedrock-broken', 'exception')}${be
   return `http://127.0.0.1:${listen}`;
 }
 
+// A gateway with identity and limits: one consumer (key sk-limited) allowed the model
+// "demo" only, 2 requests per hour, a budget that one request spends. Its base URL.
+export async function startLimited() {
+  const [mock, listen, admin] = [await freePort(), await freePort(), await freePort()];
+  procs.push(spawn(join(build, 'tests/knoway-mockllm'), ['--listen', `127.0.0.1:${mock}`], { stdio: 'ignore' }));
+  await waitPort(mock);
+  const dir = mkdtempSync(join(tmpdir(), 'kw-limits-'));
+  const cfg = join(dir, 'knoway.yaml');
+  writeFileSync(cfg, `apiVersion: llm.knoway.dev/v1alpha1
+kind: DataPlane
+metadata: {name: t}
+spec: {listen: "127.0.0.1:${listen}", admin: "127.0.0.1:${admin}", workers: 1, auth: {required: true}}
+---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: demo}
+spec:
+  provider: vLLM
+  upstream: {baseURL: "http://127.0.0.1:${mock}/v1"}
+  pricing: {inputPerMillion: "1000", outputPerMillion: "1000"}
+---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: demo}
+spec:
+  match: {models: [demo, other, "claude-*"]}
+  backendRefs: [{name: demo}]
+  rateLimits: [{name: two-an-hour, key: Header/x-bucket, requests: {limit: 2, window: 1h}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: keys}
+stringData: {k: sk-limited, p: sk-payer}
+---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMConsumer
+metadata: {name: limited}
+spec:
+  apiKeys: [{secretRef: {name: keys, key: k}}]
+  models: [demo, "claude-*"]
+---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMConsumer
+metadata: {name: payer}
+spec:
+  apiKeys: [{secretRef: {name: keys, key: p}}]
+  budget: {limit: "0.01", period: Month}
+`);
+  procs.push(spawn(join(build, 'dataplane/knoway-dataplane'), ['-c', cfg], { stdio: 'ignore' }));
+  await waitPort(listen);
+  return `http://127.0.0.1:${listen}`;
+}
+
 export function stop() {
   procs.forEach((p) => p.kill('SIGTERM'));
 }

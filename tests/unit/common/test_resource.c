@@ -510,6 +510,135 @@ static void test_api_json(void **state)
     kw_config_free(cfg);
 }
 
+/* Every malformed identity, limit, budget, pricing and Redis setting is reported with its
+ * position and field path (what knoway-dataplane --check prints). */
+static void test_limits_budgets_redis_jwt_errors(void **state)
+{
+    (void)state;
+    kwt_assert_errors(
+        "apiVersion: llm.knoway.dev/v1alpha1\n"
+        "kind: DataPlane\n"
+        "metadata: {name: t}\n"
+        "spec:\n"
+        "  auth:\n"
+        "    jwt:\n"
+        "      - {issuer: a, jwksFile: /x, jwksURL: \"https://x\"}\n"
+        "      - {audiences: [\"\"], refresh: 1ms}\n"
+        "  redis: {url: \"rediss://x\", caFile: /ca, failureMode: Half, timeout: 2m}\n"
+        "---\n"
+        "apiVersion: llm.knoway.dev/v1alpha1\n"
+        "kind: LLMBackend\n"
+        "metadata: {name: b}\n"
+        "spec:\n"
+        "  provider: vLLM\n"
+        "  upstream: {baseURL: \"http://x/v1\"}\n"
+        "  pricing: {inputPerMillion: \"1.1234567\", outputPerMillion: -1}\n"
+        "---\n"
+        "apiVersion: llm.knoway.dev/v1alpha1\n"
+        "kind: LLMRoute\n"
+        "metadata: {name: r}\n"
+        "spec:\n"
+        "  match: {models: [m]}\n"
+        "  backendRefs: [{name: b}]\n"
+        "  rateLimits:\n"
+        "    - {name: Bad_Name, key: Header/, requests: {limit: 0}}\n"
+        "    - {name: two, requests: {limit: 1}, tokens: {limit: 1}}\n"
+        "    - {name: three, key: Tenant, tokens: {limit: 10, window: 1ms, count: Both}, scope: "
+        "Everywhere}\n"
+        "    - {name: four, requests: {limit: 5}, enforce: Stream}\n"
+        "    - {name: four, requests: {limit: 5}, clientSelector: {consumers: [\"a/b/c\"]}}\n"
+        "---\n"
+        "apiVersion: llm.knoway.dev/v1alpha1\n"
+        "kind: LLMConsumer\n"
+        "metadata: {name: c}\n"
+        "spec:\n"
+        "  limits: [{name: x, key: ClientIP, requests: {limit: 1}}]\n"
+        "  budget: {limit: \"ten\", currency: EUR, period: Year}\n",
+        "t.yaml:7:9: DataPlane/t: spec.auth.jwt[0]: set exactly one of jwksFile or jwksURL\n"
+        "t.yaml:8:9: DataPlane/t: spec.auth.jwt[1].issuer: required field is missing\n"
+        "t.yaml:8:22: DataPlane/t: spec.auth.jwt[1].audiences[0]: must be a non-empty string\n"
+        "t.yaml:8:9: DataPlane/t: spec.auth.jwt[1]: set exactly one of jwksFile or jwksURL\n"
+        "t.yaml:8:36: DataPlane/t: spec.auth.jwt[1].refresh: must be between 1s and 24h\n"
+        "t.yaml:9:16: DataPlane/t: spec.redis.url: rediss:// (TLS) is not supported: the "
+        "distribution's hiredis 0.14 has no TLS; reach Redis over a trusted network or a TLS "
+        "sidecar\n"
+        "t.yaml:9:38: DataPlane/t: spec.redis.caFile: TLS to Redis is not supported (see url)\n"
+        "t.yaml:9:71: DataPlane/t: spec.redis.timeout: must be between 1ms and 1m\n"
+        "t.yaml:9:56: DataPlane/t: spec.redis.failureMode: unknown value \"Half\"; one of: Open, "
+        "Closed\n"
+        "t.yaml:17:30: LLMBackend/default/b: spec.pricing.inputPerMillion: must be a non-negative "
+        "decimal amount of at most 1000000 with at most 6 decimals, like \"2.50\"\n"
+        "t.yaml:17:61: LLMBackend/default/b: spec.pricing.outputPerMillion: must be a non-negative "
+        "decimal amount of at most 1000000 with at most 6 decimals, like \"2.50\"\n"
+        "t.yaml:26:14: LLMRoute/default/r: spec.rateLimits[0].name: \"Bad_Name\" must be a DNS "
+        "label (a-z, 0-9, '-')\n"
+        "t.yaml:26:29: LLMRoute/default/r: spec.rateLimits[0].key: Header/ must be followed by a "
+        "header name\n"
+        "t.yaml:26:56: LLMRoute/default/r: spec.rateLimits[0].requests.limit: must be "
+        "1..1000000000000, got 0\n"
+        "t.yaml:27:7: LLMRoute/default/r: spec.rateLimits[1]: set exactly one of requests {limit, "
+        "window} or tokens {limit, window, count}\n"
+        "t.yaml:28:26: LLMRoute/default/r: spec.rateLimits[2].key: unknown value \"Tenant\"; one "
+        "of: Consumer, User, Header/<name>, ClientIP\n"
+        "t.yaml:28:62: LLMRoute/default/r: spec.rateLimits[2].tokens.window: must be between 1s "
+        "and 744h\n"
+        "t.yaml:28:74: LLMRoute/default/r: spec.rateLimits[2].tokens.count: unknown value "
+        "\"Both\"; one of: Total, Input, Output\n"
+        "t.yaml:28:88: LLMRoute/default/r: spec.rateLimits[2].scope: unknown value \"Everywhere\"; "
+        "one of: Local, Global\n"
+        "t.yaml:29:51: LLMRoute/default/r: spec.rateLimits[3].enforce: Stream applies to token "
+        "limits only (a request is counted when it starts)\n"
+        "t.yaml:30:71: LLMRoute/default/r: spec.rateLimits[4].clientSelector.consumers[0]: must "
+        "name an LLMConsumer as \"name\" or \"namespace/name\"\n"
+        "t.yaml:36:27: LLMConsumer/default/c: spec.limits[0].key: a consumer's limit counts per "
+        "Consumer or per User\n"
+        "t.yaml:37:19: LLMConsumer/default/c: spec.budget.limit: must be a non-negative decimal "
+        "amount of at most 1000000000 with at most 6 decimals, like \"2.50\"\n"
+        "t.yaml:37:36: LLMConsumer/default/c: spec.budget.currency: only USD is supported (prices "
+        "are in USD)\n"
+        "t.yaml:37:49: LLMConsumer/default/c: spec.budget.period: unknown value \"Year\"; one of: "
+        "Day, Week, Month\n");
+    /* and the valid forms decode and survive the snapshot's encode/decode */
+    struct kw_config *cfg = NULL;
+    char *e = kwt_errors(
+        "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: b}\nspec:\n"
+        "  provider: vLLM\n  upstream: {baseURL: \"http://x/v1\"}\n"
+        "  pricing: {inputPerMillion: \"2.5\", outputPerMillion: 10}\n"
+        "---\n" HDR_C "  limits: [{name: t, key: User, tokens: {limit: 99, count: Output}, "
+        "enforce: Stream, scope: Global}]\n  budget: {limit: \"12.34\", period: Week}\n",
+        &cfg);
+    assert_string_equal(e, "");
+    free(e);
+    const struct kw_backend *b = cfg->backends[0];
+    assert_true(b->pricing.set);
+    assert_int_equal(b->pricing.input_per_million, 2500000);
+    assert_int_equal(b->pricing.output_per_million, 10000000);
+    assert_int_equal(b->pricing.cached_input_per_million, 2500000);
+    const struct kw_consumer *c = cfg->consumers[0];
+    assert_int_equal(c->nlimits, 1);
+    assert_true(c->limits[0].tokens && c->limits[0].global && c->limits[0].enforce_stream);
+    assert_int_equal(c->limits[0].key, KW_LIMIT_KEY_USER);
+    assert_int_equal(c->limits[0].count, KW_LIMIT_COUNT_OUTPUT);
+    assert_int_equal(c->limits[0].window_ms, 60000);
+    assert_true(c->budget.set);
+    assert_int_equal(c->budget.limit_nusd, 12340000000LL);
+    assert_int_equal(c->budget.period, KW_PERIOD_WEEK);
+    kw_config_free(cfg);
+    char usd[32];
+    kw_usd_format(12340000000LL, usd, sizeof(usd));
+    assert_string_equal(usd, "12.34");
+    kw_usd_format(22000, usd, sizeof(usd));
+    assert_string_equal(usd, "0.000022");
+    char period[32];
+    int64_t end;
+    kw_period_name(KW_PERIOD_WEEK, 1796256000LL /* Thu 2026-12-03 */, period, sizeof(period), &end);
+    assert_string_equal(period, "2026-W49");
+    assert_int_equal(end, 1796601600000LL); /* Mon 2026-12-07 */
+    kw_period_name(KW_PERIOD_MONTH, 1796256000LL, period, sizeof(period), &end);
+    assert_string_equal(period, "2026-12");
+    assert_int_equal(end, 1798761600000LL); /* 2027-01-01 */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -531,6 +660,7 @@ int main(void)
         cmocka_unit_test(test_dataplane),
         cmocka_unit_test(test_traffic),
         cmocka_unit_test(test_consumer),
+        cmocka_unit_test(test_limits_budgets_redis_jwt_errors),
         cmocka_unit_test(test_api_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
