@@ -160,6 +160,14 @@ struct ctx {
     bool settled;
 };
 
+/* Budget periods are calendar (UTC) periods: their counters expire on the wall clock. */
+static int64_t realtime_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* ---- configuration ----------------------------------------------------------------------- */
 
 static int init(struct dp_server *s, void **out)
@@ -492,7 +500,8 @@ static int take_local(struct dp_request *r, struct conf *c, struct ctx *x, bool 
         it->charged = true;
     }
     if (x->budget && !x->budget_global) {
-        int64_t spent = dp_rl_counter(c->store, x->budget_hash, 0, now, x->budget_expires_ms);
+        int64_t spent =
+            dp_rl_counter(c->store, x->budget_hash, 0, realtime_ms(), x->budget_expires_ms);
         x->spent = spent > 0 ? spent : 0;
         if (spent >= r->consumer->budget.limit_nusd) {
             refund_local(c, x);
@@ -820,7 +829,7 @@ static void settle(struct dp_request *r, struct ctx *x, int64_t in, int64_t out,
         nk++;
     }
     if (x->budget && !x->budget_global && cost_nusd > 0)
-        dp_rl_counter(c->store, x->budget_hash, cost_nusd, dp_now_ms(), x->budget_expires_ms);
+        dp_rl_counter(c->store, x->budget_hash, cost_nusd, realtime_ms(), x->budget_expires_ms);
     bool hash = x->usage_key != NULL && c->have_redis && (x->budget_global || x->budget == false);
     if (nk == 0 && !hash)
         return;

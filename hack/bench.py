@@ -241,7 +241,7 @@ def main():
     ap.add_argument("--streams", type=int, default=10000)
     ap.add_argument("--relay-streams", type=int, default=200)
     ap.add_argument("--relay-chunks", type=int, default=500)
-    ap.add_argument("--phases", default="nonstream,held,relay,strategies")
+    ap.add_argument("--phases", default="nonstream,held,relay,strategies,limits")
     a = ap.parse_args()
     phases = a.phases.split(",")
     tmp = tempfile.mkdtemp(prefix="kwbench-")
@@ -262,6 +262,8 @@ def main():
         relay_phase(a, tmp, results)
     if "strategies" in phases:
         strategies_phase(a, tmp, results)
+    if "limits" in phases:
+        limits_phase(a, tmp, results)
     results["ratios"] = ratios(a, results)
     print(json.dumps(results, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)
@@ -397,6 +399,70 @@ def relay_phase(a, tmp, results):
 
 
 
+def limits_phase(a, tmp, results):
+    """What identity and limits cost: the same route plain, with an API key and a local
+    limit, and with a Global (Redis) limit; saturation RPS in interleaved rounds, and the
+    latency one connection sees."""
+    mock = start_mock(a.build, ["--chunks", "8", "--no-log"])
+    rport = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(rport)
+    consumer = ("---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys}\nstringData: {k: sk-bench}\n"
+                "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\nmetadata: {name: bench}\n"
+                "spec: {apiKeys: [{secretRef: {name: keys}}]}\n")
+    limit = ("  rateLimits: [{name: rpm, key: Consumer, requests: {limit: 1000000000, window: 1m}%s}]\n")
+    configs = {
+        "plain": ("", "", ""),
+        "key_local_limit": ("", limit % "", consumer),
+        "key_global_limit": ("  redis: {url: \"redis://127.0.0.1:%d\"}\n" % rport,
+                             limit % ", scope: Global", consumer),
+    }
+    targets = {}
+    for name, (spec, rl, extra) in configs.items():
+        port, admin = free_port(), free_port()
+        cfg = os.path.join(tmp, "limits-%s.yaml" % name)
+        with open(cfg, "w") as f:
+            f.write("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: b}\n"
+                    "spec:\n  listen: \"127.0.0.1:%d\"\n  admin: \"127.0.0.1:%d\"\n  workers: 1\n"
+                    "  limits: {maxConnections: 100000}\n%s"
+                    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: mock}\n"
+                    "spec: {provider: vLLM, upstream: {baseURL: \"http://127.0.0.1:%d/v1\"}}\n"
+                    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: bench}\n"
+                    "spec:\n  match: {models: [bench]}\n  backendRefs: [{name: mock}]\n%s%s"
+                    % (port, admin, spec, mock.port, rl, extra))
+        log = open(os.path.join(tmp, "limits-%s.log" % name), "w")
+        p = subprocess.Popen([os.path.join(a.build, "dataplane", "knoway-dataplane"), "-c", cfg],
+                             stdout=log, stderr=log)
+        wait_port(port)
+        targets[name] = Target(name, port, p)
+    lua = os.path.join(tmp, "post-key.lua")
+    with open(lua, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
+                'wrk.headers["Authorization"] = "Bearer sk-bench"\n' % json.dumps(BODY))
+    try:
+        for t in targets.values():
+            w = wrk(t.port, 8, 1, lua)
+            assert w["non2xx"] == 0, "%s answered errors" % t.name
+        rounds = {n: [] for n in targets}
+        for _ in range(3):
+            for n, t in targets.items():
+                rounds[n].append(wrk(t.port, a.conns, max(2, a.seconds // 2), lua)["rps"])
+        lat = {n: wrk(t.port, 1, max(3, a.seconds // 2), lua) for n, t in targets.items()}
+        results["limits"] = {
+            "rps_median_c%d" % a.conns: {n: sorted(v)[1] for n, v in rounds.items()},
+            "rps_rounds": rounds,
+            "latency_c1": lat,
+        }
+    finally:
+        for t in targets.values():
+            stop(t)
+        stop(mock)
+        redis.kill()
+        redis.wait()
+
+
 def ratios(a, results):
     out = {}
     if "nonstream" in results:
@@ -410,6 +476,13 @@ def ratios(a, results):
         "knoway_added_p99_ms": round(lc["knoway"]["p99_ms"] - lc["mock"]["p99_ms"], 3),
         "nginx_added_p50_ms": round(lc["nginx"]["p50_ms"] - lc["mock"]["p50_ms"], 3),
         "nginx_added_p99_ms": round(lc["nginx"]["p99_ms"] - lc["mock"]["p99_ms"], 3)})
+    if "limits" in results:
+        med = results["limits"]["rps_median_c%d" % a.conns]
+        lat = results["limits"]["latency_c1"]
+        out["key_and_local_limit_rps_over_plain"] = round(med["key_local_limit"] / med["plain"], 3)
+        out["key_and_global_limit_rps_over_plain"] = round(med["key_global_limit"] / med["plain"], 3)
+        out["global_limit_added_p50_ms"] = round(lat["key_global_limit"]["p50_ms"] - lat["plain"]["p50_ms"], 3)
+        out["global_limit_added_p99_ms"] = round(lat["key_global_limit"]["p99_ms"] - lat["plain"]["p99_ms"], 3)
     if "held_streams" in results:
         held = results["held_streams"]
         out["knoway_kib_per_stream"] = held["knoway"]["kib_per_stream"]
