@@ -32,6 +32,11 @@ static void on_end(struct dp_request *r, void *ctx)
         if (r->consumer->nattributes > 0)
             kw_log_field(b, "attributes", attrs);
     }
+    if (r->user != NULL) {
+        char user[80]; /* client input (the body's user): bounded */
+        snprintf(user, sizeof(user), "%.64s", r->user);
+        kw_log_field(b, "user", user);
+    }
     if (r->route != NULL)
         kw_log_field(b, "route", r->route->meta.name);
     if (r->backend != NULL) {

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-30}
 build=${KW_FUZZ_BUILD:-build-fuzz}
 CC=clang cmake -S . -B "$build" -DKW_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-targets=(yaml json front providers controller)
+targets=(yaml json front providers controller jwt)
 cmake --build "$build" $(printf -- '--target fuzz_%s ' "${targets[@]}") -j"$(nproc)" >/dev/null
 for t in "${targets[@]}"; do
     work=$(mktemp -d)
