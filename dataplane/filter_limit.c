@@ -708,8 +708,14 @@ static int on_request(struct dp_request *r, void *p)
     }
     unsigned nglobal = 0;
     for (unsigned i = 0; i < x->n; i++) {
-        if (x->it[i].global && !c->have_redis)
+        if (x->it[i].global && !c->have_redis) {
             x->it[i].global = false; /* no Redis configured: Global counts per data plane */
+            static atomic_bool warned;
+            if (!atomic_exchange(&warned, true))
+                kw_log(KW_LOG_WARN,
+                       "a Global rate limit counts per data plane: DataPlane spec.redis is not set",
+                       "limit", x->it[i].l->name, NULL);
+        }
         nglobal += x->it[i].global;
     }
     int rc = take_local(r, c, x, false);

@@ -81,8 +81,21 @@ kind: LLMBackend
 metadata: {name: bad7}
 spec: {provider: vLLM, upstream: {baseURL: "http://x"}, circuitBreaker: {maxEjectionPercent: 101}}' 'maxEjectionPercent: Invalid value: 101'
 
+reject "unknown limit scope" 'apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: bad8}
+spec: {match: {models: [m]}, backendRefs: [{name: b}], rateLimits: [{name: x, requests: {limit: 1}, scope: Everywhere}]}' 'Unsupported value: "Everywhere"'
+reject "budget not a decimal" 'apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMConsumer
+metadata: {name: bad9}
+spec: {budget: {limit: ten, period: Day}}' 'spec.budget.limit: Invalid value: "ten"'
+reject "price not a decimal" 'apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: bad10}
+spec: {provider: vLLM, upstream: {baseURL: "http://x"}, pricing: {inputPerMillion: "1,5", outputPerMillion: "2"}}' 'spec.pricing.inputPerMillion: Invalid value: "1,5"'
+
 # what the API returns is what the controller will read: it must pass the parser
-k get llmb,llmr,secret -A -o json >"$dir/objects.json"
+k get llmb,llmr,llmc,secret -A -o json >"$dir/objects.json"
 python3 - "$dir/objects.json" >"$dir/objects.yaml" <<'PY'
 import json, sys
 items = json.load(open(sys.argv[1]))["items"]
