@@ -8,7 +8,6 @@
  * consumers, a key that matches none is refused; without a key the request is anonymous
  * unless `spec.auth.required`. A consumer calls only its `spec.models`. The upstream never
  * gets the client's credentials (providers build their own headers). */
-#include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -16,6 +15,7 @@
 
 #include "filter.h"
 #include "jwt.h"
+#include "knoway/digest.h"
 #include "knoway/kw.h"
 #include "router.h"
 #include "server.h"
@@ -89,8 +89,7 @@ static int on_request(struct dp_request *r, void *ctx)
                             "header as Bearer YOUR_KEY.");
     }
     unsigned char digest[32];
-    unsigned int n = 0;
-    if (!EVP_Digest(key, strlen(key), digest, &n, EVP_sha256(), NULL))
+    if (kw_sha256(key, strlen(key), digest) != KW_OK)
         return dp_error_set(r, 500, "server_error", NULL, NULL, "cannot hash the API key");
     r->consumer = dp_table_consumer(r->table, digest);
     if (r->consumer == NULL)

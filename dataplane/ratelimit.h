@@ -62,6 +62,8 @@ int64_t dp_rl_remaining(const struct dp_rl_state *st);
 int64_t dp_rl_wait_ms(const struct dp_rl_state *st, int64_t cost);
 int64_t dp_rl_reset_ms(const struct dp_rl_state *st);
 /* OpenAI's duration text for reset headers: "1s", "6m0s", "20ms", "1h2m3s". */
-void dp_rl_format_reset(int64_t ms, char *buf, size_t len);
+void dp_rl_format_reset(int64_t ms, char buf[32]);
+/* v in decimal (what snprintf("%lld") gives, without its cost); the length. */
+size_t dp_rl_format_int(int64_t v, char buf[24]);
 
 #endif

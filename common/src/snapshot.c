@@ -14,6 +14,7 @@
 
 #include "decode.h"
 #include "knoway/json.h"
+#include "knoway/digest.h"
 #include "knoway/kw.h"
 #include "knoway/log.h"
 #include "knoway/snapshot.h"
@@ -328,11 +329,10 @@ static const char *key_digest(struct kw_arena *a, const char *v, size_t len)
     if (len == 0)
         return NULL;
     unsigned char md[32];
-    unsigned int mdlen = 0;
     char *out = kw_arena_alloc(a, 65);
-    if (out == NULL || !EVP_Digest(v, len, md, &mdlen, EVP_sha256(), NULL))
+    if (out == NULL || kw_sha256(v, len, md) != KW_OK)
         return NULL;
-    hex(md, mdlen, out);
+    hex(md, sizeof(md), out);
     return out;
 }
 

@@ -70,14 +70,23 @@ static void test_wait_and_reset(void **state)
     assert_int_equal(dp_rl_wait_ms(&st, 100), 0);
     assert_int_equal(dp_rl_reset_ms(&st), 0);
     char buf[32];
-    dp_rl_format_reset(20, buf, sizeof(buf));
+    dp_rl_format_reset(20, buf);
     assert_string_equal(buf, "20ms");
-    dp_rl_format_reset(1001, buf, sizeof(buf));
+    dp_rl_format_reset(1001, buf);
     assert_string_equal(buf, "2s");
-    dp_rl_format_reset(360000, buf, sizeof(buf));
+    dp_rl_format_reset(360000, buf);
     assert_string_equal(buf, "6m0s");
-    dp_rl_format_reset(3723000, buf, sizeof(buf));
+    dp_rl_format_reset(3723000, buf);
     assert_string_equal(buf, "1h2m3s");
+    dp_rl_format_reset(0, buf);
+    assert_string_equal(buf, "0ms");
+    dp_rl_format_reset(59999, buf);
+    assert_string_equal(buf, "1m0s");
+    char n[24];
+    assert_int_equal(dp_rl_format_int(0, n), 1);
+    assert_string_equal(n, "0");
+    dp_rl_format_int(-1234567890123LL, n);
+    assert_string_equal(n, "-1234567890123");
 }
 
 static void test_adjust_refund_and_charge(void **state)
