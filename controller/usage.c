@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "knoway/buf.h"
+#include "knoway/duration.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/limits.h"
@@ -181,13 +182,7 @@ static void *usage_main(void *arg)
     pthread_mutex_lock(&u->mu);
     while (!u->stop) {
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += u->interval_ms / 1000;
-        ts.tv_nsec += (long)(u->interval_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        kw_deadline_after(&ts, u->interval_ms);
         pthread_cond_timedwait(&u->cond, &u->mu, &ts);
         if (u->stop)
             break;

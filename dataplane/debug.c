@@ -9,6 +9,7 @@
 
 #include "balancer.h"
 #include "debug.h"
+#include "knoway/duration.h"
 #include "knoway/arena.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
@@ -237,13 +238,7 @@ int dp_debug_routes(struct dp_server *s, const char *model, const char *path, co
         }
     }
     struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    kw_deadline_after(&until, timeout_ms);
     pthread_mutex_lock(&q->mu);
     while (q->answered < posted && pthread_cond_timedwait(&q->cv, &q->mu, &until) != ETIMEDOUT)
         ;

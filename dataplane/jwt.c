@@ -16,6 +16,7 @@
 
 #include "jwt.h"
 #include "knoway/buf.h"
+#include "knoway/duration.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/log.h"
@@ -392,13 +393,7 @@ static void *refresher(void *arg)
             wait = 1000; /* early refreshes are polled each second */
         if (wait > 0) {
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += wait / 1000;
-            ts.tv_nsec += (long)(wait % 1000) * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            kw_deadline_after(&ts, wait);
             pthread_cond_timedwait(&j->cond, &j->mu, &ts);
         }
     }

@@ -2,6 +2,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "knoway/duration.h"
 #include "knoway/kw.h"
@@ -84,4 +85,15 @@ void kw_duration_format(int64_t ms, char *out, size_t outlen)
     PUT(s, "s");
     PUT(rest, "ms");
 #undef PUT
+}
+
+void kw_deadline_after(struct timespec *ts, int64_t ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
 }

@@ -12,4 +12,8 @@ int kw_duration_parse(const char *s, size_t len, int64_t *ms, char *err, size_t 
 /* Format ms in the shortest exact form ("1m30s", "250ms", "0s") into out. */
 void kw_duration_format(int64_t ms, char *out, size_t outlen);
 
+struct timespec;
+/* The CLOCK_REALTIME time ms milliseconds from now (pthread_cond_timedwait deadlines). */
+void kw_deadline_after(struct timespec *ts, int64_t ms);
+
 #endif
