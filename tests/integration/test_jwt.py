@@ -3,19 +3,22 @@ every refusal the issue lists, consumer and user claims, rotation without restar
 import base64
 import hashlib
 import hmac
+import http.server
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Dataplane, Mock, backend, post, route  # noqa: E402
+from harness import Dataplane, Mock, backend, free_port, post, route  # noqa: E402
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
 ISS = "https://idp.example.com"
+ISS2 = "https://other-idp.example.com"  # its keys come from a URL
 AUD = "knoway"
 
 
@@ -101,6 +104,23 @@ class JWT(unittest.TestCase):
         cls.jwks = os.path.join(cls.dir, "jwks.json")
         cls.write_jwks(list(cls.keys.values()))
         cls.mock = Mock()
+        # a second issuer whose JWK Set is served over HTTP (jwksURL)
+        cls.url_key = Key("EdDSA", "k-url", cls.dir)
+        body = json.dumps({"keys": [cls.url_key.jwk]}).encode()
+        cls.jwks_hits = 0
+
+        class JWKS(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                cls.jwks_hits += 1  # the test class (a closure)
+                self.send_response(200 if self.path == "/jwks" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+        cls.idp = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), JWKS)
+        threading.Thread(target=cls.idp.serve_forever, daemon=True).start()
         consumer = ("---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\n"
                     "metadata: {name: team-a}\nspec:\n  models: [demo]\n")
         res = (backend("b", cls.mock.url())
@@ -110,7 +130,9 @@ class JWT(unittest.TestCase):
                + route("other", ["other"], ["b"]) + consumer)
         spec = ("  auth:\n    required: true\n    jwt:\n"
                 "      - {issuer: \"%s\", audiences: [%s], jwksFile: \"%s\", refresh: 1s,"
-                " consumerClaim: knoway/consumer}\n" % (ISS, AUD, cls.jwks))
+                " consumerClaim: knoway/consumer}\n"
+                "      - {issuer: \"%s\", jwksURL: \"http://127.0.0.1:%d/jwks\"}\n"
+                % (ISS, AUD, cls.jwks, ISS2, cls.idp.server_address[1]))
         cls.dp = Dataplane(res, extra_spec=spec)
 
     @classmethod
@@ -124,6 +146,7 @@ class JWT(unittest.TestCase):
     def tearDownClass(cls):
         assert cls.dp.stop() == 0
         cls.mock.stop()
+        cls.idp.shutdown()
 
     def call(self, token, body=CHAT):
         return post(self.dp.port, "/v1/chat/completions", body, bearer(token))
@@ -198,6 +221,14 @@ class JWT(unittest.TestCase):
         while time.time() < deadline and status() == 200:
             time.sleep(0.2)
         self.assertEqual(status(), 401)
+
+    def test_jwks_from_a_url(self):
+        self.assertGreaterEqual(self.jwks_hits, 1, "fetched at start")
+        t = self.url_key.sign(claims(iss=ISS2, sub="url-user", aud=None))
+        self.assertEqual(self.call(t)[0], 200, "a token of the URL issuer, no consumer claim")
+        # the issuer picks the key set: the file issuer's keys do not verify it
+        other = self.keys["EdDSA"].sign(claims(iss=ISS2, aud=None), header={"kid": "k-url"})
+        self.refused(other, "signature")
 
     def test_missing_token(self):
         r = post(self.dp.port, "/v1/chat/completions", CHAT)
