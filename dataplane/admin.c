@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "debug.h"
+#include "filter.h"
 #include "knoway/metrics.h"
 #include "worker.h"
 #include "knoway/json.h"
@@ -89,6 +90,7 @@ static void metrics(struct dp_server *s, struct kw_buf *b)
     set1(am->rejected, "memory", (int64_t)atomic_load(&s->rejected_memory));
     set1(am->rejected, "read_timeout", (int64_t)atomic_load(&s->read_timeouts));
     kw_metrics_write(s->metrics, b);
+    dp_usage_metrics(s, b);
     /* an info metric whose label changes with each snapshot: written here, not kept */
     struct dp_table *t = dp_server_table(s);
     if (t != NULL) {
@@ -228,6 +230,11 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
                         : reply(c, 503, "text/plain", "no configuration\n", 17);
     } else if (strcmp(url, "/debug/routes") == 0) {
         rc = debug_routes(s, c, &b);
+    } else if (strcmp(url, "/debug/usage") == 0) {
+        rc = dp_usage_debug(s, &b) == KW_OK
+                 ? reply(c, 200, "application/json", b.data, b.len)
+                 : reply(c, 404, "text/plain", "no usage ledger (DataPlane spec.usage)\n",
+                         strlen("no usage ledger (DataPlane spec.usage)\n"));
     } else {
         rc = reply(c, 404, "text/plain", "not found\n", 10);
     }

@@ -1,11 +1,13 @@
 /* The filter table (filter.h): order is the order filters run in; on_end runs in reverse
  * (the access log sees what every other filter recorded). */
+#include "debug.h"
 #include "filter.h"
 #include "knoway/kw.h"
 #include "server.h"
 
 const struct dp_filter_ops *const dp_filters[] = {
-    &dp_filter_access_log, &dp_filter_metrics, &dp_filter_auth, &dp_filter_models, &dp_filter_limit,
+    &dp_filter_access_log, &dp_filter_metrics,     &dp_filter_auth,  &dp_filter_models,
+    &dp_filter_limit,      &dp_filter_usage_admit, &dp_filter_usage,
 };
 const size_t dp_nfilters = KW_ARRAY_LEN(dp_filters);
 
@@ -44,4 +46,13 @@ unsigned dp_filter_index(const struct dp_server *s, const struct dp_filter_ops *
         if (s->filters[i] == ops)
             return (unsigned)i;
     return DP_MAX_FILTERS;
+}
+
+void dp_filters_wake(struct dp_worker *w)
+{
+    struct dp_server *s = w->server;
+    dp_debug_answer(w);
+    for (size_t i = 0; i < s->nfilters; i++)
+        if (s->filters[i]->on_wake != NULL)
+            s->filters[i]->on_wake(w, s->filter_conf[i]);
 }

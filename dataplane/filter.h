@@ -21,6 +21,8 @@
  *                "length", the error event, [DONE]) and cancels the upstream
  *   on_usage     the request's token usage is known (once, before on_end)
  *   on_end       the request ends: always, exactly once, whatever happened
+ *   on_wake      (not per request) the worker was woken by dp_worker_post: a filter with a
+ *                thread of its own (the usage ledger) hands results back this way
  * ctx is the filter's per-request context: ctx_size zeroed bytes from the request's arena
  * (NULL when ctx_size is 0 or the arena is exhausted: filters must cope). */
 #ifndef DP_FILTER_H
@@ -55,6 +57,7 @@ struct dp_filter_ops {
     int (*on_chunk)(struct dp_request *r, void *ctx, const struct kw_node *chunk);
     void (*on_usage)(struct dp_request *r, void *ctx, const struct dp_usage *u);
     void (*on_end)(struct dp_request *r, void *ctx);
+    void (*on_wake)(struct dp_worker *w, void *conf);
 };
 
 extern const struct dp_filter_ops *const dp_filters[];
@@ -66,6 +69,16 @@ extern const struct dp_filter_ops dp_filter_access_log;
 extern const struct dp_filter_ops dp_filter_auth;
 extern const struct dp_filter_ops dp_filter_models;
 extern const struct dp_filter_ops dp_filter_limit;
+extern const struct dp_filter_ops dp_filter_usage_admit;
+extern const struct dp_filter_ops dp_filter_usage;
+
+/* The usage ledger for the admin listener (filter_usage.c): /debug/usage as JSON
+ * (KW_DECLINED without spec.usage), and its metrics appended to a scrape. */
+int dp_usage_debug(struct dp_server *s, struct kw_buf *b);
+void dp_usage_metrics(struct dp_server *s, struct kw_buf *b);
+
+/* The worker was woken by a post: answer debug queries, then every filter's on_wake. */
+void dp_filters_wake(struct dp_worker *w);
 
 /* Install a filter table (dp_filters, dp_nfilters in the server; tests pass their own) and
  * run every filter's init; fini at the end (main thread). KW_OK or KW_ERROR. */

@@ -695,6 +695,7 @@ static int on_request(struct dp_request *r, void *p)
         return KW_DECLINED; /* a retry or fallback: counted once */
     if (x->stage == 3)
         return KW_ERROR;
+    x->allow_out = -1; /* no cap on a stream unless admitted() finds one */
     const struct kw_route *rt = r->route;
     const struct kw_consumer *k = r->consumer;
     size_t want = rt->nrate_limits + (k != NULL ? k->nlimits : 0);
@@ -785,8 +786,8 @@ static int on_request(struct dp_request *r, void *p)
 static int on_chunk(struct dp_request *r, void *p, const struct kw_node *chunk)
 {
     struct ctx *x = p;
-    if (x == NULL || x->allow_out < 0)
-        return KW_OK;
+    if (x == NULL || x->stage != 2 || x->allow_out < 0)
+        return KW_OK; /* another filter watches the chunks: this one has no cap */
     const struct kw_node *usage = kw_node_get(chunk, "usage");
     const struct kw_node *ct = kw_node_get(usage, "completion_tokens");
     if (ct != NULL && ct->type == KW_NODE_INT && ct->i > x->streamed) {

@@ -89,6 +89,8 @@ static void run(struct dp_request *r)
     while (r->phase < DP_PH_LOG) {
         int rc;
         if (r->filter_ix == 0) {
+            if (r->phase == DP_PH_RESPOND && r->commit)
+                r->hold = true; /* the answer waits for the respond filters (a commit) */
             rc = phases[r->phase].run != NULL ? phases[r->phase].run(r) : KW_DECLINED;
             if (rc == KW_OK || rc == KW_DECLINED) {
                 r->filter_ix = 1;
@@ -121,10 +123,15 @@ static void run(struct dp_request *r)
             r->filter_ix = 0;
             continue;
         }
-        if (rc == KW_ERROR)
+        if (rc == KW_ERROR) {
+            r->commit = false; /* an error is not held: it goes out now */
             dp_respond_error(r);
+            dp_respond_release(r);
+        }
         r->phase = DP_PH_LOG; /* KW_DONE, KW_ERROR: the response is prepared */
     }
+    if (r->phase == DP_PH_LOG && r->hold)
+        dp_respond_release(r); /* every respond filter agreed */
     r->in_engine = false;
 }
 

@@ -146,10 +146,13 @@ struct dp_request {
     bool stream_end; /* no more bytes will be added to out */
     bool suspended;
     bool client_gone;
-    bool saw_done;                       /* the upstream sent data: [DONE] */
-    bool watch_chunks;                   /* filters' on_chunk see the stream (filter.h) */
-    bool cut;                            /* a filter ended the stream (r->err says why) */
-    bool ended;                          /* the filters' on_end ran */
+    bool saw_done;     /* the upstream sent data: [DONE] */
+    bool watch_chunks; /* filters' on_chunk see the stream (filter.h) */
+    bool cut;          /* a filter ended the stream (r->err says why) */
+    bool commit;       /* a filter commits before the answer completes (the respond phase holds) */
+    bool hold;         /* the answer is held: a response prepared, a stream's end, wait */
+    bool end_held;     /* ... the stream's end is */
+    bool ended;        /* the filters' on_end ran */
     enum MHD_RequestTerminationCode toe; /* how it ended (for on_end) */
     int64_t last_out_ms;
     struct dp_timer timer;       /* keep-alive */

@@ -70,7 +70,21 @@ static void set_pending(struct dp_request *r, struct MHD_Response *resp, unsigne
         MHD_destroy_response(r->pending);
     r->pending = resp;
     r->pending_status = status;
-    dp_respond_wake(r);
+    if (!r->hold)
+        dp_respond_wake(r);
+}
+
+void dp_respond_release(struct dp_request *r)
+{
+    if (!r->hold)
+        return;
+    r->hold = false;
+    if (r->end_held) {
+        r->end_held = false;
+        dp_respond_stream_end(r);
+    }
+    if (r->pending != NULL)
+        dp_respond_wake(r);
 }
 
 /* The final SSE event of a started stream: never a silent cut. */
@@ -280,6 +294,10 @@ int dp_respond_emit(struct dp_request *r, const char *data, size_t len)
 
 void dp_respond_stream_end(struct dp_request *r)
 {
+    if (r->hold) {
+        r->end_held = true; /* the stream's end waits for the commit (dp_respond_release) */
+        return;
+    }
     r->stream_end = true;
     dp_timer_cancel(r->w, &r->timer);
     dp_respond_wake(r);

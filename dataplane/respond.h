@@ -33,6 +33,10 @@ int dp_respond_buffer(struct dp_request *r, unsigned status, const char *ctype, 
  * connection is then closed by the caller. */
 void dp_respond_read_timeout(struct dp_request *r, int fd, int64_t timeout_ms);
 
+/* A held answer (r->hold: the respond phase's filters commit something first, such as a
+ * usage record) goes out: the prepared response is queued, a stream's end is sent. */
+void dp_respond_release(struct dp_request *r);
+
 /* Queue the prepared response (access handler). */
 enum MHD_Result dp_respond_queue(struct dp_request *r);
 

@@ -362,7 +362,7 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
             .on_completed = dp_on_completed,
             .on_connection = dp_conn_notify,
             .abort_all = dp_request_abort_all,
-            .on_post = dp_debug_answer,
+            .on_post = dp_filters_wake,
         };
         if (dp_worker_init(&s.workers[started], &s, started, lfd, &hooks) != KW_OK ||
             dp_upstream_init(&s.workers[started]) != KW_OK) {
@@ -477,6 +477,7 @@ out:
         s.workers[i].mhd = NULL;
     }
     dp_admin_stop(&s);
+    dp_filters_fini(&s); /* the loops are gone; the ledger may still post to their eventfds */
     for (unsigned i = 0; i < s.nworkers; i++)
         if (s.workers[i].ep != 0) {
             dp_upstream_cleanup(&s.workers[i]);
@@ -484,7 +485,6 @@ out:
         }
     free(s.workers);
     free(s.threads);
-    dp_filters_fini(&s);
     kw_metrics_free(s.metrics);
     dp_table_unref(s.table);
     close(sfd);

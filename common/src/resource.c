@@ -1818,6 +1818,114 @@ static void decode_jwt(struct kw_dec *d, const struct kw_node *auth, struct kw_d
     pop(d, mark);
 }
 
+/* spec.usage: the usage ledger's spool and sinks (docs/usage.md). */
+static void decode_usage(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
+{
+    static const char *const fields[] = {"spool", "sinks", NULL};
+    static const char *const spool_fields[] = {"dir", "maxBytes", "syncInterval", "onFull", NULL};
+    static const char *const sink_fields[] = {"name", "postgres", "jsonl", NULL};
+    static const char *const pg_fields[] = {"dsnFile", "table", "batchSize", "flushInterval", NULL};
+    static const char *const jsonl_fields[] = {"path", "stdout", NULL};
+    static const char *const on_full[] = {"Reject", "Drop", NULL};
+    size_t mark;
+    const struct kw_node *m = get_map(d, spec, "usage", false, &mark);
+    dp->usage.dir = KW_DEFAULT_USAGE_DIR;
+    dp->usage.max_bytes = KW_DEFAULT_USAGE_MAX_BYTES;
+    dp->usage.sync_interval_ms = KW_DEFAULT_USAGE_SYNC_MS;
+    if (m == NULL) {
+        pop(d, mark);
+        return;
+    }
+    dp->usage.enabled = true;
+    check_fields(d, m, fields, NULL);
+    size_t sm;
+    const struct kw_node *sp = get_map(d, m, "spool", false, &sm);
+    if (sp != NULL) {
+        check_fields(d, sp, spool_fields, NULL);
+        const char *dir = get_string(d, sp, "dir", false, 3800, NULL);
+        if (dir != NULL)
+            dp->usage.dir = dir;
+        int64_t v;
+        if (get_int(d, sp, "maxBytes", 4096, 1LL << 50, &v))
+            dp->usage.max_bytes = (uint64_t)v;
+        get_duration(d, sp, "syncInterval", 1, 60000, &dp->usage.sync_interval_ms);
+        int e;
+        if (kw_node_get(sp, "onFull") != NULL && get_enum(d, sp, "onFull", on_full, 2, &e))
+            dp->usage.drop_when_full = e == 1;
+    }
+    pop(d, sm);
+    const struct kw_node *seq = get_seq(d, m, "sinks", true, 8, &sm);
+    if (seq != NULL)
+        dp->usage.sinks = kw_arena_alloc(d->a, seq->n * sizeof(*dp->usage.sinks));
+    for (size_t i = 0; dp->usage.sinks != NULL && i < seq->n; i++) {
+        size_t im;
+        const struct kw_node *it = item_map(d, seq, i, &im);
+        if (it == NULL) {
+            pop(d, im);
+            continue;
+        }
+        unsigned before = d->errors;
+        struct kw_usage_sink *k = &dp->usage.sinks[dp->usage.nsinks];
+        memset(k, 0, sizeof(*k));
+        check_fields(d, it, sink_fields, NULL);
+        size_t pm, jm;
+        const struct kw_node *pg = get_map(d, it, "postgres", false, &pm);
+        if (pg != NULL) {
+            check_fields(d, pg, pg_fields, NULL);
+            k->postgres = true;
+            k->dsn_file = get_string(d, pg, "dsnFile", true, 4096, NULL);
+            const struct kw_node *where;
+            k->table = get_string(d, pg, "table", false, 63, &where);
+            if (k->table != NULL) {
+                bool ok = (k->table[0] >= 'a' && k->table[0] <= 'z') || k->table[0] == '_';
+                for (const char *c = k->table; ok && *c != '\0'; c++)
+                    ok = (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_';
+                if (!ok) {
+                    size_t tm = push(d, "table");
+                    kw_dec_error(d, where, "must be a lower-case SQL name (a-z, 0-9, _)");
+                    pop(d, tm);
+                }
+            } else {
+                k->table = "knoway_usage";
+            }
+            k->batch_size = 500;
+            get_u32(d, pg, "batchSize", 1, 10000, &k->batch_size);
+            k->flush_interval_ms = 1000;
+            get_duration(d, pg, "flushInterval", 10, 60000, &k->flush_interval_ms);
+        }
+        pop(d, pm);
+        const struct kw_node *jl = get_map(d, it, "jsonl", false, &jm);
+        if (jl != NULL) {
+            check_fields(d, jl, jsonl_fields, NULL);
+            k->path = get_string(d, jl, "path", false, 4096, NULL);
+            get_bool(d, jl, "stdout", &k->stdout_);
+            if ((k->path != NULL) == k->stdout_)
+                kw_dec_error(d, jl, "set exactly one of path or stdout: true");
+        }
+        pop(d, jm);
+        if ((pg != NULL) == (jl != NULL))
+            kw_dec_error(d, it, "set exactly one of postgres or jsonl");
+        const struct kw_node *where;
+        k->name = get_string(d, it, "name", false, 48, &where);
+        if (k->name != NULL && !kw_valid_dns_label(k->name)) {
+            size_t nm = push(d, "name");
+            kw_dec_error(d, where, "\"%s\" must be a DNS label (a-z, 0-9, '-')", k->name);
+            pop(d, nm);
+        }
+        if (k->name == NULL)
+            k->name = pg != NULL ? "postgres" : "jsonl";
+        for (size_t j = 0; j < dp->usage.nsinks; j++)
+            if (strcmp(dp->usage.sinks[j].name, k->name) == 0)
+                kw_dec_error(d, it, "two sinks are named \"%s\": name them (sinks[].name)",
+                             k->name);
+        if (d->errors == before)
+            dp->usage.nsinks++;
+        pop(d, im);
+    }
+    pop(d, sm);
+    pop(d, mark);
+}
+
 /* spec.redis: redis://[[user]:password@]host[:port][/db] is refused with a password in it
  * (it would sit in a file in clear: passwordFile); rediss:// is refused because Debian's
  * hiredis (0.14) has no TLS. */
@@ -1900,9 +2008,9 @@ static void decode_redis(struct kw_dec *d, const struct kw_node *spec, struct kw
 
 static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
 {
-    static const char *const fields[] = {"listen",  "admin",     "adminDebugFrom",
-                                         "workers", "discovery", "limits",
-                                         "auth",    "redis",     NULL};
+    static const char *const fields[] = {"listen",    "admin",  "adminDebugFrom", "workers",
+                                         "discovery", "limits", "auth",           "redis",
+                                         "usage",     NULL};
     static const char *const auth_fields[] = {"required", "jwt", NULL};
     static const char *const disc_fields[] = {"url",       "tokenFile", "nodeId",
                                               "cacheFile", "caFile",    NULL};
@@ -1968,6 +2076,7 @@ static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struc
     }
     pop(d, mark);
     decode_redis(d, spec, dp);
+    decode_usage(d, spec, dp);
 }
 
 /* ---- documents ---------------------------------------------------------------------- */

@@ -126,6 +126,52 @@ class Redis:
         return "redis://127.0.0.1:%d" % self.port
 
 
+class Postgres:
+    """A PostgreSQL server from the distribution, initialised in a temporary directory
+    (as the postgres user when run as root: initdb refuses root), on a free port."""
+
+    def __init__(self):
+        import glob
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bins:
+            raise RuntimeError("PostgreSQL is not installed (hack/install-deps.sh installs it)")
+        self.bin = bins[-1]
+        self.dir = tempfile.mkdtemp(prefix="kwpg-")
+        os.chmod(self.dir, 0o777)
+        self.data = os.path.join(self.dir, "data")
+        self.port = free_port()
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(self.as_user + [os.path.join(self.bin, "initdb"), "-D", self.data,
+                                       "-A", "trust", "-U", "knoway", "--no-sync"],
+                       check=True, capture_output=True)
+        self.start()
+
+    def start(self):
+        subprocess.run(self.as_user + [
+            os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-l",
+            os.path.join(self.dir, "postgres.log"), "-w", "-o",
+            "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off" % (self.port, self.dir),
+            "start"], check=True, capture_output=True)
+
+    def stop(self):
+        subprocess.run(self.as_user + [os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-m",
+                                       "fast", "-w", "stop"], capture_output=True)
+
+    def dsn(self):
+        return "host=127.0.0.1 port=%d user=knoway dbname=postgres connect_timeout=2" % self.port
+
+    def query(self, sql):
+        """Rows of a query (psql -At): a list of lists of strings."""
+        out = subprocess.run([os.path.join(self.bin, "psql"), "-h", "127.0.0.1", "-p",
+                              str(self.port), "-U", "knoway", "-d", "postgres", "-At", "-F",
+                              "\t", "-c", sql], check=True, capture_output=True, text=True).stdout
+        return [line.split("\t") for line in out.splitlines() if line]
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Dataplane:
     """knoway-dataplane on a generated config file. `resources` is YAML text."""
 

@@ -288,6 +288,18 @@ struct kw_jwt_provider {
     const char *user_claim;     /* default "sub" */
 };
 
+/* DataPlane spec.usage.sinks[] */
+struct kw_usage_sink {
+    const char *name; /* unique; names its shipped offset in the spool */
+    bool postgres;    /* else jsonl */
+    const char *dsn_file;
+    const char *table;         /* default knoway_usage */
+    uint32_t batch_size;       /* default 500 */
+    int64_t flush_interval_ms; /* default 1s */
+    const char *path;          /* jsonl: a file, or NULL with stdout */
+    bool stdout_;
+};
+
 struct kw_dataplane {
     struct kw_meta meta;
     const char *listen; /* "0.0.0.0:8080" */
@@ -325,6 +337,15 @@ struct kw_dataplane {
         int64_t timeout_ms; /* default 100ms */
         bool fail_closed;   /* failureMode: Closed (503), else Open (local limits) */
     } redis;
+    struct {
+        bool enabled; /* spec.usage present */
+        const char *dir;
+        uint64_t max_bytes;       /* default 1 GiB */
+        int64_t sync_interval_ms; /* default 100ms */
+        bool drop_when_full;      /* onFull: Drop, else Reject */
+        struct kw_usage_sink *sinks;
+        size_t nsinks;
+    } usage;
 };
 
 /* Route defaults */
@@ -346,6 +367,9 @@ struct kw_dataplane {
 #define KW_DEFAULT_MAX_CONNS_PER_CLIENT   4096u
 #define KW_DEFAULT_READ_TIMEOUT_MS        30000
 #define KW_DEFAULT_REDIS_TIMEOUT_MS       100
+#define KW_DEFAULT_USAGE_DIR              "/var/lib/knoway/usage"
+#define KW_DEFAULT_USAGE_MAX_BYTES        (1024ull * 1024 * 1024)
+#define KW_DEFAULT_USAGE_SYNC_MS          100
 #define KW_DEFAULT_ESTIMATED_OUTPUT       1024
 #define KW_DEFAULT_JWKS_REFRESH_MS        300000
 #define KW_DEFAULT_CACHE_FILE             "/var/lib/knoway/snapshot.json"
