@@ -272,6 +272,8 @@ static void on_end(struct dp_request *r, void *p)
     x->item = NULL;
     if (x->recorded || r->route == NULL)
         return; /* recorded, or never reached routing */
+    if (strcmp(r->err.code, "usage_spool_full") == 0)
+        return; /* refused because the spool is full: it would only fill it further */
     submit(r, x, r->status != 0 ? r->status : 499, false);
 }
 

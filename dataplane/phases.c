@@ -902,7 +902,17 @@ out:
     return rc;
 }
 
+static int respond(struct dp_request *r);
+
+/* The answer is prepared: KW_OK, so the respond phase's filters run on it (a commit holds
+ * it until they agree: respond.h). */
 static int ph_respond(struct dp_request *r)
+{
+    int rc = respond(r);
+    return rc == KW_DONE ? KW_OK : rc;
+}
+
+static int respond(struct dp_request *r)
 {
     if (r->state == DP_ST_STREAM) {
         dp_cont_finish(r); /* usage counts the broken attempts' tokens */

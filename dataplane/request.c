@@ -275,7 +275,7 @@ static enum MHD_Result body_done(struct dp_request *r)
     dp_conn_body_done(r);
     r->state = DP_ST_UPSTREAM;
     dp_engine_start(r);
-    if (r->pending != NULL)
+    if (r->pending != NULL && !r->hold)
         return dp_respond_queue(r); /* answered at once (errors, /v1/models) */
     /* wait for the upstream; a request still waiting after DP_WATCH_AFTER_MS gets its client
      * fd watched, so a client leaving a suspended connection is noticed (MHD would not);
@@ -394,7 +394,7 @@ enum MHD_Result dp_on_access(void *cls, struct MHD_Connection *conn, const char 
         *upload_data_size = 0; /* always consume everything */
         return MHD_YES;
     }
-    if (r->pending != NULL)
+    if (r->pending != NULL && !r->hold) /* a held answer waits for dp_respond_release */
         return dp_respond_queue(r);
     if (r->client_gone)
         return MHD_NO;

@@ -185,12 +185,23 @@ class Dataplane:
         self.extra_spec = extra_spec
         self.write(resources)
         self.log = open(os.path.join(self.dir, "dataplane.log"), "w+")
-        self.proc = subprocess.Popen([*wrap, DATAPLANE, "-c", self.path, *args],
-                                     stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, **(env or {})))
+        self.argv = [*wrap, DATAPLANE, "-c", self.path, *args]
+        self.env = dict(os.environ, **(env or {}))
+        self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=self.env)
         if wait:
             wait_port(self.port)
             self.wait_ready()
+
+    def kill_and_restart(self, down_seconds=0.0):
+        """SIGKILL, then the same process again on the same configuration and ports."""
+        self.proc.kill()
+        self.proc.wait(10)
+        time.sleep(down_seconds)
+        self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=self.env)
+        wait_port(self.port)
+        self.wait_ready()
 
     def bootstrap(self):
         return ("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: t}\n"

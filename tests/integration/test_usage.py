@@ -1,0 +1,224 @@
+"""The usage ledger against a real PostgreSQL (initialised and started here): exactly one
+row per answered request through a database outage and a killed data plane; spool
+recovery; onFull Reject and Drop."""
+import concurrent.futures
+import glob
+import http.client
+import json
+import os
+import sys
+import threading
+import time
+import unittest
+import uuid
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Dataplane, Mock, Postgres, backend, post, request, route  # noqa: E402
+
+CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+KW_OUTAGE = float(os.environ.get("KW_PG_OUTAGE_SECONDS", "30"))
+
+
+def usage_spec(dir_, dsn_file, extra_spool="", extra_sink=""):
+    return ("  usage:\n    spool: {dir: \"%s\"%s}\n"
+            "    sinks: [{postgres: {dsnFile: \"%s\", flushInterval: 200ms%s}}]\n"
+            % (dir_, extra_spool, dsn_file, extra_sink))
+
+
+def debug_usage(dp):
+    return json.loads(request("GET", dp.admin, "/debug/usage")[2])
+
+
+def wait_shipped(dps, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all(debug_usage(dp)["spool"]["bytes"] == 0 and debug_usage(dp)["queueDepth"] == 0
+               for dp in dps):
+            return
+        time.sleep(0.2)
+    raise AssertionError("not shipped: %s" % [debug_usage(dp) for dp in dps])
+
+
+class Exactly(unittest.TestCase):
+    """20,000 requests through two data planes; PostgreSQL stopped for 30 s and restarted;
+    one data plane SIGKILLed and restarted."""
+
+    def test_rows_equal_answers(self):
+        pg = Postgres()
+        mock = Mock(threads=2)
+        dsn = os.path.join(pg.dir, "dsn")
+        with open(dsn, "w") as f:
+            f.write(pg.dsn() + "\n")
+        res = (backend("b", mock.url()) + route("demo", ["demo"], ["b"]))
+        dps = [Dataplane(res, extra_spec=usage_spec(os.path.join(pg.dir, "spool-%d" % i), dsn))
+               for i in range(2)]
+        received, failed = {}, set()
+        lock = threading.Lock()
+        total = 20000
+        counter = iter(range(total))
+
+        def client(n):
+            conns = [None, None]
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                rid = uuid.uuid4().hex
+                which = i % 2
+                stream = i % 10 == 0
+                body = dict(CHAT, stream=True, stream_options={"include_usage": True}) \
+                    if stream else CHAT
+                try:
+                    if conns[which] is None:
+                        conns[which] = http.client.HTTPConnection("127.0.0.1", dps[which].port,
+                                                                  timeout=30)
+                    c = conns[which]
+                    c.request("POST", "/v1/chat/completions", json.dumps(body),
+                              {"Content-Type": "application/json", "x-request-id": rid})
+                    r = c.getresponse()
+                    data = r.read()  # complete only with the body's last chunk
+                    if r.status != 200:
+                        raise RuntimeError(r.status)
+                    if stream:
+                        chunks = [json.loads(line[6:]) for line in data.decode().split("\n")
+                                  if line.startswith("data: {")]
+                        u = [ch["usage"] for ch in chunks if ch.get("usage")][-1]
+                    else:
+                        u = json.loads(data)["usage"]
+                    with lock:
+                        received[rid] = (u["prompt_tokens"], u["completion_tokens"])
+                except Exception:  # noqa: BLE001 - a request the client did not get
+                    with lock:
+                        failed.add(rid)
+                    if conns[which] is not None:
+                        conns[which].close()
+                    conns[which] = None
+                    time.sleep(0.01)
+
+        try:
+            threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+            t0 = time.time()
+            for t in threads:
+                t.start()
+            time.sleep(1.0)
+            pg.stop()  # the database goes away ...
+            t_stop = time.time()
+            time.sleep(2.0)
+            dps[1].kill_and_restart(0.5)  # ... and a data plane is killed mid-traffic
+            while time.time() - t_stop < KW_OUTAGE:
+                time.sleep(0.2)
+            lag = debug_usage(dps[0])["sinks"][0]
+            self.assertGreater(lag["lagSeconds"], 0.0)
+            self.assertIsNotNone(lag["lastError"])
+            pg.start()  # ... and comes back
+            for t in threads:
+                t.join()
+            took = time.time() - t0
+            wait_shipped(dps)
+            rows = pg.query("SELECT client_request_id, input_tokens, output_tokens, status "
+                            "FROM knoway_usage")
+            ids = [r[0] for r in rows]
+            self.assertEqual(len(ids), len(set(ids)), "no duplicate rows")
+            self.assertEqual(len(received) + len(failed), total)
+            self.assertGreater(len(received), total * 0.9)
+            missing = set(received) - set(ids)
+            self.assertEqual(missing, set(), "every answered request has its row")
+            extra = set(ids) - set(received)
+            self.assertTrue(extra <= failed, "rows beyond the answers belong to requests cut by "
+                                             "the kill: %d of %d" % (len(extra - failed), len(extra)))
+            by_id = {r[0]: (int(r[1]), int(r[2])) for r in rows}
+            self.assertEqual(sum(by_id[i][0] for i in received), sum(v[0] for v in received.values()))
+            self.assertEqual(sum(by_id[i][1] for i in received), sum(v[1] for v in received.values()))
+            print("\n    %d answered, %d cut by the kill, %d rows (%d of the cut ones), "
+                  "%.1f s, PostgreSQL down %.0f s" % (len(received), len(failed), len(ids),
+                                                       len(extra), took, KW_OUTAGE))
+        finally:
+            for dp in dps:
+                dp.stop()
+            mock.stop()
+            pg.cleanup()
+
+
+class Recovery(unittest.TestCase):
+    def test_torn_tail_and_corrupted_record(self):
+        pg = Postgres()
+        mock = Mock()
+        dsn = os.path.join(pg.dir, "dsn")
+        with open(dsn, "w") as f:
+            f.write(pg.dsn() + "\n")
+        spool = os.path.join(pg.dir, "spool")
+        pg.stop()  # records stay in the spool
+        dp = Dataplane(backend("b", mock.url()) + route("demo", ["demo"], ["b"]),
+                       extra_spec=usage_spec(spool, dsn))
+        try:
+            for i in range(10):
+                r = post(dp.port, "/v1/chat/completions", CHAT, {"x-request-id": "rec-%d" % i})
+                self.assertEqual(r[0], 200)
+            dp.proc.kill()
+            dp.proc.wait(5)
+            seg = sorted(glob.glob(os.path.join(spool, "seg-*.log")))[-1]
+            with open(seg, "r+b") as f:
+                data = f.read()
+                at = data.index(b'"client_request_id":"rec-4"')
+                f.seek(at + 5)
+                f.write(b"X")  # record rec-4 damaged
+                f.seek(0, 2)
+                f.write(b"KWL1\x40\x00\x00\x00partial")  # a torn last record
+            pg.start()
+            dp.kill_and_restart()
+            wait_shipped([dp])
+            ids = sorted(r[0] for r in pg.query("SELECT client_request_id FROM knoway_usage"))
+            self.assertEqual(ids, sorted("rec-%d" % i for i in range(10) if i != 4))
+            logs = dp.logs()
+            self.assertIn("torn record", logs)
+            self.assertIn("corrupted record was skipped", logs)
+            self.assertGreaterEqual(debug_usage(dp)["spool"]["repairs"], 1)
+        finally:
+            dp.stop()
+            mock.stop()
+            pg.cleanup()
+
+
+class OnFull(unittest.TestCase):
+    """A tiny spool and a database that is down."""
+
+    def run_full(self, mode):
+        pg = Postgres()
+        mock = Mock()
+        dsn = os.path.join(pg.dir, "dsn")
+        with open(dsn, "w") as f:
+            f.write(pg.dsn() + "\n")
+        pg.stop()
+        dp = Dataplane(backend("b", mock.url()) + route("demo", ["demo"], ["b"]),
+                       extra_spec=usage_spec(os.path.join(pg.dir, "spool"), dsn,
+                                             ", maxBytes: 4096, onFull: %s" % mode))
+        try:
+            answers = [post(dp.port, "/v1/chat/completions", CHAT) for _ in range(30)]
+            return [a[0] for a in answers], debug_usage(dp), answers
+        finally:
+            dp.stop()
+            mock.stop()
+            pg.cleanup()
+
+    def test_reject(self):
+        codes, st, answers = self.run_full("Reject")
+        self.assertIn(503, codes)
+        first = codes.index(503)
+        self.assertTrue(all(c == 200 for c in codes[:first]))
+        self.assertTrue(all(c == 503 for c in codes[first:]))
+        self.assertEqual(st["records"]["dropped"], 0, "Reject keeps every record")
+        self.assertEqual(st["records"]["written"], first)
+        e = json.loads(answers[-1][2])["error"]
+        self.assertEqual(e["code"], "usage_spool_full")
+        self.assertIn("usage spool is full", e["message"])
+
+    def test_drop(self):
+        codes, st, _ = self.run_full("Drop")
+        self.assertEqual(codes, [200] * 30)
+        self.assertGreater(st["records"]["dropped"], 0)
+        self.assertEqual(st["records"]["dropped"] + st["records"]["written"], 30)
+
+
+if __name__ == "__main__":
+    unittest.main()
