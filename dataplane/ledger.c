@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "knoway/buf.h"
@@ -77,12 +78,14 @@ struct dp_ledger_item *dp_ledger_submit(struct dp_ledger *l, unsigned worker, co
     atomic_fetch_add(&l->submitted, 1);
     atomic_fetch_add(&l->depth, 1);
     pthread_mutex_lock(&l->mu);
+    bool was_empty = l->head == NULL;
     if (l->tail != NULL)
         l->tail->next = it;
     else
         l->head = it;
     l->tail = it;
-    pthread_cond_signal(&l->cond);
+    if (was_empty) /* the thread sleeps only on an empty queue */
+        pthread_cond_signal(&l->cond);
     pthread_mutex_unlock(&l->mu);
     return it;
 }
@@ -133,33 +136,47 @@ static void *ledger_main(void *arg)
         bool drop = full && l->dp->usage.drop_when_full;
         bool woke[256] = {false};
         while (list != NULL) {
-            struct dp_ledger_item *it = list;
-            list = it->next;
-            it->next = NULL;
-            atomic_fetch_sub(&l->depth, 1);
+            /* up to 256 records in one write */
+            struct dp_ledger_item *batch[256];
+            struct iovec iov[256];
+            size_t n = 0;
+            while (list != NULL && n < 256) {
+                batch[n] = list;
+                iov[n] = (struct iovec){list->data, list->len};
+                list = list->next;
+                batch[n]->next = NULL;
+                n++;
+            }
+            atomic_fetch_sub(&l->depth, n);
+            size_t ok = 0;
             if (drop) {
-                atomic_fetch_add(&l->dropped, 1);
-            } else if (dp_spool_append(l->spool, it->data, it->len) == KW_OK) {
-                atomic_fetch_add(&l->written, 1);
-                dirty = true;
+                atomic_fetch_add(&l->dropped, n);
             } else {
-                atomic_fetch_add(&l->dropped, 1);
-                kw_log(KW_LOG_ERROR, "usage spool: cannot write a record (it is lost)", "error",
-                       strerror(errno), NULL);
+                ok = dp_spool_append_many(l->spool, iov, n);
+                atomic_fetch_add(&l->written, ok);
+                dirty |= ok > 0;
+                if (ok < n) {
+                    atomic_fetch_add(&l->dropped, n - ok);
+                    kw_log(KW_LOG_ERROR, "usage spool: cannot write records (they are lost)",
+                           "error", strerror(errno), NULL);
+                }
             }
-            if (it->waiter == NULL || it->worker >= l->nworkers) {
-                free(it);
-                continue;
+            for (size_t i = 0; i < n; i++) {
+                struct dp_ledger_item *it = batch[i];
+                if (it->waiter == NULL || it->worker >= l->nworkers) {
+                    free(it);
+                    continue;
+                }
+                struct acks *a = &l->acks[it->worker];
+                pthread_mutex_lock(&a->mu);
+                if (a->tail != NULL)
+                    a->tail->next = it;
+                else
+                    a->head = it;
+                a->tail = it;
+                pthread_mutex_unlock(&a->mu);
+                woke[it->worker % 256] = true;
             }
-            struct acks *a = &l->acks[it->worker];
-            pthread_mutex_lock(&a->mu);
-            if (a->tail != NULL)
-                a->tail->next = it;
-            else
-                a->head = it;
-            a->tail = it;
-            pthread_mutex_unlock(&a->mu);
-            woke[it->worker % 256] = true;
         }
         for (unsigned i = 0; i < l->nworkers && i < 256; i++)
             if (woke[i])

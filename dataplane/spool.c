@@ -256,38 +256,68 @@ void dp_spool_close(struct dp_spool *s)
     free(s);
 }
 
+/* Start a new segment at the end (the current one is full). */
+static int roll(struct dp_spool *s)
+{
+    uint64_t base = atomic_load(&s->end);
+    pthread_mutex_lock(&s->mu);
+    bool room = s->nbases < MAX_SEGMENTS;
+    pthread_mutex_unlock(&s->mu);
+    if (!room || fsync(s->fd) != 0 || open_segment(s, base, true) != KW_OK)
+        return KW_ERROR;
+    pthread_mutex_lock(&s->mu);
+    s->bases[s->nbases++] = base;
+    pthread_mutex_unlock(&s->mu);
+    s->seg_len = 0;
+    return KW_OK;
+}
+
+size_t dp_spool_append_many(struct dp_spool *s, const struct iovec *recs, size_t n)
+{
+    enum { PER_CALL = 256 };
+    unsigned char hdr[PER_CALL][DP_SPOOL_HEADER];
+    struct iovec iov[2 * PER_CALL];
+    size_t done = 0;
+    while (done < n) {
+        if (recs[done].iov_len > DP_SPOOL_MAX_RECORD)
+            return done;
+        if (s->seg_len > 0 &&
+            s->seg_len + DP_SPOOL_HEADER + recs[done].iov_len > DP_SPOOL_SEGMENT &&
+            roll(s) != KW_OK)
+            return done;
+        /* the records that fit in this segment, in one writev */
+        size_t k = 0, want = 0;
+        while (done + k < n && k < PER_CALL) {
+            size_t len = recs[done + k].iov_len;
+            if (len > DP_SPOOL_MAX_RECORD ||
+                (k > 0 && s->seg_len + want + DP_SPOOL_HEADER + len > DP_SPOOL_SEGMENT))
+                break;
+            put32(hdr[k], DP_SPOOL_MAGIC);
+            put32(hdr[k] + 4, (uint32_t)len);
+            put32(hdr[k] + 8, (uint32_t)crc32(0L, recs[done + k].iov_base, (uInt)len));
+            iov[2 * k] = (struct iovec){hdr[k], DP_SPOOL_HEADER};
+            iov[2 * k + 1] = recs[done + k];
+            want += DP_SPOOL_HEADER + len;
+            k++;
+        }
+        ssize_t w = writev(s->fd, iov, (int)(2 * k));
+        if (w != (ssize_t)want) {
+            if (w > 0 && ftruncate(s->fd, (off_t)s->seg_len) != 0) {
+                /* a partial frame stays: recovery cuts it at the next open */
+            }
+            return done;
+        }
+        s->seg_len += want;
+        atomic_store(&s->end, atomic_load(&s->end) + want);
+        done += k;
+    }
+    return done;
+}
+
 int dp_spool_append(struct dp_spool *s, const void *data, size_t len)
 {
-    if (len > DP_SPOOL_MAX_RECORD)
-        return KW_ERROR;
-    if (s->seg_len > 0 && s->seg_len + DP_SPOOL_HEADER + len > DP_SPOOL_SEGMENT) {
-        uint64_t base = atomic_load(&s->end);
-        pthread_mutex_lock(&s->mu);
-        bool room = s->nbases < MAX_SEGMENTS;
-        pthread_mutex_unlock(&s->mu);
-        if (!room || fsync(s->fd) != 0 || open_segment(s, base, true) != KW_OK)
-            return KW_ERROR;
-        pthread_mutex_lock(&s->mu);
-        s->bases[s->nbases++] = base;
-        pthread_mutex_unlock(&s->mu);
-        s->seg_len = 0;
-    }
-    unsigned char hdr[DP_SPOOL_HEADER];
-    put32(hdr, DP_SPOOL_MAGIC);
-    put32(hdr + 4, (uint32_t)len);
-    put32(hdr + 8, (uint32_t)crc32(0L, data, (uInt)len));
-    struct iovec iov[2] = {{hdr, sizeof(hdr)}, {(void *)data, len}};
-    size_t want = sizeof(hdr) + len;
-    ssize_t n = writev(s->fd, iov, 2);
-    if (n != (ssize_t)want) {
-        if (n > 0 && ftruncate(s->fd, (off_t)s->seg_len) != 0) {
-            /* a partial frame stays: recovery cuts it at the next open */
-        }
-        return KW_ERROR;
-    }
-    s->seg_len += want;
-    atomic_store(&s->end, atomic_load(&s->end) + want);
-    return KW_OK;
+    struct iovec one = {(void *)data, len};
+    return dp_spool_append_many(s, &one, 1) == 1 ? KW_OK : KW_ERROR;
 }
 
 int dp_spool_sync(struct dp_spool *s)

@@ -41,6 +41,10 @@ void dp_spool_close(struct dp_spool *s);
 /* Writer: append one record (buffered in the kernel: no fsync), KW_OK or KW_ERROR (I/O,
  * too large). dp_spool_sync makes every appended record durable. */
 int dp_spool_append(struct dp_spool *s, const void *data, size_t len);
+/* Append n records with as few writes as segments allow; returns how many were appended
+ * (all of them, or the ones before a failure). */
+struct iovec;
+size_t dp_spool_append_many(struct dp_spool *s, const struct iovec *recs, size_t n);
 int dp_spool_sync(struct dp_spool *s);
 
 /* Logical end (after the last whole record) and the bytes not yet shipped by every reader. */

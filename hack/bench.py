@@ -241,7 +241,7 @@ def main():
     ap.add_argument("--streams", type=int, default=10000)
     ap.add_argument("--relay-streams", type=int, default=200)
     ap.add_argument("--relay-chunks", type=int, default=500)
-    ap.add_argument("--phases", default="nonstream,held,relay,strategies,limits")
+    ap.add_argument("--phases", default="nonstream,held,relay,strategies,limits,usage")
     a = ap.parse_args()
     phases = a.phases.split(",")
     tmp = tempfile.mkdtemp(prefix="kwbench-")
@@ -264,6 +264,8 @@ def main():
         strategies_phase(a, tmp, results)
     if "limits" in phases:
         limits_phase(a, tmp, results)
+    if "usage" in phases:
+        usage_phase(a, tmp, results)
     results["ratios"] = ratios(a, results)
     print(json.dumps(results, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)
@@ -473,6 +475,72 @@ def limits_phase(a, tmp, results):
         redis.wait()
 
 
+def usage_phase(a, tmp, results):
+    """What the usage ledger costs: the same route without and with the ledger shipping to
+    a PostgreSQL started here; interleaved rounds, RPS and CPU per request (the data
+    plane's own; PostgreSQL's CPU is reported beside it), medians of 5."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+    from harness import Postgres  # noqa: E402 - the tests' helper: initdb, pg_ctl
+    mock = start_mock(a.build, ["--chunks", "8", "--no-log"])
+    pg = Postgres()
+    dsn = os.path.join(pg.dir, "dsn")
+    with open(dsn, "w") as f:
+        f.write(pg.dsn() + "\n")
+    configs = {
+        "plain": "",
+        "ledger_postgres": "  usage:\n    spool: {dir: \"%s\"}\n"
+                           "    sinks: [{postgres: {dsnFile: \"%s\"}}]\n"
+                           % (os.path.join(tmp, "usage-spool"), dsn),
+    }
+    targets = {}
+    for name, spec in configs.items():
+        port, admin = free_port(), free_port()
+        cfg = os.path.join(tmp, "usage-%s.yaml" % name)
+        with open(cfg, "w") as f:
+            f.write("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: b}\n"
+                    "spec:\n  listen: \"127.0.0.1:%d\"\n  admin: \"127.0.0.1:%d\"\n  workers: 1\n"
+                    "  limits: {maxConnections: 100000}\n%s"
+                    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: mock}\n"
+                    "spec: {provider: vLLM, upstream: {baseURL: \"http://127.0.0.1:%d/v1\"}}\n"
+                    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: bench}\n"
+                    "spec: {match: {models: [bench]}, backendRefs: [{name: mock}]}\n"
+                    % (port, admin, spec, mock.port))
+        log = open(os.path.join(tmp, "usage-%s.log" % name), "w")
+        p = subprocess.Popen([os.path.join(a.build, "dataplane", "knoway-dataplane"), "-c", cfg],
+                             stdout=log, stderr=log)
+        wait_port(port)
+        targets[name] = Target(name, port, p)
+    lua = os.path.join(tmp, "post.lua")
+    try:
+        for t in targets.values():
+            wrk(t.port, 8, 1, lua)
+        rounds = {n: [] for n in targets}
+        cpu = {n: [] for n in targets}
+        secs = max(2, a.seconds // 2)
+        for _ in range(5):
+            for n, t in targets.items():
+                c0 = cpu_seconds(t.proc.pid)
+                w = wrk(t.port, a.conns, secs, lua)
+                assert w["non2xx"] == 0, "%s answered errors" % n
+                rounds[n].append(w["rps"])
+                cpu[n].append(round((cpu_seconds(t.proc.pid) - c0) / (w["rps"] * secs) * 1e6, 2))
+        lat = {n: wrk(t.port, 1, max(3, a.seconds // 2), lua) for n, t in targets.items()}
+        rows = int(pg.query("SELECT count(*) FROM knoway_usage")[0][0])
+        results["usage"] = {
+            "rps_median_c%d" % a.conns: {n: sorted(v)[2] for n, v in rounds.items()},
+            "rps_rounds": rounds,
+            "cpu_us_per_request_median": {n: sorted(v)[2] for n, v in cpu.items()},
+            "cpu_us_rounds": cpu,
+            "latency_c1": lat,
+            "rows_in_postgres": rows,
+        }
+    finally:
+        for t in targets.values():
+            stop(t)
+        stop(mock)
+        pg.cleanup()
+
+
 def ratios(a, results):
     out = {}
     if "nonstream" in results:
@@ -498,6 +566,13 @@ def ratios(a, results):
             cpu["key_global_limit"] / cpu["plain"], 3)
         out["global_limit_added_p50_ms"] = round(lat["key_global_limit"]["p50_ms"] - lat["plain"]["p50_ms"], 3)
         out["global_limit_added_p99_ms"] = round(lat["key_global_limit"]["p99_ms"] - lat["plain"]["p99_ms"], 3)
+    if "usage" in results:
+        med = results["usage"]["rps_median_c%d" % a.conns]
+        cpu = results["usage"]["cpu_us_per_request_median"]
+        lat = results["usage"]["latency_c1"]
+        out["ledger_rps_over_plain"] = round(med["ledger_postgres"] / med["plain"], 3)
+        out["ledger_cpu_per_request_over_plain"] = round(cpu["ledger_postgres"] / cpu["plain"], 3)
+        out["ledger_added_p50_ms"] = round(lat["ledger_postgres"]["p50_ms"] - lat["plain"]["p50_ms"], 3)
     if "held_streams" in results:
         held = results["held_streams"]
         out["knoway_kib_per_stream"] = held["knoway"]["kib_per_stream"]

@@ -131,6 +131,27 @@ static void test_linear_in_keys(void **state)
     free(obj);
 }
 
+/* Strings are escaped as yajl escapes them, and the output is always valid UTF-8. */
+static void test_write_string(void **state)
+{
+    (void)state;
+    struct kw_buf b;
+    kw_buf_init(&b, 4096);
+    static const char in[] =
+        "a\"b\\c\n\t\x01/\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80|\xff\xc3|\xed\xa0\x80";
+    assert_int_equal(kw_json_write_string(&b, in, sizeof(in) - 1), KW_OK);
+    assert_string_equal(b.data, "\"a\\\"b\\\\c\\n\\t\\u0001/\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80|"
+                                "\\ufffd\\ufffd|\\ufffd\\ufffd\\ufffd\"");
+    /* what it writes parses back */
+    struct kw_arena *a = kw_arena_new(1 << 20);
+    struct kw_node *n = NULL;
+    char err[128];
+    assert_int_equal(kw_json_parse(a, b.data, b.len, &n, err, sizeof(err)), KW_OK);
+    assert_int_equal(n->type, KW_NODE_STRING);
+    kw_arena_free(a);
+    kw_buf_cleanup(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -138,6 +159,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_depth),
         cmocka_unit_test(test_invalid_utf8),
+        cmocka_unit_test(test_write_string),
         cmocka_unit_test(test_linear_in_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
