@@ -401,6 +401,30 @@ def relay_phase(a, tmp, results):
 
 
 
+def interleaved(a, targets, lua):
+    """Five interleaved rounds at a.conns connections over targets: RPS and each target's
+    own CPU time per request (steadier than RPS on 2 shared cores), medians; then one
+    connection for latency."""
+    rounds = {n: [] for n in targets}
+    cpu = {n: [] for n in targets}
+    secs = max(2, a.seconds // 2)
+    for _ in range(5):
+        for n, t in targets.items():
+            c0 = cpu_seconds(t.proc.pid)
+            w = wrk(t.port, a.conns, secs, lua)
+            assert w["non2xx"] == 0, "%s answered errors" % n
+            rounds[n].append(w["rps"])
+            cpu[n].append(round((cpu_seconds(t.proc.pid) - c0) / (w["rps"] * secs) * 1e6, 2))
+    lat = {n: wrk(t.port, 1, max(3, a.seconds // 2), lua) for n, t in targets.items()}
+    return {
+        "rps_median_c%d" % a.conns: {n: sorted(v)[2] for n, v in rounds.items()},
+        "rps_rounds": rounds,
+        "cpu_us_per_request_median": {n: sorted(v)[2] for n, v in cpu.items()},
+        "cpu_us_rounds": cpu,
+        "latency_c1": lat,
+    }
+
+
 def limits_phase(a, tmp, results):
     """What identity and limits cost: the same route plain, with an API key and a local
     limit, and with a Global (Redis) limit; saturation RPS in interleaved rounds, and the
@@ -447,26 +471,7 @@ def limits_phase(a, tmp, results):
         for t in targets.values():
             w = wrk(t.port, 8, 1, lua)
             assert w["non2xx"] == 0, "%s answered errors" % t.name
-        # RPS swings by 15-20 % between runs on 2 shared cores; the gateway's CPU time per
-        # request is steadier: both, in interleaved rounds, medians of 5
-        rounds = {n: [] for n in targets}
-        cpu = {n: [] for n in targets}
-        secs = max(2, a.seconds // 2)
-        for _ in range(5):
-            for n, t in targets.items():
-                c0 = cpu_seconds(t.proc.pid)
-                w = wrk(t.port, a.conns, secs, lua)
-                assert w["non2xx"] == 0, "%s answered errors" % n
-                rounds[n].append(w["rps"])
-                cpu[n].append(round((cpu_seconds(t.proc.pid) - c0) / (w["rps"] * secs) * 1e6, 2))
-        lat = {n: wrk(t.port, 1, max(3, a.seconds // 2), lua) for n, t in targets.items()}
-        results["limits"] = {
-            "rps_median_c%d" % a.conns: {n: sorted(v)[2] for n, v in rounds.items()},
-            "rps_rounds": rounds,
-            "cpu_us_per_request_median": {n: sorted(v)[2] for n, v in cpu.items()},
-            "cpu_us_rounds": cpu,
-            "latency_c1": lat,
-        }
+        results["limits"] = interleaved(a, targets, lua)
     finally:
         for t in targets.values():
             stop(t)
@@ -514,26 +519,8 @@ def usage_phase(a, tmp, results):
     try:
         for t in targets.values():
             wrk(t.port, 8, 1, lua)
-        rounds = {n: [] for n in targets}
-        cpu = {n: [] for n in targets}
-        secs = max(2, a.seconds // 2)
-        for _ in range(5):
-            for n, t in targets.items():
-                c0 = cpu_seconds(t.proc.pid)
-                w = wrk(t.port, a.conns, secs, lua)
-                assert w["non2xx"] == 0, "%s answered errors" % n
-                rounds[n].append(w["rps"])
-                cpu[n].append(round((cpu_seconds(t.proc.pid) - c0) / (w["rps"] * secs) * 1e6, 2))
-        lat = {n: wrk(t.port, 1, max(3, a.seconds // 2), lua) for n, t in targets.items()}
-        rows = int(pg.query("SELECT count(*) FROM knoway_usage")[0][0])
-        results["usage"] = {
-            "rps_median_c%d" % a.conns: {n: sorted(v)[2] for n, v in rounds.items()},
-            "rps_rounds": rounds,
-            "cpu_us_per_request_median": {n: sorted(v)[2] for n, v in cpu.items()},
-            "cpu_us_rounds": cpu,
-            "latency_c1": lat,
-            "rows_in_postgres": rows,
-        }
+        results["usage"] = interleaved(a, targets, lua)
+        results["usage"]["rows_in_postgres"] = int(pg.query("SELECT count(*) FROM knoway_usage")[0][0])
     finally:
         for t in targets.values():
             stop(t)
