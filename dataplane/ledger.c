@@ -232,6 +232,13 @@ static bool pg_ok(struct sink *k)
     while (n > 0 && (dsn[n - 1] == '\n' || dsn[n - 1] == '\r' || dsn[n - 1] == ' '))
         n--;
     dsn[n] = '\0';
+    /* libpq waits forever for an unreachable host by default: a sink must come back to
+     * its loop (and to a shutdown) */
+    if (strstr(dsn, "connect_timeout") == NULL && n + 24 < sizeof(dsn)) {
+        bool uri = strncmp(dsn, "postgres", 8) == 0 && strstr(dsn, "://") != NULL;
+        snprintf(dsn + n, sizeof(dsn) - n, "%sconnect_timeout=5",
+                 uri ? (strchr(dsn, '?') != NULL ? "&" : "?") : " ");
+    }
     k->pg = PQconnectdb(dsn);
     memset(dsn, 0, sizeof(dsn)); /* it may hold a password */
     if (k->pg == NULL || PQstatus(k->pg) != CONNECTION_OK) {
