@@ -3,11 +3,12 @@
 #include "debug.h"
 #include "filter.h"
 #include "knoway/kw.h"
+#include "knoway/log.h"
 #include "server.h"
 
 const struct dp_filter_ops *const dp_filters[] = {
     &dp_filter_access_log, &dp_filter_metrics,     &dp_filter_auth,  &dp_filter_models,
-    &dp_filter_limit,      &dp_filter_usage_admit, &dp_filter_usage,
+    &dp_filter_limit,      &dp_filter_usage_admit, &dp_filter_usage, &dp_filter_genai,
 };
 const size_t dp_nfilters = KW_ARRAY_LEN(dp_filters);
 
@@ -20,8 +21,10 @@ int dp_filters_init(struct dp_server *s, const struct dp_filter_ops *const *filt
     s->filters = filters;
     s->nfilters = n;
     for (size_t i = 0; i < n; i++)
-        if (filters[i]->init != NULL && filters[i]->init(s, &s->filter_conf[i]) != KW_OK)
+        if (filters[i]->init != NULL && filters[i]->init(s, &s->filter_conf[i]) != KW_OK) {
+            kw_log(KW_LOG_ERROR, "a filter could not start", "filter", filters[i]->name, NULL);
             return KW_ERROR;
+        }
     return KW_OK;
 }
 

@@ -65,6 +65,7 @@ extern const size_t dp_nfilters;
 
 /* The filters (filter_*.c). */
 extern const struct dp_filter_ops dp_filter_metrics;
+extern const struct dp_filter_ops dp_filter_genai;
 extern const struct dp_filter_ops dp_filter_access_log;
 extern const struct dp_filter_ops dp_filter_auth;
 extern const struct dp_filter_ops dp_filter_models;

@@ -185,6 +185,7 @@ struct kw_series *kw_metric_series(struct kw_metric *f, unsigned shard, const ch
         return NULL;
     struct shard *sh = &f->shards[shard < f->m->nshards ? shard : 0];
     static const char *const others[KW_METRIC_MAX_LABELS] = {"other", "other", "other", "other",
+                                                             "other", "other", "other", "other",
                                                              "other", "other", "other", "other"};
     for (int round = 0; round < 2; round++) {
         uint64_t h = hash_values(f, values);

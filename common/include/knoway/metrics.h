@@ -14,7 +14,7 @@
 
 #include "knoway/buf.h"
 
-#define KW_METRIC_MAX_LABELS 8
+#define KW_METRIC_MAX_LABELS 12
 
 enum kw_metric_type {
     KW_METRIC_COUNTER,
