@@ -7,8 +7,16 @@
 #include "server.h"
 
 const struct dp_filter_ops *const dp_filters[] = {
-    &dp_filter_access_log, &dp_filter_metrics,     &dp_filter_auth,  &dp_filter_models,
-    &dp_filter_limit,      &dp_filter_usage_admit, &dp_filter_usage, &dp_filter_genai,
+    &dp_filter_access_log,
+    &dp_filter_metrics,
+    &dp_filter_trace, /* before auth: a refused request has its trace id too */
+    &dp_filter_auth,
+    &dp_filter_models,
+    &dp_filter_limit,
+    &dp_filter_usage_admit,
+    &dp_filter_trace_propagate,
+    &dp_filter_usage,
+    &dp_filter_genai,
 };
 const size_t dp_nfilters = KW_ARRAY_LEN(dp_filters);
 

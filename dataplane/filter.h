@@ -67,6 +67,8 @@ extern const size_t dp_nfilters;
 extern const struct dp_filter_ops dp_filter_metrics;
 extern const struct dp_filter_ops dp_filter_genai;
 extern const struct dp_filter_ops dp_filter_access_log;
+extern const struct dp_filter_ops dp_filter_trace;
+extern const struct dp_filter_ops dp_filter_trace_propagate;
 extern const struct dp_filter_ops dp_filter_auth;
 extern const struct dp_filter_ops dp_filter_models;
 extern const struct dp_filter_ops dp_filter_limit;

@@ -16,6 +16,10 @@ static void on_end(struct dp_request *r, void *ctx)
     kw_log_field(b, "path", r->path);
     kw_log_field_int(b, "status", r->status);
     kw_log_field_int(b, "duration_ms", dp_now_ms() - r->start_ms);
+    if (r->trace.trace_id[0] != '\0') {
+        kw_log_field(b, "trace_id", r->trace.trace_id);
+        kw_log_field(b, "span_id", r->trace.span_id);
+    }
     if (r->model != NULL)
         kw_log_field(b, "model", r->model);
     if (r->consumer != NULL) {

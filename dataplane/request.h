@@ -160,6 +160,13 @@ struct dp_request {
     struct dp_watch client_watch;
     bool client_watched;
 
+    /* W3C trace context (filter_trace.c): "" until the trace filter ran */
+    struct {
+        char trace_id[33], span_id[17], parent_id[17];
+        bool sampled;
+        const char *state; /* the client's tracestate, or NULL */
+    } trace;
+
     /* headers filters add to the client's response (x-ratelimit-*, Retry-After) */
     struct {
         const char *name, *value;
