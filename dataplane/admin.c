@@ -91,6 +91,7 @@ static void metrics(struct dp_server *s, struct kw_buf *b)
     set1(am->rejected, "read_timeout", (int64_t)atomic_load(&s->read_timeouts));
     kw_metrics_write(s->metrics, b);
     dp_usage_metrics(s, b);
+    dp_trace_metrics(s, b);
     /* an info metric whose label changes with each snapshot: written here, not kept */
     struct dp_table *t = dp_server_table(s);
     if (t != NULL) {

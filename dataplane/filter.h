@@ -79,6 +79,8 @@ extern const struct dp_filter_ops dp_filter_usage;
  * (KW_DECLINED without spec.usage), and its metrics appended to a scrape. */
 int dp_usage_debug(struct dp_server *s, struct kw_buf *b);
 void dp_usage_metrics(struct dp_server *s, struct kw_buf *b);
+/* Span export counters for a scrape (filter_trace.c; nothing without OTLP). */
+void dp_trace_metrics(struct dp_server *s, struct kw_buf *b);
 
 /* The worker was woken by a post: answer debug queries, then every filter's on_wake. */
 void dp_filters_wake(struct dp_worker *w);

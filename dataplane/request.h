@@ -164,7 +164,9 @@ struct dp_request {
     struct {
         char trace_id[33], span_id[17], parent_id[17];
         bool sampled;
-        const char *state; /* the client's tracestate, or NULL */
+        const char *state;   /* the client's tracestate, or NULL */
+        char attempt_id[17]; /* the running upstream attempt's span */
+        int64_t attempt_start_ns;
     } trace;
 
     /* headers filters add to the client's response (x-ratelimit-*, Retry-After) */

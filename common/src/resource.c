@@ -135,6 +135,9 @@ void kw_dataplane_defaults(struct kw_dataplane *dp)
     dp->limits.max_memory_bytes = KW_DEFAULT_MAX_MEMORY_BYTES;
     dp->limits.max_connections_per_client = KW_DEFAULT_MAX_CONNS_PER_CLIENT;
     dp->limits.read_timeout_ms = KW_DEFAULT_READ_TIMEOUT_MS;
+    dp->redis.timeout_ms = KW_DEFAULT_REDIS_TIMEOUT_MS;
+    dp->telemetry.sample_ratio = 1.0;
+    dp->telemetry.timeout_ms = 5000;
 }
 
 int kw_route_age_cmp(const struct kw_route *x, const struct kw_route *y)
@@ -1818,6 +1821,46 @@ static void decode_jwt(struct kw_dec *d, const struct kw_node *auth, struct kw_d
     pop(d, mark);
 }
 
+/* spec.telemetry.otlp: span export (docs/dataplane.md, "Trace context"). */
+static void decode_telemetry(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
+{
+    static const char *const fields[] = {"otlp", NULL};
+    static const char *const otlp_fields[] = {"endpoint",    "headers", "protocol",
+                                              "sampleRatio", "timeout", NULL};
+    static const char *const protocols[] = {"json", NULL};
+    dp->telemetry.sample_ratio = 1.0;
+    dp->telemetry.timeout_ms = 5000;
+    size_t mark, om;
+    const struct kw_node *m = get_map(d, spec, "telemetry", false, &mark);
+    const struct kw_node *o = m != NULL ? get_map(d, m, "otlp", false, &om) : NULL;
+    if (m != NULL)
+        check_fields(d, m, fields, NULL);
+    if (o != NULL) {
+        check_fields(d, o, otlp_fields, NULL);
+        dp->telemetry.endpoint = get_url(d, o, "endpoint", true);
+        dp->telemetry.headers = decode_headers(d, o, "headers", &dp->telemetry.nheaders, true);
+        int v;
+        if (kw_node_get(o, "protocol") != NULL)
+            get_enum(d, o, "protocol", protocols, 1, &v); /* protobuf: not built (JSON only) */
+        const struct kw_node *r = kw_node_get(o, "sampleRatio");
+        if (r != NULL) {
+            size_t rm = push(d, "sampleRatio");
+            double x = r->type == KW_NODE_INT                       ? (double)r->i
+                       : r->type == KW_NODE_FLOAT && r->str != NULL ? strtod(r->str, NULL)
+                                                                    : -1;
+            if (x < 0 || x > 1)
+                kw_dec_error(d, r, "must be a number from 0 to 1");
+            else
+                dp->telemetry.sample_ratio = x;
+            pop(d, rm);
+        }
+        get_duration(d, o, "timeout", 100, 60000, &dp->telemetry.timeout_ms);
+    }
+    if (m != NULL)
+        pop(d, om);
+    pop(d, mark);
+}
+
 /* spec.usage: the usage ledger's spool and sinks (docs/usage.md). */
 static void decode_usage(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
 {
@@ -2008,9 +2051,9 @@ static void decode_redis(struct kw_dec *d, const struct kw_node *spec, struct kw
 
 static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
 {
-    static const char *const fields[] = {"listen",    "admin",  "adminDebugFrom", "workers",
-                                         "discovery", "limits", "auth",           "redis",
-                                         "usage",     NULL};
+    static const char *const fields[] = {
+        "listen", "admin", "adminDebugFrom", "workers",   "discovery", "limits",
+        "auth",   "redis", "usage",          "telemetry", NULL};
     static const char *const auth_fields[] = {"required", "jwt", NULL};
     static const char *const disc_fields[] = {"url",       "tokenFile", "nodeId",
                                               "cacheFile", "caFile",    NULL};
@@ -2077,6 +2120,7 @@ static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struc
     pop(d, mark);
     decode_redis(d, spec, dp);
     decode_usage(d, spec, dp);
+    decode_telemetry(d, spec, dp);
 }
 
 /* ---- documents ---------------------------------------------------------------------- */

@@ -346,6 +346,13 @@ struct kw_dataplane {
         struct kw_usage_sink *sinks;
         size_t nsinks;
     } usage;
+    struct {
+        const char *endpoint; /* spec.telemetry.otlp.endpoint (OTLP/HTTP), NULL: none */
+        struct kw_header *headers;
+        size_t nheaders;
+        double sample_ratio; /* new traces; default 1 */
+        int64_t timeout_ms;  /* default 5s */
+    } telemetry;
 };
 
 /* Route defaults */

@@ -639,6 +639,34 @@ static void test_limits_budgets_redis_jwt_errors(void **state)
     assert_int_equal(end, 1798761600000LL); /* 2027-01-01 */
 }
 
+/* DataPlane spec.telemetry and spec.usage: every malformed setting is reported. */
+static void test_telemetry_and_usage_errors(void **state)
+{
+    (void)state;
+    char *e =
+        kwt_errors("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: t}\n"
+                   "spec:\n  telemetry: {otlp: {endpoint: \"ftp://x\", protocol: protobuf, "
+                   "sampleRatio: 2, timeout: 1ms}}\n"
+                   "  usage: {spool: {maxBytes: 10, onFull: Never}, sinks: [{jsonl: {}}, "
+                   "{postgres: {table: \"Bad-Name\"}}]}\n",
+                   NULL);
+    static const char *const want[] = {
+        "spec.telemetry.otlp.endpoint: \"ftp://x\" must start with http:// or https://",
+        "spec.telemetry.otlp.protocol: unknown value \"protobuf\"",
+        "spec.telemetry.otlp.sampleRatio: must be a number from 0 to 1",
+        "spec.telemetry.otlp.timeout: must be between 100ms and 1m",
+        "spec.usage.spool.maxBytes: must be 4096..",
+        "spec.usage.spool.onFull: unknown value \"Never\"",
+        "spec.usage.sinks[0].jsonl: set exactly one of path or stdout: true",
+        "spec.usage.sinks[1].postgres.dsnFile: required field is missing",
+        "spec.usage.sinks[1].postgres.table: must be a lower-case SQL name",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        if (strstr(e, want[i]) == NULL)
+            fail_msg("missing \"%s\" in:\n%s", want[i], e);
+    free(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -661,6 +689,7 @@ int main(void)
         cmocka_unit_test(test_traffic),
         cmocka_unit_test(test_consumer),
         cmocka_unit_test(test_limits_budgets_redis_jwt_errors),
+        cmocka_unit_test(test_telemetry_and_usage_errors),
         cmocka_unit_test(test_api_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
