@@ -12,6 +12,7 @@
  * (an error, a stream the client left) are recorded when the request ends, without
  * waiting. */
 #include <arpa/inet.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -319,7 +320,7 @@ static void on_end(struct dp_request *r, void *p)
     if (conf_of(r) == NULL || x == NULL)
         return;
     if (x->item != NULL && !x->acked)
-        x->item->waiter = NULL; /* the request goes: the ack frees the item */
+        atomic_store(&x->item->waiter, NULL); /* the request goes: the ack frees the item */
     x->item = NULL;
     if (x->recorded || r->route == NULL)
         return; /* recorded, or never reached routing */
@@ -338,7 +339,7 @@ static void on_wake(struct dp_worker *w, void *p)
     struct dp_ledger_item *it = dp_ledger_take_acked(c->ledger, w->index);
     while (it != NULL) {
         struct dp_ledger_item *next = it->next;
-        struct dp_request *r = it->waiter; /* NULL once its request ended (on_end) */
+        struct dp_request *r = atomic_load(&it->waiter); /* NULL once its request ended */
         free(it);
         struct ctx *x = r != NULL && ix < DP_MAX_FILTERS ? r->fctx[ix] : NULL;
         if (x != NULL) {

@@ -71,7 +71,7 @@ struct dp_ledger_item *dp_ledger_submit(struct dp_ledger *l, unsigned worker, co
     }
     it->next = NULL;
     it->worker = worker;
-    it->waiter = waiter;
+    atomic_init(&it->waiter, waiter);
     it->len = len;
     memcpy(it->data, data, len);
     it->data[len] = '\0';
@@ -163,7 +163,7 @@ static void *ledger_main(void *arg)
             }
             for (size_t i = 0; i < n; i++) {
                 struct dp_ledger_item *it = batch[i];
-                if (it->waiter == NULL || it->worker >= l->nworkers) {
+                if (atomic_load(&it->waiter) == NULL || it->worker >= l->nworkers) {
                     free(it);
                     continue;
                 }

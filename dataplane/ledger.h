@@ -30,8 +30,8 @@ struct dp_ledger;
 
 struct dp_ledger_item {
     struct dp_ledger_item *next;
-    unsigned worker; /* whose list the ack goes to */
-    void *waiter;    /* the worker's (a request's context); NULL: nobody waits */
+    unsigned worker;        /* whose list the ack goes to */
+    _Atomic(void *) waiter; /* the worker's (its request); NULL: nobody waits (any more) */
     size_t len;
     char data[]; /* the record (JSON) */
 };
