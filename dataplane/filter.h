@@ -82,6 +82,11 @@ void dp_usage_metrics(struct dp_server *s, struct kw_buf *b);
 /* Span export counters for a scrape (filter_trace.c; nothing without OTLP). */
 void dp_trace_metrics(struct dp_server *s, struct kw_buf *b);
 
+/* OpenTelemetry GenAI names (filter_genai.c), for metrics and spans alike:
+ * gen_ai.operation.name of a request, gen_ai.provider.name of a provider. */
+const char *dp_genai_operation(const struct dp_request *r);
+const char *dp_genai_provider(enum kw_provider p);
+
 /* The worker was woken by a post: answer debug queries, then every filter's on_wake. */
 void dp_filters_wake(struct dp_worker *w);
 

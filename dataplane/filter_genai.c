@@ -93,8 +93,14 @@ static void fini(void *p)
     free(p);
 }
 
-/* OpenTelemetry's gen_ai.provider.name values. */
-static const char *provider_name(enum kw_provider p)
+const char *dp_genai_operation(const struct dp_request *r)
+{
+    return r->api == DP_API_EMBEDDINGS    ? "embeddings"
+           : r->api == DP_API_COMPLETIONS ? "text_completion"
+                                          : "chat";
+}
+
+const char *dp_genai_provider(enum kw_provider p)
 {
     switch (p) {
     case KW_PROVIDER_OPENAI:
@@ -152,10 +158,8 @@ static void on_end(struct dp_request *r, void *ctx)
     unsigned shard = r->w->index + 1;
     char req[300], consumer[320];
     const char *v[L_N + 2];
-    v[L_OP] = r->api == DP_API_EMBEDDINGS    ? "embeddings"
-              : r->api == DP_API_COMPLETIONS ? "text_completion"
-                                             : "chat";
-    v[L_PROVIDER] = provider_name(r->backend->provider);
+    v[L_OP] = dp_genai_operation(r);
+    v[L_PROVIDER] = dp_genai_provider(r->backend->provider);
     v[L_REQ_MODEL] = request_model(r, req, sizeof(req));
     v[L_RESP_MODEL] = r->backend->model_name != NULL ? r->backend->model_name : v[L_REQ_MODEL];
     v[L_ROUTE] = r->route->meta.name;

@@ -193,13 +193,6 @@ static void attr_int(struct kw_buf *b, bool *first, const char *k, int64_t v)
     *first = false;
 }
 
-static const char *op_name(const struct dp_request *r)
-{
-    return r->api == DP_API_EMBEDDINGS    ? "embeddings"
-           : r->api == DP_API_COMPLETIONS ? "text_completion"
-                                          : "chat";
-}
-
 /* kind 2 SERVER, 3 CLIENT; status code 2 ERROR */
 static void span_head(struct kw_buf *b, const struct dp_request *r, const char *span,
                       const char *parent, int kind, int64_t start, int64_t end)
@@ -209,7 +202,7 @@ static void span_head(struct kw_buf *b, const struct dp_request *r, const char *
         kw_buf_printf(b, ",\"parentSpanId\":\"%s\"", parent);
     kw_buf_puts(b, ",\"name\":");
     char name[320];
-    snprintf(name, sizeof(name), "%s %s", op_name(r), r->model != NULL ? r->model : "");
+    snprintf(name, sizeof(name), "%s %s", dp_genai_operation(r), r->model != NULL ? r->model : "");
     kw_json_write_string(b, name, strlen(name));
     kw_buf_printf(b,
                   ",\"kind\":%d,\"startTimeUnixNano\":\"%lld\",\"endTimeUnixNano\":\"%lld\","
@@ -219,9 +212,9 @@ static void span_head(struct kw_buf *b, const struct dp_request *r, const char *
 
 static void common_attrs(struct kw_buf *b, bool *first, const struct dp_request *r)
 {
-    attr_str(b, first, "gen_ai.operation.name", op_name(r));
+    attr_str(b, first, "gen_ai.operation.name", dp_genai_operation(r));
     if (r->backend != NULL)
-        attr_str(b, first, "gen_ai.provider.name", kw_provider_name(r->backend->provider));
+        attr_str(b, first, "gen_ai.provider.name", dp_genai_provider(r->backend->provider));
     attr_str(b, first, "gen_ai.request.model", r->model);
     attr_str(b, first, "gen_ai.response.model", r->upstream_model);
     if (r->route != NULL)

@@ -425,6 +425,27 @@ def interleaved(a, targets, lua):
     }
 
 
+def start_config(build, tmp, name, spec="", route="spec: {match: {models: [bench]}, backendRefs: [{name: mock}]}\n",
+                 extra="", upstream_port=0):
+    """knoway (one worker) on a bench route to the mock, with DataPlane spec lines, the
+    route's spec and more documents as given."""
+    port, admin = free_port(), free_port()
+    cfg = os.path.join(tmp, "%s.yaml" % name)
+    with open(cfg, "w") as f:
+        f.write("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: b}\n"
+                "spec:\n  listen: \"127.0.0.1:%d\"\n  admin: \"127.0.0.1:%d\"\n  workers: 1\n"
+                "  limits: {maxConnections: 100000}\n%s"
+                "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: mock}\n"
+                "spec: {provider: vLLM, upstream: {baseURL: \"http://127.0.0.1:%d/v1\"}}\n"
+                "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: bench}\n"
+                "%s%s" % (port, admin, spec, upstream_port, route, extra))
+    log = open(os.path.join(tmp, "%s.log" % name), "w")
+    p = subprocess.Popen([os.path.join(build, "dataplane", "knoway-dataplane"), "-c", cfg],
+                         stdout=log, stderr=log)
+    wait_port(port)
+    return Target(name, port, p)
+
+
 def limits_phase(a, tmp, results):
     """What identity and limits cost: the same route plain, with an API key and a local
     limit, and with a Global (Redis) limit; saturation RPS in interleaved rounds, and the
@@ -445,24 +466,10 @@ def limits_phase(a, tmp, results):
         "key_global_limit": ("  redis: {url: \"redis://127.0.0.1:%d\"}\n" % rport,
                              limit % ", scope: Global", consumer),
     }
-    targets = {}
-    for name, (spec, rl, extra) in configs.items():
-        port, admin = free_port(), free_port()
-        cfg = os.path.join(tmp, "limits-%s.yaml" % name)
-        with open(cfg, "w") as f:
-            f.write("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: b}\n"
-                    "spec:\n  listen: \"127.0.0.1:%d\"\n  admin: \"127.0.0.1:%d\"\n  workers: 1\n"
-                    "  limits: {maxConnections: 100000}\n%s"
-                    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: mock}\n"
-                    "spec: {provider: vLLM, upstream: {baseURL: \"http://127.0.0.1:%d/v1\"}}\n"
-                    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: bench}\n"
-                    "spec:\n  match: {models: [bench]}\n  backendRefs: [{name: mock}]\n%s%s"
-                    % (port, admin, spec, mock.port, rl, extra))
-        log = open(os.path.join(tmp, "limits-%s.log" % name), "w")
-        p = subprocess.Popen([os.path.join(a.build, "dataplane", "knoway-dataplane"), "-c", cfg],
-                             stdout=log, stderr=log)
-        wait_port(port)
-        targets[name] = Target(name, port, p)
+    targets = {name: start_config(a.build, tmp, "limits-" + name, spec,
+                                  "spec:\n  match: {models: [bench]}\n  backendRefs: [{name: mock}]\n"
+                                  + rl, extra, mock.port)
+               for name, (spec, rl, extra) in configs.items()}
     lua = os.path.join(tmp, "post-key.lua")
     with open(lua, "w") as f:
         f.write('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
@@ -497,24 +504,8 @@ def usage_phase(a, tmp, results):
                            "    sinks: [{postgres: {dsnFile: \"%s\"}}]\n"
                            % (os.path.join(tmp, "usage-spool"), dsn),
     }
-    targets = {}
-    for name, spec in configs.items():
-        port, admin = free_port(), free_port()
-        cfg = os.path.join(tmp, "usage-%s.yaml" % name)
-        with open(cfg, "w") as f:
-            f.write("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: b}\n"
-                    "spec:\n  listen: \"127.0.0.1:%d\"\n  admin: \"127.0.0.1:%d\"\n  workers: 1\n"
-                    "  limits: {maxConnections: 100000}\n%s"
-                    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: mock}\n"
-                    "spec: {provider: vLLM, upstream: {baseURL: \"http://127.0.0.1:%d/v1\"}}\n"
-                    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: bench}\n"
-                    "spec: {match: {models: [bench]}, backendRefs: [{name: mock}]}\n"
-                    % (port, admin, spec, mock.port))
-        log = open(os.path.join(tmp, "usage-%s.log" % name), "w")
-        p = subprocess.Popen([os.path.join(a.build, "dataplane", "knoway-dataplane"), "-c", cfg],
-                             stdout=log, stderr=log)
-        wait_port(port)
-        targets[name] = Target(name, port, p)
+    targets = {name: start_config(a.build, tmp, "usage-" + name, spec, upstream_port=mock.port)
+               for name, spec in configs.items()}
     lua = os.path.join(tmp, "post.lua")
     try:
         for t in targets.values():

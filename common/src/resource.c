@@ -136,6 +136,9 @@ void kw_dataplane_defaults(struct kw_dataplane *dp)
     dp->limits.max_connections_per_client = KW_DEFAULT_MAX_CONNS_PER_CLIENT;
     dp->limits.read_timeout_ms = KW_DEFAULT_READ_TIMEOUT_MS;
     dp->redis.timeout_ms = KW_DEFAULT_REDIS_TIMEOUT_MS;
+    dp->usage.dir = KW_DEFAULT_USAGE_DIR;
+    dp->usage.max_bytes = KW_DEFAULT_USAGE_MAX_BYTES;
+    dp->usage.sync_interval_ms = KW_DEFAULT_USAGE_SYNC_MS;
     dp->telemetry.sample_ratio = 1.0;
     dp->telemetry.timeout_ms = 5000;
 }
@@ -1828,9 +1831,7 @@ static void decode_telemetry(struct kw_dec *d, const struct kw_node *spec, struc
     static const char *const otlp_fields[] = {"endpoint",    "headers", "protocol",
                                               "sampleRatio", "timeout", NULL};
     static const char *const protocols[] = {"json", NULL};
-    dp->telemetry.sample_ratio = 1.0;
-    dp->telemetry.timeout_ms = 5000;
-    size_t mark, om;
+    size_t mark, om; /* defaults: kw_dataplane_defaults */
     const struct kw_node *m = get_map(d, spec, "telemetry", false, &mark);
     const struct kw_node *o = m != NULL ? get_map(d, m, "otlp", false, &om) : NULL;
     if (m != NULL)
@@ -1872,10 +1873,7 @@ static void decode_usage(struct kw_dec *d, const struct kw_node *spec, struct kw
     static const char *const on_full[] = {"Reject", "Drop", NULL};
     size_t mark;
     const struct kw_node *m = get_map(d, spec, "usage", false, &mark);
-    dp->usage.dir = KW_DEFAULT_USAGE_DIR;
-    dp->usage.max_bytes = KW_DEFAULT_USAGE_MAX_BYTES;
-    dp->usage.sync_interval_ms = KW_DEFAULT_USAGE_SYNC_MS;
-    if (m == NULL) {
+    if (m == NULL) { /* defaults: kw_dataplane_defaults */
         pop(d, mark);
         return;
     }
@@ -1979,7 +1977,6 @@ static void decode_redis(struct kw_dec *d, const struct kw_node *spec, struct kw
     static const char *const modes[] = {"Open", "Closed", NULL};
     size_t mark;
     const struct kw_node *m = get_map(d, spec, "redis", false, &mark);
-    dp->redis.timeout_ms = KW_DEFAULT_REDIS_TIMEOUT_MS;
     if (m != NULL) {
         check_fields(d, m, fields, NULL);
         const struct kw_node *where;

@@ -332,6 +332,13 @@ def backend(name, url, provider="vLLM", model=None, headers=None, extra=""):
     return y + extra
 
 
+def consumer(name, key, extra=""):
+    """An LLMConsumer with one API key (in the Secret <name>-keys); extra: more spec lines."""
+    return ("---\napiVersion: v1\nkind: Secret\nmetadata: {name: %s-keys}\nstringData: {k: %s}\n"
+            "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\nmetadata: {name: %s}\n"
+            "spec:\n  apiKeys: [{secretRef: {name: %s-keys}}]\n%s" % (name, key, name, name, extra))
+
+
 def route(name, models, refs, extra=""):
     y = ("---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: %s}\n"
          "spec:\n  match: {models: %s}\n  backendRefs:\n" % (name, json.dumps(models)))

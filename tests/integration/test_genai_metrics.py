@@ -7,7 +7,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Dataplane, Mock, backend, post, request, route  # noqa: E402
+from harness import Dataplane, Mock, backend, consumer, post, request, route  # noqa: E402
 
 LABELS = ('gen_ai_operation_name="chat",gen_ai_provider_name="vllm",gen_ai_request_model="%s",'
           'gen_ai_response_model="%s",knoway_route="%s",knoway_backend="b",knoway_consumer="%s",'
@@ -18,14 +18,11 @@ class GenAI(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.mock = Mock()
-        consumer = ("---\napiVersion: v1\nkind: Secret\nmetadata: {name: k}\nstringData: {a: sk-a}\n"
-                    "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\n"
-                    "metadata: {name: team}\nspec: {apiKeys: [{secretRef: {name: k}}]}\n")
         cls.dp = Dataplane(backend("b", cls.mock.url())
                            + backend("bad", cls.mock.url(), headers={"x-mock-status": "503"})
                            + route("exact", ["demo"], ["b"])
                            + route("family", ["llama-*"], ["b"])
-                           + route("broken", ["broken"], ["bad"]) + consumer)
+                           + route("broken", ["broken"], ["bad"]) + consumer("team", "sk-a"))
 
     @classmethod
     def tearDownClass(cls):

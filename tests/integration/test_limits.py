@@ -9,15 +9,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Dataplane, Mock, Redis, backend, post, route, sse_data  # noqa: E402
+from harness import Dataplane, Mock, Redis, backend, consumer, post, route, sse_data  # noqa: E402
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def consumer(name, key, extra=""):
-    return ("---\napiVersion: v1\nkind: Secret\nmetadata: {name: %s-keys}\nstringData: {k: %s}\n"
-            "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\nmetadata: {name: %s}\n"
-            "spec:\n  apiKeys: [{secretRef: {name: %s-keys}}]\n%s" % (name, key, name, name, extra))
 
 
 def bearer(key):
