@@ -19,6 +19,8 @@
  *                r->watch_chunks is set (a filter sets it: parsing costs); KW_DONE with
  *                r->err set ends the stream cleanly after this chunk (finish_reason
  *                "length", the error event, [DONE]) and cancels the upstream
+ *   on_body      a buffered (not streamed) answer, OpenAI-shaped (after the provider's
+ *                translation, before a front's), about to be sent
  *   on_usage     the request's token usage is known (once, before on_end)
  *   on_end       the request ends: always, exactly once, whatever happened
  *   on_wake      (not per request) the worker was woken by dp_worker_post: a filter with a
@@ -55,6 +57,7 @@ struct dp_filter_ops {
     void (*on_attempt_start)(struct dp_request *r, void *ctx);
     void (*on_attempt)(struct dp_request *r, void *ctx);
     int (*on_chunk)(struct dp_request *r, void *ctx, const struct kw_node *chunk);
+    void (*on_body)(struct dp_request *r, void *ctx, const char *body, size_t len);
     void (*on_usage)(struct dp_request *r, void *ctx, const struct dp_usage *u);
     void (*on_end)(struct dp_request *r, void *ctx);
     void (*on_wake)(struct dp_worker *w, void *conf);

@@ -10,28 +10,39 @@
  * with the request's trace id and span id, and the client's `tracestate`.
  *
  * With DataPlane spec.telemetry.otlp (or OTEL_EXPORTER_OTLP_ENDPOINT) sampled requests
- * are exported (otlp.h): a server span per request and a client span per upstream attempt
- * (retries and fallbacks visible), with OpenTelemetry's GenAI attributes. New traces are
- * sampled at sampleRatio; a client's trace keeps its sampled flag (parent-based). Message
- * content is never exported. */
-#include <openssl/rand.h>
+ * are exported (knoway/otlp.h): a server span per request and a client span per upstream attempt
+ * (retries and fallbacks visible), with OpenTelemetry's GenAI attributes, the response's
+ * id and finish reasons (a sampled stream's chunks are parsed for them) and an event at
+ * the first token. New traces are sampled at sampleRatio; a client's trace keeps its
+ * sampled flag (parent-based). Message content only with captureContent: true. */
 #include <stdio.h>
-#include <string.h>
-
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "filter.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/log.h"
-#include "otlp.h"
+#include "knoway/otlp.h"
 #include "server.h"
 #include "upstream.h"
 
+#define CAPTURE_MAX (64 * 1024) /* captured output text per span */
+
 struct conf {
-    struct dp_otlp *otlp;
+    struct kw_otlp *otlp;
     double ratio;
+    bool capture;
+};
+
+/* Per request: what the answer said (spans only). */
+struct ctx {
+    char resp_id[128];
+    char reasons[4][24];
+    unsigned nreasons;
+    struct kw_buf out; /* captured output text (captureContent) */
+    bool out_init;
 };
 
 static int init(struct dp_server *s, void **out)
@@ -41,16 +52,24 @@ static int init(struct dp_server *s, void **out)
         return KW_ERROR;
     *out = c;
     c->ratio = s->dp->telemetry.sample_ratio;
-    const char *ep = s->dp->telemetry.endpoint;
-    if (ep == NULL)
-        ep = getenv("OTEL_EXPORTER_OTLP_ENDPOINT");
-    if (ep == NULL || ep[0] == '\0')
+    c->capture = s->dp->telemetry.capture_content;
+    struct kw_otlp_config oc = {
+        .endpoint = s->dp->telemetry.endpoint,
+        .headers = s->dp->telemetry.headers,
+        .nheaders = s->dp->telemetry.nheaders,
+        .timeout_ms = s->dp->telemetry.timeout_ms,
+        .protocol = s->dp->telemetry.protobuf ? KW_OTLP_PROTOBUF : KW_OTLP_JSON,
+        .service = "knoway-dataplane",
+    };
+    bool full;
+    kw_otlp_from_env(&oc, &full);
+    if (oc.endpoint == NULL || oc.endpoint[0] == '\0')
         return KW_OK;
-    c->otlp = dp_otlp_start(ep, s->dp->telemetry.headers, s->dp->telemetry.nheaders,
-                            s->dp->telemetry.timeout_ms);
+    c->otlp = kw_otlp_start(&oc, full);
     if (c->otlp == NULL)
         return KW_ERROR;
-    kw_log(KW_LOG_INFO, "exporting spans over OTLP/HTTP", "endpoint", ep, NULL);
+    kw_log(KW_LOG_INFO, "exporting spans over OTLP/HTTP", "endpoint", oc.endpoint, "protocol",
+           oc.protocol == KW_OTLP_PROTOBUF ? "protobuf" : "json", NULL);
     return KW_OK;
 }
 
@@ -59,7 +78,7 @@ static void fini(void *p)
     struct conf *c = p;
     if (c == NULL)
         return;
-    dp_otlp_stop(c->otlp);
+    kw_otlp_stop(c->otlp);
     free(c);
 }
 
@@ -73,21 +92,6 @@ static bool hex_of(const char *s, size_t n)
         nonzero |= c != '0';
     }
     return nonzero;
-}
-
-static void random_hex(char *out, size_t bytes)
-{
-    static const char hex[] = "0123456789abcdef";
-    unsigned char b[16];
-    if (RAND_bytes(b, (int)bytes) != 1)
-        memset(b, 0x5a, bytes);
-    for (size_t i = 0; i < bytes; i++) {
-        out[2 * i] = hex[b[i] >> 4];
-        out[2 * i + 1] = hex[b[i] & 15];
-    }
-    out[2 * bytes] = '\0';
-    if (!hex_of(out, 2 * bytes))
-        out[0] = '1'; /* all zero is invalid */
 }
 
 /* 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>; a later version may append
@@ -125,18 +129,17 @@ static int on_request(struct dp_request *r, void *ctx)
     (void)ctx;
     if (r->trace.trace_id[0] != '\0')
         return KW_DECLINED; /* a retry comes back through the phases: once */
+    struct conf *c = dp_filter_conf(r->w->server, &dp_filter_trace);
     const char *tp = dp_request_header(r, "traceparent");
     if (tp == NULL || !parse(tp, r)) {
-        struct conf *c = dp_filter_conf(r->w->server, &dp_filter_trace);
-        random_hex(r->trace.trace_id, 16);
+        kw_trace_random_hex(r->trace.trace_id, 16);
         r->trace.parent_id[0] = '\0';
-        unsigned char b[4];
-        uint32_t x = RAND_bytes(b, 4) == 1
-                         ? (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3]
-                         : 0;
+        char hex[9];
+        kw_trace_random_hex(hex, 4);
+        uint32_t x = (uint32_t)strtoul(hex, NULL, 16);
         r->trace.sampled = c == NULL || (double)x / 4294967296.0 < c->ratio;
     }
-    random_hex(r->trace.span_id, 8);
+    kw_trace_random_hex(r->trace.span_id, 8);
     const char *ts = dp_request_header(r, "tracestate");
     if (ts != NULL && tp != NULL && r->trace.parent_id[0] != '\0' && strlen(ts) <= 512)
         r->trace.state = kw_arena_strdup(r->arena, ts);
@@ -148,7 +151,10 @@ static int propagate(struct dp_request *r, void *ctx)
     (void)ctx;
     if (r->trace.trace_id[0] == '\0')
         return KW_DECLINED;
-    random_hex(r->trace.attempt_id, 8); /* this attempt's client span */
+    kw_trace_random_hex(r->trace.attempt_id, 8); /* this attempt's client span */
+    struct conf *c = dp_filter_conf(r->w->server, &dp_filter_trace);
+    if (c != NULL && c->otlp != NULL && r->trace.sampled && r->stream)
+        r->watch_chunks = true; /* the response id, finish reasons (and content) of a stream */
     char h[96];
     snprintf(h, sizeof(h), "traceparent: 00-%s-%s-%s", r->trace.trace_id, r->trace.attempt_id,
              r->trace.sampled ? "01" : "00");
@@ -165,77 +171,60 @@ static int propagate(struct dp_request *r, void *ctx)
     return KW_OK;
 }
 
-/* ---- spans (OTLP JSON) -------------------------------------------------------------------- */
+/* ---- spans ----------------------------------------------------------------------------- */
 
-static int64_t now_ns(void)
+/* A monotonic time in ms (the request's clocks) as Unix ns. */
+static int64_t unix_ns_of(int64_t mono_ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    struct timespec mono;
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    return kw_now_unix_ns() -
+           ((int64_t)mono.tv_sec * 1000000000 + mono.tv_nsec - mono_ms * 1000000);
 }
 
-static void attr_str(struct kw_buf *b, bool *first, const char *k, const char *v)
+static void span_start(struct kw_span *s, const struct dp_request *r, const char *id,
+                       const char *parent, enum kw_span_kind kind)
 {
-    if (v == NULL || v[0] == '\0')
-        return;
-    kw_buf_puts(b, *first ? "{\"key\":\"" : ",{\"key\":\"");
-    kw_buf_puts(b, k);
-    kw_buf_puts(b, "\",\"value\":{\"stringValue\":");
-    kw_json_write_string(b, v, strlen(v));
-    kw_buf_puts(b, "}}");
-    *first = false;
-}
-
-static void attr_int(struct kw_buf *b, bool *first, const char *k, int64_t v)
-{
-    kw_buf_printf(b, "%s{\"key\":\"%s\",\"value\":{\"intValue\":\"%lld\"}}", *first ? "" : ",", k,
-                  (long long)v);
-    *first = false;
-}
-
-/* kind 2 SERVER, 3 CLIENT; status code 2 ERROR */
-static void span_head(struct kw_buf *b, const struct dp_request *r, const char *span,
-                      const char *parent, int kind, int64_t start, int64_t end)
-{
-    kw_buf_printf(b, "{\"traceId\":\"%s\",\"spanId\":\"%s\"", r->trace.trace_id, span);
-    if (parent != NULL && parent[0] != '\0')
-        kw_buf_printf(b, ",\"parentSpanId\":\"%s\"", parent);
-    kw_buf_puts(b, ",\"name\":");
     char name[320];
     snprintf(name, sizeof(name), "%s %s", dp_genai_operation(r), r->model != NULL ? r->model : "");
-    kw_json_write_string(b, name, strlen(name));
-    kw_buf_printf(b,
-                  ",\"kind\":%d,\"startTimeUnixNano\":\"%lld\",\"endTimeUnixNano\":\"%lld\","
-                  "\"attributes\":[",
-                  kind, (long long)start, (long long)end);
+    kw_span_init(s, r->trace.trace_id, id, parent, name, kind);
 }
 
-static void common_attrs(struct kw_buf *b, bool *first, const struct dp_request *r)
+static void param(struct kw_span *s, const struct dp_request *r, const char *field, const char *key)
 {
-    attr_str(b, first, "gen_ai.operation.name", dp_genai_operation(r));
+    const struct kw_node *n = kw_node_get(r->json, field);
+    if (n == NULL)
+        return;
+    if (n->type == KW_NODE_INT)
+        kw_span_int(s, key, n->i);
+    else if (n->type == KW_NODE_FLOAT && n->str != NULL)
+        kw_span_double(s, key, strtod(n->str, NULL));
+}
+
+static void common_attrs(struct kw_span *s, const struct dp_request *r)
+{
+    kw_span_str(s, "gen_ai.operation.name", dp_genai_operation(r));
     if (r->backend != NULL)
-        attr_str(b, first, "gen_ai.provider.name", dp_genai_provider(r->backend->provider));
-    attr_str(b, first, "gen_ai.request.model", r->model);
-    attr_str(b, first, "gen_ai.response.model", r->upstream_model);
+        kw_span_str(s, "gen_ai.provider.name", dp_genai_provider(r->backend->provider));
+    kw_span_str(s, "gen_ai.request.model", r->model);
+    kw_span_str(s, "gen_ai.response.model", r->upstream_model);
     if (r->route != NULL)
-        attr_str(b, first, "knoway.route", r->route->meta.name);
+        kw_span_str(s, "knoway.route", r->route->meta.name);
     if (r->backend != NULL)
-        attr_str(b, first, "knoway.backend", r->backend->meta.name);
-    const struct kw_node *mt = kw_node_get(r->json, "max_tokens");
-    if (mt != NULL && mt->type == KW_NODE_INT)
-        attr_int(b, first, "gen_ai.request.max_tokens", mt->i);
-}
-
-static void submit(struct conf *c, const struct kw_buf *b)
-{
-    if (b->data != NULL)
-        dp_otlp_submit(c->otlp, b->data, b->len); /* a full queue drops and counts it */
+        kw_span_str(s, "knoway.backend", r->backend->meta.name);
+    param(s, r, "max_tokens", "gen_ai.request.max_tokens");
+    param(s, r, "max_completion_tokens", "gen_ai.request.max_tokens");
+    param(s, r, "temperature", "gen_ai.request.temperature");
+    param(s, r, "top_p", "gen_ai.request.top_p");
+    param(s, r, "frequency_penalty", "gen_ai.request.frequency_penalty");
+    param(s, r, "presence_penalty", "gen_ai.request.presence_penalty");
+    param(s, r, "seed", "gen_ai.request.seed");
 }
 
 static void on_attempt_start(struct dp_request *r, void *ctx)
 {
     (void)ctx;
-    r->trace.attempt_start_ns = now_ns();
+    r->trace.attempt_start_ns = kw_now_unix_ns();
 }
 
 /* A client span per upstream attempt. */
@@ -245,74 +234,178 @@ static void on_attempt(struct dp_request *r, void *ctx)
     struct conf *c = dp_filter_conf(r->w->server, &dp_filter_trace);
     if (c == NULL || c->otlp == NULL || !r->trace.sampled || r->trace.attempt_id[0] == '\0')
         return;
-    struct kw_buf b;
-    kw_buf_init(&b, 64 * 1024);
-    span_head(&b, r, r->trace.attempt_id, r->trace.span_id, 3, r->trace.attempt_start_ns, now_ns());
-    bool first = true;
-    common_attrs(&b, &first, r);
+    struct kw_span s;
+    span_start(&s, r, r->trace.attempt_id, r->trace.span_id, KW_SPAN_CLIENT);
+    s.start_ns = r->trace.attempt_start_ns;
+    s.end_ns = kw_now_unix_ns();
+    common_attrs(&s, r);
     if (r->up.status > 0)
-        attr_int(&b, &first, "http.response.status_code", r->up.status);
+        kw_span_int(&s, "http.response.status_code", r->up.status);
     bool failed = r->up.error != DP_UPERR_NONE || r->up.status >= 500 || r->up.status == 429;
     static const char *const kinds[] = {"", "connect", "timeout", "reset", "other"};
     if (r->up.error != DP_UPERR_NONE && (unsigned)r->up.error < 5)
-        attr_str(&b, &first, "error.type", kinds[r->up.error]);
+        kw_span_str(&s, "error.type", kinds[r->up.error]);
     else if (failed)
-        attr_str(&b, &first, "error.type", r->up.status == 429 ? "429" : "5xx");
-    kw_buf_puts(&b, "]");
-    if (failed)
-        kw_buf_puts(&b, ",\"status\":{\"code\":2}");
-    kw_buf_puts(&b, "}");
-    submit(c, &b);
-    kw_buf_cleanup(&b);
+        kw_span_str(&s, "error.type", r->up.status == 429 ? "429" : "5xx");
+    if (r->up.ttfb_ms >= 0)
+        kw_span_event(&s, "first_byte", unix_ns_of(r->up.start_ms + r->up.ttfb_ms));
+    s.error = failed;
+    kw_otlp_submit(c->otlp, &s); /* a full queue drops and counts it */
+    kw_span_cleanup(&s);
+}
+
+static void note_reason(struct ctx *x, const char *fr)
+{
+    for (unsigned i = 0; i < x->nreasons; i++)
+        if (strcmp(x->reasons[i], fr) == 0)
+            return;
+    if (x->nreasons < 4)
+        snprintf(x->reasons[x->nreasons++], sizeof(x->reasons[0]), "%s", fr);
+}
+
+static void capture(struct ctx *x, const char *text, size_t len)
+{
+    if (!x->out_init) {
+        kw_buf_init(&x->out, CAPTURE_MAX);
+        x->out_init = true;
+    }
+    kw_buf_append(&x->out, text, len); /* past the limit: the rest is left out */
+}
+
+/* The id, finish reasons and (captureContent) output of a response or chunk. */
+static void take_answer(struct dp_request *r, struct ctx *x, const struct kw_node *root,
+                        bool stream)
+{
+    const struct kw_node *id = kw_node_get(root, "id"), *choices = kw_node_get(root, "choices");
+    if (id != NULL && id->type == KW_NODE_STRING && x->resp_id[0] == '\0')
+        snprintf(x->resp_id, sizeof(x->resp_id), "%s", id->str);
+    if (choices == NULL || choices->type != KW_NODE_SEQ)
+        return;
+    struct conf *c = dp_filter_conf(r->w->server, &dp_filter_trace);
+    for (size_t i = 0; i < choices->n; i++) {
+        const struct kw_node *ch = choices->items[i];
+        const struct kw_node *fr = kw_node_get(ch, "finish_reason");
+        if (fr != NULL && fr->type == KW_NODE_STRING)
+            note_reason(x, fr->str);
+        if (c == NULL || !c->capture)
+            continue;
+        const struct kw_node *m = kw_node_get(ch, stream ? "delta" : "message");
+        const struct kw_node *t = kw_node_get(m, "content");
+        if (t == NULL)
+            t = kw_node_get(ch, "text"); /* /v1/completions */
+        if (t != NULL && t->type == KW_NODE_STRING)
+            capture(x, t->str, t->len);
+    }
+}
+
+static int on_chunk(struct dp_request *r, void *ctx, const struct kw_node *chunk)
+{
+    if (ctx != NULL)
+        take_answer(r, ctx, chunk, true);
+    return KW_OK;
+}
+
+static void on_body(struct dp_request *r, void *ctx, const char *body, size_t len)
+{
+    struct conf *c = dp_filter_conf(r->w->server, &dp_filter_trace);
+    if (ctx == NULL || c == NULL || c->otlp == NULL || !r->trace.sampled)
+        return;
+    struct kw_node *root;
+    char err[64];
+    kw_arena_reset(r->scratch);
+    if (kw_json_parse(r->scratch, body, len, &root, err, sizeof(err)) == KW_OK)
+        take_answer(r, ctx, root, false);
+}
+
+/* captureContent: what the client sent (messages, prompt or input) as JSON. */
+static void input_content(struct kw_span *s, const struct dp_request *r)
+{
+    static const char *const fields[] = {"messages", "prompt", "input"};
+    for (size_t i = 0; i < 3; i++) {
+        const struct kw_node *n = kw_node_get(r->json, fields[i]);
+        if (n == NULL)
+            continue;
+        struct kw_buf b;
+        kw_buf_init(&b, CAPTURE_MAX);
+        if (kw_json_write(n, &b) == KW_OK)
+            kw_span_strn(s, "gen_ai.input.messages", b.data, b.len);
+        kw_buf_cleanup(&b);
+        return;
+    }
 }
 
 /* The server span, when the request ends. */
 static void on_end(struct dp_request *r, void *ctx)
 {
-    (void)ctx;
+    struct ctx *x = ctx;
     struct conf *c = dp_filter_conf(r->w->server, &dp_filter_trace);
     if (c == NULL || c->otlp == NULL || !r->trace.sampled || r->trace.trace_id[0] == '\0')
-        return;
-    int64_t end = now_ns();
-    struct timespec mono;
-    clock_gettime(CLOCK_MONOTONIC, &mono);
+        goto out;
+    struct kw_span s;
+    span_start(&s, r, r->trace.span_id, r->trace.parent_id, KW_SPAN_SERVER);
+    s.end_ns = kw_now_unix_ns();
     /* start_ms is the monotonic clock in whole ms (rounded down): the span starts no later
      * than the request did */
-    int64_t start =
-        end - ((int64_t)mono.tv_sec * 1000000000 + mono.tv_nsec - r->start_ms * 1000000);
-    struct kw_buf b;
-    kw_buf_init(&b, 64 * 1024);
-    span_head(&b, r, r->trace.span_id, r->trace.parent_id, 2, start, end);
-    bool first = true;
-    common_attrs(&b, &first, r);
+    s.start_ns = unix_ns_of(r->start_ms);
+    common_attrs(&s, r);
     if (r->consumer != NULL) {
         char who[320];
         snprintf(who, sizeof(who), "%s/%s", r->consumer->meta.ns, r->consumer->meta.name);
-        attr_str(&b, &first, "knoway.consumer", who);
+        kw_span_str(&s, "knoway.consumer", who);
+    }
+    if (x != NULL) {
+        kw_span_str(&s, "gen_ai.response.id", x->resp_id);
+        const char *fr[4];
+        for (unsigned i = 0; i < x->nreasons; i++)
+            fr[i] = x->reasons[i];
+        if (x->nreasons > 0)
+            kw_span_strs(&s, "gen_ai.response.finish_reasons", fr, x->nreasons);
     }
     if (r->usage.have) {
-        attr_int(&b, &first, "gen_ai.usage.input_tokens", r->usage.prompt);
-        attr_int(&b, &first, "gen_ai.usage.output_tokens", r->usage.completion);
+        kw_span_int(&s, "gen_ai.usage.input_tokens", r->usage.prompt);
+        kw_span_int(&s, "gen_ai.usage.output_tokens", r->usage.completion);
+        if (r->usage.cached > 0)
+            kw_span_int(&s, "gen_ai.usage.cache_read.input_tokens", r->usage.cached);
     }
-    attr_int(&b, &first, "http.response.status_code", r->status);
-    attr_str(&b, &first, "http.route", r->path);
-    attr_int(&b, &first, "knoway.attempts", r->attempts);
-    kw_buf_puts(&b, "]");
-    if (r->status >= 500)
-        kw_buf_puts(&b, ",\"status\":{\"code\":2}");
-    kw_buf_puts(&b, "}");
-    submit(c, &b);
-    kw_buf_cleanup(&b);
+    if (r->method != NULL)
+        kw_span_str(&s, "http.request.method", r->method);
+    kw_span_int(&s, "http.response.status_code", r->status);
+    kw_span_str(&s, "http.route", r->path);
+    kw_span_int(&s, "knoway.attempts", r->attempts);
+    kw_span_str(&s, "knoway.request_id", r->id);
+    if (r->stream && r->up.ttfb_ms >= 0 && r->attempts > 0)
+        kw_span_event(&s, "gen_ai.first_token", unix_ns_of(r->up.start_ms + r->up.ttfb_ms));
+    if (c->capture) {
+        input_content(&s, r);
+        if (x != NULL && x->out_init && x->out.len > 0) {
+            struct kw_buf b; /* [{"role":"assistant","parts":[{"type":"text","content":...}]}] */
+            kw_buf_init(&b, CAPTURE_MAX * 2);
+            kw_buf_puts(&b, "[{\"role\":\"assistant\",\"parts\":[{\"type\":\"text\",\"content\":");
+            kw_json_write_string(&b, x->out.data, x->out.len);
+            kw_buf_puts(&b, "}]}]");
+            kw_span_strn(&s, "gen_ai.output.messages", b.data, b.len);
+            kw_buf_cleanup(&b);
+        }
+    }
+    s.error = r->status >= 500;
+    kw_otlp_submit(c->otlp, &s);
+    kw_span_cleanup(&s);
+out:
+    if (x != NULL && x->out_init)
+        kw_buf_cleanup(&x->out);
 }
 
 const struct dp_filter_ops dp_filter_trace = {
     .name = "trace",
     .phase = DP_PH_AUTH,
+    .ctx_size = sizeof(struct ctx),
     .init = init,
     .fini = fini,
     .on_request = on_request,
     .on_attempt_start = on_attempt_start,
     .on_attempt = on_attempt,
+    .on_chunk = on_chunk,
+    .on_body = on_body,
     .on_end = on_end,
 };
 
@@ -327,8 +420,8 @@ void dp_trace_metrics(struct dp_server *s, struct kw_buf *b)
     struct conf *c = dp_filter_conf(s, &dp_filter_trace);
     if (c == NULL || c->otlp == NULL)
         return;
-    struct dp_otlp_stats st;
-    dp_otlp_stats(c->otlp, &st);
+    struct kw_otlp_stats st;
+    kw_otlp_stats(c->otlp, &st);
     kw_buf_printf(b,
                   "# HELP knoway_trace_spans_total Spans by what became of them: exported, "
                   "dropped (the exporter's queue was full), failed (the collector refused or "

@@ -882,6 +882,9 @@ static int relay_body(struct dp_request *r)
         goto out;
     }
     struct kw_buf *src = translated.len > 0 ? &translated : &r->up_resp;
+    for (size_t i = 0; i < NF(r); i++)
+        if (F(r)[i]->on_body != NULL)
+            F(r)[i]->on_body(r, ctx_of(r, i), src->data != NULL ? src->data : "", src->len);
     if (r->front != NULL) {
         if (r->front->response(r, src->data != NULL ? src->data : "", src->len, &fronted) !=
             KW_OK) {

@@ -1828,9 +1828,9 @@ static void decode_jwt(struct kw_dec *d, const struct kw_node *auth, struct kw_d
 static void decode_telemetry(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
 {
     static const char *const fields[] = {"otlp", NULL};
-    static const char *const otlp_fields[] = {"endpoint",    "headers", "protocol",
-                                              "sampleRatio", "timeout", NULL};
-    static const char *const protocols[] = {"json", NULL};
+    static const char *const otlp_fields[] = {
+        "endpoint", "headers", "protocol", "sampleRatio", "timeout", "captureContent", NULL};
+    static const char *const protocols[] = {"json", "protobuf", NULL};
     size_t mark, om; /* defaults: kw_dataplane_defaults */
     const struct kw_node *m = get_map(d, spec, "telemetry", false, &mark);
     const struct kw_node *o = m != NULL ? get_map(d, m, "otlp", false, &om) : NULL;
@@ -1841,8 +1841,9 @@ static void decode_telemetry(struct kw_dec *d, const struct kw_node *spec, struc
         dp->telemetry.endpoint = get_url(d, o, "endpoint", true);
         dp->telemetry.headers = decode_headers(d, o, "headers", &dp->telemetry.nheaders, true);
         int v;
-        if (kw_node_get(o, "protocol") != NULL)
-            get_enum(d, o, "protocol", protocols, 1, &v); /* protobuf: not built (JSON only) */
+        if (kw_node_get(o, "protocol") != NULL && get_enum(d, o, "protocol", protocols, 2, &v))
+            dp->telemetry.protobuf = v == 1;
+        get_bool(d, o, "captureContent", &dp->telemetry.capture_content);
         const struct kw_node *r = kw_node_get(o, "sampleRatio");
         if (r != NULL) {
             size_t rm = push(d, "sampleRatio");

@@ -1,16 +1,17 @@
 """W3C trace context: a client's traceparent is joined (or a new trace started), the access
 log carries trace_id and span_id, the upstream gets traceparent and tracestate."""
-import http.server
+import http.client
 import json
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Dataplane, Mock, backend, free_port, post, route  # noqa: E402
+from harness import Dataplane, Mock, backend, post, route, sse_data  # noqa: E402
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -77,46 +78,68 @@ class Trace(unittest.TestCase):
 
 
 
+CLIENTS = os.path.join(os.path.dirname(__file__), "clients")
+
+
 class Collector:
-    """An OTLP/HTTP receiver (JSON): the spans it was sent."""
+    """The OTLP/HTTP receiver built on OpenTelemetry JS's protobuf definitions
+    (clients/otlp_receiver.mjs): what it decoded, in OTLP JSON's shape."""
 
     def __init__(self):
-        self.spans = []
-        spans = self.spans
-
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                assert self.path == "/v1/traces"
-                for rs in body["resourceSpans"]:
-                    for ss in rs["scopeSpans"]:
-                        spans.extend(ss["spans"])
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), H)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.proc = subprocess.Popen(["node", os.path.join(CLIENTS, "otlp_receiver.mjs"), "0"],
+                                     stdout=subprocess.PIPE, cwd=CLIENTS, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("listening "), line
+        self.port = int(line.split()[1])
 
     def url(self):
-        return "http://127.0.0.1:%d" % self.server.server_address[1]
+        return "http://127.0.0.1:%d" % self.port
+
+    def _call(self, method, path, body=None):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        c.request(method, path, json.dumps(body) if body is not None else None)
+        r = c.getresponse()
+        data = json.loads(r.read())
+        c.close()
+        return data
+
+    @property
+    def spans(self):
+        return self._call("GET", "/spans")["spans"]
+
+    def exports(self):
+        return self._call("GET", "/spans")["requests"]
+
+    def fault(self, **kw):
+        self._call("POST", "/fault", kw)
 
     def trace(self, trace_id, n, timeout=5.0):
         deadline = time.time() + timeout
-        while time.time() < deadline:
+        while True:
             got = [s for s in self.spans if s["traceId"] == trace_id]
-            if len(got) >= n:
+            if len(got) >= n or time.time() > deadline:
                 return got
             time.sleep(0.05)
-        return [s for s in self.spans if s["traceId"] == trace_id]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
 
 
 def attrs(span):
-    return {a["key"]: list(a["value"].values())[0] for a in span["attributes"]}
+    def value(v):
+        (kind, x), = v.items()
+        return [value(i) for i in x["values"]] if kind == "arrayValue" else x
+    return {a["key"]: value(a["value"]) for a in span["attributes"]}
 
 
-class Export(unittest.TestCase):
+class ExportJson(unittest.TestCase):
+    """Spans over OTLP/HTTP JSON (the default), content left out (the default)."""
+    OTLP = ""
+    ENCODING = "json"
+
     @classmethod
     def setUpClass(cls):
         cls.collector = Collector()
@@ -125,14 +148,15 @@ class Export(unittest.TestCase):
                                                      headers={"x-mock-status": "503"})
                + route("demo", ["demo"], ["b"])
                + route("fallback", ["fallback"], [{"name": "bad"}, {"name": "b", "priority": 1}]))
-        spec = "  telemetry: {otlp: {endpoint: \"%s\", sampleRatio: 0}}\n" % cls.collector.url()
+        spec = "  telemetry: {otlp: {endpoint: \"%s\", sampleRatio: 0%s}}\n" % (
+            cls.collector.url(), cls.OTLP)
         cls.dp = Dataplane(res, extra_spec=spec)
 
     @classmethod
     def tearDownClass(cls):
         assert cls.dp.stop() == 0
         cls.mock.stop()
-        cls.collector.server.shutdown()
+        cls.collector.stop()
 
     def test_server_and_client_spans(self):
         self.mock.clear()
@@ -176,6 +200,8 @@ class Export(unittest.TestCase):
 
     def test_sampling(self):
         # sampleRatio 0: new traces are not exported; a client's decision is kept
+        time.sleep(1.2)  # what earlier tests sent has gone out (every second)
+        before = len(self.collector.spans)
         unsampled = "6" * 31 + "1"
         post(self.dp.port, "/v1/chat/completions", CHAT,
              {"traceparent": "00-%s-%s-00" % (unsampled, PARENT)})
@@ -183,11 +209,110 @@ class Export(unittest.TestCase):
         self.assertEqual(r[0], 200)
         time.sleep(1.5)  # the exporter sends every second
         self.assertEqual(self.collector.trace(unsampled, 1, timeout=0.1), [])
-        mine = {s["traceId"] for s in self.collector.spans}
-        self.assertTrue(mine <= {TRACE, "5" * 31 + "1"}, "only the sampled traces were exported")
+        self.assertEqual(len(self.collector.spans), before, "only sampled traces are exported")
+        self.assertEqual({s["encoding"] for s in self.collector.spans}, {self.ENCODING})
         m = self.dp.metrics()
         self.assertEqual(m['knoway_trace_spans_total{result="exported"}'], len(self.collector.spans))
         self.assertEqual(m['knoway_trace_spans_total{result="failed"}'], 0)
+
+    def test_a_stream_span(self):
+        trace = "7" * 31 + "1"
+        r = post(self.dp.port, "/v1/chat/completions", dict(CHAT, stream=True, temperature=0.5),
+                 {"traceparent": "00-%s-%s-01" % (trace, PARENT)})
+        self.assertEqual(r[0], 200)
+        chunks = [json.loads(d) for d in sse_data(r[2]) if d != "[DONE]"]
+        server = [s for s in self.collector.trace(trace, 2) if s["kind"] == 2]
+        self.assertEqual(len(server), 1)
+        a = attrs(server[0])
+        self.assertEqual(a["gen_ai.response.id"], chunks[0]["id"])
+        self.assertEqual(a["gen_ai.response.finish_reasons"], ["stop"])
+        self.assertEqual(a["gen_ai.request.temperature"], 0.5)
+        self.assertEqual(a["gen_ai.usage.output_tokens"], "8")
+        events = server[0]["events"]
+        self.assertEqual([e["name"] for e in events], ["gen_ai.first_token"])
+        first = int(events[0]["timeUnixNano"])
+        self.assertLessEqual(int(server[0]["startTimeUnixNano"]), first)
+        self.assertLessEqual(first, int(server[0]["endTimeUnixNano"]))
+        self.check_content(a, "hi", "".join(c["choices"][0]["delta"].get("content") or ""
+                                            for c in chunks if c["choices"]))
+
+    def test_a_response_id_and_reasons(self):
+        trace = "8" * 31 + "1"
+        r = post(self.dp.port, "/v1/chat/completions", CHAT,
+                 {"traceparent": "00-%s-%s-01" % (trace, PARENT)})
+        body = json.loads(r[2])
+        server = [s for s in self.collector.trace(trace, 2) if s["kind"] == 2]
+        a = attrs(server[0])
+        self.assertEqual(a["gen_ai.response.id"], body["id"])
+        self.assertEqual(a["gen_ai.response.finish_reasons"], [body["choices"][0]["finish_reason"]])
+        self.assertEqual(server[0]["events"], [])  # not a stream: no first-token event
+        self.assertEqual(server[0]["resource"]["attributes"][0]["value"]["stringValue"],
+                         "knoway-dataplane")
+        self.check_content(a, "hi", body["choices"][0]["message"]["content"])
+
+    def check_content(self, a, prompt, answer):
+        self.assertNotIn("gen_ai.input.messages", a, "content is off by default")
+        self.assertNotIn("gen_ai.output.messages", a)
+
+
+class ExportProtobuf(ExportJson):
+    """The same over OTLP/HTTP protobuf, with captureContent: true."""
+    OTLP = ", protocol: protobuf, captureContent: true"
+    ENCODING = "protobuf"
+
+    def check_content(self, a, prompt, answer):
+        self.assertTrue(answer)
+        self.assertEqual(json.loads(a["gen_ai.input.messages"]), CHAT["messages"])
+        out = json.loads(a["gen_ai.output.messages"])
+        self.assertEqual(out, [{"role": "assistant", "parts": [{"type": "text", "content": answer}]}])
+
+
+WRK_POST = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"demo","messages":[{"role":"user","content":"hi"}]}'
+"""
+
+
+class SlowCollector(unittest.TestCase):
+    """A collector that answers late or not at all costs counters, never requests."""
+
+    def test_requests_unaffected_drops_counted(self):
+        collector = Collector()
+        mock = Mock()
+        collector.fault(delayMs=3000)
+        spec = "  telemetry: {otlp: {endpoint: \"%s\", timeout: 500ms}}\n" % collector.url()
+        dp = Dataplane(backend("b", mock.url()) + route("demo", ["demo"], ["b"]), extra_spec=spec)
+        try:
+            script = os.path.join(dp.dir, "post.lua")
+            with open(script, "w") as f:
+                f.write(WRK_POST)
+            # until the queue (8,192 spans) overflows: a few seconds at the sanitizers' pace
+            total = 0
+            for _ in range(6):
+                out = subprocess.run(["wrk", "-t2", "-c32", "-d3s", "-s", script,
+                                      "http://127.0.0.1:%d/v1/chat/completions" % dp.port],
+                                     capture_output=True, text=True, timeout=60).stdout
+                total += int(re.search(r"(\d+) requests in", out).group(1))
+                self.assertNotIn("Non-2xx", out, out)
+                self.assertNotIn("Socket errors", out, out)
+                m = dp.metrics()
+                if m['knoway_trace_spans_total{result="dropped"}'] > 0:
+                    break
+            dropped = m['knoway_trace_spans_total{result="dropped"}']
+            failed = m['knoway_trace_spans_total{result="failed"}']
+            # two spans a request: what neither the queue nor the failed batches took was
+            # dropped, and counted
+            self.assertGreater(dropped, 0)
+            self.assertGreater(failed, 0)
+            self.assertEqual(m['knoway_trace_spans_total{result="exported"}'], 0)
+            self.assertLessEqual(dropped + failed, 2 * total)
+            # the collector down altogether: the same
+            collector.stop()
+            self.assertEqual(post(dp.port, "/v1/chat/completions", CHAT)[0], 200)
+        finally:
+            self.assertEqual(dp.stop(), 0)
+            mock.stop()
+            collector.stop()
 
 
 if __name__ == "__main__":

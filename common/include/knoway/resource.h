@@ -350,8 +350,10 @@ struct kw_dataplane {
         const char *endpoint; /* spec.telemetry.otlp.endpoint (OTLP/HTTP), NULL: none */
         struct kw_header *headers;
         size_t nheaders;
-        double sample_ratio; /* new traces; default 1 */
-        int64_t timeout_ms;  /* default 5s */
+        double sample_ratio;  /* new traces; default 1 */
+        int64_t timeout_ms;   /* default 5s */
+        bool protobuf;        /* protocol: protobuf (default json) */
+        bool capture_content; /* message content on spans (default off) */
     } telemetry;
 };
 
