@@ -40,7 +40,9 @@ struct ctl_build {
     struct ctl_resource_state *states; /* sorted: kind, namespace, name */
     size_t nstates;
     size_t nerrors;
-    int64_t build_us; /* how long the build took */
+    int64_t build_us;               /* how long the build took */
+    int64_t end_ns;                 /* when it ended (Unix ns) */
+    char trace_id[33], span_id[17]; /* its span: the pushes of this version are children */
 };
 
 struct ctl_build *ctl_build_ref(struct ctl_build *b);

@@ -14,6 +14,8 @@
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/log.h"
+#include "knoway/metrics.h"
+#include "knoway/otlp.h"
 
 #define MAX_POLL_BODY   (64u * 1024)
 #define DEFAULT_WAIT_S  30
@@ -146,6 +148,14 @@ static void evict(struct ctl_discovery *d, int64_t now)
     d->nnodes = keep;
 }
 
+static struct ctl_node *node_find(struct ctl_discovery *d, const char *id)
+{
+    for (size_t i = 0; i < d->nnodes; i++)
+        if (strcmp(d->nodes[i].id, id) == 0)
+            return &d->nodes[i];
+    return NULL;
+}
+
 static struct ctl_node *node_get(struct ctl_discovery *d, const char *id)
 {
     for (size_t i = 0; i < d->nnodes; i++)
@@ -217,9 +227,43 @@ const char *ctl_poll_parse(struct kw_arena *a, const char *body, size_t len, str
     return NULL;
 }
 
+/* A push ended (the node acked or nacked it): its latency and span. */
+struct push_done {
+    bool done, nack;
+    struct ctl_node n; /* a copy: id, pushed, timings, trace */
+};
+
+static void push_finished(struct ctl_discovery *d, const struct push_done *pd)
+{
+    if (!pd->done)
+        return;
+    int64_t ms = ctl_now_ms() - pd->n.pushed_ms;
+    if (d->push_ack != NULL) {
+        const char *v[] = {pd->nack ? "nack" : "ack"};
+        kw_series_observe(kw_metric_series(d->push_ack, 1, v), (double)ms / 1000.0);
+    }
+    if (d->otlp == NULL || pd->n.trace_id[0] == '\0')
+        return;
+    char id[17];
+    kw_trace_random_hex(id, 8);
+    struct kw_span s;
+    kw_span_init(&s, pd->n.trace_id, id, pd->n.build_span, "snapshot push", KW_SPAN_SERVER);
+    s.start_ns = pd->n.pushed_ns;
+    s.end_ns = kw_now_unix_ns();
+    kw_span_str(&s, "knoway.node.id", pd->n.id);
+    kw_span_str(&s, "knoway.node.cluster", pd->n.cluster);
+    kw_span_str(&s, "knoway.snapshot.version", pd->n.pushed);
+    kw_span_str(&s, "knoway.push.result", pd->nack ? "nack" : "ack");
+    kw_span_str(&s, "client.address", pd->n.addr);
+    s.error = pd->nack;
+    kw_otlp_submit(d->otlp, &s);
+    kw_span_cleanup(&s);
+}
+
 /* Parse the poll and record what it says about its node. NULL, or an error message. */
 static const char *take_poll(struct ctl_discovery *d, struct ctl_waiter *w, bool *acked)
 {
+    struct push_done pd = {0};
     struct kw_arena *a = kw_arena_new(1u << 20);
     *acked = false;
     if (a == NULL)
@@ -264,8 +308,17 @@ static const char *take_poll(struct ctl_discovery *d, struct ctl_waiter *w, bool
             n->acked_ms = ctl_now_ms();
             *acked = true;
         }
+        if (n->pushed[0] != '\0' &&
+            (strcmp(version, n->pushed) == 0 || (error != NULL && strcmp(nonce, n->pushed) == 0))) {
+            pd.done = true;
+            pd.nack = strcmp(version, n->pushed) != 0;
+            pd.n = *n;
+            pd.n.error = NULL;
+            n->pushed[0] = '\0';
+        }
     }
     pthread_mutex_unlock(&d->mu);
+    push_finished(d, &pd);
     kw_arena_free(a);
     return n == NULL ? TOO_MANY_NODES : NULL;
 }
@@ -357,6 +410,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     struct ctl_build *b = d->cur;
     if (b != NULL && strcmp(b->snap->version, w->seen) != 0) {
         ctl_build_ref(b);
+        struct ctl_node *n = node_find(d, w->node);
+        if (n != NULL) {
+            snprintf(n->pushed, sizeof(n->pushed), "%s", b->snap->version);
+            n->pushed_ms = ctl_now_ms();
+            n->pushed_ns = kw_now_unix_ns();
+            memcpy(n->trace_id, b->trace_id, sizeof(n->trace_id));
+            memcpy(n->build_span, b->span_id, sizeof(n->build_span));
+        }
         pthread_mutex_unlock(&d->mu);
         atomic_fetch_add(&d->pushes, 1);
         return send_build(c, b);
@@ -547,19 +608,22 @@ bool ctl_discovery_publish(struct ctl_discovery *d, struct ctl_build *b)
     return changed;
 }
 
-void ctl_discovery_counts(struct ctl_discovery *d, const char *version, size_t *connected,
-                          size_t *acked)
+void ctl_discovery_counts(struct ctl_discovery *d, const char *version, struct ctl_node_counts *out)
 {
-    *connected = *acked = 0;
+    memset(out, 0, sizeof(*out));
     int64_t now = ctl_now_ms();
     pthread_mutex_lock(&d->mu);
     for (size_t i = 0; i < d->nnodes; i++) {
         const struct ctl_node *n = &d->nodes[i];
         if (!live(d, n, now))
             continue;
-        (*connected)++;
+        out->connected++;
         if (version != NULL && strcmp(n->acked, version) == 0)
-            (*acked)++;
+            out->acked++;
+        else if (n->nacked[0] != '\0')
+            out->nacked++;
+        else
+            out->stale++;
     }
     pthread_mutex_unlock(&d->mu);
 }

@@ -46,9 +46,16 @@ struct ctl_node {
     int64_t acked_ms;
     uint64_t polls;
     bool waiting;
+    /* the last snapshot sent and not yet acked or nacked (push-to-ack latency, spans) */
+    char pushed[80];
+    int64_t pushed_ms, pushed_ns;
+    char trace_id[33], build_span[17];
 };
 
 typedef void (*ctl_ack_fn)(void *ud);
+
+struct kw_metric;
+struct kw_otlp;
 
 struct ctl_waiter;
 
@@ -67,6 +74,8 @@ struct ctl_discovery {
     atomic_uint_fast64_t evicted;
     ctl_ack_fn on_ack; /* a node acked or nacked (status writer) */
     void *ud;
+    struct kw_metric *push_ack; /* histogram{result}: push to ack or nack (shard 1), or NULL */
+    struct kw_otlp *otlp;       /* a span per push, child of its build's span, or NULL */
     pthread_t ticker;
     atomic_bool stop;
     atomic_uint_fast64_t polls, pushes, nacks, unauthorized, published;
@@ -94,10 +103,14 @@ void ctl_discovery_nodes_free(struct ctl_node *nodes, size_t n);
 void ctl_discovery_nodes_json(struct ctl_discovery *d, struct kw_buf *out);
 
 /* Counts for status and metrics: connected nodes (seen within the grace period or
- * waiting) and how many of them applied version. Nodes past the grace period are evicted
- * (pod churn must never fill the table). */
-void ctl_discovery_counts(struct ctl_discovery *d, const char *version, size_t *connected,
-                          size_t *acked);
+ * waiting) by state: acked (they applied version), nacked (they rejected a snapshot and
+ * are not on version), stale (behind, not rejecting). Nodes past the grace period are
+ * evicted (pod churn must never fill the table). */
+struct ctl_node_counts {
+    size_t connected, acked, nacked, stale;
+};
+void ctl_discovery_counts(struct ctl_discovery *d, const char *version,
+                          struct ctl_node_counts *out);
 
 /* One poll's body, parsed (strings live in the arena). */
 struct ctl_poll {

@@ -19,6 +19,8 @@
 #include "informer.h"
 #include "knoway/kw.h"
 #include "knoway/log.h"
+#include "knoway/metrics.h"
+#include "knoway/otlp.h"
 #include "knoway/net.h"
 #include "knoway/proc.h"
 #include "kube.h"
@@ -49,7 +51,12 @@ struct ctl {
     pthread_mutex_t mu; /* guards the fields below */
     char version[80];
     size_t nbackends, nroutes, nstates, nerrors;
+    size_t valid[KW_KIND_LLMCONSUMER + 1][2]; /* resources by kind: [kind][accepted] */
     double build_seconds;
+    /* metrics with histograms: shard 0 the builder thread, 1 the discovery thread */
+    struct kw_metrics *reg;
+    struct kw_metric *build_hist;
+    struct kw_otlp *otlp; /* spans of builds and pushes (--otlp-endpoint), or NULL */
 };
 
 static void usage(FILE *out)
@@ -87,9 +94,31 @@ static void usage(FILE *out)
         "  --usage-interval SECONDS    how often status.usage is refreshed (default 30)\n"
         "  --node-grace SECONDS    forget a data plane that stopped polling this long ago\n"
         "                          (default 90)\n"
+        "  --otlp-endpoint URL     export spans of snapshot builds and pushes over OTLP/HTTP\n"
+        "                          (default: $OTEL_EXPORTER_OTLP_ENDPOINT)\n"
+        "  --otlp-protocol P       json (default) or protobuf\n"
         "  --version, --help\n"
         "\n"
         "Documentation: docs/controller.md\n");
+}
+
+/* A span for a build (the trace its pushes join). */
+static void build_span(struct ctl *c, const struct ctl_build *b, bool changed)
+{
+    if (c->otlp == NULL)
+        return;
+    struct kw_span s;
+    kw_span_init(&s, b->trace_id, b->span_id, NULL, "snapshot build", KW_SPAN_INTERNAL);
+    s.start_ns = b->end_ns - b->build_us * 1000;
+    s.end_ns = b->end_ns;
+    kw_span_str(&s, "knoway.snapshot.version", b->snap->version);
+    kw_span_int(&s, "knoway.snapshot.backends", (int64_t)b->snap->nbackends);
+    kw_span_int(&s, "knoway.snapshot.routes", (int64_t)b->snap->nroutes);
+    kw_span_int(&s, "knoway.build.resources", (int64_t)b->nstates);
+    kw_span_int(&s, "knoway.build.errors", (int64_t)b->nerrors);
+    kw_span_int(&s, "knoway.build.changed", changed ? 1 : 0);
+    kw_otlp_submit(c->otlp, &s);
+    kw_span_cleanup(&s);
 }
 
 static void on_build(void *ud, struct ctl_build *b)
@@ -98,9 +127,20 @@ static void on_build(void *ud, struct ctl_build *b)
     for (int i = 0; i < INF__COUNT; i++)
         if (!atomic_load(&c->inf[i].synced))
             return; /* a partial view would drop resources whose references are not loaded */
+    kw_trace_random_hex(b->trace_id, 16);
+    kw_trace_random_hex(b->span_id, 8);
+    b->end_ns = kw_now_unix_ns();
     bool changed = ctl_discovery_publish(&c->disc, b);
     ctl_status_build(&c->status, b);
+    if (c->build_hist != NULL)
+        kw_series_observe(kw_metric_series(c->build_hist, 0, NULL), (double)b->build_us / 1e6);
+    build_span(c, b, changed);
+    size_t valid[KW_KIND_LLMCONSUMER + 1][2] = {{0}};
+    for (size_t i = 0; i < b->nstates; i++)
+        if ((unsigned)b->states[i].kind <= KW_KIND_LLMCONSUMER)
+            valid[b->states[i].kind][b->states[i].accepted ? 1 : 0]++;
     pthread_mutex_lock(&c->mu);
+    memcpy(c->valid, valid, sizeof(valid));
     snprintf(c->version, sizeof(c->version), "%s", b->snap->version);
     c->nbackends = b->snap->nbackends;
     c->nroutes = b->snap->nroutes;
@@ -155,31 +195,37 @@ static void metrics(struct ctl *c, struct kw_buf *b)
                   "# TYPE knoway_controller_snapshot_resources gauge\n"
                   "knoway_controller_snapshot_resources{kind=\"LLMBackend\"} %zu\n"
                   "knoway_controller_snapshot_resources{kind=\"LLMRoute\"} %zu\n"
-                  "# HELP knoway_controller_resources Resources watched (LLMBackend + LLMRoute).\n"
-                  "# TYPE knoway_controller_resources gauge\n"
-                  "knoway_controller_resources %zu\n"
                   "# HELP knoway_controller_resource_errors Errors found in the last build.\n"
                   "# TYPE knoway_controller_resource_errors gauge\n"
                   "knoway_controller_resource_errors %zu\n"
                   "# HELP knoway_controller_snapshot_build_seconds Duration of the last build.\n"
                   "# TYPE knoway_controller_snapshot_build_seconds gauge\n"
                   "knoway_controller_snapshot_build_seconds %.6f\n",
-                  c->nbackends, c->nroutes, c->nstates, c->nerrors, c->build_seconds);
+                  c->nbackends, c->nroutes, c->nerrors, c->build_seconds);
+    kw_buf_puts(b, "# HELP knoway_controller_resources Resources in the last build, by kind and "
+                   "whether they were accepted.\n"
+                   "# TYPE knoway_controller_resources gauge\n");
+    static const enum kw_kind kinds[] = {KW_KIND_LLMBACKEND, KW_KIND_LLMCONSUMER, KW_KIND_LLMROUTE};
+    for (size_t k = 0; k < KW_ARRAY_LEN(kinds); k++)
+        for (int v = 0; v < 2; v++)
+            kw_buf_printf(b, "knoway_controller_resources{kind=\"%s\",valid=\"%s\"} %zu\n",
+                          kw_kind_name(kinds[k]), v ? "true" : "false", c->valid[kinds[k]][v]);
     char version[80];
     snprintf(version, sizeof(version), "%s", c->version);
     pthread_mutex_unlock(&c->mu);
-    size_t connected, acked;
-    ctl_discovery_counts(&c->disc, version, &connected, &acked);
+    struct ctl_node_counts nc;
+    ctl_discovery_counts(&c->disc, version, &nc);
     kw_buf_printf(
         b,
         "# HELP knoway_controller_snapshot_builds_total Snapshot builds.\n"
         "# TYPE knoway_controller_snapshot_builds_total counter\n"
         "knoway_controller_snapshot_builds_total %llu\n"
-        "# HELP knoway_controller_discovery_nodes Data planes connected, and of them on the "
-        "current version.\n"
+        "# HELP knoway_controller_discovery_nodes Data planes connected, by state: acked (on "
+        "the current version), nacked (rejected a snapshot), stale (behind).\n"
         "# TYPE knoway_controller_discovery_nodes gauge\n"
-        "knoway_controller_discovery_nodes{state=\"connected\"} %zu\n"
-        "knoway_controller_discovery_nodes{state=\"current\"} %zu\n"
+        "knoway_controller_discovery_nodes{state=\"acked\"} %zu\n"
+        "knoway_controller_discovery_nodes{state=\"nacked\"} %zu\n"
+        "knoway_controller_discovery_nodes{state=\"stale\"} %zu\n"
         "# HELP knoway_controller_discovery_polls_total Discovery polls received.\n"
         "# TYPE knoway_controller_discovery_polls_total counter\n"
         "knoway_controller_discovery_polls_total %llu\n"
@@ -211,7 +257,7 @@ static void metrics(struct ctl *c, struct kw_buf *b)
         "knoway_controller_usage_writes_total{result=\"written\"} %llu\n"
         "knoway_controller_usage_writes_total{result=\"unchanged\"} %llu\n"
         "knoway_controller_usage_writes_total{result=\"failed\"} %llu\n",
-        (unsigned long long)atomic_load(&c->builder.builds), connected, acked,
+        (unsigned long long)atomic_load(&c->builder.builds), nc.acked, nc.nacked, nc.stale,
         (unsigned long long)atomic_load(&c->disc.polls),
         (unsigned long long)atomic_load(&c->disc.pushes),
         (unsigned long long)atomic_load(&c->disc.nacks),
@@ -241,6 +287,30 @@ static void metrics(struct ctl *c, struct kw_buf *b)
                           inf->kind, (unsigned long long)atomic_load(v[m]));
         }
     }
+    kw_buf_puts(b, "# HELP knoway_controller_informer_relists_total LIST calls after the first "
+                   "(a watch that ended with 410 Gone or failed).\n"
+                   "# TYPE knoway_controller_informer_relists_total counter\n");
+    for (int i = 0; i < INF__COUNT; i++) {
+        uint64_t lists = atomic_load(&c->inf[i].lists);
+        kw_buf_printf(b, "knoway_controller_informer_relists_total{kind=\"%s\"} %llu\n",
+                      c->inf[i].kind, (unsigned long long)(lists > 0 ? lists - 1 : 0));
+    }
+    if (c->otlp != NULL) {
+        struct kw_otlp_stats st;
+        kw_otlp_stats(c->otlp, &st);
+        kw_buf_printf(b,
+                      "# HELP knoway_trace_spans_total Spans by what became of them: exported, "
+                      "dropped (the exporter's queue was full), failed (the collector refused "
+                      "or was unreachable).\n"
+                      "# TYPE knoway_trace_spans_total counter\n"
+                      "knoway_trace_spans_total{result=\"exported\"} %llu\n"
+                      "knoway_trace_spans_total{result=\"dropped\"} %llu\n"
+                      "knoway_trace_spans_total{result=\"failed\"} %llu\n",
+                      (unsigned long long)st.exported, (unsigned long long)st.dropped,
+                      (unsigned long long)st.failed);
+    }
+    if (c->reg != NULL)
+        kw_metrics_write(c->reg, b);
 }
 
 static bool debug_allowed(const struct ctl *c, const union MHD_ConnectionInfo *ci)
@@ -316,6 +386,8 @@ int main(int argc, char **argv)
         {"redis", required_argument, NULL, 'R'},
         {"redis-password-file", required_argument, NULL, 'P'},
         {"usage-interval", required_argument, NULL, 'U'},
+        {"otlp-endpoint", required_argument, NULL, 'O'},
+        {"otlp-protocol", required_argument, NULL, 'p'},
         {"version", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -329,6 +401,7 @@ int main(int argc, char **argv)
     bool leader_elect = false;
     const char *redis_url = NULL, *redis_pw_file = NULL;
     double usage_interval_s = 30;
+    struct kw_otlp_config otlp = {.protocol = KW_OTLP_JSON, .service = "knoway-controller"};
     int o;
     while ((o = getopt_long(argc, argv, "hv", opts, NULL)) != -1) {
         switch (o) {
@@ -388,6 +461,16 @@ int main(int argc, char **argv)
             break;
         case 'U':
             usage_interval_s = atof(optarg);
+            break;
+        case 'O':
+            otlp.endpoint = optarg;
+            break;
+        case 'p':
+            if (strcmp(optarg, "json") != 0 && strcmp(optarg, "protobuf") != 0) {
+                fprintf(stderr, "knoway-controller: --otlp-protocol is json or protobuf\n");
+                return 2;
+            }
+            otlp.protocol = strcmp(optarg, "protobuf") == 0 ? KW_OTLP_PROTOBUF : KW_OTLP_JSON;
             break;
         case 'v':
             printf("knoway-controller %s\n", kw_version());
@@ -528,6 +611,31 @@ int main(int argc, char **argv)
     c.status.consumers = &c.inf[INF_CONSUMERS].store;
     c.status.leader = &c.leader;
     c.disc.node_grace_ms = (int64_t)(node_grace_s * 1000);
+    static const double build_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                          0.1,   0.25,   0.5,   1,    2.5,   5};
+    static const double ack_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                        0.25,  0.5,    1,     2.5,  5,     10,   30};
+    static const char *const result_label[] = {"result", NULL};
+    c.reg = kw_metrics_new(2);
+    if (c.reg == NULL)
+        goto out;
+    c.build_hist = kw_metrics_add(
+        c.reg, KW_METRIC_HISTOGRAM, "knoway_controller_snapshot_build_duration_seconds",
+        "Snapshot build time.", NULL, 1, build_bounds, KW_ARRAY_LEN(build_bounds));
+    c.disc.push_ack = kw_metrics_add(
+        c.reg, KW_METRIC_HISTOGRAM, "knoway_controller_push_ack_duration_seconds",
+        "From sending a data plane a snapshot to its ack (it applied it) or nack (it rejected "
+        "it).",
+        result_label, 2, ack_bounds, KW_ARRAY_LEN(ack_bounds));
+    bool otlp_full;
+    kw_otlp_from_env(&otlp, &otlp_full);
+    if (otlp.endpoint != NULL) {
+        c.otlp = kw_otlp_start(&otlp, otlp_full);
+        if (c.otlp == NULL)
+            goto out;
+        c.disc.otlp = c.otlp;
+        kw_log(KW_LOG_INFO, "exporting spans over OTLP/HTTP", "endpoint", otlp.endpoint, NULL);
+    }
     c.disc.on_ack = ctl_status_kick;
     c.disc.ud = &c.status;
     atomic_store(&c.leader, !leader_elect);
@@ -653,6 +761,8 @@ out:
         ctl_builder_stop(&c.builder);
     ctl_discovery_stop(&c.disc); /* no more acks kick the status writer */
     ctl_status_stop(&c.status);
+    kw_otlp_stop(c.otlp); /* after the builder and discovery: it sends what they queued */
+    c.disc.otlp = NULL;
     ctl_discovery_cleanup(&c.disc);
     for (int i = 0; i < INF__COUNT; i++)
         if (c.inf[i].kind != NULL)
@@ -660,6 +770,7 @@ out:
     if (c.admin != NULL)
         MHD_stop_daemon(c.admin);
     ctl_kube_cleanup(&c.kube);
+    kw_metrics_free(c.reg);
     free(token);
     curl_global_cleanup();
     return exit_code;

@@ -92,6 +92,30 @@ static void metrics(struct dp_server *s, struct kw_buf *b)
     kw_metrics_write(s->metrics, b);
     dp_usage_metrics(s, b);
     dp_trace_metrics(s, b);
+    if (s->dp->discovery.url != NULL) {
+        const struct dp_discovery *d = &s->discovery;
+        kw_buf_printf(
+            b,
+            "# HELP knoway_discovery_connected Whether the last poll reached the controller.\n"
+            "# TYPE knoway_discovery_connected gauge\n"
+            "knoway_discovery_connected %d\n"
+            "# HELP knoway_discovery_polls_total Polls the controller answered.\n"
+            "# TYPE knoway_discovery_polls_total counter\n"
+            "knoway_discovery_polls_total %llu\n"
+            "# HELP knoway_discovery_failures_total Polls that failed (retried with backoff).\n"
+            "# TYPE knoway_discovery_failures_total counter\n"
+            "knoway_discovery_failures_total %llu\n"
+            "# HELP knoway_discovery_nacks_total Snapshots rejected (the running one kept).\n"
+            "# TYPE knoway_discovery_nacks_total counter\n"
+            "knoway_discovery_nacks_total %llu\n"
+            "# HELP knoway_discovery_cache_loads_total Starts served from the cache file.\n"
+            "# TYPE knoway_discovery_cache_loads_total counter\n"
+            "knoway_discovery_cache_loads_total %llu\n",
+            atomic_load(&d->connected) ? 1 : 0, (unsigned long long)atomic_load(&d->polls),
+            (unsigned long long)atomic_load(&d->failures),
+            (unsigned long long)atomic_load(&d->nacks),
+            (unsigned long long)atomic_load(&d->cache_loads));
+    }
     /* an info metric whose label changes with each snapshot: written here, not kept */
     struct dp_table *t = dp_server_table(s);
     if (t != NULL) {

@@ -320,6 +320,7 @@ static void *discovery_main(void *arg)
     bool tried_cache = false, was_down = false;
     while (h != NULL && !atomic_load(&d->stop)) {
         if (poll_once(d, h, &c, &req) == KW_OK) {
+            atomic_store(&d->connected, true);
             if (was_down)
                 kw_log(KW_LOG_INFO, "discovery: connected to the controller", "url",
                        d->s->dp->discovery.url, NULL);
@@ -330,6 +331,7 @@ static void *discovery_main(void *arg)
         if (atomic_load(&d->stop))
             break;
         atomic_fetch_add(&d->failures, 1);
+        atomic_store(&d->connected, false);
         if (!was_down)
             kw_log(KW_LOG_WARN, "discovery: the controller is unreachable; retrying", "error",
                    d->last_error, NULL);

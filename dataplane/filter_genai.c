@@ -6,6 +6,7 @@
  *   gen_ai_server_time_to_first_token_seconds   histogram (streams)
  *   gen_ai_server_time_per_output_token_seconds histogram (streams, more than one token)
  *   gen_ai_client_inference_usage_{input,output,cache_read_input,reasoning_output}_tokens_total
+ *   knoway_cost_nano_usd_total                  counter: spend at LLMBackend pricing
  *
  * Labels gen_ai_operation_name, gen_ai_provider_name, gen_ai_request_model,
  * gen_ai_response_model, knoway_route, knoway_backend, knoway_consumer, error_type. Label
@@ -30,6 +31,7 @@ enum { L_OP, L_PROVIDER, L_REQ_MODEL, L_RESP_MODEL, L_ROUTE, L_BACKEND, L_CONSUM
 struct conf {
     struct kw_metric *tokens, *duration, *ttft, *tpot;
     struct kw_metric *usage[4];
+    struct kw_metric *cost;
 };
 
 static const double token_bounds[] = {1,     4,     16,     64,      256,     1024,     4096,
@@ -80,9 +82,14 @@ static int init(struct dp_server *s, void **out)
     for (int i = 0; i < 4; i++)
         c->usage[i] =
             kw_metrics_add(m, KW_METRIC_COUNTER, names[i], helps[i], labels, MAX_SERIES, NULL, 0);
+    c->cost = kw_metrics_add(m, KW_METRIC_COUNTER, "knoway_cost_nano_usd_total",
+                             "Spend in nano-USD (USD x 1e9) at the backend's pricing.", labels,
+                             MAX_SERIES, NULL, 0);
     for (int i = 0; i < 4; i++)
         if (c->usage[i] == NULL)
             return KW_ERROR;
+    if (c->cost == NULL)
+        return KW_ERROR;
     return c->tokens != NULL && c->duration != NULL && c->ttft != NULL && c->tpot != NULL
                ? KW_OK
                : KW_ERROR;
@@ -183,6 +190,10 @@ static void on_end(struct dp_request *r, void *ctx)
         kw_metric_add(c->usage[0], shard, v, r->usage.prompt);
         kw_metric_add(c->usage[1], shard, v, r->usage.completion);
         kw_metric_add(c->usage[2], shard, v, r->usage.cached);
+        int64_t nano =
+            dp_cost_nano(r->backend, r->usage.prompt, r->usage.cached, r->usage.completion);
+        if (nano > 0)
+            kw_metric_add(c->cost, shard, v, nano);
     }
     if (r->stream && r->up.ttfb_ms >= 0 && r->attempts > 0) {
         int64_t ttft = r->up.start_ms + r->up.ttfb_ms - r->start_ms;

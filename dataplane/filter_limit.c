@@ -900,15 +900,7 @@ static void settle(struct dp_request *r, struct ctx *x, int64_t in, int64_t out,
 
 static int64_t cost_of(const struct dp_request *r, const struct dp_usage *u)
 {
-    const struct kw_backend *b = r->backend;
-    if (b == NULL || !b->pricing.set)
-        return 0;
-    int64_t cached = u->cached > 0 && u->cached <= u->prompt ? u->cached : 0;
-    /* micro-USD per million tokens = nano-USD per thousand tokens */
-    return ((u->prompt - cached) * b->pricing.input_per_million +
-            cached * b->pricing.cached_input_per_million +
-            u->completion * b->pricing.output_per_million) /
-           1000;
+    return dp_cost_nano(r->backend, u->prompt, u->cached, u->completion);
 }
 
 static void on_usage(struct dp_request *r, void *p, const struct dp_usage *u)

@@ -251,16 +251,8 @@ static void build(struct dp_request *r, struct ctx *x, struct conf *c, unsigned 
     field_int(b, "output_tokens", out);
     field_int(b, "cached_tokens", cached);
     field_str(b, "reasoning_tokens", NULL);
-    const struct kw_backend *be = r->backend;
-    int64_t nano = 0;
-    if (be != NULL && be->pricing.set) {
-        int64_t c0 = cached > 0 && cached <= in ? cached : 0;
-        nano = ((in - c0) * be->pricing.input_per_million +
-                c0 * be->pricing.cached_input_per_million + out * be->pricing.output_per_million) /
-               1000;
-    }
     char cost[48];
-    kw_usd_format(nano, cost, sizeof(cost));
+    kw_usd_format(dp_cost_nano(r->backend, in, cached, out), cost, sizeof(cost));
     field_str(b, "cost", cost);
     field_int(b, "duration_ms", dur);
     if (r->up.ttfb_ms >= 0 && r->attempts > 0)

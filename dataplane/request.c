@@ -72,6 +72,17 @@ static bool admit(struct dp_request *r, uint64_t more)
     return used < 0 || (uint64_t)used + more <= s->dp->limits.max_memory_bytes;
 }
 
+int64_t dp_cost_nano(const struct kw_backend *b, int64_t in, int64_t cached, int64_t out)
+{
+    if (b == NULL || !b->pricing.set)
+        return 0;
+    int64_t c0 = cached > 0 && cached <= in ? cached : 0;
+    /* micro-USD per million tokens = nano-USD per thousand tokens */
+    return ((in - c0) * b->pricing.input_per_million + c0 * b->pricing.cached_input_per_million +
+            out * b->pricing.output_per_million) /
+           1000;
+}
+
 void dp_request_usage(struct dp_request *r, const struct kw_node *usage)
 {
     if (usage == NULL || usage->type != KW_NODE_MAP)

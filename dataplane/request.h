@@ -212,6 +212,9 @@ int dp_error_set(struct dp_request *r, unsigned status, const char *type, const 
  * KW_OK or KW_ERROR (full, memory). */
 int dp_request_add_header(struct dp_request *r, const char *name, const char *value);
 
+/* What tokens cost at b's pricing, in nano-USD (0 without pricing). cached: of in. */
+int64_t dp_cost_nano(const struct kw_backend *b, int64_t in, int64_t cached, int64_t out);
+
 /* Record usage from an OpenAI-shaped "usage" object. */
 void dp_request_usage(struct dp_request *r, const struct kw_node *usage);
 

@@ -28,6 +28,7 @@ struct dp_discovery {
     char error[1024]; /* why the last received one was rejected, or "" */
     char last_error[1024];
     atomic_uint_fast64_t polls, nacks, failures, cache_loads;
+    atomic_bool connected; /* the last poll reached the controller */
     atomic_bool stop;
     pthread_t thread;
     bool running;

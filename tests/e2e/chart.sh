@@ -70,6 +70,43 @@ util=$(k -n "$ns" get horizontalpodautoscalers.v2beta2.autoscaling knoway-datapl
 ! k -n "$ns" get hpa knoway-dataplane >/dev/null 2>&1 || fail "HPA not removed"
 echo "ok   upgrade keeps the token and the certificate"
 
+# monitoring: the Prometheus Operator's CRDs (their names and groups; no schema here: the
+# operator is not part of this cluster), a ServiceMonitor, a PodMonitor and the dashboard
+for kind in ServiceMonitor PodMonitor; do
+    plural=$(echo "$kind" | tr '[:upper:]' '[:lower:]')s
+    cat <<CRD | k apply -f - >/dev/null || fail "monitoring CRD $kind"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: $plural.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: $kind, plural: $plural, listKind: ${kind}List, singular: $(echo "$kind" | tr '[:upper:]' '[:lower:]')}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+CRD
+done
+k wait --for condition=established --timeout=30s crd/servicemonitors.monitoring.coreos.com crd/podmonitors.monitoring.coreos.com >/dev/null
+"$helm" upgrade $ssa knoway charts/knoway -n "$ns" --set dataplane.replicas=3 \
+    --set metrics.serviceMonitor.enabled=true --set metrics.podMonitor.enabled=true \
+    --set metrics.dashboard.enabled=true --set telemetry.otlp.endpoint=http://otel-collector:4318 \
+    -f <(echo "telemetry: {otlp: {sampleRatio: 0.1}}") >/dev/null || fail "helm upgrade with monitoring"
+[ "$(k -n "$ns" get servicemonitor knoway -o jsonpath='{.spec.endpoints[0].port}')" = admin ] || fail "ServiceMonitor"
+[ "$(k -n "$ns" get podmonitor knoway -o jsonpath='{.spec.podMetricsEndpoints[0].port}')" = admin ] || fail "PodMonitor"
+[ "$(k -n "$ns" get svc knoway-dataplane-metrics -o jsonpath='{.spec.ports[0].name}')" = admin ] || fail "metrics Service"
+[ "$(k -n "$ns" get configmap knoway-dashboard -o jsonpath='{.metadata.labels.grafana_dashboard}')" = 1 ] || fail "dashboard label"
+k -n "$ns" get configmap knoway-dashboard -o jsonpath='{.data.knoway\.json}' |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["uid"] == "knoway-overview" and len(d["panels"]) > 10' ||
+    fail "dashboard JSON"
+k -n "$ns" get configmap knoway-dataplane -o jsonpath='{.data.knoway\.yaml}' |
+    grep -q 'endpoint: "http://otel-collector:4318"' || fail "data planes export spans"
+k -n "$ns" get deploy knoway-controller -o jsonpath='{.spec.template.spec.containers[0].args}' |
+    grep -q -- '--otlp-endpoint=http://otel-collector:4318' || fail "the controller exports spans"
+echo "ok   ServiceMonitor, PodMonitor, the Grafana dashboard, OTLP settings"
+
 python3 -c '
 import sys
 docs = open("examples/openai.yaml").read().split("\n---\n")

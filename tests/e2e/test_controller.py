@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
@@ -435,7 +436,7 @@ class ControlPlane(unittest.TestCase):
         # restarted on the same port: same inputs, same version, nothing pushed again
         cls.ctl = ControllerOnPorts("a", self.token, cls.ctl.port, cls.ctl.admin)
         m = wait_for(lambda: (lambda m: m if m[
-            'knoway_controller_discovery_nodes{state="current"}'] == 2 else None)(
+            'knoway_controller_discovery_nodes{state="acked"}'] == 2 else None)(
             cls.ctl.metrics()), 40, "both data planes back on the restarted controller")
         self.assertEqual(m['knoway_snapshot_version_info{version="%s"}' % version], 1)
         self.assertEqual(m["knoway_controller_discovery_pushes_total"], 0)
@@ -453,7 +454,7 @@ class ControlPlane(unittest.TestCase):
         self.assertEqual(chat(self.dps[1].port, "gpt-e2e")[0], 200)
         self.assertIn("cache file", self.dps[1].logs())
         cls.ctl = ControllerOnPorts("a", self.token, cls.ctl.port, cls.ctl.admin)
-        wait_for(lambda: self.ctl.metrics()['knoway_controller_discovery_nodes{state="current"}'] == 2,
+        wait_for(lambda: self.ctl.metrics()['knoway_controller_discovery_nodes{state="acked"}'] == 2,
                  40, "reconnected")
 
     def test_09_watch_expiry_relists_and_converges(self):
@@ -779,6 +780,175 @@ class NodeChurn(unittest.TestCase):
             conn.close()
         finally:
             ctl.stop()
+
+
+class Prometheus:
+    """The distribution's prometheus, scraping the given admin ports every second."""
+
+    def __init__(self, targets):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="kw-prom-", dir=DIR)
+        cfg = os.path.join(self.dir, "prometheus.yml")
+        with open(cfg, "w") as f:
+            f.write("global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n")
+            for job, port in targets.items():
+                f.write("  - job_name: %s\n    static_configs: [{targets: ['127.0.0.1:%d']}]\n"
+                        % (job, port))
+        self.log = open(os.path.join(self.dir, "prometheus.log"), "w")
+        self.proc = subprocess.Popen(
+            ["prometheus", "--config.file", cfg, "--storage.tsdb.path", os.path.join(self.dir, "data"),
+             "--web.listen-address", "127.0.0.1:%d" % self.port], stdout=self.log,
+            stderr=subprocess.STDOUT)
+        wait_port(self.port, 30)
+
+    def query(self, expr):
+        url = "http://127.0.0.1:%d/api/v1/query?%s" % (
+            self.port, urllib.parse.urlencode({"query": expr}))
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.loads(r.read())
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+def dashboard_queries():
+    """Every query of the chart's Grafana dashboard, as Prometheus gets it from Grafana with
+    the variables at "All"."""
+    with open(os.path.join(SRC, "charts", "knoway", "dashboards", "knoway.json")) as f:
+        dash = json.load(f)
+    out = []
+    for p in dash["panels"]:
+        for t in p.get("targets", []):
+            e = t["expr"].replace("$__rate_interval", "1m").replace("$model", ".*")
+            out.append((p["title"], e.replace("$consumer", ".*")))
+    return out
+
+
+class Observability(unittest.TestCase):
+    """A real Prometheus scrapes a controller and a data plane under traffic: the numbers
+    it holds match what the mock produced, and every query of the chart's dashboard returns
+    data. The controller and the data plane export spans to an OTLP receiver built on
+    OpenTelemetry JS's protobuf definitions. (KW_KEEP_PROMETHEUS=1 leaves Prometheus
+    running at the end, with its address printed: docs/observability.md.)"""
+
+    def test_prometheus_dashboard_and_spans(self):
+        ns = "obs"
+        kubectl("create", "namespace", ns, check=False)
+        token = os.path.join(DIR, "obs-token")
+        with open(token, "w") as f:
+            f.write("obs-discovery-token\n")
+        mock = Mock()
+        collector = harness.Collector()
+        apply("---\napiVersion: v1\nkind: Secret\nmetadata: {name: obs-keys, namespace: obs, "
+              "labels: {llm.knoway.dev/secret: \"true\"}}\nstringData: {a: sk-obs-a, b: sk-obs-b}\n"
+              "---\napiVersion: %s\nkind: LLMConsumer\nmetadata: {name: team-a, namespace: obs}\n"
+              "spec:\n  apiKeys: [{secretRef: {name: obs-keys, key: a}}]\n"
+              "---\napiVersion: %s\nkind: LLMConsumer\nmetadata: {name: team-b, namespace: obs}\n"
+              "spec:\n  apiKeys: [{secretRef: {name: obs-keys, key: b}}]\n"
+              "  limits: [{name: one, key: Consumer, requests: {limit: 1, window: 1h}}]\n"
+              "---\napiVersion: %s\nkind: LLMBackend\nmetadata: {name: priced, namespace: obs}\n"
+              "spec:\n  provider: vLLM\n  upstream: {baseURL: \"%s\"}\n"
+              "  pricing: {inputPerMillion: \"1\", outputPerMillion: \"2\"}\n"
+              "---\napiVersion: %s\nkind: LLMRoute\nmetadata: {name: obs-chat, namespace: obs}\n"
+              "spec:\n  match: {models: [obs-model]}\n  backendRefs: [{name: priced}]\n"
+              % (API, API, API, mock.url(), API))
+        ctl = Controller("obs", token, leader_elect=False,
+                         extra=("--namespace", ns, "--otlp-endpoint", collector.url(),
+                                "--otlp-protocol", "protobuf"))
+        spec = ("  discovery: {url: \"http://127.0.0.1:%d\", tokenFile: %s, nodeId: obs-dp}\n"
+                "  telemetry: {otlp: {endpoint: \"%s\"}}\n" % (ctl.port, token, collector.url()))
+        dp = Dataplane("", workers=1, extra_spec=spec)
+        prom = None
+        try:
+            key = {"Authorization": "Bearer sk-obs-a"}
+            body = {"model": "obs-model", "messages": [{"role": "user", "content": "hi there"}]}
+            first = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(
+                post(dp.port, "/v1/chat/completions", body, key)), 10, "the route served")
+            prom = Prometheus({"knoway-dataplane": dp.admin, "knoway-controller": ctl.admin})
+            wait_for(lambda: len(prom.query("up == 1")) == 2, 20, "both targets scraped")
+            usage = json.loads(first[2])["usage"]
+            want = {"input": usage["prompt_tokens"], "output": usage["completion_tokens"]}
+            for i in range(30):
+                stream = i % 3 != 0
+                r = post(dp.port, "/v1/chat/completions",
+                         dict(body, stream=True, stream_options={"include_usage": True})
+                         if stream else body, key)
+                self.assertEqual(r[0], 200)
+                if stream:
+                    usage = [json.loads(d) for d in harness.sse_data(r[2]) if d != "[DONE]"][-1]["usage"]
+                else:
+                    usage = json.loads(r[2])["usage"]
+                want["input"] += usage["prompt_tokens"]
+                want["output"] += usage["completion_tokens"]
+                time.sleep(0.1)  # over a few scrapes: rates see it grow
+            b = {"Authorization": "Bearer sk-obs-b"}
+            self.assertEqual(post(dp.port, "/v1/chat/completions", body, b)[0], 200)
+            self.assertEqual(post(dp.port, "/v1/chat/completions", body, b)[0], 429)
+            for port in (dp.admin, ctl.admin):  # the exposition format, under load
+                text = request("GET", port, "/metrics")[2]
+                p = subprocess.run(["promtool", "check", "metrics"], input=text,
+                                   capture_output=True)
+                self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            # Prometheus has scraped the last of it
+            wait_for(lambda: prom.query('sum(knoway_requests_total{code="200"})') and
+                     float(prom.query('sum(knoway_requests_total{code="200"})')[0]["value"][1]) == 32,
+                     20, "the scrape after the traffic")
+            time.sleep(1.5)  # and one more
+            rate = float(prom.query("sum(rate(knoway_requests_total[1m]))")[0]["value"][1])
+            self.assertGreater(rate, 0)
+            ttft = prom.query("histogram_quantile(0.5, sum by (le, gen_ai_request_model) "
+                              "(rate(gen_ai_server_time_to_first_token_seconds_bucket[1m])))")
+            self.assertEqual([s["metric"]["gen_ai_request_model"] for s in ttft], ["obs-model"])
+            self.assertGreater(float(ttft[0]["value"][1]), 0)
+            tokens = {s["metric"]["gen_ai_token_type"]: float(s["value"][1]) for s in prom.query(
+                'sum by (gen_ai_token_type) (gen_ai_client_token_usage_sum{knoway_consumer="obs/team-a"})')}
+            self.assertEqual(tokens, {"input": want["input"], "output": want["output"]})
+            spend = float(prom.query('sum(knoway_cost_nano_usd_total{knoway_consumer="obs/team-a"})')[0]["value"][1])
+            self.assertEqual(spend, want["input"] * 1000 + want["output"] * 2000)  # nano-USD
+            nodes = {s["metric"]["state"]: float(s["value"][1])
+                     for s in prom.query("knoway_controller_discovery_nodes")}
+            self.assertEqual(nodes, {"acked": 1, "nacked": 0, "stale": 0})
+            acks = prom.query('knoway_controller_push_ack_duration_seconds_count{result="ack"}')
+            self.assertGreaterEqual(float(acks[0]["value"][1]), 1)
+            empty = [(t, e) for t, e in dashboard_queries() if not prom.query(e)]
+            self.assertEqual(empty, [], "dashboard queries without data")
+            # spans: the build's trace holds the push to this data plane
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                spans = collector.spans
+                builds = [s for s in spans if s["name"] == "snapshot build"]
+                pushes = [s for s in spans if s["name"] == "snapshot push"]
+                if builds and pushes and any(s["name"].startswith("chat ") for s in spans):
+                    break
+                time.sleep(0.1)
+            by_id = {s["spanId"]: s for s in builds}
+            push = pushes[-1]
+            self.assertIn(push["parentSpanId"], by_id)
+            self.assertEqual(push["traceId"], by_id[push["parentSpanId"]]["traceId"])
+            a = {x["key"]: list(x["value"].values())[0] for x in push["attributes"]}
+            self.assertEqual(a["knoway.node.id"], "obs-dp")
+            self.assertEqual(a["knoway.push.result"], "ack")
+            self.assertEqual(push["resource"]["attributes"][0]["value"]["stringValue"],
+                             "knoway-controller")
+            self.assertEqual({s["encoding"] for s in builds + pushes}, {"protobuf"})
+            self.assertTrue(any(s["name"] == "chat obs-model" and s["encoding"] == "json"
+                                for s in spans))
+            if os.environ.get("KW_KEEP_PROMETHEUS"):
+                print("\n    Prometheus kept at http://127.0.0.1:%d (data in %s)"
+                      % (prom.port, prom.dir))
+                prom = None
+        finally:
+            if prom is not None:
+                prom.stop()
+            dp.stop()
+            ctl.stop()
+            mock.stop()
+            collector.stop()
+            kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 class ControllerOnPorts(Controller):

@@ -1,6 +1,5 @@
 """W3C trace context: a client's traceparent is joined (or a new trace started), the access
 log carries trace_id and span_id, the upstream gets traceparent and tracestate."""
-import http.client
 import json
 import os
 import re
@@ -11,7 +10,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Dataplane, Mock, backend, post, route, sse_data  # noqa: E402
+from harness import Collector, Dataplane, Mock, backend, post, route, sse_data  # noqa: E402
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -76,56 +75,6 @@ class Trace(unittest.TestCase):
             seen.add(log["trace_id"])
         self.assertEqual(len(seen), 6, "a new trace id each time")
 
-
-
-CLIENTS = os.path.join(os.path.dirname(__file__), "clients")
-
-
-class Collector:
-    """The OTLP/HTTP receiver built on OpenTelemetry JS's protobuf definitions
-    (clients/otlp_receiver.mjs): what it decoded, in OTLP JSON's shape."""
-
-    def __init__(self):
-        self.proc = subprocess.Popen(["node", os.path.join(CLIENTS, "otlp_receiver.mjs"), "0"],
-                                     stdout=subprocess.PIPE, cwd=CLIENTS, text=True)
-        line = self.proc.stdout.readline()
-        assert line.startswith("listening "), line
-        self.port = int(line.split()[1])
-
-    def url(self):
-        return "http://127.0.0.1:%d" % self.port
-
-    def _call(self, method, path, body=None):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        c.request(method, path, json.dumps(body) if body is not None else None)
-        r = c.getresponse()
-        data = json.loads(r.read())
-        c.close()
-        return data
-
-    @property
-    def spans(self):
-        return self._call("GET", "/spans")["spans"]
-
-    def exports(self):
-        return self._call("GET", "/spans")["requests"]
-
-    def fault(self, **kw):
-        self._call("POST", "/fault", kw)
-
-    def trace(self, trace_id, n, timeout=5.0):
-        deadline = time.time() + timeout
-        while True:
-            got = [s for s in self.spans if s["traceId"] == trace_id]
-            if len(got) >= n or time.time() > deadline:
-                return got
-            time.sleep(0.05)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
 
 
 def attrs(span):
