@@ -241,7 +241,7 @@ def main():
     ap.add_argument("--streams", type=int, default=10000)
     ap.add_argument("--relay-streams", type=int, default=200)
     ap.add_argument("--relay-chunks", type=int, default=500)
-    ap.add_argument("--phases", default="nonstream,held,relay,strategies,limits,usage")
+    ap.add_argument("--phases", default="nonstream,held,relay,strategies,limits,usage,telemetry")
     a = ap.parse_args()
     phases = a.phases.split(",")
     tmp = tempfile.mkdtemp(prefix="kwbench-")
@@ -266,6 +266,8 @@ def main():
         limits_phase(a, tmp, results)
     if "usage" in phases:
         usage_phase(a, tmp, results)
+    if "telemetry" in phases:
+        telemetry_phase(a, tmp, results)
     results["ratios"] = ratios(a, results)
     print(json.dumps(results, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)
@@ -519,6 +521,58 @@ def usage_phase(a, tmp, results):
         pg.cleanup()
 
 
+class Sink:
+    """An OTLP/HTTP endpoint that counts and discards (the collector's cost stays out)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        self.posts = 0
+        sink = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                sink.posts += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self):
+        return "http://127.0.0.1:%d" % self.server.server_address[1]
+
+
+def telemetry_phase(a, tmp, results):
+    """What tracing costs on top of the metrics (always on): no export, spans at
+    sampleRatio 1.0 and at 0.01 (OTLP/HTTP JSON to a sink that discards); interleaved
+    rounds, RPS and the data plane's CPU per request, medians of 5."""
+    mock = start_mock(a.build, ["--chunks", "8", "--no-log"])
+    sink = Sink()
+    configs = {
+        "metrics_only": "",
+        "trace_1.0": "  telemetry: {otlp: {endpoint: \"%s\", sampleRatio: 1}}\n" % sink.url(),
+        "trace_0.01": "  telemetry: {otlp: {endpoint: \"%s\", sampleRatio: 0.01}}\n" % sink.url(),
+    }
+    targets = {name: start_config(a.build, tmp, "telemetry-" + name, spec, upstream_port=mock.port)
+               for name, spec in configs.items()}
+    lua = os.path.join(tmp, "post.lua")
+    try:
+        for t in targets.values():
+            wrk(t.port, 8, 1, lua)
+        results["telemetry"] = interleaved(a, targets, lua)
+        results["telemetry"]["otlp_posts"] = sink.posts
+    finally:
+        for t in targets.values():
+            stop(t)
+        stop(mock)
+        sink.server.shutdown()
+
+
 def ratios(a, results):
     out = {}
     if "nonstream" in results:
@@ -551,6 +605,12 @@ def ratios(a, results):
         out["ledger_rps_over_plain"] = round(med["ledger_postgres"] / med["plain"], 3)
         out["ledger_cpu_per_request_over_plain"] = round(cpu["ledger_postgres"] / cpu["plain"], 3)
         out["ledger_added_p50_ms"] = round(lat["ledger_postgres"]["p50_ms"] - lat["plain"]["p50_ms"], 3)
+    if "telemetry" in results:
+        med = results["telemetry"]["rps_median_c%d" % a.conns]
+        cpu = results["telemetry"]["cpu_us_per_request_median"]
+        for k in ("trace_1.0", "trace_0.01"):
+            out["%s_rps_over_metrics_only" % k] = round(med[k] / med["metrics_only"], 3)
+            out["%s_cpu_per_request_over_metrics_only" % k] = round(cpu[k] / cpu["metrics_only"], 3)
     if "held_streams" in results:
         held = results["held_streams"]
         out["knoway_kib_per_stream"] = held["knoway"]["kib_per_stream"]
