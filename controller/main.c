@@ -295,20 +295,8 @@ static void metrics(struct ctl *c, struct kw_buf *b)
         kw_buf_printf(b, "knoway_controller_informer_relists_total{kind=\"%s\"} %llu\n",
                       c->inf[i].kind, (unsigned long long)(lists > 0 ? lists - 1 : 0));
     }
-    if (c->otlp != NULL) {
-        struct kw_otlp_stats st;
-        kw_otlp_stats(c->otlp, &st);
-        kw_buf_printf(b,
-                      "# HELP knoway_trace_spans_total Spans by what became of them: exported, "
-                      "dropped (the exporter's queue was full), failed (the collector refused "
-                      "or was unreachable).\n"
-                      "# TYPE knoway_trace_spans_total counter\n"
-                      "knoway_trace_spans_total{result=\"exported\"} %llu\n"
-                      "knoway_trace_spans_total{result=\"dropped\"} %llu\n"
-                      "knoway_trace_spans_total{result=\"failed\"} %llu\n",
-                      (unsigned long long)st.exported, (unsigned long long)st.dropped,
-                      (unsigned long long)st.failed);
-    }
+    if (c->otlp != NULL)
+        kw_otlp_write_metrics(c->otlp, b);
     if (c->reg != NULL)
         kw_metrics_write(c->reg, b);
 }

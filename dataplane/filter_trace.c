@@ -420,16 +420,5 @@ void dp_trace_metrics(struct dp_server *s, struct kw_buf *b)
     struct conf *c = dp_filter_conf(s, &dp_filter_trace);
     if (c == NULL || c->otlp == NULL)
         return;
-    struct kw_otlp_stats st;
-    kw_otlp_stats(c->otlp, &st);
-    kw_buf_printf(b,
-                  "# HELP knoway_trace_spans_total Spans by what became of them: exported, "
-                  "dropped (the exporter's queue was full), failed (the collector refused or "
-                  "was unreachable).\n"
-                  "# TYPE knoway_trace_spans_total counter\n"
-                  "knoway_trace_spans_total{result=\"exported\"} %llu\n"
-                  "knoway_trace_spans_total{result=\"dropped\"} %llu\n"
-                  "knoway_trace_spans_total{result=\"failed\"} %llu\n",
-                  (unsigned long long)st.exported, (unsigned long long)st.dropped,
-                  (unsigned long long)st.failed);
+    kw_otlp_write_metrics(c->otlp, b);
 }

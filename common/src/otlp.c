@@ -711,3 +711,19 @@ void kw_otlp_stats(struct kw_otlp *o, struct kw_otlp_stats *out)
     out->dropped = atomic_load(&o->dropped);
     out->failed = atomic_load(&o->failed);
 }
+
+void kw_otlp_write_metrics(struct kw_otlp *o, struct kw_buf *b)
+{
+    struct kw_otlp_stats st;
+    kw_otlp_stats(o, &st);
+    kw_buf_printf(b,
+                  "# HELP knoway_trace_spans_total Spans by what became of them: exported, "
+                  "dropped (the exporter's queue was full), failed (the collector refused or "
+                  "was unreachable).\n"
+                  "# TYPE knoway_trace_spans_total counter\n"
+                  "knoway_trace_spans_total{result=\"exported\"} %llu\n"
+                  "knoway_trace_spans_total{result=\"dropped\"} %llu\n"
+                  "knoway_trace_spans_total{result=\"failed\"} %llu\n",
+                  (unsigned long long)st.exported, (unsigned long long)st.dropped,
+                  (unsigned long long)st.failed);
+}

@@ -89,6 +89,8 @@ struct kw_otlp_stats {
     uint64_t exported, dropped, failed;
 };
 void kw_otlp_stats(struct kw_otlp *o, struct kw_otlp_stats *out);
+/* knoway_trace_spans_total{result} in Prometheus text, appended to b. */
+void kw_otlp_write_metrics(struct kw_otlp *o, struct kw_buf *b);
 
 /* One ExportTraceServiceRequest of n spans (as kw_otlp_submit packed them) into out
  * (reset first); for tests. KW_OK or KW_ERROR (out's limit). */
