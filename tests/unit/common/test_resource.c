@@ -645,14 +645,15 @@ static void test_telemetry_and_usage_errors(void **state)
     (void)state;
     char *e =
         kwt_errors("apiVersion: llm.knoway.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: t}\n"
-                   "spec:\n  telemetry: {otlp: {endpoint: \"ftp://x\", protocol: protobuf, "
-                   "sampleRatio: 2, timeout: 1ms}}\n"
+                   "spec:\n  telemetry: {otlp: {endpoint: \"ftp://x\", protocol: grpc, "
+                   "sampleRatio: 2, timeout: 1ms, captureContent: yes}}\n"
                    "  usage: {spool: {maxBytes: 10, onFull: Never}, sinks: [{jsonl: {}}, "
                    "{postgres: {table: \"Bad-Name\"}}]}\n",
                    NULL);
     static const char *const want[] = {
         "spec.telemetry.otlp.endpoint: \"ftp://x\" must start with http:// or https://",
-        "spec.telemetry.otlp.protocol: unknown value \"protobuf\"",
+        "spec.telemetry.otlp.protocol: unknown value \"grpc\"; one of: json, protobuf",
+        "spec.telemetry.otlp.captureContent: ",
         "spec.telemetry.otlp.sampleRatio: must be a number from 0 to 1",
         "spec.telemetry.otlp.timeout: must be between 100ms and 1m",
         "spec.usage.spool.maxBytes: must be 4096..",
