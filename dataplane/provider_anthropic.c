@@ -208,8 +208,8 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
     if (body == NULL || msgs == NULL)
         return KW_ERROR;
     kw_node_map_put(a, body, "model", dp_tr_str(a, kw_node_get(in, "model")));
-    static const struct dp_tr_turn_ops turns = {"assistant", "content", false, message_content,
-                                                tool_result_block};
+    static const struct dp_tr_turn_ops turns = {"assistant",     "content",         false,
+                                                message_content, tool_result_block, NULL};
     struct kw_node *system = kw_node_new(a, KW_NODE_SEQ);
     if (dp_tr_turns(r, &turns, kw_node_get(in, "messages"), system, msgs) != KW_OK)
         return KW_ERROR;

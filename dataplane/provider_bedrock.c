@@ -99,6 +99,11 @@ static struct kw_node *tool_result(struct dp_request *r, const struct kw_node *l
     return dp_tr_map1(a, "toolResult", tr);
 }
 
+static bool is_tool_result(const struct kw_node *item)
+{
+    return kw_node_get(item, "toolResult") != NULL;
+}
+
 static struct kw_node *tool_use_block(struct kw_arena *a, const struct kw_node *id,
                                       const struct kw_node *name, struct kw_node *input)
 {
@@ -182,8 +187,8 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
     struct kw_node *msgs = kw_node_new(a, KW_NODE_SEQ), *system = kw_node_new(a, KW_NODE_SEQ);
     /* Converse wants user and assistant turns to alternate: a turn following one of the same
      * role (a user message after tool results) joins it */
-    static const struct dp_tr_turn_ops turns = {"assistant", "content", true, message_blocks,
-                                                tool_result};
+    static const struct dp_tr_turn_ops turns = {"assistant",    "content",   true,
+                                                message_blocks, tool_result, is_tool_result};
     struct kw_node *sys = kw_node_new(a, KW_NODE_SEQ);
     if (dp_tr_turns(r, &turns, kw_node_get(in, "messages"), sys, msgs) != KW_OK)
         return KW_ERROR;
@@ -213,6 +218,21 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
         kw_node_map_put(a, ic, "stopSequences", stop);
     if (ic->n > 0)
         kw_node_map_put(a, body, "inferenceConfig", ic);
+    const struct kw_node *tier = kw_node_get(in, "service_tier");
+    if (tier != NULL && tier->type != KW_NODE_NULL) {
+        static const char *const tiers[] = {"default", "flex", "priority", "reserved"};
+        bool known = false;
+        for (size_t i = 0; tier->type == KW_NODE_STRING && i < KW_ARRAY_LEN(tiers); i++)
+            known |= strcmp(tier->str, tiers[i]) == 0;
+        if (!known && !(tier->type == KW_NODE_STRING && strcmp(tier->str, "auto") == 0)) {
+            dp_error_set(r, 400, "invalid_request_error", "unsupported_value", "service_tier",
+                         "service_tier must be auto, default, flex, priority or reserved for "
+                         "AWSBedrock backends");
+            return KW_ERROR;
+        }
+        if (known) /* auto: Bedrock's own choice, as when unset */
+            kw_node_map_put(a, body, "serviceTier", dp_tr_map1(a, "type", dp_tr_str(a, tier)));
+    }
     if (tool_config(r, in, body) != KW_OK)
         return KW_ERROR;
     *out = body;
@@ -360,6 +380,14 @@ static void read_usage(struct dp_request *r, const struct kw_node *u)
     r->usage.have = true;
 }
 
+/* serviceTier {type} of a response or a stream's metadata, for service_tier. */
+static void read_tier(struct dp_tr_ident *id, const struct kw_node *root)
+{
+    const struct kw_node *t = kw_node_get(kw_node_get(root, "serviceTier"), "type");
+    if (t != NULL && t->type == KW_NODE_STRING)
+        dp_tr_copy(id->service_tier, sizeof(id->service_tier), t, "");
+}
+
 static int bedrock_on_response(struct dp_request *r, const char *body, size_t len,
                                struct kw_buf *out)
 {
@@ -390,14 +418,18 @@ static int bedrock_on_response(struct dp_request *r, const char *body, size_t le
             any = true;
         }
     }
+    read_tier(&st->tr.ident, root);
+    /* no stopReason: what the content says (a tool call: tool_calls, else stop) */
+    const char *fr = finish_reason(kw_node_get(root, "stopReason"));
     int rc = dp_tr_completion(out, r, &st->tr.ident, any ? &text : NULL, &calls,
-                              finish_reason(kw_node_get(root, "stopReason")));
+                              fr != NULL ? fr : "stop");
     kw_buf_cleanup(&text);
     kw_buf_cleanup(&calls);
     return rc;
 }
 
 static void bedrock_cleanup(struct dp_request *r);
+static const char *aws_error_type(const char *aws, long status);
 
 struct feed_ctx {
     struct dp_request *r;
@@ -420,10 +452,7 @@ static int on_message(void *ud, const struct dp_es_message *m)
         const char *code = m->exception_type[0] != '\0' ? m->exception_type : m->error_code;
         bool has = msg != NULL && msg->type == KW_NODE_STRING;
         const char *text = has ? msg->str : m->error_message[0] ? m->error_message : code;
-        dp_tr_error_event(c->out, text, has ? msg->len : strlen(text),
-                          strncmp(code, "throttling", 10) == 0   ? "rate_limit_exceeded"
-                          : strncmp(code, "validation", 10) == 0 ? "invalid_request_error"
-                                                                 : "server_error",
+        dp_tr_error_event(c->out, text, has ? msg->len : strlen(text), aws_error_type(code, 500),
                           code[0] != '\0' ? code : NULL);
         r->saw_done = true; /* the stream is over */
         return KW_OK;
@@ -459,10 +488,13 @@ static int on_message(void *ud, const struct dp_es_message *m)
         st->tr.tool_open = false;
         return KW_OK;
     }
-    if (strcmp(type, "messageStop") == 0)
-        return dp_tr_chunk_finish(c->out, &st->tr, finish_reason(kw_node_get(ev, "stopReason")));
+    if (strcmp(type, "messageStop") == 0) {
+        const char *fr = finish_reason(kw_node_get(ev, "stopReason"));
+        return dp_tr_chunk_finish(c->out, &st->tr, fr != NULL ? fr : "stop");
+    }
     if (strcmp(type, "metadata") == 0) {
         read_usage(r, kw_node_get(ev, "usage"));
+        read_tier(&st->tr.ident, ev);
         return dp_tr_stream_end(c->out, r, &st->tr);
     }
     return KW_OK;
@@ -510,21 +542,55 @@ static int bedrock_on_stream_end(struct dp_request *r, struct kw_buf *out)
     return dp_tr_stream_end(out, r, &st->tr);
 }
 
-/* {"message": "..."} (and {"Message"} from some front ends) -> OpenAI's error shape. */
+/* AWS error types (x-amzn-errortype, an event stream's exception) -> OpenAI error types;
+ * the AWS type goes in "code". Others: by status (dp_tr_error_type). docs/providers.md. */
+static const char *const aws_types[][2] = {
+    {"ThrottlingException", "rate_limit_exceeded"},
+    {"ServiceQuotaExceededException", "rate_limit_exceeded"},
+    {"ModelNotReadyException", "rate_limit_exceeded"},
+    {"ValidationException", "invalid_request_error"},
+    {"AccessDeniedException", "authentication_error"},
+    {"UnrecognizedClientException", "authentication_error"},
+    {"ResourceNotFoundException", "not_found_error"},
+    {"ModelTimeoutException", "server_error"},
+    {"ModelErrorException", "server_error"},
+    {"ModelStreamErrorException", "server_error"},
+    {"InternalServerException", "server_error"},
+    {"ServiceUnavailableException", "server_error"},
+};
+
+/* The OpenAI type of an AWS error type ("" or unknown: by status). */
+static const char *aws_error_type(const char *aws, long status)
+{
+    for (size_t i = 0; aws != NULL && i < KW_ARRAY_LEN(aws_types); i++)
+        if (strcasecmp(aws, aws_types[i][0]) == 0)
+            return aws_types[i][1];
+    return dp_tr_error_type(status);
+}
+
+/* {"message": "..."} (and {"Message"} from some front ends) with x-amzn-errortype ->
+ * OpenAI's error shape: the type by the table above, the AWS type as the code. */
 static int bedrock_on_error(struct dp_request *r, long status, const char *body, size_t len,
                             struct kw_buf *out)
 {
-    struct kw_node *root;
+    char aws[64]; /* "ValidationException:http://internal.amazon.com/..." -> the name */
+    snprintf(aws, sizeof(aws), "%.*s", (int)strcspn(r->up.amzn_errortype, ":"),
+             r->up.amzn_errortype);
+    struct kw_node *root = NULL;
     char err[128];
     kw_arena_reset(r->scratch);
-    if (kw_json_parse(r->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
-        return KW_OK;
-    const struct kw_node *msg = kw_node_get(root, "message");
-    if (msg == NULL)
-        msg = kw_node_get(root, "Message");
-    if (msg == NULL || msg->type != KW_NODE_STRING)
-        return KW_OK;
-    return dp_tr_error_body(out, msg->str, msg->len, dp_tr_error_type(status), NULL);
+    const struct kw_node *msg = NULL;
+    if (kw_json_parse(r->scratch, body, len, &root, err, sizeof(err)) == KW_OK) {
+        msg = kw_node_get(root, "message");
+        if (msg == NULL)
+            msg = kw_node_get(root, "Message");
+    }
+    const char *code = aws[0] != '\0' ? aws : NULL;
+    if (msg != NULL && msg->type == KW_NODE_STRING)
+        return dp_tr_error_body(out, msg->str, msg->len, aws_error_type(code, status), code);
+    if (code == NULL)
+        return KW_OK; /* not Bedrock's shape: relayed as it came */
+    return dp_tr_error_body(out, aws, strlen(aws), aws_error_type(code, status), code);
 }
 
 const struct dp_provider_ops dp_provider_bedrock = {

@@ -264,8 +264,8 @@ static int chat_body(struct dp_request *r, struct kw_node **out)
     }
     struct kw_node *body = kw_node_new(a, KW_NODE_MAP);
     struct kw_node *contents = kw_node_new(a, KW_NODE_SEQ);
-    static const struct dp_tr_turn_ops turns = {"model", "parts", false, message_parts,
-                                                function_response};
+    static const struct dp_tr_turn_ops turns = {"model",       "parts",           false,
+                                                message_parts, function_response, NULL};
     struct kw_node *system = kw_node_new(a, KW_NODE_SEQ);
     if (dp_tr_turns(r, &turns, kw_node_get(in, "messages"), system, contents) != KW_OK)
         return KW_ERROR;

@@ -75,12 +75,42 @@ void dp_tr_system_text(struct kw_buf *sys, const struct kw_node *content)
     }
 }
 
+/* What a part is for the providers: a refusal part ({"type":"refusal","refusal":...}, valid
+ * OpenAI input on assistant messages) becomes a text part (no provider here has a
+ * refusal concept); NULL for an empty text part (dropped: OpenAI accepts it, Converse and
+ * Anthropic refuse blank text blocks). */
+static const struct kw_node *normal_part(struct kw_arena *a, const struct kw_node *p)
+{
+    const struct kw_node *type = kw_node_get(p, "type");
+    if (type == NULL || type->type != KW_NODE_STRING)
+        return p;
+    if (strcmp(type->str, "refusal") == 0) {
+        const struct kw_node *t = kw_node_get(p, "refusal");
+        if (t == NULL || t->type != KW_NODE_STRING)
+            return p; /* refused by part() as not a text part */
+        if (t->len == 0)
+            return NULL;
+        struct kw_node *n = dp_tr_map1(a, "type", kw_node_cstring(a, "text"));
+        kw_node_map_put(a, n, "text", dp_tr_str(a, t));
+        return n;
+    }
+    if (strcmp(type->str, "text") == 0) {
+        const struct kw_node *t = kw_node_get(p, "text");
+        if (t != NULL && t->type == KW_NODE_STRING && t->len == 0)
+            return NULL;
+    }
+    return p;
+}
+
 int dp_tr_parts(struct dp_request *r, size_t i, const struct kw_node *list,
                 struct kw_node *(*part)(struct kw_arena *a, const struct kw_node *part),
                 const char *code, const char *what, struct kw_node *out)
 {
     for (size_t j = 0; j < list->n; j++) {
-        struct kw_node *b = part(r->arena, list->items[j]);
+        const struct kw_node *p = normal_part(r->arena, list->items[j]);
+        if (p == NULL)
+            continue;
+        struct kw_node *b = part(r->arena, p);
         if (b == NULL) {
             dp_error_set(r, 400, "invalid_request_error", code, "messages",
                          "messages[%zu].content[%zu] %s", i, j, what);
@@ -152,6 +182,12 @@ static struct kw_node *last_turn(const struct kw_node *turns, const char *role)
     return prole != NULL && strcmp(prole->str, role) == 0 ? (struct kw_node *)prev : NULL;
 }
 
+static bool last_role_is(const struct kw_node *turn, const char *role)
+{
+    const struct kw_node *r = kw_node_get(turn, "role");
+    return r != NULL && r->type == KW_NODE_STRING && strcmp(r->str, role) == 0;
+}
+
 static struct kw_node *new_turn(struct kw_arena *a, const struct dp_tr_turn_ops *ops,
                                 const char *role, struct kw_node *content, struct kw_node *turns)
 {
@@ -160,6 +196,33 @@ static struct kw_node *new_turn(struct kw_arena *a, const struct dp_tr_turn_ops 
     kw_node_map_put(a, t, ops->content_key, content);
     kw_node_seq_push(a, turns, t);
     return t;
+}
+
+/* An assistant message without tool calls whose content is null, "" or only blank text or
+ * refusal parts. */
+static bool blank_assistant(const struct kw_node *m)
+{
+    const struct kw_node *calls = kw_node_get(m, "tool_calls");
+    if (calls != NULL && calls->type == KW_NODE_SEQ && calls->n > 0)
+        return false;
+    const struct kw_node *c = kw_node_get(m, "content");
+    if (c == NULL || c->type == KW_NODE_NULL)
+        return true;
+    if (c->type == KW_NODE_STRING)
+        return c->len == 0;
+    if (c->type != KW_NODE_SEQ)
+        return false;
+    for (size_t j = 0; j < c->n; j++) {
+        const struct kw_node *type = kw_node_get(c->items[j], "type");
+        const struct kw_node *t = kw_node_get(c->items[j], "text");
+        if (t == NULL)
+            t = kw_node_get(c->items[j], "refusal");
+        if (type == NULL || type->type != KW_NODE_STRING ||
+            (strcmp(type->str, "text") != 0 && strcmp(type->str, "refusal") != 0) || t == NULL ||
+            t->type != KW_NODE_STRING || t->len > 0)
+            return false;
+    }
+    return true;
 }
 
 int dp_tr_turns(struct dp_request *r, const struct dp_tr_turn_ops *ops, const struct kw_node *list,
@@ -190,12 +253,35 @@ int dp_tr_turns(struct dp_request *r, const struct dp_tr_turn_ops *ops, const st
             if (results == NULL) {
                 results = kw_node_new(a, KW_NODE_SEQ);
                 new_turn(a, ops, "user", results, turns);
+                /* without merging, before the user turns that followed the assistant's
+                 * (a provider joins consecutive user turns: tool results lead) */
+                size_t at = turns->n - 1;
+                while (at > 0 && last_role_is(turns->items[at - 1], "user"))
+                    at--;
+                struct kw_node *t = turns->items[turns->n - 1];
+                for (size_t k = turns->n - 1; k > at; k--)
+                    turns->items[k] = turns->items[k - 1];
+                turns->items[at] = t;
             }
+            /* tool results lead their turn: after the results already there, before any
+             * text merged into it (Anthropic-family models answer tool results first) */
+            size_t at = 0;
+            while (at < results->n && ops->is_tool_result != NULL &&
+                   ops->is_tool_result(results->items[at]))
+                at++;
+            if (ops->is_tool_result == NULL)
+                at = results->n;
             kw_node_seq_push(a, results, item);
+            for (size_t k = results->n - 1; k > at; k--)
+                results->items[k] = results->items[k - 1];
+            results->items[at] = item;
             continue;
         }
-        results = NULL;
         bool assistant = strcmp(role->str, "assistant") == 0;
+        if (assistant)
+            results = NULL; /* a user message keeps them: later tool results join them */
+        if (assistant && blank_assistant(m))
+            continue; /* clients send "" after tool-call turns: nothing to say, dropped */
         if (!assistant && strcmp(role->str, "user") != 0) {
             dp_error_set(r, 400, "invalid_request_error", "unsupported_value", "messages",
                          "messages[%zu]: role \"%s\" is not one of system, developer, user, "
@@ -337,6 +423,14 @@ int dp_tr_usage_json(struct kw_buf *out, const struct dp_request *r)
                          (long long)r->usage.cached);
 }
 
+static void service_tier(struct kw_buf *out, const struct dp_tr_ident *id)
+{
+    if (id->service_tier[0] == '\0')
+        return;
+    kw_buf_puts(out, ",\"service_tier\":");
+    kw_json_write_string(out, id->service_tier, strlen(id->service_tier));
+}
+
 static void chunk_head(struct kw_buf *out, const struct dp_tr_ident *id)
 {
     kw_buf_puts(out, "data: {\"id\":");
@@ -344,6 +438,7 @@ static void chunk_head(struct kw_buf *out, const struct dp_tr_ident *id)
     kw_buf_printf(out,
                   ",\"object\":\"chat.completion.chunk\",\"created\":%ld,\"model\":", id->created);
     kw_json_write_string(out, id->model, strlen(id->model));
+    service_tier(out, id);
 }
 
 int dp_tr_chunk(struct kw_buf *out, const struct dp_tr_ident *id, const char *delta, const char *fr)
@@ -419,6 +514,7 @@ int dp_tr_stream_end(struct kw_buf *out, struct dp_request *r, struct dp_tr_stre
         kw_buf_printf(out, ",\"object\":\"chat.completion.chunk\",\"created\":%ld,\"model\":",
                       st->ident.created);
         kw_json_write_string(out, st->ident.model, strlen(st->ident.model));
+        service_tier(out, &st->ident);
         kw_buf_puts(out, ",\"choices\":[],\"usage\":");
         dp_tr_usage_json(out, r);
         kw_buf_puts(out, "}\n\n");
@@ -470,6 +566,7 @@ int dp_tr_completion(struct kw_buf *out, const struct dp_request *r, const struc
     kw_json_write_string(out, id->id, strlen(id->id));
     kw_buf_printf(out, ",\"object\":\"chat.completion\",\"created\":%ld,\"model\":", id->created);
     kw_json_write_string(out, id->model, strlen(id->model));
+    service_tier(out, id);
     kw_buf_puts(out, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
     if (content != NULL)
         kw_json_write_string(out, content->data != NULL ? content->data : "", content->len);

@@ -18,6 +18,7 @@ struct dp_tr_ident {
     char id[128];
     char model[256];
     long created;
+    char service_tier[16]; /* the tier the provider says served it, "" when it did not say */
 };
 
 /* Per-request state of a translated stream (every translating provider keeps one). */
@@ -66,11 +67,16 @@ struct dp_tr_turn_ops {
                                bool assistant);
     /* Tool message list->items[i] as one item of a user turn. NULL with a failure prepared. */
     struct kw_node *(*tool)(struct dp_request *r, const struct kw_node *list, size_t i);
+    /* Whether an item of a user turn is a tool result (they are kept first); NULL: items
+     * keep their order. */
+    bool (*is_tool_result)(const struct kw_node *item);
 };
 
 /* The messages as turns {role, content_key} appended to turns: system and developer
  * contents are appended to system (a list of content nodes) instead, consecutive tool
- * messages become one user turn. KW_OK, or KW_ERROR with a 400 prepared. */
+ * messages become one user turn (tool results first when the turn merges text), an
+ * assistant message with nothing to say (no tool calls, blank content) is dropped. KW_OK,
+ * or KW_ERROR with a 400 prepared. */
 int dp_tr_turns(struct dp_request *r, const struct dp_tr_turn_ops *ops, const struct kw_node *list,
                 struct kw_node *system, struct kw_node *turns);
 
@@ -91,7 +97,8 @@ struct dp_tr_content_ops {
  * list of blocks. NULL with a 400 prepared. */
 struct kw_node *dp_tr_content(struct dp_request *r, size_t i, const struct kw_node *content,
                               const struct kw_node *calls, const struct dp_tr_content_ops *ops);
-/* Each part of list (message i's parts) as part() makes it, appended to out. KW_OK, or
+/* Each part of list (message i's parts) as part() makes it, appended to out; a refusal
+ * part is given to part() as a text part, an empty text part is dropped. KW_OK, or
  * KW_ERROR with a 400 "messages[i].content[j] WHAT" (error code code) prepared. */
 int dp_tr_parts(struct dp_request *r, size_t i, const struct kw_node *list,
                 struct kw_node *(*part)(struct kw_arena *a, const struct kw_node *part),

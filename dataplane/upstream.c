@@ -115,7 +115,7 @@ size_t dp_transfer_on_header(char *buf, size_t size, size_t nitems, void *ud)
     struct dp_transfer *t = ud;
     size_t n = size * nitems;
     if (n >= 5 && strncmp(buf, "HTTP/", 5) == 0) { /* a new status line (1xx before) */
-        t->ctype[0] = t->retry_after[0] = '\0';
+        t->ctype[0] = t->retry_after[0] = t->amzn_errortype[0] = '\0';
         return n;
     }
     if (n <= 2 && (buf[0] == '\r' || buf[0] == '\n')) {
@@ -145,6 +145,8 @@ size_t dp_transfer_on_header(char *buf, size_t size, size_t nitems, void *ud)
         dst = t->ctype, cap = sizeof(t->ctype);
     else if (nlen == 11 && strncasecmp(buf, "retry-after", 11) == 0)
         dst = t->retry_after, cap = sizeof(t->retry_after);
+    else if (nlen == 16 && strncasecmp(buf, "x-amzn-errortype", 16) == 0)
+        dst = t->amzn_errortype, cap = sizeof(t->amzn_errortype);
     if (dst != NULL) {
         size_t k = vlen < cap - 1 ? vlen : cap - 1;
         memcpy(dst, v, k);
@@ -184,7 +186,7 @@ int dp_transfer_start(struct dp_transfer *t, struct dp_worker *w, const struct d
     t->ops = ops;
     t->ud = ud;
     t->status = 0;
-    t->ctype[0] = t->retry_after[0] = '\0';
+    t->ctype[0] = t->retry_after[0] = t->amzn_errortype[0] = '\0';
     t->headers_done = t->done = t->paused = false;
     t->http2 = req->http2;
     t->start_ms = dp_now_ms();

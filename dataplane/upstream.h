@@ -66,6 +66,7 @@ struct dp_transfer {
     long status;
     char ctype[128];
     char retry_after[32];
+    char amzn_errortype[64]; /* x-amzn-errortype (AWS), "" when absent */
     bool headers_done, done, paused, http2;
     int64_t start_ms, ttfb_ms; /* ttfb_ms: status line to start, -1 before */
     enum dp_upstream_error error;

@@ -13,6 +13,8 @@ RULES = [
     (r"\b(Bedrock|Gemini)\b[^.]*\b501\b", None, "Bedrock and Gemini are implemented"),
     (r"501[^.]*\b(Bedrock|Gemini)\b", None, "Bedrock and Gemini are implemented"),
     (r"caSecretRef[^.]*\badds\b", None, "tls.caSecretRef replaces the system CA bundle"),
+    (r"(VertexAI|Vertex AI|Cohere)[^.]*answer 501", None,
+     "VertexAI and Cohere are refused at parse; no accepted backend answers 501"),
     (r"(JWT|rate limits|budgets)[^.]*(not in this version|are refused as unknown)", None,
      "JWT, rate limits and budgets are implemented (docs/limits.md)"),
 ]

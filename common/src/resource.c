@@ -1020,6 +1020,17 @@ void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct
     bool have_provider =
         get_enum(d, spec, "provider", provider_list, KW_PROVIDER__COUNT, &provider);
     b->provider = have_provider ? (enum kw_provider)provider : KW_PROVIDER_OPENAI;
+    if (have_provider &&
+        (b->provider == KW_PROVIDER_VERTEX_AI || b->provider == KW_PROVIDER_COHERE)) {
+        /* named so that the message is clear, refused so that nothing answers 501 later */
+        size_t pm = push(d, "provider");
+        kw_dec_error(d, kw_node_get(spec, "provider"),
+                     "%s is not supported by this version (its API is not translated yet); "
+                     "supported: OpenAI, AzureOpenAI, Anthropic, AWSBedrock, Gemini, Mistral, "
+                     "vLLM, KServe, Ollama",
+                     kw_provider_name(b->provider));
+        pop(d, pm);
+    }
     b->model_name = get_string(d, spec, "modelName", false, KW_MAX_MODEL_LEN, NULL);
     decode_upstream(d, spec, b);
     decode_credentials(d, spec, b);

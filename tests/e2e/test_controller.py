@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -800,6 +801,14 @@ class Prometheus:
              "--web.listen-address", "127.0.0.1:%d" % self.port], stdout=self.log,
             stderr=subprocess.STDOUT)
         wait_port(self.port, 30)
+        wait_for(self.ready, 60, "prometheus ready")  # the port opens before the TSDB
+
+    def ready(self):
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/-/ready" % self.port, timeout=5) as r:
+                return r.status == 200
+        except (OSError, urllib.error.HTTPError):
+            return False
 
     def query(self, expr):
         url = "http://127.0.0.1:%d/api/v1/query?%s" % (

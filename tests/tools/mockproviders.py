@@ -346,7 +346,8 @@ class Handler(BaseHTTPRequestHandler):
 
     CONVERSE_FIELDS = {"messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig",
                        "additionalModelRequestFields", "promptVariables",
-                       "additionalModelResponseFieldPaths", "requestMetadata", "performanceConfig"}
+                       "additionalModelResponseFieldPaths", "requestMetadata", "performanceConfig",
+                       "serviceTier"}
     IC_FIELDS = {"maxTokens", "temperature", "topP", "stopSequences"}
     BLOCK_FIELDS = {"text", "image", "document", "video", "toolUse", "toolResult", "guardContent",
                     "reasoningContent", "cachePoint"}
@@ -358,6 +359,9 @@ class Handler(BaseHTTPRequestHandler):
         for k in req.get("inferenceConfig", {}):
             if k not in self.IC_FIELDS:
                 return "Malformed input request: extraneous key [%s] is not permitted" % k
+        tier = req.get("serviceTier")
+        if tier is not None and (not isinstance(tier, dict) or tier.get("type") not in ("priority", "default", "flex", "reserved")):
+            return "1 validation error detected: Value at 'serviceTier.type' failed to satisfy constraint: Member must satisfy enum value set: [priority, default, flex, reserved]"
         msgs = req.get("messages")
         if not isinstance(msgs, list) or not msgs:
             return "The model returned the following errors: messages: at least one message is required"
@@ -421,8 +425,11 @@ class Handler(BaseHTTPRequestHandler):
         if m.group(2) == "converse":
             content = ([{"toolUse": {"toolUseId": tool_id, "name": turn.tool, "input": turn.args}}] if turn.tool
                        else [{"text": "".join(turn.pieces)}])
-            return self.send_json(200, {"output": {"message": {"role": "assistant", "content": content}},
-                                        "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 12}})
+            out = {"output": {"message": {"role": "assistant", "content": content}},
+                   "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 12}}
+            if "serviceTier" in req:  # the tier that served it (here: the one asked for)
+                out["serviceTier"] = req["serviceTier"]
+            return self.send_json(200, out)
         self.start_stream("application/vnd.amazon.eventstream")
         frames = [es_event("messageStart", {"role": "assistant"})]
         if turn.tool:
@@ -434,7 +441,8 @@ class Handler(BaseHTTPRequestHandler):
             frames += [es_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": p}}) for p in turn.pieces]
         frames += [es_event("contentBlockStop", {"contentBlockIndex": 0}),
                    es_event("messageStop", {"stopReason": stop}),
-                   es_event("metadata", {"usage": usage, "metrics": {"latencyMs": 12}})]
+                   es_event("metadata", dict({"usage": usage, "metrics": {"latencyMs": 12}},
+                                             **({"serviceTier": req["serviceTier"]} if "serviceTier" in req else {})))]
         for i, f in enumerate(frames):
             if i == self.fault_after + 1 and self.fault == "exception":
                 self.chunk(es_message({":exception-type": "modelStreamErrorException", ":content-type": "application/json",

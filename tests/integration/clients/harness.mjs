@@ -59,8 +59,9 @@ spec:
   match: {models: [${model}]}
   backendRefs: [{name: ${name}}]
 `;
-  // Bedrock answering a stream with a fault after two events (tests/tools/mockproviders.py)
-  const bedrockFault = (name, fault) => `---
+  // Bedrock answering a stream with a fault after two events (tests/tools/mockproviders.py),
+  // or every request with an error status
+  const bedrockFault = (name, fault, header = 'x-mock-fault') => `---
 apiVersion: llm.knoway.dev/v1alpha1
 kind: LLMBackend
 metadata: {name: ${name}}
@@ -68,7 +69,7 @@ spec:
   provider: AWSBedrock
   upstream:
     baseURL: "http://127.0.0.1:${mock2}"
-    headers: [{name: x-mock-fault, value: ${fault}}, {name: x-mock-fault-after, value: "2"}]
+    headers: [{name: ${header}, value: "${fault}"}, {name: x-mock-fault-after, value: "2"}]
   credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
 ${route(name, name)}`;
   writeFileSync(cfg, `apiVersion: llm.knoway.dev/v1alpha1
@@ -142,7 +143,8 @@ spec:
   modelName: "anthropic.claude-3-5-haiku-20241022-v1:0"
   upstream: {baseURL: "http://127.0.0.1:${mock2}"}
   credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
-${route('bedrock', 'bedrock')}${bedrockFault('bedrock-broken', 'exception')}${bedrockFault('bedrock-crc', 'badcrc')}`);
+${route('bedrock', 'bedrock')}${bedrockFault('bedrock-broken', 'exception')}${bedrockFault('bedrock-crc', 'badcrc')}${
+  bedrockFault('bedrock-throttled', '429', 'x-mock-status')}`);
   procs.push(spawn(join(build, 'dataplane/knoway-dataplane'), ['-c', cfg], { stdio: 'ignore' }));
   await waitPort(listen);
   return `http://127.0.0.1:${listen}`;

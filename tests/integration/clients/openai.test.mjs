@@ -58,8 +58,9 @@ test('embeddings', async () => {
 test('models', async () => {
   const ids = [];
   for await (const m of client.models.list()) ids.push(m.id);
-  assert.deepEqual(ids.sort(), ['azure', 'bedrock', 'bedrock-broken', 'bedrock-crc', 'claude',
-    'continued', 'cut', 'demo', 'gemini', 'gemini-badkey', 'messages-only']);
+  assert.deepEqual(ids.sort(), ['azure', 'bedrock', 'bedrock-broken', 'bedrock-crc',
+    'bedrock-throttled', 'claude', 'continued', 'cut', 'demo', 'gemini', 'gemini-badkey',
+    'messages-only']);
 });
 
 test('unknown model is a NotFoundError', async () => {
@@ -175,6 +176,49 @@ test('a provider error keeps its status and message', async () => {
     client.chat.completions.create({ model: 'gemini-badkey', messages: [{ role: 'user', content: 'x' }] }),
     (e) => e instanceof OpenAI.BadRequestError && e.code === 'INVALID_ARGUMENT'
       && /API key not valid/.test(e.message));
+});
+
+test('what clients send after tool calls reaches Bedrock: empty assistant content, refusals', async () => {
+  const messages = [{ role: 'user', content: 'What is the weather in Paris?' }];
+  const r = await client.chat.completions.create({ model: 'bedrock', messages, tools });
+  const call = r.choices[0].message.tool_calls[0];
+  // the assistant turn as many clients echo it: content "" beside the tool calls
+  const answer = await client.chat.completions.create({
+    model: 'bedrock', tools,
+    messages: [...messages, { role: 'assistant', content: '', tool_calls: r.choices[0].message.tool_calls },
+      { role: 'tool', tool_call_id: call.id, content: '{"temp":"18C"}' }],
+  });
+  assert.match(answer.choices[0].message.content, /^tool said: .*18C/);
+  // an empty assistant message is dropped, a refusal part becomes text (Converse would
+  // refuse a blank block and non-alternating roles)
+  const again = await client.chat.completions.create({
+    model: 'bedrock', messages: [{ role: 'user', content: 'hi' }, { role: 'assistant', content: '' },
+      { role: 'assistant', content: [{ type: 'refusal', refusal: 'I cannot help with that.' }] },
+      { role: 'user', content: 'hi again' }],
+  });
+  assert.equal(again.choices[0].finish_reason, 'stop');
+});
+
+test('Bedrock service tiers both ways', async () => {
+  const messages = [{ role: 'user', content: 'hi' }];
+  const r = await client.chat.completions.create({ model: 'bedrock', service_tier: 'flex', messages });
+  assert.equal(r.service_tier, 'flex');
+  const stream = await client.chat.completions.create({
+    model: 'bedrock', service_tier: 'priority', stream: true, stream_options: { include_usage: true }, messages,
+  });
+  let last;
+  for await (const chunk of stream) last = chunk;
+  assert.equal(last.service_tier, 'priority');
+  assert.equal(last.usage.completion_tokens, 8);
+  await assert.rejects(client.chat.completions.create({ model: 'bedrock', service_tier: 'scale', messages }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'service_tier');
+});
+
+test('a Bedrock error keeps OpenAI\'s type and names the AWS type in code', async () => {
+  await assert.rejects(
+    client.chat.completions.create({ model: 'bedrock-throttled', messages: [{ role: 'user', content: 'x' }] }),
+    (e) => e instanceof OpenAI.RateLimitError && e.code === 'ThrottlingException'
+      && e.type === 'rate_limit_exceeded' && /mock error/.test(e.message));
 });
 
 test('a Bedrock exception frame mid-stream surfaces as an error', async () => {

@@ -94,6 +94,17 @@ static void test_enum(void **state)
                       "t.yaml:6:13: LLMBackend/default/b: spec.provider: unknown value \"openai\" "
                       "(did you mean \"OpenAI\"?); one of: OpenAI, AzureOpenAI, Anthropic, "
                       "AWSBedrock, Gemini, VertexAI, Cohere, Mistral, vLLM, KServe, Ollama\n");
+    /* providers without a translation are refused at parse: nothing answers 501 later */
+    kwt_assert_errors(HDR_B "  provider: Cohere\n  upstream: {baseURL: http://x}\n",
+                      "t.yaml:6:13: LLMBackend/default/b: spec.provider: Cohere is not supported "
+                      "by this version (its API is not translated yet); supported: OpenAI, "
+                      "AzureOpenAI, Anthropic, AWSBedrock, Gemini, Mistral, vLLM, KServe, "
+                      "Ollama\n");
+    kwt_assert_errors(HDR_B "  provider: VertexAI\n  upstream: {baseURL: http://x}\n",
+                      "t.yaml:6:13: LLMBackend/default/b: spec.provider: VertexAI is not "
+                      "supported by this version (its API is not translated yet); supported: "
+                      "OpenAI, AzureOpenAI, Anthropic, AWSBedrock, Gemini, Mistral, vLLM, "
+                      "KServe, Ollama\n");
 }
 
 static void test_ranges(void **state)

@@ -8,7 +8,7 @@
  *    "stream_in": "SSE text" | [{"headers": {...}, "payload": {...}}, ...] (event stream)
  *    "stream_out": [chunk, ..., "[DONE]"]                  stream translation
  *    "usage": [prompt, completion, cached]                 after the response or stream
- *    "error_in": {"status", "body"}, "error_out": {...}}   error mapping
+ *    "error_in": {"status", "body", "headers": {...}}, "error_out": {...}}   error mapping
  *
  * With "front": "anthropic" the request is Anthropic's (POST /v1/messages) and goes through
  * the front first:
@@ -456,6 +456,9 @@ static void check_error(const char *file, struct fixture *f, const struct kw_nod
     kw_buf_init(&body, 1 << 20);
     kw_buf_init(&out, 1 << 20);
     const struct kw_node *b = kw_node_get(in, "body");
+    const struct kw_node *et = kw_node_get(kw_node_get(in, "headers"), "x-amzn-errortype");
+    if (et != NULL && et->type == KW_NODE_STRING)
+        snprintf(r->up.amzn_errortype, sizeof(r->up.amzn_errortype), "%s", et->str);
     if (b->type == KW_NODE_STRING)
         kw_buf_append(&body, b->str, b->len);
     else
