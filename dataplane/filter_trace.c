@@ -134,9 +134,7 @@ static int on_request(struct dp_request *r, void *ctx)
     if (tp == NULL || !parse(tp, r)) {
         kw_trace_random_hex(r->trace.trace_id, 16);
         r->trace.parent_id[0] = '\0';
-        char hex[9];
-        kw_trace_random_hex(hex, 4);
-        uint32_t x = (uint32_t)strtoul(hex, NULL, 16);
+        uint32_t x = (uint32_t)(kw_trace_random() >> 32);
         r->trace.sampled = c == NULL || (double)x / 4294967296.0 < c->ratio;
     }
     kw_trace_random_hex(r->trace.span_id, 8);
@@ -173,13 +171,13 @@ static int propagate(struct dp_request *r, void *ctx)
 
 /* ---- spans ----------------------------------------------------------------------------- */
 
-/* A monotonic time in ms (the request's clocks) as Unix ns. */
-static int64_t unix_ns_of(int64_t mono_ms)
+/* Unix time minus the monotonic clock, in ns: a span converts all its monotonic times
+ * (the request's clocks, in ms) with one offset, so their order is kept. */
+static int64_t clock_offset(void)
 {
     struct timespec mono;
     clock_gettime(CLOCK_MONOTONIC, &mono);
-    return kw_now_unix_ns() -
-           ((int64_t)mono.tv_sec * 1000000000 + mono.tv_nsec - mono_ms * 1000000);
+    return kw_now_unix_ns() - ((int64_t)mono.tv_sec * 1000000000 + mono.tv_nsec);
 }
 
 static void span_start(struct kw_span *s, const struct dp_request *r, const char *id,
@@ -248,7 +246,8 @@ static void on_attempt(struct dp_request *r, void *ctx)
     else if (failed)
         kw_span_str(&s, "error.type", r->up.status == 429 ? "429" : "5xx");
     if (r->up.ttfb_ms >= 0)
-        kw_span_event(&s, "first_byte", unix_ns_of(r->up.start_ms + r->up.ttfb_ms));
+        kw_span_event(&s, "first_byte",
+                      (r->up.start_ms + r->up.ttfb_ms) * 1000000 + clock_offset());
     s.error = failed;
     kw_otlp_submit(c->otlp, &s); /* a full queue drops and counts it */
     kw_span_cleanup(&s);
@@ -310,6 +309,10 @@ static void on_body(struct dp_request *r, void *ctx, const char *body, size_t le
     struct conf *c = dp_filter_conf(r->w->server, &dp_filter_trace);
     if (ctx == NULL || c == NULL || c->otlp == NULL || !r->trace.sampled)
         return;
+    if (r->resp_json != NULL && body == r->up_resp.data) { /* parsed once by the provider */
+        take_answer(r, ctx, r->resp_json, false);
+        return;
+    }
     struct kw_node *root;
     char err[64];
     kw_arena_reset(r->scratch);
@@ -343,10 +346,11 @@ static void on_end(struct dp_request *r, void *ctx)
         goto out;
     struct kw_span s;
     span_start(&s, r, r->trace.span_id, r->trace.parent_id, KW_SPAN_SERVER);
+    int64_t off = clock_offset();
     s.end_ns = kw_now_unix_ns();
     /* start_ms is the monotonic clock in whole ms (rounded down): the span starts no later
      * than the request did */
-    s.start_ns = unix_ns_of(r->start_ms);
+    s.start_ns = r->start_ms * 1000000 + off;
     common_attrs(&s, r);
     if (r->consumer != NULL) {
         char who[320];
@@ -374,7 +378,7 @@ static void on_end(struct dp_request *r, void *ctx)
     kw_span_int(&s, "knoway.attempts", r->attempts);
     kw_span_str(&s, "knoway.request_id", r->id);
     if (r->stream && r->up.ttfb_ms >= 0 && r->attempts > 0)
-        kw_span_event(&s, "gen_ai.first_token", unix_ns_of(r->up.start_ms + r->up.ttfb_ms));
+        kw_span_event(&s, "gen_ai.first_token", (r->up.start_ms + r->up.ttfb_ms) * 1000000 + off);
     if (c->capture) {
         input_content(&s, r);
         if (x != NULL && x->out_init && x->out.len > 0) {

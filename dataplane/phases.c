@@ -602,6 +602,7 @@ static int start_attempt(struct dp_request *r)
         }
     }
     kw_buf_reset(&r->up_resp);
+    r->resp_json = NULL;
     r->retry_after_ms = -1;
     r->idle_timeout = false;
     r->attempt_cancelled = false;

@@ -87,8 +87,10 @@ int dp_openai_on_response(struct dp_request *r, const char *body, size_t len, st
     (void)out; /* relayed unchanged */
     struct kw_node *root;
     char err[128];
-    if (kw_json_parse(r->arena, body, len, &root, err, sizeof(err)) == KW_OK)
+    if (kw_json_parse(r->arena, body, len, &root, err, sizeof(err)) == KW_OK) {
         dp_request_usage(r, kw_node_get(root, "usage"));
+        r->resp_json = root; /* relayed as it is: filters read this tree (on_body) */
+    }
     return KW_OK;
 }
 

@@ -129,8 +129,9 @@ struct dp_request {
     /* upstream */
     struct dp_transfer up;
     struct kw_buf url;
-    struct kw_buf up_body; /* what we send */
-    struct kw_buf up_resp; /* a buffered response */
+    struct kw_buf up_body;           /* what we send */
+    struct kw_buf up_resp;           /* a buffered response */
+    const struct kw_node *resp_json; /* up_resp parsed by a provider that relays it (arena) */
     int64_t ttfb_ms, last_up_ms;
     struct dp_timer attempt_timer; /* retry backoff, then the stream's idle deadline */
 

@@ -65,10 +65,18 @@ int kw_buf_puts(struct kw_buf *b, const char *s)
 
 int kw_buf_vprintf(struct kw_buf *b, const char *fmt, va_list ap)
 {
+    /* format once into the room there is; a second time only when it did not fit */
+    size_t room = b->data != NULL ? b->cap - b->len : 0;
     va_list cp;
     va_copy(cp, ap);
-    int n = vsnprintf(NULL, 0, fmt, cp);
+    int n = vsnprintf(room > 0 ? b->data + b->len : NULL, room, fmt, cp);
     va_end(cp);
+    if (n >= 0 && (size_t)n < room) {
+        b->len += (size_t)n;
+        return KW_OK;
+    }
+    if (b->data != NULL)
+        b->data[b->len] = '\0'; /* what did not fit is not kept */
     if (n < 0 || reserve(b, (size_t)n) != KW_OK)
         return KW_ERROR;
     vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);

@@ -3,6 +3,7 @@
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,15 +22,23 @@
  *                                             a: u16 n, n x (u32 len bytes)
  *   'E' int64 time u16 namelen name */
 
+static void copy(char *dst, size_t cap, const char *src)
+{
+    size_t n = src != NULL ? strnlen(src, cap - 1) : 0;
+    memcpy(dst, src != NULL ? src : "", n);
+    dst[n] = '\0';
+}
+
 void kw_span_init(struct kw_span *s, const char *trace_id, const char *span_id,
                   const char *parent_id, const char *name, enum kw_span_kind kind)
 {
-    memset(s, 0, sizeof(*s));
-    snprintf(s->trace_id, sizeof(s->trace_id), "%s", trace_id);
-    snprintf(s->span_id, sizeof(s->span_id), "%s", span_id);
-    snprintf(s->parent_id, sizeof(s->parent_id), "%s", parent_id != NULL ? parent_id : "");
-    snprintf(s->name, sizeof(s->name), "%s", name);
+    copy(s->trace_id, sizeof(s->trace_id), trace_id);
+    copy(s->span_id, sizeof(s->span_id), span_id);
+    copy(s->parent_id, sizeof(s->parent_id), parent_id);
+    copy(s->name, sizeof(s->name), name);
     s->kind = kind;
+    s->error = false;
+    s->start_ns = s->end_ns = 0;
     kw_buf_init(&s->data, KW_SPAN_MAX_BYTES);
 }
 
@@ -112,19 +121,53 @@ void kw_span_event(struct kw_span *s, const char *name, int64_t time_ns)
     }
 }
 
+/* xoshiro256** per thread, seeded from OpenSSL's RNG once: ids must be random, not
+ * secret (W3C Trace Context), and RAND_bytes costs thousands of instructions a call. */
+static _Thread_local uint64_t rng[4];
+static _Thread_local bool rng_ready;
+
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+uint64_t kw_trace_random(void)
+{
+    if (!rng_ready) {
+        if (RAND_bytes((unsigned char *)rng, sizeof(rng)) != 1 || (rng[0] | rng[1]) == 0) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            rng[0] = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ULL + 1;
+            rng[1] = (uint64_t)(uintptr_t)&rng ^ (uint64_t)ts.tv_sec;
+            rng[2] = rng[0] ^ 0x6a09e667f3bcc909ULL;
+            rng[3] = rng[1] ^ 0xbb67ae8584caa73bULL;
+        }
+        rng_ready = true;
+    }
+    uint64_t result = rotl(rng[1] * 5, 7) * 9, t = rng[1] << 17;
+    rng[2] ^= rng[0];
+    rng[3] ^= rng[1];
+    rng[1] ^= rng[2];
+    rng[0] ^= rng[3];
+    rng[2] ^= t;
+    rng[3] = rotl(rng[3], 45);
+    return result;
+}
+
 void kw_trace_random_hex(char *out, size_t bytes)
 {
     static const char hex[] = "0123456789abcdef";
-    unsigned char b[16];
-    if (bytes > sizeof(b))
-        bytes = sizeof(b);
-    if (RAND_bytes(b, (int)bytes) != 1)
-        memset(b, 0x5a, bytes);
+    if (bytes > 16)
+        bytes = 16;
     bool nonzero = false;
+    uint64_t v = 0;
     for (size_t i = 0; i < bytes; i++) {
-        out[2 * i] = hex[b[i] >> 4];
-        out[2 * i + 1] = hex[b[i] & 15];
-        nonzero |= b[i] != 0;
+        if (i % 8 == 0)
+            v = kw_trace_random();
+        unsigned char b = (unsigned char)(v >> (8 * (i % 8)));
+        out[2 * i] = hex[b >> 4];
+        out[2 * i + 1] = hex[b & 15];
+        nonzero |= b != 0;
     }
     out[2 * bytes] = '\0';
     if (!nonzero)
@@ -247,6 +290,30 @@ static bool next_rec(const struct kw_otlp_item *it, size_t *off, struct rec *r)
 
 /* ---- JSON (OTLP/HTTP JSON: ids in hex, 64-bit integers as strings) ------------------------ */
 
+/* Decimal digits of v, without printf (the encoder writes a few per attribute). */
+static void put_i64(struct kw_buf *b, int64_t v)
+{
+    char tmp[24];
+    size_t n = sizeof(tmp);
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[--n] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        tmp[--n] = '-';
+    kw_buf_append(b, tmp + n, sizeof(tmp) - n);
+}
+
+/* "key":"<decimal>" */
+static void put_i64_string(struct kw_buf *b, const char *key, int64_t v)
+{
+    kw_buf_puts(b, key);
+    kw_buf_append(b, "\"", 1);
+    put_i64(b, v);
+    kw_buf_append(b, "\"", 1);
+}
+
 static void json_value(struct kw_buf *b, const struct rec *r)
 {
     switch (r->type) {
@@ -256,7 +323,8 @@ static void json_value(struct kw_buf *b, const struct rec *r)
         kw_buf_puts(b, "}");
         break;
     case 'i':
-        kw_buf_printf(b, "{\"intValue\":\"%lld\"}", (long long)r->i);
+        put_i64_string(b, "{\"intValue\":", r->i);
+        kw_buf_puts(b, "}");
         break;
     case 'd':
         kw_buf_printf(b, "{\"doubleValue\":%.17g}", r->d);
@@ -278,24 +346,32 @@ static void json_value(struct kw_buf *b, const struct rec *r)
 
 static void json_span(struct kw_buf *b, const struct kw_otlp_item *it)
 {
-    kw_buf_printf(b, "{\"traceId\":\"%s\",\"spanId\":\"%s\"", it->trace_id, it->span_id);
-    if (it->parent_id[0] != '\0')
-        kw_buf_printf(b, ",\"parentSpanId\":\"%s\"", it->parent_id);
+    kw_buf_puts(b, "{\"traceId\":\"");
+    kw_buf_puts(b, it->trace_id);
+    kw_buf_puts(b, "\",\"spanId\":\"");
+    kw_buf_puts(b, it->span_id);
+    kw_buf_puts(b, "\"");
+    if (it->parent_id[0] != '\0') {
+        kw_buf_puts(b, ",\"parentSpanId\":\"");
+        kw_buf_puts(b, it->parent_id);
+        kw_buf_puts(b, "\"");
+    }
     kw_buf_puts(b, ",\"name\":");
     kw_json_write_string(b, it->name, strlen(it->name));
-    kw_buf_printf(b,
-                  ",\"kind\":%d,\"startTimeUnixNano\":\"%lld\",\"endTimeUnixNano\":\"%lld\","
-                  "\"attributes\":[",
-                  it->kind, (long long)it->start_ns, (long long)it->end_ns);
+    kw_buf_puts(b, ",\"kind\":");
+    put_i64(b, it->kind);
+    put_i64_string(b, ",\"startTimeUnixNano\":", it->start_ns);
+    put_i64_string(b, ",\"endTimeUnixNano\":", it->end_ns);
+    kw_buf_puts(b, ",\"attributes\":[");
     size_t off = 0;
     struct rec r;
     bool first = true;
     while (next_rec(it, &off, &r)) {
         if (r.what != 'A')
             continue;
-        kw_buf_puts(b, first ? "{\"key\":" : ",{\"key\":");
-        kw_json_write_string(b, r.key, r.keylen);
-        kw_buf_puts(b, ",\"value\":");
+        kw_buf_puts(b, first ? "{\"key\":\"" : ",{\"key\":\"");
+        kw_buf_append(b, r.key, r.keylen); /* names of this code's (kw_span_*): plain */
+        kw_buf_puts(b, "\",\"value\":");
         json_value(b, &r);
         kw_buf_puts(b, "}");
         first = false;
@@ -306,10 +382,10 @@ static void json_span(struct kw_buf *b, const struct kw_otlp_item *it)
     while (next_rec(it, &off, &r)) {
         if (r.what != 'E')
             continue;
-        kw_buf_printf(b, "%s{\"timeUnixNano\":\"%lld\",\"name\":", first ? "" : ",",
-                      (long long)r.time);
-        kw_json_write_string(b, r.key, r.keylen);
-        kw_buf_puts(b, "}");
+        put_i64_string(b, first ? "{\"timeUnixNano\":" : ",{\"timeUnixNano\":", r.time);
+        kw_buf_puts(b, ",\"name\":\"");
+        kw_buf_append(b, r.key, r.keylen);
+        kw_buf_puts(b, "\"}");
         first = false;
     }
     kw_buf_puts(b, "]");

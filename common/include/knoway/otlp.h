@@ -49,7 +49,8 @@ void kw_span_init(struct kw_span *s, const char *trace_id, const char *span_id,
                   const char *parent_id, const char *name, enum kw_span_kind kind);
 void kw_span_cleanup(struct kw_span *s);
 /* Attributes; a NULL or empty string is left out. An attribute that would pass
- * KW_SPAN_MAX_BYTES is left out. */
+ * KW_SPAN_MAX_BYTES is left out. Keys and event names are this code's own: plain ASCII
+ * names (a-z, 0-9, '.', '_'), written without escaping. */
 void kw_span_str(struct kw_span *s, const char *key, const char *v);
 void kw_span_strn(struct kw_span *s, const char *key, const char *v, size_t len);
 void kw_span_int(struct kw_span *s, const char *key, int64_t v);
@@ -58,8 +59,11 @@ void kw_span_strs(struct kw_span *s, const char *key, const char *const *v, size
 /* An event without attributes at time_ns. */
 void kw_span_event(struct kw_span *s, const char *name, int64_t time_ns);
 
-/* Random ids (OpenSSL's RNG), never all zero: 16 bytes -> 32 hex digits, 8 -> 16. */
+/* Random ids, never all zero: 16 bytes -> 32 hex digits, 8 -> 16. A generator per thread
+ * (xoshiro256**) seeded from OpenSSL's RNG: trace ids must be unpredictable enough not to
+ * collide, not secret. kw_trace_random: 64 random bits. Any thread. */
 void kw_trace_random_hex(char *out, size_t bytes);
+uint64_t kw_trace_random(void);
 int64_t kw_now_unix_ns(void);
 
 struct kw_otlp_config {
