@@ -190,6 +190,7 @@ static void on_end(struct dp_request *r, void *ctx)
         kw_metric_add(c->usage[0], shard, v, r->usage.prompt);
         kw_metric_add(c->usage[1], shard, v, r->usage.completion);
         kw_metric_add(c->usage[2], shard, v, r->usage.cached);
+        kw_metric_add(c->usage[3], shard, v, r->usage.reasoning);
         int64_t nano =
             dp_cost_nano(r->backend, r->usage.prompt, r->usage.cached, r->usage.completion);
         if (nano > 0)

@@ -250,7 +250,10 @@ static void build(struct dp_request *r, struct ctx *x, struct conf *c, unsigned 
     field_int(b, "input_tokens", in);
     field_int(b, "output_tokens", out);
     field_int(b, "cached_tokens", cached);
-    field_str(b, "reasoning_tokens", NULL);
+    if (r->usage.have)
+        field_int(b, "reasoning_tokens", r->usage.reasoning);
+    else
+        field_str(b, "reasoning_tokens", NULL);
     char cost[48];
     kw_usd_format(dp_cost_nano(r->backend, in, cached, out), cost, sizeof(cost));
     field_str(b, "cost", cost);

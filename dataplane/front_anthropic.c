@@ -9,14 +9,18 @@
  *   messages: text -> text parts, image (base64 or url source) -> image_url parts,
  *   tool_result blocks -> tool messages (before the user message holding the rest of the
  *   turn; images inside them move to that message), assistant tool_use -> tool_calls
- *   (input serialized into arguments), thinking blocks dropped; tools {name, description,
- *   input_schema} -> functions; tool_choice auto/any/tool/none (+ disable_parallel_tool_use)
- *   -> auto/required/{function}/none (+ parallel_tool_calls: false).
- *   top_k, thinking, service_tier and cache_control are accepted and dropped; any other
+ *   (input serialized into arguments), thinking and redacted_thinking blocks -> the
+ *   assistant's thinking_blocks (kept, signatures included, for an Anthropic backend);
+ *   thinking {enabled, budget_tokens} -> the exact budget for an Anthropic backend and
+ *   reasoning_effort (<= 2048 low, <= 8192 medium, else high) for the others; tools {name,
+ *   description, input_schema} -> functions; tool_choice auto/any/tool/none (+
+ *   disable_parallel_tool_use) -> auto/required/{function}/none (+ parallel_tool_calls:
+ *   false). top_k, service_tier and cache_control are accepted and dropped; any other
  *   field is refused as Anthropic refuses it ("Extra inputs are not permitted").
  *
- * Response: choices[0].message -> content blocks (text, tool_use with the arguments parsed
- * into input), finish_reason -> stop_reason (stop: end_turn, length: max_tokens,
+ * Response: choices[0].message -> content blocks (thinking_blocks as they came, else
+ * reasoning_content as a thinking block without a signature; text, tool_use with the
+ * arguments parsed into input), finish_reason -> stop_reason (stop: end_turn, length: max_tokens,
  * tool_calls: tool_use, content_filter: refusal), usage -> input_tokens (prompt minus
  * cached), output_tokens, cache_read_input_tokens. id "msg_" + the request id, model as the
  * client named it.
@@ -273,7 +277,8 @@ static int assistant_turn(struct dp_request *r, size_t i, const struct kw_node *
     struct kw_buf text;
     kw_buf_init(&text, 64u << 20);
     struct kw_node *calls = kw_node_new(a, KW_NODE_SEQ);
-    int rc = calls != NULL ? KW_OK : bad(r, "out of memory");
+    struct kw_node *thinking = kw_node_new(a, KW_NODE_SEQ);
+    int rc = calls != NULL && thinking != NULL ? KW_OK : bad(r, "out of memory");
     for (size_t j = 0; rc == KW_OK && j < blocks->n; j++) {
         char path[96];
         snprintf(path, sizeof(path), "messages.%zu.content.%zu", i, j);
@@ -304,7 +309,10 @@ static int assistant_turn(struct dp_request *r, size_t i, const struct kw_node *
                 kw_node_map_put(a, call, "function", fn) != KW_OK ||
                 kw_node_seq_push(a, calls, call) != KW_OK)
                 rc = bad(r, "out of memory");
-        } else if (strcmp(t, "thinking") != 0 && strcmp(t, "redacted_thinking") != 0) {
+        } else if (strcmp(t, "thinking") == 0 || strcmp(t, "redacted_thinking") == 0) {
+            /* kept with their signatures for an Anthropic backend (thinking_blocks) */
+            rc = kw_node_seq_push(a, thinking, (struct kw_node *)b);
+        } else {
             rc = bad(r, "%s.type: '%s' blocks are not supported by this gateway", path, t);
         }
     }
@@ -316,6 +324,7 @@ static int assistant_turn(struct dp_request *r, size_t i, const struct kw_node *
                 : kw_node_new(a, KW_NODE_NULL);
         m = map_of(a, "role", kw_node_cstring(a, "assistant"), "content", content);
         if (m == NULL || (calls->n > 0 && kw_node_map_put(a, m, "tool_calls", calls) != KW_OK) ||
+            (thinking->n > 0 && kw_node_map_put(a, m, "thinking_blocks", thinking) != KW_OK) ||
             kw_node_seq_push(a, msgs, m) != KW_OK)
             rc = bad(r, "out of memory");
     }
@@ -440,6 +449,28 @@ static int tool_choice(struct dp_request *r, const struct kw_node *tc, bool have
     return rc == KW_OK ? KW_OK : bad(r, "out of memory");
 }
 
+/* thinking {type: enabled, budget_tokens} -> the exact budget for an Anthropic backend
+ * (r->thinking_budget) and reasoning_effort for the others; {type: disabled}: nothing. */
+static int thinking(struct dp_request *r, const struct kw_node *v, struct kw_node *out)
+{
+    const struct kw_node *type = kw_node_get(v, "type"), *budget = kw_node_get(v, "budget_tokens");
+    if (!is(v, KW_NODE_MAP) || !is(type, KW_NODE_STRING))
+        return bad(r, "thinking.type: Field required");
+    if (strcmp(type->str, "disabled") == 0)
+        return KW_OK;
+    if (strcmp(type->str, "enabled") != 0)
+        return bad(r, "thinking.type: Input should be 'enabled' or 'disabled'");
+    if (!is(budget, KW_NODE_INT) || budget->i < 1024)
+        return bad(r, "thinking.enabled.budget_tokens: Input should be greater than or equal "
+                      "to 1024");
+    r->thinking_budget = budget->i;
+    const char *effort = budget->i <= 2048 ? "low" : budget->i <= 8192 ? "medium" : "high";
+    return kw_node_map_put(r->arena, out, "reasoning_effort", kw_node_cstring(r->arena, effort)) ==
+                   KW_OK
+               ? KW_OK
+               : bad(r, "out of memory");
+}
+
 static int anth_request(struct dp_request *r)
 {
     struct kw_arena *a = r->arena;
@@ -447,7 +478,7 @@ static int anth_request(struct dp_request *r)
     struct kw_node *out = kw_node_new(a, KW_NODE_MAP), *msgs = kw_node_new(a, KW_NODE_SEQ);
     if (out == NULL || msgs == NULL)
         return bad(r, "out of memory");
-    static const char *const dropped[] = {"top_k", "thinking", "service_tier", "cache_control"};
+    static const char *const dropped[] = {"top_k", "service_tier", "cache_control"};
     static const char *const copied[] = {"model", "temperature", "top_p"};
     const struct kw_node *msgs_in = NULL, *sys = NULL, *tl = NULL, *tc = NULL, *max = NULL;
     for (size_t i = 0; i < in->n; i++) {
@@ -467,6 +498,9 @@ static int anth_request(struct dp_request *r)
             continue;
         if (strcmp(k, "max_tokens") == 0) {
             max = v;
+        } else if (strcmp(k, "thinking") == 0) {
+            if (thinking(r, v, out) != KW_OK)
+                return KW_ERROR;
         } else if (strcmp(k, "messages") == 0) {
             msgs_in = v;
         } else if (strcmp(k, "system") == 0) {
@@ -584,13 +618,30 @@ static int anth_response(struct dp_request *r, const char *body, size_t len, str
     write_str(out, r->model);
     kw_buf_puts(out, ",\"content\":[");
     bool any = false;
+    const struct kw_node *tb = kw_node_get(msg, "thinking_blocks");
+    const struct kw_node *rc_ = kw_node_get(msg, "reasoning_content");
+    if (is(tb, KW_NODE_SEQ) && tb->n > 0) { /* an Anthropic backend's, signatures kept */
+        for (size_t i = 0; i < tb->n; i++) {
+            if (!is(tb->items[i], KW_NODE_MAP))
+                continue;
+            if (any)
+                kw_buf_puts(out, ",");
+            kw_json_write(tb->items[i], out);
+            any = true;
+        }
+    } else if (is(rc_, KW_NODE_STRING) && rc_->len > 0) { /* other providers: no signature */
+        kw_buf_puts(out, "{\"type\":\"thinking\",\"thinking\":");
+        kw_json_write_string(out, rc_->str, rc_->len);
+        kw_buf_puts(out, ",\"signature\":\"\"}");
+        any = true;
+    }
     const char *reason = stop_reason(fr);
     if (!is(content, KW_NODE_STRING) && is(refusal, KW_NODE_STRING)) {
         content = refusal;
         reason = "refusal";
     }
     if (is(content, KW_NODE_STRING) && content->len > 0) {
-        kw_buf_puts(out, "{\"type\":\"text\",\"text\":");
+        kw_buf_puts(out, any ? ",{\"type\":\"text\",\"text\":" : "{\"type\":\"text\",\"text\":");
         kw_json_write_string(out, content->str, content->len);
         kw_buf_puts(out, "}");
         any = true;
@@ -631,6 +682,7 @@ struct anth_stream {
     struct kw_buf *out;
     int open; /* index of the open content block; -1: none */
     bool open_tool;
+    bool open_thinking;
     int nblocks;
     int tool_block[ANTH_MAX_TOOLS]; /* block index by OpenAI tool-call index; -1: none */
     const char *stop;               /* stop_reason from the last finish_reason */
@@ -696,10 +748,10 @@ static int close_block(struct anth_stream *st)
 static int text_delta(struct anth_stream *st, const struct kw_node *text)
 {
     struct kw_buf *out = st->out;
-    if (st->open < 0 || st->open_tool) {
+    if (st->open < 0 || st->open_tool || st->open_thinking) {
         close_block(st);
         st->open = st->nblocks++;
-        st->open_tool = false;
+        st->open_tool = st->open_thinking = false;
         kw_buf_printf(out,
                       "event: content_block_start\ndata: {\"type\":\"content_block_start\","
                       "\"index\":%d,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
@@ -710,6 +762,59 @@ static int text_delta(struct anth_stream *st, const struct kw_node *text)
                   "\"index\":%d,\"delta\":{\"type\":\"text_delta\",\"text\":",
                   st->open);
     kw_json_write_string(out, text->str, text->len);
+    return kw_buf_puts(out, "}}\n\n");
+}
+
+/* delta.reasoning_content -> a thinking block's thinking_delta */
+static int thinking_delta(struct anth_stream *st, const struct kw_node *text)
+{
+    struct kw_buf *out = st->out;
+    if (st->open < 0 || !st->open_thinking) {
+        close_block(st);
+        st->open = st->nblocks++;
+        st->open_tool = false;
+        st->open_thinking = true;
+        kw_buf_printf(
+            out,
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\","
+            "\"index\":%d,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n",
+            st->open);
+    }
+    kw_buf_printf(out,
+                  "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
+                  "\"index\":%d,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":",
+                  st->open);
+    kw_json_write_string(out, text->str, text->len);
+    return kw_buf_puts(out, "}}\n\n");
+}
+
+/* delta.thinking_blocks: a signature ends the open thinking block (signature_delta); a
+ * redacted block is a block of its own. */
+static int thinking_block(struct anth_stream *st, const struct kw_node *b)
+{
+    struct kw_buf *out = st->out;
+    const struct kw_node *type = kw_node_get(b, "type"), *sig = kw_node_get(b, "signature");
+    const struct kw_node *data = kw_node_get(b, "data");
+    if (is(type, KW_NODE_STRING) && strcmp(type->str, "redacted_thinking") == 0 &&
+        is(data, KW_NODE_STRING)) {
+        close_block(st);
+        st->open = st->nblocks++;
+        st->open_tool = st->open_thinking = false;
+        kw_buf_printf(out,
+                      "event: content_block_start\ndata: {\"type\":\"content_block_start\","
+                      "\"index\":%d,\"content_block\":{\"type\":\"redacted_thinking\",\"data\":",
+                      st->open);
+        kw_json_write_string(out, data->str, data->len);
+        kw_buf_puts(out, "}}\n\n");
+        return close_block(st);
+    }
+    if (!is(sig, KW_NODE_STRING) || sig->len == 0 || st->open < 0 || !st->open_thinking)
+        return KW_OK;
+    kw_buf_printf(out,
+                  "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
+                  "\"index\":%d,\"delta\":{\"type\":\"signature_delta\",\"signature\":",
+                  st->open);
+    kw_json_write_string(out, sig->str, sig->len);
     return kw_buf_puts(out, "}}\n\n");
 }
 
@@ -730,6 +835,7 @@ static int tool_delta(struct dp_request *r, struct anth_stream *st, size_t pos,
         close_block(st);
         st->open = st->tool_block[k] = st->nblocks++;
         st->open_tool = true;
+        st->open_thinking = false;
         kw_buf_printf(out,
                       "event: content_block_start\ndata: {\"type\":\"content_block_start\","
                       "\"index\":%d,\"content_block\":{\"type\":\"tool_use\",\"id\":",
@@ -833,7 +939,13 @@ static int on_chunk(void *ud, const char *raw, size_t raw_len, const char *ev, c
         const struct kw_node *text = kw_node_get(delta, "content");
         const struct kw_node *refusal = kw_node_get(delta, "refusal");
         const struct kw_node *calls = kw_node_get(delta, "tool_calls");
+        const struct kw_node *reasoning = kw_node_get(delta, "reasoning_content");
+        const struct kw_node *tb = kw_node_get(delta, "thinking_blocks");
         int rc = KW_OK;
+        if (is(reasoning, KW_NODE_STRING) && reasoning->len > 0)
+            rc |= thinking_delta(st, reasoning);
+        for (size_t j = 0; is(tb, KW_NODE_SEQ) && j < tb->n; j++)
+            rc |= thinking_block(st, tb->items[j]);
         if (is(text, KW_NODE_STRING) && text->len > 0)
             rc |= text_delta(st, text);
         if (is(refusal, KW_NODE_STRING) && refusal->len > 0) {

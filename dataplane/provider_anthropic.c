@@ -6,6 +6,11 @@
  * 4096, since Anthropic requires it; stop -> stop_sequences; temperature, top_p, stream and
  * user (metadata.user_id) carry over. Headers: x-api-key, anthropic-version.
  *
+ * Reasoning: reasoning_effort (or the Anthropic front's budget) -> thinking {enabled,
+ * budget_tokens} (max_tokens raised past the budget); assistant thinking_blocks sent back
+ * lead the assistant turn. thinking blocks -> message.reasoning_content and
+ * message.thinking_blocks (signatures kept), redacted ones -> thinking_blocks.
+ *
  * Response: text blocks joined into message.content; stop_reason -> finish_reason
  * (end_turn/stop_sequence: stop, max_tokens: length, tool_use: tool_calls); usage: prompt
  * tokens = input + cache read + cache creation, cached_tokens = cache read.
@@ -17,7 +22,9 @@
  *   message_delta        -> chunk with finish_reason; output tokens
  *   message_stop         -> usage chunk when the client asked for it, then data: [DONE]
  *   error                -> an OpenAI error event
- *   ping, content_block_stop, thinking deltas -> nothing
+ *   thinking blocks      -> delta.reasoning_content (thinking_delta), delta.thinking_blocks
+ *                           (the signature_delta, a redacted_thinking block)
+ *   ping, content_block_stop -> nothing
  *
  * Tools: tools[].function {name, description, parameters} -> tools[] {name, description,
  * input_schema}; tool_choice auto/none/required/{function} -> {type: auto/none/any/tool};
@@ -188,15 +195,37 @@ static struct kw_node *message_content(struct dp_request *r, size_t i, const str
         text_block, content_block, tool_use_block, "is not a text or image part", NULL, false};
     const struct kw_node *content = kw_node_get(m, "content");
     const struct kw_node *calls = assistant ? kw_node_get(m, "tool_calls") : NULL;
+    const struct kw_node *thinking = assistant ? kw_node_get(m, "thinking_blocks") : NULL;
     bool has_calls = calls != NULL && calls->type == KW_NODE_SEQ && calls->n > 0;
-    if (content != NULL && content->type == KW_NODE_STRING && !has_calls)
+    bool has_thinking = thinking != NULL && thinking->type == KW_NODE_SEQ && thinking->n > 0;
+    if (content != NULL && content->type == KW_NODE_STRING && !has_calls && !has_thinking)
         return dp_tr_str(r->arena, content);
-    if ((content == NULL || content->type == KW_NODE_NULL) && !has_calls) {
+    if ((content == NULL || content->type == KW_NODE_NULL) && !has_calls && !has_thinking) {
         dp_error_set(r, 400, "invalid_request_error", NULL, "messages",
                      "messages[%zu] needs content", i);
         return NULL;
     }
-    return dp_tr_content(r, i, content, calls, &ops);
+    struct kw_node *blocks = dp_tr_content(r, i, content, calls, &ops);
+    if (blocks == NULL || !has_thinking)
+        return blocks;
+    /* the thinking blocks a client sent back (signatures kept) lead the assistant turn, as
+     * Anthropic requires when thinking continues across tool use */
+    struct kw_node *all = kw_node_new(r->arena, KW_NODE_SEQ);
+    for (size_t k = 0; k < thinking->n; k++) {
+        const struct kw_node *b = thinking->items[k], *type = kw_node_get(b, "type");
+        if (b->type != KW_NODE_MAP || type == NULL || type->type != KW_NODE_STRING ||
+            (strcmp(type->str, "thinking") != 0 && strcmp(type->str, "redacted_thinking") != 0)) {
+            dp_error_set(r, 400, "invalid_request_error", NULL, "messages",
+                         "messages[%zu].thinking_blocks[%zu] must be a thinking or "
+                         "redacted_thinking block",
+                         i, k);
+            return NULL;
+        }
+        kw_node_seq_push(r->arena, all, (struct kw_node *)b);
+    }
+    for (size_t k = 0; k < blocks->n; k++)
+        kw_node_seq_push(r->arena, all, blocks->items[k]);
+    return all;
 }
 
 static int translate_request(struct dp_request *r, struct kw_node **out)
@@ -220,8 +249,18 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
         kw_node_map_put(a, body, "system", kw_node_string(a, sys.data, sys.len));
     kw_buf_cleanup(&sys);
     kw_node_map_put(a, body, "messages", msgs);
-    kw_node_map_put(a, body, "max_tokens",
-                    kw_node_int(a, dp_tr_max_tokens(in, ANTHROPIC_MAX_TOKENS)));
+    int64_t max_tokens = dp_tr_max_tokens(in, ANTHROPIC_MAX_TOKENS);
+    int64_t budget = dp_tr_thinking_budget(r);
+    if (budget > 0) {
+        if (budget < 1024)
+            budget = 1024; /* Anthropic's minimum */
+        struct kw_node *th = dp_tr_map1(a, "type", kw_node_cstring(a, "enabled"));
+        kw_node_map_put(a, th, "budget_tokens", kw_node_int(a, budget));
+        kw_node_map_put(a, body, "thinking", th);
+        if (max_tokens <= budget) /* the budget is part of max_tokens: room for the answer */
+            max_tokens += budget;
+    }
+    kw_node_map_put(a, body, "max_tokens", kw_node_int(a, max_tokens));
     struct kw_node *stop = dp_tr_stop_list(a, in);
     if (stop != NULL)
         kw_node_map_put(a, body, "stop_sequences", stop);
@@ -324,14 +363,32 @@ static int anthropic_on_response(struct dp_request *r, const char *body, size_t 
     read_usage(st, kw_node_get(root, "usage"));
     set_usage(r, st);
     struct kw_buf text, calls;
+    struct dp_tr_reasoning rs;
     kw_buf_init(&text, DP_MAX_UPSTREAM_RESPONSE);
     kw_buf_init(&calls, DP_MAX_UPSTREAM_RESPONSE);
+    dp_tr_reasoning_init(&rs);
     const struct kw_node *content = kw_node_get(root, "content");
     bool any = false;
     for (size_t i = 0; content != NULL && content->type == KW_NODE_SEQ && i < content->n; i++) {
         const struct kw_node *b = content->items[i], *type = kw_node_get(b, "type");
         const struct kw_node *t = kw_node_get(b, "text");
-        if (type != NULL && type->type == KW_NODE_STRING && strcmp(type->str, "tool_use") == 0) {
+        const char *ty = type != NULL && type->type == KW_NODE_STRING ? type->str : "";
+        if (strcmp(ty, "thinking") == 0) {
+            const struct kw_node *th = kw_node_get(b, "thinking"),
+                                 *sig = kw_node_get(b, "signature");
+            if (th != NULL && th->type == KW_NODE_STRING)
+                dp_tr_reasoning_block(&rs, th->str, th->len,
+                                      sig != NULL && sig->type == KW_NODE_STRING ? sig->str : NULL,
+                                      sig != NULL && sig->type == KW_NODE_STRING ? sig->len : 0);
+            continue;
+        }
+        if (strcmp(ty, "redacted_thinking") == 0) {
+            const struct kw_node *data = kw_node_get(b, "data");
+            if (data != NULL && data->type == KW_NODE_STRING)
+                dp_tr_reasoning_redacted(&rs, data->str, data->len);
+            continue;
+        }
+        if (strcmp(ty, "tool_use") == 0) {
             const struct kw_node *id = kw_node_get(b, "id"), *name = kw_node_get(b, "name");
             if (id == NULL || id->type != KW_NODE_STRING || name == NULL ||
                 name->type != KW_NODE_STRING)
@@ -343,10 +400,11 @@ static int anthropic_on_response(struct dp_request *r, const char *body, size_t 
             any = true;
         }
     }
-    int rc = dp_tr_completion(out, r, &st->tr.ident, any ? &text : NULL, &calls,
-                              finish_reason(kw_node_get(root, "stop_reason")));
+    int rc = dp_tr_completion_r(out, r, &st->tr.ident, any ? &text : NULL, &rs, &calls,
+                                finish_reason(kw_node_get(root, "stop_reason")));
     kw_buf_cleanup(&text);
     kw_buf_cleanup(&calls);
+    dp_tr_reasoning_cleanup(&rs);
     return rc;
 }
 
@@ -375,8 +433,22 @@ static int anthropic_on_event(struct dp_request *r, const char *raw, size_t raw_
     if (strcmp(type, "content_block_start") == 0) {
         const struct kw_node *b = kw_node_get(ev, "content_block");
         const struct kw_node *bt = kw_node_get(b, "type");
-        st->tr.tool_open =
-            bt != NULL && bt->type == KW_NODE_STRING && strcmp(bt->str, "tool_use") == 0;
+        const char *ty = bt != NULL && bt->type == KW_NODE_STRING ? bt->str : "";
+        st->tr.tool_open = strcmp(ty, "tool_use") == 0;
+        st->tr.thinking_open = strcmp(ty, "thinking") == 0;
+        if (strcmp(ty, "redacted_thinking") == 0) {
+            const struct kw_node *rd = kw_node_get(b, "data");
+            if (rd == NULL || rd->type != KW_NODE_STRING)
+                return KW_OK;
+            struct kw_buf blk;
+            kw_buf_init(&blk, DP_MAX_SSE_EVENT);
+            kw_buf_puts(&blk, "{\"type\":\"redacted_thinking\",\"data\":");
+            kw_json_write_string(&blk, rd->str, rd->len);
+            kw_buf_puts(&blk, "}");
+            int rc = dp_tr_chunk_thinking_block(out, &st->tr, blk.data, blk.len);
+            kw_buf_cleanup(&blk);
+            return rc;
+        }
         if (!st->tr.tool_open)
             return KW_OK;
         const struct kw_node *id = kw_node_get(b, "id"), *name = kw_node_get(b, "name");
@@ -394,10 +466,23 @@ static int anthropic_on_event(struct dp_request *r, const char *raw, size_t raw_
                                     : KW_OK;
         if (text != NULL && text->type == KW_NODE_STRING)
             return dp_tr_chunk_text(out, &st->tr, text->str, text->len);
-        return KW_OK; /* thinking, signature and citations deltas */
+        const struct kw_node *th = kw_node_get(d, "thinking"), *sig = kw_node_get(d, "signature");
+        if (th != NULL && th->type == KW_NODE_STRING)
+            return dp_tr_chunk_reasoning(out, &st->tr, th->str, th->len);
+        if (sig != NULL && sig->type == KW_NODE_STRING) { /* the block's signature: its end */
+            struct kw_buf blk;
+            kw_buf_init(&blk, DP_MAX_SSE_EVENT);
+            kw_buf_puts(&blk, "{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":");
+            kw_json_write_string(&blk, sig->str, sig->len);
+            kw_buf_puts(&blk, "}");
+            int rc = dp_tr_chunk_thinking_block(out, &st->tr, blk.data, blk.len);
+            kw_buf_cleanup(&blk);
+            return rc;
+        }
+        return KW_OK; /* citations deltas */
     }
     if (strcmp(type, "content_block_stop") == 0) {
-        st->tr.tool_open = false;
+        st->tr.tool_open = st->tr.thinking_open = false;
         return KW_OK;
     }
     if (strcmp(type, "message_delta") == 0) {

@@ -400,12 +400,26 @@ static int bedrock_on_response(struct dp_request *r, const char *body, size_t le
     const struct kw_node *content =
         kw_node_get(kw_node_get(kw_node_get(root, "output"), "message"), "content");
     struct kw_buf text, calls;
+    struct dp_tr_reasoning rs;
     kw_buf_init(&text, DP_MAX_UPSTREAM_RESPONSE);
     kw_buf_init(&calls, DP_MAX_UPSTREAM_RESPONSE);
+    dp_tr_reasoning_init(&rs);
     bool any = false;
     for (size_t i = 0; content != NULL && content->type == KW_NODE_SEQ && i < content->n; i++) {
         const struct kw_node *b = content->items[i], *t = kw_node_get(b, "text");
         const struct kw_node *tu = kw_node_get(b, "toolUse");
+        const struct kw_node *rc_ = kw_node_get(b, "reasoningContent");
+        if (rc_ != NULL) { /* {reasoningText: {text, signature}} or {redactedContent} */
+            const struct kw_node *rt = kw_node_get(rc_, "reasoningText");
+            const struct kw_node *tx = kw_node_get(rt, "text"), *sig = kw_node_get(rt, "signature");
+            const struct kw_node *red = kw_node_get(rc_, "redactedContent");
+            bool s = sig != NULL && sig->type == KW_NODE_STRING;
+            if (tx != NULL && tx->type == KW_NODE_STRING)
+                dp_tr_reasoning_block(&rs, tx->str, tx->len, s ? sig->str : NULL, s ? sig->len : 0);
+            else if (red != NULL && red->type == KW_NODE_STRING)
+                dp_tr_reasoning_redacted(&rs, red->str, red->len);
+            continue;
+        }
         if (tu != NULL) {
             const struct kw_node *id = kw_node_get(tu, "toolUseId"),
                                  *name = kw_node_get(tu, "name");
@@ -421,10 +435,11 @@ static int bedrock_on_response(struct dp_request *r, const char *body, size_t le
     read_tier(&st->tr.ident, root);
     /* no stopReason: what the content says (a tool call: tool_calls, else stop) */
     const char *fr = finish_reason(kw_node_get(root, "stopReason"));
-    int rc = dp_tr_completion(out, r, &st->tr.ident, any ? &text : NULL, &calls,
-                              fr != NULL ? fr : "stop");
+    int rc = dp_tr_completion_r(out, r, &st->tr.ident, any ? &text : NULL, &rs, &calls,
+                                fr != NULL ? fr : "stop");
     kw_buf_cleanup(&text);
     kw_buf_cleanup(&calls);
+    dp_tr_reasoning_cleanup(&rs);
     return rc;
 }
 
@@ -482,7 +497,21 @@ static int on_message(void *ud, const struct dp_es_message *m)
                                   : KW_OK;
         if (t != NULL && t->type == KW_NODE_STRING)
             return dp_tr_chunk_text(c->out, &st->tr, t->str, t->len);
-        return KW_OK; /* reasoningContent */
+        const struct kw_node *rc_ = kw_node_get(d, "reasoningContent");
+        const struct kw_node *rt = kw_node_get(rc_, "text"), *sig = kw_node_get(rc_, "signature");
+        if (rt != NULL && rt->type == KW_NODE_STRING)
+            return dp_tr_chunk_reasoning(c->out, &st->tr, rt->str, rt->len);
+        if (sig != NULL && sig->type == KW_NODE_STRING) {
+            struct kw_buf blk;
+            kw_buf_init(&blk, DP_MAX_SSE_EVENT);
+            kw_buf_puts(&blk, "{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":");
+            kw_json_write_string(&blk, sig->str, sig->len);
+            kw_buf_puts(&blk, "}");
+            int rc = dp_tr_chunk_thinking_block(c->out, &st->tr, blk.data, blk.len);
+            kw_buf_cleanup(&blk);
+            return rc;
+        }
+        return KW_OK;
     }
     if (strcmp(type, "contentBlockStop") == 0) {
         st->tr.tool_open = false;

@@ -195,6 +195,20 @@ static struct kw_node *generation_config(struct dp_request *r, const struct kw_n
     const struct kw_node *rf = kw_node_get(kw_node_get(in, "response_format"), "type");
     if (rf != NULL && rf->type == KW_NODE_STRING && strncmp(rf->str, "json_", 5) == 0)
         kw_node_map_put(a, gc, "responseMimeType", kw_node_cstring(a, "application/json"));
+    /* reasoning_effort -> thinkingConfig: Gemini's budgets are larger than Anthropic's for
+     * the same effort (docs/providers.md); thought summaries asked for unless omitted */
+    int64_t budget = dp_tr_thinking_budget(r);
+    const struct kw_node *effort = kw_node_get(in, "reasoning_effort");
+    if (budget >= 0) {
+        if (r->thinking_budget < 0 && effort != NULL && effort->type == KW_NODE_STRING)
+            budget = strcmp(effort->str, "medium") == 0 ? 8192
+                     : strcmp(effort->str, "high") == 0 ? 24576
+                                                        : budget;
+        struct kw_node *tc = dp_tr_map1(a, "thinkingBudget", kw_node_int(a, budget));
+        if (budget > 0 && !r->backend->reasoning_omit)
+            kw_node_map_put(a, tc, "includeThoughts", kw_node_bool(a, true));
+        kw_node_map_put(a, gc, "thinkingConfig", tc);
+    }
     return gc;
 }
 
@@ -390,7 +404,8 @@ static void read_usage(struct dp_request *r, struct gem_state *st, const struct 
     st->thoughts = dp_tr_int(u, "thoughtsTokenCount");
     st->cached = dp_tr_int(u, "cachedContentTokenCount");
     r->usage.prompt = st->prompt;
-    r->usage.completion = st->candidates + st->thoughts;
+    r->usage.completion = st->candidates + st->thoughts; /* OpenAI counts reasoning in it */
+    r->usage.reasoning = st->thoughts;
     r->usage.cached = st->cached;
     r->usage.have = true;
 }
@@ -425,16 +440,21 @@ static int chat_response(struct dp_request *r, struct gem_state *st, const struc
         cands != NULL && cands->type == KW_NODE_SEQ && cands->n > 0 ? cands->items[0] : NULL;
     const struct kw_node *parts = kw_node_get(kw_node_get(cand, "content"), "parts");
     struct kw_buf text, calls;
+    struct dp_tr_reasoning rs;
     kw_buf_init(&text, DP_MAX_UPSTREAM_RESPONSE);
     kw_buf_init(&calls, DP_MAX_UPSTREAM_RESPONSE);
+    dp_tr_reasoning_init(&rs);
     bool any = false;
     int ncalls = 0;
     for (size_t i = 0; parts != NULL && parts->type == KW_NODE_SEQ && i < parts->n; i++) {
         const struct kw_node *p = parts->items[i], *t = kw_node_get(p, "text");
         const struct kw_node *fc = kw_node_get(p, "functionCall");
         const struct kw_node *thought = kw_node_get(p, "thought");
-        if (thought != NULL && thought->type == KW_NODE_BOOL && thought->b)
-            continue; /* thought summaries are not part of the answer */
+        if (thought != NULL && thought->type == KW_NODE_BOOL && thought->b) {
+            if (t != NULL && t->type == KW_NODE_STRING) /* a thought summary: reasoning */
+                kw_buf_append(&rs.text, t->str, t->len);
+            continue;
+        }
         if (fc != NULL) {
             const struct kw_node *name = kw_node_get(fc, "name");
             size_t idlen;
@@ -450,9 +470,10 @@ static int chat_response(struct dp_request *r, struct gem_state *st, const struc
     const char *fr = finish_reason(kw_node_get(cand, "finishReason"));
     if (cand == NULL && kw_node_get(kw_node_get(root, "promptFeedback"), "blockReason") != NULL)
         fr = "content_filter"; /* the prompt itself was blocked */
-    int rc = dp_tr_completion(out, r, &st->tr.ident, any ? &text : NULL, &calls, fr);
+    int rc = dp_tr_completion_r(out, r, &st->tr.ident, any ? &text : NULL, &rs, &calls, fr);
     kw_buf_cleanup(&text);
     kw_buf_cleanup(&calls);
+    dp_tr_reasoning_cleanup(&rs);
     return rc;
 }
 
@@ -565,8 +586,11 @@ static int gemini_on_event(struct dp_request *r, const char *raw, size_t raw_len
         const struct kw_node *p = parts->items[i], *t = kw_node_get(p, "text");
         const struct kw_node *fc = kw_node_get(p, "functionCall");
         const struct kw_node *thought = kw_node_get(p, "thought");
-        if (thought != NULL && thought->type == KW_NODE_BOOL && thought->b)
+        if (thought != NULL && thought->type == KW_NODE_BOOL && thought->b) {
+            if (t != NULL && t->type == KW_NODE_STRING)
+                dp_tr_chunk_reasoning(out, &st->tr, t->str, t->len);
             continue;
+        }
         if (fc != NULL) {
             const struct kw_node *name = kw_node_get(fc, "name");
             if (name == NULL || name->type != KW_NODE_STRING)

@@ -62,8 +62,42 @@ int dp_openai_add_header(struct curl_slist **list, struct kw_arena *a, const cha
     return KW_OK;
 }
 
+/* The Anthropic front keeps a conversation's thinking blocks on assistant messages
+ * (thinking_blocks) for Anthropic backends; an OpenAI-shaped API refuses fields it does not
+ * know: this attempt's body goes without them (copies: the request's own tree serves a
+ * fallback to an Anthropic backend). */
+static int drop_thinking_blocks(struct dp_request *r)
+{
+    struct kw_arena *a = r->arena;
+    const struct kw_node *msgs = kw_node_get(r->up_json, "messages");
+    if (msgs == NULL || msgs->type != KW_NODE_SEQ)
+        return KW_OK;
+    struct kw_node *out = kw_node_new(a, KW_NODE_SEQ);
+    if (out == NULL)
+        return KW_ERROR;
+    for (size_t i = 0; i < msgs->n; i++) {
+        struct kw_node *m = msgs->items[i];
+        if (m->type == KW_NODE_MAP && kw_node_get(m, "thinking_blocks") != NULL) {
+            struct kw_node *c = kw_node_map_copy(a, m);
+            if (c == NULL)
+                return KW_ERROR;
+            size_t keep = 0;
+            for (size_t j = 0; j < c->n; j++)
+                if (strcmp(c->pairs[j].key->str, "thinking_blocks") != 0)
+                    c->pairs[keep++] = c->pairs[j];
+            c->n = keep;
+            m = c;
+        }
+        if (kw_node_seq_push(a, out, m) != KW_OK)
+            return KW_ERROR;
+    }
+    return kw_node_map_set(a, r->up_json, "messages", out);
+}
+
 static int openai_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
 {
+    if (r->front != NULL && drop_thinking_blocks(r) != KW_OK)
+        return KW_ERROR;
     size_t blen = r->base_len;
     const char *base = r->base_url != NULL ? r->base_url : "";
     if (kw_buf_append(url, base, blen) != KW_OK ||

@@ -97,6 +97,10 @@ void dp_request_usage(struct dp_request *r, const struct kw_node *usage)
         r->usage.completion = c->i;
     if (d != NULL && d->type == KW_NODE_INT)
         r->usage.cached = d->i;
+    const struct kw_node *rt =
+        kw_node_get(kw_node_get(usage, "completion_tokens_details"), "reasoning_tokens");
+    if (rt != NULL && rt->type == KW_NODE_INT)
+        r->usage.reasoning = rt->i;
     r->usage.have = p != NULL || c != NULL;
 }
 
@@ -338,6 +342,7 @@ static struct dp_request *request_new(struct dp_worker *w, struct MHD_Connection
     r->w = w;
     r->conn = conn;
     r->start_ms = dp_now_ms();
+    r->thinking_budget = -1;
     kw_heap_node_init(&r->timer.node);
     kw_heap_node_init(&r->watch_timer.node);
     kw_heap_node_init(&r->attempt_timer.node);

@@ -56,6 +56,7 @@ struct dp_error {
 struct dp_usage {
     bool have;
     int64_t prompt, completion, cached;
+    int64_t reasoning; /* of completion: reasoning tokens (0: none or not reported) */
 };
 
 struct dp_provider_ops;
@@ -97,6 +98,7 @@ struct dp_request {
     const char *user;                   /* the end user (a JWT claim, else the body's "user") */
     const char *model;                  /* the client's model */
     bool stream;                        /* the client asked for a stream */
+    int64_t thinking_budget;            /* /v1/messages' thinking.budget_tokens, -1: none */
     bool client_usage;                  /* ... with stream_options.include_usage */
 
     /* routing */

@@ -15,6 +15,7 @@ void dp_tr_stream_init(struct dp_request *r, struct dp_tr_stream *st)
     snprintf(st->ident.model, sizeof(st->ident.model), "%s",
              r->upstream_model != NULL ? r->upstream_model : "");
     snprintf(st->ident.id, sizeof(st->ident.id), "chatcmpl-%s", r->id);
+    st->omit_reasoning = r->backend != NULL && r->backend->reasoning_omit;
 }
 
 void *dp_tr_state_sized(struct dp_request *r, size_t size)
@@ -415,12 +416,15 @@ struct kw_node *dp_tr_stop_list(struct kw_arena *a, const struct kw_node *req)
 
 int dp_tr_usage_json(struct kw_buf *out, const struct dp_request *r)
 {
-    return kw_buf_printf(out,
-                         "{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"total_tokens\":%lld,"
-                         "\"prompt_tokens_details\":{\"cached_tokens\":%lld}}",
-                         (long long)r->usage.prompt, (long long)r->usage.completion,
-                         (long long)(r->usage.prompt + r->usage.completion),
-                         (long long)r->usage.cached);
+    kw_buf_printf(out,
+                  "{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"total_tokens\":%lld,"
+                  "\"prompt_tokens_details\":{\"cached_tokens\":%lld}",
+                  (long long)r->usage.prompt, (long long)r->usage.completion,
+                  (long long)(r->usage.prompt + r->usage.completion), (long long)r->usage.cached);
+    if (r->usage.reasoning > 0) /* counted within completion_tokens, as OpenAI does */
+        kw_buf_printf(out, ",\"completion_tokens_details\":{\"reasoning_tokens\":%lld}",
+                      (long long)r->usage.reasoning);
+    return kw_buf_puts(out, "}");
 }
 
 static void service_tier(struct kw_buf *out, const struct dp_tr_ident *id)
@@ -559,8 +563,94 @@ const char *dp_tr_error_type(long status)
     return "invalid_request_error";
 }
 
+void dp_tr_reasoning_init(struct dp_tr_reasoning *rs)
+{
+    kw_buf_init(&rs->text, DP_MAX_UPSTREAM_RESPONSE);
+    kw_buf_init(&rs->blocks, DP_MAX_UPSTREAM_RESPONSE);
+}
+
+void dp_tr_reasoning_cleanup(struct dp_tr_reasoning *rs)
+{
+    kw_buf_cleanup(&rs->text);
+    kw_buf_cleanup(&rs->blocks);
+}
+
+void dp_tr_reasoning_block(struct dp_tr_reasoning *rs, const char *text, size_t len,
+                           const char *sig, size_t sig_len)
+{
+    kw_buf_append(&rs->text, text, len);
+    kw_buf_puts(&rs->blocks, rs->blocks.len > 0 ? ",{\"type\":\"thinking\",\"thinking\":"
+                                                : "{\"type\":\"thinking\",\"thinking\":");
+    kw_json_write_string(&rs->blocks, text, len);
+    if (sig != NULL) {
+        kw_buf_puts(&rs->blocks, ",\"signature\":");
+        kw_json_write_string(&rs->blocks, sig, sig_len);
+    }
+    kw_buf_puts(&rs->blocks, "}");
+}
+
+void dp_tr_reasoning_redacted(struct dp_tr_reasoning *rs, const char *data, size_t len)
+{
+    kw_buf_puts(&rs->blocks, rs->blocks.len > 0 ? ",{\"type\":\"redacted_thinking\",\"data\":"
+                                                : "{\"type\":\"redacted_thinking\",\"data\":");
+    kw_json_write_string(&rs->blocks, data, len);
+    kw_buf_puts(&rs->blocks, "}");
+}
+
+int dp_tr_chunk_reasoning(struct kw_buf *out, struct dp_tr_stream *st, const char *text, size_t len)
+{
+    if (st->omit_reasoning || len == 0)
+        return KW_OK;
+    dp_tr_chunk_role(out, st);
+    struct kw_buf d;
+    kw_buf_init(&d, DP_MAX_SSE_EVENT);
+    kw_buf_puts(&d, "{\"reasoning_content\":");
+    kw_json_write_string(&d, text, len);
+    int rc = kw_buf_puts(&d, "}") == KW_OK ? dp_tr_chunk(out, &st->ident, d.data, NULL) : KW_ERROR;
+    kw_buf_cleanup(&d);
+    return rc;
+}
+
+int dp_tr_chunk_thinking_block(struct kw_buf *out, struct dp_tr_stream *st, const char *block,
+                               size_t len)
+{
+    if (st->omit_reasoning)
+        return KW_OK;
+    dp_tr_chunk_role(out, st);
+    struct kw_buf d;
+    kw_buf_init(&d, DP_MAX_SSE_EVENT);
+    kw_buf_puts(&d, "{\"thinking_blocks\":[");
+    kw_buf_append(&d, block, len);
+    int rc = kw_buf_puts(&d, "]}") == KW_OK ? dp_tr_chunk(out, &st->ident, d.data, NULL) : KW_ERROR;
+    kw_buf_cleanup(&d);
+    return rc;
+}
+
+int64_t dp_tr_thinking_budget(const struct dp_request *r)
+{
+    if (r->thinking_budget >= 0)
+        return r->thinking_budget;
+    const struct kw_node *e = kw_node_get(r->up_json, "reasoning_effort");
+    if (e == NULL || e->type != KW_NODE_STRING)
+        return -1;
+    if (strcmp(e->str, "low") == 0)
+        return 1024;
+    if (strcmp(e->str, "medium") == 0)
+        return 4096;
+    if (strcmp(e->str, "high") == 0)
+        return 16384;
+    return 0; /* minimal, none */
+}
+
 int dp_tr_completion(struct kw_buf *out, const struct dp_request *r, const struct dp_tr_ident *id,
                      const struct kw_buf *content, const struct kw_buf *tool_calls, const char *fr)
+{
+    return dp_tr_completion_r(out, r, id, content, NULL, tool_calls, fr);
+}
+
+int dp_tr_completion_r(struct kw_buf *out, const struct dp_request *r, const struct dp_tr_ident *id,
+                       const struct kw_buf *content, const struct dp_tr_reasoning *rs,
+                       const struct kw_buf *tool_calls, const char *fr)
 {
     kw_buf_puts(out, "{\"id\":");
     kw_json_write_string(out, id->id, strlen(id->id));
@@ -572,6 +662,16 @@ int dp_tr_completion(struct kw_buf *out, const struct dp_request *r, const struc
         kw_json_write_string(out, content->data != NULL ? content->data : "", content->len);
     else
         kw_buf_puts(out, "null");
+    bool omit = r->backend != NULL && r->backend->reasoning_omit;
+    if (rs != NULL && !omit && rs->text.len > 0) {
+        kw_buf_puts(out, ",\"reasoning_content\":");
+        kw_json_write_string(out, rs->text.data, rs->text.len);
+    }
+    if (rs != NULL && !omit && rs->blocks.len > 0) {
+        kw_buf_puts(out, ",\"thinking_blocks\":[");
+        kw_buf_append(out, rs->blocks.data, rs->blocks.len);
+        kw_buf_puts(out, "]");
+    }
     if (tool_calls != NULL && tool_calls->len > 0) {
         kw_buf_puts(out, ",\"tool_calls\":[");
         kw_buf_append(out, tool_calls->data, tool_calls->len);

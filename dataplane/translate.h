@@ -24,11 +24,13 @@ struct dp_tr_ident {
 /* Per-request state of a translated stream (every translating provider keeps one). */
 struct dp_tr_stream {
     struct dp_tr_ident ident;
-    int tools;      /* tool calls opened so far */
-    bool tool_open; /* the current upstream content block is a tool call */
-    bool any_tool;  /* finish_reason "stop" becomes "tool_calls" */
-    bool started;   /* the role chunk was sent */
-    bool finished;  /* the finish chunk was sent */
+    int tools;           /* tool calls opened so far */
+    bool tool_open;      /* the current upstream content block is a tool call */
+    bool any_tool;       /* finish_reason "stop" becomes "tool_calls" */
+    bool started;        /* the role chunk was sent */
+    bool finished;       /* the finish chunk was sent */
+    bool omit_reasoning; /* the backend's reasoning.content: Omit */
+    bool thinking_open;  /* the current upstream block is reasoning (Anthropic thinking) */
     const char *finish;
 };
 
@@ -177,6 +179,37 @@ const char *dp_tr_error_type(long status);
  * empty), finish_reason (NULL: null), usage of r. */
 int dp_tr_completion(struct kw_buf *out, const struct dp_request *r, const struct dp_tr_ident *id,
                      const struct kw_buf *content, const struct kw_buf *tool_calls, const char *fr);
+
+/* Reasoning, as clients of reasoning models read it: message.reasoning_content (the text)
+ * and message.thinking_blocks (the provider's blocks, signatures included, for a client to
+ * send back: a JSON array's inside). Both left out when empty or when the backend says
+ * reasoning.content: Omit. */
+struct dp_tr_reasoning {
+    struct kw_buf text;
+    struct kw_buf blocks;
+};
+void dp_tr_reasoning_init(struct dp_tr_reasoning *rs);
+void dp_tr_reasoning_cleanup(struct dp_tr_reasoning *rs);
+/* Append a thinking block {"type":"thinking","thinking":text,"signature":sig} (sig may be
+ * NULL) or a redacted one {"type":"redacted_thinking","data":data}. */
+void dp_tr_reasoning_block(struct dp_tr_reasoning *rs, const char *text, size_t len,
+                           const char *sig, size_t sig_len);
+void dp_tr_reasoning_redacted(struct dp_tr_reasoning *rs, const char *data, size_t len);
+/* dp_tr_completion with reasoning (rs may be NULL). */
+int dp_tr_completion_r(struct kw_buf *out, const struct dp_request *r, const struct dp_tr_ident *id,
+                       const struct kw_buf *content, const struct dp_tr_reasoning *rs,
+                       const struct kw_buf *tool_calls, const char *fr);
+/* Stream chunks: delta {"reasoning_content": text}; delta {"thinking_blocks": [block]} for a
+ * block's signature or a redacted block (block: a JSON object). Nothing when omitted. */
+int dp_tr_chunk_reasoning(struct kw_buf *out, struct dp_tr_stream *st, const char *text,
+                          size_t len);
+int dp_tr_chunk_thinking_block(struct kw_buf *out, struct dp_tr_stream *st, const char *block,
+                               size_t len);
+
+/* The thinking budget a request asks for: the Anthropic front's exact budget_tokens, else
+ * reasoning_effort (low 1024, medium 4096, high 16384 tokens; minimal and none: 0), else -1
+ * (not asked). docs/providers.md. */
+int64_t dp_tr_thinking_budget(const struct dp_request *r);
 /* Append one tool call {"id","type":"function","function":{"name","arguments"}} to a
  * tool_calls list being built (comma handled); input is serialized as the arguments. */
 int dp_tr_tool_call_json(struct kw_buf *calls, const char *id, size_t id_len, const char *name,

@@ -210,6 +210,12 @@ struct kw_node *kw_encode_backend_spec(struct kw_arena *a, const struct kw_backe
         put(&e, spec, "limits", lim);
     }
 
+    if (b->reasoning_omit) {
+        struct kw_node *rs = map(&e);
+        put_str(&e, rs, "content", "Omit");
+        put(&e, spec, "reasoning", rs);
+    }
+
     if (b->pricing.set) {
         struct kw_node *pr = map(&e);
         put_money(&e, pr, "inputPerMillion", b->pricing.input_per_million);

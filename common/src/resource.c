@@ -1007,9 +1007,11 @@ static void decode_backend_traffic(struct kw_dec *d, const struct kw_node *spec,
 
 void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_backend *b)
 {
-    static const char *const fields[] = {"provider",    "modelName", "upstream",
-                                         "credentials", "params",    "circuitBreaker",
-                                         "limits",      "pricing",   NULL};
+    static const char *const fields[] = {
+        "provider",       "modelName", "upstream", "credentials", "params",
+        "circuitBreaker", "limits",    "pricing",  "reasoning",   NULL};
+    static const char *const reasoning_fields[] = {"content", NULL};
+    static const char *const reasoning_content[] = {"Include", "Omit", NULL};
     static const char *const pricing_fields[] = {"inputPerMillion", "outputPerMillion",
                                                  "cachedInputPerMillion", NULL};
     static const char *const provider_list[KW_PROVIDER__COUNT + 1] = {
@@ -1036,6 +1038,16 @@ void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct
     decode_credentials(d, spec, b);
     decode_params(d, spec, &b->params);
     decode_backend_traffic(d, spec, b);
+    size_t rmark;
+    const struct kw_node *rs = get_map(d, spec, "reasoning", false, &rmark);
+    if (rs != NULL) {
+        check_fields(d, rs, reasoning_fields, NULL);
+        int v;
+        if (kw_node_get(rs, "content") != NULL &&
+            get_enum(d, rs, "content", reasoning_content, 2, &v))
+            b->reasoning_omit = v == 1;
+    }
+    pop(d, rmark);
     size_t pmark;
     const struct kw_node *pr = get_map(d, spec, "pricing", false, &pmark);
     if (pr != NULL) {

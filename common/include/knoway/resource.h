@@ -143,7 +143,8 @@ struct kw_backend {
         /* USD per million tokens, as micro-USD ("3.00" -> 3000000) */
         int64_t input_per_million, output_per_million, cached_input_per_million;
     } pricing;
-    bool valid; /* false when any error was reported for it */
+    bool reasoning_omit; /* spec.reasoning.content: Omit (default Include) */
+    bool valid;          /* false when any error was reported for it */
 };
 
 struct kw_model_match {

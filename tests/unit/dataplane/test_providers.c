@@ -49,10 +49,12 @@
 
 static const char CONFIG[] = SECRETS BACKEND("openai", "OpenAI", "    secretRef: {name: keys}\n")
     BACKEND("anthropic", "Anthropic", "    secretRef: {name: keys}\n")
-        BACKEND("gemini", "Gemini", "    secretRef: {name: keys}\n")
-            BACKEND("bedrock", "AWSBedrock",
-                    "    secretRef: {name: keys}\n    bedrock: {region: eu-west-1, "
-                    "sessionTokenKey: AWS_SESSION_TOKEN}\n");
+        BACKEND("anthropic-omit", "Anthropic",
+                "    secretRef: {name: keys}\n  reasoning: {content: Omit}\n")
+            BACKEND("gemini", "Gemini", "    secretRef: {name: keys}\n")
+                BACKEND("bedrock", "AWSBedrock",
+                        "    secretRef: {name: keys}\n    bedrock: {region: eu-west-1, "
+                        "sessionTokenKey: AWS_SESSION_TOKEN}\n");
 
 struct fixture {
     struct kw_snapshot *snap;
@@ -64,7 +66,7 @@ static struct fixture *fixture(void)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     f->snap = kwt_snapshot(CONFIG, NULL);
-    assert_int_equal(f->snap->nbackends, 4);
+    assert_int_equal(f->snap->nbackends, 5);
     f->table.snap = f->snap;
     f->scratch = kw_arena_new(64u << 20);
     return f;
@@ -91,6 +93,7 @@ static struct dp_request *request(struct fixture *f, const struct kw_node *c, st
 {
     struct dp_request *r = kw_arena_alloc(a, sizeof(*r));
     memset(r, 0, sizeof(*r));
+    r->thinking_budget = -1;
     r->scratch = f->scratch;
     r->arena = a;
     snprintf(r->id, sizeof(r->id), "golden");
