@@ -20,7 +20,9 @@
  *                               answers Azure's content-filter refusal
  *   POST /v1/messages           Anthropic Messages API: needs x-api-key and
  *                               anthropic-version, model, max_tokens, user/assistant roles
- *                               (400/401 in Anthropic's error shape); streams message_start,
+ *                               (400/401 in Anthropic's error shape); thinking {enabled,
+ *                               budget_tokens} puts a thinking block (signature included)
+ *                               before the text; streams message_start,
  *                               content_block_*, ping, message_delta, message_stop. With
  *                               tools and no tool_result in the last turn it calls the first
  *                               tool with {"city": "Paris"} (tool_use, input_json_delta);
@@ -236,6 +238,7 @@ struct conn {
     int sent, prompt_tokens;
     int first;       /* a continuation (continue_final_message) starts at this piece */
     bool lead_space; /* ... after a prefill without its trailing space (Anthropic) */
+    bool thinking;   /* Anthropic extended thinking asked for: a thinking block first */
     bool include_usage;
     char tool[64];             /* call this tool (the first declared one) */
     char tool_result[256];     /* answer "tool said: " and this result */
@@ -529,6 +532,13 @@ static void piece(const struct conn *c, int i, char *buf, size_t cap)
         snprintf(buf, cap, "tok%d ", i);
 }
 
+/* What the mock thinks when asked to (Anthropic extended thinking). */
+#define MOCK_THINKING  "Thinking it over."
+#define MOCK_SIGNATURE "EqQBCkYIBxgCKkBmock"
+#define MOCK_THINKING_BLOCK                                                                        \
+    "{\"type\":\"thinking\",\"thinking\":\"" MOCK_THINKING "\",\"signature\":\"" MOCK_SIGNATURE    \
+    "\"}"
+
 static void anthropic_event(struct conn *c, int i, bool last)
 {
     char ev[2048];
@@ -544,34 +554,48 @@ static void anthropic_event(struct conn *c, int i, bool last)
     text[0] = ' '; /* after a prefill the text goes on with the space it lacked */
     out_json_str(&esc, c->lead_space && i == c->first ? text : text + 1);
     out_put(&esc, "", 1);
+    int tx = c->thinking ? 1 : 0; /* the text block's index */
     if (last) {
         n = snprintf(
             ev, sizeof(ev),
-            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":%d}\n\n"
             "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":"
             "\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":%d}}\n\n"
             "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-            c->chunks - c->first);
+            tx, c->chunks - c->first);
     } else if (i == c->first) {
+        char think[768] = "";
+        if (c->thinking)
+            snprintf(think, sizeof(think),
+                     "event: content_block_start\ndata: {\"type\":\"content_block_start\","
+                     "\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n"
+                     "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
+                     "\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":"
+                     "\"" MOCK_THINKING "\"}}\n\n"
+                     "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
+                     "\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":"
+                     "\"" MOCK_SIGNATURE "\"}}\n\n"
+                     "event: content_block_stop\ndata: {\"type\":\"content_block_stop\","
+                     "\"index\":0}\n\n");
         n = snprintf(
             ev, sizeof(ev),
             "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":"
             "\"msg_mock\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":"
             "\"%s\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":%d,"
             "\"cache_read_input_tokens\":2,\"cache_creation_input_tokens\":1,\"output_tokens\":1}}}"
-            "\n\n"
-            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
+            "\n\n%s"
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":%d,"
             "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
             "event: ping\ndata: {\"type\": \"ping\"}\n\n"
-            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":%d,"
             "\"delta\":{\"type\":\"text_delta\",\"text\":\"%s\"}}\n\n",
-            c->model, c->prompt_tokens, esc.data);
+            c->model, c->prompt_tokens, think, tx, tx, esc.data);
     } else {
         n = snprintf(
             ev, sizeof(ev),
-            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":%d,"
             "\"delta\":{\"type\":\"text_delta\",\"text\":\"%s\"}}\n\n",
-            esc.data);
+            tx, esc.data);
     }
     free(esc.data);
     out_chunk(&c->out, ev, (size_t)n);
@@ -747,10 +771,11 @@ static void reply_completion_body(struct conn *c)
         out_printf(
             &b,
             "{\"id\":\"msg_mock\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"%s\","
-            "\"content\":[{\"type\":\"text\",\"text\":\"%s\"}],\"stop_reason\":\"end_turn\","
+            "\"content\":[%s{\"type\":\"text\",\"text\":\"%s\"}],\"stop_reason\":\"end_turn\","
             "\"stop_sequence\":null,\"usage\":{\"input_tokens\":%d,\"cache_read_input_tokens\":2,"
             "\"cache_creation_input_tokens\":1,\"output_tokens\":%d}}",
-            c->model, text.data, c->prompt_tokens, c->chunks);
+            c->model, c->thinking ? MOCK_THINKING_BLOCK "," : "", text.data, c->prompt_tokens,
+            c->chunks);
         send_json(c, b.data, b.len);
         free(b.data);
         free(text.data);
@@ -1071,6 +1096,25 @@ static void reply_anthropic(struct worker *w, struct conn *c)
             c->lead_space = true;
         }
     }
+    /* extended thinking: validated as Anthropic does; the answer then starts with a
+     * thinking block (text replies) */
+    const char *p_thinking_type[] = {"thinking", "type", NULL};
+    const char *p_budget[] = {"thinking", "budget_tokens", NULL};
+    yajl_val ttype = yajl_tree_get(root, p_thinking_type, yajl_t_string);
+    yajl_val budget = yajl_tree_get(root, p_budget, yajl_t_number);
+    c->thinking = ttype != NULL && strcmp(ttype->u.string, "enabled") == 0;
+    if (c->thinking && (budget == NULL || YAJL_GET_INTEGER(budget) < 1024 ||
+                        YAJL_GET_INTEGER(budget) >= YAJL_GET_INTEGER(max))) {
+        send_anthropic_error(c, 400, "invalid_request_error",
+                             budget == NULL || YAJL_GET_INTEGER(budget) < 1024
+                                 ? "thinking.enabled.budget_tokens: Input should be greater "
+                                   "than or equal to 1024"
+                                 : "`max_tokens` must be greater than `thinking.budget_tokens`");
+        yajl_tree_free(root);
+        return;
+    }
+    if (c->tool[0] != '\0')
+        c->thinking = false; /* the mock's tool turns carry no thinking */
     c->kind = K_ANTHROPIC;
     snprintf(c->model, sizeof(c->model), "%s", model->u.string);
     for (char *q = c->model; *q; q++)
@@ -1405,6 +1449,7 @@ static int parse_head(struct conn *c, size_t headlen)
     c->extra[0] = '\0';
     c->first = 0;
     c->lead_space = false;
+    c->thinking = false;
     c->interval_ms = g_opt.interval_ms;
     c->chunks = g_opt.chunks;
     c->has_api_key = false;

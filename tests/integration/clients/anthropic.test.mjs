@@ -100,6 +100,28 @@ for (const model of ['demo', 'claude', 'gemini', 'bedrock']) {
   });
 }
 
+test('extended thinking through an Anthropic backend: blocks and signatures both ways, streamed too', async () => {
+  const thinking = { type: 'enabled', budget_tokens: 1024 };
+  const messages = [{ role: 'user', content: 'hi' }];
+  const m = await client.messages.create({ model: 'claude', max_tokens: 2048, thinking, messages });
+  assert.deepEqual(m.content, [
+    { type: 'thinking', thinking: 'Thinking it over.', signature: 'EqQBCkYIBxgCKkBmock' },
+    { type: 'text', text: TEXT }]);
+  // the SDK's own accumulation of thinking_delta and signature_delta
+  const stream = client.messages.stream({ model: 'claude', max_tokens: 2048, thinking, messages });
+  const done = await stream.finalMessage();
+  assert.deepEqual(done.content, m.content);
+  // the next turn sends the thinking block back: it reaches Anthropic (the mock validates)
+  const next = await client.messages.create({
+    model: 'claude', max_tokens: 2048, thinking,
+    messages: [...messages, { role: 'assistant', content: m.content }, { role: 'user', content: 'again' }],
+  });
+  assert.equal(next.content[0].type, 'thinking');
+  // a budget Anthropic refuses is refused here the same way
+  await assert.rejects(client.messages.create({ model: 'claude', max_tokens: 2048, thinking: { type: 'enabled', budget_tokens: 10 }, messages }),
+    (e) => e instanceof Anthropic.BadRequestError && /budget_tokens/.test(e.message));
+});
+
 test('content blocks: system blocks, text and a base64 image reach Gemini as it expects', async () => {
   const png = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==';
   const m = await client.messages.create({

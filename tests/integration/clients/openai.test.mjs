@@ -199,6 +199,31 @@ test('what clients send after tool calls reaches Bedrock: empty assistant conten
   assert.equal(again.choices[0].finish_reason, 'stop');
 });
 
+test('reasoning through Anthropic: reasoning_content and thinking_blocks, streamed too', async () => {
+  const messages = [{ role: 'user', content: 'hi' }];
+  const r = await client.chat.completions.create({ model: 'claude', reasoning_effort: 'low', messages });
+  const m = r.choices[0].message;
+  assert.equal(m.reasoning_content, 'Thinking it over.');
+  assert.deepEqual(m.thinking_blocks, [{ type: 'thinking', thinking: 'Thinking it over.', signature: 'EqQBCkYIBxgCKkBmock' }]);
+  assert.equal(m.content, 'tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 ');
+  const stream = await client.chat.completions.create({ model: 'claude', reasoning_effort: 'low', stream: true, messages });
+  let reasoning = '';
+  let text = '';
+  let signature;
+  for await (const chunk of stream) {
+    const d = chunk.choices[0]?.delta ?? {};
+    reasoning += d.reasoning_content ?? '';
+    text += d.content ?? '';
+    for (const b of d.thinking_blocks ?? []) signature = b.signature;
+  }
+  assert.equal(reasoning, 'Thinking it over.');
+  assert.equal(signature, 'EqQBCkYIBxgCKkBmock');
+  assert.equal(text, m.content);
+  // without reasoning_effort no thinking is asked for
+  const plain = await client.chat.completions.create({ model: 'claude', messages });
+  assert.equal(plain.choices[0].message.reasoning_content, undefined);
+});
+
 test('Bedrock service tiers both ways', async () => {
   const messages = [{ role: 'user', content: 'hi' }];
   const r = await client.chat.completions.create({ model: 'bedrock', service_tier: 'flex', messages });
