@@ -68,6 +68,7 @@ struct dp_front_ops {
     void (*cleanup)(struct dp_request *r); /* state outside the arena */
 };
 extern const struct dp_front_ops dp_front_anthropic;
+extern const struct dp_front_ops dp_front_responses;
 
 /* The provider that serves a backend (NULL: none in this build). */
 const struct dp_provider_ops *dp_provider_for(const struct kw_backend *b);

@@ -119,6 +119,7 @@ static enum dp_api api_of(const char *url, const char *method, unsigned *status,
         {"/v1/embeddings", "POST", DP_API_EMBEDDINGS, NULL},
         {"/v1/models", "GET", DP_API_MODELS, NULL},
         {"/v1/messages", "POST", DP_API_CHAT, &dp_front_anthropic},
+        {"/v1/responses", "POST", DP_API_CHAT, &dp_front_responses},
     };
     for (size_t i = 0; i < KW_ARRAY_LEN(apis); i++) {
         if (strcmp(url, apis[i].path) != 0)

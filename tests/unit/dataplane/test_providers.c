@@ -10,13 +10,14 @@
  *    "usage": [prompt, completion, cached]                 after the response or stream
  *    "error_in": {"status", "body", "headers": {...}}, "error_out": {...}}   error mapping
  *
- * With "front": "anthropic" the request is Anthropic's (POST /v1/messages) and goes through
- * the front first:
+ * With "front": "anthropic" the request is Anthropic's (POST /v1/messages), with "front":
+ * "responses" OpenAI's Responses API (POST /v1/responses), and goes through the front first:
  *    "openai_request": {...}        what the front makes of it (then the provider's request;
  *                                   the upstream body defaults to it)
  *    "refusals": [[request, "message"], ...]  requests the front refuses with a 400
  *    "translated"                   the client's (Anthropic) body after provider and front
  *    "stream_out": [{"event", "data"}, ...]   the client's events after provider and front
+ *                                   ("sequence_number" compared too; "created_at" left out)
  *
  * Streams are also fed split at every byte boundary and one byte at a time: the output must
  * be identical. "created" is time-dependent and left out of every comparison. */
@@ -55,6 +56,15 @@ static const char CONFIG[] = SECRETS BACKEND("openai", "OpenAI", "    secretRef:
                 BACKEND("bedrock", "AWSBedrock",
                         "    secretRef: {name: keys}\n    bedrock: {region: eu-west-1, "
                         "sessionTokenKey: AWS_SESSION_TOKEN}\n");
+
+/* The front a vector names: "anthropic" (POST /v1/messages) or "responses". */
+static const struct dp_front_ops *front_of(const struct kw_node *c)
+{
+    const struct kw_node *f = kw_node_get(c, "front");
+    if (f == NULL)
+        return NULL;
+    return strcmp(f->str, "responses") == 0 ? &dp_front_responses : &dp_front_anthropic;
+}
 
 struct fixture {
     struct kw_snapshot *snap;
@@ -102,7 +112,7 @@ static struct dp_request *request(struct fixture *f, const struct kw_node *c, st
     r->json = r->up_json = kw_node_get(c, "request");
     kw_buf_init(&r->stage, 1 << 24);
     if (kw_node_get(c, "front") != NULL) {
-        r->front = &dp_front_anthropic;
+        r->front = front_of(c);
         r->model = kw_node_get(r->json, "model")->str;
         r->up_json = NULL;
         if (r->front->request(r) != KW_OK)
@@ -138,12 +148,13 @@ static void request_done(struct dp_request *r)
     kw_buf_cleanup(&r->out);
 }
 
-/* Canonical JSON of n without "created" members (at any depth). */
+/* Canonical JSON of n without "created" (and "created_at") members (at any depth). */
 static void strip_created(struct kw_node *n)
 {
     if (n->type == KW_NODE_MAP) {
         for (size_t i = 0; i < n->n;) {
-            if (strcmp(n->pairs[i].key->str, "created") == 0) {
+            if (strcmp(n->pairs[i].key->str, "created") == 0 ||
+                strcmp(n->pairs[i].key->str, "created_at") == 0) {
                 memmove(&n->pairs[i], &n->pairs[i + 1], (n->n - i - 1) * sizeof(*n->pairs));
                 n->n--;
                 continue;
@@ -204,7 +215,7 @@ static void check_front(const char *file, struct fixture *f, const struct kw_nod
         r->scratch = f->scratch;
         r->arena = a;
         snprintf(r->id, sizeof(r->id), "golden");
-        r->front = &dp_front_anthropic;
+        r->front = front_of(c);
         r->json = refusals->items[i]->items[0];
         const char *msg = refusals->items[i]->items[1]->str;
         if (r->front->request(r) != KW_ERROR || r->err.status != 400 ||
@@ -370,6 +381,11 @@ static char *run_stream(struct fixture *f, const struct kw_node *c, struct kw_ar
     /* "created" is the clock's: runs straddling a second must still compare equal */
     for (char *p = res; (p = strstr(p, "\"created\":")) != NULL;) {
         p += 10;
+        while (*p >= '0' && *p <= '9')
+            *p++ = '1';
+    }
+    for (char *p = res; (p = strstr(p, "\"created_at\":")) != NULL;) {
+        p += 13;
         while (*p >= '0' && *p <= '9')
             *p++ = '1';
     }
