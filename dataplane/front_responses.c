@@ -1,6 +1,8 @@
 /* OpenAI's Responses API as an input: POST /v1/responses is translated into an OpenAI chat
  * request, routed like any other to any backend (its provider translates further), and the
- * chat answer is translated back into a Response object or the Responses event stream.
+ * chat answer is translated back into a Response object or the Responses event stream. An
+ * OpenAI backend gets the request as it came instead (dp_responses_bind: the front steps
+ * aside, POST /responses, the answer relayed).
  *
  * Request (Responses -> chat):
  *   instructions -> a system message first; input: a string -> a user message, or items:
@@ -79,7 +81,8 @@ struct resp_stream;
 
 /* r->front_state */
 struct resp_state {
-    const struct kw_node *req;
+    const struct kw_node *req; /* as the client sent it */
+    struct kw_node *chat;      /* its chat translation */
     struct resp_stream *stream;
 };
 
@@ -417,9 +420,24 @@ static int resp_request(struct dp_request *r)
         return bad(r, NULL, "out of memory");
     memset(rs, 0, sizeof(*rs));
     rs->req = in; /* the request as the client sent it: its settings are echoed */
+    rs->chat = out;
     r->front_state = rs;
     r->json = out;
     return KW_OK;
+}
+
+void dp_responses_bind(struct dp_request *r)
+{
+    if (r->front != &dp_front_responses && !r->responses_native)
+        return; /* not a /v1/responses request */
+    struct resp_state *rs = r->front_state;
+    if (rs == NULL)
+        return;
+    /* OpenAI serves the Responses API itself (its server-side tools, reasoning items):
+     * passed through; a fallback to another backend goes back to the translation */
+    r->responses_native = r->backend->provider == KW_PROVIDER_OPENAI;
+    r->front = r->responses_native ? NULL : &dp_front_responses;
+    r->json = r->responses_native ? (struct kw_node *)rs->req : rs->chat;
 }
 
 /* ---- the Response object ----------------------------------------------------------------- */

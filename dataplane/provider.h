@@ -69,6 +69,10 @@ struct dp_front_ops {
 };
 extern const struct dp_front_ops dp_front_anthropic;
 extern const struct dp_front_ops dp_front_responses;
+/* A request that came to /v1/responses, bound to a backend: an OpenAI backend gets it as
+ * it came (POST /responses, answered as it answers), any other its chat translation
+ * through the front. Called by dp_request_bind before the body is rewritten. */
+void dp_responses_bind(struct dp_request *r);
 
 /* The provider that serves a backend (NULL: none in this build). */
 const struct dp_provider_ops *dp_provider_for(const struct kw_backend *b);

@@ -101,7 +101,8 @@ static int openai_build(struct dp_request *r, struct kw_buf *url, struct curl_sl
     size_t blen = r->base_len;
     const char *base = r->base_url != NULL ? r->base_url : "";
     if (kw_buf_append(url, base, blen) != KW_OK ||
-        kw_buf_puts(url, dp_openai_api_suffix(r->api)) != KW_OK)
+        kw_buf_puts(url, r->responses_native ? "/responses" : dp_openai_api_suffix(r->api)) !=
+            KW_OK)
         return KW_ERROR;
     int rc = dp_openai_add_header(headers, r->arena, "Content-Type", "application/json");
     const char *key =
@@ -157,6 +158,8 @@ int dp_openai_on_event(struct dp_request *r, const char *raw, size_t raw_len, co
     if (has_usage_object(data, data_len) &&
         kw_json_parse(r->scratch, data, data_len, &root, err, sizeof(err)) == KW_OK) {
         const struct kw_node *usage = kw_node_get(root, "usage");
+        if (usage == NULL && r->responses_native) /* response.completed {response: {usage}} */
+            usage = kw_node_get(kw_node_get(root, "response"), "usage");
         if (usage != NULL && usage->type == KW_NODE_MAP) {
             dp_request_usage(r, usage);
             /* the usage-only chunk the gateway asked for on the client's behalf */

@@ -99,6 +99,18 @@ void dp_request_usage(struct dp_request *r, const struct kw_node *usage)
         r->usage.cached = d->i;
     const struct kw_node *rt =
         kw_node_get(kw_node_get(usage, "completion_tokens_details"), "reasoning_tokens");
+    if (p == NULL && c == NULL) { /* the Responses API's names */
+        p = kw_node_get(usage, "input_tokens");
+        c = kw_node_get(usage, "output_tokens");
+        d = kw_node_get(kw_node_get(usage, "input_tokens_details"), "cached_tokens");
+        rt = kw_node_get(kw_node_get(usage, "output_tokens_details"), "reasoning_tokens");
+        if (p != NULL && p->type == KW_NODE_INT)
+            r->usage.prompt = p->i;
+        if (c != NULL && c->type == KW_NODE_INT)
+            r->usage.completion = c->i;
+        if (d != NULL && d->type == KW_NODE_INT)
+            r->usage.cached = d->i;
+    }
     if (rt != NULL && rt->type == KW_NODE_INT)
         r->usage.reasoning = rt->i;
     r->usage.have = p != NULL || c != NULL;
@@ -162,7 +174,7 @@ static struct kw_node *rewrite(struct dp_request *r)
             return NULL;
     for (size_t i = 0; i < p->nremove; i++)
         map_del(j, p->remove[i]);
-    if (r->stream && !r->client_usage) {
+    if (r->stream && !r->client_usage && !r->responses_native) {
         const struct kw_node *so = kw_node_get(j, "stream_options");
         struct kw_node *nso = so != NULL && so->type == KW_NODE_MAP ? kw_node_map_copy(a, so)
                                                                     : kw_node_new(a, KW_NODE_MAP);
@@ -254,6 +266,7 @@ int dp_request_bind(struct dp_request *r, const struct kw_backend_ref *ref)
     r->upstream_model = ref->model_override != NULL      ? ref->model_override
                         : r->backend->model_name != NULL ? r->backend->model_name
                                                          : r->model;
+    dp_responses_bind(r);
     r->up_json = rewrite(r);
     if (r->up_json == NULL)
         return dp_error_set(r, 500, "server_error", NULL, NULL, "out of memory");

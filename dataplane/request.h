@@ -99,7 +99,8 @@ struct dp_request {
     const char *model;                  /* the client's model */
     bool stream;                        /* the client asked for a stream */
     int64_t thinking_budget;            /* /v1/messages' thinking.budget_tokens, -1: none */
-    bool client_usage;                  /* ... with stream_options.include_usage */
+    bool responses_native; /* /v1/responses passed through as it came (an OpenAI backend) */
+    bool client_usage;     /* ... with stream_options.include_usage */
 
     /* routing */
     struct dp_table *table;

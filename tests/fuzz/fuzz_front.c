@@ -1,6 +1,6 @@
-/* libFuzzer: what the Anthropic front (POST /v1/messages) reads from outside - a client's
- * request, an upstream's OpenAI body, an upstream's OpenAI stream (split at a point the
- * input chooses). The first byte picks which. */
+/* libFuzzer: what the fronts (POST /v1/messages, POST /v1/responses) read from outside - a
+ * client's request, an upstream's OpenAI body, an upstream's OpenAI stream (split at a
+ * point the input chooses). The first byte picks the front and which. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +24,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     r.arena = kw_arena_new(1u << 26);
     strcpy(r.id, "fuzz");
     r.model = "m";
-    r.front = &dp_front_anthropic;
+    r.thinking_budget = -1;
+    r.front = (data[0] / 3) % 2 == 0 ? &dp_front_anthropic : &dp_front_responses;
+    if (r.front == &dp_front_responses && data[0] % 3 != 0) { /* its state: a request */
+        static const char req[] = "{\"model\":\"m\",\"input\":\"x\",\"tools\":[]}";
+        char e[64];
+        if (kw_json_parse(r.arena, req, sizeof(req) - 1, &r.json, e, sizeof(e)) != KW_OK ||
+            r.front->request(&r) != KW_OK)
+            abort();
+    }
     kw_buf_init(&r.out, 1u << 24);
     struct kw_buf out;
     kw_buf_init(&out, 1u << 24);

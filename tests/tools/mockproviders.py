@@ -199,6 +199,8 @@ class Handler(BaseHTTPRequestHandler):
             self.gemini(path[len("/v1beta/models/"):], query, hdrs, body)
         elif path.startswith("/model/"):
             self.bedrock(path, query, hdrs, body)
+        elif path == "/v1/responses":
+            self.openai_responses(hdrs, body)
         else:
             self.send_json(404, {"message": "unknown path"})
 
@@ -338,6 +340,62 @@ class Handler(BaseHTTPRequestHandler):
         if not out:
             return self.gemini_error(400, "* BatchEmbedContentsRequest.requests: requests must not be empty", "INVALID_ARGUMENT")
         self.send_json(200, {"embeddings": out})
+
+    # ---- OpenAI's Responses API (POST /v1/responses) ----
+
+    RESP_FIELDS = {"model", "input", "instructions", "tools", "tool_choice", "max_output_tokens",
+                   "temperature", "top_p", "stream", "reasoning", "text", "store", "metadata",
+                   "user", "parallel_tool_calls", "previous_response_id", "include", "truncation",
+                   "service_tier", "background", "safety_identifier", "prompt_cache_key"}
+
+    def openai_responses(self, hdrs, body):  # (BaseHTTPRequestHandler.responses is taken)
+        if not hdrs.get("authorization", "").startswith("Bearer ") or len(hdrs["authorization"]) < 8:
+            return self.send_json(401, {"error": {"message": "You didn't provide an API key.", "type": "invalid_request_error", "param": None, "code": None}})
+        try:
+            req = json.loads(body)
+        except ValueError:
+            return self.send_json(400, {"error": {"message": "invalid JSON", "type": "invalid_request_error", "param": None, "code": None}})
+        for k in req:
+            if k not in self.RESP_FIELDS:
+                return self.send_json(400, {"error": {"message": "Unsupported parameter: '%s'." % k, "type": "invalid_request_error", "param": k, "code": "unsupported_parameter"}})
+        if "input" not in req or "model" not in req:
+            return self.send_json(400, {"error": {"message": "Missing required parameter: 'input'.", "type": "invalid_request_error", "param": "input", "code": "missing_required_parameter"}})
+        inp = req["input"]
+        text = inp if isinstance(inp, str) else json.dumps(inp)
+        answer = "native: %d words" % words(text)
+        usage = {"input_tokens": words(text) + 3, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": words(text) + 6}
+        msg = {"type": "message", "id": "msg_native", "status": "completed", "role": "assistant",
+               "content": [{"type": "output_text", "text": answer, "annotations": []}]}
+        resp = {"id": "resp_native", "object": "response", "created_at": 1700000000,
+                "status": "completed", "error": None, "incomplete_details": None,
+                "instructions": req.get("instructions"), "model": req["model"], "output": [msg],
+                "parallel_tool_calls": True, "store": req.get("store", True), "temperature": 1,
+                "tool_choice": "auto", "tools": [], "top_p": 1, "usage": usage, "metadata": {}}
+        if not req.get("stream"):
+            return self.send_json(200, resp)
+        self.start_stream("text/event-stream")
+        seq = [0]
+
+        def ev(obj):
+            obj["sequence_number"] = seq[0]
+            seq[0] += 1
+            self.chunk(("event: %s\ndata: %s\n\n" % (obj["type"], json.dumps(obj))).encode())
+        pending = dict(resp, status="in_progress", output=[], usage=None)
+        ev({"type": "response.created", "response": pending})
+        ev({"type": "response.in_progress", "response": pending})
+        ev({"type": "response.output_item.added", "output_index": 0, "item": dict(msg, status="in_progress", content=[])})
+        ev({"type": "response.content_part.added", "item_id": "msg_native", "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}})
+        for piece in answer.split(" "):
+            ev({"type": "response.output_text.delta", "item_id": "msg_native", "output_index": 0, "content_index": 0, "delta": piece + " ", "logprobs": []})
+        full = "".join(p + " " for p in answer.split(" "))
+        msg["content"][0]["text"] = full
+        ev({"type": "response.output_text.done", "item_id": "msg_native", "output_index": 0, "content_index": 0, "text": full, "logprobs": []})
+        ev({"type": "response.content_part.done", "item_id": "msg_native", "output_index": 0, "content_index": 0, "part": msg["content"][0]})
+        ev({"type": "response.output_item.done", "output_index": 0, "item": msg})
+        ev({"type": "response.completed", "response": dict(resp, output=[msg])})
+        self.chunk(b"")
 
     # ---- Bedrock ----
 

@@ -143,7 +143,15 @@ spec:
   modelName: "anthropic.claude-3-5-haiku-20241022-v1:0"
   upstream: {baseURL: "http://127.0.0.1:${mock2}"}
   credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
-${route('bedrock', 'bedrock')}${bedrockFault('bedrock-broken', 'exception')}${bedrockFault('bedrock-crc', 'badcrc')}${
+${route('bedrock', 'bedrock')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: openai-native}
+spec:
+  provider: OpenAI
+  upstream: {baseURL: "http://127.0.0.1:${mock2}/v1"}
+  credentials: {secretRef: {name: keys}}
+${route('openai-native', 'openai-native')}${bedrockFault('bedrock-broken', 'exception')}${bedrockFault('bedrock-crc', 'badcrc')}${
   bedrockFault('bedrock-throttled', '429', 'x-mock-status')}`);
   procs.push(spawn(join(build, 'dataplane/knoway-dataplane'), ['-c', cfg], { stdio: 'ignore' }));
   await waitPort(listen);

@@ -60,7 +60,7 @@ test('models', async () => {
   for await (const m of client.models.list()) ids.push(m.id);
   assert.deepEqual(ids.sort(), ['azure', 'bedrock', 'bedrock-broken', 'bedrock-crc',
     'bedrock-throttled', 'claude', 'continued', 'cut', 'demo', 'gemini', 'gemini-badkey',
-    'messages-only']);
+    'messages-only', 'openai-native']);
 });
 
 test('unknown model is a NotFoundError', async () => {
