@@ -2,7 +2,7 @@
  * request, routed like any other to any backend (its provider translates further), and the
  * chat answer is translated back into a Response object or the Responses event stream. An
  * OpenAI backend gets the request as it came instead (dp_responses_bind: the front steps
- * aside, POST /responses, the answer relayed).
+ * aside, POST /responses, the answer relayed), as does an Azure OpenAI backend.
  *
  * Request (Responses -> chat):
  *   instructions -> a system message first; input: a string -> a user message, or items:
@@ -433,9 +433,10 @@ void dp_responses_bind(struct dp_request *r)
     struct resp_state *rs = r->front_state;
     if (rs == NULL)
         return;
-    /* OpenAI serves the Responses API itself (its server-side tools, reasoning items):
+    /* OpenAI and Azure serve the Responses API themselves (server-side tools, reasoning):
      * passed through; a fallback to another backend goes back to the translation */
-    r->responses_native = r->backend->provider == KW_PROVIDER_OPENAI;
+    r->responses_native = r->backend->provider == KW_PROVIDER_OPENAI ||
+                          r->backend->provider == KW_PROVIDER_AZURE_OPENAI;
     r->front = r->responses_native ? NULL : &dp_front_responses;
     r->json = r->responses_native ? (struct kw_node *)rs->req : rs->chat;
 }

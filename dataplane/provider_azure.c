@@ -1,5 +1,7 @@
 /* Azure OpenAI: the OpenAI schema behind Azure's deployment URLs.
  *   {baseURL}/openai/deployments/{deployment}/{operation}?api-version={apiVersion}
+ *   {baseURL}/openai/responses?api-version={apiVersion} for /v1/responses passed through
+ *   (the deployment as the body's model)
  * with the key in an api-key header. Bodies and streams are OpenAI's (relayed and read as
  * provider_openai.c does); Azure's error shapes ({"error":{"code","message"}}, and content
  * filter refusals with type null and an innererror) are mapped to OpenAI's. */
@@ -19,12 +21,18 @@ static int azure_build(struct dp_request *r, struct kw_buf *url, struct curl_sli
     const char *deployment = b->credentials.azure.deployment != NULL
                                  ? b->credentials.azure.deployment
                                  : r->upstream_model;
-    const char *version =
-        b->credentials.azure.api_version != NULL ? b->credentials.azure.api_version : "2024-10-21";
+    /* the Responses API (passed through) needs 2025-03-01-preview or later */
+    const char *version = b->credentials.azure.api_version != NULL
+                              ? b->credentials.azure.api_version
+                          : r->responses_native ? "2025-04-01-preview"
+                                                : "2024-10-21";
     char *dep = curl_easy_escape(NULL, deployment, 0); /* no handle needed since 7.82 */
     char *ver = curl_easy_escape(NULL, version, 0);
     int rc = dep != NULL && ver != NULL ? KW_OK : KW_ERROR;
-    if (rc == KW_OK)
+    if (rc == KW_OK && r->responses_native) /* the deployment is the body's model */
+        rc = kw_buf_printf(url, "%.*s/openai/responses?api-version=%s", (int)blen, base, ver) |
+             kw_node_map_set(r->arena, r->up_json, "model", kw_node_cstring(r->arena, deployment));
+    else if (rc == KW_OK)
         rc = kw_buf_printf(url, "%.*s/openai/deployments/%s%s?api-version=%s", (int)blen, base, dep,
                            dp_openai_api_suffix(r->api), ver);
     curl_free(dep);

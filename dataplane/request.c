@@ -87,30 +87,23 @@ void dp_request_usage(struct dp_request *r, const struct kw_node *usage)
 {
     if (usage == NULL || usage->type != KW_NODE_MAP)
         return;
-    const struct kw_node *p = kw_node_get(usage, "prompt_tokens");
-    const struct kw_node *c = kw_node_get(usage, "completion_tokens");
+    /* chat's names, else the Responses API's */
+    bool chat = kw_node_get(usage, "prompt_tokens") != NULL ||
+                kw_node_get(usage, "completion_tokens") != NULL;
+    const struct kw_node *p = kw_node_get(usage, chat ? "prompt_tokens" : "input_tokens");
+    const struct kw_node *c = kw_node_get(usage, chat ? "completion_tokens" : "output_tokens");
     const struct kw_node *d =
-        kw_node_get(kw_node_get(usage, "prompt_tokens_details"), "cached_tokens");
+        kw_node_get(kw_node_get(usage, chat ? "prompt_tokens_details" : "input_tokens_details"),
+                    "cached_tokens");
+    const struct kw_node *rt = kw_node_get(
+        kw_node_get(usage, chat ? "completion_tokens_details" : "output_tokens_details"),
+        "reasoning_tokens");
     if (p != NULL && p->type == KW_NODE_INT)
         r->usage.prompt = p->i;
     if (c != NULL && c->type == KW_NODE_INT)
         r->usage.completion = c->i;
     if (d != NULL && d->type == KW_NODE_INT)
         r->usage.cached = d->i;
-    const struct kw_node *rt =
-        kw_node_get(kw_node_get(usage, "completion_tokens_details"), "reasoning_tokens");
-    if (p == NULL && c == NULL) { /* the Responses API's names */
-        p = kw_node_get(usage, "input_tokens");
-        c = kw_node_get(usage, "output_tokens");
-        d = kw_node_get(kw_node_get(usage, "input_tokens_details"), "cached_tokens");
-        rt = kw_node_get(kw_node_get(usage, "output_tokens_details"), "reasoning_tokens");
-        if (p != NULL && p->type == KW_NODE_INT)
-            r->usage.prompt = p->i;
-        if (c != NULL && c->type == KW_NODE_INT)
-            r->usage.completion = c->i;
-        if (d != NULL && d->type == KW_NODE_INT)
-            r->usage.cached = d->i;
-    }
     if (rt != NULL && rt->type == KW_NODE_INT)
         r->usage.reasoning = rt->i;
     r->usage.have = p != NULL || c != NULL;

@@ -597,33 +597,36 @@ void dp_tr_reasoning_redacted(struct dp_tr_reasoning *rs, const char *data, size
     kw_buf_puts(&rs->blocks, "}");
 }
 
-int dp_tr_chunk_reasoning(struct kw_buf *out, struct dp_tr_stream *st, const char *text, size_t len)
-{
-    if (st->omit_reasoning || len == 0)
-        return KW_OK;
-    dp_tr_chunk_role(out, st);
-    struct kw_buf d;
-    kw_buf_init(&d, DP_MAX_SSE_EVENT);
-    kw_buf_puts(&d, "{\"reasoning_content\":");
-    kw_json_write_string(&d, text, len);
-    int rc = kw_buf_puts(&d, "}") == KW_OK ? dp_tr_chunk(out, &st->ident, d.data, NULL) : KW_ERROR;
-    kw_buf_cleanup(&d);
-    return rc;
-}
-
-int dp_tr_chunk_thinking_block(struct kw_buf *out, struct dp_tr_stream *st, const char *block,
-                               size_t len)
+/* A reasoning chunk: delta = open + value (a JSON string of it when quote) + close. */
+static int reasoning_chunk(struct kw_buf *out, struct dp_tr_stream *st, const char *open,
+                           const char *v, size_t len, bool quote, const char *close)
 {
     if (st->omit_reasoning)
         return KW_OK;
     dp_tr_chunk_role(out, st);
     struct kw_buf d;
     kw_buf_init(&d, DP_MAX_SSE_EVENT);
-    kw_buf_puts(&d, "{\"thinking_blocks\":[");
-    kw_buf_append(&d, block, len);
-    int rc = kw_buf_puts(&d, "]}") == KW_OK ? dp_tr_chunk(out, &st->ident, d.data, NULL) : KW_ERROR;
+    kw_buf_puts(&d, open);
+    if (quote)
+        kw_json_write_string(&d, v, len);
+    else
+        kw_buf_append(&d, v, len);
+    int rc =
+        kw_buf_puts(&d, close) == KW_OK ? dp_tr_chunk(out, &st->ident, d.data, NULL) : KW_ERROR;
     kw_buf_cleanup(&d);
     return rc;
+}
+
+int dp_tr_chunk_reasoning(struct kw_buf *out, struct dp_tr_stream *st, const char *text, size_t len)
+{
+    return len == 0 ? KW_OK
+                    : reasoning_chunk(out, st, "{\"reasoning_content\":", text, len, true, "}");
+}
+
+int dp_tr_chunk_thinking_block(struct kw_buf *out, struct dp_tr_stream *st, const char *block,
+                               size_t len)
+{
+    return reasoning_chunk(out, st, "{\"thinking_blocks\":[", block, len, false, "]}");
 }
 
 int64_t dp_tr_thinking_budget(const struct dp_request *r)

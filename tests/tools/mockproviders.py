@@ -201,6 +201,10 @@ class Handler(BaseHTTPRequestHandler):
             self.bedrock(path, query, hdrs, body)
         elif path == "/v1/responses":
             self.openai_responses(hdrs, body)
+        elif path == "/openai/responses":  # Azure OpenAI's: api-key, api-version, model = deployment
+            if "api-version=" not in query or not hdrs.get("api-key"):
+                return self.send_json(401, {"error": {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint."}})
+            self.openai_responses(dict(hdrs, authorization="Bearer " + hdrs["api-key"]), body)
         else:
             self.send_json(404, {"message": "unknown path"})
 

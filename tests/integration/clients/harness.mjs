@@ -151,7 +151,15 @@ spec:
   provider: OpenAI
   upstream: {baseURL: "http://127.0.0.1:${mock2}/v1"}
   credentials: {secretRef: {name: keys}}
-${route('openai-native', 'openai-native')}${bedrockFault('bedrock-broken', 'exception')}${bedrockFault('bedrock-crc', 'badcrc')}${
+${route('openai-native', 'openai-native')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: azure-native}
+spec:
+  provider: AzureOpenAI
+  upstream: {baseURL: "http://127.0.0.1:${mock2}"}
+  credentials: {secretRef: {name: keys}, azure: {deployment: dep-native}}
+${route('azure-native', 'azure-native')}${bedrockFault('bedrock-broken', 'exception')}${bedrockFault('bedrock-crc', 'badcrc')}${
   bedrockFault('bedrock-throttled', '429', 'x-mock-status')}`);
   procs.push(spawn(join(build, 'dataplane/knoway-dataplane'), ['-c', cfg], { stdio: 'ignore' }));
   await waitPort(listen);

@@ -60,7 +60,7 @@ test('models', async () => {
   for await (const m of client.models.list()) ids.push(m.id);
   assert.deepEqual(ids.sort(), ['azure', 'bedrock', 'bedrock-broken', 'bedrock-crc',
     'bedrock-throttled', 'claude', 'continued', 'cut', 'demo', 'gemini', 'gemini-badkey',
-    'messages-only', 'openai-native']);
+    'messages-only', 'openai-native', 'azure-native']);
 });
 
 test('unknown model is a NotFoundError', async () => {

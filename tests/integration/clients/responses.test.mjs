@@ -72,17 +72,20 @@ for (const model of ['demo', 'claude', 'gemini', 'bedrock']) {
   });
 }
 
-test('an OpenAI backend gets /v1/responses as it came, answered as it answers', async () => {
-  // the mock (tests/tools/mockproviders.py) serves POST /v1/responses and refuses chat fields
-  const r = await client.responses.create({ model: 'openai-native', input: 'one two three', include: [] });
-  assert.equal(r.id, 'resp_native');
-  assert.equal(r.output_text, 'native: 3 words');
-  assert.equal(r.usage.output_tokens, 3);
-  const stream = client.responses.stream({ model: 'openai-native', input: 'one two three' });
-  const done = await stream.finalResponse();
-  assert.equal(done.id, 'resp_native');
-  assert.equal(done.output_text, 'native: 3 words ');
-});
+for (const [model, upstreamModel] of [['openai-native', 'openai-native'], ['azure-native', 'dep-native']]) {
+  test(`${model}: /v1/responses as it came, answered as the backend answers`, async () => {
+    // the mock (tests/tools/mockproviders.py) serves the Responses API and refuses chat fields
+    const r = await client.responses.create({ model, input: 'one two three', include: [] });
+    assert.equal(r.id, 'resp_native');
+    assert.equal(r.model, upstreamModel); // Azure: the deployment
+    assert.equal(r.output_text, 'native: 3 words');
+    assert.equal(r.usage.output_tokens, 3);
+    const stream = client.responses.stream({ model, input: 'one two three' });
+    const done = await stream.finalResponse();
+    assert.equal(done.id, 'resp_native');
+    assert.equal(done.output_text, 'native: 3 words ');
+  });
+}
 
 test('reasoning through Anthropic becomes a reasoning item', async () => {
   const r = await client.responses.create({ model: 'claude', input: 'hi', reasoning: { effort: 'low' } });
