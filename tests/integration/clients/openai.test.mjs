@@ -58,9 +58,9 @@ test('embeddings', async () => {
 test('models', async () => {
   const ids = [];
   for await (const m of client.models.list()) ids.push(m.id);
-  assert.deepEqual(ids.sort(), ['azure', 'bedrock', 'bedrock-broken', 'bedrock-crc',
-    'bedrock-throttled', 'claude', 'continued', 'cut', 'demo', 'gemini', 'gemini-badkey',
-    'messages-only', 'openai-native', 'azure-native']);
+  assert.deepEqual(ids.sort(), ['azure', 'azure-native', 'bedrock', 'bedrock-broken',
+    'bedrock-crc', 'bedrock-throttled', 'claude', 'continued', 'cut', 'demo', 'gemini',
+    'gemini-badkey', 'messages-only', 'openai-native']);
 });
 
 test('unknown model is a NotFoundError', async () => {
