@@ -242,6 +242,9 @@ def main():
     ap.add_argument("--relay-streams", type=int, default=200)
     ap.add_argument("--relay-chunks", type=int, default=500)
     ap.add_argument("--phases", default="nonstream,held,relay,strategies,limits,usage,telemetry")
+    ap.add_argument("--guard", type=float, default=0.0,
+                    help="exit 1 when knoway's non-stream RPS is below this ratio of nginx's "
+                         "(a gross-regression guard for CI; noise must never trip it)")
     a = ap.parse_args()
     phases = a.phases.split(",")
     tmp = tempfile.mkdtemp(prefix="kwbench-")
@@ -271,6 +274,13 @@ def main():
     results["ratios"] = ratios(a, results)
     print(json.dumps(results, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)
+    if a.guard > 0 and "knoway_rps_over_nginx" in results["ratios"]:
+        got = results["ratios"]["knoway_rps_over_nginx"]
+        if got < a.guard:
+            print("bench guard: knoway did %.3fx nginx's RPS, below the guard of %.2fx"
+                  % (got, a.guard), file=sys.stderr)
+            sys.exit(1)
+        print("bench guard: %.3fx nginx's RPS (guard %.2fx)" % (got, a.guard), file=sys.stderr)
 
 
 def nonstream(a, tmp, lua, results):

@@ -45,6 +45,10 @@ cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build-release -j"$jobs"
 build-release/dataplane/knoway-dataplane --check -c examples/quickstart.yaml
 
+step "benchmark smoke: fails only on a gross regression (knoway below 0.3x nginx's RPS)"
+ulimit -n "$(ulimit -Hn)"
+python3 hack/bench.py --build build-release --phases nonstream --seconds 2 --guard 0.3 >/dev/null
+
 step "valgrind on the unit tests"
 for t in build/tests/test_*; do
     KW_NO_TIMING=1 valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect,possible \
