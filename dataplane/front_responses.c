@@ -663,9 +663,9 @@ enum item_kind { IT_REASONING, IT_MESSAGE, IT_CALL };
 struct item {
     enum item_kind kind;
     bool open;
-    int call;           /* the chat tool-call index */
-    struct kw_buf text; /* reasoning or message text; a call's arguments */
-    char call_id[128], name[128];
+    int call;                   /* the chat tool-call index */
+    struct kw_buf text;         /* reasoning or message text; a call's arguments */
+    const char *call_id, *name; /* a call's (arena) */
 };
 
 struct resp_stream {
@@ -674,8 +674,8 @@ struct resp_stream {
     struct dp_request *r;
     long seq;
     long created;
-    struct item items[RESP_MAX_ITEMS];
-    int nitems;
+    struct item *items; /* grown in the request's arena, up to RESP_MAX_ITEMS */
+    int nitems, cap;
     int open; /* the open item, -1: none */
     const char *incomplete;
     bool refusal; /* the message item holds a refusal */
@@ -807,6 +807,16 @@ static struct item *open_item(struct resp_stream *st, enum item_kind kind, int c
             return st->items[i].open ? &st->items[i] : NULL; /* arguments after it closed */
     if (st->nitems == RESP_MAX_ITEMS)
         return NULL;
+    if (st->nitems == st->cap) {
+        int cap = st->cap == 0 ? 4 : st->cap * 2;
+        struct item *items = kw_arena_alloc(st->r->arena, (size_t)cap * sizeof(*items));
+        if (items == NULL)
+            return NULL;
+        if (st->nitems > 0)
+            memcpy(items, st->items, (size_t)st->nitems * sizeof(*items));
+        st->items = items;
+        st->cap = cap;
+    }
     close_item(st);
     int ix = st->nitems++;
     struct item *it = &st->items[ix];
@@ -886,11 +896,11 @@ static int call_delta(struct dp_request *r, struct resp_stream *st, size_t pos,
         return KW_ERROR;
     }
     if (fresh) {
-        if (is(id, KW_NODE_STRING))
-            snprintf(it->call_id, sizeof(it->call_id), "%s", id->str);
-        else
-            snprintf(it->call_id, sizeof(it->call_id), "call_%s_%d", r->id, k);
-        snprintf(it->name, sizeof(it->name), "%s", is(name, KW_NODE_STRING) ? name->str : "");
+        it->call_id = is(id, KW_NODE_STRING) ? kw_arena_strdup(r->arena, id->str)
+                                             : kw_arena_printf(r->arena, "call_%s_%d", r->id, k);
+        it->name = kw_arena_strdup(r->arena, is(name, KW_NODE_STRING) ? name->str : "");
+        if (it->call_id == NULL || it->name == NULL)
+            return KW_ERROR;
         announce(st, it);
     }
     if (!is(args, KW_NODE_STRING) || args->len == 0)
