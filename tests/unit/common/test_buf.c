@@ -22,6 +22,23 @@ static void test_buf_limit(void **state)
     assert_int_equal(b.len, 0);
     assert_string_equal(b.data, "");
     kw_buf_cleanup(&b);
+    /* printf: formatted in place when it fits, again after growing when not, refused past
+     * the maximum with the buffer as it was */
+    kw_buf_init(&b, 1000);
+    assert_int_equal(kw_buf_puts(&b, "ab"), KW_OK); /* cap 256 */
+    assert_int_equal(kw_buf_printf(&b, "%s-%d", "x", 7), KW_OK);
+    assert_string_equal(b.data, "abx-7");
+    char big[600];
+    memset(big, 'z', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    assert_int_equal(kw_buf_printf(&b, "[%s]", big), KW_OK); /* past the first capacity */
+    assert_int_equal(b.len, 5 + 601);
+    assert_int_equal(b.data[b.len], '\0');
+    assert_int_equal(kw_buf_printf(&b, "%s", big), KW_ERROR); /* past 1000 */
+    assert_int_equal(b.len, 606);
+    assert_int_equal(b.data[606], '\0');
+    assert_int_equal(b.data[605], ']');
+    kw_buf_cleanup(&b);
 }
 
 static void test_arena_limit(void **state)
