@@ -29,7 +29,8 @@
  * first text opens a message item (response.output_item.added, response.content_part.added)
  * and each piece is a response.output_text.delta; a tool call opens a function_call item
  * (its arguments as response.function_call_arguments.delta); reasoning opens a reasoning
- * item; an item is closed (..._text.done, content_part.done, ..._arguments.done,
+ * item (response.reasoning_summary_part.added, response.reasoning_summary_text.delta); an
+ * item is closed (..._text.done, content_part.done, ..._arguments.done,
  * output_item.done) when the next one opens or the stream ends; then response.completed
  * (or response.incomplete) with the whole Response. Every event carries sequence_number;
  * there is no [DONE]. Errors: an "error" event. */
@@ -780,6 +781,21 @@ static void close_item(struct resp_stream *st)
             kw_buf_puts(st->out, ",\"annotations\":[]}");
         }
         ev_end(st);
+    } else if (it->kind == IT_REASONING) {
+        ev_head(st, "response.reasoning_summary_text.done");
+        item_id(st->out, st, it);
+        kw_buf_printf(st->out, ",\"output_index\":%d,\"summary_index\":0,\"text\":", ix);
+        kw_json_write_string(st->out, text, it->text.len);
+        ev_end(st);
+        ev_head(st, "response.reasoning_summary_part.done");
+        item_id(st->out, st, it);
+        kw_buf_printf(st->out,
+                      ",\"output_index\":%d,\"summary_index\":0,\"part\":{\"type\":\"summary_text\","
+                      "\"text\":",
+                      ix);
+        kw_json_write_string(st->out, text, it->text.len);
+        kw_buf_puts(st->out, "}");
+        ev_end(st);
     } else if (it->kind == IT_CALL) {
         ev_head(st, "response.function_call_arguments.done");
         item_id(st->out, st, it);
@@ -836,6 +852,15 @@ static void announce(struct resp_stream *st, struct item *it)
     kw_buf_printf(st->out, ",\"output_index\":%d,\"item\":", ix);
     item_json(st->out, st, it, false);
     ev_end(st);
+    if (it->kind == IT_REASONING) {
+        ev_head(st, "response.reasoning_summary_part.added");
+        item_id(st->out, st, it);
+        kw_buf_printf(st->out,
+                      ",\"output_index\":%d,\"summary_index\":0,\"part\":{\"type\":\"summary_text\","
+                      "\"text\":\"\"}",
+                      ix);
+        ev_end(st);
+    }
     if (it->kind == IT_MESSAGE) {
         ev_head(st, "response.content_part.added");
         item_id(st->out, st, it);
@@ -875,7 +900,12 @@ static int reasoning_delta(struct resp_stream *st, const struct kw_node *t)
         return KW_ERROR;
     if (fresh)
         announce(st, it);
-    return kw_buf_append(&it->text, t->str, t->len); /* the summary comes whole when it ends */
+    kw_buf_append(&it->text, t->str, t->len);
+    ev_head(st, "response.reasoning_summary_text.delta");
+    item_id(st->out, st, it);
+    kw_buf_printf(st->out, ",\"output_index\":%d,\"summary_index\":0,\"delta\":", st->open);
+    kw_json_write_string(st->out, t->str, t->len);
+    return ev_end(st);
 }
 
 static int call_delta(struct dp_request *r, struct resp_stream *st, size_t pos,
