@@ -789,10 +789,11 @@ static void close_item(struct resp_stream *st)
         ev_end(st);
         ev_head(st, "response.reasoning_summary_part.done");
         item_id(st->out, st, it);
-        kw_buf_printf(st->out,
-                      ",\"output_index\":%d,\"summary_index\":0,\"part\":{\"type\":\"summary_text\","
-                      "\"text\":",
-                      ix);
+        kw_buf_printf(
+            st->out,
+            ",\"output_index\":%d,\"summary_index\":0,\"part\":{\"type\":\"summary_text\","
+            "\"text\":",
+            ix);
         kw_json_write_string(st->out, text, it->text.len);
         kw_buf_puts(st->out, "}");
         ev_end(st);
@@ -855,10 +856,11 @@ static void announce(struct resp_stream *st, struct item *it)
     if (it->kind == IT_REASONING) {
         ev_head(st, "response.reasoning_summary_part.added");
         item_id(st->out, st, it);
-        kw_buf_printf(st->out,
-                      ",\"output_index\":%d,\"summary_index\":0,\"part\":{\"type\":\"summary_text\","
-                      "\"text\":\"\"}",
-                      ix);
+        kw_buf_printf(
+            st->out,
+            ",\"output_index\":%d,\"summary_index\":0,\"part\":{\"type\":\"summary_text\","
+            "\"text\":\"\"}",
+            ix);
         ev_end(st);
     }
     if (it->kind == IT_MESSAGE) {

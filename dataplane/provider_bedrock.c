@@ -205,6 +205,18 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
         kw_node_map_put(a, body, "system", system);
     struct kw_node *ic = kw_node_new(a, KW_NODE_MAP);
     int64_t max = dp_tr_max_tokens(in, -1);
+    /* reasoning_effort: Anthropic models on Bedrock take Anthropic's thinking in
+     * additionalModelRequestFields (others: not mapped, docs/providers.md) */
+    int64_t budget = dp_tr_thinking_budget(r);
+    if (budget > 0 && strstr(r->upstream_model, "anthropic.") != NULL) {
+        if (budget < 1024)
+            budget = 1024;
+        struct kw_node *th = dp_tr_map1(a, "type", kw_node_cstring(a, "enabled"));
+        kw_node_map_put(a, th, "budget_tokens", kw_node_int(a, budget));
+        kw_node_map_put(a, body, "additionalModelRequestFields", dp_tr_map1(a, "thinking", th));
+        int64_t room = max > 0 ? max : 4096;
+        max = room <= budget ? room + budget : room; /* the budget counts in maxTokens */
+    }
     if (max >= 0)
         kw_node_map_put(a, ic, "maxTokens", kw_node_int(a, max));
     static const char *const copied[][2] = {{"temperature", "temperature"}, {"top_p", "topP"}};
