@@ -750,6 +750,37 @@ static void item_id(struct kw_buf *o, const struct resp_stream *st, const struct
         kw_buf_printf(o, ",\"item_id\":\"fc_%s_%d\"", id, it->call);
 }
 
+/* An event about item it (output index ix): its id, output_index, the index inside it (a
+ * message's content_index, a reasoning item's summary_index; a call has none), then pre,
+ * text as a JSON string, post. */
+static int item_event(struct resp_stream *st, const char *type, const struct item *it, int ix,
+                      const char *pre, const char *text, size_t len, const char *post)
+{
+    ev_head(st, type);
+    item_id(st->out, st, it);
+    kw_buf_printf(st->out, ",\"output_index\":%d%s", ix,
+                  it->kind == IT_MESSAGE     ? ",\"content_index\":0"
+                  : it->kind == IT_REASONING ? ",\"summary_index\":0"
+                                             : "");
+    kw_buf_puts(st->out, pre);
+    kw_json_write_string(st->out, text, len);
+    kw_buf_puts(st->out, post);
+    return ev_end(st);
+}
+
+/* The part of a message or reasoning item around its text: pre ends where the text goes. */
+static const char *part_pre(const struct resp_stream *st, const struct item *it)
+{
+    return it->kind == IT_REASONING ? ",\"part\":{\"type\":\"summary_text\",\"text\":"
+           : st->refusal            ? ",\"part\":{\"type\":\"refusal\",\"refusal\":"
+                                    : ",\"part\":{\"type\":\"output_text\",\"text\":";
+}
+
+static const char *part_post(const struct resp_stream *st, const struct item *it)
+{
+    return it->kind == IT_MESSAGE && !st->refusal ? ",\"annotations\":[]}" : "}";
+}
+
 static void close_item(struct resp_stream *st)
 {
     if (st->open < 0)
@@ -759,50 +790,20 @@ static void close_item(struct resp_stream *st)
     st->open = -1;
     it->open = false;
     const char *text = it->text.data != NULL ? it->text.data : "";
+    size_t len = it->text.len;
     if (it->kind == IT_MESSAGE) {
-        ev_head(st, st->refusal ? "response.refusal.done" : "response.output_text.done");
-        item_id(st->out, st, it);
-        kw_buf_printf(st->out, ",\"output_index\":%d,\"content_index\":0,\"%s\":", ix,
-                      st->refusal ? "refusal" : "text");
-        kw_json_write_string(st->out, text, it->text.len);
-        if (!st->refusal)
-            kw_buf_puts(st->out, ",\"logprobs\":[]");
-        ev_end(st);
-        ev_head(st, "response.content_part.done");
-        item_id(st->out, st, it);
-        kw_buf_printf(st->out, ",\"output_index\":%d,\"content_index\":0,\"part\":", ix);
-        if (st->refusal) {
-            kw_buf_puts(st->out, "{\"type\":\"refusal\",\"refusal\":");
-            kw_json_write_string(st->out, text, it->text.len);
-            kw_buf_puts(st->out, "}");
-        } else {
-            kw_buf_puts(st->out, "{\"type\":\"output_text\",\"text\":");
-            kw_json_write_string(st->out, text, it->text.len);
-            kw_buf_puts(st->out, ",\"annotations\":[]}");
-        }
-        ev_end(st);
+        item_event(st, st->refusal ? "response.refusal.done" : "response.output_text.done", it, ix,
+                   st->refusal ? ",\"refusal\":" : ",\"text\":", text, len,
+                   st->refusal ? "" : ",\"logprobs\":[]");
+        item_event(st, "response.content_part.done", it, ix, part_pre(st, it), text, len,
+                   part_post(st, it));
     } else if (it->kind == IT_REASONING) {
-        ev_head(st, "response.reasoning_summary_text.done");
-        item_id(st->out, st, it);
-        kw_buf_printf(st->out, ",\"output_index\":%d,\"summary_index\":0,\"text\":", ix);
-        kw_json_write_string(st->out, text, it->text.len);
-        ev_end(st);
-        ev_head(st, "response.reasoning_summary_part.done");
-        item_id(st->out, st, it);
-        kw_buf_printf(
-            st->out,
-            ",\"output_index\":%d,\"summary_index\":0,\"part\":{\"type\":\"summary_text\","
-            "\"text\":",
-            ix);
-        kw_json_write_string(st->out, text, it->text.len);
-        kw_buf_puts(st->out, "}");
-        ev_end(st);
-    } else if (it->kind == IT_CALL) {
-        ev_head(st, "response.function_call_arguments.done");
-        item_id(st->out, st, it);
-        kw_buf_printf(st->out, ",\"output_index\":%d,\"arguments\":", ix);
-        kw_json_write_string(st->out, text, it->text.len);
-        ev_end(st);
+        item_event(st, "response.reasoning_summary_text.done", it, ix, ",\"text\":", text, len, "");
+        item_event(st, "response.reasoning_summary_part.done", it, ix, part_pre(st, it), text, len,
+                   part_post(st, it));
+    } else {
+        item_event(st, "response.function_call_arguments.done", it, ix, ",\"arguments\":", text,
+                   len, "");
     }
     ev_head(st, "response.output_item.done");
     kw_buf_printf(st->out, ",\"output_index\":%d,\"item\":", ix);
@@ -853,25 +854,11 @@ static void announce(struct resp_stream *st, struct item *it)
     kw_buf_printf(st->out, ",\"output_index\":%d,\"item\":", ix);
     item_json(st->out, st, it, false);
     ev_end(st);
-    if (it->kind == IT_REASONING) {
-        ev_head(st, "response.reasoning_summary_part.added");
-        item_id(st->out, st, it);
-        kw_buf_printf(
-            st->out,
-            ",\"output_index\":%d,\"summary_index\":0,\"part\":{\"type\":\"summary_text\","
-            "\"text\":\"\"}",
-            ix);
-        ev_end(st);
-    }
-    if (it->kind == IT_MESSAGE) {
-        ev_head(st, "response.content_part.added");
-        item_id(st->out, st, it);
-        kw_buf_printf(st->out, ",\"output_index\":%d,\"content_index\":0,\"part\":", ix);
-        kw_buf_puts(st->out, st->refusal
-                                 ? "{\"type\":\"refusal\",\"refusal\":\"\"}"
-                                 : "{\"type\":\"output_text\",\"text\":\"\",\"annotations\":[]}");
-        ev_end(st);
-    }
+    if (it->kind != IT_CALL) /* the (empty) part the deltas fill */
+        item_event(st,
+                   it->kind == IT_REASONING ? "response.reasoning_summary_part.added"
+                                            : "response.content_part.added",
+                   it, ix, part_pre(st, it), "", 0, part_post(st, it));
 }
 
 static int text_delta(struct resp_stream *st, const struct kw_node *t, bool refusal)
@@ -885,13 +872,9 @@ static int text_delta(struct resp_stream *st, const struct kw_node *t, bool refu
     if (fresh)
         announce(st, it);
     kw_buf_append(&it->text, t->str, t->len);
-    ev_head(st, st->refusal ? "response.refusal.delta" : "response.output_text.delta");
-    item_id(st->out, st, it);
-    kw_buf_printf(st->out, ",\"output_index\":%d,\"content_index\":0,\"delta\":", st->open);
-    kw_json_write_string(st->out, t->str, t->len);
-    if (!st->refusal)
-        kw_buf_puts(st->out, ",\"logprobs\":[]");
-    return ev_end(st);
+    return item_event(st, st->refusal ? "response.refusal.delta" : "response.output_text.delta", it,
+                      st->open, ",\"delta\":", t->str, t->len,
+                      st->refusal ? "" : ",\"logprobs\":[]");
 }
 
 static int reasoning_delta(struct resp_stream *st, const struct kw_node *t)
@@ -903,11 +886,8 @@ static int reasoning_delta(struct resp_stream *st, const struct kw_node *t)
     if (fresh)
         announce(st, it);
     kw_buf_append(&it->text, t->str, t->len);
-    ev_head(st, "response.reasoning_summary_text.delta");
-    item_id(st->out, st, it);
-    kw_buf_printf(st->out, ",\"output_index\":%d,\"summary_index\":0,\"delta\":", st->open);
-    kw_json_write_string(st->out, t->str, t->len);
-    return ev_end(st);
+    return item_event(st, "response.reasoning_summary_text.delta", it, st->open,
+                      ",\"delta\":", t->str, t->len, "");
 }
 
 static int call_delta(struct dp_request *r, struct resp_stream *st, size_t pos,
@@ -938,11 +918,8 @@ static int call_delta(struct dp_request *r, struct resp_stream *st, size_t pos,
     if (!is(args, KW_NODE_STRING) || args->len == 0)
         return KW_OK;
     kw_buf_append(&it->text, args->str, args->len);
-    ev_head(st, "response.function_call_arguments.delta");
-    item_id(st->out, st, it);
-    kw_buf_printf(st->out, ",\"output_index\":%d,\"delta\":", (int)(it - st->items));
-    kw_json_write_string(st->out, args->str, args->len);
-    return ev_end(st);
+    return item_event(st, "response.function_call_arguments.delta", it, (int)(it - st->items),
+                      ",\"delta\":", args->str, args->len, "");
 }
 
 /* The Response as it stands: every item complete. */

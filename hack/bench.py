@@ -499,6 +499,22 @@ def limits_phase(a, tmp, results):
         redis.wait()
 
 
+def compare_configs(a, tmp, prefix, configs, mock):
+    """knoway once per DataPlane spec in configs (name -> spec lines) on the bench route to
+    mock: warmed up, then interleaved rounds of small chat completions (interleaved())."""
+    targets = {name: start_config(a.build, tmp, "%s-%s" % (prefix, name), spec,
+                                  upstream_port=mock.port)
+               for name, spec in configs.items()}
+    lua = os.path.join(tmp, "post.lua")
+    try:
+        for t in targets.values():
+            wrk(t.port, 8, 1, lua)
+        return interleaved(a, targets, lua)
+    finally:
+        for t in targets.values():
+            stop(t)
+
+
 def usage_phase(a, tmp, results):
     """What the usage ledger costs: the same route without and with the ledger shipping to
     a PostgreSQL started here; interleaved rounds, RPS and CPU per request (the data
@@ -516,17 +532,10 @@ def usage_phase(a, tmp, results):
                            "    sinks: [{postgres: {dsnFile: \"%s\"}}]\n"
                            % (os.path.join(tmp, "usage-spool"), dsn),
     }
-    targets = {name: start_config(a.build, tmp, "usage-" + name, spec, upstream_port=mock.port)
-               for name, spec in configs.items()}
-    lua = os.path.join(tmp, "post.lua")
     try:
-        for t in targets.values():
-            wrk(t.port, 8, 1, lua)
-        results["usage"] = interleaved(a, targets, lua)
+        results["usage"] = compare_configs(a, tmp, "usage", configs, mock)
         results["usage"]["rows_in_postgres"] = int(pg.query("SELECT count(*) FROM knoway_usage")[0][0])
     finally:
-        for t in targets.values():
-            stop(t)
         stop(mock)
         pg.cleanup()
 
@@ -568,17 +577,10 @@ def telemetry_phase(a, tmp, results):
         "trace_1.0": "  telemetry: {otlp: {endpoint: \"%s\", sampleRatio: 1}}\n" % sink.url(),
         "trace_0.01": "  telemetry: {otlp: {endpoint: \"%s\", sampleRatio: 0.01}}\n" % sink.url(),
     }
-    targets = {name: start_config(a.build, tmp, "telemetry-" + name, spec, upstream_port=mock.port)
-               for name, spec in configs.items()}
-    lua = os.path.join(tmp, "post.lua")
     try:
-        for t in targets.values():
-            wrk(t.port, 8, 1, lua)
-        results["telemetry"] = interleaved(a, targets, lua)
+        results["telemetry"] = compare_configs(a, tmp, "telemetry", configs, mock)
         results["telemetry"]["otlp_posts"] = sink.posts
     finally:
-        for t in targets.values():
-            stop(t)
         stop(mock)
         sink.server.shutdown()
 
