@@ -186,6 +186,12 @@ struct kw_node *kw_encode_backend_spec(struct kw_arena *a, const struct kw_backe
             put_str(&e, br, "sessionTokenKey", c->bedrock.session_token_key);
             put(&e, cr, "bedrock", br);
         }
+        if (b->provider == KW_PROVIDER_VERTEX_AI) {
+            struct kw_node *vx = map(&e);
+            put_str(&e, vx, "project", c->vertex.project);
+            put_str(&e, vx, "region", c->vertex.region);
+            put(&e, cr, "vertex", vx);
+        }
         put(&e, spec, "credentials", cr);
     }
 

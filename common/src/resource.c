@@ -799,10 +799,27 @@ static void decode_upstream(struct kw_dec *d, const struct kw_node *spec, struct
     pop(d, mark);
 }
 
+/* A required Google Cloud project ID or location: lower-case letters, digits and '-'. */
+static const char *get_gcp_name(struct kw_dec *d, const struct kw_node *m, const char *key,
+                                const char *what)
+{
+    const struct kw_node *where;
+    const char *v = get_string(d, m, key, true, 64, &where);
+    for (const char *p = v; p != NULL && *p != '\0'; p++)
+        if (!islower((unsigned char)*p) && !isdigit((unsigned char)*p) && *p != '-') {
+            size_t km = push(d, key);
+            kw_dec_error(d, where, "\"%s\" is not %s", v, what);
+            pop(d, km);
+            return NULL;
+        }
+    return v;
+}
+
 static void decode_credentials(struct kw_dec *d, const struct kw_node *spec, struct kw_backend *b)
 {
-    static const char *const fields[] = {"secretRef", "azure", "bedrock", NULL};
+    static const char *const fields[] = {"secretRef", "azure", "bedrock", "vertex", NULL};
     static const char *const azure_fields[] = {"apiVersion", "deployment", NULL};
+    static const char *const vertex_fields[] = {"project", "region", NULL};
     static const char *const bedrock_fields[] = {"region", "accessKeyIdKey", "secretAccessKeyKey",
                                                  "sessionTokenKey", NULL};
     struct kw_credentials *c = &b->credentials;
@@ -812,7 +829,11 @@ static void decode_credentials(struct kw_dec *d, const struct kw_node *spec, str
         b->has_credentials = true;
         check_fields(d, m, fields, NULL);
         bool bedrock = b->provider == KW_PROVIDER_AWS_BEDROCK;
-        decode_secret_ref(d, m, "secretRef", &c->secret_ref, bedrock ? "" : "apiKey");
+        bool vertex = b->provider == KW_PROVIDER_VERTEX_AI;
+        decode_secret_ref(d, m, "secretRef", &c->secret_ref,
+                          bedrock  ? ""
+                          : vertex ? "credentials.json"
+                                   : "apiKey");
         if (bedrock && c->secret_ref.key != NULL && c->secret_ref.key[0] != '\0') {
             size_t km = push(d, "secretRef.key");
             kw_dec_error(d, kw_node_get(m, "secretRef"),
@@ -861,6 +882,29 @@ static void decode_credentials(struct kw_dec *d, const struct kw_node *spec, str
                 get_string(d, br, "sessionTokenKey", false, KW_MAX_NAME_LEN, NULL);
         }
         pop(d, bm);
+        size_t vm;
+        const struct kw_node *vx = get_map(d, m, "vertex", false, &vm);
+        if (vx != NULL) {
+            if (!vertex)
+                kw_dec_error(d, vx, "only for provider VertexAI");
+            check_fields(d, vx, vertex_fields, NULL);
+            c->vertex.project = get_gcp_name(d, vx, "project", "a Google Cloud project ID");
+            c->vertex.region =
+                get_gcp_name(d, vx, "region", "a Google Cloud location like us-central1");
+        }
+        pop(d, vm);
+        if (vertex && vx == NULL) {
+            size_t rm = push(d, "vertex");
+            kw_dec_error(d, m, "required for provider VertexAI (project and region)");
+            pop(d, rm);
+        }
+        if (vertex && c->secret_ref.name == NULL && kw_node_get(m, "secretRef") == NULL) {
+            size_t rm = push(d, "secretRef");
+            kw_dec_error(d, m,
+                         "required field is missing (a Secret holding a service-account key "
+                         "or an access token)");
+            pop(d, rm);
+        }
         if (bedrock && br == NULL) {
             size_t rm = push(d, "bedrock");
             kw_dec_error(d, m, "required for provider AWSBedrock (region and key names)");
@@ -1022,14 +1066,13 @@ void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct
     bool have_provider =
         get_enum(d, spec, "provider", provider_list, KW_PROVIDER__COUNT, &provider);
     b->provider = have_provider ? (enum kw_provider)provider : KW_PROVIDER_OPENAI;
-    if (have_provider &&
-        (b->provider == KW_PROVIDER_VERTEX_AI || b->provider == KW_PROVIDER_COHERE)) {
+    if (have_provider && b->provider == KW_PROVIDER_COHERE) {
         /* named so that the message is clear, refused so that nothing answers 501 later */
         size_t pm = push(d, "provider");
         kw_dec_error(d, kw_node_get(spec, "provider"),
                      "%s is not supported by this version (its API is not translated yet); "
-                     "supported: OpenAI, AzureOpenAI, Anthropic, AWSBedrock, Gemini, Mistral, "
-                     "vLLM, KServe, Ollama",
+                     "supported: OpenAI, AzureOpenAI, Anthropic, AWSBedrock, Gemini, VertexAI, "
+                     "Mistral, vLLM, KServe, Ollama",
                      kw_provider_name(b->provider));
         pop(d, pm);
     }
@@ -1068,12 +1111,18 @@ void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct
                  kw_node_get(kw_node_get(spec, "upstream"), "serviceRef") != NULL ||
                  kw_node_get(kw_node_get(spec, "upstream"), "endpoints") != NULL;
     if (!any && !tried && have_provider) {
+        const char *vr = b->credentials.vertex.region;
         if (b->provider == KW_PROVIDER_AWS_BEDROCK && b->credentials.bedrock.region != NULL)
             u->base_url = kw_arena_printf(d->a, "https://bedrock-runtime.%s.amazonaws.com",
                                           b->credentials.bedrock.region);
+        else if (b->provider == KW_PROVIDER_VERTEX_AI && vr != NULL)
+            u->base_url = strcmp(vr, "global") == 0
+                              ? "https://aiplatform.googleapis.com"
+                              : kw_arena_printf(d->a, "https://%s-aiplatform.googleapis.com", vr);
         else
             u->base_url = kw_provider_default_base_url(b->provider);
-        if (u->base_url == NULL && b->provider != KW_PROVIDER_AWS_BEDROCK) {
+        if (u->base_url == NULL && b->provider != KW_PROVIDER_AWS_BEDROCK &&
+            b->provider != KW_PROVIDER_VERTEX_AI) {
             size_t mark = push(d, "upstream");
             kw_dec_error(d, spec,
                          "provider %s has no public endpoint: set baseURL, serviceRef "

@@ -220,6 +220,14 @@ int kw_credential_header_check(const char *value, size_t *len)
     return rc;
 }
 
+bool kw_credential_is_json(const char *value, size_t len)
+{
+    size_t i = 0;
+    while (i < len && (value[i] == ' ' || value[i] == '\t' || value[i] == '\r' || value[i] == '\n'))
+        i++;
+    return i < len && value[i] == '{';
+}
+
 struct creds {
     struct kw_credential *items;
     size_t n, cap;
@@ -242,6 +250,8 @@ static int add_cred(struct creds *cs, const struct kw_config *cfg, const struct 
     if (it == NULL)
         return KW_DECLINED;
     size_t len = it->len;
+    if (b->provider == KW_PROVIDER_VERTEX_AI && kw_credential_is_json(it->value, len))
+        header = false; /* a service-account key: signed with, never sent */
     int chk = header ? kw_credential_header_check(it->value, &len) : KW_OK;
     if (chk == KW_ERROR) {
         char obj[600];
@@ -567,7 +577,8 @@ static bool header_cred_ok(struct kw_snapshot *s, const char *ns, const char *na
     const struct kw_credential *c =
         name != NULL && key != NULL ? kw_snapshot_credential(s, ns, name, key) : NULL;
     size_t len = c != NULL ? c->len : 0;
-    return c == NULL || kw_credential_header_check(c->value, &len) == KW_OK;
+    return c == NULL || kw_credential_is_json(c->value, c->len) ||
+           kw_credential_header_check(c->value, &len) == KW_OK;
 }
 
 static void parse_credentials(struct kw_dec *d, struct kw_snapshot *s, const struct kw_node *seq)

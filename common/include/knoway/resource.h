@@ -111,6 +111,10 @@ struct kw_credentials {
         const char *secret_access_key_key;
         const char *session_token_key;
     } bedrock;
+    struct {
+        const char *project; /* NULL = not set */
+        const char *region;  /* a location such as us-central1, or "global" */
+    } vertex;
 };
 
 struct kw_params {

@@ -84,6 +84,9 @@ void kw_snapshot_unref(struct kw_snapshot *s);
  * when it holds a control character (CR/LF would inject headers). Empty is allowed (no
  * header is sent; the upstream says why). */
 int kw_credential_header_check(const char *value, size_t *len);
+/* Whether a credential is a JSON object (a Vertex AI service-account key: used to sign,
+ * never sent in a header). */
+bool kw_credential_is_json(const char *value, size_t len);
 
 /* The installation's key for credential digests, derived from secret (the controller uses
  * its discovery token, which every replica shares, so replicas agree on versions). Without

@@ -98,12 +98,7 @@ static void test_enum(void **state)
     kwt_assert_errors(HDR_B "  provider: Cohere\n  upstream: {baseURL: http://x}\n",
                       "t.yaml:6:13: LLMBackend/default/b: spec.provider: Cohere is not supported "
                       "by this version (its API is not translated yet); supported: OpenAI, "
-                      "AzureOpenAI, Anthropic, AWSBedrock, Gemini, Mistral, vLLM, KServe, "
-                      "Ollama\n");
-    kwt_assert_errors(HDR_B "  provider: VertexAI\n  upstream: {baseURL: http://x}\n",
-                      "t.yaml:6:13: LLMBackend/default/b: spec.provider: VertexAI is not "
-                      "supported by this version (its API is not translated yet); supported: "
-                      "OpenAI, AzureOpenAI, Anthropic, AWSBedrock, Gemini, Mistral, vLLM, "
+                      "AzureOpenAI, Anthropic, AWSBedrock, Gemini, VertexAI, Mistral, vLLM, "
                       "KServe, Ollama\n");
 }
 
@@ -202,6 +197,50 @@ static void test_bedrock_defaults(void **state)
     assert_string_equal(b->upstream.base_url, "https://bedrock-runtime.eu-west-1.amazonaws.com");
     assert_string_equal(b->credentials.bedrock.access_key_id_key, "AWS_ACCESS_KEY_ID");
     kw_config_free(cfg);
+}
+
+static void test_vertex(void **state)
+{
+    (void)state;
+    struct kw_config *cfg;
+    char *e;
+    e = kwt_errors(HDR_B "  provider: VertexAI\n  credentials:\n    secretRef: {name: sa}\n"
+                         "    vertex: {project: p, region: europe-west4}\n"
+                         "---\napiVersion: v1\nkind: Secret\nmetadata: {name: sa}\n"
+                         "stringData: {credentials.json: tok}\n",
+                   &cfg);
+    assert_string_equal(e, "");
+    free(e);
+    const struct kw_backend *b = cfg->backends[0];
+    assert_string_equal(b->upstream.base_url, "https://europe-west4-aiplatform.googleapis.com");
+    assert_string_equal(b->credentials.secret_ref.key, "credentials.json");
+    assert_string_equal(b->credentials.vertex.project, "p");
+    kw_config_free(cfg);
+    e = kwt_errors(HDR_B "  provider: VertexAI\n  credentials:\n    secretRef: {name: sa, key: t}\n"
+                         "    vertex: {project: p, region: global}\n"
+                         "---\napiVersion: v1\nkind: Secret\nmetadata: {name: sa}\n"
+                         "stringData: {t: tok}\n",
+                   &cfg);
+    assert_string_equal(e, "");
+    free(e);
+    assert_string_equal(cfg->backends[0]->upstream.base_url, "https://aiplatform.googleapis.com");
+    kw_config_free(cfg);
+    kwt_assert_errors(HDR_B "  provider: VertexAI\n  credentials:\n    secretRef: {name: sa}\n",
+                      "t.yaml:8:5: LLMBackend/default/b: spec.credentials.vertex: required for "
+                      "provider VertexAI (project and region)\n"
+                      "t.yaml:8:23: LLMBackend/default/b: spec.credentials.secretRef.name: "
+                      "Secret \"default/sa\" not found\n");
+    kwt_assert_errors(HDR_B "  provider: VertexAI\n  upstream: {baseURL: http://x}\n"
+                            "  credentials:\n    vertex: {project: My_Proj, region: us-central1}\n",
+                      "t.yaml:9:23: LLMBackend/default/b: spec.credentials.vertex.project: "
+                      "\"My_Proj\" is not a Google Cloud project ID\n"
+                      "t.yaml:9:5: LLMBackend/default/b: spec.credentials.secretRef: required "
+                      "field is missing (a Secret holding a service-account key or an access "
+                      "token)\n");
+    kwt_assert_errors(HDR_B "  provider: Gemini\n  upstream: {baseURL: http://x}\n"
+                            "  credentials:\n    vertex: {project: p, region: r}\n",
+                      "t.yaml:9:13: LLMBackend/default/b: spec.credentials.vertex: only for "
+                      "provider VertexAI\n");
 }
 
 static void test_match(void **state)
@@ -692,6 +731,7 @@ int main(void)
         cmocka_unit_test(test_upstream_rules),
         cmocka_unit_test(test_provider_specific),
         cmocka_unit_test(test_bedrock_defaults),
+        cmocka_unit_test(test_vertex),
         cmocka_unit_test(test_match),
         cmocka_unit_test(test_duplicates_and_references),
         cmocka_unit_test(test_secret),
