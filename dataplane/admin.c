@@ -6,6 +6,7 @@
 
 #include "debug.h"
 #include "filter.h"
+#include "gcp_auth.h"
 #include "knoway/metrics.h"
 #include "worker.h"
 #include "knoway/json.h"
@@ -92,6 +93,7 @@ static void metrics(struct dp_server *s, struct kw_buf *b)
     kw_metrics_write(s->metrics, b);
     dp_usage_metrics(s, b);
     dp_trace_metrics(s, b);
+    dp_gcp_auth_write_metrics(b);
     if (s->dp->discovery.url != NULL) {
         const struct dp_discovery *d = &s->discovery;
         kw_buf_printf(

@@ -81,6 +81,16 @@ extern const struct dp_provider_ops dp_provider_azure;
 extern const struct dp_provider_ops dp_provider_anthropic;
 extern const struct dp_provider_ops dp_provider_bedrock;
 extern const struct dp_provider_ops dp_provider_gemini;
+extern const struct dp_provider_ops dp_provider_vertex;
+
+/* The translated request bodies, for providers that host another's API (Vertex AI):
+ * Anthropic's Messages body, Gemini's GenerateContent (or embeddings) body and method. */
+int dp_anthropic_request(struct dp_request *r, struct kw_node **body);
+int dp_gemini_request(struct dp_request *r, struct kw_node **body, const char **method);
+/* Ask for the access tokens of the snapshot's Vertex AI backends (a configuration is
+ * applied): the first request finds them ready. */
+struct kw_snapshot;
+void dp_vertex_prefetch(const struct kw_snapshot *snap);
 
 /* Where a provider writes stream output: r->out, or r->stage with a front. */
 struct kw_buf *dp_stream_sink(struct dp_request *r);

@@ -291,16 +291,21 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
     return KW_OK;
 }
 
-static int anthropic_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
+int dp_anthropic_request(struct dp_request *r, struct kw_node **body)
 {
     if (r->api != DP_API_CHAT) {
         dp_error_set(r, 400, "invalid_request_error", "unsupported_endpoint", NULL,
-                     "backend %s (Anthropic) serves /v1/chat/completions only",
-                     r->backend->meta.name);
+                     "backend %s (%s) serves /v1/chat/completions only", r->backend->meta.name,
+                     kw_provider_name(r->backend->provider));
         return KW_ERROR;
     }
+    return translate_request(r, body);
+}
+
+static int anthropic_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
+{
     struct kw_node *body;
-    if (translate_request(r, &body) != KW_OK)
+    if (dp_anthropic_request(r, &body) != KW_OK)
         return KW_ERROR;
     size_t blen = r->base_len;
     const char *base = r->base_url != NULL ? r->base_url : "";

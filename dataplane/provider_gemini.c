@@ -347,7 +347,7 @@ static int embeddings_body(struct dp_request *r, struct gem_state *st, struct kw
     return KW_OK;
 }
 
-static int gemini_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
+int dp_gemini_request(struct dp_request *r, struct kw_node **body, const char **method)
 {
     struct gem_state *st = state_of(r);
     if (st == NULL)
@@ -358,13 +358,20 @@ static int gemini_build(struct dp_request *r, struct kw_buf *url, struct curl_sl
                      r->backend->meta.name);
         return KW_ERROR;
     }
-    struct kw_node *body;
-    if ((r->api == DP_API_CHAT ? chat_body(r, &body) : embeddings_body(r, st, &body)) != KW_OK)
+    if ((r->api == DP_API_CHAT ? chat_body(r, body) : embeddings_body(r, st, body)) != KW_OK)
         return KW_ERROR;
-    const char *method = r->api == DP_API_EMBEDDINGS
-                             ? (st->batch ? "batchEmbedContents" : "embedContent")
-                         : r->stream ? "streamGenerateContent?alt=sse"
-                                     : "generateContent";
+    *method = r->api == DP_API_EMBEDDINGS ? (st->batch ? "batchEmbedContents" : "embedContent")
+              : r->stream                 ? "streamGenerateContent?alt=sse"
+                                          : "generateContent";
+    return KW_OK;
+}
+
+static int gemini_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
+{
+    struct kw_node *body;
+    const char *method;
+    if (dp_gemini_request(r, &body, &method) != KW_OK)
+        return KW_ERROR;
     size_t blen = r->base_len;
     const char *base = r->base_url != NULL ? r->base_url : "";
     char *model = curl_easy_escape(NULL, r->upstream_model, 0);

@@ -191,5 +191,7 @@ const struct dp_provider_ops *dp_provider_for(const struct kw_backend *b)
         return &dp_provider_gemini;
     if (b->provider == KW_PROVIDER_AWS_BEDROCK)
         return &dp_provider_bedrock;
-    return NULL; /* translated providers arrive with the providers issue */
+    if (b->provider == KW_PROVIDER_VERTEX_AI)
+        return &dp_provider_vertex;
+    return NULL; /* Cohere: refused when the configuration is read */
 }

@@ -28,6 +28,8 @@
 #include "conn.h"
 #include "debug.h"
 #include "filter.h"
+#include "gcp_auth.h"
+#include "provider.h"
 #include "upstream.h"
 #include "worker.h"
 #include "knoway/kw.h"
@@ -143,6 +145,7 @@ int dp_server_apply(struct dp_server *s, struct kw_snapshot *snap, const char *w
     bool same = cur != NULL && strcmp(cur->snap->version, snap->version) == 0;
     dp_table_unref(cur);
     if (!same) {
+        dp_vertex_prefetch(snap); /* Vertex AI access tokens, off the workers */
         struct dp_table *t = dp_table_new(kw_snapshot_ref(snap));
         if (t == NULL)
             return KW_ERROR;
@@ -488,6 +491,7 @@ out:
     kw_metrics_free(s.metrics);
     dp_table_unref(s.table);
     close(sfd);
+    dp_gcp_auth_stop();
     curl_global_cleanup();
     pthread_mutex_destroy(&s.mu);
     return rc;
