@@ -8,6 +8,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -34,6 +35,7 @@ struct entry {
     size_t klen;
     char token[DP_GCP_MAX_TOKEN + 1];
     int64_t expires_ms;  /* of token (0: none) */
+    int64_t margin_ms;   /* used until this long before it expires: 10 s, a tenth of short lives */
     int64_t refresh_ms;  /* when to exchange next (0: now) */
     int64_t last_use_ms; /* asked for by a request or a configuration */
     unsigned failures;
@@ -334,6 +336,7 @@ static void *run(void *arg)
             atomic_fetch_add(&g.ok, 1);
             memcpy(due->token, token, strlen(token) + 1);
             due->expires_ms = now + life;
+            due->margin_ms = life / 10 < MIN_VALID_MS ? life / 10 : MIN_VALID_MS;
             int64_t before = life / 2 < REFRESH_BEFORE_MS ? life / 2 : REFRESH_BEFORE_MS;
             due->refresh_ms = due->expires_ms - before;
             due->failures = 0;
@@ -386,7 +389,12 @@ static struct entry *find(const char *digest, const char *key_json, size_t len, 
     snprintf(e->digest, sizeof(e->digest), "%s", digest);
     e->used = true;
     if (!g.started && !g.stop) {
+        /* signals are the main thread's (signalfd), whenever this thread is started */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
         g.started = pthread_create(&g.thread, NULL, run, NULL) == 0;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
         if (!g.started)
             snprintf(e->err, sizeof(e->err), "cannot start the token thread");
     }
@@ -419,7 +427,7 @@ enum dp_gcp_state dp_gcp_auth_token(const char *digest, const char *key_json, si
     if (e == NULL) {
         snprintf(err, errlen, "out of memory");
         st = DP_GCP_FAILED;
-    } else if (e->expires_ms - now > MIN_VALID_MS) {
+    } else if (e->expires_ms - now > e->margin_ms) {
         *token = kw_arena_strdup(a, e->token);
         st = *token != NULL ? DP_GCP_OK : DP_GCP_FAILED;
         if (*token == NULL)
@@ -445,7 +453,7 @@ int dp_gcp_auth_write_metrics(struct kw_buf *out)
     pthread_mutex_lock(&g.mu);
     int64_t now = now_ms();
     for (size_t i = 0; i < DP_GCP_MAX_KEYS; i++)
-        n += g.e[i].used && g.e[i].expires_ms > now;
+        n += g.e[i].used && g.e[i].expires_ms - now > g.e[i].margin_ms;
     pthread_mutex_unlock(&g.mu);
     return kw_buf_printf(
         out,

@@ -34,7 +34,8 @@ enum dp_gcp_state {
  * identifies the key (struct kw_credential.digest). */
 void dp_gcp_auth_want(const char *digest, const char *key_json, size_t len);
 
-/* The key's access token, copied into a (valid for at least 10 more seconds). Never
+/* The key's access token, copied into a (valid for 10 more seconds at least, a tenth of
+ * its life when that is shorter). Never
  * blocks on the network; an unknown key is registered and fetched. */
 enum dp_gcp_state dp_gcp_auth_token(const char *digest, const char *key_json, size_t len,
                                     struct kw_arena *a, const char **token, char *err,

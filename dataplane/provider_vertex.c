@@ -112,6 +112,14 @@ static int vertex_build(struct dp_request *r, struct kw_buf *url, struct curl_sl
     char *model = curl_easy_escape(NULL, r->upstream_model, 0);
     if (model == NULL)
         return KW_ERROR;
+    /* Vertex names model versions with '@' (claude-3-5-haiku@20241022), as its SDKs send it */
+    char *w = model;
+    for (const char *q = model; *q != '\0';) {
+        bool at = strncmp(q, "%40", 3) == 0;
+        *w++ = at ? '@' : *q;
+        q += at ? 3 : 1;
+    }
+    *w = '\0';
     const char *base = r->base_url != NULL ? r->base_url : "";
     int rc = kw_buf_printf(url, "%.*s/v1/projects/%s/locations/%s/publishers/%s/models/%s:%s",
                            (int)r->base_len, base, b->credentials.vertex.project,

@@ -128,6 +128,7 @@ struct dp_table *dp_server_table(struct dp_server *s)
  * caller keeps its own reference to t. */
 static void publish(struct dp_server *s, struct dp_table *t)
 {
+    dp_vertex_prefetch(t->snap); /* Vertex AI access tokens, fetched off the workers */
     pthread_mutex_lock(&s->mu);
     struct dp_table *old = s->table;
     s->table = dp_table_ref(t);
@@ -145,7 +146,6 @@ int dp_server_apply(struct dp_server *s, struct kw_snapshot *snap, const char *w
     bool same = cur != NULL && strcmp(cur->snap->version, snap->version) == 0;
     dp_table_unref(cur);
     if (!same) {
-        dp_vertex_prefetch(snap); /* Vertex AI access tokens, off the workers */
         struct dp_table *t = dp_table_new(kw_snapshot_ref(snap));
         if (t == NULL)
             return KW_ERROR;
@@ -328,6 +328,8 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
     bool discovery = s.dp->discovery.url != NULL;
     if (snap != NULL && (s.table = dp_table_new(snap)) == NULL)
         return 1;
+    if (s.table != NULL)
+        dp_vertex_prefetch(s.table->snap);
     signal(SIGPIPE, SIG_IGN);
     s.max_connections = s.dp->limits.max_connections;
     raise_nofile(&s);

@@ -75,6 +75,33 @@ class Mock:
         self.proc.wait(5)
 
 
+MOCKPROVIDERS = os.path.join(os.path.dirname(__file__), "..", "tools", "mockproviders.py")
+
+
+class MockProviders(Mock):
+    """tests/tools/mockproviders.py (Gemini, Bedrock, Vertex AI); port may be chosen first
+    (a service-account key names the mock's token endpoint)."""
+
+    def __init__(self, *args, port=None):  # pylint: disable=super-init-not-called
+        self.port = port or free_port()
+        self.proc = subprocess.Popen(
+            ["python3", MOCKPROVIDERS, "--listen", "127.0.0.1:%d" % self.port, *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+
+def service_account(token_uri, email="knoway@knoway-test.iam.gserviceaccount.com"):
+    """A Google service-account key with a fresh RSA key (the openssl command line)."""
+    key = subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt",
+                          "rsa_keygen_bits:2048"], capture_output=True, check=True).stdout.decode()
+    return {"type": "service_account", "project_id": "knoway-test", "private_key_id": "key-1",
+            "private_key": key, "client_email": email, "client_id": "1",
+            "token_uri": token_uri}
+
+
 class Redis:
     def __init__(self, port=None):
         self.port = port or free_port()

@@ -16,6 +16,20 @@ Bedrock:
   403 with x-amzn-ErrorType as Bedrock answers; roles must alternate and start with user;
   unknown fields -> 400 ValidationException.
 
+Vertex AI (--gcp-service-account KEY.json, --gcp-project):
+  POST /token  Google's OAuth2 token endpoint for service accounts (RFC 7523 jwt-bearer): the
+  JWT's RS256 signature is checked with `openssl dgst` against the key file's public key,
+  and its claims (iss = client_email, aud = this URL, scope cloud-platform, kid =
+  private_key_id, exp - iat <= 3600, not expired); 400 invalid_grant as Google answers.
+  Tokens live --gcp-token-ttl seconds (issued after --gcp-token-delay); --gcp-static-token
+  is accepted as well.
+  POST /v1/projects/{p}/locations/{l}/publishers/google/models/{m}:generateContent |
+       :streamGenerateContent?alt=sse    served as Gemini above, Bearer auth
+  POST .../publishers/anthropic/models/{m}:rawPredict | :streamRawPredict  the body must
+       carry anthropic_version "vertex-2023-10-16" and no model; served by the Anthropic
+       mock at --anthropic-upstream (knoway-mockllm), relayed as it answers.
+  A missing, unknown or expired token: 401 UNAUTHENTICATED; another project: 403.
+
 Both: content "tok0 tok1 ..." in x-mock-chunks pieces (default 8); prompt tokens = 3 per
 message + 1 per word of text. When tools are declared and the last turn is not a tool
 result, the model calls the first tool with {"city": "Paris"}; after a tool result it
@@ -23,7 +37,13 @@ answers "tool said: <result text>". Faults by header: x-mock-status: N (the prov
 error shape), x-mock-fault: reset | exception | badcrc, x-mock-fault-after: N chunks.
 GET /_mock/requests lists what was received (method, path, headers, body)."""
 import argparse
+import base64
 import datetime
+import http.client
+import os
+import subprocess
+import tempfile
+import time
 import hashlib
 import hmac
 import json
@@ -38,6 +58,51 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 LOG = []
 LOG_MU = threading.Lock()
 ARGS = None
+TOKENS = {}  # access token -> expiry (time.time())
+TOKENS_MU = threading.Lock()
+GCP = {}     # the service account: client_email, private_key_id, public key file
+
+
+def b64url_decode(s):
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def jwt_problem(assertion, token_url):
+    """Why Google would refuse this service-account JWT, or None."""
+    parts = assertion.split(".")
+    if len(parts) != 3:
+        return "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe"
+    try:
+        header = json.loads(b64url_decode(parts[0]))
+        claims = json.loads(b64url_decode(parts[1]))
+        sig = b64url_decode(parts[2])
+    except ValueError:
+        return "Invalid JWT: malformed"
+    if header.get("alg") != "RS256":
+        return "Invalid JWT: unsupported algorithm"
+    with tempfile.TemporaryDirectory() as d:
+        data, sigf = os.path.join(d, "data"), os.path.join(d, "sig")
+        open(data, "wb").write((parts[0] + "." + parts[1]).encode())
+        open(sigf, "wb").write(sig)
+        ok = subprocess.run(["openssl", "dgst", "-sha256", "-verify", GCP["pub"], "-signature", sigf,
+                             data], capture_output=True).returncode == 0
+    if not ok:
+        return "Invalid JWT Signature."
+    if header.get("kid") not in (None, GCP["kid"]):
+        return "Invalid JWT Signature."
+    if claims.get("iss") != GCP["email"]:
+        return "Invalid JWT Signature."  # another account's key
+    if claims.get("aud") != token_url:
+        return "Invalid JWT: Failed audience check."
+    if "https://www.googleapis.com/auth/cloud-platform" not in str(claims.get("scope", "")).split():
+        return "Invalid OAuth scope or ID token audience provided."
+    now = time.time()
+    iat, exp = claims.get("iat"), claims.get("exp")
+    if (not isinstance(iat, int) or not isinstance(exp, int) or exp - iat > 3600 or exp < now
+            or abs(iat - now) > 300):
+        return ("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable "
+                "timeframe. Check your iat and exp values in the JWT claim.")
+    return None
 
 
 def words(s):
@@ -195,7 +260,11 @@ class Handler(BaseHTTPRequestHandler):
         self.nchunks = int(hdrs.get("x-mock-chunks", "8"))
         self.status = int(hdrs.get("x-mock-status", "0"))
         path, _, query = self.path.partition("?")
-        if path.startswith("/v1beta/models/"):
+        if path == "/token":
+            self.gcp_token(hdrs, body)
+        elif path.startswith("/v1/projects/"):
+            self.vertex(path, query, hdrs, body)
+        elif path.startswith("/v1beta/models/"):
             self.gemini(path[len("/v1beta/models/"):], query, hdrs, body)
         elif path.startswith("/model/"):
             self.bedrock(path, query, hdrs, body)
@@ -207,6 +276,78 @@ class Handler(BaseHTTPRequestHandler):
             self.openai_responses(dict(hdrs, authorization="Bearer " + hdrs["api-key"]), body)
         else:
             self.send_json(404, {"message": "unknown path"})
+
+    # ---- Vertex AI ----
+
+    def gcp_token(self, hdrs, body):
+        time.sleep(ARGS.gcp_token_delay)
+        form = urllib.parse.parse_qs(body.decode())
+        grant = form.get("grant_type", [""])[0]
+        if grant != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return self.send_json(400, {"error": "unsupported_grant_type",
+                                        "error_description": "Invalid grant_type: " + grant})
+        url = "http://%s/token" % hdrs.get("host", "")
+        problem = jwt_problem(form.get("assertion", [""])[0], url) if GCP else "no service account"
+        if problem:
+            return self.send_json(400, {"error": "invalid_grant", "error_description": problem})
+        with TOKENS_MU:
+            tok = "ya29.mock-%d" % (len(TOKENS) + 1)
+            TOKENS[tok] = time.time() + ARGS.gcp_token_ttl
+        self.send_json(200, {"access_token": tok, "expires_in": ARGS.gcp_token_ttl,
+                             "token_type": "Bearer"})
+
+    def vertex(self, path, query, hdrs, body):
+        m = re.match(r"^/v1/projects/([^/]+)/locations/([^/]+)/publishers/(google|anthropic)/models/([^/:]+):(\w+)$", path)
+        if not m:
+            return self.gemini_error(404, "The requested URL was not found on this server.", "NOT_FOUND")
+        project, _, publisher, model, method = m.groups()
+        auth = hdrs.get("authorization", "")
+        tok = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+        with TOKENS_MU:
+            valid = TOKENS.get(tok, 0) > time.time() or (ARGS.gcp_static_token and tok == ARGS.gcp_static_token)
+        if not valid:
+            return self.gemini_error(401, "Request had invalid authentication credentials. Expected OAuth 2 "
+                                     "access token, login cookie or other valid authentication credential.",
+                                     "UNAUTHENTICATED")
+        if project != ARGS.gcp_project:
+            return self.gemini_error(403, "Permission 'aiplatform.endpoints.predict' denied on resource "
+                                     "'//aiplatform.googleapis.com/projects/%s' (or it may not exist)." % project,
+                                     "PERMISSION_DENIED")
+        if publisher == "google":
+            return self.gemini_serve(model, method, query, body)
+        try:
+            req = json.loads(body)
+        except ValueError:
+            return self.send_json(400, {"type": "error", "error": {"type": "invalid_request_error", "message": "invalid JSON"}})
+        if method not in ("rawPredict", "streamRawPredict"):
+            return self.gemini_error(404, "Method not found.", "NOT_FOUND")
+        if req.get("anthropic_version") != "vertex-2023-10-16":
+            return self.send_json(400, {"type": "error", "error": {"type": "invalid_request_error",
+                                  "message": "anthropic_version: Input should be 'vertex-2023-10-16'"}})
+        if "model" in req:
+            return self.send_json(400, {"type": "error", "error": {"type": "invalid_request_error",
+                                  "message": "model: Extra inputs are not permitted"}})
+        if bool(req.get("stream")) != (method == "streamRawPredict"):
+            return self.gemini_error(400, "stream must be true with streamRawPredict only", "INVALID_ARGUMENT")
+        del req["anthropic_version"]
+        req["model"] = model
+        up = urllib.parse.urlsplit(ARGS.anthropic_upstream)
+        conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+        fwd = {"content-type": "application/json", "x-api-key": "vertex", "anthropic-version": "2023-06-01"}
+        fwd.update({k: v for k, v in hdrs.items() if k.startswith("x-mock-")})
+        conn.request("POST", "/v1/messages", json.dumps(req), fwd)
+        resp = conn.getresponse()
+        self.send_response(resp.status)
+        self.send_header("Content-Type", resp.getheader("Content-Type", "application/json"))
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        while True:
+            data = resp.read1(65536)
+            if not data:
+                break
+            self.chunk(data)
+        self.chunk(b"")
+        conn.close()
 
     # ---- Gemini ----
 
@@ -285,6 +426,9 @@ class Handler(BaseHTTPRequestHandler):
                                      "consumer identity to call this API.", "PERMISSION_DENIED")
         if key == "invalid":
             return self.gemini_error(400, "API key not valid. Please pass a valid API key.", "INVALID_ARGUMENT")
+        self.gemini_serve(model, method, query, body)
+
+    def gemini_serve(self, model, method, query, body):
         if self.status:
             st = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}.get(self.status, "INVALID_ARGUMENT")
             return self.gemini_error(self.status, "mock error", st)
@@ -536,7 +680,20 @@ def main():
     ap.add_argument("--aws-access-key", default="AKIDEXAMPLE")
     ap.add_argument("--aws-secret-key", default="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
     ap.add_argument("--aws-session-token", default="")
+    ap.add_argument("--gcp-service-account", help="the key file whose JWTs /token accepts")
+    ap.add_argument("--gcp-project", default="knoway-test")
+    ap.add_argument("--gcp-token-ttl", type=int, default=3599)
+    ap.add_argument("--gcp-static-token", default="")
+    ap.add_argument("--gcp-token-delay", type=float, default=0.0, help="seconds before /token answers")
+    ap.add_argument("--anthropic-upstream", default="http://127.0.0.1:8090")
     ARGS = ap.parse_args()
+    if ARGS.gcp_service_account:
+        sa = json.load(open(ARGS.gcp_service_account))
+        pub = tempfile.NamedTemporaryFile(prefix="mock-gcp-", suffix=".pem", delete=False)
+        pub.write(subprocess.run(["openssl", "pkey", "-pubout"], input=sa["private_key"].encode(),
+                                 capture_output=True, check=True).stdout)
+        pub.close()
+        GCP.update(email=sa["client_email"], kid=sa.get("private_key_id"), pub=pub.name)
     host, port = ARGS.listen.rsplit(":", 1)
     Server((host, int(port)), Handler).serve_forever()
 

@@ -21,7 +21,7 @@ after(stop);
 
 const TEXT = 'tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 ';
 
-for (const model of ['demo', 'claude', 'azure', 'gemini', 'bedrock']) {
+for (const model of ['demo', 'claude', 'azure', 'gemini', 'bedrock', 'vertex-gemini', 'vertex-claude']) {
   test(`a message through ${model}, streaming included, same answer as the OpenAI API`, async () => {
     const m = await client.messages.create({
       model, max_tokens: 64, system: 'brief', messages: [{ role: 'user', content: 'hi' }],
@@ -68,7 +68,7 @@ for (const model of ['demo', 'claude', 'azure', 'gemini', 'bedrock']) {
 const tools = [{ name: 'get_weather', description: 'Weather in a city',
   input_schema: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } }];
 
-for (const model of ['demo', 'claude', 'gemini', 'bedrock']) {
+for (const model of ['demo', 'claude', 'gemini', 'bedrock', 'vertex-gemini', 'vertex-claude']) {
   test(`tool use through ${model}, streaming included`, async () => {
     const messages = [{ role: 'user', content: 'What is the weather in Paris?' }];
     const m = await client.messages.create({ model, max_tokens: 64, tools, messages });
@@ -100,27 +100,29 @@ for (const model of ['demo', 'claude', 'gemini', 'bedrock']) {
   });
 }
 
-test('extended thinking through an Anthropic backend: blocks and signatures both ways, streamed too', async () => {
-  const thinking = { type: 'enabled', budget_tokens: 1024 };
-  const messages = [{ role: 'user', content: 'hi' }];
-  const m = await client.messages.create({ model: 'claude', max_tokens: 2048, thinking, messages });
-  assert.deepEqual(m.content, [
-    { type: 'thinking', thinking: 'Thinking it over.', signature: 'EqQBCkYIBxgCKkBmock' },
-    { type: 'text', text: TEXT }]);
-  // the SDK's own accumulation of thinking_delta and signature_delta
-  const stream = client.messages.stream({ model: 'claude', max_tokens: 2048, thinking, messages });
-  const done = await stream.finalMessage();
-  assert.deepEqual(done.content, m.content);
-  // the next turn sends the thinking block back: it reaches Anthropic (the mock validates)
-  const next = await client.messages.create({
-    model: 'claude', max_tokens: 2048, thinking,
-    messages: [...messages, { role: 'assistant', content: m.content }, { role: 'user', content: 'again' }],
+for (const model of ['claude', 'vertex-claude']) {
+  test(`extended thinking through ${model} (Anthropic's API): blocks and signatures both ways, streamed too`, async () => {
+    const thinking = { type: 'enabled', budget_tokens: 1024 };
+    const messages = [{ role: 'user', content: 'hi' }];
+    const m = await client.messages.create({ model, max_tokens: 2048, thinking, messages });
+    assert.deepEqual(m.content, [
+      { type: 'thinking', thinking: 'Thinking it over.', signature: 'EqQBCkYIBxgCKkBmock' },
+      { type: 'text', text: TEXT }]);
+    // the SDK's own accumulation of thinking_delta and signature_delta
+    const stream = client.messages.stream({ model, max_tokens: 2048, thinking, messages });
+    const done = await stream.finalMessage();
+    assert.deepEqual(done.content, m.content);
+    // the next turn sends the thinking block back: it reaches Anthropic (the mock validates)
+    const next = await client.messages.create({
+      model, max_tokens: 2048, thinking,
+      messages: [...messages, { role: 'assistant', content: m.content }, { role: 'user', content: 'again' }],
+    });
+    assert.equal(next.content[0].type, 'thinking');
+    // a budget Anthropic refuses is refused here the same way
+    await assert.rejects(client.messages.create({ model, max_tokens: 2048, thinking: { type: 'enabled', budget_tokens: 10 }, messages }),
+      (e) => e instanceof Anthropic.BadRequestError && /budget_tokens/.test(e.message));
   });
-  assert.equal(next.content[0].type, 'thinking');
-  // a budget Anthropic refuses is refused here the same way
-  await assert.rejects(client.messages.create({ model: 'claude', max_tokens: 2048, thinking: { type: 'enabled', budget_tokens: 10 }, messages }),
-    (e) => e instanceof Anthropic.BadRequestError && /budget_tokens/.test(e.message));
-});
+}
 
 test('content blocks: system blocks, text and a base64 image reach Gemini as it expects', async () => {
   const png = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==';

@@ -1,6 +1,6 @@
 // The gateway under test for the client suites: knoway-dataplane in static mode with the
 // mock providers (tests/tools) behind it, one route per provider and fault.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -34,14 +34,33 @@ async function waitPort(port) {
 export async function start() {
   const [mock, listen, admin, mock2] = [await freePort(), await freePort(), await freePort(), await freePort()];
   procs.push(spawn(join(build, 'tests/knoway-mockllm'), ['--listen', `127.0.0.1:${mock}`], { stdio: 'ignore' }));
-  // Gemini and Bedrock (SigV4 verified by the mock, with a session token)
+  const dir = mkdtempSync(join(tmpdir(), 'kw-openai-'));
+  // a Google service-account key (Vertex AI): the mock's token endpoint checks its JWTs
+  const sa = {
+    type: 'service_account', project_id: 'knoway-test', private_key_id: 'key-1',
+    private_key: execFileSync('openssl', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048']).toString(),
+    client_email: 'knoway@knoway-test.iam.gserviceaccount.com', token_uri: `http://127.0.0.1:${mock2}/token`,
+  };
+  writeFileSync(join(dir, 'sa.json'), JSON.stringify(sa));
+  // Gemini, Bedrock (SigV4 verified by the mock, with a session token) and Vertex AI (Claude
+  // served by the Anthropic mock behind it)
   procs.push(spawn('python3', [new URL('../../tools/mockproviders.py', import.meta.url).pathname,
-    '--listen', `127.0.0.1:${mock2}`, '--aws-region', 'eu-central-1', '--aws-session-token', 'tok-1'],
+    '--listen', `127.0.0.1:${mock2}`, '--aws-region', 'eu-central-1', '--aws-session-token', 'tok-1',
+    '--gcp-service-account', join(dir, 'sa.json'), '--anthropic-upstream', `http://127.0.0.1:${mock}`],
   { stdio: 'ignore' }));
   await waitPort(mock);
   await waitPort(mock2);
-  const dir = mkdtempSync(join(tmpdir(), 'kw-openai-'));
   const cfg = join(dir, 'knoway.yaml');
+  const vertex = (name, model) => `---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: ${name}}
+spec:
+  provider: VertexAI
+  modelName: "${model}"
+  upstream: {baseURL: "http://127.0.0.1:${mock2}"}
+  credentials: {secretRef: {name: gcp}, vertex: {project: knoway-test, region: us-east5}}
+${route(name, name)}`;
   const backend = (name, headers = '') => `---
 apiVersion: llm.knoway.dev/v1alpha1
 kind: LLMBackend
@@ -160,10 +179,28 @@ spec:
   upstream: {baseURL: "http://127.0.0.1:${mock2}"}
   credentials: {secretRef: {name: keys}, azure: {deployment: dep-native}}
 ${route('azure-native', 'azure-native')}${bedrockFault('bedrock-broken', 'exception')}${bedrockFault('bedrock-crc', 'badcrc')}${
-  bedrockFault('bedrock-throttled', '429', 'x-mock-status')}`);
+  bedrockFault('bedrock-throttled', '429', 'x-mock-status')}---
+apiVersion: v1
+kind: Secret
+metadata: {name: gcp}
+stringData:
+  credentials.json: ${JSON.stringify(JSON.stringify(sa))}
+${vertex('vertex-gemini', 'gemini-2.5-flash')}${vertex('vertex-claude', 'claude-3-5-haiku@20241022')}`);
   procs.push(spawn(join(build, 'dataplane/knoway-dataplane'), ['-c', cfg], { stdio: 'ignore' }));
   await waitPort(listen);
+  await waitVertexToken(admin);
   return `http://127.0.0.1:${listen}`;
+}
+
+// The Vertex AI access token is fetched when the configuration is applied; requests before
+// it arrives are answered 503 (tests/integration/test_vertex.py covers that).
+async function waitVertexToken(admin) {
+  for (let i = 0; i < 500; i++) {
+    const r = await fetch(`http://127.0.0.1:${admin}/metrics`).then((x) => x.text()).catch(() => '');
+    if (/^knoway_gcp_tokens [1-9]/m.test(r)) return;
+    await new Promise((res) => setTimeout(res, 20));
+  }
+  throw new Error('no Vertex AI access token');
 }
 
 // A gateway with identity and limits: one consumer (key sk-limited) allowed the model

@@ -60,7 +60,7 @@ test('models', async () => {
   for await (const m of client.models.list()) ids.push(m.id);
   assert.deepEqual(ids.sort(), ['azure', 'azure-native', 'bedrock', 'bedrock-broken',
     'bedrock-crc', 'bedrock-throttled', 'claude', 'continued', 'cut', 'demo', 'gemini',
-    'gemini-badkey', 'messages-only', 'openai-native']);
+    'gemini-badkey', 'messages-only', 'openai-native', 'vertex-claude', 'vertex-gemini']);
 });
 
 test('unknown model is a NotFoundError', async () => {
@@ -95,7 +95,7 @@ test('a stream continued by another backend after a cut is one stream to the SDK
   assert.equal(done.usage.completion_tokens, 8); // 3 before the cut, 5 after
 });
 
-for (const model of ['claude', 'azure', 'gemini', 'bedrock']) {
+for (const model of ['claude', 'azure', 'gemini', 'bedrock', 'vertex-gemini', 'vertex-claude']) {
   test(`the same client against ${model}, streaming included`, async () => {
     const r = await client.chat.completions.create({
       model, messages: [{ role: 'system', content: 'brief' }, { role: 'user', content: 'hi' }],
@@ -123,7 +123,7 @@ for (const model of ['claude', 'azure', 'gemini', 'bedrock']) {
 const tools = [{ type: 'function', function: { name: 'get_weather', description: 'Weather in a city',
   parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
 
-for (const model of ['claude', 'gemini', 'bedrock']) {
+for (const model of ['claude', 'gemini', 'bedrock', 'vertex-gemini', 'vertex-claude']) {
   test(`tool calls through ${model}, streaming included`, async () => {
     const messages = [{ role: 'user', content: 'What is the weather in Paris?' }];
     const r = await client.chat.completions.create({ model, messages, tools });

@@ -19,7 +19,7 @@ const TEXT = 'tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 ';
 const tools = [{ type: 'function', name: 'get_weather', description: 'Weather in a city',
   parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] }, strict: false }];
 
-for (const model of ['demo', 'claude', 'gemini', 'bedrock']) {
+for (const model of ['demo', 'claude', 'gemini', 'bedrock', 'vertex-gemini', 'vertex-claude']) {
   test(`responses.create and responses.stream through ${model}`, async () => {
     const r = await client.responses.create({ model, instructions: 'brief', input: 'hi', max_output_tokens: 64 });
     assert.equal(r.object, 'response');
@@ -44,7 +44,7 @@ for (const model of ['demo', 'claude', 'gemini', 'bedrock']) {
   });
 }
 
-for (const model of ['demo', 'claude', 'gemini', 'bedrock']) {
+for (const model of ['demo', 'claude', 'gemini', 'bedrock', 'vertex-gemini', 'vertex-claude']) {
   test(`function calls through ${model}: the round trip, streamed too`, async () => {
     const input = [{ role: 'user', content: 'What is the weather in Paris?' }];
     const r = await client.responses.create({ model, input, tools });
