@@ -31,7 +31,7 @@
 struct entry {
     bool used;
     char digest[KW_CREDENTIAL_DIGEST_LEN + 1];
-    char *key;   /* the key file (wiped when forgotten) */
+    char *key; /* the key file (wiped when forgotten) */
     size_t klen;
     char token[DP_GCP_MAX_TOKEN + 1];
     int64_t expires_ms;  /* of token (0: none) */
@@ -211,7 +211,8 @@ static int exchange(const char *key_json, size_t klen, char *token, int64_t *lif
         goto out;
     rc = KW_ERROR;
     /* the JWT is base64url and '.': nothing to escape */
-    kw_buf_puts(&form, "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=");
+    kw_buf_puts(&form,
+                "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=");
     kw_buf_append(&form, jwt.data, jwt.len);
     CURL *c = curl_easy_init();
     if (c == NULL) {

@@ -18,10 +18,10 @@
 #include "knoway/arena.h"
 #include "knoway/buf.h"
 
-#define DP_GCP_MAX_KEYS       64
-#define DP_GCP_MAX_KEY_BYTES  (64u * 1024)  /* a service-account key file */
-#define DP_GCP_MAX_TOKEN      4096          /* an access token */
-#define DP_GCP_SCOPE          "https://www.googleapis.com/auth/cloud-platform"
+#define DP_GCP_MAX_KEYS          64
+#define DP_GCP_MAX_KEY_BYTES     (64u * 1024) /* a service-account key file */
+#define DP_GCP_MAX_TOKEN         4096         /* an access token */
+#define DP_GCP_SCOPE             "https://www.googleapis.com/auth/cloud-platform"
 #define DP_GCP_DEFAULT_TOKEN_URI "https://oauth2.googleapis.com/token"
 
 enum dp_gcp_state {

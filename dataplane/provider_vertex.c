@@ -1,7 +1,8 @@
 /* Vertex AI: Google's and Anthropic's models hosted in a Google Cloud project.
  *
  *   Gemini models (publisher google), Gemini's GenerateContent body (provider_gemini.c):
- *     POST {base}/v1/projects/{project}/locations/{region}/publishers/google/models/{model}:generateContent
+ *     POST
+ * {base}/v1/projects/{project}/locations/{region}/publishers/google/models/{model}:generateContent
  *     POST ...:streamGenerateContent?alt=sse
  *   Claude models (a model name starting with "claude"; publisher anthropic), Anthropic's
  *   Messages body (provider_anthropic.c) without "model" and with
@@ -38,9 +39,9 @@ static const struct kw_credential *credential(const struct kw_snapshot *snap,
                                               const struct kw_backend *b)
 {
     const struct kw_secret_ref *ref = &b->credentials.secret_ref;
-    return ref->name != NULL ? kw_snapshot_credential((struct kw_snapshot *)snap, b->meta.ns,
-                                                      ref->name, ref->key)
-                             : NULL;
+    return ref->name != NULL
+               ? kw_snapshot_credential((struct kw_snapshot *)snap, b->meta.ns, ref->name, ref->key)
+               : NULL;
 }
 
 void dp_vertex_prefetch(const struct kw_snapshot *snap)
@@ -72,8 +73,7 @@ static int access_token(struct dp_request *r, const char **token)
         return KW_OK;
     case DP_GCP_PENDING:
         return dp_error_set(r, 503, "server_error", "credentials_pending", NULL,
-                            "backend %s (VertexAI): %s; try again in a moment", b->meta.name,
-                            err);
+                            "backend %s (VertexAI): %s; try again in a moment", b->meta.name, err);
     case DP_GCP_FAILED:
         break;
     }
@@ -86,8 +86,7 @@ static int vertex_build(struct dp_request *r, struct kw_buf *url, struct curl_sl
     const struct kw_backend *b = r->backend;
     if (r->api != DP_API_CHAT)
         return dp_error_set(r, 400, "invalid_request_error", "unsupported_endpoint", NULL,
-                            "backend %s (VertexAI) serves /v1/chat/completions only",
-                            b->meta.name);
+                            "backend %s (VertexAI) serves /v1/chat/completions only", b->meta.name);
     const char *token;
     if (access_token(r, &token) != KW_OK)
         return KW_ERROR;
@@ -121,10 +120,10 @@ static int vertex_build(struct dp_request *r, struct kw_buf *url, struct curl_sl
     }
     *w = '\0';
     const char *base = r->base_url != NULL ? r->base_url : "";
-    int rc = kw_buf_printf(url, "%.*s/v1/projects/%s/locations/%s/publishers/%s/models/%s:%s",
-                           (int)r->base_len, base, b->credentials.vertex.project,
-                           b->credentials.vertex.region, claude ? "anthropic" : "google", model,
-                           method);
+    int rc =
+        kw_buf_printf(url, "%.*s/v1/projects/%s/locations/%s/publishers/%s/models/%s:%s",
+                      (int)r->base_len, base, b->credentials.vertex.project,
+                      b->credentials.vertex.region, claude ? "anthropic" : "google", model, method);
     curl_free(model);
     rc |= dp_openai_add_header(headers, r->arena, "Content-Type", "application/json");
     rc |= dp_openai_add_header(headers, r->arena, "Authorization",
@@ -140,9 +139,8 @@ static int vertex_on_response(struct dp_request *r, const char *body, size_t len
     return publisher(r)->on_response(r, body, len, out);
 }
 
-static int vertex_on_event(struct dp_request *r, const char *raw, size_t raw_len,
-                           const char *event, const char *data, size_t data_len,
-                           struct kw_buf *out)
+static int vertex_on_event(struct dp_request *r, const char *raw, size_t raw_len, const char *event,
+                           const char *data, size_t data_len, struct kw_buf *out)
 {
     return publisher(r)->on_event(r, raw, raw_len, event, data, data_len, out);
 }

@@ -15,6 +15,8 @@ RULES = [
     (r"caSecretRef[^.]*\badds\b", None, "tls.caSecretRef replaces the system CA bundle"),
     (r"(VertexAI|Vertex AI|Cohere)[^.]*answer 501", None,
      "VertexAI and Cohere are refused at parse; no accepted backend answers 501"),
+    (r"(VertexAI|Vertex AI)[^.]*(refused|planned|not supported)", r"[Ww]orkload [Ii]dentity|authorized_user|metadata server|embedding|Llama",
+     "VertexAI is implemented (docs/providers.md)"),
     (r"(JWT|rate limits|budgets)[^.]*(not in this version|are refused as unknown)", None,
      "JWT, rate limits and budgets are implemented (docs/limits.md)"),
 ]

@@ -1,13 +1,10 @@
 /* libFuzzer: everything a provider reads from outside, for every provider (OpenAI, Azure,
- * Anthropic, Gemini, Bedrock). Byte 0 picks the provider, byte 1 the input, byte 2 a split
- * point and a random seed:
- *   0  a client's request body: parsed, routed to the backend, rewritten (params) and built
- *      into the upstream request (URL, headers, body; SigV4 for Bedrock)
- *   1  an upstream's response body, translated
- *   2  an upstream's stream in two pieces: the SSE parser and on_event, or Bedrock's
- *      event-stream decoder with its CRCs; then the stream's end
- *   3  an upstream's error body, mapped
- *   4  upstream header lines (libcurl's header callback) */
+ * Anthropic, Gemini, Bedrock, Vertex AI with both publishers). Byte 0 picks the provider, byte 1
+ * the input, byte 2 a split point and a random seed: 0  a client's request body: parsed, routed to
+ * the backend, rewritten (params) and built into the upstream request (URL, headers, body; SigV4
+ * for Bedrock) 1  an upstream's response body, translated 2  an upstream's stream in two pieces:
+ * the SSE parser and on_event, or Bedrock's event-stream decoder with its CRCs; then the stream's
+ * end 3  an upstream's error body, mapped 4  upstream header lines (libcurl's header callback) */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,12 +32,18 @@ static const char CONFIG[] =
     "apiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: t}\nstringData:\n"
     "  apiKey: sk-test\n  AWS_ACCESS_KEY_ID: AKIDEXAMPLE\n"
     "  AWS_SECRET_ACCESS_KEY: wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY\n"
-    "  AWS_SESSION_TOKEN: tok\n" B("openai", "OpenAI", "") R("openai")
+    "  AWS_SESSION_TOKEN: tok\n  credentials.json: ya29.tok\n" B("openai", "OpenAI", "") R("openai")
         B("azure", "AzureOpenAI", "    azure: {deployment: d}\n") R("azure")
             B("anthropic", "Anthropic", "") R("anthropic") B("gemini", "Gemini", "") R("gemini")
                 B("bedrock", "AWSBedrock",
                   "    bedrock: {region: eu-west-1, sessionTokenKey: "
-                  "AWS_SESSION_TOKEN}\n") R("bedrock");
+                  "AWS_SESSION_TOKEN}\n") R("bedrock")
+                    B("vertex-gemini", "VertexAI",
+                      "    vertex: {project: p, region: us-east5}\n  modelName: gemini-2.5-flash\n")
+                        R("vertex-gemini")
+                            B("vertex-claude", "VertexAI",
+                              "    vertex: {project: p, region: global}\n  modelName: "
+                              "claude-sonnet-4-5@20250929\n") R("vertex-claude");
 
 static struct dp_table table;
 static struct kw_arena *scratch;
@@ -81,7 +84,7 @@ static void setup(void)
     table.snap = kw_snapshot_build(cfg, kw_service_resolve_dns, NULL, &diag);
     kw_diag_cleanup(&diag);
     kw_config_free(cfg);
-    if (table.snap == NULL || table.snap->nroutes != 5)
+    if (table.snap == NULL || table.snap->nroutes != 7)
         abort();
     scratch = kw_arena_new(1u << 26);
     lb = dp_lb_new(1);

@@ -41,7 +41,7 @@
     "apiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: t}\nstringData:\n"            \
     "  apiKey: sk-test\n  AWS_ACCESS_KEY_ID: AKIDEXAMPLE\n"                                        \
     "  AWS_SECRET_ACCESS_KEY: wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY\n"                          \
-    "  AWS_SESSION_TOKEN: session-token\n"
+    "  AWS_SESSION_TOKEN: session-token\n  vertexToken: ya29.static-token\n"
 
 #define BACKEND(name, provider, extra)                                                             \
     "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: " name           \
@@ -55,7 +55,10 @@ static const char CONFIG[] = SECRETS BACKEND("openai", "OpenAI", "    secretRef:
             BACKEND("gemini", "Gemini", "    secretRef: {name: keys}\n")
                 BACKEND("bedrock", "AWSBedrock",
                         "    secretRef: {name: keys}\n    bedrock: {region: eu-west-1, "
-                        "sessionTokenKey: AWS_SESSION_TOKEN}\n");
+                        "sessionTokenKey: AWS_SESSION_TOKEN}\n")
+                    BACKEND("vertex", "VertexAI",
+                            "    secretRef: {name: keys, key: vertexToken}\n"
+                            "    vertex: {project: proj-1, region: us-east5}\n");
 
 /* The front a vector names: "anthropic" (POST /v1/messages) or "responses". */
 static const struct dp_front_ops *front_of(const struct kw_node *c)
@@ -76,7 +79,7 @@ static struct fixture *fixture(void)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     f->snap = kwt_snapshot(CONFIG, NULL);
-    assert_int_equal(f->snap->nbackends, 5);
+    assert_int_equal(f->snap->nbackends, 6);
     f->table.snap = f->snap;
     f->scratch = kw_arena_new(64u << 20);
     return f;
