@@ -1,5 +1,6 @@
 /* The snapshot builder: stores -> kw_config -> kw_snapshot, plus the status of every
  * resource (see builder.h). */
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +32,6 @@ void ctl_build_unref(struct ctl_build *b)
     }
     free(b->states);
     free(b->json);
-    kw_snapshot_unref(b->snap);
     free(b);
 }
 
@@ -139,53 +139,69 @@ int ctl_resolve_slices(void *ud, struct kw_arena *a, const char *ns, const char 
     return KW_OK;
 }
 
-/* Add every object of a store to cfg; keep_secret (may be NULL) filters Secrets. */
+/* Add every object of a store to cfg; keep (may be NULL) filters by "namespace/name". */
 static void add_store(struct kw_config *cfg, struct ctl_store *s,
-                      bool (*keep)(const struct kw_config *, const char *key))
+                      bool (*keep)(void *ctx, const char *key), void *ctx)
 {
     size_t i;
     pthread_mutex_lock(&s->mu);
     for (const struct ctl_object *o = ctl_store_first(s, &i); o != NULL;
          o = ctl_store_next(s, o, &i))
-        if (keep == NULL || keep(cfg, o->key))
+        if (keep == NULL || keep(ctx, o->key))
             kw_config_add_json(cfg, o->json, o->len);
     pthread_mutex_unlock(&s->mu);
 }
 
-static bool refs_secret(const struct kw_backend *b, const char *ns, const char *name)
+/* The Secrets backends and consumers reference, as sorted "namespace/name" keys: only
+ * those go into the config (a cluster holds many others), found in O(log n). */
+struct secret_refs {
+    char **keys;
+    size_t n, cap;
+};
+
+static void add_ref(struct secret_refs *r, struct kw_arena *a, const char *ns, const char *name)
 {
-    if (strcmp(b->meta.ns, ns) != 0)
-        return false;
-    return (b->credentials.secret_ref.name != NULL &&
-            strcmp(b->credentials.secret_ref.name, name) == 0) ||
-           (b->upstream.tls.ca_secret_ref.name != NULL &&
-            strcmp(b->upstream.tls.ca_secret_ref.name, name) == 0);
+    if (name == NULL)
+        return;
+    if (r->n == r->cap) {
+        size_t cap = r->cap != 0 ? r->cap * 2 : 64;
+        char **p = realloc(r->keys, cap * sizeof(*p));
+        if (p == NULL)
+            return; /* the Secret is then reported missing: visible, not silent */
+        r->keys = p;
+        r->cap = cap;
+    }
+    char *k = kw_arena_printf(a, "%s/%s", ns, name);
+    if (k != NULL)
+        r->keys[r->n++] = k;
 }
 
-/* Only Secrets a backend references go into the config (a cluster holds many others). */
-static bool referenced(const struct kw_config *cfg, const char *key)
+static int cmp_str(const void *x, const void *y)
 {
-    const char *slash = strchr(key, '/');
-    if (slash == NULL)
-        return false;
-    char ns[KW_MAX_NAMESPACE_LEN + 1];
-    size_t nl = (size_t)(slash - key);
-    if (nl > KW_MAX_NAMESPACE_LEN)
-        return false;
-    memcpy(ns, key, nl);
-    ns[nl] = '\0';
-    for (size_t i = 0; i < cfg->nbackends; i++)
-        if (cfg->backends[i]->meta.name != NULL && refs_secret(cfg->backends[i], ns, slash + 1))
-            return true;
+    return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+static void collect_refs(const struct kw_config *cfg, struct secret_refs *r)
+{
+    for (size_t i = 0; i < cfg->nbackends; i++) {
+        const struct kw_backend *b = cfg->backends[i];
+        if (b->meta.name == NULL)
+            continue;
+        add_ref(r, cfg->arena, b->meta.ns, b->credentials.secret_ref.name);
+        add_ref(r, cfg->arena, b->meta.ns, b->upstream.tls.ca_secret_ref.name);
+    }
     for (size_t i = 0; i < cfg->nconsumers; i++) { /* a consumer's API keys */
         const struct kw_consumer *c = cfg->consumers[i];
-        if (c->meta.name == NULL || strcmp(c->meta.ns, ns) != 0)
-            continue;
-        for (size_t j = 0; j < c->napi_keys; j++)
-            if (strcmp(c->api_keys[j].name, slash + 1) == 0)
-                return true;
+        for (size_t j = 0; c->meta.name != NULL && j < c->napi_keys; j++)
+            add_ref(r, cfg->arena, c->meta.ns, c->api_keys[j].name);
     }
-    return false;
+    qsort(r->keys, r->n, sizeof(*r->keys), cmp_str);
+}
+
+static bool referenced(void *ctx, const char *key)
+{
+    const struct secret_refs *r = ctx;
+    return r->n > 0 && bsearch(&key, r->keys, r->n, sizeof(*r->keys), cmp_str) != NULL;
 }
 
 static bool is_ref_path(const char *path)
@@ -268,27 +284,35 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
     if (b == NULL)
         goto fail;
     atomic_init(&b->refs, 1);
-    add_store(cfg, src->backends, NULL);
-    add_store(cfg, src->routes, NULL);
+    add_store(cfg, src->backends, NULL, NULL);
+    add_store(cfg, src->routes, NULL, NULL);
     if (src->consumers != NULL)
-        add_store(cfg, src->consumers, NULL);
-    add_store(cfg, src->secrets, referenced);
+        add_store(cfg, src->consumers, NULL, NULL);
+    struct secret_refs refs = {0};
+    collect_refs(cfg, &refs);
+    add_store(cfg, src->secrets, referenced, &refs);
+    free(refs.keys);
     kw_config_check(cfg);
-    b->snap = kw_snapshot_build(cfg, ctl_resolve_slices, src->slices, &cfg->diag);
-    if (b->snap == NULL)
-        goto fail;
     struct kw_buf text;
     kw_buf_init(&text, KW_MAX_SNAPSHOT_BYTES);
-    if (kw_snapshot_serialize(b->snap, &text) != KW_OK) {
+    struct kw_snapshot *snap =
+        kw_snapshot_build_text(cfg, ctl_resolve_slices, src->slices, &cfg->diag, &text);
+    if (snap == NULL) {
         kw_buf_cleanup(&text);
         goto fail;
     }
+    snprintf(b->version, sizeof(b->version), "%s", snap->version);
+    b->nbackends = snap->nbackends;
+    b->nroutes = snap->nroutes;
+    b->nconsumers = snap->nconsumers;
     b->json = text.data;
     b->len = text.len;
 
     b->states = calloc(cfg->nbackends + cfg->nroutes + cfg->nconsumers + 1, sizeof(*b->states));
-    if (b->states == NULL)
+    if (b->states == NULL) {
+        kw_snapshot_unref(snap);
         goto fail;
+    }
     for (size_t i = 0; i < cfg->nbackends; i++)
         if (cfg->backends[i]->meta.name != NULL)
             add_state(b, KW_KIND_LLMBACKEND, &cfg->backends[i]->meta);
@@ -308,7 +332,7 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
             r->meta.name != NULL ? find_state(b, KW_KIND_LLMROUTE, r->meta.ns, r->meta.name) : NULL;
         for (size_t j = 0; s != NULL && j < r->nrefs; j++) {
             const struct kw_backend *t = r->refs[j].backend;
-            if (t == NULL || in_snapshot_backend(b->snap, &t->meta))
+            if (t == NULL || in_snapshot_backend(snap, &t->meta))
                 continue;
             s->resolved = false;
             if (s->resolved_msg == NULL &&
@@ -356,21 +380,25 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
         struct ctl_resource_state *s =
             m->name != NULL ? find_state(b, KW_KIND_LLMBACKEND, m->ns, m->name) : NULL;
         if (s != NULL)
-            s->programmed = in_snapshot_backend(b->snap, m);
+            s->programmed = in_snapshot_backend(snap, m);
     }
-    for (size_t i = 0; i < b->snap->nconsumers; i++) {
-        const struct kw_meta *m = &b->snap->consumers[i]->meta;
+    for (size_t i = 0; i < snap->nconsumers; i++) {
+        const struct kw_meta *m = &snap->consumers[i]->meta;
         struct ctl_resource_state *s = find_state(b, KW_KIND_LLMCONSUMER, m->ns, m->name);
         if (s != NULL)
             s->programmed = true;
     }
-    for (size_t i = 0; i < b->snap->nroutes; i++) { /* routes are in age order: look up */
-        const struct kw_meta *m = &b->snap->routes[i]->meta;
+    for (size_t i = 0; i < snap->nroutes; i++) { /* routes are in age order: look up */
+        const struct kw_meta *m = &snap->routes[i]->meta;
         struct ctl_resource_state *s = find_state(b, KW_KIND_LLMROUTE, m->ns, m->name);
         if (s != NULL)
             s->programmed = true;
     }
+    kw_snapshot_unref(snap);
     kw_config_free(cfg);
+    /* the build's tens of MiB at 10,000 resources go back to the system, not to a heap
+     * high-water mark held until the next build */
+    malloc_trim(0);
     b->build_us = now_us() - t0;
     return b;
 fail:

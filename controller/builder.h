@@ -34,7 +34,10 @@ struct ctl_resource_state {
 
 struct ctl_build {
     atomic_int refs;
-    struct kw_snapshot *snap;
+    /* what is kept of the snapshot: the parsed one is freed once the states are known (a
+     * few builds are held at once; at 10,000 resources each parse is tens of MiB) */
+    char version[KW_SNAPSHOT_VERSION_LEN + 1];
+    size_t nbackends, nroutes, nconsumers;
     char *json; /* canonical snapshot text (what data planes receive) */
     size_t len;
     struct ctl_resource_state *states; /* sorted: kind, namespace, name */

@@ -106,7 +106,7 @@ static enum MHD_Result send_build(struct MHD_Connection *c, struct ctl_build *b)
         return MHD_NO;
     }
     MHD_add_response_header(r, "Content-Type", "application/json");
-    MHD_add_response_header(r, "X-Knoway-Version", b->snap->version);
+    MHD_add_response_header(r, "X-Knoway-Version", b->version);
     enum MHD_Result rc = MHD_queue_response(c, 200, r);
     MHD_destroy_response(r);
     return rc;
@@ -408,11 +408,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     pthread_mutex_lock(&d->mu);
     set_waiting(d, w->node, false);
     struct ctl_build *b = d->cur;
-    if (b != NULL && strcmp(b->snap->version, w->seen) != 0) {
+    if (b != NULL && strcmp(b->version, w->seen) != 0) {
         ctl_build_ref(b);
         struct ctl_node *n = node_find(d, w->node);
         if (n != NULL) {
-            snprintf(n->pushed, sizeof(n->pushed), "%s", b->snap->version);
+            snprintf(n->pushed, sizeof(n->pushed), "%s", b->version);
             n->pushed_ms = ctl_now_ms();
             n->pushed_ns = kw_now_unix_ns();
             memcpy(n->trace_id, b->trace_id, sizeof(n->trace_id));
@@ -428,7 +428,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (r == NULL)
             return MHD_NO;
         if (b != NULL)
-            MHD_add_response_header(r, "X-Knoway-Version", b->snap->version);
+            MHD_add_response_header(r, "X-Knoway-Version", b->version);
         enum MHD_Result rc = MHD_queue_response(c, 304, r);
         MHD_destroy_response(r);
         return rc;
@@ -593,7 +593,7 @@ void ctl_discovery_cleanup(struct ctl_discovery *d)
 bool ctl_discovery_publish(struct ctl_discovery *d, struct ctl_build *b)
 {
     pthread_mutex_lock(&d->mu);
-    bool changed = d->cur == NULL || strcmp(d->cur->snap->version, b->snap->version) != 0;
+    bool changed = d->cur == NULL || strcmp(d->cur->version, b->version) != 0;
     struct ctl_build *old = d->cur;
     d->cur = ctl_build_ref(b);
     if (changed) {
@@ -633,7 +633,7 @@ void ctl_discovery_nodes_json(struct ctl_discovery *d, struct kw_buf *out)
     int64_t now = ctl_now_ms();
     pthread_mutex_lock(&d->mu);
     kw_buf_puts(out, "{\"version\":");
-    const char *v = d->cur != NULL ? d->cur->snap->version : "";
+    const char *v = d->cur != NULL ? d->cur->version : "";
     kw_json_write_string(out, v, strlen(v));
     kw_buf_puts(out, ",\"nodes\":[");
     for (size_t i = 0; i < d->nnodes; i++) {

@@ -275,15 +275,44 @@ static const char *collection(struct ctl_informer *inf, char *buf, size_t len)
     return buf;
 }
 
-/* Apply one object (from a list or an event) to the store: its compact JSON under
- * "namespace/name". Lock held. */
-static bool put_object(struct ctl_store *s, const struct kw_node *obj, struct kw_buf *tmp)
+/* The object's JSON without what nothing here reads: metadata.managedFields and
+ * metadata.annotations (kubectl apply's last-applied-configuration is a second copy of the
+ * whole object). Together they are most of a small object's bytes. */
+static int write_stripped(const struct kw_node *obj, struct kw_buf *out)
+{
+    const struct kw_node *meta = kw_node_get(obj, "metadata");
+    if (meta == NULL || meta->type != KW_NODE_MAP)
+        return kw_json_write(obj, out);
+    struct kw_node root = *obj, m = *meta;
+    root.pairs = malloc((obj->n + 1) * sizeof(*root.pairs));
+    m.pairs = malloc((meta->n + 1) * sizeof(*m.pairs));
+    int rc = KW_ERROR;
+    if (root.pairs != NULL && m.pairs != NULL) {
+        m.n = 0;
+        for (size_t i = 0; i < meta->n; i++) {
+            const char *k = meta->pairs[i].key->str;
+            if (strcmp(k, "managedFields") != 0 && strcmp(k, "annotations") != 0)
+                m.pairs[m.n++] = meta->pairs[i];
+        }
+        for (size_t i = 0; i < obj->n; i++) {
+            root.pairs[i] = obj->pairs[i];
+            if (obj->pairs[i].val == meta)
+                root.pairs[i].val = &m;
+        }
+        rc = kw_json_write(&root, out);
+    }
+    free(root.pairs);
+    free(m.pairs);
+    return rc;
+}
+
+bool ctl_store_put_node(struct ctl_store *s, const struct kw_node *obj, struct kw_buf *tmp)
 {
     const char *ns = str_at(obj, "metadata", "namespace"), *name = str_at(obj, "metadata", "name");
     char key[KW_MAX_NAMESPACE_LEN + KW_MAX_NAME_LEN + 2];
     snprintf(key, sizeof(key), "%s/%s", ns, name);
     kw_buf_reset(tmp);
-    if (kw_json_write(obj, tmp) != KW_OK)
+    if (write_stripped(obj, tmp) != KW_OK)
         return false;
     return ctl_store_put(s, key, tmp->data, tmp->len);
 }
@@ -348,7 +377,7 @@ static int list(struct ctl_informer *inf)
                 kw_node_map_put(a, item, "kind", kw_node_cstring(a, inf->kind));
             if (kw_node_get(item, "apiVersion") == NULL)
                 kw_node_map_put(a, item, "apiVersion", kw_node_cstring(a, gv));
-            put_object(&fresh, item, &tmp);
+            ctl_store_put_node(&fresh, item, &tmp);
         }
         snprintf(rv, sizeof(rv), "%s", str_at(root, "metadata", "resourceVersion"));
         const char *c = str_at(root, "metadata", "continue");
@@ -447,7 +476,7 @@ static int on_line(void *ud, const char *line, size_t len)
         snprintf(key, sizeof(key), "%s/%s", ev.ns, ev.name);
         changed = ctl_store_delete(&inf->store, key);
     } else {
-        changed = put_object(&inf->store, ev.object, &w->tmp);
+        changed = ctl_store_put_node(&inf->store, ev.object, &w->tmp);
     }
     pthread_mutex_unlock(&inf->store.mu);
     if (changed)

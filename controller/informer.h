@@ -94,6 +94,10 @@ void ctl_store_cleanup(struct ctl_store *s);
 /* Insert or replace; returns true when the stored text changed. Lock held by the caller. */
 bool ctl_store_put(struct ctl_store *s, const char *key, const char *json, size_t len);
 bool ctl_store_delete(struct ctl_store *s, const char *key);
+/* Apply one object (from a list or an event): its compact JSON under "namespace/name",
+ * without metadata.managedFields and metadata.annotations (nothing reads them; kubectl's
+ * last-applied annotation repeats the whole object). tmp is scratch. Lock held. */
+bool ctl_store_put_node(struct ctl_store *s, const struct kw_node *obj, struct kw_buf *tmp);
 const struct ctl_object *ctl_store_get(const struct ctl_store *s, const char *key);
 /* Iterate: for (o = ctl_store_first(s, &i); o; o = ctl_store_next(s, o, &i)). */
 const struct ctl_object *ctl_store_first(const struct ctl_store *s, size_t *i);

@@ -111,9 +111,9 @@ static void build_span(struct ctl *c, const struct ctl_build *b, bool changed)
     kw_span_init(&s, b->trace_id, b->span_id, NULL, "snapshot build", KW_SPAN_INTERNAL);
     s.start_ns = b->end_ns - b->build_us * 1000;
     s.end_ns = b->end_ns;
-    kw_span_str(&s, "knoway.snapshot.version", b->snap->version);
-    kw_span_int(&s, "knoway.snapshot.backends", (int64_t)b->snap->nbackends);
-    kw_span_int(&s, "knoway.snapshot.routes", (int64_t)b->snap->nroutes);
+    kw_span_str(&s, "knoway.snapshot.version", b->version);
+    kw_span_int(&s, "knoway.snapshot.backends", (int64_t)b->nbackends);
+    kw_span_int(&s, "knoway.snapshot.routes", (int64_t)b->nroutes);
     kw_span_int(&s, "knoway.build.resources", (int64_t)b->nstates);
     kw_span_int(&s, "knoway.build.errors", (int64_t)b->nerrors);
     kw_span_int(&s, "knoway.build.changed", changed ? 1 : 0);
@@ -141,9 +141,9 @@ static void on_build(void *ud, struct ctl_build *b)
             valid[b->states[i].kind][b->states[i].accepted ? 1 : 0]++;
     pthread_mutex_lock(&c->mu);
     memcpy(c->valid, valid, sizeof(valid));
-    snprintf(c->version, sizeof(c->version), "%s", b->snap->version);
-    c->nbackends = b->snap->nbackends;
-    c->nroutes = b->snap->nroutes;
+    snprintf(c->version, sizeof(c->version), "%s", b->version);
+    c->nbackends = b->nbackends;
+    c->nroutes = b->nroutes;
     c->nstates = b->nstates;
     c->nerrors = b->nerrors;
     c->build_seconds = (double)b->build_us / 1e6;
@@ -151,12 +151,12 @@ static void on_build(void *ud, struct ctl_build *b)
     atomic_store(&c->ready, true);
     if (changed) {
         char nb[32], nr[32], ne[32], ms[32];
-        snprintf(nb, sizeof(nb), "%zu", b->snap->nbackends);
-        snprintf(nr, sizeof(nr), "%zu", b->snap->nroutes);
+        snprintf(nb, sizeof(nb), "%zu", b->nbackends);
+        snprintf(nr, sizeof(nr), "%zu", b->nroutes);
         snprintf(ne, sizeof(ne), "%zu", b->nerrors);
         snprintf(ms, sizeof(ms), "%.1f", (double)b->build_us / 1000.0);
-        kw_log(KW_LOG_INFO, "snapshot published", "version", b->snap->version, "backends", nb,
-               "routes", nr, "errors", ne, "build_ms", ms, NULL);
+        kw_log(KW_LOG_INFO, "snapshot published", "version", b->version, "backends", nb, "routes",
+               nr, "errors", ne, "build_ms", ms, NULL);
     }
 }
 

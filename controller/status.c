@@ -54,10 +54,10 @@ static void programmed(struct ctl_status *s, const struct ctl_resource_state *st
     }
     size_t have = 0;
     const char *rejected = NULL;
-    const char *latest = s->history[0] != NULL ? s->history[0]->snap->version : "";
+    const char *latest = s->history[0] != NULL ? s->history[0]->version : "";
     for (size_t i = 0; i < nnodes; i++) {
         for (size_t h = 0; h < CTL_STATUS_HISTORY && s->history[h] != NULL; h++) {
-            if (strcmp(s->history[h]->snap->version, nodes[i].acked) != 0)
+            if (strcmp(s->history[h]->version, nodes[i].acked) != 0)
                 continue;
             const struct ctl_resource_state *o =
                 ctl_build_find(s->history[h], st->kind, st->ns, st->name);
@@ -249,7 +249,7 @@ void ctl_status_build(struct ctl_status *s, struct ctl_build *b)
     pthread_mutex_lock(&s->mu);
     ctl_build_unref(s->latest);
     s->latest = ctl_build_ref(b);
-    if (s->history[0] == NULL || strcmp(s->history[0]->snap->version, b->snap->version) != 0) {
+    if (s->history[0] == NULL || strcmp(s->history[0]->version, b->version) != 0) {
         ctl_build_unref(s->history[CTL_STATUS_HISTORY - 1]);
         memmove(&s->history[1], &s->history[0], (CTL_STATUS_HISTORY - 1) * sizeof(s->history[0]));
         s->history[0] = ctl_build_ref(b);

@@ -12,6 +12,8 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "knoway/kw.h"
 #include "upstream.h"
@@ -19,9 +21,82 @@
 
 static void poll_done(struct dp_worker *w);
 
+/* Pooled connections keep their sockets registered: libcurl drops a socket from the loop
+ * when its transfer ends (CURL_POLL_REMOVE) and asks for it again when the next transfer
+ * reuses the connection, two epoll_ctl calls per request on a keep-alive pool. A removed
+ * socket is parked instead (still registered, known by its fd); the next transfer on it
+ * finds it registered (a MOD only if it wants other events). A parked socket that becomes
+ * readable (the upstream closed the idle connection) is dropped from epoll then; libcurl
+ * finds the connection dead when it next checks it. Sockets are closed through
+ * CURLOPT_CLOSESOCKETFUNCTION, which forgets their watch (closing removes them from epoll),
+ * so a number reused by a new socket is never mistaken for a parked one. */
+static void unpark(struct dp_worker *w, struct dp_watch *watch)
+{
+    if (watch->fd >= 0 && (size_t)watch->fd < w->nparked && w->parked[watch->fd] == watch)
+        w->parked[watch->fd] = NULL;
+    watch->parked = false;
+}
+
+static bool park(struct dp_worker *w, struct dp_watch *watch)
+{
+    size_t fd = (size_t)watch->fd;
+    if (watch->fd < 0 || (watch->events & EPOLLOUT) != 0)
+        return false; /* writable at once: it would wake the loop for nothing */
+    if (fd >= w->nparked) {
+        size_t n = w->nparked != 0 ? w->nparked : 256;
+        while (n <= fd)
+            n *= 2;
+        struct dp_watch **p = realloc(w->parked, n * sizeof(*p));
+        if (p == NULL)
+            return false;
+        memset(p + w->nparked, 0, (n - w->nparked) * sizeof(*p));
+        w->parked = p;
+        w->nparked = n;
+    }
+    if (w->parked[fd] != NULL && w->parked[fd] != watch)
+        dp_worker_retire(w, w->parked[fd]); /* not expected: a socket closed behind our back */
+    w->parked[fd] = watch;
+    watch->parked = true;
+    return true;
+}
+
+static struct dp_watch *parked_at(struct dp_worker *w, curl_socket_t s)
+{
+    return s >= 0 && (size_t)s < w->nparked ? w->parked[s] : NULL;
+}
+
+static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *addr)
+{
+    (void)purpose;
+    struct dp_worker *w = ud;
+    curl_socket_t s = socket(addr->family, addr->socktype, addr->protocol);
+    struct dp_watch *stale = s != CURL_SOCKET_BAD ? parked_at(w, s) : NULL;
+    if (stale != NULL) { /* its socket was closed without us: the number is new */
+        unpark(w, stale);
+        dp_worker_forget(w, stale);
+    }
+    return s;
+}
+
+static int on_close_socket(void *ud, curl_socket_t s)
+{
+    struct dp_worker *w = ud;
+    struct dp_watch *watch = parked_at(w, s);
+    if (watch != NULL) {
+        unpark(w, watch);
+        dp_worker_forget(w, watch);
+    }
+    return close(s);
+}
+
 static void on_curl_socket(struct dp_watch *watch, uint32_t events)
 {
     struct dp_worker *w = watch->ptr;
+    if (watch->parked) { /* an idle pooled connection: closed by the upstream, or data */
+        unpark(w, watch);
+        dp_worker_retire(w, watch);
+        return;
+    }
     int flags = (events & EPOLLIN ? CURL_CSELECT_IN : 0) |
                 (events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
                 (events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
@@ -63,11 +138,18 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
     if (what == CURL_POLL_REMOVE) {
         if (watch != NULL) {
             curl_multi_assign(w->multi, s, NULL);
-            dp_worker_retire(w, watch);
+            if (w->draining || !park(w, watch))
+                dp_worker_retire(w, watch);
         }
         return 0;
     }
     uint32_t events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+    if (watch == NULL && (watch = parked_at(w, s)) != NULL) {
+        unpark(w, watch);
+        curl_multi_assign(w->multi, s, watch);
+        return watch->events == events || dp_worker_watch(w, watch, events, false) == KW_OK ? 0
+                                                                                            : -1;
+    }
     if (watch == NULL) {
         watch = calloc(1, sizeof(*watch));
         if (watch == NULL)
@@ -226,6 +308,10 @@ int dp_transfer_start(struct dp_transfer *t, struct dp_worker *w, const struct d
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)req->buffer_size);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, t->w);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, t->w);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     if (req->insecure) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);

@@ -57,6 +57,7 @@ int dp_worker_watch(struct dp_worker *w, struct dp_watch *watch, uint32_t events
     struct epoll_event ev = {.events = events, .data.ptr = watch};
     if (epoll_ctl(w->ep, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, watch->fd, &ev) == -1)
         return KW_ERROR;
+    watch->events = events;
     return KW_OK;
 }
 
@@ -67,9 +68,14 @@ void dp_worker_unwatch(struct dp_worker *w, struct dp_watch *watch)
 
 void dp_worker_retire(struct dp_worker *w, struct dp_watch *watch)
 {
+    dp_worker_unwatch(w, watch);
+    dp_worker_forget(w, watch);
+}
+
+void dp_worker_forget(struct dp_worker *w, struct dp_watch *watch)
+{
     /* an event for this socket may still be waiting in the current epoll batch: the watch
      * is freed after the batch, not now */
-    dp_worker_unwatch(w, watch);
     watch->retired = true;
     watch->next = w->retired;
     w->retired = watch;
@@ -195,6 +201,9 @@ int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int
 
 void dp_worker_cleanup(struct dp_worker *w)
 {
+    free(w->parked);
+    w->parked = NULL;
+    w->nparked = 0;
     while (w->retired != NULL) {
         struct dp_watch *dead = w->retired;
         w->retired = dead->next;

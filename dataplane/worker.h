@@ -42,6 +42,8 @@ struct dp_watch {
     dp_watch_fn on_event;  /* called from the loop with the epoll events */
     void *ptr;             /* the owner's */
     bool retired;          /* dropped: ignore events still queued in this batch */
+    bool parked;           /* upstream.c: a pooled connection's socket, kept registered */
+    uint32_t events;       /* what it is registered for */
     struct dp_watch *next; /* the worker's retired list, freed after each epoll batch */
 };
 
@@ -79,6 +81,8 @@ struct dp_worker {
     size_t narena_pool;
     CURL *easy_pool[DP_POOL_MAX]; /* upstream.c's: easy handles for new transfers */
     size_t neasy_pool;
+    struct dp_watch **parked; /* upstream.c's: by fd, sockets of idle pooled connections */
+    size_t nparked;           /* entries in parked (fd + 1 of the highest seen) */
 };
 
 /* Milliseconds of CLOCK_MONOTONIC. */
@@ -92,6 +96,8 @@ void dp_worker_unwatch(struct dp_worker *w, struct dp_watch *watch);
 /* Unwatch a heap-allocated watch whose events may still wait in the current batch: it is
  * freed after the batch. */
 void dp_worker_retire(struct dp_worker *w, struct dp_watch *watch);
+/* The same for a watch whose fd is being closed (closing removes it from epoll). */
+void dp_worker_forget(struct dp_worker *w, struct dp_watch *watch);
 /* The per-worker pool of arenas: one (reset) for a new request, or a fresh one; NULL on
  * out-of-memory. */
 struct kw_arena *dp_worker_arena(struct dp_worker *w);

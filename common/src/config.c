@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,8 @@ void kw_config_free(struct kw_config *cfg)
     free(cfg->routes);
     free(cfg->secrets);
     free(cfg->consumers);
+    free(cfg->backend_index);
+    free(cfg->secret_index);
     kw_diag_cleanup(&cfg->diag);
     kw_arena_free(cfg->arena);
     free(cfg);
@@ -180,9 +183,33 @@ int kw_config_load_file(struct kw_config *cfg, const char *path)
     return rc;
 }
 
+static int cmp_meta_key(const void *key, const void *item, size_t meta_off)
+{
+    const struct kw_meta *k = key;
+    const struct kw_meta *m = (const struct kw_meta *)(*(const char *const *)item + meta_off);
+    int c = strcmp(k->ns, m->ns);
+    return c != 0 ? c : strcmp(k->name, m->name);
+}
+
+static int cmp_backend_key(const void *key, const void *item)
+{
+    return cmp_meta_key(key, item, offsetof(struct kw_backend, meta));
+}
+
+static int cmp_secret_key(const void *key, const void *item)
+{
+    return cmp_meta_key(key, item, offsetof(struct kw_secret, meta));
+}
+
 struct kw_backend *kw_config_find_backend(const struct kw_config *cfg, const char *ns,
                                           const char *name)
 {
+    if (cfg->backend_index != NULL && cfg->backends_indexed == cfg->nbackends) {
+        struct kw_meta key = {.ns = ns, .name = name};
+        struct kw_backend **b = bsearch(&key, cfg->backend_index, cfg->nbackend_index,
+                                        sizeof(*cfg->backend_index), cmp_backend_key);
+        return b != NULL ? *b : NULL;
+    }
     for (size_t i = 0; i < cfg->nbackends; i++) {
         struct kw_backend *b = cfg->backends[i];
         if (b->meta.name != NULL && strcmp(b->meta.ns, ns) == 0 && strcmp(b->meta.name, name) == 0)
@@ -194,6 +221,12 @@ struct kw_backend *kw_config_find_backend(const struct kw_config *cfg, const cha
 struct kw_secret *kw_config_find_secret(const struct kw_config *cfg, const char *ns,
                                         const char *name)
 {
+    if (cfg->secret_index != NULL && cfg->secrets_indexed == cfg->nsecrets) {
+        struct kw_meta key = {.ns = ns, .name = name};
+        struct kw_secret **s = bsearch(&key, cfg->secret_index, cfg->nsecret_index,
+                                       sizeof(*cfg->secret_index), cmp_secret_key);
+        return s != NULL ? *s : NULL;
+    }
     for (size_t i = 0; i < cfg->nsecrets; i++) {
         struct kw_secret *s = cfg->secrets[i];
         if (s->meta.name != NULL && strcmp(s->meta.ns, ns) == 0 && strcmp(s->meta.name, name) == 0)
@@ -207,29 +240,75 @@ static char *objname(struct kw_config *cfg, enum kw_kind k, const struct kw_meta
     return kw_arena_printf(cfg->arena, "%s/%s/%s", kw_kind_name(k), m->ns, m->name);
 }
 
-/* The second of two resources with the same namespace/name is reported and made invalid. */
-static void check_duplicates(struct kw_config *cfg, enum kw_kind k, void **items, size_t n,
-                             size_t meta_off, size_t valid_off)
+struct named {
+    const struct kw_meta *m;
+    size_t pos;
+};
+
+static int cmp_named(const void *x, const void *y)
 {
-    for (size_t i = 0; i < n; i++) {
-        struct kw_meta *mi = (struct kw_meta *)((char *)items[i] + meta_off);
-        if (mi->name == NULL)
-            continue;
-        for (size_t j = 0; j < i; j++) {
-            struct kw_meta *mj = (struct kw_meta *)((char *)items[j] + meta_off);
-            if (mj->name == NULL || strcmp(mi->ns, mj->ns) != 0 || strcmp(mi->name, mj->name) != 0)
-                continue;
-            char first[300] = "";
-            if (mj->file != NULL)
-                snprintf(first, sizeof(first), " (first defined at %s:%u:%u)", mj->file, mj->line,
-                         mj->col);
-            kw_diag_add(&cfg->diag, mi->file, mi->line, mi->col, objname(cfg, k, mi),
-                        "metadata.name", "duplicate %s \"%s/%s\"%s", kw_kind_name(k), mi->ns,
-                        mi->name, first);
-            *(bool *)((char *)items[i] + valid_off) = false;
-            break;
-        }
+    const struct named *a = x, *b = y;
+    int c = strcmp(a->m->ns, b->m->ns);
+    if (c == 0)
+        c = strcmp(a->m->name, b->m->name);
+    return c != 0 ? c : (a->pos > b->pos) - (a->pos < b->pos);
+}
+
+/* The second of two resources with the same namespace/name is reported (in document order)
+ * and made invalid. Sorting makes it O(n log n); the first of each name goes to index (when
+ * given, allocated here). */
+static void check_duplicates(struct kw_config *cfg, enum kw_kind k, void **items, size_t n,
+                             size_t meta_off, size_t valid_off, void ***index, size_t *nindex)
+{
+    struct named *v = malloc((n + 1) * sizeof(*v));
+    size_t *first = malloc((n + 1) * sizeof(*first));
+    void **out = index != NULL ? malloc((n + 1) * sizeof(*out)) : NULL;
+    if (v == NULL || first == NULL || (index != NULL && out == NULL)) {
+        kw_diag_add(&cfg->diag, NULL, 0, 0, NULL, NULL, "out of memory checking %s names",
+                    kw_kind_name(k));
+        goto done;
     }
+    size_t m = 0, nout = 0;
+    for (size_t i = 0; i < n; i++) {
+        first[i] = SIZE_MAX;
+        const struct kw_meta *mi = (const struct kw_meta *)((char *)items[i] + meta_off);
+        if (mi->name != NULL)
+            v[m++] = (struct named){mi, i};
+    }
+    qsort(v, m, sizeof(*v), cmp_named);
+    for (size_t i = 0; i < m; i++) {
+        bool same = i > 0 && strcmp(v[i].m->ns, v[i - 1].m->ns) == 0 &&
+                    strcmp(v[i].m->name, v[i - 1].m->name) == 0;
+        if (!same) {
+            if (out != NULL)
+                out[nout++] = items[v[i].pos];
+            continue;
+        }
+        first[v[i].pos] = first[v[i - 1].pos] != SIZE_MAX ? first[v[i - 1].pos] : v[i - 1].pos;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (first[i] == SIZE_MAX)
+            continue;
+        struct kw_meta *mi = (struct kw_meta *)((char *)items[i] + meta_off);
+        const struct kw_meta *mj = (const struct kw_meta *)((char *)items[first[i]] + meta_off);
+        char where[300] = "";
+        if (mj->file != NULL)
+            snprintf(where, sizeof(where), " (first defined at %s:%u:%u)", mj->file, mj->line,
+                     mj->col);
+        kw_diag_add(&cfg->diag, mi->file, mi->line, mi->col, objname(cfg, k, mi), "metadata.name",
+                    "duplicate %s \"%s/%s\"%s", kw_kind_name(k), mi->ns, mi->name, where);
+        *(bool *)((char *)items[i] + valid_off) = false;
+    }
+    if (index != NULL) {
+        free(*index);
+        *index = out;
+        *nindex = nout;
+        out = NULL;
+    }
+done:
+    free(out);
+    free(v);
+    free(first);
 }
 
 /* Errors point at the reference (line/col kept by the decoder), else at the document. */
@@ -395,13 +474,18 @@ out:
 int kw_config_check(struct kw_config *cfg)
 {
     check_duplicates(cfg, KW_KIND_SECRET, (void **)cfg->secrets, cfg->nsecrets,
-                     offsetof(struct kw_secret, meta), offsetof(struct kw_secret, valid));
+                     offsetof(struct kw_secret, meta), offsetof(struct kw_secret, valid),
+                     (void ***)&cfg->secret_index, &cfg->nsecret_index);
+    cfg->secrets_indexed = cfg->secret_index != NULL ? cfg->nsecrets : SIZE_MAX;
     check_duplicates(cfg, KW_KIND_LLMBACKEND, (void **)cfg->backends, cfg->nbackends,
-                     offsetof(struct kw_backend, meta), offsetof(struct kw_backend, valid));
+                     offsetof(struct kw_backend, meta), offsetof(struct kw_backend, valid),
+                     (void ***)&cfg->backend_index, &cfg->nbackend_index);
+    cfg->backends_indexed = cfg->backend_index != NULL ? cfg->nbackends : SIZE_MAX;
     check_duplicates(cfg, KW_KIND_LLMROUTE, (void **)cfg->routes, cfg->nroutes,
-                     offsetof(struct kw_route, meta), offsetof(struct kw_route, valid));
+                     offsetof(struct kw_route, meta), offsetof(struct kw_route, valid), NULL, NULL);
     check_duplicates(cfg, KW_KIND_LLMCONSUMER, (void **)cfg->consumers, cfg->nconsumers,
-                     offsetof(struct kw_consumer, meta), offsetof(struct kw_consumer, valid));
+                     offsetof(struct kw_consumer, meta), offsetof(struct kw_consumer, valid), NULL,
+                     NULL);
 
     /* a consumer's keys: the Secret must exist (and the key, when one is named). A missing
      * one is reported and contributes no key; the consumer stays (its other keys work, and

@@ -151,6 +151,11 @@ static int cmp_backend(const void *x, const void *y)
                     &(*(struct kw_backend *const *)y)->meta);
 }
 
+static int cmp_route_name(const void *x, const void *y)
+{
+    return cmp_meta(&(*(struct kw_route *const *)x)->meta, &(*(struct kw_route *const *)y)->meta);
+}
+
 static int cmp_cred(const void *x, const void *y)
 {
     const struct kw_credential *a = x, *b = y;
@@ -231,7 +236,57 @@ bool kw_credential_is_json(const char *value, size_t len)
 struct creds {
     struct kw_credential *items;
     size_t n, cap;
+    size_t *slots; /* open addressing over namespace/name/key: index + 1, 0 = free */
+    size_t nslots; /* a power of two, at least twice cap */
 };
+
+static size_t cred_hash(const char *ns, const char *name, const char *key)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    const char *parts[3] = {ns, name, key};
+    for (int i = 0; i < 3; i++) {
+        for (const char *p = parts[i]; *p != '\0'; p++)
+            h = (h ^ (unsigned char)*p) * 1099511628211ull;
+        h = (h ^ 0xff) * 1099511628211ull; /* a separator no name holds */
+    }
+    return (size_t)h;
+}
+
+/* The slot of ns/name/key: its entry, or the free slot where it would go. */
+static size_t *cred_slot(const struct creds *cs, const char *ns, const char *name, const char *key)
+{
+    size_t mask = cs->nslots - 1;
+    for (size_t i = cred_hash(ns, name, key) & mask;; i = (i + 1) & mask) {
+        size_t *slot = &cs->slots[i];
+        if (*slot == 0)
+            return slot;
+        const struct kw_credential *c = &cs->items[*slot - 1];
+        if (strcmp(c->ns, ns) == 0 && strcmp(c->name, name) == 0 && strcmp(c->key, key) == 0)
+            return slot;
+    }
+}
+
+/* Room for one more credential (items and slots). KW_OK or KW_ERROR. */
+static int creds_grow(struct creds *cs)
+{
+    if (cs->n < cs->cap)
+        return KW_OK;
+    size_t cap = cs->cap != 0 ? cs->cap * 2 : 16;
+    struct kw_credential *p = realloc(cs->items, cap * sizeof(*p));
+    if (p == NULL)
+        return KW_ERROR;
+    cs->items = p;
+    size_t *slots = calloc(cap * 2, sizeof(*slots));
+    if (slots == NULL)
+        return KW_ERROR;
+    free(cs->slots);
+    cs->slots = slots;
+    cs->nslots = cap * 2;
+    cs->cap = cap;
+    for (size_t i = 0; i < cs->n; i++)
+        *cred_slot(cs, cs->items[i].ns, cs->items[i].name, cs->items[i].key) = i + 1;
+    return KW_OK;
+}
 
 /* A credential of backend b for the snapshot; header: it is sent in a header, so control
  * characters make b invalid and one trailing newline is trimmed with a warning. */
@@ -241,10 +296,11 @@ static int add_cred(struct creds *cs, const struct kw_config *cfg, const struct 
     const char *ns = b->meta.ns;
     if (name == NULL || key == NULL || key[0] == '\0')
         return KW_OK;
-    for (size_t i = 0; i < cs->n; i++)
-        if (strcmp(cs->items[i].ns, ns) == 0 && strcmp(cs->items[i].name, name) == 0 &&
-            strcmp(cs->items[i].key, key) == 0)
-            return KW_OK;
+    if (creds_grow(cs) != KW_OK)
+        return KW_ERROR;
+    size_t *slot = cred_slot(cs, ns, name, key);
+    if (*slot != 0)
+        return KW_OK; /* another backend's already */
     const struct kw_secret *s = kw_config_find_secret(cfg, ns, name);
     const struct kw_secret_item *it = s != NULL ? kw_secret_get(s, key) : NULL;
     if (it == NULL)
@@ -265,14 +321,7 @@ static int add_cred(struct creds *cs, const struct kw_config *cfg, const struct 
     if (chk == KW_DECLINED)
         kw_log(KW_LOG_WARN, "a credential ends with a newline: trimmed", "secret", name,
                "namespace", ns, "key", key, NULL);
-    if (cs->n == cs->cap) {
-        size_t cap = cs->cap != 0 ? cs->cap * 2 : 16;
-        struct kw_credential *p = realloc(cs->items, cap * sizeof(*p));
-        if (p == NULL)
-            return KW_ERROR;
-        cs->items = p;
-        cs->cap = cap;
-    }
+    *slot = cs->n + 1;
     struct kw_credential *c = &cs->items[cs->n++];
     *c = (struct kw_credential){ns, name, key, it->value, len, ""};
     credential_digest(c);
@@ -386,6 +435,13 @@ static int consumer_keys(struct kw_arena *a, const struct kw_config *cfg,
 struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_resolver_fn resolve,
                                       void *ud, struct kw_diag *diag)
 {
+    return kw_snapshot_build_text(cfg, resolve, ud, diag, NULL);
+}
+
+struct kw_snapshot *kw_snapshot_build_text(const struct kw_config *cfg,
+                                           kw_service_resolver_fn resolve, void *ud,
+                                           struct kw_diag *diag, struct kw_buf *text_out)
+{
     struct kw_snapshot *snap = NULL;
     struct kw_arena *a = kw_arena_new(KW_MAX_ARENA_BYTES);
     struct kw_backend **bs = calloc(cfg->nbackends + 1, sizeof(*bs));
@@ -491,9 +547,15 @@ struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_re
         goto out;
     }
     snap = kw_snapshot_parse(text.data, text.len, diag);
+    if (snap != NULL && text_out != NULL) { /* hand the buffer over */
+        kw_buf_cleanup(text_out);
+        *text_out = text;
+        kw_buf_init(&text, KW_MAX_SNAPSHOT_BYTES);
+    }
 out:
     kw_buf_cleanup(&text);
     free(cs.items);
+    free(cs.slots);
     free(bs);
     free(rs);
     free(us);
@@ -556,12 +618,9 @@ static const struct kw_node *parse_entry(struct kw_dec *d, const struct kw_node 
 const struct kw_credential *kw_snapshot_credential(const struct kw_snapshot *s, const char *ns,
                                                    const char *name, const char *key)
 {
-    for (size_t i = 0; i < s->ncredentials; i++) {
-        const struct kw_credential *c = &s->credentials[i];
-        if (strcmp(c->ns, ns) == 0 && strcmp(c->name, name) == 0 && strcmp(c->key, key) == 0)
-            return c;
-    }
-    return NULL;
+    /* sorted (kw_snapshot_parse checks): O(log n), on the request path too */
+    struct kw_credential k = {.ns = ns, .name = name, .key = key};
+    return bsearch(&k, s->credentials, s->ncredentials, sizeof(*s->credentials), cmp_cred);
 }
 
 static bool has_cred(struct kw_snapshot *s, const char *ns, const char *name, const char *key)
@@ -751,14 +810,24 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
                              "the snapshot",
                              j, r->refs[j].name);
         }
-        for (size_t k = 0; k < s->nroutes; k++)
-            if (cmp_meta(&s->routes[k]->meta, &r->meta) == 0)
-                kw_dec_error(&d, rn->items[i], "route listed twice");
         if (d.errors == before) {
             r->valid = r->resolved = true;
             s->routes[s->nroutes++] = r;
         }
     }
+    /* each route once (they are listed by age, not name: sorted copy, O(n log n)) */
+    struct kw_route **byname = malloc((s->nroutes + 1) * sizeof(*byname));
+    if (byname == NULL) {
+        kw_dec_error(&d, rn, "out of memory");
+        goto fail;
+    }
+    memcpy(byname, s->routes, s->nroutes * sizeof(*byname));
+    qsort(byname, s->nroutes, sizeof(*byname), cmp_route_name);
+    for (size_t k = 1; k < s->nroutes; k++)
+        if (cmp_meta(&byname[k - 1]->meta, &byname[k]->meta) == 0)
+            kw_dec_error(&d, rn, "route %s/%s listed twice", byname[k]->meta.ns,
+                         byname[k]->meta.name);
+    free(byname);
     const struct kw_node *un = kw_node_get(root, "consumers");
     if (un != NULL && un->type != KW_NODE_SEQ) {
         kw_dec_error(&d, un, "consumers must be a list");

@@ -27,6 +27,13 @@ struct kw_config {
     struct kw_dataplane dataplane; /* defaults unless a DataPlane document was given */
     bool has_dataplane;
     struct kw_diag diag;
+    /* Built by kw_config_check: the first backend / Secret of each namespace/name, sorted,
+     * so that lookups are O(log n) (a controller holds 10,000 resources). Used while
+     * *_indexed equals the count (nothing was added since). */
+    struct kw_backend **backend_index;
+    size_t nbackend_index, backends_indexed;
+    struct kw_secret **secret_index;
+    size_t nsecret_index, secrets_indexed;
 };
 
 /* An empty config with DataPlane defaults. Aborts on out-of-memory (start-up path). */

@@ -66,6 +66,11 @@ int kw_service_resolve_dns(void *ud, struct kw_arena *a, const char *ns, const c
  * on out-of-memory. */
 struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_resolver_fn resolve,
                                       void *ud, struct kw_diag *diag);
+/* The same, also handing over the canonical text it wrote and parsed (what
+ * kw_snapshot_serialize would write again) into text (initialised, empty). */
+struct kw_snapshot *kw_snapshot_build_text(const struct kw_config *cfg,
+                                           kw_service_resolver_fn resolve, void *ud,
+                                           struct kw_diag *diag, struct kw_buf *text);
 
 /* Canonical JSON of the snapshot, version included. KW_OK or KW_ERROR (limit). */
 int kw_snapshot_serialize(const struct kw_snapshot *s, struct kw_buf *out);

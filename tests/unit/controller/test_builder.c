@@ -10,12 +10,30 @@
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/limits.h"
+#include "knoway/snapshot.h"
 #include "testutil.h"
 
 struct fixture {
     struct ctl_store b, r, s, e;
     struct ctl_sources src;
 };
+
+/* The snapshot a build publishes, as a data plane reads it (kw_snapshot_parse of its JSON);
+ * freed at the end of the test program. */
+static struct kw_snapshot *parsed[16];
+static size_t nparsed;
+static struct kw_snapshot *snap_of(const struct ctl_build *b)
+{
+    struct kw_diag d;
+    kw_diag_init(&d);
+    struct kw_snapshot *s = kw_snapshot_parse(b->json, b->len, &d);
+    kw_diag_cleanup(&d);
+    assert_non_null(s);
+    assert_string_equal(s->version, b->version);
+    assert_true(nparsed < 16);
+    parsed[nparsed++] = s;
+    return s;
+}
 
 static int setup(void **state)
 {
@@ -87,12 +105,12 @@ static void test_invalid_left_out_others_programmed(void **state)
         "\"namespace\":\"ml\"},\"data\":{\"k\":\"not base64!\"}}");
     struct ctl_build *b = ctl_build_run(&f->src);
     assert_non_null(b);
-    assert_int_equal(b->snap->nbackends, 1);
-    assert_string_equal(b->snap->backends[0]->meta.name, "good");
-    assert_int_equal(b->snap->nroutes, 1);
-    assert_int_equal(b->snap->routes[0]->nrefs, 1);
-    assert_int_equal(b->snap->ncredentials, 1);
-    assert_string_equal(b->snap->credentials[0].value, "sk-1");
+    assert_int_equal(snap_of(b)->nbackends, 1);
+    assert_string_equal(snap_of(b)->backends[0]->meta.name, "good");
+    assert_int_equal(snap_of(b)->nroutes, 1);
+    assert_int_equal(snap_of(b)->routes[0]->nrefs, 1);
+    assert_int_equal(snap_of(b)->ncredentials, 1);
+    assert_string_equal(snap_of(b)->credentials[0].value, "sk-1");
 
     const struct ctl_resource_state *s = state_of(b, KW_KIND_LLMBACKEND, "good");
     assert_true(s->accepted && s->resolved && s->programmed);
@@ -140,14 +158,14 @@ static void test_service_ref_and_order(void **state)
         ROUTE("r", "{\"match\":{\"models\":[\"m\"]},\"backendRefs\":[{\"name\":"
                    "\"svc\"}]}"));
     struct ctl_build *none = ctl_build_run(&f->src);
-    assert_int_equal(none->snap->nbackends, 0);
+    assert_int_equal(snap_of(none)->nbackends, 0);
     assert_string_equal(state_of(none, KW_KIND_LLMBACKEND, "svc")->resolved_msg,
                         "spec.upstream.serviceRef: Service \"ml/vllm\" has no EndpointSlices");
     put(&f->e, "ml/vllm-a", SLICE_A);
     put(&f->e, "ml/vllm-b", SLICE_B);
     struct ctl_build *b1 = ctl_build_run(&f->src);
-    assert_int_equal(b1->snap->nbackends, 1);
-    const struct kw_upstream *u = &b1->snap->backends[0]->upstream;
+    assert_int_equal(snap_of(b1)->nbackends, 1);
+    const struct kw_upstream *u = &snap_of(b1)->backends[0]->upstream;
     assert_int_equal(u->nendpoints, 3); /* the not-ready one is left out */
     assert_string_equal(u->endpoints[0].url, "http://10.0.0.1:8000/v1");
     assert_string_equal(u->endpoints[1].url, "http://10.0.0.2:8000/v1");
@@ -158,7 +176,7 @@ static void test_service_ref_and_order(void **state)
     put(&f->e, "ml/vllm-b", SLICE_B);
     put(&f->e, "ml/vllm-a", SLICE_A);
     struct ctl_build *b2 = ctl_build_run(&f->src);
-    assert_string_equal(b1->snap->version, b2->snap->version);
+    assert_string_equal(b1->version, b2->version);
     assert_string_equal(b1->json, b2->json);
     ctl_build_unref(none);
     ctl_build_unref(b1);
@@ -207,8 +225,8 @@ static void test_deep_object_reported_others_flow(void **state)
         ROUTE("chat", "{\"match\":{\"models\":[\"m\"]},\"backendRefs\":[{\"name\":\"good\"}]}"));
     struct ctl_build *b = ctl_build_run(&f->src);
     assert_non_null(b);
-    assert_int_equal(b->snap->nbackends, 1);
-    assert_string_equal(b->snap->backends[0]->meta.name, "good");
+    assert_int_equal(snap_of(b)->nbackends, 1);
+    assert_string_equal(snap_of(b)->backends[0]->meta.name, "good");
     const struct ctl_resource_state *st = state_of(b, KW_KIND_LLMBACKEND, "deep");
     assert_false(st->accepted);
     assert_string_equal(st->accepted_msg,
@@ -230,5 +248,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_service_ref_and_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deep_object_reported_others_flow, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    while (nparsed > 0)
+        kw_snapshot_unref(parsed[--nparsed]);
+    return rc;
 }
