@@ -1,12 +1,13 @@
 /* knoway controller: the snapshot builder.
  *
- * Informers call ctl_builder_kick on every change; the builder's thread waits until no
- * change came for the debounce time (about 100 ms; at most 1 s after the first kick),
- * then builds from the stores: every LLMBackend and LLMRoute, the Secrets that backends
- * reference, EndpointSlices for serviceRefs. The result is a ctl_build: the snapshot, its
- * canonical text and, for every resource, what the status conditions should say. A build
- * whose version equals the last one is still handed on (statuses may differ), but
- * discovery sees no change. */
+ * Informers call ctl_builder_kick on every change. Adaptive debounce: a change after a
+ * quiet spell (no build in the last debounce time, about 100 ms) is built at once; changes
+ * that follow a recent build are coalesced until none came for the debounce time (at most
+ * 1 s after the first of them). Then the builder's thread builds from the stores: every LLMBackend
+ * and LLMRoute, the Secrets that backends reference, EndpointSlices for serviceRefs. The result is
+ * a ctl_build: the snapshot, its canonical text and, for every resource, what the status conditions
+ * should say. A build whose version equals the last one is still handed on (statuses may differ),
+ * but discovery sees no change. */
 #ifndef CTL_BUILDER_H
 #define CTL_BUILDER_H
 
@@ -40,6 +41,8 @@ struct ctl_build {
     size_t nbackends, nroutes, nconsumers;
     char *json; /* canonical snapshot text (what data planes receive) */
     size_t len;
+    char *gz; /* the same, gzip-compressed (sent to pollers that accept it), or NULL */
+    size_t gzlen;
     struct ctl_resource_state *states; /* sorted: kind, namespace, name */
     size_t nstates;
     size_t nerrors;
@@ -75,7 +78,7 @@ struct ctl_builder {
     pthread_mutex_t mu;
     pthread_cond_t cond;
     bool dirty, stop;
-    int64_t first_kick_ms, last_kick_ms;
+    int64_t first_kick_ms, last_kick_ms, last_build_ms;
     atomic_uint_fast64_t builds;
     pthread_t thread;
 };

@@ -97,15 +97,34 @@ static void release_build(void *cls)
     ctl_build_unref(cls);
 }
 
+/* Whether the poller accepts gzip (Accept-Encoding lists it, not with q=0). */
+static bool accepts_gzip(struct MHD_Connection *c)
+{
+    const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Accept-Encoding");
+    const char *p = v != NULL ? strstr(v, "gzip") : NULL;
+    if (p == NULL)
+        return false;
+    p += 4;
+    p += strspn(p, " ");
+    if (*p != ';')
+        return true;
+    p += 1 + strspn(p + 1, " ");
+    return strncmp(p, "q=", 2) != 0 || strtod(p + 2, NULL) > 0;
+}
+
 static enum MHD_Result send_build(struct MHD_Connection *c, struct ctl_build *b)
 {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer_with_free_callback_cls(b->len, b->json, release_build, b);
+    bool gz = b->gz != NULL && accepts_gzip(c);
+    struct MHD_Response *r = MHD_create_response_from_buffer_with_free_callback_cls(
+        gz ? b->gzlen : b->len, gz ? b->gz : b->json, release_build, b);
     if (r == NULL) {
         ctl_build_unref(b);
         return MHD_NO;
     }
     MHD_add_response_header(r, "Content-Type", "application/json");
+    MHD_add_response_header(r, "Vary", "Accept-Encoding");
+    if (gz)
+        MHD_add_response_header(r, "Content-Encoding", "gzip");
     MHD_add_response_header(r, "X-Knoway-Version", b->version);
     enum MHD_Result rc = MHD_queue_response(c, 200, r);
     MHD_destroy_response(r);

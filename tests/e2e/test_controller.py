@@ -4,6 +4,7 @@ kubectl: the controller and two data planes run as processes with the mock provi
 The cases run in order (test_NN_) and share one cluster: each builds on the state the
 previous ones left, as an operator's session would.
 """
+import gzip
 import http.client
 import http.server
 import json
@@ -417,6 +418,22 @@ class ControlPlane(unittest.TestCase):
         st, _, _ = post(self.ctl.port, "/v1/discovery", {"node": {"id": "x"}, "version": ""})
         self.assertEqual(st, 401)
         self.assertNotIn("x", [n["id"] for n in self.ctl.nodes()["nodes"]])
+
+    def test_05b_snapshots_travel_gzip_compressed_when_accepted(self):
+        auth = {"Authorization": "Bearer " + open(self.token).read().strip()}
+        poll = {"node": {"id": "gz-probe"}, "version": ""}
+        st, h, plain = post(self.ctl.port, "/v1/discovery?wait=0", poll, headers=auth)
+        self.assertEqual(st, 200)
+        self.assertNotIn("content-encoding", h)
+        st, h, packed = post(self.ctl.port, "/v1/discovery?wait=0", poll,
+                             headers=dict(auth, **{"Accept-Encoding": "gzip, deflate"}))
+        self.assertEqual(st, 200)
+        self.assertEqual(h["content-encoding"], "gzip")
+        self.assertEqual(gzip.decompress(packed), plain)
+        self.assertLess(len(packed), len(plain))
+        st, h, _ = post(self.ctl.port, "/v1/discovery?wait=0", poll,
+                        headers=dict(auth, **{"Accept-Encoding": "gzip;q=0"}))
+        self.assertNotIn("content-encoding", h)
 
     def test_06_status_written_only_when_changed(self):
         m0 = self.ctl.metrics()

@@ -140,7 +140,7 @@ int main(int argc, char **argv)
 
     double best = 1e18, sum = 0;
     int rounds = 5;
-    size_t bytes = 0, nb = 0, nr = 0;
+    size_t bytes = 0, gzbytes = 0, nb = 0, nr = 0;
     struct ctl_build *keep[4] = {0}; /* the status writer and discovery hold a few */
     for (int k = 0; k < rounds; k++) {
         double t0 = now_ms();
@@ -151,6 +151,7 @@ int main(int argc, char **argv)
             return 1;
         }
         bytes = b->len;
+        gzbytes = b->gzlen;
         nb = b->nbackends;
         nr = b->nroutes;
         best = t < best ? t : best;
@@ -165,9 +166,10 @@ int main(int argc, char **argv)
     double one = now_ms() - t0;
     long rss_built = rss_kib();
     printf("{\"resources\": %d, \"backends\": %zu, \"routes\": %zu, \"snapshot_bytes\": %zu, "
+           "\"gzip_bytes\": %zu, "
            "\"build_ms_best\": %.1f, \"build_ms_mean\": %.1f, \"build_after_one_change_ms\": %.1f, "
            "\"rss_stores_mib\": %.1f, \"rss_total_mib\": %.1f}\n",
-           n, nb, nr, bytes, best, sum / rounds, one, (rss_stored - rss0) / 1024.0,
+           n, nb, nr, bytes, gzbytes, best, sum / rounds, one, (rss_stored - rss0) / 1024.0,
            rss_built / 1024.0);
     ctl_build_unref(b);
     for (int k = 0; k < 4; k++)
