@@ -5,7 +5,7 @@ FROM debian:bookworm-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential cmake pkg-config \
       libmicrohttpd-dev libcurl4-openssl-dev libyajl-dev libyaml-dev libssl-dev \
-      libsystemd-dev zlib1g-dev libhiredis-dev libpq-dev \
+      libsystemd-dev zlib1g-dev libhiredis-dev libpq-dev libmimalloc-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -18,7 +18,7 @@ RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libmicrohttpd12 libcurl4 \
-      libyajl2 libyaml-0-2 libssl3 libsystemd0 libhiredis0.14 libpq5 zlib1g \
+      libyajl2 libyaml-0-2 libssl3 libsystemd0 libhiredis0.14 libpq5 zlib1g libmimalloc2.0 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 65532 knoway \
  && useradd --system --uid 65532 --gid knoway --home-dir /var/lib/knoway --shell /usr/sbin/nologin knoway \

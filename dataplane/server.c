@@ -34,6 +34,9 @@
 #include "worker.h"
 #include "knoway/kw.h"
 #include "knoway/log.h"
+#ifdef KW_MIMALLOC
+#include <mimalloc.h>
+#endif
 #include "knoway/proc.h"
 #include "server.h"
 
@@ -389,7 +392,13 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
     }
     char nw[16];
     snprintf(nw, sizeof(nw), "%u", s.nworkers);
-    kw_log(KW_LOG_INFO, "knoway-dataplane started", "listen",
+    const char *allocator = "glibc";
+#ifdef KW_MIMALLOC
+    void *probe = malloc(16); /* mimalloc's only when it replaced malloc (linked before libc) */
+    allocator = mi_is_in_heap_region(probe) ? "mimalloc" : "glibc (mimalloc not interposed)";
+    free(probe);
+#endif
+    kw_log(KW_LOG_INFO, "knoway-dataplane started", "allocator", allocator, "listen",
            activated_fd("api") != -1 ? "socket activation" : s.dp->listen, "admin",
            activated_fd("admin") != -1 ? "socket activation" : s.dp->admin, "workers", nw,
            "version", s.table != NULL ? s.table->snap->version : "(from the controller)",

@@ -241,7 +241,10 @@ def main():
     ap.add_argument("--streams", type=int, default=10000)
     ap.add_argument("--relay-streams", type=int, default=200)
     ap.add_argument("--relay-chunks", type=int, default=500)
-    ap.add_argument("--phases", default="nonstream,held,relay,strategies,limits,usage,telemetry")
+    ap.add_argument("--baseline-build", default="",
+                    help="shipping phase: also run this build's knoway-dataplane (a before)")
+    ap.add_argument("--phases",
+                    default="nonstream,shipping,held,relay,strategies,limits,usage,telemetry")
     ap.add_argument("--guard", type=float, default=0.0,
                     help="exit 1 when knoway's non-stream RPS is below this ratio of nginx's "
                          "(a gross-regression guard for CI; noise must never trip it)")
@@ -259,6 +262,8 @@ def main():
     # 1. non-streaming: saturation RPS and low-concurrency latency
     if "nonstream" in phases:
         nonstream(a, tmp, lua, results)
+    if "shipping" in phases:
+        shipping_phase(a, tmp, results)
     if "held" in phases:
         held_phase(a, tmp, results)
     if "relay" in phases:
@@ -438,7 +443,7 @@ def interleaved(a, targets, lua):
 
 
 def start_config(build, tmp, name, spec="", route="spec: {match: {models: [bench]}, backendRefs: [{name: mock}]}\n",
-                 extra="", upstream_port=0):
+                 extra="", upstream_port=0, env=None):
     """knoway (one worker) on a bench route to the mock, with DataPlane spec lines, the
     route's spec and more documents as given."""
     port, admin = free_port(), free_port()
@@ -453,7 +458,7 @@ def start_config(build, tmp, name, spec="", route="spec: {match: {models: [bench
                 "%s%s" % (port, admin, spec, upstream_port, route, extra))
     log = open(os.path.join(tmp, "%s.log" % name), "w")
     p = subprocess.Popen([os.path.join(build, "dataplane", "knoway-dataplane"), "-c", cfg],
-                         stdout=log, stderr=log)
+                         stdout=log, stderr=log, env=dict(os.environ, **(env or {})))
     wait_port(port)
     return Target(name, port, p)
 
@@ -581,6 +586,55 @@ def telemetry_phase(a, tmp, results):
         results["telemetry"] = compare_configs(a, tmp, "telemetry", configs, mock)
         results["telemetry"]["otlp_posts"] = sink.posts
     finally:
+        stop(mock)
+        sink.server.shutdown()
+
+
+ALLOCATORS = {"jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+              "mimalloc": "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"}
+
+
+def shipping_phase(a, tmp, results):
+    """The request path as it ships, against nginx in the same interleaved rounds: knoway
+    with the default configuration, knoway with an API key (LLMConsumer), a local request
+    limit, metrics and spans at sampleRatio 0.01, and the default configuration under
+    other allocators (LD_PRELOAD, when the distribution's library is installed)."""
+    mock = start_mock(a.build, ["--chunks", "8", "--no-log"])
+    sink = Sink()
+    consumer = ("---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys}\nstringData: {k: sk-bench}\n"
+                "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\nmetadata: {name: bench}\n"
+                "spec: {apiKeys: [{secretRef: {name: keys}}]}\n")
+    route = ("spec:\n  match: {models: [bench]}\n  backendRefs: [{name: mock}]\n"
+             "  rateLimits: [{name: rpm, key: Consumer, requests: {limit: 1000000000, window: 1m}}]\n")
+    targets = {"nginx": start_nginx(tmp, mock.port),
+               "knoway": start_config(a.build, tmp, "ship-default", upstream_port=mock.port),
+               "knoway_key_limit_trace": start_config(
+                   a.build, tmp, "ship-full",
+                   "  telemetry: {otlp: {endpoint: \"%s\", sampleRatio: 0.01}}\n" % sink.url(),
+                   route, consumer, mock.port)}
+    if a.baseline_build:
+        targets["knoway_baseline"] = start_config(a.baseline_build, tmp, "ship-baseline",
+                                                  upstream_port=mock.port)
+    for name, lib in ALLOCATORS.items():
+        if os.path.exists(lib):
+            targets["knoway_" + name] = start_config(a.build, tmp, "ship-" + name,
+                                                     upstream_port=mock.port,
+                                                     env={"LD_PRELOAD": lib})
+    lua = os.path.join(tmp, "post-key.lua")
+    with open(lua, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
+                'wrk.headers["Authorization"] = "Bearer sk-bench"\n' % json.dumps(BODY))
+    try:
+        for t in targets.values():
+            w = wrk(t.port, 8, 1, lua)
+            assert w["non2xx"] == 0, "%s answered errors" % t.name
+        r = interleaved(a, targets, lua)
+        med = r["rps_median_c%d" % a.conns]
+        r["rps_over_nginx"] = {n: round(v / med["nginx"], 3) for n, v in med.items()}
+        results["shipping"] = r
+    finally:
+        for t in targets.values():
+            stop(t)
         stop(mock)
         sink.server.shutdown()
 

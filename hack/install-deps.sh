@@ -8,7 +8,7 @@ PKGS=(
   # build
   build-essential cmake pkg-config
   libmicrohttpd-dev libcurl4-openssl-dev libyajl-dev libyaml-dev libssl-dev
-  libsystemd-dev zlib1g-dev libhiredis-dev libpq-dev
+  libsystemd-dev zlib1g-dev libhiredis-dev libpq-dev libmimalloc-dev
   # tests
   libcmocka-dev valgrind clang libclang-rt-14-dev redis-server postgresql curl python3 iproute2
   prometheus  # promtool checks the /metrics text

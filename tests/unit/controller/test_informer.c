@@ -191,8 +191,11 @@ static void test_linear_in_line_length(void **state)
     for (size_t off = line - 1; off < len; off += line)
         small[off] = '\n';
     struct chunked a = {big, len, 4096}, b = {small, len, 4096};
+    /* rescanning the partial line per chunk would be ~1000x (2,048 chunks of a line growing
+     * to 8 MiB); the bound leaves room for a loaded machine (the big line's buffer grows
+     * by doubling, page faults included: 7.6x was seen under load) */
     kwt_assert_linear("one 8 MiB watch line vs eight 1 MiB lines", split_chunked, &a, split_chunked,
-                      &b, 5.0);
+                      &b, 25.0);
     free(big);
     free(small);
 }
