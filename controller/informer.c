@@ -277,8 +277,10 @@ static const char *collection(struct ctl_informer *inf, char *buf, size_t len)
 
 /* The object's JSON without what nothing here reads: metadata.managedFields and
  * metadata.annotations (kubectl apply's last-applied-configuration is a second copy of the
- * whole object). Together they are most of a small object's bytes. */
-static int write_stripped(const struct kw_node *obj, struct kw_buf *out)
+ * whole object). Together they are most of a small object's bytes. With spec_only, also
+ * without what changes when only the status does (status, metadata.resourceVersion): what
+ * the builder reads. */
+static int write_stripped(const struct kw_node *obj, struct kw_buf *out, bool spec_only)
 {
     const struct kw_node *meta = kw_node_get(obj, "metadata");
     if (meta == NULL || meta->type != KW_NODE_MAP)
@@ -291,13 +293,18 @@ static int write_stripped(const struct kw_node *obj, struct kw_buf *out)
         m.n = 0;
         for (size_t i = 0; i < meta->n; i++) {
             const char *k = meta->pairs[i].key->str;
-            if (strcmp(k, "managedFields") != 0 && strcmp(k, "annotations") != 0)
+            if (strcmp(k, "managedFields") != 0 && strcmp(k, "annotations") != 0 &&
+                (!spec_only || strcmp(k, "resourceVersion") != 0))
                 m.pairs[m.n++] = meta->pairs[i];
         }
+        root.n = 0;
         for (size_t i = 0; i < obj->n; i++) {
-            root.pairs[i] = obj->pairs[i];
+            if (spec_only && strcmp(obj->pairs[i].key->str, "status") == 0)
+                continue;
+            root.pairs[root.n] = obj->pairs[i];
             if (obj->pairs[i].val == meta)
-                root.pairs[i].val = &m;
+                root.pairs[root.n].val = &m;
+            root.n++;
         }
         rc = kw_json_write(&root, out);
     }
@@ -306,15 +313,32 @@ static int write_stripped(const struct kw_node *obj, struct kw_buf *out)
     return rc;
 }
 
+static uint64_t fnv64(const char *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+    return h;
+}
+
 bool ctl_store_put_node(struct ctl_store *s, const struct kw_node *obj, struct kw_buf *tmp)
 {
     const char *ns = str_at(obj, "metadata", "namespace"), *name = str_at(obj, "metadata", "name");
     char key[KW_MAX_NAMESPACE_LEN + KW_MAX_NAME_LEN + 2];
     snprintf(key, sizeof(key), "%s/%s", ns, name);
     kw_buf_reset(tmp);
-    if (write_stripped(obj, tmp) != KW_OK)
+    if (write_stripped(obj, tmp, true) != KW_OK)
         return false;
-    return ctl_store_put(s, key, tmp->data, tmp->len);
+    uint64_t spec = fnv64(tmp->data, tmp->len);
+    kw_buf_reset(tmp);
+    if (write_stripped(obj, tmp, false) != KW_OK)
+        return false;
+    const struct ctl_object *old = ctl_store_get(s, key);
+    bool fresh = old == NULL || old->spec_hash != spec;
+    if (!ctl_store_put(s, key, tmp->data, tmp->len))
+        return false;
+    ((struct ctl_object *)ctl_store_get(s, key))->spec_hash = spec;
+    return fresh;
 }
 
 /* LIST every page into a fresh store, then swap it in. KW_OK, KW_AGAIN (retry after

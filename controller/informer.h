@@ -79,6 +79,7 @@ struct ctl_object {
     char *key; /* "namespace/name" */
     char *json;
     size_t len;
+    uint64_t spec_hash; /* of what the builder reads (ctl_store_put_node), 0 if not known */
     struct ctl_object *next;
 };
 
@@ -96,7 +97,9 @@ bool ctl_store_put(struct ctl_store *s, const char *key, const char *json, size_
 bool ctl_store_delete(struct ctl_store *s, const char *key);
 /* Apply one object (from a list or an event): its compact JSON under "namespace/name",
  * without metadata.managedFields and metadata.annotations (nothing reads them; kubectl's
- * last-applied annotation repeats the whole object). tmp is scratch. Lock held. */
+ * last-applied annotation repeats the whole object). tmp is scratch. Lock held. Returns
+ * true when what a build reads changed: not for a change of status alone (the controller's
+ * own status writes must not trigger builds). */
 bool ctl_store_put_node(struct ctl_store *s, const struct kw_node *obj, struct kw_buf *tmp);
 const struct ctl_object *ctl_store_get(const struct ctl_store *s, const char *key);
 /* Iterate: for (o = ctl_store_first(s, &i); o; o = ctl_store_next(s, o, &i)). */

@@ -244,7 +244,7 @@ def main():
     ap.add_argument("--baseline-build", default="",
                     help="shipping phase: also run this build's knoway-dataplane (a before)")
     ap.add_argument("--phases",
-                    default="nonstream,shipping,held,relay,strategies,limits,usage,telemetry")
+                    default="nonstream,shipping,latency,held,relay,strategies,limits,usage,telemetry")
     ap.add_argument("--guard", type=float, default=0.0,
                     help="exit 1 when knoway's non-stream RPS is below this ratio of nginx's "
                          "(a gross-regression guard for CI; noise must never trip it)")
@@ -264,6 +264,8 @@ def main():
         nonstream(a, tmp, lua, results)
     if "shipping" in phases:
         shipping_phase(a, tmp, results)
+    if "latency" in phases:
+        latency_phase(a, tmp, results)
     if "held" in phases:
         held_phase(a, tmp, results)
     if "relay" in phases:
@@ -637,6 +639,43 @@ def shipping_phase(a, tmp, results):
             stop(t)
         stop(mock)
         sink.server.shutdown()
+
+
+LATENCY_LOADS = [(1000, 1, 1), (1000, 50, 1), (1000, 50, 50),
+                 (5000, 1, 1), (5000, 50, 1), (5000, 50, 50)]
+
+
+def latency_phase(a, tmp, results):
+    """Added latency below saturation, as TensorZero and agentgateway publish it: a fixed
+    rate (tests/tools/loadgen.c: latency from the scheduled time, so queueing counts) of
+    small chat completions over 1 and 50 connections, steady and in bursts of 50, against
+    the mock directly, nginx and knoway in turn; added = through the proxy minus direct."""
+    mock = start_mock(a.build, ["--chunks", "8", "--no-log"])
+    nginx = start_nginx(tmp, mock.port)
+    knoway = start_config(a.build, tmp, "latency", upstream_port=mock.port)
+    loadgen = os.path.join(a.build, "tests", "knoway-loadgen")
+    body = json.dumps(BODY)
+    out = []
+    try:
+        for t in (mock, nginx, knoway):
+            wrk(t.port, 8, 1, os.path.join(tmp, "post.lua"))
+        secs = max(2, a.seconds // 2)
+        for rate, conns, burst in LATENCY_LOADS:
+            row = {"rate": rate, "conns": conns, "burst": burst}
+            for t in (mock, nginx, knoway):
+                r = json.loads(subprocess.run(
+                    [loadgen, "--port", str(t.port), "--body", body, "--rate", str(rate),
+                     "--conns", str(conns), "--burst", str(burst), "--seconds", str(secs),
+                     "--warmup", "1"], capture_output=True, text=True, check=True).stdout)
+                row[t.name] = {k: r[k] for k in ("p50_ms", "p99_ms", "completed", "errors")}
+            for n in ("nginx", "knoway"):
+                row[n + "_added_p50_ms"] = round(row[n]["p50_ms"] - row["mock"]["p50_ms"], 3)
+                row[n + "_added_p99_ms"] = round(row[n]["p99_ms"] - row["mock"]["p99_ms"], 3)
+            out.append(row)
+        results["latency"] = out
+    finally:
+        for t in (knoway, nginx, mock):
+            stop(t)
 
 
 def ratios(a, results):

@@ -213,8 +213,30 @@ static bool find_cut(const struct kw_node *n, struct kw_buf *path, unsigned dept
     return false;
 }
 
+/* Whether a cut marker is anywhere below n: a walk without paths (every object a
+ * controller reads passes here; a path is built only for the rare one that was cut). */
+static bool has_cut(const struct kw_node *n, unsigned depth)
+{
+    if (n->type == KW_NODE_NULL && n->str == kw_json_cut_marker)
+        return true;
+    if (depth > MAX_DEPTH)
+        return false;
+    for (size_t i = 0; n->type == KW_NODE_SEQ && i < n->n; i++)
+        if (has_cut(n->items[i], depth + 1))
+            return true;
+    for (size_t i = 0; n->type == KW_NODE_MAP && i < n->n; i++)
+        if (has_cut(n->pairs[i].val, depth + 1))
+            return true;
+    return false;
+}
+
 bool kw_json_find_cut(const struct kw_node *n, char *path, size_t pathlen)
 {
+    if (!has_cut(n, 0)) {
+        if (pathlen > 0)
+            path[0] = '\0';
+        return false;
+    }
     struct kw_buf b;
     kw_buf_init(&b, 4096);
     bool found = find_cut(n, &b, 0);
