@@ -654,7 +654,7 @@ def latency_phase(a, tmp, results):
     nginx = start_nginx(tmp, mock.port)
     knoway = start_config(a.build, tmp, "latency", upstream_port=mock.port)
     loadgen = os.path.join(a.build, "tests", "knoway-loadgen")
-    body = json.dumps(BODY)
+    body = BODY
     out = []
     try:
         for t in (mock, nginx, knoway):
@@ -662,12 +662,12 @@ def latency_phase(a, tmp, results):
         secs = max(2, a.seconds // 2)
         for rate, conns, burst in LATENCY_LOADS:
             row = {"rate": rate, "conns": conns, "burst": burst}
-            for t in (mock, nginx, knoway):
+            for label, t in (("mock", mock), ("nginx", nginx), ("knoway", knoway)):
                 r = json.loads(subprocess.run(
                     [loadgen, "--port", str(t.port), "--body", body, "--rate", str(rate),
                      "--conns", str(conns), "--burst", str(burst), "--seconds", str(secs),
                      "--warmup", "1"], capture_output=True, text=True, check=True).stdout)
-                row[t.name] = {k: r[k] for k in ("p50_ms", "p99_ms", "completed", "errors")}
+                row[label] = {k: r[k] for k in ("p50_ms", "p99_ms", "completed", "errors")}
             for n in ("nginx", "knoway"):
                 row[n + "_added_p50_ms"] = round(row[n]["p50_ms"] - row["mock"]["p50_ms"], 3)
                 row[n + "_added_p99_ms"] = round(row[n]["p99_ms"] - row["mock"]["p99_ms"], 3)
