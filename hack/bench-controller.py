@@ -7,7 +7,11 @@ data planes as processes.
      plane; p50/p99 over ROUNDS changes, with 1 and 10 data planes, measured both from the
      start of kubectl and from the moment kubectl returned;
   2. scale: controller RSS and snapshot build time with 1,000 and 10,000 resources
-     (half LLMBackends, half LLMRoutes).
+     (half LLMBackends, half LLMRoutes);
+  3. fan-out: N simulated data planes (asyncio long-pollers speaking the discovery
+     protocol, gzip accepted; each checks that the body's version is the one announced and
+     acks it) on one controller: propagation of a route change to all of them, then the
+     controller's CPU share, RSS and descriptors while they idle.
 
 Usage: python3 hack/bench-controller.py [--rounds 40] [--sizes 1000,10000]
        (build first: cmake --build build; results go to stdout, summarised in
@@ -115,11 +119,106 @@ def scale(ctl, size, mock):
     e2e.kubectl("delete", "namespace", ns, "--wait=false")
 
 
+def cpu_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return int(parts[11]) + int(parts[12])  # utime + stime
+
+
+async def poller(i, port, token, state):
+    """One simulated data plane: long-polls, validates, acks; records when it saw each
+    version and the models of its routes."""
+    import asyncio
+    import gzip
+    import json as js
+    src = "127.0.0.%d" % (2 + i // 50)  # the controller allows 64 polls per address
+    node = "sim-%d" % i
+    seen = ""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(src, 0))
+    while not state["stop"]:
+        body = js.dumps({"node": {"id": node, "cluster": ""}, "version": seen, "nonce": seen,
+                         "error": None}).encode()
+        writer.write(b"POST /v1/discovery?wait=30 HTTP/1.1\r\nHost: c\r\nAuthorization: Bearer "
+                     + token.encode() + b"\r\nAccept-Encoding: gzip\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
+        data = await reader.readexactly(int(hdrs.get("content-length", "0")))
+        if status == 304:
+            continue
+        if status != 200:
+            raise RuntimeError("poll answered %d" % status)
+        if hdrs.get("content-encoding") == "gzip":
+            data = gzip.decompress(data)
+            state["gzip"] += 1
+        doc = js.loads(data)
+        if doc["version"] != hdrs["x-knoway-version"]:
+            raise RuntimeError("snapshot version differs from its header")
+        seen = doc["version"]
+        models = {m for r in doc.get("routes", []) for m in r["spec"]["match"]["models"]}
+        state["got"][i] = (time.time(), models)
+    writer.close()
+
+
+def fanout(ctl, token, n, rounds, mock):
+    import asyncio
+    e2e.apply(e2e.backend("fan", mock.url()) + e2e.route("fan", ["fan-0"], ["fan"]))
+    state = {"stop": False, "got": {}, "gzip": 0}
+    out = {}
+
+    async def run():
+        tasks = [asyncio.create_task(poller(i, ctl.port, token, state)) for i in range(n)]
+
+        async def until(pred, timeout):
+            deadline = time.time() + timeout
+            while not pred():
+                for t in tasks:
+                    if t.done() and t.exception() is not None:
+                        raise t.exception()
+                if time.time() > deadline:
+                    raise AssertionError("simulated data planes did not converge")
+                await asyncio.sleep(0.002)
+
+        await until(lambda: len(state["got"]) == n and
+                    all("fan-0" in m for _, m in state["got"].values()), 120)
+        lat = []
+        for k in range(1, rounds + 1):
+            model = "fan-%d" % k
+            await asyncio.get_running_loop().run_in_executor(
+                None, e2e.apply, e2e.route("fan", ["fan-0", model], ["fan"]))
+            t1 = time.time()
+            await until(lambda: all(model in m for _, m in state["got"].values()), 60)
+            lat.extend(t - t1 for t, _ in state["got"].values())
+        pid = ctl.proc.pid
+        await asyncio.sleep(2)
+        c0, w0 = cpu_ticks(pid), time.time()
+        await asyncio.sleep(10)
+        idle = (cpu_ticks(pid) - c0) / os.sysconf("SC_CLK_TCK") / (time.time() - w0)
+        out.update(lat=lat, idle=idle, rss=rss_kib(pid) / 1024.0,
+                   fds=len(os.listdir("/proc/%d/fd" % pid)))
+        state["stop"] = True
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(run())
+    print("fan-out, %d simulated data planes: after kubectl returned p50 %.0f ms p99 %.0f ms "
+          "max %.0f ms (%d changes, every plane); idle: controller %.2f %% of a core, RSS "
+          "%.1f MiB, %d fds; %d snapshots gzip-compressed"
+          % (n, pct(out["lat"], 50) * 1e3, pct(out["lat"], 99) * 1e3, max(out["lat"]) * 1e3,
+             rounds, out["idle"] * 100, out["rss"], out["fds"], state["gzip"]), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--planes", default="1,10")
+    ap.add_argument("--simulated", type=int, default=1000,
+                    help="simulated data planes for the fan-out (0: skip)")
     args = ap.parse_args()
     e2e.setUpModule()
     mock = harness.Mock()
@@ -130,6 +229,8 @@ def main():
     try:
         for n in [int(x) for x in args.planes.split(",") if x]:
             propagation(ctl, token, n, args.rounds, mock)
+        if args.simulated > 0:
+            fanout(ctl, open(token).read().strip(), args.simulated, min(args.rounds, 20), mock)
         for size in [int(x) for x in args.sizes.split(",") if x]:
             scale(ctl, size, mock)
     finally:

@@ -465,6 +465,22 @@ def start_config(build, tmp, name, spec="", route="spec: {match: {models: [bench
     return Target(name, port, p)
 
 
+def key_lua(tmp):
+    """wrk's script for the bench body with the bench consumer's API key."""
+    lua = os.path.join(tmp, "post-key.lua")
+    with open(lua, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
+                'wrk.headers["Authorization"] = "Bearer sk-bench"\n' % json.dumps(BODY))
+    return lua
+
+
+def warm(targets, lua):
+    """A second of traffic to each target (keep-alive pools), which must all answer 2xx."""
+    for t in targets.values():
+        w = wrk(t.port, 8, 1, lua)
+        assert w["non2xx"] == 0, "%s answered errors" % t.name
+
+
 def limits_phase(a, tmp, results):
     """What identity and limits cost: the same route plain, with an API key and a local
     limit, and with a Global (Redis) limit; saturation RPS in interleaved rounds, and the
@@ -489,14 +505,9 @@ def limits_phase(a, tmp, results):
                                   "spec:\n  match: {models: [bench]}\n  backendRefs: [{name: mock}]\n"
                                   + rl, extra, mock.port)
                for name, (spec, rl, extra) in configs.items()}
-    lua = os.path.join(tmp, "post-key.lua")
-    with open(lua, "w") as f:
-        f.write('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
-                'wrk.headers["Authorization"] = "Bearer sk-bench"\n' % json.dumps(BODY))
+    lua = key_lua(tmp)
     try:
-        for t in targets.values():
-            w = wrk(t.port, 8, 1, lua)
-            assert w["non2xx"] == 0, "%s answered errors" % t.name
+        warm(targets, lua)
         results["limits"] = interleaved(a, targets, lua)
     finally:
         for t in targets.values():
@@ -622,14 +633,9 @@ def shipping_phase(a, tmp, results):
             targets["knoway_" + name] = start_config(a.build, tmp, "ship-" + name,
                                                      upstream_port=mock.port,
                                                      env={"LD_PRELOAD": lib})
-    lua = os.path.join(tmp, "post-key.lua")
-    with open(lua, "w") as f:
-        f.write('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
-                'wrk.headers["Authorization"] = "Bearer sk-bench"\n' % json.dumps(BODY))
+    lua = key_lua(tmp)
     try:
-        for t in targets.values():
-            w = wrk(t.port, 8, 1, lua)
-            assert w["non2xx"] == 0, "%s answered errors" % t.name
+        warm(targets, lua)
         r = interleaved(a, targets, lua)
         med = r["rps_median_c%d" % a.conns]
         r["rps_over_nginx"] = {n: round(v / med["nginx"], 3) for n, v in med.items()}

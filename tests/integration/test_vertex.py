@@ -77,6 +77,19 @@ class Vertex(unittest.TestCase):
     def upstream(self, needle):
         return [r for r in self.mock.requests() if needle in r["path"]]
 
+    def assert_stream(self, model, method):
+        """A stream of the whole text and its usage, through the publisher's stream path."""
+        st, _, raw = post(self.dp.port, "/v1/chat/completions",
+                          chat(model, stream=True, stream_options={"include_usage": True}))
+        self.assertEqual(st, 200)
+        data = sse_data(raw)
+        self.assertEqual(data[-1], "[DONE]")
+        chunks = [json.loads(d) for d in data[:-1]]
+        self.assertEqual("".join(c["choices"][0]["delta"].get("content", "")
+                                 for c in chunks if c["choices"]), TEXT)
+        self.assertEqual(chunks[-1]["usage"]["completion_tokens"], 8)
+        self.assertTrue(self.mock.requests()[-1]["path"].endswith(method))
+
     def test_gemini_through_vertex(self):
         self.mock.clear()
         st, _, body = post(self.dp.port, "/v1/chat/completions", chat("gemini"))
@@ -91,16 +104,7 @@ class Vertex(unittest.TestCase):
         self.assertNotIn("x-goog-api-key", up["headers"])
         self.assertEqual(json.loads(up["body"])["contents"], [{"role": "user", "parts": [{"text": "hi"}]}])
 
-        st, _, raw = post(self.dp.port, "/v1/chat/completions",
-                          chat("gemini", stream=True, stream_options={"include_usage": True}))
-        self.assertEqual(st, 200)
-        data = sse_data(raw)
-        self.assertEqual(data[-1], "[DONE]")
-        chunks = [json.loads(d) for d in data[:-1]]
-        self.assertEqual("".join(c["choices"][0]["delta"].get("content", "")
-                                 for c in chunks if c["choices"]), TEXT)
-        self.assertEqual(chunks[-1]["usage"]["completion_tokens"], 8)
-        self.assertTrue(self.mock.requests()[-1]["path"].endswith(":streamGenerateContent?alt=sse"))
+        self.assert_stream("gemini", ":streamGenerateContent?alt=sse")
 
     def test_claude_through_vertex(self):
         self.mock.clear()
@@ -120,16 +124,7 @@ class Vertex(unittest.TestCase):
         self.assertEqual(sent["max_tokens"], 64)
         self.assertEqual(sent["temperature"], 0.5)
 
-        st, _, raw = post(self.dp.port, "/v1/chat/completions",
-                          chat("claude", stream=True, stream_options={"include_usage": True}))
-        self.assertEqual(st, 200)
-        data = sse_data(raw)
-        self.assertEqual(data[-1], "[DONE]")
-        chunks = [json.loads(d) for d in data[:-1]]
-        self.assertEqual("".join(c["choices"][0]["delta"].get("content", "")
-                                 for c in chunks if c["choices"]), TEXT)
-        self.assertEqual(chunks[-1]["usage"]["completion_tokens"], 8)
-        self.assertTrue(self.mock.requests()[-1]["path"].endswith(":streamRawPredict"))
+        self.assert_stream("claude", ":streamRawPredict")
 
     def test_one_exchange_serves_many_requests(self):
         before = self.dp.metrics()['knoway_gcp_token_exchanges_total{result="ok"}']
