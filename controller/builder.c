@@ -197,7 +197,8 @@ static void collect_refs(const struct kw_config *cfg, struct secret_refs *r)
         for (size_t j = 0; c->meta.name != NULL && j < c->napi_keys; j++)
             add_ref(r, cfg->arena, c->meta.ns, c->api_keys[j].name);
     }
-    qsort(r->keys, r->n, sizeof(*r->keys), cmp_str);
+    if (r->n > 1)
+        qsort(r->keys, r->n, sizeof(*r->keys), cmp_str);
 }
 
 static bool referenced(void *ctx, const char *key)

@@ -266,8 +266,13 @@ static int exchange(const char *key_json, size_t klen, char *token, int64_t *lif
                        : 3600 * 1000;
     rc = KW_OK;
 out:
+    /* the assertion works for an hour and the answer holds the token: wiped, not just freed */
     if (form.data != NULL)
         OPENSSL_cleanse(form.data, form.len);
+    if (jwt.data != NULL)
+        OPENSSL_cleanse(jwt.data, jwt.len);
+    if (answer.data != NULL)
+        OPENSSL_cleanse(answer.data, answer.len);
     kw_buf_cleanup(&jwt);
     kw_buf_cleanup(&form);
     kw_buf_cleanup(&answer);

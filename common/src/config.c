@@ -205,6 +205,8 @@ struct kw_backend *kw_config_find_backend(const struct kw_config *cfg, const cha
                                           const char *name)
 {
     if (cfg->backend_index != NULL && cfg->backends_indexed == cfg->nbackends) {
+        if (cfg->nbackend_index == 0)
+            return NULL;
         struct kw_meta key = {.ns = ns, .name = name};
         struct kw_backend **b = bsearch(&key, cfg->backend_index, cfg->nbackend_index,
                                         sizeof(*cfg->backend_index), cmp_backend_key);
@@ -222,6 +224,8 @@ struct kw_secret *kw_config_find_secret(const struct kw_config *cfg, const char 
                                         const char *name)
 {
     if (cfg->secret_index != NULL && cfg->secrets_indexed == cfg->nsecrets) {
+        if (cfg->nsecret_index == 0)
+            return NULL;
         struct kw_meta key = {.ns = ns, .name = name};
         struct kw_secret **s = bsearch(&key, cfg->secret_index, cfg->nsecret_index,
                                        sizeof(*cfg->secret_index), cmp_secret_key);

@@ -620,6 +620,8 @@ const struct kw_credential *kw_snapshot_credential(const struct kw_snapshot *s, 
 {
     /* sorted (kw_snapshot_parse checks): O(log n), on the request path too */
     struct kw_credential k = {.ns = ns, .name = name, .key = key};
+    if (s->ncredentials == 0)
+        return NULL; /* bsearch's base must not be NULL */
     return bsearch(&k, s->credentials, s->ncredentials, sizeof(*s->credentials), cmp_cred);
 }
 

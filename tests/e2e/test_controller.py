@@ -870,7 +870,9 @@ class Observability(unittest.TestCase):
         with open(token, "w") as f:
             f.write("obs-discovery-token\n")
         mock = Mock()
+        self.addCleanup(mock.stop)
         collector = harness.Collector()
+        self.addCleanup(collector.stop)
         apply("---\napiVersion: v1\nkind: Secret\nmetadata: {name: obs-keys, namespace: obs, "
               "labels: {llm.knoway.dev/secret: \"true\"}}\nstringData: {a: sk-obs-a, b: sk-obs-b}\n"
               "---\napiVersion: %s\nkind: LLMConsumer\nmetadata: {name: team-a, namespace: obs}\n"
@@ -974,8 +976,6 @@ class Observability(unittest.TestCase):
                 prom.stop()
             dp.stop()
             ctl.stop()
-            mock.stop()
-            collector.stop()
             kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 

@@ -384,8 +384,10 @@ class Collector:
     (clients/otlp_receiver.mjs): what it decoded, in OTLP JSON's shape."""
 
     def __init__(self):
+        # stderr not inherited: a receiver left behind must not hold ctest's output pipe open
         self.proc = subprocess.Popen(["node", os.path.join(CLIENTS, "otlp_receiver.mjs"), "0"],
-                                     stdout=subprocess.PIPE, cwd=CLIENTS, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=CLIENTS,
+                                     text=True)
         line = self.proc.stdout.readline()
         assert line.startswith("listening "), line
         self.port = int(line.split()[1])
