@@ -87,6 +87,9 @@ extern const struct dp_provider_ops dp_provider_vertex;
  * Anthropic's Messages body, Gemini's GenerateContent (or embeddings) body and method. */
 int dp_anthropic_request(struct dp_request *r, struct kw_node **body);
 int dp_gemini_request(struct dp_request *r, struct kw_node **body, const char **method);
+/* Their error mappings, from a body parsed once (dp_tr_error_json). */
+int dp_anthropic_error(long status, const struct kw_node *root, struct kw_buf *out);
+int dp_gemini_error(long status, const struct kw_node *root, struct kw_buf *out);
 /* Ask for the access tokens of the snapshot's Vertex AI backends (a configuration is
  * applied): the first request finds them ready. */
 struct kw_snapshot;

@@ -511,14 +511,8 @@ static int anthropic_on_event(struct dp_request *r, const char *raw, size_t raw_
 }
 
 /* {"type":"error","error":{"type","message"}} -> {"error":{"message","type","param","code"}} */
-static int anthropic_on_error(struct dp_request *r, long status, const char *body, size_t len,
-                              struct kw_buf *out)
+int dp_anthropic_error(long status, const struct kw_node *root, struct kw_buf *out)
 {
-    struct kw_node *root;
-    char err[128];
-    kw_arena_reset(r->scratch);
-    if (kw_json_parse(r->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
-        return KW_OK;
     const struct kw_node *e = kw_node_get(root, "error");
     const struct kw_node *msg = kw_node_get(e, "message"), *type = kw_node_get(e, "type");
     if (msg == NULL || msg->type != KW_NODE_STRING)
@@ -526,6 +520,13 @@ static int anthropic_on_error(struct dp_request *r, long status, const char *bod
     return dp_tr_error_body(
         out, msg->str, msg->len,
         type != NULL && type->type == KW_NODE_STRING ? type->str : dp_tr_error_type(status), NULL);
+}
+
+static int anthropic_on_error(struct dp_request *r, long status, const char *body, size_t len,
+                              struct kw_buf *out)
+{
+    const struct kw_node *root = dp_tr_error_json(r, body, len);
+    return root != NULL ? dp_anthropic_error(status, root, out) : KW_OK;
 }
 
 const struct dp_provider_ops dp_provider_anthropic = {

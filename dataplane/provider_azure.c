@@ -12,6 +12,7 @@
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/snapshot.h"
+#include "translate.h"
 
 static int azure_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)
 {
@@ -59,10 +60,8 @@ static void put_string_or_null(struct kw_buf *out, const struct kw_node *n)
 static int azure_on_error(struct dp_request *r, long status, const char *body, size_t len,
                           struct kw_buf *out)
 {
-    struct kw_node *root;
-    char err[128];
-    kw_arena_reset(r->scratch);
-    if (kw_json_parse(r->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
+    const struct kw_node *root = dp_tr_error_json(r, body, len);
+    if (root == NULL)
         return KW_OK; /* not JSON: wrapped by the caller */
     const struct kw_node *e = kw_node_get(root, "error");
     if (e == NULL || e->type != KW_NODE_MAP)

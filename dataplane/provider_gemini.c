@@ -638,14 +638,8 @@ static int gemini_on_stream_end(struct dp_request *r, struct kw_buf *out)
 
 /* {"error":{"code":400,"message","status":"INVALID_ARGUMENT"}} (an object, or a list of
  * one) -> OpenAI's error shape. */
-static int gemini_on_error(struct dp_request *r, long status, const char *body, size_t len,
-                           struct kw_buf *out)
+int dp_gemini_error(long status, const struct kw_node *root, struct kw_buf *out)
 {
-    struct kw_node *root;
-    char err[128];
-    kw_arena_reset(r->scratch);
-    if (kw_json_parse(r->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
-        return KW_OK;
     if (root->type == KW_NODE_SEQ && root->n > 0)
         root = root->items[0];
     const struct kw_node *e = kw_node_get(root, "error");
@@ -654,6 +648,13 @@ static int gemini_on_error(struct dp_request *r, long status, const char *body, 
         return KW_OK;
     return dp_tr_error_body(out, msg->str, msg->len, dp_tr_error_type(status),
                             st != NULL && st->type == KW_NODE_STRING ? st->str : NULL);
+}
+
+static int gemini_on_error(struct dp_request *r, long status, const char *body, size_t len,
+                           struct kw_buf *out)
+{
+    const struct kw_node *root = dp_tr_error_json(r, body, len);
+    return root != NULL ? dp_gemini_error(status, root, out) : KW_OK;
 }
 
 const struct dp_provider_ops dp_provider_gemini = {

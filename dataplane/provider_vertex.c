@@ -22,6 +22,7 @@
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/snapshot.h"
+#include "translate.h"
 
 #define VERTEX_ANTHROPIC_VERSION "vertex-2023-10-16"
 
@@ -150,18 +151,13 @@ static int vertex_on_event(struct dp_request *r, const char *raw, size_t raw_len
 static int vertex_on_error(struct dp_request *r, long status, const char *body, size_t len,
                            struct kw_buf *out)
 {
-    struct kw_node *root;
-    char err[128];
-    kw_arena_reset(r->scratch);
-    if (kw_json_parse(r->scratch, body, len, &root, err, sizeof(err)) != KW_OK)
+    const struct kw_node *root = dp_tr_error_json(r, body, len);
+    if (root == NULL)
         return KW_OK; /* not JSON: wrapped by the caller */
-    if (root->type == KW_NODE_SEQ && root->n > 0)
-        root = root->items[0];
-    const struct kw_node *google = kw_node_get(kw_node_get(root, "error"), "status");
-    const struct dp_provider_ops *p = google != NULL && google->type == KW_NODE_STRING
-                                          ? &dp_provider_gemini
-                                          : &dp_provider_anthropic;
-    return p->on_error(r, status, body, len, out);
+    const struct kw_node *first = root->type == KW_NODE_SEQ && root->n > 0 ? root->items[0] : root;
+    const struct kw_node *google = kw_node_get(kw_node_get(first, "error"), "status");
+    return google != NULL && google->type == KW_NODE_STRING ? dp_gemini_error(status, root, out)
+                                                            : dp_anthropic_error(status, root, out);
 }
 
 static int vertex_on_stream_end(struct dp_request *r, struct kw_buf *out)

@@ -550,6 +550,14 @@ int dp_tr_error_event(struct kw_buf *out, const char *msg, size_t msg_len, const
     return kw_buf_puts(out, "\n\n");
 }
 
+struct kw_node *dp_tr_error_json(struct dp_request *r, const char *body, size_t len)
+{
+    struct kw_node *root;
+    char err[128];
+    kw_arena_reset(r->scratch);
+    return kw_json_parse(r->scratch, body, len, &root, err, sizeof(err)) == KW_OK ? root : NULL;
+}
+
 const char *dp_tr_error_type(long status)
 {
     if (status == 401 || status == 403)

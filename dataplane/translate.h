@@ -174,6 +174,9 @@ int dp_tr_error_body(struct kw_buf *out, const char *msg, size_t msg_len, const 
                      const char *code);
 /* The OpenAI error type for an HTTP status. */
 const char *dp_tr_error_type(long status);
+/* An upstream error body parsed in r->scratch, or NULL when it is not JSON (the caller
+ * then leaves its output empty: the body is wrapped as it is). */
+struct kw_node *dp_tr_error_json(struct dp_request *r, const char *body, size_t len);
 
 /* A chat.completion body: content (NULL: null), tool_calls (a JSON array's inside, may be
  * empty), finish_reason (NULL: null), usage of r. */

@@ -633,13 +633,22 @@ static bool has_cred(struct kw_snapshot *s, const char *ns, const char *name, co
 
 /* A credential sent in a header must hold no control character (a snapshot from a
  * controller that did not check, or edited by hand, must not inject headers). */
+/* A Vertex AI backend's service-account key: signed with, never sent (as in add_cred). */
+static bool vertex_key(struct kw_snapshot *s, const struct kw_backend *b)
+{
+    const struct kw_secret_ref *ref = &b->credentials.secret_ref;
+    const struct kw_credential *c = ref->name != NULL && ref->key != NULL
+                                        ? kw_snapshot_credential(s, b->meta.ns, ref->name, ref->key)
+                                        : NULL;
+    return c != NULL && kw_credential_is_json(c->value, c->len);
+}
+
 static bool header_cred_ok(struct kw_snapshot *s, const char *ns, const char *name, const char *key)
 {
     const struct kw_credential *c =
         name != NULL && key != NULL ? kw_snapshot_credential(s, ns, name, key) : NULL;
     size_t len = c != NULL ? c->len : 0;
-    return c == NULL || kw_credential_is_json(c->value, c->len) ||
-           kw_credential_header_check(c->value, &len) == KW_OK;
+    return c == NULL || kw_credential_header_check(c->value, &len) == KW_OK;
 }
 
 static void parse_credentials(struct kw_dec *d, struct kw_snapshot *s, const struct kw_node *seq)
@@ -775,7 +784,8 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
                                      c->bedrock.secret_access_key_key) &&
                       header_cred_ok(s, b->meta.ns, c->secret_ref.name,
                                      c->bedrock.session_token_key)
-                : header_cred_ok(s, b->meta.ns, c->secret_ref.name, c->secret_ref.key);
+                : (b->provider == KW_PROVIDER_VERTEX_AI && vertex_key(s, b)) ||
+                      header_cred_ok(s, b->meta.ns, c->secret_ref.name, c->secret_ref.key);
         if (!headers_ok)
             kw_dec_error(&d, bn->items[i],
                          "a credential sent in a header holds control characters");
