@@ -461,6 +461,8 @@ static void *builder_main(void *arg)
             continue;
         }
         bl->dirty = false;
+        if (bl->ready != NULL && !bl->ready(bl->ud))
+            continue; /* the list that completes the view kicks again */
         pthread_mutex_unlock(&bl->mu);
         struct ctl_build *b = ctl_build_run(&bl->src);
         int64_t built = ctl_now_ms();

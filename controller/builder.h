@@ -73,6 +73,11 @@ typedef void (*ctl_build_fn)(void *ud, struct ctl_build *b);
 struct ctl_builder {
     struct ctl_sources src;
     ctl_build_fn on_build; /* called on the builder thread with a borrowed reference */
+    /* Whether the sources hold a whole view (every informer listed), asked before a
+     * build reads them: a build begun before the last list completed would publish a
+     * partial view (routes without their consumers) even if the list lands meanwhile.
+     * NULL: always. */
+    bool (*ready)(void *ud);
     void *ud;
     int64_t debounce_ms;
     pthread_mutex_t mu;

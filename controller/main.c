@@ -121,12 +121,20 @@ static void build_span(struct ctl *c, const struct ctl_build *b, bool changed)
     kw_span_cleanup(&s);
 }
 
-static void on_build(void *ud, struct ctl_build *b)
+/* Every informer has listed: checked before a build reads the stores (a partial view
+ * would drop consumers or resources whose references are not loaded yet). */
+static bool all_synced(void *ud)
 {
     struct ctl *c = ud;
     for (int i = 0; i < INF__COUNT; i++)
         if (!atomic_load(&c->inf[i].synced))
-            return; /* a partial view would drop resources whose references are not loaded */
+            return false;
+    return true;
+}
+
+static void on_build(void *ud, struct ctl_build *b)
+{
+    struct ctl *c = ud;
     kw_trace_random_hex(b->trace_id, 16);
     kw_trace_random_hex(b->span_id, 8);
     b->end_ns = kw_now_unix_ns();
@@ -673,6 +681,7 @@ int main(int argc, char **argv)
                                          .slices = &c.inf[INF_SLICES].store,
                                          .secret_selector = secret_selector};
     c.builder.on_build = on_build;
+    c.builder.ready = all_synced;
     c.builder.ud = &c;
     c.builder.debounce_ms = 100;
     if (ctl_builder_start(&c.builder) != KW_OK)

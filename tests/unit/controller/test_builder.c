@@ -2,9 +2,11 @@
  * and unresolved resources are left out and reported without taking the others down;
  * only referenced Secrets are read; EndpointSlices resolve serviceRefs; the version does
  * not depend on the order objects arrived in. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "builder.h"
 #include "knoway/json.h"
@@ -241,12 +243,67 @@ static void test_deep_object_reported_others_flow(void **state)
     kw_arena_free(a);
 }
 
+/* The builder thread publishes nothing before its sources are whole, and the first build
+ * it publishes holds what completed the view: a build begun before the last informer
+ * listed published routes without their consumers once (their keys then served as
+ * anonymous). */
+struct watcher {
+    struct fixture *f;
+    struct ctl_builder *bl;
+    atomic_int ready_calls, builds, last_backends;
+    atomic_bool synced;
+};
+
+static bool watcher_ready(void *ud)
+{
+    struct watcher *w = ud;
+    if (atomic_fetch_add(&w->ready_calls, 1) == 0) {
+        /* the last list lands right after the check: its kick must bring the build */
+        put(&w->f->b, "ml/late",
+            BACKEND("late", "{\"provider\":\"vLLM\",\"upstream\":"
+                            "{\"baseURL\":\"http://v:8000/v1\"}}"));
+        atomic_store(&w->synced, true);
+        return false;
+    }
+    return atomic_load(&w->synced);
+}
+
+static void watcher_build(void *ud, struct ctl_build *b)
+{
+    struct watcher *w = ud;
+    atomic_store(&w->last_backends, (int)b->nbackends);
+    atomic_fetch_add(&w->builds, 1);
+}
+
+static void test_builder_publishes_only_whole_views(void **state)
+{
+    struct fixture *f = *state;
+    struct ctl_builder bl = {.src = f->src, .on_build = watcher_build, .debounce_ms = 5};
+    struct watcher w = {.f = f, .bl = &bl};
+    bl.ready = watcher_ready;
+    bl.ud = &w;
+    assert_int_equal(ctl_builder_start(&bl), KW_OK);
+    ctl_builder_kick(&bl);
+    for (int i = 0; i < 200 && atomic_load(&w.ready_calls) == 0; i++)
+        usleep(5000);
+    assert_int_equal(atomic_load(&w.ready_calls), 1);
+    usleep(50000); /* ten debounce periods: nothing is built without a kick */
+    assert_int_equal(atomic_load(&w.builds), 0);
+    ctl_builder_kick(&bl); /* the informer's notify after its list */
+    for (int i = 0; i < 400 && atomic_load(&w.builds) == 0; i++)
+        usleep(5000);
+    ctl_builder_stop(&bl);
+    assert_int_equal(atomic_load(&w.builds), 1);
+    assert_int_equal(atomic_load(&w.last_backends), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_invalid_left_out_others_programmed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_ref_and_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deep_object_reported_others_flow, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_builder_publishes_only_whole_views, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     while (nparsed > 0)
