@@ -257,19 +257,9 @@ static void add_state(struct ctl_build *b, enum kw_kind k, const struct kw_meta 
     s->accepted = s->resolved = true;
 }
 
-static int cmp_backend_key(const void *key, const void *item)
+static bool in_snapshot_backend(const struct kw_snapshot_summary *sum, const struct kw_meta *m)
 {
-    const struct kw_meta *m = key;
-    const struct kw_backend *b = *(struct kw_backend *const *)item;
-    int c = strcmp(m->ns, b->meta.ns);
-    return c != 0 ? c : strcmp(m->name, b->meta.name);
-}
-
-/* Backends of a snapshot are sorted by namespace/name. */
-static bool in_snapshot_backend(const struct kw_snapshot *snap, const struct kw_meta *m)
-{
-    return snap != NULL && bsearch(m, snap->backends, snap->nbackends, sizeof(*snap->backends),
-                                   cmp_backend_key) != NULL;
+    return kw_snapshot_summary_has_backend(sum, m->ns, m->name);
 }
 
 /* gzip of the snapshot text (zlib, level 1: about a tenth of the size, a few ms per MiB);
@@ -320,23 +310,23 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
     kw_config_check(cfg);
     struct kw_buf text;
     kw_buf_init(&text, KW_MAX_SNAPSHOT_BYTES);
-    struct kw_snapshot *snap =
-        kw_snapshot_build_text(cfg, ctl_resolve_slices, src->slices, &cfg->diag, &text);
-    if (snap == NULL) {
+    struct kw_snapshot_summary sum;
+    if (kw_snapshot_write(cfg, ctl_resolve_slices, src->slices, &cfg->diag, &text, &sum) !=
+        KW_OK) {
         kw_buf_cleanup(&text);
         goto fail;
     }
-    snprintf(b->version, sizeof(b->version), "%s", snap->version);
-    b->nbackends = snap->nbackends;
-    b->nroutes = snap->nroutes;
-    b->nconsumers = snap->nconsumers;
+    snprintf(b->version, sizeof(b->version), "%s", sum.version);
+    b->nbackends = sum.nbackends;
+    b->nroutes = sum.nroutes;
+    b->nconsumers = sum.nconsumers;
     b->json = text.data;
     b->len = text.len;
     compress_text(b);
 
     b->states = calloc(cfg->nbackends + cfg->nroutes + cfg->nconsumers + 1, sizeof(*b->states));
     if (b->states == NULL) {
-        kw_snapshot_unref(snap);
+        kw_snapshot_summary_cleanup(&sum);
         goto fail;
     }
     for (size_t i = 0; i < cfg->nbackends; i++)
@@ -358,7 +348,7 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
             r->meta.name != NULL ? find_state(b, KW_KIND_LLMROUTE, r->meta.ns, r->meta.name) : NULL;
         for (size_t j = 0; s != NULL && j < r->nrefs; j++) {
             const struct kw_backend *t = r->refs[j].backend;
-            if (t == NULL || in_snapshot_backend(snap, &t->meta))
+            if (t == NULL || in_snapshot_backend(&sum, &t->meta))
                 continue;
             s->resolved = false;
             if (s->resolved_msg == NULL &&
@@ -406,21 +396,21 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
         struct ctl_resource_state *s =
             m->name != NULL ? find_state(b, KW_KIND_LLMBACKEND, m->ns, m->name) : NULL;
         if (s != NULL)
-            s->programmed = in_snapshot_backend(snap, m);
+            s->programmed = in_snapshot_backend(&sum, m);
     }
-    for (size_t i = 0; i < snap->nconsumers; i++) {
-        const struct kw_meta *m = &snap->consumers[i]->meta;
+    for (size_t i = 0; i < sum.nconsumers; i++) {
+        const struct kw_meta *m = &sum.consumers[i];
         struct ctl_resource_state *s = find_state(b, KW_KIND_LLMCONSUMER, m->ns, m->name);
         if (s != NULL)
             s->programmed = true;
     }
-    for (size_t i = 0; i < snap->nroutes; i++) { /* routes are in age order: look up */
-        const struct kw_meta *m = &snap->routes[i]->meta;
+    for (size_t i = 0; i < sum.nroutes; i++) { /* routes are in age order: look up */
+        const struct kw_meta *m = &sum.routes[i];
         struct ctl_resource_state *s = find_state(b, KW_KIND_LLMROUTE, m->ns, m->name);
         if (s != NULL)
             s->programmed = true;
     }
-    kw_snapshot_unref(snap);
+    kw_snapshot_summary_cleanup(&sum);
     kw_config_free(cfg);
     /* the build's tens of MiB at 10,000 resources go back to the system, not to a heap
      * high-water mark held until the next build */

@@ -349,27 +349,35 @@ static int write_node(yajl_gen g, const struct kw_node *n, unsigned depth, bool 
             st = yajl_gen_array_close(g);
         break;
     case KW_NODE_MAP: {
-        const struct kw_node_pair **sorted = NULL;
-        if (n->n > 0) {
-            sorted = malloc(n->n * sizeof(*sorted));
+        /* keys in byte order for canonical text; most maps (the encoders' own) already
+         * are: checked in one pass, sorted only when not (a copy on the stack when small) */
+        const struct kw_node_pair *stack[16], **sorted = NULL;
+        bool in_order = true;
+        for (size_t i = 1; sort && in_order && i < n->n; i++) {
+            const struct kw_node_pair *x = &n->pairs[i - 1], *y = &n->pairs[i];
+            in_order = cmp_pairs(&x, &y) <= 0;
+        }
+        if (!in_order) {
+            sorted = n->n <= KW_ARRAY_LEN(stack) ? stack : malloc(n->n * sizeof(*sorted));
             if (sorted == NULL)
                 return KW_ERROR;
             for (size_t i = 0; i < n->n; i++)
                 sorted[i] = &n->pairs[i];
-            if (sort)
-                qsort(sorted, n->n, sizeof(*sorted), cmp_pairs);
+            qsort(sorted, n->n, sizeof(*sorted), cmp_pairs);
         }
         st = yajl_gen_map_open(g);
         for (size_t i = 0; st == yajl_gen_status_ok && i < n->n; i++) {
-            const struct kw_node *k = sorted[i]->key;
+            const struct kw_node_pair *pair = sorted != NULL ? sorted[i] : &n->pairs[i];
+            const struct kw_node *k = pair->key;
             st = yajl_gen_string(g, (const unsigned char *)k->str, k->len);
-            if (st == yajl_gen_status_ok &&
-                write_node(g, sorted[i]->val, depth + 1, sort) != KW_OK) {
-                free(sorted);
+            if (st == yajl_gen_status_ok && write_node(g, pair->val, depth + 1, sort) != KW_OK) {
+                if (sorted != stack)
+                    free(sorted);
                 return KW_ERROR;
             }
         }
-        free(sorted);
+        if (sorted != stack)
+            free(sorted);
         if (st == yajl_gen_status_ok)
             st = yajl_gen_map_close(g);
         break;

@@ -66,11 +66,29 @@ int kw_service_resolve_dns(void *ud, struct kw_arena *a, const char *ns, const c
  * on out-of-memory. */
 struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_resolver_fn resolve,
                                       void *ud, struct kw_diag *diag);
-/* The same, also handing over the canonical text it wrote and parsed (what
- * kw_snapshot_serialize would write again) into text (initialised, empty). */
-struct kw_snapshot *kw_snapshot_build_text(const struct kw_config *cfg,
-                                           kw_service_resolver_fn resolve, void *ud,
-                                           struct kw_diag *diag, struct kw_buf *text);
+
+/* What a written snapshot holds, without parsing it back: the version and the metadata of
+ * its resources (value copies whose strings point into the config: valid while it is). */
+struct kw_snapshot_summary {
+    char version[KW_SNAPSHOT_VERSION_LEN + 1];
+    struct kw_meta *backends; /* sorted by namespace/name */
+    size_t nbackends;
+    struct kw_meta *routes; /* oldest first */
+    size_t nroutes;
+    struct kw_meta *consumers; /* sorted by namespace/name */
+    size_t nconsumers;
+};
+
+/* The canonical text kw_snapshot_build would parse (what kw_snapshot_serialize of that
+ * snapshot writes again), appended to text, and its summary. What is left out is
+ * reported in diag as by kw_snapshot_build. KW_OK, or KW_ERROR (too large, out of
+ * memory; reported in diag). */
+int kw_snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn resolve, void *ud,
+                      struct kw_diag *diag, struct kw_buf *text, struct kw_snapshot_summary *sum);
+void kw_snapshot_summary_cleanup(struct kw_snapshot_summary *sum);
+/* Whether the written snapshot holds the LLMBackend ns/name. */
+bool kw_snapshot_summary_has_backend(const struct kw_snapshot_summary *sum, const char *ns,
+                                     const char *name);
 
 /* Canonical JSON of the snapshot, version included. KW_OK or KW_ERROR (limit). */
 int kw_snapshot_serialize(const struct kw_snapshot *s, struct kw_buf *out);

@@ -195,6 +195,58 @@ static void test_version_cannot_confirm_a_guess(void **state)
     kw_diag_cleanup(&diag);
 }
 
+/* What the controller sends (kw_snapshot_write, never parsed there) is byte for byte what a
+ * data plane parses and serialises again, and its summary names what the snapshot holds. */
+static void test_write_is_what_build_parses(void **state)
+{
+    (void)state;
+    static const char yaml[] = SECRET BACKENDS ROUTE
+        "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: a-old, "
+        "namespace: ml}\nspec:\n  match: {models: "
+        "[m]}\n  backendRefs: [{name: vllm}]\n"
+        "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\nmetadata: {name: team, "
+        "namespace: ml}\nspec:\n  apiKeys: [{secretRef: {name: keys, key: unused}}]\n";
+    struct kw_config *cfg = kw_config_new();
+    kw_config_add_yaml(cfg, "t.yaml", yaml, strlen(yaml));
+    kw_config_check(cfg);
+    struct kw_diag diag;
+    kw_diag_init(&diag);
+    struct kw_buf text;
+    kw_buf_init(&text, 1 << 24);
+    struct kw_snapshot_summary sum;
+    assert_int_equal(kw_snapshot_write(cfg, kw_service_resolve_dns, NULL, &diag, &text, &sum),
+                     KW_OK);
+    struct kw_snapshot *p = kw_snapshot_parse(text.data, text.len, &diag);
+    assert_non_null(p);
+    assert_string_equal(p->version, sum.version);
+    char *again = text_of(p);
+    assert_int_equal(strlen(again), text.len);
+    assert_memory_equal(again, text.data, text.len);
+    assert_int_equal(sum.nbackends, p->nbackends);
+    for (size_t i = 0; i < p->nbackends; i++)
+        assert_string_equal(sum.backends[i].name, p->backends[i]->meta.name);
+    assert_true(kw_snapshot_summary_has_backend(&sum, "ml", "oai"));
+    assert_false(kw_snapshot_summary_has_backend(&sum, "ml", "nope"));
+    assert_false(kw_snapshot_summary_has_backend(&sum, "other", "oai"));
+    assert_int_equal(sum.nroutes, 2);
+    /* oldest first (in a file: the first document), not by name */
+    assert_string_equal(sum.routes[0].name, "chat");
+    assert_string_equal(sum.routes[1].name, "a-old");
+    assert_int_equal(sum.nconsumers, 1);
+    assert_string_equal(sum.consumers[0].name, "team");
+    assert_int_equal(p->nconsumers, 1);
+    /* kw_snapshot_build is the same write, parsed */
+    struct kw_snapshot *b = kw_snapshot_build(cfg, kw_service_resolve_dns, NULL, &diag);
+    assert_string_equal(b->version, sum.version);
+    kw_snapshot_unref(b);
+    kw_snapshot_summary_cleanup(&sum);
+    kw_snapshot_unref(p);
+    free(again);
+    kw_buf_cleanup(&text);
+    kw_diag_cleanup(&diag);
+    kw_config_free(cfg);
+}
+
 static void test_invalid_left_out(void **state)
 {
     (void)state;
@@ -414,6 +466,7 @@ int main(void)
         cmocka_unit_test(test_build_and_round_trip),
         cmocka_unit_test(test_version_is_content_hash),
         cmocka_unit_test(test_version_cannot_confirm_a_guess),
+        cmocka_unit_test(test_write_is_what_build_parses),
         cmocka_unit_test(test_invalid_left_out),
         cmocka_unit_test(test_parse_rejects),
         cmocka_unit_test(test_header_credentials_checked),
