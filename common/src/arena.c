@@ -53,20 +53,23 @@ void kw_arena_free(struct kw_arena *a)
     free(a);
 }
 
-void *kw_arena_alloc(struct kw_arena *a, size_t size)
+/* size bytes aligned to align (a power of two), not zeroed. Strings take byte alignment:
+ * a parse tree's keys and values are mostly a few bytes, rounding each to 16 doubled an
+ * object's footprint. */
+static void *arena_take(struct kw_arena *a, size_t size, size_t align)
 {
     if (size > SIZE_MAX / 2)
         return NULL;
-    size = (size + ALIGN - 1) & ~(size_t)(ALIGN - 1);
     if (size == 0)
-        size = ALIGN;
+        size = 1;
     struct chunk *c = a->head;
-    if (c == NULL || c->size - c->used < size) {
+    size_t off = c != NULL ? (c->used + align - 1) & ~(align - 1) : 0;
+    if (c == NULL || off > c->size || c->size - off < size) {
         size_t want = c != NULL ? c->size * 2 : CHUNK_MIN;
         if (want > 1024 * 1024)
             want = 1024 * 1024;
         if (want < size)
-            want = size;
+            want = (size + ALIGN - 1) & ~(size_t)(ALIGN - 1);
         if (a->total + want > a->max)
             return NULL;
         struct chunk *n = malloc(sizeof(*n) + want);
@@ -77,7 +80,7 @@ void *kw_arena_alloc(struct kw_arena *a, size_t size)
         a->total += want;
         account(a, (long long)want);
         /* A large block goes behind the head so the head's free space stays usable. */
-        if (c != NULL && want == size && c->size - c->used > 256) {
+        if (c != NULL && want - size < ALIGN && c->size - c->used > 256) {
             n->next = c->next;
             c->next = n;
         } else {
@@ -85,11 +88,19 @@ void *kw_arena_alloc(struct kw_arena *a, size_t size)
             a->head = n;
         }
         c = n;
+        off = 0;
     }
-    void *p = c->data + c->used;
-    c->used += size;
+    void *p = c->data + off;
+    c->used = off + size;
     a->handed += size;
-    memset(p, 0, size);
+    return p;
+}
+
+void *kw_arena_alloc(struct kw_arena *a, size_t size)
+{
+    void *p = arena_take(a, size, ALIGN);
+    if (p != NULL)
+        memset(p, 0, size);
     return p;
 }
 
@@ -97,7 +108,7 @@ char *kw_arena_strndup(struct kw_arena *a, const char *s, size_t len)
 {
     if (len == SIZE_MAX)
         return NULL;
-    char *p = kw_arena_alloc(a, len + 1);
+    char *p = arena_take(a, len + 1, 1);
     if (p == NULL)
         return NULL;
     if (len > 0)
@@ -121,7 +132,7 @@ char *kw_arena_printf(struct kw_arena *a, const char *fmt, ...)
     va_end(ap);
     if (n < 0)
         return NULL;
-    char *p = kw_arena_alloc(a, (size_t)n + 1);
+    char *p = arena_take(a, (size_t)n + 1, 1);
     if (p == NULL)
         return NULL;
     va_start(ap, fmt);
