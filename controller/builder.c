@@ -311,8 +311,7 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
     struct kw_buf text;
     kw_buf_init(&text, KW_MAX_SNAPSHOT_BYTES);
     struct kw_snapshot_summary sum;
-    if (kw_snapshot_write(cfg, ctl_resolve_slices, src->slices, &cfg->diag, &text, &sum) !=
-        KW_OK) {
+    if (kw_snapshot_write(cfg, ctl_resolve_slices, src->slices, &cfg->diag, &text, &sum) != KW_OK) {
         kw_buf_cleanup(&text);
         goto fail;
     }

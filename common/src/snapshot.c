@@ -494,8 +494,8 @@ bool kw_snapshot_summary_has_backend(const struct kw_snapshot_summary *sum, cons
                                      const char *name)
 {
     struct kw_meta key = {.ns = ns, .name = name};
-    return sum->nbackends > 0 && bsearch(&key, sum->backends, sum->nbackends,
-                                         sizeof(*sum->backends), cmp_meta_v) != NULL;
+    return sum->nbackends > 0 &&
+           bsearch(&key, sum->backends, sum->nbackends, sizeof(*sum->backends), cmp_meta_v) != NULL;
 }
 
 static int snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn resolve, void *ud,
