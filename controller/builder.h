@@ -55,10 +55,20 @@ struct ctl_build *ctl_build_ref(struct ctl_build *b);
 void ctl_build_unref(struct ctl_build *b);
 
 /* The stores a build reads. */
+/* Decoded objects kept between builds (builder.c): an object whose text has not changed
+ * since the last build (ctl_object.seq) is neither parsed nor decoded again, and its
+ * messages are replayed. One builder thread uses it at a time. */
+struct ctl_cache;
+struct ctl_cache *ctl_cache_new(void);
+void ctl_cache_free(struct ctl_cache *c);
+/* Objects held and bytes of their decoded resources (for the bench and the tests). */
+void ctl_cache_stats(const struct ctl_cache *c, size_t *objects, size_t *bytes);
+
 struct ctl_sources {
     struct ctl_store *backends, *routes, *secrets, *slices;
     const char *secret_selector; /* the Secrets informer's label selector, or NULL (hints) */
     struct ctl_store *consumers; /* LLMConsumers, or NULL */
+    struct ctl_cache *cache;     /* or NULL: every build decodes every object */
 };
 
 /* Build once from the sources (locks each store while reading it). NULL on out-of-memory. */

@@ -101,6 +101,8 @@ int ctl_event_parse(struct kw_arena *a, const char *line, size_t len, struct ctl
 
 /* ---- store ---- */
 
+static atomic_uint_fast64_t next_seq;
+
 static uint64_t hash(const char *s)
 {
     uint64_t h = 1469598103934665603ull;
@@ -188,6 +190,7 @@ bool ctl_store_put(struct ctl_store *s, const char *key, const char *json, size_
     }
     o->json = copy;
     o->len = len;
+    o->seq = atomic_fetch_add(&next_seq, 1) + 1;
     s->changes++;
     return true;
 }

@@ -80,6 +80,8 @@ struct ctl_object {
     char *json;
     size_t len;
     uint64_t spec_hash; /* of what the builder reads (ctl_store_put_node), 0 if not known */
+    uint64_t seq;       /* new with every new text of the object (process-wide): the builder's
+                         * decode cache holds a decoded object while its seq is unchanged */
     struct ctl_object *next;
 };
 

@@ -679,7 +679,8 @@ int main(int argc, char **argv)
                                          .consumers = &c.inf[INF_CONSUMERS].store,
                                          .secrets = &c.inf[INF_SECRETS].store,
                                          .slices = &c.inf[INF_SLICES].store,
-                                         .secret_selector = secret_selector};
+                                         .secret_selector = secret_selector,
+                                         .cache = ctl_cache_new()};
     c.builder.on_build = on_build;
     c.builder.ready = all_synced;
     c.builder.ud = &c;
@@ -756,6 +757,7 @@ out:
         ctl_informer_stop(&c.inf[i]);
     if (c.builder.on_build != NULL && c.builder.thread != 0)
         ctl_builder_stop(&c.builder);
+    ctl_cache_free(c.builder.src.cache);
     ctl_discovery_stop(&c.disc); /* no more acks kick the status writer */
     ctl_status_stop(&c.status);
     kw_otlp_stop(c.otlp); /* after the builder and discovery: it sends what they queued */

@@ -21,6 +21,7 @@ struct kw_arena {
     size_t total; /* bytes of chunks allocated */
     size_t max;
     size_t handed;
+    size_t first; /* the first block's size */
     atomic_llong *account;
 };
 
@@ -30,13 +31,19 @@ static void account(struct kw_arena *a, long long delta)
         atomic_fetch_add_explicit(a->account, delta, memory_order_relaxed);
 }
 
-struct kw_arena *kw_arena_new(size_t max_bytes)
+struct kw_arena *kw_arena_new_sized(size_t max_bytes, size_t first)
 {
     struct kw_arena *a = calloc(1, sizeof(*a));
     if (a == NULL)
         return NULL;
     a->max = max_bytes;
+    a->first = first >= ALIGN ? (first + ALIGN - 1) & ~(size_t)(ALIGN - 1) : ALIGN;
     return a;
+}
+
+struct kw_arena *kw_arena_new(size_t max_bytes)
+{
+    return kw_arena_new_sized(max_bytes, CHUNK_MIN);
 }
 
 void kw_arena_free(struct kw_arena *a)
@@ -65,7 +72,7 @@ static void *arena_take(struct kw_arena *a, size_t size, size_t align)
     struct chunk *c = a->head;
     size_t off = c != NULL ? (c->used + align - 1) & ~(align - 1) : 0;
     if (c == NULL || off > c->size || c->size - off < size) {
-        size_t want = c != NULL ? c->size * 2 : CHUNK_MIN;
+        size_t want = c != NULL ? c->size * 2 : a->first;
         if (want > 1024 * 1024)
             want = 1024 * 1024;
         if (want < size)

@@ -55,6 +55,78 @@ static int append(void ***arr, size_t *n, size_t *cap, void *item)
     return KW_OK;
 }
 
+static bool *valid_flag(enum kw_kind k, void *res)
+{
+    switch (k) {
+    case KW_KIND_LLMBACKEND:
+        return &((struct kw_backend *)res)->valid;
+    case KW_KIND_LLMROUTE:
+        return &((struct kw_route *)res)->valid;
+    case KW_KIND_SECRET:
+        return &((struct kw_secret *)res)->valid;
+    case KW_KIND_LLMCONSUMER:
+        return &((struct kw_consumer *)res)->valid;
+    case KW_KIND_DATAPLANE:
+        break;
+    }
+    return NULL;
+}
+
+static void *resource_of(const struct kw_decoded *dec)
+{
+    switch (dec->kind) {
+    case KW_KIND_LLMBACKEND:
+        return dec->backend;
+    case KW_KIND_LLMROUTE:
+        return dec->route;
+    case KW_KIND_SECRET:
+        return dec->secret;
+    case KW_KIND_LLMCONSUMER:
+        return dec->consumer;
+    case KW_KIND_DATAPLANE:
+        return dec->dataplane;
+    }
+    return NULL;
+}
+
+/* Append a decoded resource (doc: where it was read, for the second-DataPlane message). */
+static int append_resource(struct kw_config *cfg, enum kw_kind kind, void *res, const char *file,
+                           unsigned line, unsigned col)
+{
+    int rc = KW_OK;
+    switch (kind) {
+    case KW_KIND_LLMBACKEND:
+        ((struct kw_backend *)res)->meta.order = cfg->nbackends;
+        rc = append((void ***)&cfg->backends, &cfg->nbackends, &cfg->cap_backends, res);
+        break;
+    case KW_KIND_LLMROUTE:
+        ((struct kw_route *)res)->meta.order = cfg->nroutes;
+        rc = append((void ***)&cfg->routes, &cfg->nroutes, &cfg->cap_routes, res);
+        break;
+    case KW_KIND_SECRET:
+        ((struct kw_secret *)res)->meta.order = cfg->nsecrets;
+        rc = append((void ***)&cfg->secrets, &cfg->nsecrets, &cfg->cap_secrets, res);
+        break;
+    case KW_KIND_LLMCONSUMER:
+        ((struct kw_consumer *)res)->meta.order = cfg->nconsumers;
+        rc = append((void ***)&cfg->consumers, &cfg->nconsumers, &cfg->cap_consumers, res);
+        break;
+    case KW_KIND_DATAPLANE:
+        if (cfg->has_dataplane) {
+            kw_diag_add(&cfg->diag, file, line, col, "DataPlane", NULL,
+                        "a second DataPlane document (the first is at line %u)",
+                        cfg->dataplane.meta.line);
+            return KW_ERROR;
+        }
+        cfg->has_dataplane = true;
+        cfg->dataplane = *(struct kw_dataplane *)res;
+        break;
+    }
+    if (rc != KW_OK)
+        kw_diag_add(&cfg->diag, file, line, col, NULL, NULL, "out of memory");
+    return rc;
+}
+
 int kw_config_add_node(struct kw_config *cfg, const struct kw_node *doc, const char *file,
                        bool strict)
 {
@@ -62,40 +134,26 @@ int kw_config_add_node(struct kw_config *cfg, const struct kw_node *doc, const c
     size_t before = kw_diag_count(&cfg->diag);
     if (kw_decode_document(cfg->arena, doc, file, strict, &cfg->diag, &dec) != KW_OK)
         return KW_ERROR;
-    int rc = KW_OK;
-    switch (dec.kind) {
-    case KW_KIND_LLMBACKEND:
-        dec.backend->meta.order = cfg->nbackends;
-        rc = append((void ***)&cfg->backends, &cfg->nbackends, &cfg->cap_backends, dec.backend);
-        break;
-    case KW_KIND_LLMROUTE:
-        dec.route->meta.order = cfg->nroutes;
-        rc = append((void ***)&cfg->routes, &cfg->nroutes, &cfg->cap_routes, dec.route);
-        break;
-    case KW_KIND_SECRET:
-        dec.secret->meta.order = cfg->nsecrets;
-        rc = append((void ***)&cfg->secrets, &cfg->nsecrets, &cfg->cap_secrets, dec.secret);
-        break;
-    case KW_KIND_LLMCONSUMER:
-        dec.consumer->meta.order = cfg->nconsumers;
-        rc = append((void ***)&cfg->consumers, &cfg->nconsumers, &cfg->cap_consumers, dec.consumer);
-        break;
-    case KW_KIND_DATAPLANE:
-        if (cfg->has_dataplane) {
-            kw_diag_add(&cfg->diag, file, doc->line, doc->col, "DataPlane", NULL,
-                        "a second DataPlane document (the first is at line %u)",
-                        cfg->dataplane.meta.line);
-            return KW_ERROR;
-        }
-        cfg->has_dataplane = true;
-        cfg->dataplane = *dec.dataplane;
-        break;
-    }
-    if (rc != KW_OK) {
-        kw_diag_add(&cfg->diag, file, doc->line, doc->col, NULL, NULL, "out of memory");
+    if (append_resource(cfg, dec.kind, resource_of(&dec), file, doc->line, doc->col) != KW_OK)
         return KW_ERROR;
-    }
     return kw_diag_count(&cfg->diag) == before ? KW_OK : KW_ERROR;
+}
+
+int kw_config_add_item(struct kw_config *cfg, const struct kw_config_item *it)
+{
+    if (it->resource == NULL)
+        return KW_ERROR;
+    bool *valid = valid_flag(it->kind, it->resource);
+    if (valid != NULL)
+        *valid = it->valid;
+    if (it->kind == KW_KIND_LLMROUTE) { /* set by kw_config_check */
+        struct kw_route *r = it->resource;
+        r->conflicted = false;
+        r->resolved = false;
+        for (size_t i = 0; i < r->nrefs; i++)
+            r->refs[i].backend = NULL;
+    }
+    return append_resource(cfg, it->kind, it->resource, NULL, 0, 0);
 }
 
 int kw_config_add_yaml(struct kw_config *cfg, const char *file, const char *buf, size_t len)
@@ -111,45 +169,57 @@ int kw_config_add_yaml(struct kw_config *cfg, const char *file, const char *buf,
     return rc;
 }
 
-int kw_config_add_json(struct kw_config *cfg, const char *buf, size_t len)
+int kw_config_decode_json(struct kw_arena *a, struct kw_arena *tree, const char *buf, size_t len,
+                          struct kw_diag *diag, struct kw_config_item *out)
 {
+    memset(out, 0, sizeof(*out));
     struct kw_node *doc;
     char err[256];
     if (len > KW_MAX_CONFIG_BYTES) {
-        kw_diag_add(&cfg->diag, NULL, 0, 0, NULL, NULL, "object larger than %u bytes",
+        kw_diag_add(diag, NULL, 0, 0, NULL, NULL, "object larger than %u bytes",
                     KW_MAX_CONFIG_BYTES);
         return KW_ERROR;
     }
     /* an object nested too deep is cut, not refused whole: it is then reported on its
      * own name (status) and left out, like any other invalid resource */
-    if (kw_json_parse_ex(cfg->arena, buf, len, KW_MAX_NESTING, true, &doc, err, sizeof(err)) !=
-        KW_OK) {
-        kw_diag_add(&cfg->diag, NULL, 0, 0, NULL, NULL, "%s", err);
+    if (kw_json_parse_ex(tree, buf, len, KW_MAX_NESTING, true, &doc, err, sizeof(err)) != KW_OK) {
+        kw_diag_add(diag, NULL, 0, 0, NULL, NULL, "%s", err);
         return KW_ERROR;
     }
     char cut[KW_MAX_FIELD_PATH];
-    if (!kw_json_find_cut(doc, cut, sizeof(cut)))
-        return kw_config_add_node(cfg, doc, NULL, false);
-    /* reported first (the status shows the first error), on the object's own name */
-    const struct kw_node *kind = kw_node_get(doc, "kind");
-    const struct kw_node *md = kw_node_get(doc, "metadata");
-    const struct kw_node *ns = kw_node_get(md, "namespace"), *name = kw_node_get(md, "name");
-    char obj[KW_MAX_NAME_LEN + KW_MAX_NAMESPACE_LEN + 64] = "";
-    if (kind != NULL && kind->type == KW_NODE_STRING && name != NULL &&
-        name->type == KW_NODE_STRING)
-        snprintf(obj, sizeof(obj), "%.40s/%.63s/%.253s", kind->str,
-                 ns != NULL && ns->type == KW_NODE_STRING ? ns->str : "default", name->str);
-    kw_diag_add(&cfg->diag, NULL, 0, 0, obj[0] != '\0' ? obj : NULL, cut,
-                "nesting deeper than %u levels: the object is left out", KW_MAX_NESTING);
-    size_t nb = cfg->nbackends, nr = cfg->nroutes, ns_ = cfg->nsecrets;
-    kw_config_add_node(cfg, doc, NULL, false); /* names it; the spec is not used */
-    if (cfg->nbackends > nb)
-        cfg->backends[nb]->valid = false;
-    if (cfg->nroutes > nr)
-        cfg->routes[nr]->valid = false;
-    if (cfg->nsecrets > ns_)
-        cfg->secrets[ns_]->valid = false;
-    return KW_ERROR;
+    bool deep = kw_json_find_cut(doc, cut, sizeof(cut));
+    if (deep) { /* reported first (the status shows the first error), on the object's name */
+        const struct kw_node *kind = kw_node_get(doc, "kind");
+        const struct kw_node *md = kw_node_get(doc, "metadata");
+        const struct kw_node *ns = kw_node_get(md, "namespace"), *name = kw_node_get(md, "name");
+        char obj[KW_MAX_NAME_LEN + KW_MAX_NAMESPACE_LEN + 64] = "";
+        if (kind != NULL && kind->type == KW_NODE_STRING && name != NULL &&
+            name->type == KW_NODE_STRING)
+            snprintf(obj, sizeof(obj), "%.40s/%.63s/%.253s", kind->str,
+                     ns != NULL && ns->type == KW_NODE_STRING ? ns->str : "default", name->str);
+        kw_diag_add(diag, NULL, 0, 0, obj[0] != '\0' ? obj : NULL, cut,
+                    "nesting deeper than %u levels: the object is left out", KW_MAX_NESTING);
+    }
+    struct kw_decoded dec;
+    size_t before = kw_diag_count(diag);
+    if (kw_decode_document(a, doc, NULL, false, diag, &dec) != KW_OK)
+        return KW_ERROR;
+    out->kind = dec.kind;
+    out->resource = resource_of(&dec);
+    bool *valid = out->resource != NULL ? valid_flag(dec.kind, out->resource) : NULL;
+    if (valid != NULL && deep)
+        *valid = false; /* named, the spec is not used */
+    out->valid = valid != NULL ? *valid : true;
+    return !deep && kw_diag_count(diag) == before ? KW_OK : KW_ERROR;
+}
+
+int kw_config_add_json(struct kw_config *cfg, const char *buf, size_t len)
+{
+    struct kw_config_item it;
+    int rc = kw_config_decode_json(cfg->arena, cfg->arena, buf, len, &cfg->diag, &it);
+    if (it.resource != NULL && kw_config_add_item(cfg, &it) != KW_OK)
+        rc = KW_ERROR;
+    return rc;
 }
 
 int kw_config_load_file(struct kw_config *cfg, const char *path)

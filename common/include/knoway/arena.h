@@ -10,6 +10,9 @@ struct kw_arena;
 
 /* Create an arena that refuses to grow past max_bytes. NULL on out-of-memory. */
 struct kw_arena *kw_arena_new(size_t max_bytes);
+/* The same with a first block of first bytes (blocks double from there), for the many
+ * small arenas of a cache whose objects need far less than the default 4 KiB. */
+struct kw_arena *kw_arena_new_sized(size_t max_bytes, size_t first);
 
 /* Free the arena and everything allocated from it. kw_arena_free(NULL) is a no-op. */
 void kw_arena_free(struct kw_arena *a);

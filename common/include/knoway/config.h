@@ -52,6 +52,22 @@ int kw_config_add_yaml(struct kw_config *cfg, const char *file, const char *buf,
  * object and field path. */
 int kw_config_add_json(struct kw_config *cfg, const char *buf, size_t len);
 
+/* One JSON object decoded on its own, for a caller that keeps decoded resources between
+ * builds (the controller): the resource is allocated from a, the parse tree from tree
+ * (which may be reset or freed afterwards: the decoder copies all it keeps), messages go
+ * to diag. resource is NULL when the document could not even be classified. */
+struct kw_config_item {
+    enum kw_kind kind;
+    void *resource; /* struct kw_backend, kw_route, kw_secret, kw_consumer, kw_dataplane */
+    bool valid;     /* as decoded: kw_config_check may clear the resource's flag later */
+};
+int kw_config_decode_json(struct kw_arena *a, struct kw_arena *tree, const char *buf, size_t len,
+                          struct kw_diag *diag, struct kw_config_item *out);
+/* Add a decoded item (not copied: it must outlive cfg's use of it). What kw_config_check
+ * sets on a resource (valid, a route's conflicted flag and backend links) is reset to the
+ * item's decoded state first, so an item may be added to one config after another. */
+int kw_config_add_item(struct kw_config *cfg, const struct kw_config_item *it);
+
 /* Add one decoded document. strict: unknown fields are errors (files); otherwise they
  * are ignored (API objects, already validated by the CRD schema). */
 int kw_config_add_node(struct kw_config *cfg, const struct kw_node *doc, const char *file,

@@ -44,7 +44,7 @@ static int setup(void **state)
     ctl_store_init(&f->r);
     ctl_store_init(&f->s);
     ctl_store_init(&f->e);
-    f->src = (struct ctl_sources){&f->b, &f->r, &f->s, &f->e, NULL, NULL};
+    f->src = (struct ctl_sources){&f->b, &f->r, &f->s, &f->e, NULL, NULL, NULL};
     *state = f;
     return 0;
 }
@@ -243,6 +243,109 @@ static void test_deep_object_reported_others_flow(void **state)
     kw_arena_free(a);
 }
 
+/* The decode cache changes nothing a build publishes: after every change below, a build
+ * through the cache and one that decodes everything agree on the snapshot's bytes and on
+ * every resource's state (messages of invalid objects replayed, what the checks set on a
+ * cached resource reset: conflicts, resolution, validity). */
+static void same_build(const struct ctl_sources *plain, const struct ctl_sources *cached,
+                       const char *step)
+{
+    struct ctl_build *a = ctl_build_run(plain), *b = ctl_build_run(cached);
+    assert_non_null(a);
+    assert_non_null(b);
+    if (strcmp(a->version, b->version) != 0 || a->len != b->len ||
+        memcmp(a->json, b->json, a->len) != 0)
+        fail_msg("%s: snapshots differ:\n%.*s\n%.*s", step, (int)a->len, a->json, (int)b->len,
+                 b->json);
+    assert_int_equal(a->nstates, b->nstates);
+    assert_int_equal(a->nerrors, b->nerrors);
+    for (size_t i = 0; i < a->nstates; i++) {
+        const struct ctl_resource_state *x = &a->states[i], *y = &b->states[i];
+        const char *xa = x->accepted_msg ? x->accepted_msg : "",
+                   *ya = y->accepted_msg ? y->accepted_msg : "";
+        const char *xr = x->resolved_msg ? x->resolved_msg : "",
+                   *yr = y->resolved_msg ? y->resolved_msg : "";
+        if (x->kind != y->kind || strcmp(x->name, y->name) != 0 || x->accepted != y->accepted ||
+            x->conflicted != y->conflicted || x->resolved != y->resolved ||
+            x->programmed != y->programmed || strcmp(xa, ya) != 0 || strcmp(xr, yr) != 0)
+            fail_msg("%s: %s differs: accepted %d/%d conflicted %d/%d resolved %d/%d "
+                     "programmed %d/%d \"%s\"/\"%s\" \"%s\"/\"%s\"",
+                     step, x->name, x->accepted, y->accepted, x->conflicted, y->conflicted,
+                     x->resolved, y->resolved, x->programmed, y->programmed, xa, ya, xr, yr);
+    }
+    ctl_build_unref(a);
+    ctl_build_unref(b);
+}
+
+#define CONSUMER(name, ns, spec)                                                                   \
+    "{\"apiVersion\":\"llm.knoway.dev/v1alpha1\",\"kind\":\"LLMConsumer\",\"metadata\":{\"name\":" \
+    "\"" name "\",\"namespace\":\"" ns "\"},\"spec\":" spec "}"
+#define SECRET(name, value)                                                                        \
+    "{\"apiVersion\":\"v1\",\"kind\":\"Secret\",\"metadata\":{\"name\":\"" name "\","              \
+    "\"namespace\":\"ml\"},\"data\":{\"k\":\"" value "\"}}"
+
+static void test_cache_builds_what_a_full_decode_builds(void **state)
+{
+    struct fixture *f = *state;
+    struct ctl_store consumers;
+    ctl_store_init(&consumers);
+    struct ctl_sources plain = f->src, cached = f->src;
+    plain.consumers = cached.consumers = &consumers;
+    cached.cache = ctl_cache_new();
+    assert_non_null(cached.cache);
+    static const char good[] =
+        BACKEND("good", "{\"provider\":\"OpenAI\",\"upstream\":{\"baseURL\":\"http://v:8000/v1\"},"
+                        "\"credentials\":{\"secretRef\":{\"name\":\"keys\",\"key\":\"k\"}}}");
+    put(&f->b, "ml/good", good);
+    put(&f->b, "ml/noaddr", BACKEND("noaddr", "{\"provider\":\"vLLM\"}"));
+    put(&f->b, "ml/svc",
+        BACKEND("svc", "{\"provider\":\"vLLM\",\"upstream\":{\"serviceRef\":"
+                       "{\"name\":\"vllm\",\"port\":8000}}}"));
+    put(&f->r, "ml/chat",
+        ROUTE("chat", "{\"match\":{\"models\":[\"m\"]},\"backendRefs\":"
+                      "[{\"name\":\"good\"},{\"name\":\"noaddr\"},{\"name\":\"svc\"}]}"));
+    put(&f->r, "ml/broken", ROUTE("broken", "{\"match\":{\"models\":[]}}"));
+    put(&f->s, "ml/keys", SECRET("keys", "c2stMQ=="));
+    put(&consumers, "ml/team",
+        CONSUMER("team", "ml",
+                 "{\"apiKeys\":[{\"secretRef\":{\"name\":\"keys\",\"key\":\"k\"}}]}"));
+    same_build(&plain, &cached, "first");
+    same_build(&plain, &cached, "unchanged");
+    size_t objects, bytes;
+    ctl_cache_stats(cached.cache, &objects, &bytes);
+    assert_int_equal(objects, 7);
+    assert_true(bytes > 0 && bytes < 7 * 4096);
+
+    /* a backend fixed, the Secret's value changed, the slices appear */
+    put(&f->b, "ml/noaddr",
+        BACKEND("noaddr", "{\"provider\":\"vLLM\",\"upstream\":{\"baseURL\":\"http://n/v1\"}}"));
+    put(&f->s, "ml/keys", SECRET("keys", "c2stMg=="));
+    put(&f->e, "ml/vllm-a", SLICE_A);
+    same_build(&plain, &cached, "fixed");
+    /* an older claim from another namespace conflicts a route, then goes */
+    put(&f->r, "other/old",
+        "{\"apiVersion\":\"llm.knoway.dev/v1alpha1\",\"kind\":\"LLMRoute\",\"metadata\":{"
+        "\"name\":\"old\",\"namespace\":\"other\",\"creationTimestamp\":\"2020-01-01T00:00:00Z\"},"
+        "\"spec\":{\"match\":{\"models\":[\"m\"]},\"backendRefs\":[{\"name\":\"b\"}]}}");
+    same_build(&plain, &cached, "conflicted");
+    ctl_store_delete(&f->r, "other/old");
+    same_build(&plain, &cached, "conflict gone");
+    /* the backend a route uses breaks, a duplicate Secret key is refused, things go */
+    put(&f->b, "ml/good", BACKEND("good", "{\"provider\":\"Nope\"}"));
+    same_build(&plain, &cached, "backend broken");
+    put(&f->b, "ml/good", good);
+    ctl_store_delete(&f->s, "ml/keys");
+    same_build(&plain, &cached, "secret gone");
+    put(&f->s, "ml/keys", SECRET("keys", "c2stMQ=="));
+    ctl_store_delete(&f->r, "ml/broken");
+    ctl_store_delete(&consumers, "ml/team");
+    same_build(&plain, &cached, "deleted");
+    ctl_cache_stats(cached.cache, &objects, &bytes);
+    assert_int_equal(objects, 5); /* three backends, a route and the Secret one uses */
+    ctl_cache_free(cached.cache);
+    ctl_store_cleanup(&consumers);
+}
+
 /* The builder thread publishes nothing before its sources are whole, and the first build
  * it publishes holds what completed the view: a build begun before the last informer
  * listed published routes without their consumers once (their keys then served as
@@ -304,6 +407,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_service_ref_and_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deep_object_reported_others_flow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builder_publishes_only_whole_views, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cache_builds_what_a_full_decode_builds, setup,
+                                        teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     while (nparsed > 0)
