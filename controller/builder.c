@@ -151,6 +151,9 @@ struct cache_entry {
     struct kw_arena *arena;
     struct kw_config_item item;
     struct kw_diag diag; /* what decoding it reported: replayed into every build */
+    char *frag;          /* its snapshot entry's canonical text, or NULL */
+    size_t frag_len;
+    uint64_t frag_sig; /* what else the text depends on (kw_snapshot_fragments) */
 };
 
 struct cache_table {
@@ -186,6 +189,7 @@ struct ctl_cache *ctl_cache_new(void)
 
 static void entry_free(struct cache_entry *e)
 {
+    free(e->frag);
     kw_arena_free(e->arena);
     kw_diag_cleanup(&e->diag);
     free(e->key);
@@ -215,7 +219,7 @@ void ctl_cache_stats(const struct ctl_cache *c, size_t *objects, size_t *bytes)
         for (size_t i = 0; i < c->t[t].nbuckets; i++)
             for (const struct cache_entry *e = c->t[t].buckets[i]; e != NULL; e = e->next) {
                 (*objects)++;
-                *bytes += e->arena != NULL ? kw_arena_total(e->arena) : 0;
+                *bytes += (e->arena != NULL ? kw_arena_total(e->arena) : 0) + e->frag_len;
             }
 }
 
@@ -254,6 +258,46 @@ static struct cache_entry *cache_get(struct cache_table *t, const char *key)
     return e;
 }
 
+/* The entry whose current decoded resource is src, or NULL. */
+static struct cache_entry *cache_holding(struct ctl_cache *c, enum kw_kind kind, const void *src)
+{
+    const struct kw_meta *m = kind == KW_KIND_LLMBACKEND ? &((const struct kw_backend *)src)->meta
+                                                         : &((const struct kw_route *)src)->meta;
+    struct cache_table *t = &c->t[kind == KW_KIND_LLMBACKEND ? CACHE_BACKENDS : CACHE_ROUTES];
+    char key[KW_MAX_NAMESPACE_LEN + KW_MAX_NAME_LEN + 2];
+    if (t->nbuckets == 0 || m->name == NULL)
+        return NULL;
+    snprintf(key, sizeof(key), "%s/%s", m->ns, m->name);
+    for (struct cache_entry *e = t->buckets[key_hash(key) & (t->nbuckets - 1)]; e != NULL;
+         e = e->next)
+        if (strcmp(e->key, key) == 0)
+            return e->item.resource == src ? e : NULL;
+    return NULL;
+}
+
+static const char *frag_get(void *ud, enum kw_kind kind, const void *src, uint64_t sig, size_t *len)
+{
+    struct cache_entry *e = cache_holding(ud, kind, src);
+    if (e == NULL || e->frag == NULL || e->frag_sig != sig)
+        return NULL;
+    *len = e->frag_len;
+    return e->frag;
+}
+
+static void frag_put(void *ud, enum kw_kind kind, const void *src, uint64_t sig, const char *text,
+                     size_t len)
+{
+    struct cache_entry *e = cache_holding(ud, kind, src);
+    if (e == NULL)
+        return;
+    free(e->frag);
+    e->frag = malloc(len);
+    e->frag_len = len;
+    e->frag_sig = sig;
+    if (e->frag != NULL)
+        memcpy(e->frag, text, len);
+}
+
 /* Forget the objects the last build did not read (deleted, or Secrets no longer
  * referenced). */
 static void cache_sweep(struct cache_table *t, uint64_t build)
@@ -280,6 +324,8 @@ static void cache_decode(struct ctl_cache *c, struct cache_entry *e, const struc
     kw_diag_cleanup(&e->diag);
     kw_diag_init(&e->diag);
     memset(&e->item, 0, sizeof(e->item));
+    free(e->frag);
+    e->frag = NULL;
     e->arena = kw_arena_new_sized(KW_MAX_ARENA_BYTES, o->len / 4 + 512);
     e->seq = o->seq;
     kw_arena_reset(c->tree);
@@ -484,7 +530,9 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
     struct kw_buf text;
     kw_buf_init(&text, KW_MAX_SNAPSHOT_BYTES);
     struct kw_snapshot_summary sum;
-    if (kw_snapshot_write(cfg, ctl_resolve_slices, src->slices, &cfg->diag, &text, &sum) != KW_OK) {
+    struct kw_snapshot_fragments frag = {frag_get, frag_put, c};
+    if (kw_snapshot_write(cfg, ctl_resolve_slices, src->slices, &cfg->diag, &text, &sum,
+                          c != NULL ? &frag : NULL) != KW_OK) {
         kw_buf_cleanup(&text);
         goto fail;
     }

@@ -68,27 +68,76 @@ static void hex(const unsigned char *in, size_t len, char *out)
 
 /* The canonical document (version included) of these resources into out, and the version
  * into version. KW_OK, or KW_ERROR on out-of-memory or past the size limit. */
+/* A resource copied into the snapshot, with the config's resource it came from and what
+ * else its entry depends on (0: do not cache its text). */
+struct picked_backend {
+    struct kw_backend b; /* first: a struct kw_backend * of the copy is this */
+    const struct kw_backend *src;
+    uint64_t sig;
+};
+struct picked_route {
+    struct kw_route r;
+    const struct kw_route *src;
+    uint64_t sig;
+};
+
+/* The entries of one list, [e1,e2,...], each in canonical text: from the fragment cache
+ * when its inputs are unchanged, else encoded and written (and given to the cache). */
+static int write_entries(struct kw_buf *out, enum kw_kind kind, void *const *items, size_t n,
+                         const struct kw_snapshot_fragments *frag)
+{
+    struct kw_arena *a = kw_arena_new(KW_MAX_ARENA_BYTES);
+    int rc = a != NULL ? kw_buf_puts(out, "[") : KW_ERROR;
+    for (size_t i = 0; rc == KW_OK && i < n; i++) {
+        const void *src = NULL;
+        uint64_t sig = 0;
+        if (frag != NULL && kind == KW_KIND_LLMBACKEND) {
+            src = ((const struct picked_backend *)items[i])->src;
+            sig = ((const struct picked_backend *)items[i])->sig;
+        } else if (frag != NULL) {
+            src = ((const struct picked_route *)items[i])->src;
+            sig = ((const struct picked_route *)items[i])->sig;
+        }
+        if (i > 0)
+            rc = kw_buf_puts(out, ",");
+        size_t len = 0;
+        const char *text = sig != 0 ? frag->get(frag->ud, kind, src, sig, &len) : NULL;
+        if (rc != KW_OK || text != NULL) {
+            rc = rc == KW_OK ? kw_buf_append(out, text, len) : rc;
+            continue;
+        }
+        kw_arena_reset(a);
+        const struct kw_meta *m = kind == KW_KIND_LLMBACKEND
+                                      ? &((const struct kw_backend *)items[i])->meta
+                                      : &((const struct kw_route *)items[i])->meta;
+        struct kw_node *spec = kind == KW_KIND_LLMBACKEND ? kw_encode_backend_spec(a, items[i])
+                                                          : kw_encode_route_spec(a, items[i]);
+        struct kw_node *e = entry(a, m, spec);
+        size_t at = out->len;
+        rc = e != NULL ? kw_json_write_canonical(e, out) : KW_ERROR;
+        if (rc == KW_OK && sig != 0)
+            frag->put(frag->ud, kind, src, sig, out->data + at, out->len - at);
+    }
+    if (rc == KW_OK)
+        rc = kw_buf_puts(out, "]");
+    kw_arena_free(a);
+    return rc;
+}
+
 static int snapshot_text(struct kw_backend *const *bs, size_t nb, struct kw_route *const *rs,
                          size_t nr, const struct kw_credential *cs, size_t nc,
                          struct kw_consumer *const *us, size_t nu, struct kw_buf *out,
-                         char version[KW_SNAPSHOT_VERSION_LEN + 1])
+                         char version[KW_SNAPSHOT_VERSION_LEN + 1],
+                         const struct kw_snapshot_fragments *frag)
 {
     int rc = KW_ERROR;
     EVP_MD_CTX *md = NULL;
     struct kw_arena *a = kw_arena_new(KW_MAX_ARENA_BYTES);
     if (a == NULL)
         return KW_ERROR;
-    struct kw_node *backends = kw_node_new(a, KW_NODE_SEQ);
-    struct kw_node *routes = kw_node_new(a, KW_NODE_SEQ);
     struct kw_node *creds = kw_node_new(a, KW_NODE_SEQ);
-    if (backends == NULL || routes == NULL || creds == NULL)
+    if (creds == NULL)
         goto out;
-    for (size_t i = 0; i < nb; i++)
-        if (kw_node_seq_push(a, backends, entry(a, &bs[i]->meta, kw_encode_backend_spec(a, bs[i]))))
-            goto out;
-    for (size_t i = 0; i < nr; i++)
-        if (kw_node_seq_push(a, routes, entry(a, &rs[i]->meta, kw_encode_route_spec(a, rs[i]))))
-            goto out;
     for (size_t i = 0; i < nc; i++)
         if (kw_node_seq_push(a, creds, credential_entry(a, &cs[i])))
             goto out;
@@ -109,7 +158,7 @@ static int snapshot_text(struct kw_backend *const *bs, size_t nb, struct kw_rout
      * them): a second write of the whole document was a third of a build's time. */
     size_t start = out->len;
     if (kw_buf_puts(out, "{\"backends\":") != KW_OK ||
-        kw_json_write_canonical(backends, out) != KW_OK)
+        write_entries(out, KW_KIND_LLMBACKEND, (void *const *)bs, nb, frag) != KW_OK)
         goto out;
     if (consumers != NULL && (kw_buf_puts(out, ",\"consumers\":") != KW_OK ||
                               kw_json_write_canonical(consumers, out) != KW_OK))
@@ -134,8 +183,8 @@ static int snapshot_text(struct kw_backend *const *bs, size_t nb, struct kw_rout
     }
     size_t tail = out->len;
     if (kw_buf_puts(out, ",\"routes\":") != KW_OK ||
-        kw_json_write_canonical(routes, out) != KW_OK || kw_buf_puts(out, "}") != KW_OK ||
-        !EVP_DigestUpdate(md, out->data + tail, out->len - tail))
+        write_entries(out, KW_KIND_LLMROUTE, (void *const *)rs, nr, frag) != KW_OK ||
+        kw_buf_puts(out, "}") != KW_OK || !EVP_DigestUpdate(md, out->data + tail, out->len - tail))
         goto out;
     unsigned char digest[32];
     unsigned int mdlen = 0;
@@ -158,7 +207,7 @@ int kw_snapshot_serialize(const struct kw_snapshot *s, struct kw_buf *out)
 {
     char version[KW_SNAPSHOT_VERSION_LEN + 1];
     return snapshot_text(s->backends, s->nbackends, s->routes, s->nroutes, s->credentials,
-                         s->ncredentials, s->consumers, s->nconsumers, out, version);
+                         s->ncredentials, s->consumers, s->nconsumers, out, version, NULL);
 }
 
 /* ---- ordering --------------------------------------------------------------------- */
@@ -500,7 +549,8 @@ bool kw_snapshot_summary_has_backend(const struct kw_snapshot_summary *sum, cons
 
 static int snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn resolve, void *ud,
                           struct kw_diag *diag, struct kw_buf *text_out,
-                          struct kw_snapshot_summary *sum);
+                          struct kw_snapshot_summary *sum,
+                          const struct kw_snapshot_fragments *frag);
 
 struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_resolver_fn resolve,
                                       void *ud, struct kw_diag *diag)
@@ -508,17 +558,18 @@ struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_re
     struct kw_buf text;
     kw_buf_init(&text, KW_MAX_SNAPSHOT_BYTES);
     struct kw_snapshot *snap = NULL;
-    if (snapshot_write(cfg, resolve, ud, diag, &text, NULL) == KW_OK)
+    if (snapshot_write(cfg, resolve, ud, diag, &text, NULL, NULL) == KW_OK)
         snap = kw_snapshot_parse(text.data, text.len, diag);
     kw_buf_cleanup(&text);
     return snap;
 }
 
 int kw_snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn resolve, void *ud,
-                      struct kw_diag *diag, struct kw_buf *text, struct kw_snapshot_summary *sum)
+                      struct kw_diag *diag, struct kw_buf *text, struct kw_snapshot_summary *sum,
+                      const struct kw_snapshot_fragments *frag)
 {
     memset(sum, 0, sizeof(*sum));
-    int rc = snapshot_write(cfg, resolve, ud, diag, text, sum);
+    int rc = snapshot_write(cfg, resolve, ud, diag, text, sum, frag);
     if (rc != KW_OK)
         kw_snapshot_summary_cleanup(sum);
     return rc;
@@ -526,7 +577,7 @@ int kw_snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn resolv
 
 static int snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn resolve, void *ud,
                           struct kw_diag *diag, struct kw_buf *text,
-                          struct kw_snapshot_summary *sum)
+                          struct kw_snapshot_summary *sum, const struct kw_snapshot_fragments *frag)
 {
     int result = KW_ERROR;
     struct kw_arena *a = kw_arena_new(KW_MAX_ARENA_BYTES);
@@ -542,10 +593,13 @@ static int snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn re
         const struct kw_backend *src = cfg->backends[i];
         if (!src->valid || src->meta.name == NULL)
             continue;
-        struct kw_backend *b = kw_arena_alloc(a, sizeof(*b));
-        if (b == NULL)
+        struct picked_backend *pb = kw_arena_alloc(a, sizeof(*pb));
+        if (pb == NULL)
             goto out;
+        struct kw_backend *b = &pb->b;
         *b = *src;
+        pb->src = src;
+        pb->sig = b->upstream.service_ref.name == NULL; /* resolved endpoints: not cached */
         if (b->upstream.service_ref.name != NULL) {
             char err[256] = "";
             struct kw_endpoint *eps = NULL;
@@ -580,11 +634,14 @@ static int snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn re
         const struct kw_route *src = cfg->routes[i];
         if (!src->valid || src->meta.name == NULL)
             continue;
-        struct kw_route *r = kw_arena_alloc(a, sizeof(*r));
+        struct picked_route *pr = kw_arena_alloc(a, sizeof(*pr));
         struct kw_backend_ref *refs = kw_arena_alloc(a, (src->nrefs + 1) * sizeof(*refs));
-        if (r == NULL || refs == NULL)
+        if (pr == NULL || refs == NULL)
             goto out;
+        struct kw_route *r = &pr->r;
         *r = *src;
+        pr->src = src;
+        pr->sig = 1469598103934665603ull; /* which backendRefs are kept: FNV-1a of their indexes */
         r->refs = refs;
         r->nrefs = 0;
         bool weight = false;
@@ -598,6 +655,7 @@ static int snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn re
             refs[r->nrefs].backend = copy;
             weight |= refs[r->nrefs].weight > 0;
             r->nrefs++;
+            pr->sig = (pr->sig ^ (j + 1)) * 1099511628211ull;
         }
         if (r->nrefs == 0 || !weight) {
             kw_diag_add(diag, r->meta.file, r->meta.line, r->meta.col,
@@ -626,7 +684,7 @@ static int snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn re
     qsort(us, nu, sizeof(*us), cmp_consumer);
 
     char version[KW_SNAPSHOT_VERSION_LEN + 1];
-    if (snapshot_text(bs, nb, rs, nr, cs.items, cs.n, us, nu, text, version) != KW_OK) {
+    if (snapshot_text(bs, nb, rs, nr, cs.items, cs.n, us, nu, text, version, frag) != KW_OK) {
         kw_diag_add(diag, NULL, 0, 0, NULL, NULL, "snapshot too large or out of memory");
         goto out;
     }
@@ -958,7 +1016,8 @@ struct kw_snapshot *kw_snapshot_parse(const char *json, size_t len, struct kw_di
     if (d.errors > 0)
         goto fail;
     if (snapshot_text(s->backends, s->nbackends, s->routes, s->nroutes, s->credentials,
-                      s->ncredentials, s->consumers, s->nconsumers, &text, s->version) != KW_OK) {
+                      s->ncredentials, s->consumers, s->nconsumers, &text, s->version,
+                      NULL) != KW_OK) {
         kw_diag_add(diag, NULL, 0, 0, "snapshot", NULL, "out of memory");
         goto fail;
     }

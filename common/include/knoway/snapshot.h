@@ -67,6 +67,18 @@ int kw_service_resolve_dns(void *ud, struct kw_arena *a, const char *ns, const c
 struct kw_snapshot *kw_snapshot_build(const struct kw_config *cfg, kw_service_resolver_fn resolve,
                                       void *ud, struct kw_diag *diag);
 
+/* A cache of the canonical text of snapshot entries, for a writer whose config keeps
+ * decoded resources between writes (the controller). src is the config's resource (an
+ * LLMBackend or LLMRoute of cfg); sig stands for what else the entry depends on (a route:
+ * which of its backendRefs are kept). get returns the text put for the same src and sig,
+ * or NULL; the caller must forget an entry when its resource is freed or changed. */
+struct kw_snapshot_fragments {
+    const char *(*get)(void *ud, enum kw_kind kind, const void *src, uint64_t sig, size_t *len);
+    void (*put)(void *ud, enum kw_kind kind, const void *src, uint64_t sig, const char *text,
+                size_t len);
+    void *ud;
+};
+
 /* What a written snapshot holds, without parsing it back: the version and the metadata of
  * its resources (value copies whose strings point into the config: valid while it is). */
 struct kw_snapshot_summary {
@@ -84,7 +96,8 @@ struct kw_snapshot_summary {
  * reported in diag as by kw_snapshot_build. KW_OK, or KW_ERROR (too large, out of
  * memory; reported in diag). */
 int kw_snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn resolve, void *ud,
-                      struct kw_diag *diag, struct kw_buf *text, struct kw_snapshot_summary *sum);
+                      struct kw_diag *diag, struct kw_buf *text, struct kw_snapshot_summary *sum,
+                      const struct kw_snapshot_fragments *frag);
 void kw_snapshot_summary_cleanup(struct kw_snapshot_summary *sum);
 /* Whether the written snapshot holds the LLMBackend ns/name. */
 bool kw_snapshot_summary_has_backend(const struct kw_snapshot_summary *sum, const char *ns,

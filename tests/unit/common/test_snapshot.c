@@ -214,7 +214,7 @@ static void test_write_is_what_build_parses(void **state)
     struct kw_buf text;
     kw_buf_init(&text, 1 << 24);
     struct kw_snapshot_summary sum;
-    assert_int_equal(kw_snapshot_write(cfg, kw_service_resolve_dns, NULL, &diag, &text, &sum),
+    assert_int_equal(kw_snapshot_write(cfg, kw_service_resolve_dns, NULL, &diag, &text, &sum, NULL),
                      KW_OK);
     struct kw_snapshot *p = kw_snapshot_parse(text.data, text.len, &diag);
     assert_non_null(p);
