@@ -151,7 +151,10 @@ int kw_route_age_cmp(const struct kw_route *x, const struct kw_route *y)
     int r = strcmp(ta, tb);
     if (r != 0)
         return r;
-    if (a->order != b->order)
+    /* the position counts only without a creation time (documents of a file, entries of
+     * a snapshot, both in age order): API objects are added in the informer's hash order,
+     * and two replicas with the same objects must agree on the order and the version */
+    if (ta[0] == '\0' && a->order != b->order)
         return a->order < b->order ? -1 : 1;
     r = strcmp(a->ns, b->ns);
     return r != 0 ? r : strcmp(a->name, b->name);

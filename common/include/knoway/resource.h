@@ -401,8 +401,9 @@ void kw_dataplane_defaults(struct kw_dataplane *dp);
 /* Look up a secret item by key, or NULL. */
 const struct kw_secret_item *kw_secret_get(const struct kw_secret *s, const char *key);
 
-/* Route age order: creation time from the API (RFC 3339 UTC sorts as text), else the order
- * in the file, then namespace/name. The oldest route wins ties and model conflicts. */
+/* Route age order: creation time from the API (RFC 3339 UTC sorts as text; equal times by
+ * namespace/name), else the order in the file or snapshot, then namespace/name. The oldest
+ * route wins ties and model conflicts. */
 int kw_route_age_cmp(const struct kw_route *a, const struct kw_route *b);
 /* The same for qsort over an array of struct kw_route pointers. */
 int kw_route_ptr_age_cmp(const void *a, const void *b);

@@ -247,6 +247,49 @@ static void test_write_is_what_build_parses(void **state)
     kw_config_free(cfg);
 }
 
+/* Regression: API objects created in the same second were ordered by the position they
+ * were added in, which is the informer's hash order: two controller replicas could order
+ * the routes differently and disagree on the version. Equal creation times now fall back
+ * to namespace/name. */
+static void test_same_second_routes_order_by_name(void **state)
+{
+    (void)state;
+    static const char *const objs[] = {
+        "{\"apiVersion\":\"llm.knoway.dev/v1alpha1\",\"kind\":\"LLMBackend\",\"metadata\":"
+        "{\"name\":\"b\",\"namespace\":\"ml\"},\"spec\":{\"provider\":\"vLLM\",\"upstream\":"
+        "{\"baseURL\":\"http://v/v1\"}}}",
+        "{\"apiVersion\":\"llm.knoway.dev/v1alpha1\",\"kind\":\"LLMRoute\",\"metadata\":"
+        "{\"name\":\"zeta\",\"namespace\":\"ml\",\"creationTimestamp\":\"2026-01-01T00:00:00Z\"},"
+        "\"spec\":{\"match\":{\"models\":[\"m*\"]},\"backendRefs\":[{\"name\":\"b\"}]}}",
+        "{\"apiVersion\":\"llm.knoway.dev/v1alpha1\",\"kind\":\"LLMRoute\",\"metadata\":"
+        "{\"name\":\"alpha\",\"namespace\":\"ml\",\"creationTimestamp\":\"2026-01-01T00:00:00Z\"},"
+        "\"spec\":{\"match\":{\"models\":[\"m*\"]},\"backendRefs\":[{\"name\":\"b\"}]}}",
+    };
+    char version[2][KW_SNAPSHOT_VERSION_LEN + 1];
+    for (int order = 0; order < 2; order++) {
+        struct kw_config *cfg = kw_config_new();
+        kw_config_add_json(cfg, objs[0], strlen(objs[0]));
+        for (int i = 0; i < 2; i++) {
+            const char *o = objs[1 + (order == 0 ? i : 1 - i)];
+            kw_config_add_json(cfg, o, strlen(o));
+        }
+        kw_config_check(cfg);
+        struct kw_diag diag;
+        kw_diag_init(&diag);
+        struct kw_snapshot *snap = kw_snapshot_build(cfg, kw_service_resolve_dns, NULL, &diag);
+        assert_non_null(snap);
+        assert_int_equal(snap->nroutes, 2);
+        strcpy(version[order], snap->version);
+        char *text = text_of(snap);
+        assert_true(strstr(text, "\"alpha\"") < strstr(text, "\"zeta\"")); /* listed first */
+        free(text);
+        kw_snapshot_unref(snap);
+        kw_diag_cleanup(&diag);
+        kw_config_free(cfg);
+    }
+    assert_string_equal(version[0], version[1]);
+}
+
 static void test_invalid_left_out(void **state)
 {
     (void)state;
@@ -467,6 +510,7 @@ int main(void)
         cmocka_unit_test(test_version_is_content_hash),
         cmocka_unit_test(test_version_cannot_confirm_a_guess),
         cmocka_unit_test(test_write_is_what_build_parses),
+        cmocka_unit_test(test_same_second_routes_order_by_name),
         cmocka_unit_test(test_invalid_left_out),
         cmocka_unit_test(test_parse_rejects),
         cmocka_unit_test(test_header_credentials_checked),
