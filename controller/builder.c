@@ -169,12 +169,19 @@ struct ctl_cache {
     struct kw_arena *tree; /* parse trees, reset per object */
 };
 
-static uint64_t key_hash(const char *s)
+#define KEY_HASH_SEED 1469598103934665603ull
+
+/* FNV-1a of s, continuing from h */
+static uint64_t key_hash_from(uint64_t h, const char *s)
 {
-    uint64_t h = 1469598103934665603ull;
     for (; *s; s++)
         h = (h ^ (unsigned char)*s) * 1099511628211ull;
     return h;
+}
+
+static uint64_t key_hash(const char *s)
+{
+    return key_hash_from(KEY_HASH_SEED, s);
 }
 
 struct ctl_cache *ctl_cache_new(void)
@@ -264,13 +271,14 @@ static struct cache_entry *cache_holding(struct ctl_cache *c, enum kw_kind kind,
     const struct kw_meta *m = kind == KW_KIND_LLMBACKEND ? &((const struct kw_backend *)src)->meta
                                                          : &((const struct kw_route *)src)->meta;
     struct cache_table *t = &c->t[kind == KW_KIND_LLMBACKEND ? CACHE_BACKENDS : CACHE_ROUTES];
-    char key[KW_MAX_NAMESPACE_LEN + KW_MAX_NAME_LEN + 2];
     if (t->nbuckets == 0 || m->name == NULL)
         return NULL;
-    snprintf(key, sizeof(key), "%s/%s", m->ns, m->name);
-    for (struct cache_entry *e = t->buckets[key_hash(key) & (t->nbuckets - 1)]; e != NULL;
-         e = e->next)
-        if (strcmp(e->key, key) == 0)
+    /* the key "namespace/name" hashed and compared in its two parts */
+    uint64_t h = key_hash_from(key_hash_from(key_hash_from(KEY_HASH_SEED, m->ns), "/"), m->name);
+    size_t nsl = strlen(m->ns);
+    for (struct cache_entry *e = t->buckets[h & (t->nbuckets - 1)]; e != NULL; e = e->next)
+        if (strncmp(e->key, m->ns, nsl) == 0 && e->key[nsl] == '/' &&
+            strcmp(e->key + nsl + 1, m->name) == 0)
             return e->item.resource == src ? e : NULL;
     return NULL;
 }

@@ -2265,10 +2265,27 @@ static char *object_name(struct kw_arena *a, enum kw_kind kind, const struct kw_
     const struct kw_node *name = kw_node_get(meta, "name");
     const struct kw_node *ns = kw_node_get(meta, "namespace");
     const char *n = name != NULL && name->type == KW_NODE_STRING ? name->str : "(unnamed)";
-    if (kind == KW_KIND_DATAPLANE)
-        return kw_arena_printf(a, "%s/%.100s", kw_kind_name(kind), n);
     const char *s = ns != NULL && ns->type == KW_NODE_STRING ? ns->str : "default";
-    return kw_arena_printf(a, "%s/%.63s/%.100s", kw_kind_name(kind), s, n);
+    /* "Kind/namespace/name" (DataPlane: "Kind/name"), as "%s/%.63s/%.100s" would print it,
+     * without a printf per decoded object */
+    const char *k = kw_kind_name(kind);
+    size_t kl = strlen(k), sl = kind == KW_KIND_DATAPLANE ? 0 : strnlen(s, 63),
+           nl = strnlen(n, 100);
+    char *out = kw_arena_alloc(a, kl + sl + nl + 3);
+    if (out == NULL)
+        return NULL;
+    char *p = out;
+    memcpy(p, k, kl);
+    p += kl;
+    *p++ = '/';
+    if (kind != KW_KIND_DATAPLANE) {
+        memcpy(p, s, sl);
+        p += sl;
+        *p++ = '/';
+    }
+    memcpy(p, n, nl);
+    p[nl] = '\0';
+    return out;
 }
 
 int kw_decode_document(struct kw_arena *a, const struct kw_node *doc, const char *file, bool strict,
