@@ -89,7 +89,8 @@ static void *resource_of(const struct kw_decoded *dec)
     return NULL;
 }
 
-/* Append a decoded resource (doc: where it was read, for the second-DataPlane message). */
+/* Append a decoded resource (file, line, col: where it was read, for the message about a
+ * second DataPlane). */
 static int append_resource(struct kw_config *cfg, enum kw_kind kind, void *res, const char *file,
                            unsigned line, unsigned col)
 {

@@ -66,8 +66,6 @@ static void hex(const unsigned char *in, size_t len, char *out)
     out[2 * len] = '\0';
 }
 
-/* The canonical document (version included) of these resources into out, and the version
- * into version. KW_OK, or KW_ERROR on out-of-memory or past the size limit. */
 /* A resource copied into the snapshot, with the config's resource it came from and what
  * else its entry depends on (0: do not cache its text). */
 struct picked_backend {
@@ -124,6 +122,9 @@ static int write_entries(struct kw_buf *out, enum kw_kind kind, void *const *ite
     return rc;
 }
 
+/* The canonical document (version included) of these resources into out, and the version
+ * into version. KW_OK, or KW_ERROR on out-of-memory or past the size limit. With frag, bs
+ * and rs point into picked_backend and picked_route copies (snapshot_write's). */
 static int snapshot_text(struct kw_backend *const *bs, size_t nb, struct kw_route *const *rs,
                          size_t nr, const struct kw_credential *cs, size_t nc,
                          struct kw_consumer *const *us, size_t nu, struct kw_buf *out,
