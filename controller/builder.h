@@ -31,6 +31,7 @@ struct ctl_resource_state {
     bool resolved;
     char *resolved_msg;
     bool programmed; /* in the snapshot */
+    size_t order;    /* the resource's position among its kind in the build's config */
 };
 
 struct ctl_build {

@@ -535,19 +535,6 @@ static int summarise(struct kw_snapshot_summary *sum, struct kw_backend *const *
     return KW_OK;
 }
 
-static int cmp_meta_v(const void *x, const void *y)
-{
-    return cmp_meta(x, y);
-}
-
-bool kw_snapshot_summary_has_backend(const struct kw_snapshot_summary *sum, const char *ns,
-                                     const char *name)
-{
-    struct kw_meta key = {.ns = ns, .name = name};
-    return sum->nbackends > 0 &&
-           bsearch(&key, sum->backends, sum->nbackends, sizeof(*sum->backends), cmp_meta_v) != NULL;
-}
-
 static int snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn resolve, void *ud,
                           struct kw_diag *diag, struct kw_buf *text_out,
                           struct kw_snapshot_summary *sum,

@@ -80,7 +80,8 @@ struct kw_snapshot_fragments {
 };
 
 /* What a written snapshot holds, without parsing it back: the version and the metadata of
- * its resources (value copies whose strings point into the config: valid while it is). */
+ * its resources (value copies whose strings point into the config: valid while it is;
+ * meta.order is the resource's position in the config). */
 struct kw_snapshot_summary {
     char version[KW_SNAPSHOT_VERSION_LEN + 1];
     struct kw_meta *backends; /* sorted by namespace/name */
@@ -99,9 +100,6 @@ int kw_snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn resolv
                       struct kw_diag *diag, struct kw_buf *text, struct kw_snapshot_summary *sum,
                       const struct kw_snapshot_fragments *frag);
 void kw_snapshot_summary_cleanup(struct kw_snapshot_summary *sum);
-/* Whether the written snapshot holds the LLMBackend ns/name. */
-bool kw_snapshot_summary_has_backend(const struct kw_snapshot_summary *sum, const char *ns,
-                                     const char *name);
 
 /* Canonical JSON of the snapshot, version included. KW_OK or KW_ERROR (limit). */
 int kw_snapshot_serialize(const struct kw_snapshot *s, struct kw_buf *out);
