@@ -8,6 +8,7 @@
 #include <zlib.h>
 
 #include "builder.h"
+#include "knoway/hash.h"
 #include "knoway/config.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
@@ -169,19 +170,9 @@ struct ctl_cache {
     struct kw_arena *tree; /* parse trees, reset per object */
 };
 
-#define KEY_HASH_SEED 1469598103934665603ull
-
-/* FNV-1a of s, continuing from h */
-static uint64_t key_hash_from(uint64_t h, const char *s)
-{
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 static uint64_t key_hash(const char *s)
 {
-    return key_hash_from(KEY_HASH_SEED, s);
+    return kw_fnv_str(KW_FNV_SEED, s);
 }
 
 struct ctl_cache *ctl_cache_new(void)
@@ -274,7 +265,7 @@ static struct cache_entry *cache_holding(struct ctl_cache *c, enum kw_kind kind,
     if (t->nbuckets == 0 || m->name == NULL)
         return NULL;
     /* the key "namespace/name" hashed and compared in its two parts */
-    uint64_t h = key_hash_from(key_hash_from(key_hash_from(KEY_HASH_SEED, m->ns), "/"), m->name);
+    uint64_t h = kw_fnv_str(kw_fnv_byte(kw_fnv_str(KW_FNV_SEED, m->ns), '/'), m->name);
     size_t nsl = strlen(m->ns);
     for (struct cache_entry *e = t->buckets[h & (t->nbuckets - 1)]; e != NULL; e = e->next)
         if (strncmp(e->key, m->ns, nsl) == 0 && e->key[nsl] == '/' &&

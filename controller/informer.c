@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "informer.h"
+#include "knoway/hash.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/limits.h"
@@ -105,10 +106,7 @@ static atomic_uint_fast64_t next_seq;
 
 static uint64_t hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
+    return kw_fnv_str(KW_FNV_SEED, s);
 }
 
 void ctl_store_init(struct ctl_store *s)
@@ -316,14 +314,6 @@ static int write_stripped(const struct kw_node *obj, struct kw_buf *out, bool sp
     return rc;
 }
 
-static uint64_t fnv64(const char *p, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
-    return h;
-}
-
 bool ctl_store_put_node(struct ctl_store *s, const struct kw_node *obj, struct kw_buf *tmp)
 {
     const char *ns = str_at(obj, "metadata", "namespace"), *name = str_at(obj, "metadata", "name");
@@ -332,7 +322,7 @@ bool ctl_store_put_node(struct ctl_store *s, const struct kw_node *obj, struct k
     kw_buf_reset(tmp);
     if (write_stripped(obj, tmp, true) != KW_OK)
         return false;
-    uint64_t spec = fnv64(tmp->data, tmp->len);
+    uint64_t spec = kw_fnv_mem(KW_FNV_SEED, tmp->data, tmp->len);
     kw_buf_reset(tmp);
     if (write_stripped(obj, tmp, false) != KW_OK)
         return false;

@@ -17,6 +17,7 @@
 #include <strings.h>
 
 #include "balancer.h"
+#include "knoway/hash.h"
 
 #define LB_TAU_MS          10000.0
 #define LB_MAX_EJECTION_MS (10 * 60 * 1000)
@@ -81,20 +82,18 @@ uint32_t dp_lb_rand(struct dp_lb *lb)
 
 static uint64_t fnv(uint64_t h, const char *s)
 {
-    for (; s != NULL && *s != '\0'; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return (h ^ 0xff) * 1099511628211ull;
+    return kw_fnv_byte(kw_fnv_str(h, s), 0xff);
 }
 
 static uint64_t key_hash(const char *ns, const char *name)
 {
-    return fnv(fnv(1469598103934665603ull, ns), name);
+    return fnv(fnv(KW_FNV_SEED, ns), name);
 }
 
 /* What identifies a backend's health: where it sends and with which provider. */
 static uint64_t fingerprint(const struct kw_backend *b)
 {
-    uint64_t h = fnv(1469598103934665603ull, kw_provider_name(b->provider));
+    uint64_t h = fnv(KW_FNV_SEED, kw_provider_name(b->provider));
     h = fnv(h, b->upstream.base_url);
     h = fnv(h, b->upstream.service_ref.name);
     return h ^ b->upstream.service_ref.port;

@@ -3,15 +3,12 @@
 #include <string.h>
 
 #include "keyset.h"
+#include "knoway/hash.h"
 #include "knoway/kw.h"
 
 static uint64_t hash(const char *s, size_t len)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ull;
-    }
+    uint64_t h = kw_fnv_mem(KW_FNV_SEED, s, len);
     return h ^ (h >> 29);
 }
 

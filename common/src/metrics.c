@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "knoway/hash.h"
 #include "knoway/kw.h"
 #include "knoway/metrics.h"
 
@@ -142,12 +143,9 @@ struct kw_metric *kw_metrics_add(struct kw_metrics *m, enum kw_metric_type type,
 
 static uint64_t hash_values(const struct kw_metric *f, const char *const *values)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (unsigned i = 0; i < f->nlabels; i++) {
-        for (const char *p = values[i]; *p != '\0'; p++)
-            h = (h ^ (unsigned char)*p) * 1099511628211ull;
-        h = (h ^ 0xff) * 1099511628211ull;
-    }
+    uint64_t h = KW_FNV_SEED;
+    for (unsigned i = 0; i < f->nlabels; i++)
+        h = kw_fnv_byte(kw_fnv_str(h, values[i]), 0xff);
     return h;
 }
 

@@ -16,8 +16,9 @@
 #include <openssl/rand.h>
 
 #include "decode.h"
-#include "knoway/json.h"
 #include "knoway/digest.h"
+#include "knoway/hash.h"
+#include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/log.h"
 #include "knoway/snapshot.h"
@@ -316,13 +317,10 @@ struct creds {
 
 static size_t cred_hash(const char *ns, const char *name, const char *key)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    uint64_t h = KW_FNV_SEED;
     const char *parts[3] = {ns, name, key};
-    for (int i = 0; i < 3; i++) {
-        for (const char *p = parts[i]; *p != '\0'; p++)
-            h = (h ^ (unsigned char)*p) * 1099511628211ull;
-        h = (h ^ 0xff) * 1099511628211ull; /* a separator no name holds */
-    }
+    for (int i = 0; i < 3; i++)
+        h = kw_fnv_byte(kw_fnv_str(h, parts[i]), 0xff); /* a separator no name holds */
     return (size_t)h;
 }
 
@@ -629,7 +627,7 @@ static int snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn re
         struct kw_route *r = &pr->r;
         *r = *src;
         pr->src = src;
-        pr->sig = 1469598103934665603ull; /* which backendRefs are kept: FNV-1a of their indexes */
+        pr->sig = KW_FNV_SEED; /* which backendRefs are kept: a hash of their indexes */
         r->refs = refs;
         r->nrefs = 0;
         bool weight = false;
@@ -643,7 +641,7 @@ static int snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn re
             refs[r->nrefs].backend = copy;
             weight |= refs[r->nrefs].weight > 0;
             r->nrefs++;
-            pr->sig = (pr->sig ^ (j + 1)) * 1099511628211ull;
+            pr->sig = kw_fnv_mem(pr->sig, &j, sizeof(j));
         }
         if (r->nrefs == 0 || !weight) {
             kw_diag_add(diag, r->meta.file, r->meta.line, r->meta.col,
