@@ -109,9 +109,6 @@ const char *dp_provider_secret(struct dp_request *r, const char *key);
 int dp_openai_finish(struct dp_request *r, struct curl_slist **headers, const struct kw_node *body);
 const char *dp_openai_api_suffix(enum dp_api api);
 int dp_openai_on_response(struct dp_request *r, const char *body, size_t len, struct kw_buf *out);
-/* The object value of the top-level member key of the JSON object in s, as [*at, *end),
- * found without parsing the whole text; false when absent or not an object. */
-bool dp_json_top_object(const char *s, size_t len, const char *key, size_t *at, size_t *end);
 int dp_openai_on_event(struct dp_request *r, const char *raw, size_t raw_len, const char *event,
                        const char *data, size_t data_len, struct kw_buf *out);
 

@@ -117,80 +117,6 @@ static int openai_build(struct dp_request *r, struct kw_buf *url, struct curl_sl
     return dp_openai_finish(r, headers, r->up_json);
 }
 
-static size_t skip_ws(const char *s, size_t i, size_t len)
-{
-    while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
-        i++;
-    return i;
-}
-
-/* Past the string that opens at s[i] (a '"'), escapes included; len when unterminated. */
-static size_t skip_string(const char *s, size_t i, size_t len)
-{
-    for (i++; i < len; i++) {
-        if (s[i] == '\\')
-            i++;
-        else if (s[i] == '"')
-            return i + 1;
-    }
-    return len;
-}
-
-/* The object value of the top-level member key of a JSON object, as [*at, *end): one pass
- * over the bytes, strings skipped with their escapes, nothing allocated. false when the
- * text is no object or holds no such member with an object value. */
-bool dp_json_top_object(const char *s, size_t len, const char *key, size_t *at, size_t *end)
-{
-    size_t klen = strlen(key), i = skip_ws(s, 0, len);
-    if (i >= len || s[i] != '{')
-        return false;
-    i++;
-    for (;;) { /* at a member's key */
-        i = skip_ws(s, i, len);
-        if (i >= len || s[i] != '"')
-            return false;
-        size_t k = i + 1;
-        i = skip_string(s, i, len);
-        bool match = i - k == klen + 1 && memcmp(s + k, key, klen) == 0;
-        i = skip_ws(s, i, len);
-        if (i >= len || s[i] != ':')
-            return false;
-        i = skip_ws(s, i + 1, len);
-        if (i >= len)
-            return false;
-        size_t v = i;
-        int depth = 0; /* the value: to the comma or brace that ends it */
-        for (; i < len; i++) {
-            char c = s[i];
-            if (c == '"') {
-                i = skip_string(s, i, len) - 1;
-            } else if (c == '{' || c == '[') {
-                depth++;
-            } else if (c == '}' || c == ']') {
-                if (depth == 0)
-                    break;
-                if (--depth == 0) {
-                    i++;
-                    break;
-                }
-            } else if (c == ',' && depth == 0) {
-                break;
-            }
-        }
-        if (match) {
-            if (s[v] != '{' || depth != 0)
-                return false;
-            *at = v;
-            *end = i;
-            return true;
-        }
-        i = skip_ws(s, i, len);
-        if (i >= len || s[i] != ',')
-            return false;
-        i++;
-    }
-}
-
 int dp_openai_on_response(struct dp_request *r, const char *body, size_t len, struct kw_buf *out)
 {
     (void)out; /* relayed unchanged */
@@ -200,7 +126,7 @@ int dp_openai_on_response(struct dp_request *r, const char *body, size_t len, st
     struct kw_node *usage;
     char err[128];
     kw_arena_reset(r->scratch);
-    if (dp_json_top_object(body, len, "usage", &at, &end) &&
+    if (kw_json_top_object(body, len, "usage", &at, &end) &&
         kw_json_parse(r->scratch, body + at, end - at, &usage, err, sizeof(err)) == KW_OK)
         dp_request_usage(r, usage);
     return KW_OK;

@@ -349,8 +349,9 @@ static int write_node(yajl_gen g, const struct kw_node *n, unsigned depth, bool 
             st = yajl_gen_array_close(g);
         break;
     case KW_NODE_MAP: {
-        /* keys in byte order for canonical text; most maps (the encoders' own) already
-         * are: checked in one pass, sorted only when not (a copy on the stack when small) */
+        /* keys in byte order for canonical text: a map already in order (one read from
+         * canonical text) is checked in one pass and not sorted; others are sorted through
+         * pointers (on the stack when few) */
         const struct kw_node_pair *stack[16], **sorted = NULL;
         bool in_order = true;
         for (size_t i = 1; sort && in_order && i < n->n; i++) {
@@ -496,4 +497,78 @@ int kw_json_write_string(struct kw_buf *out, const char *s, size_t len)
     if (run > 0)
         rc |= kw_buf_append(out, s + len - run, run);
     return rc | kw_buf_append(out, "\"", 1) ? KW_ERROR : KW_OK;
+}
+
+/* ---- scanning without a parse ---- */
+
+static size_t skip_ws(const char *s, size_t i, size_t len)
+{
+    while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+        i++;
+    return i;
+}
+
+/* Past the string that opens at s[i] (a '"'), escapes included; len when unterminated. */
+static size_t skip_string(const char *s, size_t i, size_t len)
+{
+    for (i++; i < len; i++) {
+        if (s[i] == '\\')
+            i++;
+        else if (s[i] == '"')
+            return i + 1;
+    }
+    return len;
+}
+
+/* One pass over the bytes, strings skipped with their escapes, nothing allocated. */
+bool kw_json_top_object(const char *s, size_t len, const char *key, size_t *at, size_t *end)
+{
+    size_t klen = strlen(key), i = skip_ws(s, 0, len);
+    if (i >= len || s[i] != '{')
+        return false;
+    i++;
+    for (;;) { /* at a member's key */
+        i = skip_ws(s, i, len);
+        if (i >= len || s[i] != '"')
+            return false;
+        size_t k = i + 1;
+        i = skip_string(s, i, len);
+        bool match = i - k == klen + 1 && memcmp(s + k, key, klen) == 0;
+        i = skip_ws(s, i, len);
+        if (i >= len || s[i] != ':')
+            return false;
+        i = skip_ws(s, i + 1, len);
+        if (i >= len)
+            return false;
+        size_t v = i;
+        int depth = 0; /* the value: to the comma or brace that ends it */
+        for (; i < len; i++) {
+            char c = s[i];
+            if (c == '"') {
+                i = skip_string(s, i, len) - 1;
+            } else if (c == '{' || c == '[') {
+                depth++;
+            } else if (c == '}' || c == ']') {
+                if (depth == 0)
+                    break;
+                if (--depth == 0) {
+                    i++;
+                    break;
+                }
+            } else if (c == ',' && depth == 0) {
+                break;
+            }
+        }
+        if (match) {
+            if (s[v] != '{' || depth != 0)
+                return false;
+            *at = v;
+            *end = i;
+            return true;
+        }
+        i = skip_ws(s, i, len);
+        if (i >= len || s[i] != ',')
+            return false;
+        i++;
+    }
 }

@@ -37,4 +37,9 @@ int kw_json_write(const struct kw_node *n, struct kw_buf *out);
 /* Append s as a JSON string literal (quotes included). */
 int kw_json_write_string(struct kw_buf *out, const char *s, size_t len);
 
+/* The object value of the top-level member key of the JSON object in s, as [*at, *end),
+ * found without parsing the whole text (the usage of a large answer); false when the text
+ * is no object or holds no such member with an object value. The rest is not validated. */
+bool kw_json_top_object(const char *s, size_t len, const char *key, size_t *at, size_t *end);
+
 #endif

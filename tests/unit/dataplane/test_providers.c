@@ -788,53 +788,12 @@ static void test_eventstream_linear(void **state)
     free(payload);
 }
 
-/* The usage of a non-stream answer is found without parsing the answer: only the
- * top-level member counts, never one inside a string or a nested object. */
-static void test_top_object_scan(void **state)
-{
-    (void)state;
-    static const struct {
-        const char *json, *want; /* want: the span, or NULL for none */
-    } cases[] = {
-        {"{\"id\":\"x\",\"usage\":{\"prompt_tokens\":5}}", "{\"prompt_tokens\":5}"},
-        {" { \"usage\" : { \"a\" : [1, {\"b\": \"}\"}] } , \"z\": 1 } ",
-         "{ \"a\" : [1, {\"b\": \"}\"}] }"},
-        /* in a string, escaped quotes and all */
-        {"{\"content\":\"say \\\"usage\\\": {\\\"x\\\":1}\",\"n\":2}", NULL},
-        {"{\"choices\":[{\"usage\":{\"x\":1}}],\"object\":\"c\"}", NULL},
-        {"{\"meta\":{\"usage\":{\"x\":1}}}", NULL},
-        {"{\"usage\":null}", NULL},
-        {"{\"usagex\":{}}", NULL},
-        {"{\"a\":\"\\\\\",\"usage\":{}}", "{}"}, /* a string ending in a backslash */
-        /* the usage is whole though the answer is cut after it: it is what the upstream
-         * says was used (the answer is relayed as it came either way) */
-        {"{\"usage\":{\"x\":1}", "{\"x\":1}"},
-        {"{\"usage\":{\"x\":\"1}}", NULL},
-        {"[{\"usage\":{}}]", NULL},
-        {"", NULL},
-        {"{\"a\" 1, \"usage\":{}}", NULL},
-    };
-    for (size_t i = 0; i < KW_ARRAY_LEN(cases); i++) {
-        size_t at = 0, end = 0;
-        bool found = dp_json_top_object(cases[i].json, strlen(cases[i].json), "usage", &at, &end);
-        if (cases[i].want == NULL) {
-            if (found)
-                fail_msg("case %zu: found %.*s", i, (int)(end - at), cases[i].json + at);
-            continue;
-        }
-        assert_true(found);
-        assert_int_equal(end - at, strlen(cases[i].want));
-        assert_memory_equal(cases[i].json + at, cases[i].want, end - at);
-    }
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sigv4_vectors),      cmocka_unit_test(test_sigv4_bedrock_path),
         cmocka_unit_test(test_eventstream_splits), cmocka_unit_test(test_eventstream_errors),
         cmocka_unit_test(test_eventstream_linear), cmocka_unit_test(test_golden),
-        cmocka_unit_test(test_top_object_scan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
