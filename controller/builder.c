@@ -172,7 +172,7 @@ struct ctl_cache {
 
 static uint64_t key_hash(const char *s)
 {
-    return kw_fnv_str(KW_FNV_SEED, s);
+    return kw_hash_cstr(s);
 }
 
 struct ctl_cache *ctl_cache_new(void)
@@ -265,8 +265,13 @@ static struct cache_entry *cache_holding(struct ctl_cache *c, enum kw_kind kind,
     if (t->nbuckets == 0 || m->name == NULL)
         return NULL;
     /* the key "namespace/name" hashed and compared in its two parts */
-    uint64_t h = kw_fnv_str(kw_fnv_byte(kw_fnv_str(KW_FNV_SEED, m->ns), '/'), m->name);
     size_t nsl = strlen(m->ns);
+    struct kw_hash hs;
+    kw_hash_begin(&hs);
+    kw_hash_feed(&hs, m->ns, nsl);
+    kw_hash_feed(&hs, "/", 1);
+    kw_hash_feed(&hs, m->name, strlen(m->name));
+    uint64_t h = kw_hash_end(&hs);
     for (struct cache_entry *e = t->buckets[h & (t->nbuckets - 1)]; e != NULL; e = e->next)
         if (strncmp(e->key, m->ns, nsl) == 0 && e->key[nsl] == '/' &&
             strcmp(e->key + nsl + 1, m->name) == 0)

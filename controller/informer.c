@@ -106,7 +106,7 @@ static atomic_uint_fast64_t next_seq;
 
 static uint64_t hash(const char *s)
 {
-    return kw_fnv_str(KW_FNV_SEED, s);
+    return kw_hash_cstr(s);
 }
 
 void ctl_store_init(struct ctl_store *s)
@@ -322,7 +322,7 @@ bool ctl_store_put_node(struct ctl_store *s, const struct kw_node *obj, struct k
     kw_buf_reset(tmp);
     if (write_stripped(obj, tmp, true) != KW_OK)
         return false;
-    uint64_t spec = kw_fnv_mem(KW_FNV_SEED, tmp->data, tmp->len);
+    uint64_t spec = kw_hash_mem(tmp->data, tmp->len);
     kw_buf_reset(tmp);
     if (write_stripped(obj, tmp, false) != KW_OK)
         return false;

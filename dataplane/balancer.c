@@ -80,23 +80,25 @@ uint32_t dp_lb_rand(struct dp_lb *lb)
     return (uint32_t)((lb->rnd * 2685821657736338717ull) >> 32);
 }
 
-static uint64_t fnv(uint64_t h, const char *s)
-{
-    return kw_fnv_byte(kw_fnv_str(h, s), 0xff);
-}
-
 static uint64_t key_hash(const char *ns, const char *name)
 {
-    return fnv(fnv(KW_FNV_SEED, ns), name);
+    struct kw_hash h;
+    kw_hash_begin(&h);
+    kw_hash_str(&h, ns);
+    kw_hash_str(&h, name);
+    return kw_hash_end(&h);
 }
 
 /* What identifies a backend's health: where it sends and with which provider. */
 static uint64_t fingerprint(const struct kw_backend *b)
 {
-    uint64_t h = fnv(KW_FNV_SEED, kw_provider_name(b->provider));
-    h = fnv(h, b->upstream.base_url);
-    h = fnv(h, b->upstream.service_ref.name);
-    return h ^ b->upstream.service_ref.port;
+    struct kw_hash h;
+    kw_hash_begin(&h);
+    kw_hash_str(&h, kw_provider_name(b->provider));
+    kw_hash_str(&h, b->upstream.base_url);
+    kw_hash_str(&h, b->upstream.service_ref.name);
+    kw_hash_feed(&h, &b->upstream.service_ref.port, sizeof(b->upstream.service_ref.port));
+    return kw_hash_end(&h);
 }
 
 static void target_init(struct dp_lb_target *t)

@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "filter.h"
+#include "knoway/digest.h"
 #include "knoway/kw.h"
 #include "knoway/limits.h"
 #include "knoway/log.h"
@@ -53,8 +54,10 @@ enum { SCRIPT_TAKE, SCRIPT_SETTLE };
 /* KEYS: n bucket keys, then the consumer's usage hash (when budgeted).
  * ARGV: n, the budget in nano-USD (-1: none), then limit, window ms, cost per bucket.
  * Returns {admitted (1) / refused by a limit (0) / over budget (2), spent, then per bucket
- * cur, prev, elapsed ms, window index}. */
+ * cur, prev, elapsed ms, window index}. A cost below 0 or above 2^40 - 1 is refused, a
+ * cost of 0 is admitted only while the bucket has room. */
 static const char script_take[] =
+    "local CAP = 1099511627775\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local n = tonumber(ARGV[1])\n"
@@ -74,13 +77,14 @@ static const char script_take[] =
     "  local cur = tonumber(redis.call('GET', KEYS[i] .. ':' .. win) or '0')\n"
     "  local prev = tonumber(redis.call('GET', KEYS[i] .. ':' .. (win - 1)) or '0')\n"
     "  local est = math.floor(prev * (W - e) / W) + cur\n"
-    "  if ok == 1 and c > 0 and est + c > L then ok = 0 end\n"
+    "  if c < 0 or c > CAP then c = -1 end\n"
+    "  if ok == 1 and (c < 0 or est + math.max(c, 1) > L) then ok = 0 end\n"
     "  st[i] = {win, e, cur, prev, c, W}\n"
     "end\n"
     "local out = {ok, spent}\n"
     "for i = 1, n do\n"
     "  local s = st[i]\n"
-    "  if ok == 1 and s[5] ~= 0 then\n"
+    "  if ok == 1 and s[5] > 0 then\n"
     "    local k = KEYS[i] .. ':' .. s[1]\n"
     "    s[3] = redis.call('INCRBY', k, s[5])\n"
     "    redis.call('PEXPIRE', k, 2 * s[6])\n"
@@ -91,32 +95,47 @@ static const char script_take[] =
 
 /* KEYS: n window keys ("bucket:window"), then the usage hash (optional).
  * ARGV: n, then delta and ttl ms per key, then requests, input, output, cached, cost and
- * ttl s for the hash. A refund never takes a window below 0 nor revives an expired one. */
-static const char script_settle[] = "local n = tonumber(ARGV[1])\n"
-                                    "for i = 1, n do\n"
-                                    "  local d = tonumber(ARGV[2 * i])\n"
-                                    "  if d < 0 then\n"
-                                    "    if redis.call('EXISTS', KEYS[i]) == 1 then\n"
-                                    "      if redis.call('INCRBY', KEYS[i], d) < 0 then\n"
-                                    "        redis.call('SET', KEYS[i], 0, 'KEEPTTL')\n"
-                                    "      end\n"
-                                    "    end\n"
-                                    "  elseif d > 0 then\n"
-                                    "    redis.call('INCRBY', KEYS[i], d)\n"
-                                    "    redis.call('PEXPIRE', KEYS[i], ARGV[2 * i + 1])\n"
-                                    "  end\n"
-                                    "end\n"
-                                    "if #KEYS > n then\n"
-                                    "  local k = KEYS[n + 1]\n"
-                                    "  local b = 2 * n + 2\n"
-                                    "  redis.call('HINCRBY', k, 'requests', ARGV[b])\n"
-                                    "  redis.call('HINCRBY', k, 'inputTokens', ARGV[b + 1])\n"
-                                    "  redis.call('HINCRBY', k, 'outputTokens', ARGV[b + 2])\n"
-                                    "  redis.call('HINCRBY', k, 'cachedTokens', ARGV[b + 3])\n"
-                                    "  redis.call('HINCRBY', k, 'cost', ARGV[b + 4])\n"
-                                    "  redis.call('EXPIRE', k, ARGV[b + 5])\n"
-                                    "end\n"
-                                    "return 1\n";
+ * ttl s for the hash. A refund never takes a window below 0 nor revives an expired one;
+ * every count saturates (windows at 2^40 - 1, the usage hash at 2^53: HINCRBY past 2^63
+ * would fail half-way through the script, and Lua's numbers are doubles). */
+static const char script_settle[] =
+    "local CAP = 1099511627775\n"
+    "local HCAP = 9007199254740992\n"
+    "local function hsat(k, f, d)\n"
+    "  d = tonumber(d)\n"
+    "  if d == nil or d <= 0 then return end\n"
+    "  local v = tonumber(redis.call('HGET', k, f) or '0')\n"
+    "  if v + d >= HCAP then redis.call('HSET', k, f, '9007199254740992')\n"
+    "  else redis.call('HINCRBY', k, f, d) end\n"
+    "end\n"
+    "local n = tonumber(ARGV[1])\n"
+    "for i = 1, n do\n"
+    "  local d = tonumber(ARGV[2 * i])\n"
+    "  if d < -CAP then d = -CAP elseif d > CAP then d = CAP end\n"
+    "  if d < 0 then\n"
+    "    if redis.call('EXISTS', KEYS[i]) == 1 then\n"
+    "      if redis.call('INCRBY', KEYS[i], d) < 0 then\n"
+    "        redis.call('SET', KEYS[i], 0, 'KEEPTTL')\n"
+    "      end\n"
+    "    end\n"
+    "  elseif d > 0 then\n"
+    "    if redis.call('INCRBY', KEYS[i], d) > CAP then\n"
+    "      redis.call('SET', KEYS[i], CAP, 'KEEPTTL')\n"
+    "    end\n"
+    "    redis.call('PEXPIRE', KEYS[i], ARGV[2 * i + 1])\n"
+    "  end\n"
+    "end\n"
+    "if #KEYS > n then\n"
+    "  local k = KEYS[n + 1]\n"
+    "  local b = 2 * n + 2\n"
+    "  hsat(k, 'requests', ARGV[b])\n"
+    "  hsat(k, 'inputTokens', ARGV[b + 1])\n"
+    "  hsat(k, 'outputTokens', ARGV[b + 2])\n"
+    "  hsat(k, 'cachedTokens', ARGV[b + 3])\n"
+    "  hsat(k, 'cost', ARGV[b + 4])\n"
+    "  redis.call('EXPIRE', k, ARGV[b + 5])\n"
+    "end\n"
+    "return 1\n";
 
 static const char *const scripts[] = {script_take, script_settle};
 
@@ -137,6 +156,7 @@ struct item {
     const char *key;               /* the bucket's name (Redis key prefix) */
     size_t len;
     uint64_t hash; /* of key, for the local table: computed when first counted locally */
+    uint64_t fam;  /* the limit's family (owner and name): where its keys spill */
     int64_t cost;  /* charged when admitted */
     bool global;   /* counted in Redis */
     bool charged;  /* cost is in the bucket (refund or correct it) */
@@ -189,8 +209,8 @@ static int init(struct dp_server *s, void **out)
                        "Limit checks Redis did not answer (failureMode decided), by mode.",
                        (const char *const[]){"mode", NULL}, 4, NULL, 0);
     c->table_full = kw_metrics_add(m, KW_METRIC_COUNTER, "knoway_ratelimit_table_full_total",
-                                   "Local limit checks admitted because the table of keys was "
-                                   "full.",
+                                   "Local limit checks that found the table of keys full: "
+                                   "counted in their limit's shared slot, or refused (503).",
                                    NULL, 1, NULL, 0);
     const struct kw_dataplane *dp = s->dp;
     if (dp->redis.url == NULL)
@@ -341,25 +361,31 @@ static const char *key_value(struct dp_request *r, const struct kw_rate_limit *l
     if (plain)
         return v;
     /* long or unusual values (client input) become their digest: keys stay bounded */
-    uint64_t h1 = dp_rl_hash(v, vl);
+    /* a name every data plane writes alike (Redis keys): SHA-256, not the table's hash */
+    unsigned char d[32];
+    uint64_t h1 = 0;
+    if (kw_sha256(v, vl, d) == KW_OK)
+        memcpy(&h1, d, sizeof(h1));
     snprintf(buf, len, "#%016llx", (unsigned long long)h1);
     return buf;
 }
 
 static int64_t max_tokens_of(const struct dp_request *r)
 {
-    static const char *const keys[] = {"max_completion_tokens", "max_tokens"};
-    for (size_t i = 0; i < 2; i++) {
-        const struct kw_node *n = kw_node_get(r->json, keys[i]);
-        if (n != NULL && n->type == KW_NODE_INT && n->i > 0)
-            return n->i;
-    }
+    const char *field;
+    /* in range: the route phase refused anything else */
+    int64_t n = dp_request_max_output(r, KW_MAX_OUTPUT_TOKENS, &field);
+    if (n > 0)
+        return n;
     return r->api == DP_API_EMBEDDINGS ? 0 : r->route->estimated_output_tokens;
 }
 
+/* Token counts are clamped (KW_MAX_USAGE_TOKENS) before they get here: the sum of two is far
+ * from overflowing, and a cost is at most DP_RL_MAX_CNT (what a bucket can hold). */
 static int64_t tokens_for(enum kw_limit_count c, int64_t in, int64_t out)
 {
-    return c == KW_LIMIT_COUNT_INPUT ? in : c == KW_LIMIT_COUNT_OUTPUT ? out : in + out;
+    int64_t n = c == KW_LIMIT_COUNT_INPUT ? in : c == KW_LIMIT_COUNT_OUTPUT ? out : in + out;
+    return n < 0 ? 0 : n > (int64_t)DP_RL_MAX_CNT ? (int64_t)DP_RL_MAX_CNT : n;
 }
 
 /* The concatenation of parts (arena), its length in *len; NULL on out-of-memory. Names are
@@ -396,6 +422,7 @@ static bool add_item(struct dp_request *r, struct ctx *x, const struct kw_rate_l
     *it = (struct item){.l = l,
                         .key = key,
                         .len = len,
+                        .fam = dp_rl_family(owner, l->name),
                         .cost = l->tokens ? tokens_for(l->count, x->in_est, x->out_est) : 1,
                         .global = l->global};
     return true;
@@ -494,7 +521,7 @@ static void refund_local(struct conf *c, struct ctx *x)
     for (unsigned i = 0; i < x->n; i++) {
         struct item *it = &x->it[i];
         if (it->charged && !it->global) {
-            dp_rl_local_adjust(c->store, it->hash, it->st.window_ms, it->st.win, -it->cost);
+            dp_rl_local_adjust(c->store, it->hash, it->fam, &it->st, -it->cost);
             it->charged = false;
         }
     }
@@ -512,11 +539,16 @@ static int take_local(struct dp_request *r, struct conf *c, struct ctx *x, bool 
         it->global = false;
         if (it->hash == 0)
             it->hash = dp_rl_hash(it->key, it->len);
-        int rc = dp_rl_local(c->store, it->hash, (int64_t)it->l->limit, it->l->window_ms, it->cost,
-                             true, now, &it->st);
-        if (rc < 0) {
+        int rc = dp_rl_local(c->store, it->hash, it->fam, (int64_t)it->l->limit, it->l->window_ms,
+                             it->cost, true, now, &it->st);
+        if (rc < 0 || it->st.spilled)
             kw_metric_add(c->table_full, 1 + r->w->index, NULL, 1);
-            continue; /* full table: admitted, counted */
+        if (rc < 0) { /* neither the key nor its limit found room: never admitted uncounted */
+            refund_local(c, x);
+            x->stage = 3;
+            return dp_error_set(r, 503, "server_error", "rate_limit_unavailable", NULL,
+                                "Rate limits cannot be checked (the limit table is full); try "
+                                "again later.");
         }
         if (rc == 0) {
             refund_local(c, x);
@@ -529,7 +561,15 @@ static int take_local(struct dp_request *r, struct conf *c, struct ctx *x, bool 
             x->budget_hash = dp_rl_hash(x->usage_key, strlen(x->usage_key));
         int64_t spent =
             dp_rl_counter(c->store, x->budget_hash, 0, realtime_ms(), x->budget_expires_ms);
-        x->spent = spent > 0 ? spent : 0;
+        if (spent < 0) { /* no room to count the budget: never spent uncounted */
+            kw_metric_add(c->table_full, 1 + r->w->index, NULL, 1);
+            refund_local(c, x);
+            x->stage = 3;
+            return dp_error_set(r, 503, "server_error", "rate_limit_unavailable", NULL,
+                                "The budget cannot be checked (the limit table is full); try "
+                                "again later.");
+        }
+        x->spent = spent;
         if (spent >= r->consumer->budget.limit_nusd) {
             refund_local(c, x);
             return over_budget(r, x);
@@ -858,7 +898,7 @@ static void settle(struct dp_request *r, struct ctx *x, int64_t in, int64_t out,
         if (delta == 0)
             continue;
         if (!it->global) {
-            dp_rl_local_adjust(c->store, it->hash, it->st.window_ms, it->st.win, delta);
+            dp_rl_local_adjust(c->store, it->hash, it->fam, &it->st, delta);
             continue;
         }
         keys[nk] = kw_arena_printf(r->arena, "%s:%lld", it->key, (long long)it->st.win);

@@ -23,6 +23,7 @@
 #include "filter.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
+#include "knoway/limits.h"
 #include "knoway/log.h"
 #include "knoway/snapshot.h"
 #include "phases.h"
@@ -200,17 +201,11 @@ static const char *header_of(void *ud, const char *name)
     return dp_request_header(ud, name);
 }
 
-/* Tokens this request may use: its text (4 bytes a token) and what it may generate. */
-static int64_t estimate_tokens(const struct dp_request *r)
+/* Tokens this request may use: its text (4 bytes a token) and what it may generate (its
+ * max_tokens, checked in range when routed). */
+static int64_t estimate_tokens(const struct dp_request *r, int64_t max_out)
 {
-    int64_t est = (int64_t)(r->body_len / 4);
-    static const char *const keys[] = {"max_completion_tokens", "max_tokens"};
-    for (size_t i = 0; i < KW_ARRAY_LEN(keys); i++) {
-        const struct kw_node *n = kw_node_get(r->json, keys[i]);
-        if (n != NULL && n->type == KW_NODE_INT && n->i > 0)
-            return est + n->i;
-    }
-    return est;
+    return (int64_t)(r->body_len / 4) + max_out;
 }
 
 static int ph_route(struct dp_request *r)
@@ -236,7 +231,25 @@ static int ph_route(struct dp_request *r)
         int s = want != NULL ? dp_lb_strategy_parse(want) : -1;
         if (s >= 0)
             r->strategy = s;
-        r->est_tokens = estimate_tokens(r);
+        int64_t cap =
+            r->route->max_output_tokens > 0 ? r->route->max_output_tokens : KW_MAX_OUTPUT_TOKENS;
+        const char *field = NULL;
+        int64_t max_out = dp_request_max_output(r, cap, &field);
+        if (max_out < 0) {
+            const struct kw_node *n = kw_node_get(r->json, field);
+            if (n->type != KW_NODE_INT)
+                return dp_error_set(r, 400, "invalid_request_error", "invalid_type", field,
+                                    "Invalid type for '%s': expected an integer.", field);
+            bool above = n->i > cap;
+            return dp_error_set(r, 400, "invalid_request_error",
+                                above ? "integer_above_max_value" : "integer_below_min_value",
+                                field,
+                                "Invalid '%s': integer %s value. Expected a value %s %lld, but "
+                                "got %lld instead.",
+                                field, above ? "above maximum" : "below minimum",
+                                above ? "<=" : ">=", (long long)(above ? cap : 1), (long long)n->i);
+        }
+        r->est_tokens = estimate_tokens(r, max_out);
     }
     int64_t now = dp_now_ms();
     const struct kw_backend_ref *ref =
@@ -975,6 +988,7 @@ void dp_engine_end(struct dp_request *r, enum MHD_RequestTerminationCode toe)
     r->toe = toe;
     dp_cont_finish(r); /* a continued stream the client left: what it got counts */
     if (r->usage.have) {
+        dp_request_usage_clamp(r);
         struct dp_backend_state *bs = r->backend != NULL ? dp_lb_find(r->w->lb, r->backend) : NULL;
         if (bs != NULL)
             dp_lb_tokens(bs, r->usage.prompt + r->usage.completion, dp_now_ms());

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "knoway/digest.h"
+#include "knoway/hash.h"
 #include "knoway/kw.h"
 #include "ratelimit.h"
 
@@ -20,6 +20,7 @@ struct slot {
 
 struct dp_rl_store {
     struct slot slots[DP_RL_SLOTS];
+    struct slot spill[DP_RL_SPILL]; /* by family, for keys that found no slot */
 };
 
 struct dp_rl_store *dp_rl_store_new(void)
@@ -34,19 +35,27 @@ void dp_rl_store_free(struct dp_rl_store *s)
 
 uint64_t dp_rl_hash(const char *key, size_t len)
 {
-    unsigned char d[32];
-    uint64_t h = 0;
-    if (kw_sha256(key, len, d) == KW_OK)
-        memcpy(&h, d, sizeof(h));
+    uint64_t h = kw_hash_mem(key, len);
     return h != 0 ? h : 1;
 }
 
-/* The slot of key, claimed when new or reclaimed when expired; NULL when none of its
+uint64_t dp_rl_family(const char *owner, const char *name)
+{
+    struct kw_hash h;
+    kw_hash_begin(&h);
+    kw_hash_str(&h, owner);
+    kw_hash_str(&h, name);
+    uint64_t v = kw_hash_end(&h);
+    return v != 0 ? v : 1;
+}
+
+/* The slot of key in tab, claimed when new or reclaimed when expired; NULL when none of its
  * DP_RL_PROBE places is available. */
-static struct slot *find(struct dp_rl_store *s, uint64_t key, int64_t now_ms, int64_t keep_until)
+static struct slot *probe(struct slot *tab, unsigned mask, uint64_t key, int64_t now_ms,
+                          int64_t keep_until)
 {
     for (unsigned p = 0; p < DP_RL_PROBE; p++) {
-        struct slot *sl = &s->slots[(key + p) & (DP_RL_SLOTS - 1)];
+        struct slot *sl = &tab[(key + p) & mask];
         uint64_t k = atomic_load_explicit(&sl->key, memory_order_acquire);
         bool claim = false;
         if (k == key) {
@@ -70,6 +79,18 @@ static struct slot *find(struct dp_rl_store *s, uint64_t key, int64_t now_ms, in
         return sl;
     }
     return NULL;
+}
+
+/* key's own slot, else its family's spill slot (*spilled); NULL when both are taken. */
+static struct slot *find(struct dp_rl_store *s, uint64_t key, uint64_t fam, int64_t now_ms,
+                         int64_t keep_until, bool *spilled)
+{
+    *spilled = false;
+    struct slot *sl = probe(s->slots, DP_RL_SLOTS - 1, key, now_ms, keep_until);
+    if (sl != NULL || fam == 0)
+        return sl;
+    *spilled = true;
+    return probe(s->spill, DP_RL_SPILL - 1, fam, now_ms, keep_until);
 }
 
 static int64_t count_of(uint64_t word, int64_t win)
@@ -169,13 +190,13 @@ void dp_rl_format_reset(int64_t ms, char buf[32])
     *p = '\0';
 }
 
-int dp_rl_local(struct dp_rl_store *s, uint64_t key, int64_t limit, int64_t window_ms, int64_t cost,
-                bool take, int64_t now_ms, struct dp_rl_state *out)
+int dp_rl_local(struct dp_rl_store *s, uint64_t key, uint64_t fam, int64_t limit, int64_t window_ms,
+                int64_t cost, bool take, int64_t now_ms, struct dp_rl_state *out)
 {
     int64_t win = now_ms / window_ms;
     *out = (struct dp_rl_state){
         .limit = limit, .window_ms = window_ms, .elapsed_ms = now_ms - win * window_ms, .win = win};
-    struct slot *sl = find(s, key, now_ms, (win + 2) * window_ms);
+    struct slot *sl = find(s, key, fam, now_ms, (win + 2) * window_ms, &out->spilled);
     if (sl == NULL)
         return -1;
     _Atomic uint64_t *cw = &sl->w[win & 1], *pw = &sl->w[(win + 1) & 1];
@@ -183,9 +204,14 @@ int dp_rl_local(struct dp_rl_store *s, uint64_t key, int64_t limit, int64_t wind
     for (;;) {
         out->cur = count_of(old, win);
         out->prev = count_of(atomic_load(pw), win - 1);
-        if (take && cost > 0 && dp_rl_estimate(out) + cost > limit)
+        /* a negative cost is a bug or an overflow upstream of here: never a free pass; a
+         * cost of 0 passes only while the bucket has room */
+        if (take && (cost < 0 || cost > (int64_t)CNT_MASK ||
+                     dp_rl_estimate(out) + (cost > 0 ? cost : 1) > limit))
             return 0;
-        int64_t n = out->cur + cost;
+        int64_t n = out->cur + (cost < -(int64_t)CNT_MASK  ? -(int64_t)CNT_MASK
+                                : cost > (int64_t)CNT_MASK ? (int64_t)CNT_MASK
+                                                           : cost);
         n = n < 0 ? 0 : n > (int64_t)CNT_MASK ? (int64_t)CNT_MASK : n;
         uint64_t word = ((uint64_t)win & TAG_MASK) << TAG_SHIFT | (uint64_t)n;
         if (atomic_compare_exchange_weak(cw, &old, word)) {
@@ -195,16 +221,19 @@ int dp_rl_local(struct dp_rl_store *s, uint64_t key, int64_t limit, int64_t wind
     }
 }
 
-void dp_rl_local_adjust(struct dp_rl_store *s, uint64_t key, int64_t window_ms, int64_t win,
-                        int64_t delta)
+void dp_rl_local_adjust(struct dp_rl_store *s, uint64_t key, uint64_t fam,
+                        const struct dp_rl_state *st, int64_t delta)
 {
+    struct slot *tab = st->spilled ? s->spill : s->slots;
+    unsigned mask = st->spilled ? DP_RL_SPILL - 1 : DP_RL_SLOTS - 1;
+    uint64_t k = st->spilled ? fam : key;
+    int64_t win = st->win;
     struct slot *sl = NULL;
     for (unsigned p = 0; p < DP_RL_PROBE && sl == NULL; p++) {
-        struct slot *c = &s->slots[(key + p) & (DP_RL_SLOTS - 1)];
-        if (atomic_load(&c->key) == key)
+        struct slot *c = &tab[(k + p) & mask];
+        if (atomic_load(&c->key) == k)
             sl = c;
     }
-    (void)window_ms;
     if (sl == NULL)
         return;
     _Atomic uint64_t *cw = &sl->w[win & 1];
@@ -212,7 +241,11 @@ void dp_rl_local_adjust(struct dp_rl_store *s, uint64_t key, int64_t window_ms, 
     for (;;) {
         if ((old >> TAG_SHIFT) != ((uint64_t)win & TAG_MASK))
             return; /* that window is gone: nothing to correct */
-        int64_t n = (int64_t)(old & CNT_MASK) + delta;
+        /* delta clamped first: the count is at most CNT_MASK, so the sum cannot wrap */
+        int64_t d = delta < -(int64_t)CNT_MASK  ? -(int64_t)CNT_MASK
+                    : delta > (int64_t)CNT_MASK ? (int64_t)CNT_MASK
+                                                : delta;
+        int64_t n = (int64_t)(old & CNT_MASK) + d;
         n = n < 0 ? 0 : n > (int64_t)CNT_MASK ? (int64_t)CNT_MASK : n;
         if (atomic_compare_exchange_weak(cw, &old,
                                          ((uint64_t)win & TAG_MASK) << TAG_SHIFT | (uint64_t)n))
@@ -223,8 +256,17 @@ void dp_rl_local_adjust(struct dp_rl_store *s, uint64_t key, int64_t window_ms, 
 int64_t dp_rl_counter(struct dp_rl_store *s, uint64_t key, int64_t delta, int64_t now_ms,
                       int64_t expires_ms)
 {
-    struct slot *sl = find(s, key, now_ms, expires_ms);
+    bool spilled;
+    struct slot *sl = find(s, key, key, now_ms, expires_ms, &spilled);
     if (sl == NULL)
         return -1;
-    return (int64_t)(atomic_fetch_add(&sl->w[0], (uint64_t)delta) + (uint64_t)delta);
+    uint64_t old = atomic_load(&sl->w[0]);
+    for (;;) { /* saturating: 0..DP_RL_MAX_COUNTER */
+        int64_t v = (int64_t)old;
+        int64_t n = delta > 0 && v > DP_RL_MAX_COUNTER - delta ? DP_RL_MAX_COUNTER
+                    : delta < 0 && v + delta < 0               ? 0
+                                                               : v + delta;
+        if (delta == 0 || atomic_compare_exchange_weak(&sl->w[0], &old, (uint64_t)n))
+            return n;
+    }
 }

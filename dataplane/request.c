@@ -23,6 +23,7 @@
 #include "respond.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
+#include "knoway/limits.h"
 #include "knoway/log.h"
 #include "server.h"
 
@@ -72,15 +73,48 @@ static bool admit(struct dp_request *r, uint64_t more)
     return used < 0 || (uint64_t)used + more <= s->dp->limits.max_memory_bytes;
 }
 
+static int64_t clamp_tokens(int64_t n)
+{
+    return n < 0 ? 0 : n > KW_MAX_USAGE_TOKENS ? KW_MAX_USAGE_TOKENS : n;
+}
+
 int64_t dp_cost_nano(const struct kw_backend *b, int64_t in, int64_t cached, int64_t out)
 {
     if (b == NULL || !b->pricing.set)
         return 0;
+    in = clamp_tokens(in);
+    out = clamp_tokens(out);
     int64_t c0 = cached > 0 && cached <= in ? cached : 0;
-    /* micro-USD per million tokens = nano-USD per thousand tokens */
-    return ((in - c0) * b->pricing.input_per_million + c0 * b->pricing.cached_input_per_million +
-            out * b->pricing.output_per_million) /
-           1000;
+    /* micro-USD per million tokens = nano-USD per thousand tokens; prices are bounded by
+     * the decoder, counts here, so 128 bits cannot overflow */
+    __int128 n = ((__int128)(in - c0) * b->pricing.input_per_million +
+                  (__int128)c0 * b->pricing.cached_input_per_million +
+                  (__int128)out * b->pricing.output_per_million) /
+                 1000;
+    return n < 0 ? 0 : n > KW_MAX_COST_NUSD ? KW_MAX_COST_NUSD : (int64_t)n;
+}
+
+void dp_request_usage_clamp(struct dp_request *r)
+{
+    r->usage.prompt = clamp_tokens(r->usage.prompt);
+    r->usage.completion = clamp_tokens(r->usage.completion);
+    r->usage.cached = clamp_tokens(r->usage.cached);
+    r->usage.reasoning = clamp_tokens(r->usage.reasoning);
+}
+
+int64_t dp_request_max_output(const struct dp_request *r, int64_t max, const char **field)
+{
+    static const char *const keys[] = {"max_completion_tokens", "max_tokens"};
+    for (size_t i = 0; i < KW_ARRAY_LEN(keys); i++) {
+        const struct kw_node *n = kw_node_get(r->json, keys[i]);
+        if (n == NULL || n->type == KW_NODE_NULL)
+            continue;
+        *field = keys[i];
+        if (n->type != KW_NODE_INT || n->i < 1 || n->i > max)
+            return -1;
+        return n->i;
+    }
+    return 0;
 }
 
 void dp_request_usage(struct dp_request *r, const struct kw_node *usage)

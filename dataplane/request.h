@@ -217,7 +217,17 @@ int dp_error_set(struct dp_request *r, unsigned status, const char *type, const 
 int dp_request_add_header(struct dp_request *r, const char *name, const char *value);
 
 /* What tokens cost at b's pricing, in nano-USD (0 without pricing). cached: of in. */
+/* Nano-USD of a usage at b's prices; counts are clamped to 0..KW_MAX_USAGE_TOKENS and the
+ * result saturates at KW_MAX_COST_NUSD. */
 int64_t dp_cost_nano(const struct kw_backend *b, int64_t in, int64_t cached, int64_t out);
+/* The output a request asks for at most (max_completion_tokens, else max_tokens; the fronts
+ * map Anthropic's max_tokens and the Responses API's max_output_tokens there): its value,
+ * 0 when it asks for none, -1 when the field is not an integer of 1..max (the route's
+ * maxOutputTokens, else KW_MAX_OUTPUT_TOKENS); the field's name in *field then. */
+int64_t dp_request_max_output(const struct dp_request *r, int64_t max, const char **field);
+/* Clamps every count of r->usage to 0..KW_MAX_USAGE_TOKENS (an upstream's numbers are
+ * input like any other), before anything adds them up. */
+void dp_request_usage_clamp(struct dp_request *r);
 
 /* Record usage from an OpenAI-shaped "usage" object. */
 void dp_request_usage(struct dp_request *r, const struct kw_node *usage);

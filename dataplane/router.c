@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "knoway/hash.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "dp_limits.h"
@@ -88,9 +89,9 @@ static int unhex(char c)
 
 static size_t key_slot(const unsigned char *digest, size_t cap)
 {
-    uint64_t h;
-    memcpy(&h, digest, sizeof(h)); /* a SHA-256: its bytes are the hash */
-    return (size_t)(h & (cap - 1));
+    /* a SHA-256 of a key a tenant may choose: a tenant could grind keys whose digests share
+     * low bits, so the slot is a keyed hash of the digest, not its bytes */
+    return (size_t)(kw_hash_mem(digest, 32) & (cap - 1));
 }
 
 /* Every consumer's key digests into an open-addressing table. A digest two consumers

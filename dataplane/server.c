@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/inotify.h>
 #include <sys/signalfd.h>
 #include <systemd/sd-daemon.h>
@@ -325,7 +326,14 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
                           .drain_seconds = drain_seconds};
     pthread_mutex_init(&s.mu, NULL);
     s.max_body_bytes = s.dp->limits.max_body_bytes;
-    s.boot_id = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    /* request ids are "worker-boot-counter" and the usage ledger keeps one row per id: the
+     * boot id must differ between replicas started together, which the time and the pid do
+     * not (in a container every data plane is PID 1) */
+    if (getrandom(&s.boot_id, sizeof(s.boot_id), 0) != (ssize_t)sizeof(s.boot_id) ||
+        s.boot_id == 0) {
+        kw_log(KW_LOG_ERROR, "no randomness for the boot id", NULL);
+        return 1;
+    }
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     s.nworkers = s.dp->workers > 0 ? s.dp->workers : (unsigned)(cores > 0 ? cores : 1);
     bool discovery = s.dp->discovery.url != NULL;

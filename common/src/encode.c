@@ -327,6 +327,8 @@ struct kw_node *kw_encode_route_spec(struct kw_arena *a, const struct kw_route *
         put(&e, spec, "rateLimits", rate_limits(&e, r->rate_limits, r->nrate_limits));
     if (r->estimated_output_tokens != KW_DEFAULT_ESTIMATED_OUTPUT)
         put_int(&e, spec, "estimatedOutputTokens", r->estimated_output_tokens);
+    if (r->max_output_tokens != 0)
+        put_int(&e, spec, "maxOutputTokens", r->max_output_tokens);
     if (r->load_balancer.strategy != KW_LB_WEIGHTED_RANDOM || r->load_balancer.client_override) {
         static const char *const strategies[] = {"WeightedRandom", "RoundRobin", "LeastRequest",
                                                  "Latency"};

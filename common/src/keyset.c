@@ -8,8 +8,7 @@
 
 static uint64_t hash(const char *s, size_t len)
 {
-    uint64_t h = kw_fnv_mem(KW_FNV_SEED, s, len);
-    return h ^ (h >> 29);
+    return kw_hash_mem(s, len);
 }
 
 static void put(const struct kw_node **slots, size_t cap, const struct kw_node *key)

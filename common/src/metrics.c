@@ -143,10 +143,11 @@ struct kw_metric *kw_metrics_add(struct kw_metrics *m, enum kw_metric_type type,
 
 static uint64_t hash_values(const struct kw_metric *f, const char *const *values)
 {
-    uint64_t h = KW_FNV_SEED;
+    struct kw_hash h;
+    kw_hash_begin(&h);
     for (unsigned i = 0; i < f->nlabels; i++)
-        h = kw_fnv_byte(kw_fnv_str(h, values[i]), 0xff);
-    return h;
+        kw_hash_str(&h, values[i]);
+    return kw_hash_end(&h);
 }
 
 static bool same_values(const struct kw_series *s, const char *const *values)

@@ -1525,15 +1525,10 @@ static void decode_rate_limits(struct kw_dec *d, const struct kw_node *spec, con
 
 void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_route *r)
 {
-    static const char *const fields[] = {"match",
-                                         "backendRefs",
-                                         "timeout",
-                                         "streamIdleTimeout",
-                                         "loadBalancer",
-                                         "retry",
-                                         "rateLimits",
-                                         "estimatedOutputTokens",
-                                         NULL};
+    static const char *const fields[] = {
+        "match",           "backendRefs", "timeout",    "streamIdleTimeout",
+        "loadBalancer",    "retry",       "rateLimits", "estimatedOutputTokens",
+        "maxOutputTokens", NULL};
     static const char *const ref_fields[] = {"name", "weight", "priority", "modelOverride", NULL};
     check_fields(d, spec, fields, NULL);
     decode_match(d, spec, r);
@@ -1586,7 +1581,8 @@ void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct k
     decode_route_traffic(d, spec, r);
     decode_rate_limits(d, spec, "rateLimits", false, &r->rate_limits, &r->nrate_limits);
     r->estimated_output_tokens = KW_DEFAULT_ESTIMATED_OUTPUT;
-    get_int(d, spec, "estimatedOutputTokens", 1, 10000000, &r->estimated_output_tokens);
+    get_int(d, spec, "estimatedOutputTokens", 1, KW_MAX_OUTPUT_TOKENS, &r->estimated_output_tokens);
+    get_int(d, spec, "maxOutputTokens", 1, KW_MAX_OUTPUT_TOKENS, &r->max_output_tokens);
 }
 
 /* ---- LLMConsumer ---------------------------------------------------------------------- */

@@ -317,11 +317,12 @@ struct creds {
 
 static size_t cred_hash(const char *ns, const char *name, const char *key)
 {
-    uint64_t h = KW_FNV_SEED;
-    const char *parts[3] = {ns, name, key};
-    for (int i = 0; i < 3; i++)
-        h = kw_fnv_byte(kw_fnv_str(h, parts[i]), 0xff); /* a separator no name holds */
-    return (size_t)h;
+    struct kw_hash h;
+    kw_hash_begin(&h);
+    kw_hash_str(&h, ns);
+    kw_hash_str(&h, name);
+    kw_hash_str(&h, key);
+    return (size_t)kw_hash_end(&h);
 }
 
 /* The slot of ns/name/key: its entry, or the free slot where it would go. */
@@ -627,7 +628,8 @@ static int snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn re
         struct kw_route *r = &pr->r;
         *r = *src;
         pr->src = src;
-        pr->sig = KW_FNV_SEED; /* which backendRefs are kept: a hash of their indexes */
+        struct kw_hash sig; /* which backendRefs are kept: a hash of their indexes */
+        kw_hash_begin(&sig);
         r->refs = refs;
         r->nrefs = 0;
         bool weight = false;
@@ -641,8 +643,9 @@ static int snapshot_write(const struct kw_config *cfg, kw_service_resolver_fn re
             refs[r->nrefs].backend = copy;
             weight |= refs[r->nrefs].weight > 0;
             r->nrefs++;
-            pr->sig = kw_fnv_mem(pr->sig, &j, sizeof(j));
+            kw_hash_feed(&sig, &j, sizeof(j));
         }
+        pr->sig = kw_hash_end(&sig) | 1; /* 0 means "no reuse" */
         if (r->nrefs == 0 || !weight) {
             kw_diag_add(diag, r->meta.file, r->meta.line, r->meta.col,
                         kw_arena_printf(a, "LLMRoute/%s/%s", r->meta.ns, r->meta.name),

@@ -6,6 +6,7 @@ import glob
 import http.client
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -13,7 +14,8 @@ import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Dataplane, Mock, Postgres, backend, post, request, route  # noqa: E402
+from harness import (Dataplane, Mock, Postgres, backend, post, request, route,  # noqa: E402
+                     wait_port)
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
 KW_OUTAGE = float(os.environ.get("KW_PG_OUTAGE_SECONDS", "30"))
@@ -135,6 +137,52 @@ class Exactly(unittest.TestCase):
                                                        len(extra), took, KW_OUTAGE))
         finally:
             for dp in dps:
+                dp.stop()
+            mock.stop()
+            pg.cleanup()
+
+
+class SameSecondPid1(unittest.TestCase):
+    """Replicas started together as PID 1 (each in its own PID namespace, as in containers):
+    the request ids they issue never collide, so every answer keeps its row. With a boot id
+    made of the time and the pid, 100 answers became 50 rows."""
+
+    def test_rows_equal_answers(self):
+        pg = Postgres()
+        mock = Mock()
+        dsn = os.path.join(pg.dir, "dsn")
+        with open(dsn, "w") as f:
+            f.write(pg.dsn() + "\n")
+        res = backend("b", mock.url()) + route("demo", ["demo"], ["b"])
+        wrap = ("unshare", "--pid", "--fork", "--kill-child=SIGTERM")
+        time.sleep(1.05 - time.time() % 1.0)  # both start early in the same second
+        dps = [Dataplane(res, workers=1, wrap=wrap, wait=False,
+                         extra_spec=usage_spec(os.path.join(pg.dir, "spool-%d" % i), dsn))
+               for i in range(2)]
+        try:
+            for dp in dps:
+                wait_port(dp.port)
+                dp.wait_ready()
+            ids = set()
+            for dp in dps:
+                for _ in range(50):
+                    status, headers, _body = post(dp.port, "/v1/chat/completions", CHAT)
+                    self.assertEqual(status, 200)
+                    ids.add(headers["x-request-id"])
+            self.assertEqual(len(ids), 100, "request ids are unique across the replicas")
+            wait_shipped(dps)
+            rows = pg.query("SELECT request_id FROM knoway_usage")
+            self.assertEqual(len(rows), 100)
+            self.assertEqual({r[0] for r in rows}, ids)
+        finally:
+            for dp in dps:
+                # unshare does not pass SIGTERM on: the data plane (PID 1 inside) gets it
+                try:
+                    with open("/proc/%d/task/%d/children" % (dp.proc.pid, dp.proc.pid)) as f:
+                        for pid in f.read().split():
+                            os.kill(int(pid), signal.SIGTERM)
+                except OSError:
+                    pass
                 dp.stop()
             mock.stop()
             pg.cleanup()

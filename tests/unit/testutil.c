@@ -1,3 +1,4 @@
+#include <stdio.h>
 #include <time.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -95,4 +96,35 @@ struct kw_snapshot *kwt_snapshot(const char *yaml, struct kw_config **cfg_out)
     else
         kw_config_free(cfg);
     return snap;
+}
+
+char **kwt_data_lines(const char *name, size_t *n)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/%s", KW_TEST_DATA, name);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t cap = 1024, len = 0;
+    char **out = malloc(cap * sizeof(*out));
+    char line[4096];
+    while (fgets(line, sizeof(line), f) != NULL) {
+        line[strcspn(line, "\n")] = '\0';
+        if (len + 2 > cap) {
+            char **grown = realloc(out, (cap *= 2) * sizeof(*out));
+            assert_non_null(grown);
+            out = grown;
+        }
+        out[len++] = strdup(line);
+    }
+    fclose(f);
+    out[len] = NULL;
+    *n = len;
+    return out;
+}
+
+void kwt_lines_free(char **lines)
+{
+    for (size_t i = 0; lines != NULL && lines[i] != NULL; i++)
+        free(lines[i]);
+    free(lines);
 }

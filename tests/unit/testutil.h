@@ -30,6 +30,11 @@ struct kw_snapshot *kwt_snapshot(const char *yaml, struct kw_config **cfg_out);
 /* Seconds on the monotonic clock. */
 double kwt_now(void);
 
+/* The lines of tests/unit/data/NAME (a NULL-terminated array; free it with kwt_lines_free);
+ * *n their count. Fails the test when the file cannot be read. */
+char **kwt_data_lines(const char *name, size_t *n);
+void kwt_lines_free(char **lines);
+
 /* Time-linearity check that does not flake on a slow or loaded machine: fn(input) runs
  * against base(baseline input of the same size, known linear) and the ratio is bounded.
  * Returns fn's time over base's time, each the best of three runs. */

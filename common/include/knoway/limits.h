@@ -31,4 +31,10 @@
 #define KW_MAX_PRIORITY      100u
 #define KW_MAX_SECRET_BYTES  (1024u * 1024) /* Kubernetes' own limit for a Secret */
 
+/* Token arithmetic: numbers from requests and upstreams are range-checked against these
+ * before any sum or product, and accounting saturates at them */
+#define KW_MAX_OUTPUT_TOKENS 10000000ll  /* max_tokens a request may ask (400 above) */
+#define KW_MAX_USAGE_TOKENS  (1ll << 40) /* a usage count from an upstream is clamped here */
+#define KW_MAX_COST_NUSD     (1ll << 52) /* one request's or a period's cost: 4.5M USD */
+
 #endif

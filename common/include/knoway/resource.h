@@ -239,6 +239,7 @@ struct kw_route {
     struct kw_rate_limit *rate_limits; /* spec.rateLimits */
     size_t nrate_limits;
     int64_t estimated_output_tokens; /* token reservations without max_tokens; default 1024 */
+    int64_t max_output_tokens;       /* largest max_tokens a request may ask; 0: the ceiling */
     bool valid;                      /* false when the route itself has an error */
     bool resolved;                   /* every backendRef names an existing, valid LLMBackend */
     bool conflicted; /* an older route of another namespace claims one of its models */

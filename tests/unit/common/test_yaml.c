@@ -148,6 +148,28 @@ static void test_linear_in_keys(void **state)
     done(&p);
 }
 
+/* Keys chosen to share a slot under the public FNV-1a hash (test_json explains). */
+static void test_linear_in_colliding_keys(void **state)
+{
+    (void)state;
+    size_t n;
+    char **keys = kwt_data_lines("fnv-json-keys.txt", &n);
+    char *text[2];
+    for (int t = 0; t < 2; t++) {
+        size_t cap = n * 20 + 64, off = 0;
+        char *s = malloc(cap);
+        for (size_t i = 0; i < n; i++)
+            off +=
+                (size_t)snprintf(s + off, cap - off, t == 0 ? "%s: 0\n" : "- %s\n- 0\n", keys[i]);
+        text[t] = s;
+    }
+    kwt_assert_linear("YAML map of 5,000 keys colliding under FNV-1a vs a sequence", parse_yaml_ok,
+                      text[0], parse_yaml_ok, text[1], 8.0);
+    free(text[0]);
+    free(text[1]);
+    kwt_lines_free(keys);
+}
+
 static void test_aliases_refused(void **state)
 {
     (void)state;
@@ -212,6 +234,7 @@ int main(void)
         cmocka_unit_test(test_unknown_tag),
         cmocka_unit_test(test_complex_key),
         cmocka_unit_test(test_linear_in_keys),
+        cmocka_unit_test(test_linear_in_colliding_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

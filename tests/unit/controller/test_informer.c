@@ -111,6 +111,48 @@ static void test_bad_events(void **state)
     kw_arena_free(a);
 }
 
+struct names {
+    char **v;
+    size_t n;
+};
+
+static void put_all(void *arg)
+{
+    const struct names *ns = arg;
+    struct ctl_store s;
+    ctl_store_init(&s);
+    char key[300];
+    for (size_t i = 0; i < ns->n; i++) {
+        snprintf(key, sizeof(key), "default/%s", ns->v[i]);
+        assert_true(ctl_store_put(&s, key, "{}", 2));
+    }
+    for (size_t i = 0; i < ns->n; i++) {
+        snprintf(key, sizeof(key), "default/%s", ns->v[i]);
+        assert_non_null(ctl_store_get(&s, key));
+    }
+    ctl_store_cleanup(&s);
+}
+
+/* A tenant naming 5,000 objects so that "default/NAME" shares the low bits of the public
+ * FNV-1a hash the store once used (tests/tools/fnv_collide.c) costs what ordinary names
+ * cost: stores are keyed by a keyed hash. */
+static void test_store_linear_in_colliding_names(void **state)
+{
+    (void)state;
+    struct names bad, plain;
+    bad.v = kwt_data_lines("fnv-store-names.txt", &bad.n);
+    plain.n = bad.n;
+    plain.v = calloc(plain.n + 1, sizeof(char *));
+    for (size_t i = 0; i < plain.n; i++) {
+        plain.v[i] = malloc(32);
+        snprintf(plain.v[i], 32, "o%07zu", i);
+    }
+    kwt_assert_linear("a store of 5,000 names colliding under FNV-1a vs ordinary names", put_all,
+                      &bad, put_all, &plain, 8.0);
+    kwt_lines_free(bad.v);
+    kwt_lines_free(plain.v);
+}
+
 static void test_store(void **state)
 {
     struct ctl_store s;
@@ -204,6 +246,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_events),
+        cmocka_unit_test(test_store_linear_in_colliding_names),
         cmocka_unit_test(test_every_split_is_the_same),
         cmocka_unit_test(test_line_limit),
         cmocka_unit_test(test_bad_events),
