@@ -93,7 +93,8 @@ class Global(unittest.TestCase):
                + route("bad", ["bad"], ["bad"],
                        "  rateLimits:\n"
                        "    - {name: tpm, scope: Global, tokens: {limit: 100000, window: 1h}}\n")
-               + consumer("payer", "sk-payer", "  budget: {limit: \"0.001\", period: Day}\n"))
+               + consumer("payer", "sk-payer", "  budget: {limit: \"0.001\", period: Day}\n")
+               + consumer("whale", "sk-whale-0123456789"))
         cls.a = Dataplane(res, extra_spec=spec)
         cls.b = Dataplane(res, extra_spec=spec)
 
@@ -171,6 +172,40 @@ class Global(unittest.TestCase):
         self.assertGreaterEqual(cost, 1_000_000)
         self.assertLess(cost, 1_000_000 + per_request + 1, "stopped within one request")
         self.assertEqual(int(usage["requests"]), statuses.count(200))
+
+
+    def test_int64_extremes(self):
+        """max_tokens at and past the INT64 extremes is refused before any arithmetic (it
+        once passed a 1,000-token limit as a negative cost and then pinned the bucket at
+        2^40 for the window); the bucket stays usable; the usage hash saturates instead of
+        failing half-way through the script."""
+        hdr = {"x-t": "extreme", "x-tok": "1", "x-user": "extreme"}
+        cases = [(9223372036854775807, "integer_above_max_value"),
+                 (10000001, "integer_above_max_value"),
+                 (0, "integer_below_min_value"),
+                 (-9223372036854775808, "integer_below_min_value"),
+                 (1e300, "invalid_type"), ("40", "invalid_type")]
+        for value, code in cases:
+            for field in ("max_tokens", "max_completion_tokens"):
+                r = post(self.a.port, "/v1/chat/completions", dict(CHAT, **{field: value}), hdr)
+                self.assertEqual(r[0], 400, (field, value, r[2]))
+                e = err(r)
+                self.assertEqual((e["type"], e["code"], e["param"]),
+                                 ("invalid_request_error", code, field))
+        r = post(self.a.port, "/v1/chat/completions", dict(CHAT, max_tokens=10), hdr)
+        self.assertEqual(r[0], 200, "the bucket was not pinned")
+        self.assertEqual(r[1]["x-ratelimit-limit-tokens"], "1000")
+        # a usage hash near Lua's exact range: saturated, and every field still written
+        month = time.strftime("%Y-%m", time.gmtime())  # no budget: the month's counters
+        k = "knoway:usage:{default/whale}:" + month
+        self.redis.cmd("HSET", k, "cost", "9007199254740990", "requests", "5")
+        r = post(self.a.port, "/v1/chat/completions", CHAT, bearer("sk-whale-0123456789"))
+        self.assertEqual(r[0], 200)
+        deadline = time.time() + 5
+        while time.time() < deadline and self.redis.cmd("HGET", k, "requests") == "5":
+            time.sleep(0.05)
+        self.assertEqual(self.redis.cmd("HGET", k, "requests"), "6")
+        self.assertEqual(self.redis.cmd("HGET", k, "cost"), "9007199254740992")
 
 
 class Stream(unittest.TestCase):
