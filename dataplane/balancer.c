@@ -601,7 +601,8 @@ static int64_t parse_int(const char *v, size_t n)
 }
 
 /* A reset: "1s", "6m0s", "20ms", "0.5s", a number of seconds, or an RFC 3339 time
- * (Anthropic; treated as a minute away when it cannot be read). Milliseconds, -1 unknown. */
+ * (Anthropic; treated as a minute away when it cannot be read). Milliseconds, at most
+ * DP_LB_MAX_RESET_MS; -1 unknown. */
 static int64_t parse_reset(const char *v, size_t n)
 {
     if (n >= 20 && v[4] == '-' && v[10] == 'T')
@@ -641,7 +642,9 @@ static int64_t parse_reset(const char *v, size_t n)
     if (!any)
         return -1;
     total += (num + frac) * 1000; /* a bare number: seconds */
-    return (int64_t)total;
+    /* an upstream's number: clamped before it becomes an integer (a conversion out of
+     * range is undefined; "7e26s" once was) and before anything adds it to a time */
+    return total < (double)DP_LB_MAX_RESET_MS ? (int64_t)total : DP_LB_MAX_RESET_MS;
 }
 
 static bool name_is(const char *name, size_t nlen, const char *want)

@@ -19,6 +19,9 @@
 
 #include "knoway/resource.h"
 
+/* An upstream's rate-limit reset is believed up to a day */
+#define DP_LB_MAX_RESET_MS (24LL * 3600 * 1000)
+
 /* How an attempt ended, for the breaker and the latency estimate. */
 enum dp_lb_outcome {
     DP_LB_SUCCESS,      /* an answer (2xx, or a 4xx that is the client's fault) */

@@ -19,6 +19,11 @@ for t in "${targets[@]}"; do
     set -e
     grep -E 'stat::number_of_executed_units|^==[0-9]+==ERROR|SUMMARY|^Done' "$log" || true
     rm -rf "$work"
+    # every sanitizer report fails the run, whether or not the fuzzer stopped on it
+    if [ "$rc" -eq 0 ] && grep -qE 'runtime error:|^==[0-9]+==(ERROR|WARNING)' "$log"; then
+        grep -E -m5 -A3 'runtime error:|^==[0-9]+==(ERROR|WARNING)' "$log"
+        rc=99
+    fi
     if [ "$rc" -ne 0 ]; then
         echo "fuzz: fuzz_$t failed (exit $rc); crash input saved under $build/"
         exit 1

@@ -220,6 +220,13 @@ static void test_quota_headers(void **st)
     assert_int_equal(a->t.tokens_reset_at, 20);
     header(a, "x-ratelimit-reset-tokens", "1.5s", 0);
     assert_int_equal(a->t.tokens_reset_at, 1500);
+    /* huge durations are clamped before they become integers (fuzz_providers found the
+     * undefined conversion of "700000000000000000000000000s"; UBSan fails this test on it) */
+    header(a, "x-ratelimit-reset-requests", "700000000000000000000000000s", 5);
+    assert_int_equal(a->t.requests_reset_at, 5 + DP_LB_MAX_RESET_MS);
+    header(a, "x-ratelimit-reset-tokens",
+           "99999999999999999999999999999999999999999999999999999999999999999h9999999999m", 5);
+    assert_int_equal(a->t.tokens_reset_at, 5 + DP_LB_MAX_RESET_MS);
     fixture_free(f);
 }
 
