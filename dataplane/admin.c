@@ -230,8 +230,17 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
     }
     if (strcmp(method, "GET") != 0)
         return reply(c, 405, "text/plain", "method not allowed\n", 19);
-    if (strcmp(url, "/healthz") == 0)
-        return reply(c, 200, "text/plain", "ok\n", 3);
+    if (strcmp(url, "/healthz") == 0) {
+        /* live while every worker loop answers its pings: a stuck loop serves nobody */
+        int64_t quiet = 0;
+        int stuck = s->workers != NULL ? dp_server_workers_alive(s, DP_LIVENESS_MS, &quiet) : -1;
+        if (stuck < 0)
+            return reply(c, 200, "text/plain", "ok\n", 3);
+        char msg[96];
+        int n = snprintf(msg, sizeof(msg), "worker %d has not answered for %lld ms\n", stuck,
+                         (long long)quiet);
+        return reply(c, 503, "text/plain", msg, (size_t)n);
+    }
     if (strcmp(url, "/readyz") == 0)
         return atomic_load(&s->ready) ? reply(c, 200, "text/plain", "ready\n", 6)
                                       : reply(c, 503, "text/plain", "not ready\n", 10);

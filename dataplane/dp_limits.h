@@ -21,6 +21,8 @@
 #define DP_WATCH_AFTER_MS    20    /* a request waiting this long gets its client fd watched */
 #define DP_POOL_MAX          256   /* idle arenas and curl handles kept per worker */
 #define DP_TRIM_EVERY_MS     2000  /* the main thread returns freed memory after bursts */
+#define DP_HEARTBEAT_MS      1000  /* the main thread pings every worker loop */
+#define DP_LIVENESS_MS       5000  /* /healthz fails when a loop has not answered for this */
 #define DP_ADMIN_CONNECTIONS 1024u /* the admin listener's connections ... */
 #define DP_ADMIN_PER_IP      16u   /* ... and of them from one client address */
 #define DP_TRIM_AFTER_BYTES  (16ll * 1024 * 1024)

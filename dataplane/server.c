@@ -130,6 +130,20 @@ struct dp_table *dp_server_table(struct dp_server *s)
 
 /* Hand a new table to every worker: one pointer exchange each, then a wake-up. The
  * caller keeps its own reference to t. */
+int dp_server_workers_alive(struct dp_server *s, int64_t within_ms, int64_t *stalled_ms)
+{
+    int64_t now = dp_now_ms();
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        int64_t quiet = now - atomic_load(&s->workers[i].alive_ms);
+        if (quiet > within_ms) {
+            if (stalled_ms != NULL)
+                *stalled_ms = quiet;
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
 static void publish(struct dp_server *s, struct dp_table *t)
 {
     dp_vertex_prefetch(t->snap); /* Vertex AI access tokens, fetched off the workers */
@@ -391,8 +405,10 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
         kw_log(KW_LOG_ERROR, "cannot listen", "address", s.dp->admin, "what", "admin", NULL);
         goto out;
     }
-    for (unsigned i = 0; i < s.nworkers; i++)
+    for (unsigned i = 0; i < s.nworkers; i++) {
+        atomic_store(&s.workers[i].alive_ms, dp_now_ms());
         pthread_create(&s.threads[i], NULL, dp_worker_main, &s.workers[i]);
+    }
     atomic_store(&s.ready, s.table != NULL);
     if (discovery && dp_discovery_start(&s.discovery, &s) != KW_OK) {
         kw_log(KW_LOG_ERROR, "cannot start the discovery client", NULL);
@@ -423,6 +439,10 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
     if (wd_every == 0)
         wd_every = 1;
     int64_t wd_due = wd_every > 0 ? dp_now_ms() + wd_every : -1;
+    /* every loop is pinged each second (more often under a short WatchdogSec): /healthz and
+     * the watchdog read when each last answered */
+    int64_t hb_every = wd_every > 0 && wd_every < DP_HEARTBEAT_MS ? wd_every : DP_HEARTBEAT_MS;
+    int64_t hb_due = dp_now_ms() + hb_every;
 
     int ifd = discovery ? -1 : watch_file(config_path);
     int64_t reload_due = -1;
@@ -441,22 +461,21 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
         }
         if (reload_due >= 0 && reload_due < next)
             next = reload_due;
-        if (wd_due >= 0 && (next < 0 || wd_due < next))
-            next = wd_due;
+        if (hb_due < next)
+            next = hb_due;
         int timeout = next < 0 ? -1 : next > now ? (int)(next - now) : 0;
-        if (wd_due >= 0 && now >= wd_due) {
-            uint64_t ping = atomic_load(&s.ping);
-            bool alive = true;
-            for (unsigned i = 0; i < s.nworkers; i++)
-                alive &= atomic_load(&s.workers[i].pong) == ping;
-            if (alive)
-                sd_notify(0, "WATCHDOG=1");
-            else
-                kw_log(KW_LOG_ERROR, "a worker did not answer the watchdog ping", NULL);
+        if (now >= hb_due) {
+            if (wd_due >= 0 && now >= wd_due) {
+                if (dp_server_workers_alive(&s, 2 * wd_every, NULL) < 0)
+                    sd_notify(0, "WATCHDOG=1");
+                else
+                    kw_log(KW_LOG_ERROR, "a worker did not answer the watchdog ping", NULL);
+                wd_due = now + wd_every;
+            }
             atomic_fetch_add(&s.ping, 1);
             for (unsigned i = 0; i < s.nworkers; i++)
                 dp_worker_post(&s.workers[i]);
-            wd_due = now + wd_every;
+            hb_due = now + hb_every;
             continue;
         }
         int n = poll(pfd, ifd >= 0 ? 2 : 1, timeout);

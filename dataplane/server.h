@@ -76,6 +76,11 @@ void dp_discovery_stop(struct dp_discovery *d);
 /* A new reference to the current table (admin thread), or NULL. */
 struct dp_table *dp_server_table(struct dp_server *s);
 
+/* Liveness: the index of a worker loop that has not answered a ping for more than
+ * within_ms (the first such), or -1 when every loop answered in time; *stalled_ms how long
+ * it has not. Any thread (the admin thread's /healthz, the main thread's watchdog). */
+int dp_server_workers_alive(struct dp_server *s, int64_t within_ms, int64_t *stalled_ms);
+
 /* Parse "host:port" / "[v6]:port" / ":port" into a socket address. KW_OK or KW_ERROR. */
 int dp_parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len);
 

@@ -229,6 +229,7 @@ static void on_message(struct dp_worker *w)
     while (read(w->event_fd, &v, sizeof(v)) > 0)
         ;
     atomic_store(&w->pong, atomic_load(&w->server->ping)); /* this loop is alive */
+    atomic_store(&w->alive_ms, dp_now_ms());
     struct dp_table *t = atomic_exchange(&w->next, NULL);
     if (t != NULL) {
         dp_table_unref(w->table); /* requests keep the old one pinned until they end */
@@ -266,6 +267,9 @@ void *dp_worker_main(void *arg)
 {
     struct dp_worker *w = arg;
     struct epoll_event evs[256];
+    char name[16]; /* top -H and /proc/PID/task/TID/comm show which loop is which */
+    snprintf(name, sizeof(name), "knoway-w%u", w->index);
+    pthread_setname_np(pthread_self(), name);
     for (;;) {
         int64_t now = dp_now_ms();
         int64_t timeout = -1;

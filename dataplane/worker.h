@@ -67,6 +67,7 @@ struct dp_worker {
     atomic_bool drain, stop;                /* atomic: posted by the main thread */
     _Atomic(struct dp_debug_query *) debug; /* atomic: posted by the admin thread */
     atomic_uint_fast64_t pong;              /* atomic: the last watchdog ping this loop saw */
+    atomic_int_fast64_t alive_ms;           /* atomic: when this loop last answered a ping */
     bool draining;
     uint64_t next_id;
     struct dp_lb *lb; /* per-backend runtime state and the random source */

@@ -227,6 +227,44 @@ class Probes(unittest.TestCase):
             mock.stop()
 
 
+class Liveness(unittest.TestCase):
+    """/healthz reflects the worker loops: a stuck loop (here one stopped by ptrace, as a
+    loop spinning in a pathological request or a blocking call would be) fails liveness
+    within DP_LIVENESS_MS (5 s), and it passes again once the loop runs. It once answered
+    200 while both workers were stuck for 93 s."""
+
+    def test_healthz_fails_while_a_worker_is_stuck(self):
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_DETACH = 0x4206, 0x4207, 17
+        dp = Dataplane(backend("b", "http://127.0.0.1:9") + route("demo", ["demo"], ["b"]))
+        try:
+            self.assertEqual(request("GET", dp.admin, "/healthz")[0], 200)
+            task = "/proc/%d/task" % dp.proc.pid
+            tids = [int(t) for t in os.listdir(task)
+                    if open("%s/%s/comm" % (task, t)).read().strip() == "knoway-w1"]
+            self.assertEqual(len(tids), 1, "worker threads are named")
+            tid = tids[0]
+            self.assertEqual(libc.ptrace(PTRACE_SEIZE, tid, None, None), 0, ctypes.get_errno())
+            self.assertEqual(libc.ptrace(PTRACE_INTERRUPT, tid, None, None), 0)
+            os.waitpid(tid, 0x40000000)  # __WALL: the stop has happened
+            t0 = time.time()
+            status = 200
+            while status == 200 and time.time() - t0 < 15:
+                status, _, body = request("GET", dp.admin, "/healthz")
+                time.sleep(0.2)
+            self.assertEqual(status, 503)
+            self.assertIn(b"worker 1 has not answered", body)
+            self.assertLess(time.time() - t0, 8)
+            self.assertEqual(libc.ptrace(PTRACE_DETACH, tid, None, None), 0)
+            deadline = time.time() + 5
+            while request("GET", dp.admin, "/healthz")[0] != 200 and time.time() < deadline:
+                time.sleep(0.1)
+            self.assertEqual(request("GET", dp.admin, "/healthz")[0], 200)
+        finally:
+            dp.stop()
+
+
 class FileDescriptors(unittest.TestCase):
     def test_accepts_again_as_soon_as_descriptors_are_free(self):
         """Regression: after EMFILE the data plane stopped accepting for tens of seconds,
