@@ -80,3 +80,51 @@ bool kw_cidr_match(const struct kw_cidr *ranges, size_t n, const struct sockaddr
             return true;
     return false;
 }
+
+bool kw_url_host(const char *u, char *out, size_t len)
+{
+    const char *p = strstr(u, "://");
+    if (p == NULL || len == 0)
+        return false;
+    p += 3;
+    const char *at = p + strcspn(p, "/?#");
+    const char *cred = memchr(p, '@', (size_t)(at - p)); /* user:pass@host */
+    if (cred != NULL)
+        p = cred + 1;
+    const char *end;
+    if (*p == '[') {
+        p++;
+        end = strchr(p, ']');
+        if (end == NULL)
+            return false;
+    } else {
+        end = p + strcspn(p, ":/?#");
+    }
+    size_t n = (size_t)(end - p);
+    if (n == 0 || n >= len)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (char)(p[i] >= 'A' && p[i] <= 'Z' ? p[i] + 32 : p[i]);
+    out[n] = '\0';
+    return true;
+}
+
+bool kw_url_host_is_loopback(const char *u)
+{
+    char host[256];
+    if (!kw_url_host(u, host, sizeof(host)))
+        return false;
+    if (strcmp(host, "localhost") == 0)
+        return true;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1)
+        v4->sin_family = AF_INET;
+    else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1)
+        v6->sin6_family = AF_INET6;
+    else
+        return false;
+    return kw_cidr_match(kw_cidr_loopback, 2, (const struct sockaddr *)&ss);
+}

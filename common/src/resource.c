@@ -16,6 +16,7 @@
 
 #include "decode.h"
 #include "knoway/duration.h"
+#include "knoway/net.h"
 #include "knoway/kw.h"
 
 /* ---- names ------------------------------------------------------------------------- */
@@ -1853,8 +1854,10 @@ static void decode_secret(struct kw_dec *d, const struct kw_node *doc, struct kw
 /* spec.auth.jwt[] */
 static void decode_jwt(struct kw_dec *d, const struct kw_node *auth, struct kw_dataplane *dp)
 {
-    static const char *const fields[] = {"issuer",  "audiences",     "jwksFile",  "jwksURL",
-                                         "refresh", "consumerClaim", "userClaim", NULL};
+    static const char *const fields[] = {"issuer",        "audiences", "anyAudience",
+                                         "jwksFile",      "jwksURL",   "jwksAllowHTTP",
+                                         "refresh",       "userClaim", "consumerClaim",
+                                         NULL};
     size_t mark;
     const struct kw_node *seq = get_seq(d, auth, "jwt", false, KW_MAX_JWT_PROVIDERS, &mark);
     if (seq != NULL && seq->n > 0)
@@ -1893,8 +1896,30 @@ static void decode_jwt(struct kw_dec *d, const struct kw_node *auth, struct kw_d
             pop(d, ik);
         }
         pop(d, am);
+        get_bool(d, m, "anyAudience", &j->any_audience);
+        if (j->naudiences == 0 && !j->any_audience && d->errors == before) {
+            size_t nm = push(d, "audiences");
+            kw_dec_error(d, m,
+                         "required: list the audiences (aud) this gateway accepts, or set "
+                         "anyAudience: true to accept tokens the issuer made for any application");
+            pop(d, nm);
+        }
+        if (j->naudiences > 0 && j->any_audience)
+            kw_dec_error(d, m, "set audiences or anyAudience, not both");
         j->jwks_file = get_string(d, m, "jwksFile", false, 4096, NULL);
+        const struct kw_node *uw;
         j->jwks_url = get_url(d, m, "jwksURL", false);
+        bool allow_http = false;
+        get_bool(d, m, "jwksAllowHTTP", &allow_http);
+        if (j->jwks_url != NULL && strncmp(j->jwks_url, "https://", 8) != 0 &&
+            (uw = kw_node_get(m, "jwksURL")) != NULL) {
+            size_t um = push(d, "jwksURL");
+            if (!allow_http || !kw_url_host_is_loopback(j->jwks_url))
+                kw_dec_error(d, uw,
+                             "must be https:// (the keys decide who may call; plain http:// only "
+                             "to a loopback address with jwksAllowHTTP: true)");
+            pop(d, um);
+        }
         if ((kw_node_get(m, "jwksFile") == NULL) == (kw_node_get(m, "jwksURL") == NULL))
             kw_dec_error(d, m, "set exactly one of jwksFile or jwksURL");
         j->refresh_ms = KW_DEFAULT_JWKS_REFRESH_MS;

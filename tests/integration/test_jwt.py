@@ -131,7 +131,8 @@ class JWT(unittest.TestCase):
         spec = ("  auth:\n    required: true\n    jwt:\n"
                 "      - {issuer: \"%s\", audiences: [%s], jwksFile: \"%s\", refresh: 1s,"
                 " consumerClaim: knoway/consumer}\n"
-                "      - {issuer: \"%s\", jwksURL: \"http://127.0.0.1:%d/jwks\"}\n"
+                "      - {issuer: \"%s\", jwksURL: \"http://127.0.0.1:%d/jwks\", jwksAllowHTTP: true,"
+                " anyAudience: true}\n"
                 % (ISS, AUD, cls.jwks, ISS2, cls.idp.server_address[1]))
         cls.dp = Dataplane(res, extra_spec=spec)
 

@@ -18,6 +18,14 @@ int kw_cidr_parse(const char *s, struct kw_cidr *out);
 /* Whether sa (IPv4, IPv6, or IPv4-mapped IPv6) is in one of the n ranges. */
 bool kw_cidr_match(const struct kw_cidr *ranges, size_t n, const struct sockaddr *sa);
 
+/* The host of an absolute URL ("https://HOST:port/path", "http://[::1]/"), without brackets
+ * or port, lower-cased, into out (len bytes). false when u has no scheme or the host does
+ * not fit. */
+bool kw_url_host(const char *u, char *out, size_t len);
+
+/* Whether u's host is a loopback address (127.0.0.0/8, ::1) or "localhost". */
+bool kw_url_host_is_loopback(const char *u);
+
 /* The default for debug endpoints: loopback only (127.0.0.0/8 and ::1). */
 extern const struct kw_cidr kw_cidr_loopback[2];
 

@@ -287,6 +287,7 @@ struct kw_jwt_provider {
     const char *issuer;
     const char **audiences;
     size_t naudiences;
+    bool any_audience;     /* accept any aud: only when set explicitly */
     const char *jwks_file; /* exactly one of jwks_file, jwks_url */
     const char *jwks_url;
     int64_t refresh_ms;         /* JWKS refresh period; default 5m */

@@ -562,6 +562,39 @@ static void test_api_json(void **state)
 
 /* Every malformed identity, limit, budget, pricing and Redis setting is reported with its
  * position and field path (what knoway-dataplane --check prints). */
+/* JWT providers name their audiences (or say anyAudience) and fetch keys over https (http
+ * only to loopback, when allowed): tokens the issuer made for other applications and key
+ * sets anyone on the path could replace were accepted by default. */
+static void test_jwt_audiences_and_https_required(void **state)
+{
+    (void)state;
+    kwt_assert_errors("apiVersion: llm.knoway.dev/v1alpha1\n"
+                      "kind: DataPlane\n"
+                      "metadata: {name: t}\n"
+                      "spec:\n"
+                      "  auth:\n"
+                      "    jwt:\n"
+                      "      - {issuer: a, jwksFile: /x}\n"
+                      "      - {issuer: b, jwksURL: \"http://127.0.0.1:1/j\", anyAudience: true}\n"
+                      "      - {issuer: c, jwksURL: \"http://idp.example.com/j\", jwksAllowHTTP: "
+                      "true, audiences: [x]}\n"
+                      "      - {issuer: d, jwksURL: \"http://[::1]:9/j\", jwksAllowHTTP: true, "
+                      "anyAudience: true}\n"
+                      "      - {issuer: e, audiences: [x], anyAudience: true, jwksFile: /x}\n"
+                      "      - {issuer: f, audiences: [x], jwksURL: \"https://idp.example.com/j\"}\n",
+                      "t.yaml:7:9: DataPlane/t: spec.auth.jwt[0].audiences: required: list the "
+                      "audiences (aud) this gateway accepts, or set anyAudience: true to accept "
+                      "tokens the issuer made for any application\n"
+                      "t.yaml:8:30: DataPlane/t: spec.auth.jwt[1].jwksURL: must be https:// (the "
+                      "keys decide who may call; plain http:// only to a loopback address with "
+                      "jwksAllowHTTP: true)\n"
+                      "t.yaml:9:30: DataPlane/t: spec.auth.jwt[2].jwksURL: must be https:// (the "
+                      "keys decide who may call; plain http:// only to a loopback address with "
+                      "jwksAllowHTTP: true)\n"
+                      "t.yaml:11:9: DataPlane/t: spec.auth.jwt[4]: set audiences or anyAudience, "
+                      "not both\n");
+}
+
 static void test_limits_budgets_redis_jwt_errors(void **state)
 {
     (void)state;
@@ -572,7 +605,7 @@ static void test_limits_budgets_redis_jwt_errors(void **state)
         "spec:\n"
         "  auth:\n"
         "    jwt:\n"
-        "      - {issuer: a, jwksFile: /x, jwksURL: \"https://x\"}\n"
+        "      - {issuer: a, jwksFile: /x, jwksURL: \"https://x\", anyAudience: true}\n"
         "      - {audiences: [\"\"], refresh: 1ms}\n"
         "  redis: {url: \"rediss://x\", caFile: /ca, failureMode: Half, timeout: 2m}\n"
         "---\n"
@@ -741,6 +774,7 @@ int main(void)
         cmocka_unit_test(test_traffic),
         cmocka_unit_test(test_consumer),
         cmocka_unit_test(test_limits_budgets_redis_jwt_errors),
+        cmocka_unit_test(test_jwt_audiences_and_https_required),
         cmocka_unit_test(test_telemetry_and_usage_errors),
         cmocka_unit_test(test_api_json),
     };
