@@ -87,6 +87,31 @@ struct key_info {
     const char *email, *key_id, *token_uri, *pem;
 };
 
+static const char *const google_token_uris[] = {
+    "https://oauth2.googleapis.com/token",
+    "https://www.googleapis.com/oauth2/v4/token",
+    "https://accounts.google.com/o/oauth2/token",
+};
+static const char *const *extra_uris;
+static size_t nextra_uris;
+
+void dp_gcp_auth_allow(const char *const *urls, size_t n)
+{
+    extra_uris = urls;
+    nextra_uris = n;
+}
+
+static bool token_uri_allowed(const char *u)
+{
+    for (size_t i = 0; i < sizeof(google_token_uris) / sizeof(*google_token_uris); i++)
+        if (strcmp(u, google_token_uris[i]) == 0)
+            return true;
+    for (size_t i = 0; i < nextra_uris; i++)
+        if (strcmp(u, extra_uris[i]) == 0)
+            return true;
+    return false;
+}
+
 /* The fields of a service-account key; KW_DECLINED with err set (a key that cannot work). */
 static int read_key(struct kw_arena *a, const char *json, size_t len, struct key_info *k, char *err,
                     size_t errlen)
@@ -122,8 +147,13 @@ static int read_key(struct kw_arena *a, const char *json, size_t len, struct key
                  k->email == NULL ? "client_email" : "private_key");
         return KW_DECLINED;
     }
-    if (strncmp(k->token_uri, "https://", 8) != 0 && strncmp(k->token_uri, "http://", 7) != 0) {
-        snprintf(err, errlen, "the service-account key's token_uri is not an http(s) URL");
+    if (!token_uri_allowed(k->token_uri)) {
+        /* the key comes from a Secret a tenant writes: without this, the data plane would
+         * post to any address the key names (a scanner of its network) */
+        snprintf(err, errlen,
+                 "the service-account key's token_uri %.200s is not one of Google's token "
+                 "endpoints nor listed in DataPlane spec.vertexAI.tokenURLs",
+                 k->token_uri);
         return KW_DECLINED;
     }
     return KW_OK;

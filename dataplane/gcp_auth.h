@@ -30,6 +30,11 @@ enum dp_gcp_state {
     DP_GCP_FAILED,  /* no valid token: err says why (a bad key, the token endpoint's answer) */
 };
 
+/* The token endpoints a key's token_uri may name besides Google's own
+ * (DP_GCP_GOOGLE_TOKEN_URIS): DataPlane spec.vertexAI.tokenURLs. The strings must outlive
+ * the process (the bootstrap configuration). Called once, before any key is used. */
+void dp_gcp_auth_allow(const char *const *urls, size_t n);
+
 /* Ask for the key's token ahead of requests (when a configuration is applied). digest
  * identifies the key (struct kw_credential.digest). */
 void dp_gcp_auth_want(const char *digest, const char *key_json, size_t len);

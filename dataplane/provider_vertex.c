@@ -21,6 +21,7 @@
 #include "provider.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
+#include "knoway/log.h"
 #include "knoway/snapshot.h"
 #include "translate.h"
 
@@ -74,12 +75,20 @@ static int access_token(struct dp_request *r, const char **token)
         return KW_OK;
     case DP_GCP_PENDING:
         return dp_error_set(r, 503, "server_error", "credentials_pending", NULL,
-                            "backend %s (VertexAI): %s; try again in a moment", b->meta.name, err);
+                            "backend %s (VertexAI) is still obtaining its access token; try "
+                            "again in a moment",
+                            b->meta.name);
     case DP_GCP_FAILED:
         break;
     }
+    /* what the exchange said (addresses, the endpoint's answer) stays in the log: a client
+     * that could read it could probe the data plane's network through a tenant's key */
+    kw_log(KW_LOG_WARN, "Vertex AI backend has no access token", "request_id", r->id, "backend",
+           b->meta.name, "error", err, NULL);
     return dp_error_set(r, 502, "server_error", "upstream_auth_failed", NULL,
-                        "backend %s (VertexAI) has no access token: %s", b->meta.name, err);
+                        "backend %s (VertexAI) has no access token: its credential could not be "
+                        "exchanged (request %s; the data plane's log says why)",
+                        b->meta.name, r->id);
 }
 
 static int vertex_build(struct dp_request *r, struct kw_buf *url, struct curl_slist **headers)

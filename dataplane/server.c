@@ -348,6 +348,7 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
         kw_log(KW_LOG_ERROR, "no randomness for the boot id", NULL);
         return 1;
     }
+    dp_gcp_auth_allow(s.dp->vertex_token_urls, s.dp->nvertex_token_urls);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     s.nworkers = s.dp->workers > 0 ? s.dp->workers : (unsigned)(cores > 0 ? cores : 1);
     bool discovery = s.dp->discovery.url != NULL;

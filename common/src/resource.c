@@ -2162,7 +2162,7 @@ static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struc
 {
     static const char *const fields[] = {
         "listen", "admin", "adminDebugFrom", "workers",   "discovery", "limits",
-        "auth",   "redis", "usage",          "telemetry", NULL};
+        "auth",   "redis", "usage",          "telemetry", "vertexAI",  NULL};
     static const char *const auth_fields[] = {"required", "jwt", NULL};
     static const char *const disc_fields[] = {"url",       "tokenFile", "nodeId",
                                               "cacheFile", "caFile",    NULL};
@@ -2230,6 +2230,29 @@ static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struc
     decode_redis(d, spec, dp);
     decode_usage(d, spec, dp);
     decode_telemetry(d, spec, dp);
+    /* token endpoints a Vertex AI service-account key may name besides Google's: the key
+     * comes from a tenant's Secret, the list from whoever runs the data plane */
+    m = get_map(d, spec, "vertexAI", false, &mark);
+    if (m != NULL) {
+        static const char *const vfields[] = {"tokenURLs", NULL};
+        check_fields(d, m, vfields, NULL);
+        size_t um;
+        const struct kw_node *urls = get_seq(d, m, "tokenURLs", false, 16, &um);
+        if (urls != NULL && urls->n > 0)
+            dp->vertex_token_urls = kw_arena_alloc(d->a, urls->n * sizeof(char *));
+        for (size_t i = 0; dp->vertex_token_urls != NULL && i < urls->n; i++) {
+            size_t im = push_index(d, i);
+            const struct kw_node *u = urls->items[i];
+            const char *problem = u->type == KW_NODE_STRING ? url_problem(u->str) : "";
+            if (problem != NULL)
+                kw_dec_error(d, u, "must be an http(s) URL%s%s", *problem ? ": " : "", problem);
+            else
+                dp->vertex_token_urls[dp->nvertex_token_urls++] = u->str;
+            pop(d, im);
+        }
+        pop(d, um);
+    }
+    pop(d, mark);
 }
 
 /* ---- documents ---------------------------------------------------------------------- */

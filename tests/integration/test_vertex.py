@@ -1,10 +1,12 @@
 """Vertex AI: Gemini and Claude models through the publisher paths, access tokens exchanged
 for a service-account key (the mock's token endpoint verifies the JWT's RS256 signature and
 claims), refreshed before they expire, refused keys, static tokens, Vertex's errors."""
+import http.server
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -55,6 +57,7 @@ class Vertex(unittest.TestCase):
         cls.forged = service_account(token_uri)
         url = cls.mock.url()
         cls.dp = Dataplane(
+            extra_spec="  vertexAI: {tokenURLs: [\"%s\"]}\n" % token_uri, resources=
             secret("sa", sa) + secret("forged", cls.forged) +
             secret("user", {"type": "authorized_user", "client_id": "x"}) +
             secret("static", "static-token-1") + secret("stale", "ya29.expired") +
@@ -135,14 +138,18 @@ class Vertex(unittest.TestCase):
 
     def test_a_refused_key_is_a_502_saying_why(self):
         st, _, body = post(self.dp.port, "/v1/chat/completions", chat("forged"))
-        wait_for(lambda: b"invalid_grant" in post(self.dp.port, "/v1/chat/completions",
-                                                  chat("forged"))[2], 5)
+        wait_for(lambda: post(self.dp.port, "/v1/chat/completions", chat("forged"))[0] == 502
+                 and "invalid_grant" in self.dp.logs(), 5)
         st, _, body = post(self.dp.port, "/v1/chat/completions", chat("forged"))
         self.assertEqual(st, 502)
         err = json.loads(body)["error"]
         self.assertEqual(err["code"], "upstream_auth_failed")
-        self.assertIn("backend forged (VertexAI) has no access token: the token endpoint "
-                      "answered 400: invalid_grant: Invalid JWT Signature.", err["message"])
+        # the client learns that the exchange failed, not what the endpoint said
+        self.assertIn("backend forged (VertexAI) has no access token: its credential could not "
+                      "be exchanged", err["message"])
+        self.assertNotIn("invalid_grant", err["message"])
+        self.assertIn("the token endpoint answered 400: invalid_grant: Invalid JWT Signature.",
+                      self.dp.logs())
         self.assertGreaterEqual(self.dp.metrics()['knoway_gcp_token_exchanges_total{result="error"}'], 1)
 
     def test_a_json_credential_that_is_not_a_service_account_key(self):
@@ -150,8 +157,8 @@ class Vertex(unittest.TestCase):
             r = post(self.dp.port, "/v1/chat/completions", chat("user"))
             return r if r[0] == 502 else None
         st, _, body = wait_for(answer, 5)
-        self.assertIn('of type "authorized_user", not a service-account key',
-                      json.loads(body)["error"]["message"])
+        self.assertIn("its credential could not be exchanged", json.loads(body)["error"]["message"])
+        self.assertIn('of type \\"authorized_user\\", not a service-account key', self.dp.logs())
 
     def test_a_static_access_token(self):
         self.mock.clear()
@@ -189,6 +196,44 @@ class Vertex(unittest.TestCase):
         self.assertNotIn("static-token-1", logs)
 
 
+class TokenEndpoints(unittest.TestCase):
+    """A tenant's service-account key names where the data plane posts: only Google's token
+    endpoints and those the DataPlane lists are used, and nothing of the attempt reaches the
+    client (it once echoed connect errors and answers: a scanner of the data plane's
+    network)."""
+
+    def test_an_unlisted_token_uri_is_never_contacted(self):
+        hits = []
+
+        class Endpoint(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                hits.append(self.path)
+                self.send_response(500)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        srv = http.server.HTTPServer(("127.0.0.1", 0), Endpoint)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        sa = service_account("http://127.0.0.1:%d/token" % srv.server_address[1])
+        dp = Dataplane(secret("sa", sa) + vertex("gemini", "gemini-2.5-flash",
+                                                 "http://127.0.0.1:9", "sa"))
+        try:
+            def answer():
+                r = post(dp.port, "/v1/chat/completions", chat("gemini"))
+                return r if r[0] == 502 else None
+            st, _, body = wait_for(answer, 5)
+            msg = json.loads(body)["error"]["message"]
+            self.assertNotIn("127.0.0.1", msg)
+            self.assertNotIn("token_uri", msg)
+            self.assertEqual(hits, [], "the endpoint was never contacted")
+            self.assertIn("is not one of Google's token endpoints", dp.logs())
+        finally:
+            dp.stop()
+            srv.shutdown()
+
+
 class Refresh(unittest.TestCase):
     """Tokens that live 4 s, issued after 1 s: the first request finds none yet (503), later
     ones never see a gap while the token is refreshed at half its life."""
@@ -199,13 +244,15 @@ class Refresh(unittest.TestCase):
         path = key_file(sa)
         mock = MockProviders("--gcp-service-account", path, "--gcp-token-ttl", "4",
                              "--gcp-token-delay", "1", port=port)
-        dp = Dataplane(secret("sa", sa) + vertex("gemini", "gemini-2.5-flash", mock.url(), "sa"))
+        dp = Dataplane(secret("sa", sa) + vertex("gemini", "gemini-2.5-flash", mock.url(), "sa"),
+                       extra_spec="  vertexAI: {tokenURLs: [\"http://127.0.0.1:%d/token\"]}\n"
+                       % port)
         try:
             st, _, body = post(dp.port, "/v1/chat/completions", chat("gemini"))
             self.assertEqual(st, 503, body)
             err = json.loads(body)["error"]
             self.assertEqual(err["code"], "credentials_pending")
-            self.assertIn("the access token is being fetched", err["message"])
+            self.assertIn("is still obtaining its access token", err["message"])
             wait_for(lambda: post(dp.port, "/v1/chat/completions", chat("gemini"))[0] == 200, 5)
             statuses = []
             end = time.time() + 6

@@ -362,6 +362,8 @@ struct kw_dataplane {
         bool protobuf;        /* protocol: protobuf (default json) */
         bool capture_content; /* message content on spans (default off) */
     } telemetry;
+    const char **vertex_token_urls; /* spec.vertexAI.tokenURLs: allowed besides Google's */
+    size_t nvertex_token_urls;
 };
 
 /* Route defaults */

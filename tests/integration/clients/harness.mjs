@@ -94,7 +94,8 @@ ${route(name, name)}`;
   writeFileSync(cfg, `apiVersion: llm.knoway.dev/v1alpha1
 kind: DataPlane
 metadata: {name: t}
-spec: {listen: "127.0.0.1:${listen}", admin: "127.0.0.1:${admin}", workers: 2}
+spec: {listen: "127.0.0.1:${listen}", admin: "127.0.0.1:${admin}", workers: 2,
+       vertexAI: {tokenURLs: ["http://127.0.0.1:${mock2}/token"]}}
 ${backend('demo')}${route('demo', 'demo')}---
 apiVersion: llm.knoway.dev/v1alpha1
 kind: LLMRoute
