@@ -59,6 +59,7 @@ static int jwt_auth(struct dp_request *r, struct dp_jwt *j, const char *token)
         return dp_error_set(r, 401, "invalid_request_error", "invalid_api_key", NULL,
                             "Invalid token: %s.", why);
     r->user = cl.user;
+    r->authenticated = true;
     if (cl.provider->consumer_claim == NULL)
         return KW_OK; /* authenticated: a user, no consumer */
     r->consumer = cl.consumer != NULL ? dp_table_consumer_named(r->table, cl.consumer) : NULL;
@@ -96,6 +97,7 @@ static int on_request(struct dp_request *r, void *ctx)
         /* the key is not echoed: it may be a real key of something else */
         return dp_error_set(r, 401, "invalid_request_error", "invalid_api_key", NULL,
                             "Incorrect API key provided.");
+    r->authenticated = true;
     return KW_OK;
 }
 

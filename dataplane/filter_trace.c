@@ -14,7 +14,10 @@
  * (retries and fallbacks visible), with OpenTelemetry's GenAI attributes, the response's
  * id and finish reasons (a sampled stream's chunks are parsed for them) and an event at
  * the first token. New traces are sampled at sampleRatio; a client's trace keeps its
- * sampled flag (parent-based). Message content only with captureContent: true. */
+ * sampled flag (parent-based) when telemetry.clientSampling says so: Authenticated (the
+ * default: once an API key or a token was verified), Always or Never; other requests of a
+ * client's trace are sampled at sampleRatio. Message content only with captureContent:
+ * true. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +37,7 @@ struct conf {
     struct kw_otlp *otlp;
     double ratio;
     bool capture;
+    enum kw_client_sampling sampling;
 };
 
 /* Per request: what the answer said (spans only). */
@@ -52,6 +56,7 @@ static int init(struct dp_server *s, void **out)
         return KW_ERROR;
     *out = c;
     c->ratio = s->dp->telemetry.sample_ratio;
+    c->sampling = s->dp->telemetry.client_sampling;
     c->capture = s->dp->telemetry.capture_content;
     struct kw_otlp_config oc = {
         .endpoint = s->dp->telemetry.endpoint,
@@ -120,7 +125,7 @@ static bool parse(const char *tp, struct dp_request *r)
     r->trace.trace_id[32] = '\0';
     memcpy(r->trace.parent_id, tp + 36, 16);
     r->trace.parent_id[16] = '\0';
-    r->trace.sampled = (strtoul(flags, NULL, 16) & 1) != 0;
+    r->trace.client_sampled = (strtoul(flags, NULL, 16) & 1) != 0;
     return true;
 }
 
@@ -131,11 +136,20 @@ static int on_request(struct dp_request *r, void *ctx)
         return KW_DECLINED; /* a retry comes back through the phases: once */
     struct conf *c = dp_filter_conf(r->w->server, &dp_filter_trace);
     const char *tp = dp_request_header(r, "traceparent");
+    /* sampled at sampleRatio unless the client's flag is followed: always, or once the
+     * client authenticated (decided at the first attempt, after the auth filter) - an
+     * anonymous client must not switch tracing on for every request it sends */
+    uint32_t x = (uint32_t)(kw_trace_random() >> 32);
+    r->trace.sampled = c == NULL || (double)x / 4294967296.0 < c->ratio;
     if (tp == NULL || !parse(tp, r)) {
         kw_trace_random_hex(r->trace.trace_id, 16);
         r->trace.parent_id[0] = '\0';
-        uint32_t x = (uint32_t)(kw_trace_random() >> 32);
-        r->trace.sampled = c == NULL || (double)x / 4294967296.0 < c->ratio;
+        r->trace.decided = true;
+    } else if (c != NULL && c->sampling == KW_CLIENT_SAMPLING_ALWAYS) {
+        r->trace.sampled = r->trace.client_sampled;
+        r->trace.decided = true;
+    } else if (c != NULL && c->sampling == KW_CLIENT_SAMPLING_NEVER) {
+        r->trace.decided = true;
     }
     kw_trace_random_hex(r->trace.span_id, 8);
     const char *ts = dp_request_header(r, "tracestate");
@@ -150,6 +164,11 @@ static int propagate(struct dp_request *r, void *ctx)
     if (r->trace.trace_id[0] == '\0')
         return KW_DECLINED;
     kw_trace_random_hex(r->trace.attempt_id, 8); /* this attempt's client span */
+    if (!r->trace.decided) { /* the client's flag: followed when it authenticated */
+        if (r->authenticated)
+            r->trace.sampled = r->trace.client_sampled;
+        r->trace.decided = true;
+    }
     struct conf *c = dp_filter_conf(r->w->server, &dp_filter_trace);
     if (c != NULL && c->otlp != NULL && r->trace.sampled && r->stream)
         r->watch_chunks = true; /* the response id, finish reasons (and content) of a stream */

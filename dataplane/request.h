@@ -163,11 +163,14 @@ struct dp_request {
     struct dp_timer watch_timer; /* starts watching the client's fd */
     struct dp_watch client_watch;
     bool client_watched;
+    bool authenticated; /* filter_auth's: an API key or a token was verified */
 
     /* W3C trace context (filter_trace.c): "" until the trace filter ran */
     struct {
         char trace_id[33], span_id[17], parent_id[17];
         bool sampled;
+        bool client_sampled; /* the client's flag, followed once it authenticated */
+        bool decided;        /* sampled is final (the first attempt decided it) */
         const char *state;   /* the client's tracestate, or NULL */
         char attempt_id[17]; /* the running upstream attempt's span */
         int64_t attempt_start_ns;

@@ -1938,15 +1938,21 @@ static void decode_jwt(struct kw_dec *d, const struct kw_node *auth, struct kw_d
 /* spec.telemetry.otlp: span export (docs/dataplane.md, "Trace context"). */
 static void decode_telemetry(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
 {
-    static const char *const fields[] = {"otlp", NULL};
+    static const char *const fields[] = {"otlp", "clientSampling", NULL};
+    static const char *const sampling[] = {"Authenticated", "Always", "Never", NULL};
     static const char *const otlp_fields[] = {
         "endpoint", "headers", "protocol", "sampleRatio", "timeout", "captureContent", NULL};
     static const char *const protocols[] = {"json", "protobuf", NULL};
     size_t mark, om; /* defaults: kw_dataplane_defaults */
     const struct kw_node *m = get_map(d, spec, "telemetry", false, &mark);
     const struct kw_node *o = m != NULL ? get_map(d, m, "otlp", false, &om) : NULL;
-    if (m != NULL)
+    if (m != NULL) {
         check_fields(d, m, fields, NULL);
+        int v;
+        if (kw_node_get(m, "clientSampling") != NULL &&
+            get_enum(d, m, "clientSampling", sampling, 3, &v))
+            dp->telemetry.client_sampling = (enum kw_client_sampling)v;
+    }
     if (o != NULL) {
         check_fields(d, o, otlp_fields, NULL);
         dp->telemetry.endpoint = get_url(d, o, "endpoint", true);

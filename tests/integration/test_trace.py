@@ -10,7 +10,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Collector, Dataplane, Mock, backend, post, route, sse_data  # noqa: E402
+from harness import (Collector, Dataplane, Mock, backend, consumer, post, route,  # noqa: E402
+                     sse_data)
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -55,9 +56,11 @@ class Trace(unittest.TestCase):
         self.assertNotIn(m.group(2), (PARENT, log["span_id"]))
         self.assertEqual(up["tracestate"], "vendor=abc")
 
-    def test_keeps_the_sampled_flag(self):
+    def test_an_anonymous_clients_flag_is_not_followed(self):
+        # clientSampling Authenticated (the default): an anonymous client joins its trace but
+        # sampleRatio (1 here) decides, in both directions
         log, up = self.call({"traceparent": "00-%s-%s-00" % (TRACE, PARENT)})
-        self.assertTrue(up["traceparent"].endswith("-00"))
+        self.assertTrue(up["traceparent"].endswith("-01"))
         self.assertEqual(log["trace_id"], TRACE)
 
     def test_starts_a_trace_when_absent_or_malformed(self):
@@ -97,8 +100,9 @@ class ExportJson(unittest.TestCase):
                                                      headers={"x-mock-status": "503"})
                + route("demo", ["demo"], ["b"])
                + route("fallback", ["fallback"], [{"name": "bad"}, {"name": "b", "priority": 1}]))
-        spec = "  telemetry: {otlp: {endpoint: \"%s\", sampleRatio: 0%s}}\n" % (
-            cls.collector.url(), cls.OTLP)
+        # these tests read the spans of traces their requests (anonymous) decide to sample
+        spec = ("  telemetry: {clientSampling: Always, otlp: {endpoint: \"%s\", sampleRatio: 0%s}}\n"
+                % (cls.collector.url(), cls.OTLP))
         cls.dp = Dataplane(res, extra_spec=spec)
 
     @classmethod
@@ -220,6 +224,37 @@ WRK_POST = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"model":"demo","messages":[{"role":"user","content":"hi"}]}'
 """
+
+
+class ClientSampling(unittest.TestCase):
+    """A client's sampled flag switched export on for every request anyone sent: by default
+    it is followed only once the client authenticated (an API key here)."""
+
+    def test_only_authenticated_clients_decide(self):
+        collector = Collector()
+        mock = Mock()
+        dp = Dataplane(backend("b", mock.url()) + route("demo", ["demo"], ["b"])
+                       + consumer("team", "sk-team-0123456789"),
+                       extra_spec="  telemetry: {otlp: {endpoint: \"%s\", sampleRatio: 0}}\n"
+                       % collector.url())
+        try:
+            anon, keyed = "7" * 31 + "1", "8" * 31 + "1"
+            mock.clear()
+            r = post(dp.port, "/v1/chat/completions", CHAT,
+                     {"traceparent": "00-%s-%s-01" % (anon, PARENT)})
+            self.assertEqual(r[0], 200)
+            self.assertTrue(mock.requests()[-1]["headers"]["traceparent"].endswith("-00"))
+            r = post(dp.port, "/v1/chat/completions", CHAT,
+                     {"traceparent": "00-%s-%s-01" % (keyed, PARENT),
+                      "Authorization": "Bearer sk-team-0123456789"})
+            self.assertEqual(r[0], 200)
+            self.assertTrue(mock.requests()[-1]["headers"]["traceparent"].endswith("-01"))
+            self.assertEqual(len(collector.trace(keyed, 2)), 2)
+            self.assertEqual(collector.trace(anon, 1, timeout=1.5), [])
+        finally:
+            dp.stop()
+            mock.stop()
+            collector.stop()
 
 
 class SlowCollector(unittest.TestCase):

@@ -361,6 +361,12 @@ struct kw_dataplane {
         int64_t timeout_ms;   /* default 5s */
         bool protobuf;        /* protocol: protobuf (default json) */
         bool capture_content; /* message content on spans (default off) */
+        /* whose traceparent sampled flag is followed (else sampleRatio decides) */
+        enum kw_client_sampling {
+            KW_CLIENT_SAMPLING_AUTHENTICATED, /* default: clients that authenticated */
+            KW_CLIENT_SAMPLING_ALWAYS,
+            KW_CLIENT_SAMPLING_NEVER,
+        } client_sampling;
     } telemetry;
     const char **vertex_token_urls; /* spec.vertexAI.tokenURLs: allowed besides Google's */
     size_t nvertex_token_urls;
