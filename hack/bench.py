@@ -470,7 +470,7 @@ def key_lua(tmp):
     lua = os.path.join(tmp, "post-key.lua")
     with open(lua, "w") as f:
         f.write('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
-                'wrk.headers["Authorization"] = "Bearer sk-bench"\n' % json.dumps(BODY))
+                'wrk.headers["Authorization"] = "Bearer sk-bench-0123456789abcdef"\n' % json.dumps(BODY))
     return lua
 
 
@@ -491,7 +491,7 @@ def limits_phase(a, tmp, results):
                               "--save", "", "--appendonly", "no"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(rport)
-    consumer = ("---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys}\nstringData: {k: sk-bench}\n"
+    consumer = ("---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys}\nstringData: {k: sk-bench-0123456789abcdef}\n"
                 "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\nmetadata: {name: bench}\n"
                 "spec: {apiKeys: [{secretRef: {name: keys}}]}\n")
     limit = ("  rateLimits: [{name: rpm, key: Consumer, requests: {limit: 1000000000, window: 1m}%s}]\n")
@@ -614,7 +614,7 @@ def shipping_phase(a, tmp, results):
     other allocators (LD_PRELOAD, when the distribution's library is installed)."""
     mock = start_mock(a.build, ["--chunks", "8", "--no-log"])
     sink = Sink()
-    consumer = ("---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys}\nstringData: {k: sk-bench}\n"
+    consumer = ("---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys}\nstringData: {k: sk-bench-0123456789abcdef}\n"
                 "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\nmetadata: {name: bench}\n"
                 "spec: {apiKeys: [{secretRef: {name: keys}}]}\n")
     route = ("spec:\n  match: {models: [bench]}\n  backendRefs: [{name: mock}]\n"

@@ -578,6 +578,17 @@ int kw_config_check(struct kw_config *cfg)
             } else if (ref->key != NULL && kw_secret_get(sec, ref->key) == NULL) {
                 ref_error(cfg, KW_KIND_LLMCONSUMER, &c->meta, ref->line, ref->col, path,
                           "Secret \"%s/%s\" has no key \"%s\"", c->meta.ns, ref->name, ref->key);
+            } else {
+                /* a short key can be guessed: reported and not accepted (never shown) */
+                for (size_t k = 0; k < sec->nitems; k++)
+                    if ((ref->key == NULL || strcmp(ref->key, sec->items[k].key) == 0) &&
+                        sec->items[k].len < KW_MIN_API_KEY_LEN)
+                        ref_error(cfg, KW_KIND_LLMCONSUMER, &c->meta, ref->line, ref->col, path,
+                                  "Secret \"%s/%s\" key \"%s\" holds an API key of %zu "
+                                  "characters: API keys must have at least %u (it is not "
+                                  "accepted)",
+                                  c->meta.ns, ref->name, sec->items[k].key, sec->items[k].len,
+                                  KW_MIN_API_KEY_LEN);
             }
         }
     }

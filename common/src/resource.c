@@ -141,6 +141,8 @@ void kw_dataplane_defaults(struct kw_dataplane *dp)
     dp->usage.max_bytes = KW_DEFAULT_USAGE_MAX_BYTES;
     dp->usage.sync_interval_ms = KW_DEFAULT_USAGE_SYNC_MS;
     dp->telemetry.sample_ratio = 1.0;
+    dp->auth.max_failures = KW_DEFAULT_AUTH_MAX_FAILURES;
+    dp->auth.failure_window_ms = KW_DEFAULT_AUTH_FAILURE_WINDOW_MS;
     dp->telemetry.timeout_ms = 5000;
 }
 
@@ -1854,10 +1856,9 @@ static void decode_secret(struct kw_dec *d, const struct kw_node *doc, struct kw
 /* spec.auth.jwt[] */
 static void decode_jwt(struct kw_dec *d, const struct kw_node *auth, struct kw_dataplane *dp)
 {
-    static const char *const fields[] = {"issuer",        "audiences", "anyAudience",
-                                         "jwksFile",      "jwksURL",   "jwksAllowHTTP",
-                                         "refresh",       "userClaim", "consumerClaim",
-                                         NULL};
+    static const char *const fields[] = {
+        "issuer",        "audiences", "anyAudience", "jwksFile",      "jwksURL",
+        "jwksAllowHTTP", "refresh",   "userClaim",   "consumerClaim", NULL};
     size_t mark;
     const struct kw_node *seq = get_seq(d, auth, "jwt", false, KW_MAX_JWT_PROVIDERS, &mark);
     if (seq != NULL && seq->n > 0)
@@ -2166,10 +2167,11 @@ static void decode_redis(struct kw_dec *d, const struct kw_node *spec, struct kw
 
 static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
 {
-    static const char *const fields[] = {
-        "listen", "admin", "adminDebugFrom", "workers",   "discovery", "limits",
-        "auth",   "redis", "usage",          "telemetry", "vertexAI",  NULL};
-    static const char *const auth_fields[] = {"required", "jwt", NULL};
+    static const char *const fields[] = {"listen",    "admin",     "adminDebugFrom", "workers",
+                                         "discovery", "limits",    "auth",           "redis",
+                                         "usage",     "telemetry", "vertexAI",       NULL};
+    static const char *const auth_fields[] = {"required", "jwt", "failedAttempts", NULL};
+    static const char *const fail_fields[] = {"limit", "window", NULL};
     static const char *const disc_fields[] = {"url",       "tokenFile", "nodeId",
                                               "cacheFile", "caFile",    NULL};
     static const char *const lim_fields[] = {"maxBodyBytes",   "maxConnections",
@@ -2231,6 +2233,14 @@ static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struc
         check_fields(d, m, auth_fields, NULL);
         get_bool(d, m, "required", &dp->auth.required);
         decode_jwt(d, m, dp);
+        size_t fm;
+        const struct kw_node *f = get_map(d, m, "failedAttempts", false, &fm);
+        if (f != NULL) {
+            check_fields(d, f, fail_fields, NULL);
+            get_u32(d, f, "limit", 0, 1000000, &dp->auth.max_failures);
+            get_duration(d, f, "window", 1000, 3600000, &dp->auth.failure_window_ms);
+        }
+        pop(d, fm);
     }
     pop(d, mark);
     decode_redis(d, spec, dp);

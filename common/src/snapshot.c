@@ -489,7 +489,8 @@ static int consumer_keys(struct kw_arena *a, const struct kw_config *cfg,
         const struct kw_secret_ref *ref = &src->api_keys[i];
         const struct kw_secret *sec = kw_config_find_secret(cfg, src->meta.ns, ref->name);
         for (size_t j = 0; sec != NULL && j < sec->nitems; j++) {
-            if (ref->key != NULL && strcmp(ref->key, sec->items[j].key) != 0)
+            if ((ref->key != NULL && strcmp(ref->key, sec->items[j].key) != 0) ||
+                sec->items[j].len < KW_MIN_API_KEY_LEN)
                 continue;
             const char *h = key_digest(a, sec->items[j].value, sec->items[j].len);
             if (h != NULL && c->nkey_hashes < KW_MAX_CONSUMER_KEYS)

@@ -328,7 +328,7 @@ class ControlPlane(unittest.TestCase):
     def test_04d_consumer_keys_work_and_are_revoked_within_1s(self):
         apply("---\napiVersion: v1\nkind: Secret\nmetadata: {name: consumer-keys, namespace: "
               "default, labels: {llm.knoway.dev/secret: \"true\"}}\n"
-              "stringData: {k: sk-consumer-e2e}\n"
+              "stringData: {k: sk-consumer-e2e-0123456789abcdef}\n"
               "---\napiVersion: %s\nkind: LLMConsumer\nmetadata: {name: e2e-user, namespace: "
               "default}\nspec:\n  apiKeys: [{secretRef: {name: consumer-keys}}]\n"
               "  attributes: {team: e2e}\n" % API)
@@ -340,19 +340,19 @@ class ControlPlane(unittest.TestCase):
         # with a consumer in the snapshot a key that matches none is refused
         wait_for(lambda: all(with_key(dp, "sk-wrong") == 401 for dp in self.dps), 5,
                  "consumers programmed on every data plane")
-        self.assertTrue(all(with_key(dp, "sk-consumer-e2e") == 200 for dp in self.dps))
+        self.assertTrue(all(with_key(dp, "sk-consumer-e2e-0123456789abcdef") == 200 for dp in self.dps))
         conds = wait_for(lambda: (lambda c: c if c.get("Programmed", {}).get("status") == "True" else None)(
             conditions("llmconsumer", "e2e-user")[0]), 10, "consumer Programmed=True")
         self.assertEqual(conds["ResolvedRefs"]["status"], "True")
         # the key itself never reached a data plane: its cache holds the digest only
         for i in range(2):
             with open(os.path.join(DIR, "dp%d-snapshot.json" % i)) as f:
-                self.assertNotIn("sk-consumer-e2e", f.read())
+                self.assertNotIn("sk-consumer-e2e-0123456789abcdef", f.read())
         # revocation: deleting the Secret refuses the key everywhere within a second
         kubectl("delete", "secret", "consumer-keys")
         t0 = time.time()
         for dp in self.dps:
-            wait_for(lambda: with_key(dp, "sk-consumer-e2e") == 401, 5, "key revoked")
+            wait_for(lambda: with_key(dp, "sk-consumer-e2e-0123456789abcdef") == 401, 5, "key revoked")
         took = time.time() - t0
         self.assertLess(took, 1.0, "revocation after kubectl delete returned")
         print("\n    key revocation after kubectl delete returned: %.3f s" % took)
@@ -372,7 +372,7 @@ class ControlPlane(unittest.TestCase):
     def test_04e_consumer_usage_and_budget_in_status(self):
         apply("---\napiVersion: v1\nkind: Secret\nmetadata: {name: payer-keys, namespace: "
               "default, labels: {llm.knoway.dev/secret: \"true\"}}\n"
-              "stringData: {k: sk-payer-e2e}\n"
+              "stringData: {k: sk-payer-e2e-0123456789abcdef}\n"
               "---\napiVersion: %s\nkind: LLMConsumer\nmetadata: {name: payer, namespace: "
               "default}\nspec:\n  apiKeys: [{secretRef: {name: payer-keys}}]\n"
               "  budget: {limit: \"5\", period: Day}\n"
@@ -381,13 +381,13 @@ class ControlPlane(unittest.TestCase):
         def call(dp):
             return post(dp.port, "/v1/chat/completions",
                         {"model": "gpt-e2e", "messages": [{"role": "user", "content": "hi"}]},
-                        headers={"Authorization": "Bearer sk-payer-e2e"})[0]
+                        headers={"Authorization": "Bearer sk-payer-e2e-0123456789abcdef"})[0]
         def models(dp, key):  # /v1/models answers before the limit phase: nothing counted
             return request("GET", dp.port, "/v1/models",
                            headers={"Authorization": "Bearer " + key})[0]
 
         def programmed(dp):  # keys are checked (a consumer exists) and payer's is known
-            return models(dp, "sk-wrong") == 401 and models(dp, "sk-payer-e2e") == 200
+            return models(dp, "sk-wrong") == 401 and models(dp, "sk-payer-e2e-0123456789abcdef") == 200
         wait_for(lambda: all(programmed(dp) for dp in self.dps), 5, "payer programmed")
         # a Global limit of 3 requests across both data planes
         codes = [call(self.dps[0]), call(self.dps[1]), call(self.dps[0]), call(self.dps[1])]
@@ -874,7 +874,7 @@ class Observability(unittest.TestCase):
         collector = harness.Collector()
         self.addCleanup(collector.stop)
         apply("---\napiVersion: v1\nkind: Secret\nmetadata: {name: obs-keys, namespace: obs, "
-              "labels: {llm.knoway.dev/secret: \"true\"}}\nstringData: {a: sk-obs-a, b: sk-obs-b}\n"
+              "labels: {llm.knoway.dev/secret: \"true\"}}\nstringData: {a: sk-obs-a-0123456789abcdef, b: sk-obs-b-0123456789abcdef}\n"
               "---\napiVersion: %s\nkind: LLMConsumer\nmetadata: {name: team-a, namespace: obs}\n"
               "spec:\n  apiKeys: [{secretRef: {name: obs-keys, key: a}}]\n"
               "---\napiVersion: %s\nkind: LLMConsumer\nmetadata: {name: team-b, namespace: obs}\n"
@@ -894,7 +894,7 @@ class Observability(unittest.TestCase):
         dp = Dataplane("", workers=1, extra_spec=spec)
         prom = None
         try:
-            key = {"Authorization": "Bearer sk-obs-a"}
+            key = {"Authorization": "Bearer sk-obs-a-0123456789abcdef"}
             body = {"model": "obs-model", "messages": [{"role": "user", "content": "hi there"}]}
             first = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(
                 post(dp.port, "/v1/chat/completions", body, key)), 10, "the route served")
@@ -915,7 +915,7 @@ class Observability(unittest.TestCase):
                 want["input"] += usage["prompt_tokens"]
                 want["output"] += usage["completion_tokens"]
                 time.sleep(0.1)  # over a few scrapes: rates see it grow
-            b = {"Authorization": "Bearer sk-obs-b"}
+            b = {"Authorization": "Bearer sk-obs-b-0123456789abcdef"}
             self.assertEqual(post(dp.port, "/v1/chat/completions", body, b)[0], 200)
             self.assertEqual(post(dp.port, "/v1/chat/completions", body, b)[0], 429)
             for port in (dp.admin, ctl.admin):  # the exposition format, under load

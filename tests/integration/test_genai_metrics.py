@@ -22,7 +22,7 @@ class GenAI(unittest.TestCase):
                            + backend("bad", cls.mock.url(), headers={"x-mock-status": "503"})
                            + route("exact", ["demo"], ["b"])
                            + route("family", ["llama-*"], ["b"])
-                           + route("broken", ["broken"], ["bad"]) + consumer("team", "sk-a"))
+                           + route("broken", ["broken"], ["bad"]) + consumer("team", "sk-a-0123456789abcdef"))
 
     @classmethod
     def tearDownClass(cls):
@@ -30,7 +30,7 @@ class GenAI(unittest.TestCase):
         cls.mock.stop()
 
     def test_metrics(self):
-        key = {"Authorization": "Bearer sk-a"}
+        key = {"Authorization": "Bearer sk-a-0123456789abcdef"}
         for _ in range(3):
             self.assertEqual(post(self.dp.port, "/v1/chat/completions",
                                   {"model": "demo", "messages": [{"role": "user", "content": "hi"}]},

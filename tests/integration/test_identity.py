@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -13,7 +14,7 @@ CONSUMERS = """---
 apiVersion: v1
 kind: Secret
 metadata: {name: search-keys}
-stringData: {a: sk-search-1, b: "sk-search-2\\n"}
+stringData: {a: sk-search-1-0123456789abcdef, b: "sk-search-2-0123456789abcdef\\n"}
 ---
 apiVersion: llm.knoway.dev/v1alpha1
 kind: LLMConsumer
@@ -26,7 +27,7 @@ spec:
 apiVersion: v1
 kind: Secret
 metadata: {name: ops-keys}
-stringData: {key: sk-ops, other: sk-not-a-key}
+stringData: {key: sk-ops-0123456789abcdef, other: sk-not-a-key}
 ---
 apiVersion: llm.knoway.dev/v1alpha1
 kind: LLMConsumer
@@ -68,9 +69,9 @@ class Identity(unittest.TestCase):
         self.assertEqual(self.error(post(self.dp.port, "/v1/chat/completions", "{not json",
                                          headers=bearer("sk-wrong"))), (401, "invalid_api_key"))
         self.assertEqual(self.error(post(self.dp.port, "/v1/chat/completions", "{not json",
-                                         headers=bearer("sk-ops")))[0], 400)
+                                         headers=bearer("sk-ops-0123456789abcdef")))[0], 400)
         # every value of a Secret is a key (the trailing newline is not part of it) ...
-        for key in ("sk-search-1", "sk-search-2", "sk-ops"):
+        for key in ("sk-search-1-0123456789abcdef", "sk-search-2-0123456789abcdef", "sk-ops-0123456789abcdef"):
             status, _, _ = post(self.dp.port, "/v1/chat/completions", CHAT, headers=bearer(key))
             self.assertEqual(status, 200, key)
         # ... or the one named
@@ -79,20 +80,20 @@ class Identity(unittest.TestCase):
 
     def test_models_allowed(self):
         status, code = self.error(post(self.dp.port, "/v1/chat/completions",
-                                       dict(CHAT, model="other"), headers=bearer("sk-search-1")))
+                                       dict(CHAT, model="other"), headers=bearer("sk-search-1-0123456789abcdef")))
         self.assertEqual((status, code), (403, "model_not_allowed"))
         self.assertEqual(post(self.dp.port, "/v1/chat/completions", dict(CHAT, model="other"),
-                              headers=bearer("sk-ops"))[0], 200)
+                              headers=bearer("sk-ops-0123456789abcdef"))[0], 200)
         ids = lambda key: sorted(m["id"] for m in json.loads(request(  # noqa: E731
             "GET", self.dp.port, "/v1/models", headers=bearer(key))[2])["data"])
-        self.assertEqual(ids("sk-search-1"), ["demo"])
-        self.assertEqual(ids("sk-ops"), ["demo", "other"])
+        self.assertEqual(ids("sk-search-1-0123456789abcdef"), ["demo"])
+        self.assertEqual(ids("sk-ops-0123456789abcdef"), ["demo", "other"])
         self.assertEqual(request("GET", self.dp.port, "/v1/models")[0], 401)
 
     def test_messages_takes_x_api_key(self):
         body = {"model": "demo", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
         status, _, raw = post(self.dp.port, "/v1/messages", body,
-                              headers={"x-api-key": "sk-search-1", "anthropic-version": "2023-06-01"})
+                              headers={"x-api-key": "sk-search-1-0123456789abcdef", "anthropic-version": "2023-06-01"})
         self.assertEqual(status, 200, raw)
         status, _, raw = post(self.dp.port, "/v1/messages", body,
                               headers={"anthropic-version": "2023-06-01"})
@@ -106,19 +107,64 @@ class Identity(unittest.TestCase):
                                          headers=bearer("sk-wrong"))), (401, "invalid_api_key"))
 
     def test_the_log_names_the_consumer_never_the_key(self):
-        post(self.dp.port, "/v1/chat/completions", CHAT, headers=bearer("sk-search-1"))
+        post(self.dp.port, "/v1/chat/completions", CHAT, headers=bearer("sk-search-1-0123456789abcdef"))
         post(self.dp.port, "/v1/chat/completions", CHAT, headers=bearer("sk-wrong"))
         self.dp.wait_metric('knoway_requests_total{code="401"}', 1)
         logs = self.dp.logs()
         self.assertIn('"consumer":"default/search","attributes":"team=search"', logs)
-        self.assertNotIn("sk-search-1", logs)
+        self.assertNotIn("sk-search-1-0123456789abcdef", logs)
         self.assertNotIn("sk-wrong", logs)
         # the upstream never sees the client's key
-        self.assertNotIn("sk-search-1", json.dumps(self.mock.requests()))
+        self.assertNotIn("sk-search-1-0123456789abcdef", json.dumps(self.mock.requests()))
         # /debug/config shows neither keys nor their digests
         config = json.loads(request("GET", self.dp.admin, "/debug/config")[2])
         search = [c for c in config["consumers"] if c["name"] == "search"][0]
         self.assertEqual(search["spec"]["keySha256"], "(2 keys, redacted)")
+
+
+
+class Guessing(unittest.TestCase):
+    """Failed authentication is throttled per client address (it once allowed 20,000 guesses
+    in half a second on one connection); a short key in a Secret is reported, not accepted."""
+
+    def test_failed_attempts_throttled(self):
+        mock = Mock()
+        dp = Dataplane(backend("b", mock.url()) + route("demo", ["demo"], ["b"]) + CONSUMERS,
+                       extra_spec="  auth: {failedAttempts: {limit: 5, window: 2s}}\n")
+        try:
+            codes = [post(dp.port, "/v1/chat/completions", CHAT,
+                          headers=bearer("sk-guess-%04d-0123456789" % i))[0] for i in range(8)]
+            self.assertEqual(codes, [401] * 5 + [429] * 3)
+            r = post(dp.port, "/v1/chat/completions", CHAT,
+                     headers=bearer("sk-search-1-0123456789abcdef"))
+            self.assertEqual(r[0], 429, "a right key waits too: guessing is not told apart")
+            self.assertEqual(json.loads(r[2])["error"]["code"], "too_many_auth_failures")
+            self.assertGreaterEqual(int(r[1]["retry-after"]), 1)
+            # anonymous requests are not held up (auth is not required here)
+            self.assertEqual(post(dp.port, "/v1/chat/completions", CHAT)[0], 200)
+            time.sleep(4.1)  # the sliding window has passed
+            self.assertEqual(post(dp.port, "/v1/chat/completions", CHAT,
+                                  headers=bearer("sk-search-1-0123456789abcdef"))[0], 200)
+        finally:
+            dp.stop()
+            mock.stop()
+
+    def test_short_keys_not_accepted(self):
+        mock = Mock()
+        res = (backend("b", mock.url()) + route("demo", ["demo"], ["b"]) +
+               "---\napiVersion: v1\nkind: Secret\nmetadata: {name: k}\nstringData: {a: x1}\n"
+               "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\n"
+               "metadata: {name: tiny}\nspec:\n  apiKeys: [{secretRef: {name: k}}]\n")
+        dp = Dataplane(res, wait=False)
+        try:
+            dp.proc.wait(10)
+            self.assertNotEqual(dp.proc.returncode, 0)
+            self.assertIn("holds an API key of 2 characters: API keys must have at least 16",
+                          dp.logs())
+            self.assertNotIn("x1\"", dp.logs())
+        finally:
+            dp.stop()
+            mock.stop()
 
 
 if __name__ == "__main__":

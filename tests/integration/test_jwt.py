@@ -128,7 +128,7 @@ class JWT(unittest.TestCase):
                        "  rateLimits:\n"
                        "    - {name: per-user, key: User, requests: {limit: 3, window: 1h}}\n")
                + route("other", ["other"], ["b"]) + consumer)
-        spec = ("  auth:\n    required: true\n    jwt:\n"
+        spec = ("  auth:\n    required: true\n    failedAttempts: {limit: 0}\n    jwt:\n"
                 "      - {issuer: \"%s\", audiences: [%s], jwksFile: \"%s\", refresh: 1s,"
                 " consumerClaim: knoway/consumer}\n"
                 "      - {issuer: \"%s\", jwksURL: \"http://127.0.0.1:%d/jwks\", jwksAllowHTTP: true,"

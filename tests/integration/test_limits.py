@@ -93,7 +93,7 @@ class Global(unittest.TestCase):
                + route("bad", ["bad"], ["bad"],
                        "  rateLimits:\n"
                        "    - {name: tpm, scope: Global, tokens: {limit: 100000, window: 1h}}\n")
-               + consumer("payer", "sk-payer", "  budget: {limit: \"0.001\", period: Day}\n")
+               + consumer("payer", "sk-payer-0123456789abcdef", "  budget: {limit: \"0.001\", period: Day}\n")
                + consumer("whale", "sk-whale-0123456789"))
         cls.a = Dataplane(res, extra_spec=spec)
         cls.b = Dataplane(res, extra_spec=spec)
@@ -153,7 +153,7 @@ class Global(unittest.TestCase):
         self.assertEqual(first, second, "the failed request's reservation was refunded")
 
     def test_budget(self):
-        key = bearer("sk-payer")
+        key = bearer("sk-payer-0123456789abcdef")
         statuses = []
         for i in range(200):
             r = post((self.a, self.b)[i % 2].port, "/v1/chat/completions", CHAT, key)

@@ -25,6 +25,7 @@
 #define KW_MAX_RATE_LIMITS   16u   /* rateLimits of a route, limits of a consumer */
 #define KW_MAX_JWT_PROVIDERS 16u   /* DataPlane spec.auth.jwt */
 #define KW_MAX_CONSUMER_KEYS 1024u /* API keys of one LLMConsumer (all its Secrets' values) */
+#define KW_MIN_API_KEY_LEN   16u   /* shorter keys are reported and not accepted */
 #define KW_MAX_ENDPOINTS     1024u
 #define KW_MAX_MATCH_ITEMS   128u
 #define KW_MAX_WEIGHT        1000u

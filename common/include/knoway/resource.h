@@ -330,7 +330,9 @@ struct kw_dataplane {
         int64_t read_timeout_ms;             /* headers and body of one request */
     } limits;
     struct {
-        bool required; /* a request without a valid API key gets 401 */
+        bool required;             /* a request without a valid API key gets 401 */
+        uint32_t max_failures;     /* failed attempts per client address and window; 0: off */
+        int64_t failure_window_ms; /* default 10s */
         struct kw_jwt_provider *jwt;
         size_t njwt;
     } auth;
@@ -391,6 +393,8 @@ struct kw_dataplane {
 #define KW_DEFAULT_MAX_CONNS_PER_CLIENT   4096u
 #define KW_DEFAULT_READ_TIMEOUT_MS        30000
 #define KW_DEFAULT_REDIS_TIMEOUT_MS       100
+#define KW_DEFAULT_AUTH_MAX_FAILURES      20
+#define KW_DEFAULT_AUTH_FAILURE_WINDOW_MS 10000
 #define KW_DEFAULT_USAGE_DIR              "/var/lib/knoway/usage"
 #define KW_DEFAULT_USAGE_MAX_BYTES        (1024ull * 1024 * 1024)
 #define KW_DEFAULT_USAGE_SYNC_MS          100

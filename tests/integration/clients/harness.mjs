@@ -204,7 +204,7 @@ async function waitVertexToken(admin) {
   throw new Error('no Vertex AI access token');
 }
 
-// A gateway with identity and limits: one consumer (key sk-limited) allowed the model
+// A gateway with identity and limits: one consumer (key sk-limited-0123456789abcdef) allowed the model
 // "demo" only, 2 requests per hour, a budget that one request spends. Its base URL.
 export async function startLimited() {
   const [mock, listen, admin] = [await freePort(), await freePort(), await freePort()];
@@ -236,7 +236,7 @@ spec:
 apiVersion: v1
 kind: Secret
 metadata: {name: keys}
-stringData: {k: sk-limited, p: sk-payer}
+stringData: {k: sk-limited-0123456789abcdef, p: sk-payer-0123456789abcdef}
 ---
 apiVersion: llm.knoway.dev/v1alpha1
 kind: LLMConsumer

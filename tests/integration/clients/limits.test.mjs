@@ -24,14 +24,14 @@ test('a wrong key is an AuthenticationError (401 invalid_api_key)', async () => 
 });
 
 test('a model outside the allow-list is a PermissionDeniedError (403)', async () => {
-  await assert.rejects(openai('sk-limited').chat.completions.create({ ...chat, model: 'other' }),
+  await assert.rejects(openai('sk-limited-0123456789abcdef').chat.completions.create({ ...chat, model: 'other' }),
     (e) => e instanceof OpenAI.PermissionDeniedError && e.code === 'model_not_allowed');
-  const models = await openai('sk-limited').models.list();
+  const models = await openai('sk-limited-0123456789abcdef').models.list();
   assert.deepEqual(models.data.map((m) => m.id).sort(), ['demo']);
 });
 
 test('a rate limit is a RateLimitError (429) with the retry headers', async () => {
-  const c = openai('sk-limited', { 'x-bucket': 'sdk' });
+  const c = openai('sk-limited-0123456789abcdef', { 'x-bucket': 'sdk' });
   const { data, response } = await c.chat.completions.create(chat).withResponse();
   assert.equal(data.choices[0].message.role, 'assistant');
   assert.equal(response.headers.get('x-ratelimit-limit-requests'), '2');
@@ -45,14 +45,14 @@ test('a rate limit is a RateLimitError (429) with the retry headers', async () =
     assert.equal(hdr(e, 'x-ratelimit-remaining-requests'), '0');
     return true;
   });
-  const claude = new Anthropic({ baseURL: base, apiKey: 'sk-limited', maxRetries: 0, defaultHeaders: { 'x-bucket': 'sdk' } });
+  const claude = new Anthropic({ baseURL: base, apiKey: 'sk-limited-0123456789abcdef', maxRetries: 0, defaultHeaders: { 'x-bucket': 'sdk' } });
   await assert.rejects(claude.messages.create({ model: 'claude-x', max_tokens: 16, messages: [{ role: 'user', content: 'hi' }] }),
     (e) => e instanceof Anthropic.RateLimitError && e.status === 429 && e.error.error.type === 'rate_limit_error'
       && Number(hdr(e, 'retry-after')) >= 1);
 });
 
 test('a spent budget is a RateLimitError with code insufficient_quota', async () => {
-  const c = openai('sk-payer');
+  const c = openai('sk-payer-0123456789abcdef');
   await c.chat.completions.create(chat); // 12 tokens at 1000 USD per million: 0.012 USD
   await new Promise((r) => setTimeout(r, 100));
   await assert.rejects(c.chat.completions.create(chat),

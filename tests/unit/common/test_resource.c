@@ -4,6 +4,7 @@
 
 #include "knoway/config.h"
 #include "knoway/kw.h"
+#include "knoway/snapshot.h"
 #include "testutil.h"
 
 #define HDR_B     "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata:\n  name: b\nspec:\n"
@@ -478,7 +479,33 @@ static void test_traffic(void **state)
 #define HDR_C                                                                                      \
     "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\nmetadata:\n  name: c\nspec:\n"
 #define KEYS                                                                                       \
-    "---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys}\nstringData: {a: k1, b: k2}\n"
+    "---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys}\nstringData: {a: "                  \
+    "key-1-0123456789ab, b: key-2-0123456789ab}\n"
+
+/* Keys shorter than KW_MIN_API_KEY_LEN are reported (never shown) and not accepted; the
+ * consumer's other keys stay. */
+static void test_short_api_keys_refused(void **state)
+{
+    (void)state;
+    struct kw_config *cfg;
+    char *e = kwt_errors(HDR_C "  apiKeys:\n    - secretRef: {name: keys}\n"
+                               "---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys}\n"
+                               "stringData: {a: x, b: key-2-0123456789ab}\n",
+                         &cfg);
+    assert_string_equal(e, "t.yaml:7:25: LLMConsumer/default/c: spec.apiKeys[0].secretRef: Secret "
+                           "\"default/keys\" key \"a\" holds an API key of 1 characters: API keys "
+                           "must have at least 16 (it is not accepted)\n");
+    free(e);
+    struct kw_diag diag;
+    kw_diag_init(&diag);
+    struct kw_snapshot *snap = kw_snapshot_build(cfg, kw_service_resolve_dns, NULL, &diag);
+    assert_non_null(snap);
+    assert_int_equal(snap->nconsumers, 1);
+    assert_int_equal(snap->consumers[0]->nkey_hashes, 1);
+    kw_snapshot_unref(snap);
+    kw_diag_cleanup(&diag);
+    kw_config_free(cfg);
+}
 
 static void test_consumer(void **state)
 {
@@ -568,31 +595,32 @@ static void test_api_json(void **state)
 static void test_jwt_audiences_and_https_required(void **state)
 {
     (void)state;
-    kwt_assert_errors("apiVersion: llm.knoway.dev/v1alpha1\n"
-                      "kind: DataPlane\n"
-                      "metadata: {name: t}\n"
-                      "spec:\n"
-                      "  auth:\n"
-                      "    jwt:\n"
-                      "      - {issuer: a, jwksFile: /x}\n"
-                      "      - {issuer: b, jwksURL: \"http://127.0.0.1:1/j\", anyAudience: true}\n"
-                      "      - {issuer: c, jwksURL: \"http://idp.example.com/j\", jwksAllowHTTP: "
-                      "true, audiences: [x]}\n"
-                      "      - {issuer: d, jwksURL: \"http://[::1]:9/j\", jwksAllowHTTP: true, "
-                      "anyAudience: true}\n"
-                      "      - {issuer: e, audiences: [x], anyAudience: true, jwksFile: /x}\n"
-                      "      - {issuer: f, audiences: [x], jwksURL: \"https://idp.example.com/j\"}\n",
-                      "t.yaml:7:9: DataPlane/t: spec.auth.jwt[0].audiences: required: list the "
-                      "audiences (aud) this gateway accepts, or set anyAudience: true to accept "
-                      "tokens the issuer made for any application\n"
-                      "t.yaml:8:30: DataPlane/t: spec.auth.jwt[1].jwksURL: must be https:// (the "
-                      "keys decide who may call; plain http:// only to a loopback address with "
-                      "jwksAllowHTTP: true)\n"
-                      "t.yaml:9:30: DataPlane/t: spec.auth.jwt[2].jwksURL: must be https:// (the "
-                      "keys decide who may call; plain http:// only to a loopback address with "
-                      "jwksAllowHTTP: true)\n"
-                      "t.yaml:11:9: DataPlane/t: spec.auth.jwt[4]: set audiences or anyAudience, "
-                      "not both\n");
+    kwt_assert_errors(
+        "apiVersion: llm.knoway.dev/v1alpha1\n"
+        "kind: DataPlane\n"
+        "metadata: {name: t}\n"
+        "spec:\n"
+        "  auth:\n"
+        "    jwt:\n"
+        "      - {issuer: a, jwksFile: /x}\n"
+        "      - {issuer: b, jwksURL: \"http://127.0.0.1:1/j\", anyAudience: true}\n"
+        "      - {issuer: c, jwksURL: \"http://idp.example.com/j\", jwksAllowHTTP: "
+        "true, audiences: [x]}\n"
+        "      - {issuer: d, jwksURL: \"http://[::1]:9/j\", jwksAllowHTTP: true, "
+        "anyAudience: true}\n"
+        "      - {issuer: e, audiences: [x], anyAudience: true, jwksFile: /x}\n"
+        "      - {issuer: f, audiences: [x], jwksURL: \"https://idp.example.com/j\"}\n",
+        "t.yaml:7:9: DataPlane/t: spec.auth.jwt[0].audiences: required: list the "
+        "audiences (aud) this gateway accepts, or set anyAudience: true to accept "
+        "tokens the issuer made for any application\n"
+        "t.yaml:8:30: DataPlane/t: spec.auth.jwt[1].jwksURL: must be https:// (the "
+        "keys decide who may call; plain http:// only to a loopback address with "
+        "jwksAllowHTTP: true)\n"
+        "t.yaml:9:30: DataPlane/t: spec.auth.jwt[2].jwksURL: must be https:// (the "
+        "keys decide who may call; plain http:// only to a loopback address with "
+        "jwksAllowHTTP: true)\n"
+        "t.yaml:11:9: DataPlane/t: spec.auth.jwt[4]: set audiences or anyAudience, "
+        "not both\n");
 }
 
 static void test_limits_budgets_redis_jwt_errors(void **state)
@@ -775,6 +803,7 @@ int main(void)
         cmocka_unit_test(test_consumer),
         cmocka_unit_test(test_limits_budgets_redis_jwt_errors),
         cmocka_unit_test(test_jwt_audiences_and_https_required),
+        cmocka_unit_test(test_short_api_keys_refused),
         cmocka_unit_test(test_telemetry_and_usage_errors),
         cmocka_unit_test(test_api_json),
     };

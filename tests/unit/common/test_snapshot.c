@@ -450,7 +450,7 @@ static void test_consumers_carry_digests_only(void **state)
     struct kw_snapshot *s = build(
         SECRET BACKENDS ROUTE
         "---\napiVersion: v1\nkind: Secret\nmetadata: {name: team-keys, namespace: ml}\n"
-        "stringData: {a: key-alpha, b: \"key-beta\\n\"}\n"
+        "stringData: {a: key-alpha-0123456789, b: \"key-beta-0123456789\\n\"}\n"
         "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\nmetadata: {name: search, "
         "namespace: ml}\nspec:\n  apiKeys: [{secretRef: {name: team-keys}}, {secretRef: {name: "
         "team-keys, key: a}}]\n  attributes: {team: search}\n  models: [\"gpt*\"]\n",
@@ -460,16 +460,16 @@ static void test_consumers_carry_digests_only(void **state)
     const struct kw_consumer *c = s->consumers[0];
     assert_string_equal(c->meta.name, "search");
     char ha[65], hb[65];
-    sha256_hex("key-alpha", ha);
-    sha256_hex("key-beta", hb);          /* the trailing newline is not part of the key */
-    assert_int_equal(c->nkey_hashes, 2); /* "a" twice is one key */
+    sha256_hex("key-alpha-0123456789", ha);
+    sha256_hex("key-beta-0123456789", hb); /* the trailing newline is not part of the key */
+    assert_int_equal(c->nkey_hashes, 2);   /* "a" twice is one key */
     assert_string_equal(c->key_hashes[0], strcmp(ha, hb) < 0 ? ha : hb);
     assert_string_equal(c->key_hashes[1], strcmp(ha, hb) < 0 ? hb : ha);
     assert_string_equal(c->attributes[0].value, "search");
     assert_true(c->models[0].prefix);
     char *text = text_of(s);
-    assert_null(strstr(text, "key-alpha"));    /* never in clear */
-    assert_null(strstr(text, "a2V5LWFscGhh")); /* nor in base64 */
+    assert_null(strstr(text, "key-alpha-0123456789")); /* never in clear */
+    assert_null(strstr(text, "a2V5LWFscGhh"));         /* nor in base64 */
     assert_non_null(strstr(text, ha));
     /* the text parses back to the same version */
     struct kw_snapshot *p = kw_snapshot_parse(text, strlen(text), &diag);
