@@ -678,8 +678,14 @@ static int ph_upstream(struct dp_request *r)
         return KW_AGAIN;
     r->attempt = DP_ATT_NONE;
     struct dp_transfer *t = &r->up;
-    if (r->state == DP_ST_STREAM && r->provider->feed == NULL)
-        dp_sse_finish(&r->sse, on_sse_event, r);
+    if (r->state == DP_ST_STREAM && r->provider->feed == NULL) {
+        /* an event cut by a failure (too large, a reset) never reaches the client: the
+         * error event that follows must not run into half an event */
+        if (t->error == DP_UPERR_NONE)
+            dp_sse_finish(&r->sse, on_sse_event, r);
+        else
+            dp_sse_discard(&r->sse);
+    }
     if (t->error == DP_UPERR_OTHER && t->write_err[0] != '\0')
         snprintf(t->errmsg, sizeof(t->errmsg), "%s", t->write_err);
     if (t->error != DP_UPERR_NONE && t->errmsg[0] == '\0')

@@ -117,6 +117,13 @@ int dp_sse_feed(struct dp_sse *p, const char *buf, size_t len, dp_sse_event_fn o
     return KW_OK;
 }
 
+void dp_sse_discard(struct dp_sse *p)
+{
+    reset_event(p);
+    p->cr = false;
+    p->blank_pending = false;
+}
+
 int dp_sse_finish(struct dp_sse *p, dp_sse_event_fn on_event, void *ud)
 {
     p->cr = false;
@@ -124,8 +131,16 @@ int dp_sse_finish(struct dp_sse *p, dp_sse_event_fn on_event, void *ud)
         p->blank_pending = false;
         return emit(p, on_event, ud);
     }
-    if (p->line_start < p->raw.len &&
-        on_line(p, p->raw.data + p->line_start, p->raw.len - p->line_start) != KW_OK)
+    size_t end = p->raw.len;
+    if (p->line_start < end &&
+        on_line(p, p->raw.data + p->line_start, end - p->line_start) != KW_OK)
         return KW_ERROR;
+    /* an event the stream ended inside is passed on framed like any other: its raw bytes
+     * end with a blank line, so nothing written after it runs into it */
+    if (p->any) {
+        bool nl = end > 0 && (p->raw.data[end - 1] == '\n' || p->raw.data[end - 1] == '\r');
+        if (kw_buf_append(&p->raw, nl ? "\n" : "\n\n", nl ? 1 : 2) != KW_OK)
+            return KW_ERROR;
+    }
     return emit(p, on_event, ud);
 }

@@ -37,8 +37,12 @@ void dp_sse_cleanup(struct dp_sse *p);
 int dp_sse_feed(struct dp_sse *p, const char *buf, size_t len, dp_sse_event_fn on_event, void *ud);
 
 /* End of stream: an event not yet ended by a blank line is delivered (Gemini closes the
- * connection after its last event). KW_OK or KW_ERROR. */
+ * connection after its last event), its raw bytes completed with the blank line. KW_OK or
+ * KW_ERROR. */
 int dp_sse_finish(struct dp_sse *p, dp_sse_event_fn on_event, void *ud);
+
+/* A failed stream: the event it ended inside is dropped, never delivered. */
+void dp_sse_discard(struct dp_sse *p);
 
 /* Bytes held for the current, incomplete event. */
 size_t dp_sse_pending(const struct dp_sse *p);

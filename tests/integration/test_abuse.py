@@ -227,6 +227,64 @@ class Probes(unittest.TestCase):
             mock.stop()
 
 
+class OversizedEvent(unittest.TestCase):
+    """An upstream SSE event over the 4 MiB limit ends the stream with a well-framed error
+    event: none of the oversized event reaches the client (4 MiB of it once did, without
+    its terminator, and the error event was glued to it)."""
+
+    def test_the_stream_ends_framed(self):
+        import http.server
+
+        class Upstream(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers["content-length"]))
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+
+                def chunk(b):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(b), b))
+                ev = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "demo",
+                      "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+                chunk(b"data: " + json.dumps(ev).encode() + b"\n\n")
+                ev["choices"][0]["delta"]["content"] = "x" * (5 << 20)
+                data = b"data: " + json.dumps(ev).encode() + b"\n\n"
+                try:
+                    for i in range(0, len(data), 65536):
+                        chunk(data[i:i + 65536])
+                    chunk(b"data: [DONE]\n\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:
+                    pass  # the gateway gave up on it
+
+            def log_message(self, *a):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        dp = Dataplane(backend("b", "http://127.0.0.1:%d/v1" % srv.server_address[1])
+                       + route("demo", ["demo"], ["b"]))
+        try:
+            status, _, body = post(dp.port, "/v1/chat/completions",
+                                   {"model": "demo", "stream": True,
+                                    "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+            self.assertEqual(status, 200)
+            self.assertLess(len(body), 4096, "nothing of the oversized event was relayed")
+            self.assertTrue(body.endswith(b"\n\n"))
+            events = [e for e in body.decode().split("\n\n") if e]
+            self.assertEqual(len(events), 2, events)
+            self.assertIn('"content": "hi"', events[0])
+            err = json.loads(events[1][len("data: "):])["error"]
+            self.assertEqual(err["code"], "upstream_error")
+            self.assertIn("too large", err["message"])
+        finally:
+            dp.stop()
+            srv.shutdown()
+
+
 class Liveness(unittest.TestCase):
     """/healthz reflects the worker loops: a stuck loop (here one stopped by ptrace, as a
     loop spinning in a pathological request or a blocking call would be) fails liveness
