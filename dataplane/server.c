@@ -92,7 +92,7 @@ int dp_activated_admin_fd(void)
 
 /* One listening socket per worker, all bound to the same address with SO_REUSEPORT: the
  * kernel spreads connections over the workers. */
-static int listen_socket(const char *addr)
+static int listen_socket(const char *addr, bool first)
 {
     int act = activated_fd("api");
     if (act != -1) { /* every worker accepts on the same activated socket */
@@ -109,6 +109,22 @@ static int listen_socket(const char *addr)
     if (fd == -1)
         return -1;
     int one = 1;
+    if (first) {
+        /* SO_REUSEPORT lets any process of the same user bind the address too: a second
+         * data plane on the same file would take half the connections. A socket without it
+         * cannot bind while another process listens there: refused. */
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *)&ss, len) == -1) {
+            int e = errno;
+            close(fd);
+            errno = e;
+            return -1;
+        }
+        close(fd);
+        fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd == -1)
+            return -1;
+    }
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&ss, len) == -1 || listen(fd, 4096) == -1) {
@@ -382,7 +398,7 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
     unsigned started = 0;
     int rc = 1;
     for (; started < s.nworkers; started++) {
-        int lfd = listen_socket(s.dp->listen);
+        int lfd = listen_socket(s.dp->listen, started == 0);
         if (lfd == -1) {
             kw_log(KW_LOG_ERROR, "cannot listen", "address", s.dp->listen, "error", strerror(errno),
                    NULL);

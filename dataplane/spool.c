@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -27,6 +28,7 @@ struct reader {
 struct dp_spool {
     char dir[PATH_MAX - 128];
     int fd;            /* the writer's segment */
+    int lock_fd;       /* "lock" in dir, held (flock) while open: one writer a directory */
     uint64_t seg_base; /* its first offset */
     uint64_t seg_len;  /* its bytes */
     _Atomic uint64_t end;
@@ -184,11 +186,25 @@ int dp_spool_open(struct dp_spool **out, const char *dir, const char *const *rea
         snprintf(err, errlen, "out of memory");
         return KW_ERROR;
     }
-    s->fd = -1;
+    s->fd = s->lock_fd = -1;
     pthread_mutex_init(&s->mu, NULL);
     snprintf(s->dir, sizeof(s->dir), "%s", dir);
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+        dp_spool_close(s);
+        return KW_ERROR;
+    }
+    /* two writers appending to one directory would interleave records and ship each
+     * other's offsets: the second is refused */
+    char lock[PATH_MAX];
+    snprintf(lock, sizeof(lock), "%s/lock", dir);
+    s->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (s->lock_fd == -1 || flock(s->lock_fd, LOCK_EX | LOCK_NB) == -1) {
+        int e = errno;
+        snprintf(err, errlen, "%s: %s", dir,
+                 e == EWOULDBLOCK ? "the spool is in use by another process (a second data plane "
+                                    "on the same configuration?)"
+                                  : strerror(e));
         dp_spool_close(s);
         return KW_ERROR;
     }
@@ -252,6 +268,8 @@ void dp_spool_close(struct dp_spool *s)
         fsync(s->fd);
         close(s->fd);
     }
+    if (s->lock_fd >= 0)
+        close(s->lock_fd); /* and the lock with it */
     pthread_mutex_destroy(&s->mu);
     free(s);
 }

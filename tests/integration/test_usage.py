@@ -7,6 +7,8 @@ import http.client
 import json
 import os
 import signal
+import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -14,8 +16,8 @@ import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import (Dataplane, Mock, Postgres, backend, post, request, route,  # noqa: E402
-                     wait_port)
+from harness import (DATAPLANE, Dataplane, Mock, Postgres, backend, post,  # noqa: E402
+                     request, route, wait_port)
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
 KW_OUTAGE = float(os.environ.get("KW_PG_OUTAGE_SECONDS", "30"))
@@ -186,6 +188,40 @@ class SameSecondPid1(unittest.TestCase):
                 dp.stop()
             mock.stop()
             pg.cleanup()
+
+
+class OneInstance(unittest.TestCase):
+    """A second data plane on the same file would bind the same listeners (SO_REUSEPORT) and
+    append to the same spool: it is refused, and the first keeps serving."""
+
+    def test_second_instance_refused(self):
+        mock = Mock()
+        spool = tempfile.mkdtemp(prefix="kwspool-")
+        res = backend("b", mock.url()) + route("demo", ["demo"], ["b"])
+        spec = ("  usage:\n    spool: {dir: \"%s\"}\n"
+                "    sinks: [{jsonl: {path: \"%s/usage.jsonl\"}}]\n" % (spool, spool))
+        first = Dataplane(res, extra_spec=spec)
+        try:
+            # the same file: the same listeners and spool
+            again = subprocess.run([DATAPLANE, "-c", first.path], capture_output=True,
+                                   text=True, timeout=20)
+            self.assertNotEqual(again.returncode, 0)
+            self.assertIn("in use by another process", again.stdout + again.stderr)
+            # another file, same listeners, no usage: refused at the listener
+            other = first.path + ".nospool.yaml"
+            with open(first.path) as f:
+                text = f.read()
+            with open(other, "w") as f:
+                f.write(text.replace(spec, ""))
+            again = subprocess.run([DATAPLANE, "-c", other], capture_output=True, text=True,
+                                   timeout=20)
+            self.assertNotEqual(again.returncode, 0)
+            self.assertIn("cannot listen", again.stdout + again.stderr)
+            self.assertIn("Address already in use", again.stdout + again.stderr)
+            self.assertEqual(post(first.port, "/v1/chat/completions", CHAT)[0], 200)
+        finally:
+            first.stop()
+            mock.stop()
 
 
 class Recovery(unittest.TestCase):
