@@ -76,7 +76,10 @@ static void usage(FILE *out)
         "  --namespace NS          watch one namespace (default: all)\n"
         "  --listen ADDR           discovery address (default 0.0.0.0:18000)\n"
         "  --admin ADDR            /healthz /readyz /metrics /debug/nodes (default 0.0.0.0:9902)\n"
-        "  --token-file FILE       bearer token data planes must present\n"
+        "  --token-file FILE       bearer token data planes must present (required: snapshots\n"
+        "                          carry credentials)\n"
+        "  --insecure-no-token     serve snapshots to anyone who can reach --listen (tests on\n"
+        "                          loopback only)\n"
         "  --tls-cert-file FILE    serve discovery over TLS with this certificate (PEM)\n"
         "  --tls-key-file FILE     ... and this key\n"
         "  --leader-elect          elect one replica (Lease) to write status\n"
@@ -368,6 +371,7 @@ int main(int argc, char **argv)
         {"listen", required_argument, NULL, 'l'},
         {"admin", required_argument, NULL, 'a'},
         {"token-file", required_argument, NULL, 't'},
+        {"insecure-no-token", no_argument, NULL, 'I'},
         {"tls-cert-file", required_argument, NULL, 'C'},
         {"tls-key-file", required_argument, NULL, 'K'},
         {"leader-elect", no_argument, NULL, 'L'},
@@ -394,7 +398,7 @@ int main(int argc, char **argv)
     char id[256] = "";
     const char *debug_from = NULL, *secret_selector = CTL_SECRET_SELECTOR;
     double qps = 20, burst = 40, node_grace_s = CTL_NODE_STALE_MS / 1000.0;
-    bool leader_elect = false;
+    bool leader_elect = false, no_token = false;
     const char *redis_url = NULL, *redis_pw_file = NULL;
     double usage_interval_s = 30;
     struct kw_otlp_config otlp = {.protocol = KW_OTLP_JSON, .service = "knoway-controller"};
@@ -415,6 +419,9 @@ int main(int argc, char **argv)
             break;
         case 't':
             token_file = optarg;
+            break;
+        case 'I':
+            no_token = true;
             break;
         case 'C':
             tls_cert = optarg;
@@ -546,6 +553,13 @@ int main(int argc, char **argv)
     }
     if (usage_interval_s < 1) {
         fprintf(stderr, "knoway-controller: --usage-interval must be at least 1 second\n");
+        return 2;
+    }
+    if (token_file == NULL && !no_token) {
+        /* snapshots carry backend credentials: never served to anyone who asks by default */
+        fprintf(stderr, "knoway-controller: --token-file is required: data planes present the "
+                        "token to receive snapshots, which hold credentials (or pass "
+                        "--insecure-no-token to serve them to anyone who can connect)\n");
         return 2;
     }
     if (qps <= 0 || burst < 1) {

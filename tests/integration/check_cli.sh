@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# knoway-dataplane's command line: --check on every example and on bad input, --version, --help.
+# knoway-dataplane's command line: --check on every example and on bad input, --version, --help;
+# knoway-controller's refusal to serve snapshots without a token.
 set -u
 bin=$1
 src=$2
@@ -56,5 +57,13 @@ expect "version" 0 "knoway-dataplane 0." "$bin" --version
 expect "help" 0 "Usage: knoway-dataplane -c FILE [--check]" "$bin" --help
 expect "no config" 2 "-c FILE is required" "$bin"
 expect "bad option" 2 "Usage:" "$bin" --bogus
+
+# knoway-controller: snapshots carry credentials, so discovery without a token is refused
+ctl=${3:-}
+if [ -n "$ctl" ]; then
+    expect "controller without a token" 2 "--token-file is required" "$ctl" --kubeconfig /nonexistent
+    expect "controller without a token, insecure by choice" 1 "/nonexistent" \
+        "$ctl" --kubeconfig /nonexistent --insecure-no-token
+fi
 
 exit $fail
