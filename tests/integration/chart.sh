@@ -14,9 +14,9 @@ fail() { echo "FAIL: $*"; exit 1; }
 "$helm" lint --strict --kube-version 1.29.0 charts/knoway -f tests/golden/values-custom.yaml >/dev/null || fail "helm lint custom"
 echo "ok   helm lint"
 
-render() { # the generated discovery token and TLS material differ per run: masked
+render() { # the generated discovery token, Redis password and TLS material differ per run: masked
     "$helm" template knoway charts/knoway -n knoway-system --kube-version 1.29.0 "$@" |
-        sed -E 's/^(  (token|tls\.crt|tls\.key|ca\.crt): )"[A-Za-z0-9+\/=]{40,}"$/\1"(generated)"/'
+        sed -E 's/^(  (token|password|tls\.crt|tls\.key|ca\.crt): )"[A-Za-z0-9+\/=]{40,}"$/\1"(generated)"/'
 }
 for case in default custom; do
     args=()
@@ -37,6 +37,17 @@ print("\n".join(line[4:] for line in body.strip("\n").split("\n")))' >"/tmp/kw-c
     "$bin" --check -c "/tmp/kw-chart-bootstrap-$case.yaml" >/dev/null || fail "rendered bootstrap ($case)"
     rm -f "/tmp/kw-chart-bootstrap-$case.yaml"
 done
+
+# the release's own Redis never runs without a password: one is generated (kept across
+# upgrades through lookup), mounted into data planes and the controller, and only they may
+# connect (NetworkPolicy)
+out=$(render --set redis.deploy=true)
+grep -q "name: knoway-redis-auth" <<<"$out" || fail "no generated Redis password"
+grep -q "passwordFile: /var/run/knoway-redis/password" <<<"$out" || fail "data plane without the password"
+grep -q -- "--redis-password-file=/var/run/knoway-redis/password" <<<"$out" || fail "controller without the password"
+grep -q "kind: NetworkPolicy" <<<"$out" || fail "no NetworkPolicy for Redis"
+! grep -q 'protected-mode, "no"' <<<"$out" || fail "Redis with protected mode off"
+echo "ok   bundled Redis: password and NetworkPolicy"
 
 if out=$("$helm" template knoway charts/knoway --set dataplane.port=0 2>&1); then
     fail "values schema accepted dataplane.port=0"

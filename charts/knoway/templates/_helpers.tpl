@@ -40,6 +40,16 @@ capabilities:
   drop: [ALL]
 {{- end -}}
 
+{{- /* The Secret (key: password) holding the Redis password: redis.passwordSecret, else
+       the one generated for the release's own Redis, else none. */}}
+{{- define "knoway.redisPasswordSecret" -}}
+{{- if .Values.redis.passwordSecret -}}
+{{ .Values.redis.passwordSecret }}
+{{- else if .Values.redis.deploy -}}
+{{ include "knoway.fullname" . }}-redis-auth
+{{- end -}}
+{{- end -}}
+
 {{- /* The Redis URL data planes and the controller use: the release's own, or redis.url. */}}
 {{- define "knoway.redisURL" -}}
 {{- if .Values.redis.deploy -}}
