@@ -40,6 +40,7 @@ struct ctx {
     struct dp_ledger_item *item; /* submitted, waiting for the ledger */
     bool recorded;               /* a record was handed over */
     bool acked;
+    int error; /* the ledger could not write it: the answer is not released */
     int64_t chunks;
 };
 
@@ -289,6 +290,12 @@ static int on_request(struct dp_request *r, void *p)
     struct ctx *x = p;
     if (conf_of(r) == NULL || x == NULL || !r->commit)
         return KW_DECLINED;
+    if (x->error != 0)
+        return dp_error_set(r, 503, "server_error", "usage_spool_unavailable", NULL,
+                            "The usage record of this request could not be written (%s); the "
+                            "answer is withheld so that no usage goes unrecorded. Try again "
+                            "later.",
+                            strerror(x->error));
     if (x->acked || x->recorded)
         return x->item != NULL && !x->acked ? KW_AGAIN : KW_OK;
     unsigned status = r->state == DP_ST_STREAM ? 200 : r->pending_status;
@@ -335,10 +342,12 @@ static void on_wake(struct dp_worker *w, void *p)
     while (it != NULL) {
         struct dp_ledger_item *next = it->next;
         struct dp_request *r = atomic_load(&it->waiter); /* NULL once its request ended */
+        int error = it->error;
         free(it);
         struct ctx *x = r != NULL && ix < DP_MAX_FILTERS ? r->fctx[ix] : NULL;
         if (x != NULL) {
             x->acked = true;
+            x->error = error;
             x->item = NULL;
             dp_engine_resume(r);
         }

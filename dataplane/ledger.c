@@ -71,6 +71,7 @@ struct dp_ledger_item *dp_ledger_submit(struct dp_ledger *l, unsigned worker, co
     }
     it->next = NULL;
     it->worker = worker;
+    it->error = 0;
     atomic_init(&it->waiter, waiter);
     it->len = len;
     memcpy(it->data, data, len);
@@ -153,12 +154,16 @@ static void *ledger_main(void *arg)
                 atomic_fetch_add(&l->dropped, n);
             } else {
                 ok = dp_spool_append_many(l->spool, iov, n);
+                int e = errno;
                 atomic_fetch_add(&l->written, ok);
                 dirty |= ok > 0;
                 if (ok < n) {
+                    /* their answers are not released: the waiting requests fail (503) */
                     atomic_fetch_add(&l->dropped, n - ok);
-                    kw_log(KW_LOG_ERROR, "usage spool: cannot write records (they are lost)",
-                           "error", strerror(errno), NULL);
+                    for (size_t i = ok; i < n; i++)
+                        batch[i]->error = e != 0 ? e : EIO;
+                    kw_log(KW_LOG_ERROR, "usage spool: cannot write records", "error",
+                           strerror(e != 0 ? e : EIO), NULL);
                 }
             }
             for (size_t i = 0; i < n; i++) {
@@ -354,7 +359,7 @@ static void *sink_main(void *arg)
     struct sink *k = arg;
     struct dp_ledger *l = k->l;
     int64_t backoff = SINK_BACKOFF_MIN_MS;
-    uint64_t from = dp_spool_shipped(l->spool, k->index);
+    uint64_t from = dp_spool_shipped(l->spool, k->index), saved = from;
     struct batch b = {.jsonl = !k->conf->postgres};
     kw_buf_init(&b.buf, MAX_BATCH_BYTES + 64);
     size_t max = k->conf->postgres ? k->conf->batch_size : 1000;
@@ -362,18 +367,34 @@ static void *sink_main(void *arg)
         kw_buf_reset(&b.buf);
         b.n = 0;
         uint64_t next = from;
-        if (dp_spool_read(l->spool, k->index, from, max, add_record, &b, &next) != KW_OK)
-            sink_error(k, "cannot read the spool", strerror(errno));
         bool shipped = false;
-        if (b.n > 0) {
-            shipped = k->conf->postgres ? ship_pg(k, &b) : ship_jsonl(k, &b);
-            if (shipped && dp_spool_ack(l->spool, k->index, next) == KW_OK) {
-                from = next;
-                atomic_fetch_add(&k->shipped, b.n);
+        if (saved < from) {
+            /* shipped, but where to resume was not saved (a full disk): nothing more is
+             * shipped until it is, and what was shipped is never shipped again here */
+            b.n = 1; /* no new batch: retry at once when saved, with backoff when not */
+            if (dp_spool_ack(l->spool, k->index, from) == KW_OK) {
+                saved = from;
+                shipped = true;
                 atomic_store(&k->failing_since, 0);
                 backoff = SINK_BACKOFF_MIN_MS;
             } else {
-                shipped = false;
+                sink_error(k, "cannot save the shipped offset", strerror(errno));
+            }
+        } else if (dp_spool_read(l->spool, k->index, from, max, add_record, &b, &next) != KW_OK) {
+            sink_error(k, "cannot read the spool", strerror(errno));
+        } else if (b.n > 0) {
+            shipped = k->conf->postgres ? ship_pg(k, &b) : ship_jsonl(k, &b);
+            if (shipped) {
+                from = next;
+                atomic_fetch_add(&k->shipped, b.n);
+                if (dp_spool_ack(l->spool, k->index, next) == KW_OK) {
+                    saved = from;
+                    atomic_store(&k->failing_since, 0);
+                    backoff = SINK_BACKOFF_MIN_MS;
+                } else {
+                    sink_error(k, "cannot save the shipped offset", strerror(errno));
+                    shipped = false;
+                }
             }
         } else if (next > from) {
             from = next; /* only corrupted bytes were skipped */

@@ -32,6 +32,7 @@ struct dp_ledger_item {
     struct dp_ledger_item *next;
     unsigned worker;        /* whose list the ack goes to */
     _Atomic(void *) waiter; /* the worker's (its request); NULL: nobody waits (any more) */
+    int error;              /* 0: written; else the errno that kept it out of the spool */
     size_t len;
     char data[]; /* the record (JSON) */
 };

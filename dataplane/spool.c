@@ -320,9 +320,13 @@ size_t dp_spool_append_many(struct dp_spool *s, const struct iovec *recs, size_t
         }
         ssize_t w = writev(s->fd, iov, (int)(2 * k));
         if (w != (ssize_t)want) {
+            /* a short write to a regular file means the disk (or a quota) is full; errno
+             * is what the caller reports, so it is kept through the cleanup */
+            int e = w < 0 ? errno : ENOSPC;
             if (w > 0 && ftruncate(s->fd, (off_t)s->seg_len) != 0) {
                 /* a partial frame stays: recovery cuts it at the next open */
             }
+            errno = e;
             return done;
         }
         s->seg_len += want;
@@ -471,10 +475,18 @@ int dp_spool_ack(struct dp_spool *s, unsigned reader, uint64_t offset)
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return KW_ERROR;
-    bool ok = write(fd, buf, (size_t)n) == n && fsync(fd) == 0;
+    ssize_t w = write(fd, buf, (size_t)n);
+    int e = w < 0 ? errno : w != n ? ENOSPC : 0;
+    if (e == 0 && fsync(fd) != 0)
+        e = errno;
     close(fd);
-    if (!ok || rename(tmp, path) != 0)
+    if (e == 0 && rename(tmp, path) != 0)
+        e = errno;
+    if (e != 0) {
+        unlink(tmp);
+        errno = e; /* the caller reports it */
         return KW_ERROR;
+    }
     atomic_store(&s->readers[reader].shipped, offset);
     /* segments every reader has passed (never the writer's) */
     uint64_t low = offset;

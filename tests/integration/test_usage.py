@@ -224,6 +224,70 @@ class OneInstance(unittest.TestCase):
             mock.stop()
 
 
+class DiskFull(unittest.TestCase):
+    """The spool on a tmpfs that fills up: no answer goes out without its record (503
+    usage_spool_unavailable instead, with the true errno), and a sink that cannot save its
+    offset is failing (counted, in /debug/usage) but never ships a record twice. It once
+    answered 200 to requests it recorded 8 of, logged "Success" and wrote 73 copies of each
+    record to the JSON-lines file."""
+
+    def test_enospc(self):
+        mnt = tempfile.mkdtemp(prefix="kwfull-")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", mnt], check=True)
+        out = tempfile.mkdtemp(prefix="kwfull-out-")
+        mock = Mock()
+        dp = None
+        try:
+            spool = os.path.join(mnt, "spool")
+            dp = Dataplane(backend("b", mock.url()) + route("demo", ["demo"], ["b"]),
+                           extra_spec=("  usage:\n    spool: {dir: \"%s\"}\n"
+                                       "    sinks: [{jsonl: {path: \"%s/usage.jsonl\"}}]\n"
+                                       % (spool, out)))
+            self.assertEqual(post(dp.port, "/v1/chat/completions", CHAT)[0], 200)
+            filler = os.path.join(mnt, "filler")
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)  # the disk fills up
+            try:
+                while os.write(fd, b"\0" * 512) > 0:
+                    pass
+            except OSError:
+                pass
+            os.close(fd)
+            answers = [post(dp.port, "/v1/chat/completions", CHAT) for _ in range(200)]
+            codes = [a[0] for a in answers]
+            self.assertIn(503, codes, "the disk is full: some records cannot be written")
+            for a in answers:
+                if a[0] == 503:
+                    e = json.loads(a[2])["error"]
+                    self.assertEqual(e["code"], "usage_spool_unavailable")
+                    self.assertIn("No space left on device", e["message"])
+            self.assertNotIn('"error":"Success"', dp.logs())
+            # the sink shipped what was spooled but cannot save where it got to: failing
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                sink = debug_usage(dp)["sinks"][0]
+                if sink["lastError"] and "shipped offset" in sink["lastError"]:
+                    break
+                time.sleep(0.1)
+            self.assertIn("cannot save the shipped offset: No space left on device",
+                          sink["lastError"])
+            self.assertGreater(sink["failures"], 0)
+            time.sleep(1.0)  # retries with backoff: nothing is shipped again
+            os.unlink(filler)  # space comes back
+            wait_shipped([dp])
+            self.assertEqual(post(dp.port, "/v1/chat/completions", CHAT)[0], 200)
+            wait_shipped([dp])
+            with open(os.path.join(out, "usage.jsonl")) as f:
+                ids = [json.loads(line)["request_id"] for line in f if line.strip()]
+            self.assertEqual(len(ids), len(set(ids)), "no record shipped twice")
+            answered = {a[1]["x-request-id"] for a in answers if a[0] == 200}
+            self.assertEqual(answered - set(ids), set(), "every 200 has its record")
+        finally:
+            if dp is not None:
+                dp.stop()
+            mock.stop()
+            subprocess.run(["umount", "-l", mnt], check=False)
+
+
 class Recovery(unittest.TestCase):
     def test_torn_tail_and_corrupted_record(self):
         pg = Postgres()
