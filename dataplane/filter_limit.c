@@ -52,7 +52,9 @@
 enum { SCRIPT_TAKE, SCRIPT_SETTLE };
 
 /* KEYS: n bucket keys, then the consumer's usage hash (when budgeted).
- * ARGV: n, the budget in nano-USD (-1: none), then limit, window ms, cost per bucket.
+ * ARGV: n, the budget in nano-USD (-1: none), the request's budget reservation (its worst
+ * case in nano-USD, charged to the hash's cost when admitted and settled to the real cost
+ * later), then limit, window ms, cost per bucket.
  * Returns {admitted (1) / refused by a limit (0) / over budget (2), spent, then per bucket
  * cur, prev, elapsed ms, window index}. A cost below 0 or above 2^40 - 1 is refused, a
  * cost of 0 is admitted only while the bucket has room. */
@@ -62,16 +64,18 @@ static const char script_take[] =
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local n = tonumber(ARGV[1])\n"
     "local blimit = tonumber(ARGV[2])\n"
+    "local bres = tonumber(ARGV[3])\n"
+    "if bres < 0 or bres > 4503599627370496 then bres = 4503599627370496 end\n"
     "local ok = 1\n"
     "local spent = 0\n"
     "if blimit >= 0 then\n"
     "  spent = tonumber(redis.call('HGET', KEYS[n + 1], 'cost') or '0')\n"
-    "  if spent >= blimit then ok = 2 end\n"
+    "  if spent >= blimit or spent + bres > blimit then ok = 2 end\n"
     "end\n"
     "local st = {}\n"
     "for i = 1, n do\n"
-    "  local L = tonumber(ARGV[3 * i]); local W = tonumber(ARGV[3 * i + 1])\n"
-    "  local c = tonumber(ARGV[3 * i + 2])\n"
+    "  local L = tonumber(ARGV[3 * i + 1]); local W = tonumber(ARGV[3 * i + 2])\n"
+    "  local c = tonumber(ARGV[3 * i + 3])\n"
     "  local win = math.floor(now / W)\n"
     "  local e = now - win * W\n"
     "  local cur = tonumber(redis.call('GET', KEYS[i] .. ':' .. win) or '0')\n"
@@ -80,6 +84,9 @@ static const char script_take[] =
     "  if c < 0 or c > CAP then c = -1 end\n"
     "  if ok == 1 and (c < 0 or est + math.max(c, 1) > L) then ok = 0 end\n"
     "  st[i] = {win, e, cur, prev, c, W}\n"
+    "end\n"
+    "if ok == 1 and blimit >= 0 and bres > 0 then\n"
+    "  redis.call('HINCRBY', KEYS[n + 1], 'cost', bres)\n"
     "end\n"
     "local out = {ok, spent}\n"
     "for i = 1, n do\n"
@@ -103,9 +110,10 @@ static const char script_settle[] =
     "local HCAP = 9007199254740992\n"
     "local function hsat(k, f, d)\n"
     "  d = tonumber(d)\n"
-    "  if d == nil or d <= 0 then return end\n"
+    "  if d == nil or d == 0 then return end\n"
     "  local v = tonumber(redis.call('HGET', k, f) or '0')\n"
     "  if v + d >= HCAP then redis.call('HSET', k, f, '9007199254740992')\n"
+    "  elseif v + d <= 0 then redis.call('HSET', k, f, 0)\n"
     "  else redis.call('HINCRBY', k, f, d) end\n"
     "end\n"
     "local n = tonumber(ARGV[1])\n"
@@ -173,7 +181,9 @@ struct ctx {
     const char *usage_key;     /* its usage hash in Redis (period), or NULL */
     uint64_t budget_hash;      /* ... and locally */
     int64_t budget_expires_ms; /* realtime ms: the period's end */
-    int64_t spent;             /* nano-USD, when admitted */
+    int64_t spent;             /* nano-USD, when admitted (before this request's reservation) */
+    int64_t reserve;           /* nano-USD: this request's worst case, charged on admission */
+    int64_t reserved;          /* ... what of it is charged (settled to the real cost) */
     bool budget_global;        /* checked in Redis */
     int64_t allow_out;         /* output tokens the stream may produce; -1: no cap */
     int64_t streamed;          /* output tokens counted so far (estimate) */
@@ -559,8 +569,12 @@ static int take_local(struct dp_request *r, struct conf *c, struct ctx *x, bool 
     if (x->budget && !x->budget_global) {
         if (x->budget_hash == 0)
             x->budget_hash = dp_rl_hash(x->usage_key, strlen(x->usage_key));
-        int64_t spent =
-            dp_rl_counter(c->store, x->budget_hash, 0, realtime_ms(), x->budget_expires_ms);
+        /* the worst case is charged first, then checked: concurrent requests can never
+         * together pass the budget by more than what their estimates miss */
+        int64_t spent = dp_rl_counter(c->store, x->budget_hash, x->reserve, realtime_ms(),
+                                      x->budget_expires_ms);
+        if (spent >= 0)
+            spent -= x->reserve;
         if (spent < 0) { /* no room to count the budget: never spent uncounted */
             kw_metric_add(c->table_full, 1 + r->w->index, NULL, 1);
             refund_local(c, x);
@@ -570,10 +584,14 @@ static int take_local(struct dp_request *r, struct conf *c, struct ctx *x, bool 
                                 "again later.");
         }
         x->spent = spent;
-        if (spent >= r->consumer->budget.limit_nusd) {
+        if (spent >= r->consumer->budget.limit_nusd ||
+            spent + x->reserve > r->consumer->budget.limit_nusd) {
+            dp_rl_counter(c->store, x->budget_hash, -x->reserve, realtime_ms(),
+                          x->budget_expires_ms);
             refund_local(c, x);
             return over_budget(r, x);
         }
+        x->reserved = x->reserve;
     }
     return KW_OK;
 }
@@ -671,9 +689,11 @@ static void on_take(void *ud, const redisReply *rp, const char *why)
             dp_rl_estimate(&it->st) + it->cost > it->st.limit)
             first_refused = it;
     }
-    if (ok == 1)
+    if (ok == 1) {
+        if (x->budget_global)
+            x->reserved = x->reserve;
         admitted(r, x);
-    else {
+    } else {
         refund_local(c, x);
         if (ok == 2)
             over_budget(r, x);
@@ -688,7 +708,7 @@ static int take_global(struct dp_request *r, struct conf *c, struct ctx *x)
 {
     struct dp_redis *rc = redis_of(c, r->w);
     const char *argv[2 + 4 * MAX_ITEMS];
-    char nums[3 * MAX_ITEMS + 2][24];
+    char nums[3 * MAX_ITEMS + 3][24];
     int nk = 0, na = 0;
     const char *keys[MAX_ITEMS + 1];
     for (unsigned i = 0; i < x->n; i++)
@@ -701,6 +721,8 @@ static int take_global(struct dp_request *r, struct conf *c, struct ctx *x)
     na++;
     snprintf(nums[na], 24, "%lld",
              x->budget_global ? (long long)r->consumer->budget.limit_nusd : -1LL);
+    na++;
+    snprintf(nums[na], 24, "%lld", x->budget_global ? (long long)x->reserve : 0LL);
     na++;
     for (unsigned i = 0; i < x->n; i++) {
         const struct item *it = &x->it[i];
@@ -767,6 +789,15 @@ static int on_request(struct dp_request *r, void *p)
                 return dp_error_set(r, 500, "server_error", NULL, NULL, "out of memory");
     }
     x->budget = budget;
+    if (budget) {
+        /* the worst case: the estimated input and all of max_tokens at the priciest
+         * backend the route may send it to (retries and fallbacks included) */
+        for (size_t i = 0; i < rt->nrefs; i++) {
+            int64_t v = dp_cost_nano(rt->refs[i].backend, x->in_est, 0, x->out_est);
+            if (v > x->reserve)
+                x->reserve = v;
+        }
+    }
     if (budget || usage_hash) {
         char period[32];
         enum kw_period per = budget ? k->budget.period : KW_PERIOD_MONTH;
@@ -908,8 +939,11 @@ static void settle(struct dp_request *r, struct ctx *x, int64_t in, int64_t out,
         snprintf(nums[na++], 24, "%lld", (long long)(2 * it->st.window_ms));
         nk++;
     }
-    if (x->budget && !x->budget_global && cost_nusd > 0)
-        dp_rl_counter(c->store, x->budget_hash, cost_nusd, realtime_ms(), x->budget_expires_ms);
+    /* the reservation charged on admission is settled to the real cost (given back in
+     * full when nothing was used) */
+    int64_t cost_delta = cost_nusd - x->reserved;
+    if (x->budget && !x->budget_global && cost_delta != 0)
+        dp_rl_counter(c->store, x->budget_hash, cost_delta, realtime_ms(), x->budget_expires_ms);
     bool hash = x->usage_key != NULL && c->have_redis && (x->budget_global || x->budget == false);
     if (nk == 0 && !hash)
         return;
@@ -928,7 +962,7 @@ static void settle(struct dp_request *r, struct ctx *x, int64_t in, int64_t out,
     if (hash) {
         /* the period's counters; kept 40 days past the period's end */
         int64_t ttl = (x->budget_expires_ms / 1000 - (int64_t)time(NULL)) + 40 * 86400;
-        int64_t vals[6] = {1, in, out, cached, cost_nusd, ttl};
+        int64_t vals[6] = {1, in, out, cached, x->budget_global ? cost_delta : cost_nusd, ttl};
         for (int i = 0; i < 6; i++) {
             snprintf(u[i], 24, "%lld", (long long)vals[i]);
             argv[argc++] = u[i];

@@ -83,6 +83,10 @@ class Global(unittest.TestCase):
         res = (backend("b", cls.mock.url(), extra="  pricing: {inputPerMillion: \"1\", "
                        "outputPerMillion: \"2\"}\n")
                + backend("bad", cls.failing.url())
+               + backend("slow", cls.mock.url(), extra="  pricing: {inputPerMillion: \"1\", "
+                         "outputPerMillion: \"2\"}\n",
+                         headers={"x-mock-chunks": "100", "x-mock-interval-ms": "5"})
+               + route("spend", ["spend"], ["slow"])
                + route("demo", ["demo"], ["b"],
                        "  rateLimits:\n"
                        "    - {name: rpm, key: Header/x-user, scope: Global,"
@@ -94,7 +98,9 @@ class Global(unittest.TestCase):
                        "  rateLimits:\n"
                        "    - {name: tpm, scope: Global, tokens: {limit: 100000, window: 1h}}\n")
                + consumer("payer", "sk-payer-0123456789abcdef", "  budget: {limit: \"0.001\", period: Day}\n")
-               + consumer("whale", "sk-whale-0123456789"))
+               + consumer("whale", "sk-whale-0123456789")
+               + consumer("spender", "sk-spender-0123456789", "  budget: {limit: \"0.001\", "
+                          "period: Day}\n"))
         cls.a = Dataplane(res, extra_spec=spec)
         cls.b = Dataplane(res, extra_spec=spec)
 
@@ -155,8 +161,9 @@ class Global(unittest.TestCase):
     def test_budget(self):
         key = bearer("sk-payer-0123456789abcdef")
         statuses = []
+        body = dict(CHAT, max_tokens=10)  # the reservation: the input estimate and 10 tokens
         for i in range(200):
-            r = post((self.a, self.b)[i % 2].port, "/v1/chat/completions", CHAT, key)
+            r = post((self.a, self.b)[i % 2].port, "/v1/chat/completions", body, key)
             statuses.append(r[0])
             if r[0] == 429:
                 e = err(r)
@@ -169,10 +176,32 @@ class Global(unittest.TestCase):
         usage = dict(zip(h[::2], h[1::2]))
         cost = int(usage["cost"])  # nano-USD
         per_request = cost // int(usage["requests"])
-        self.assertGreaterEqual(cost, 1_000_000)
-        self.assertLess(cost, 1_000_000 + per_request + 1, "stopped within one request")
+        reserve = (len(json.dumps(body)) // 4 * 1_000_000 + 10 * 2_000_000) // 1000
+        self.assertLessEqual(cost, 1_000_000, "never past the budget: the worst case is reserved")
+        self.assertGreater(cost, 1_000_000 - reserve - per_request, "stopped within one request")
         self.assertEqual(int(usage["requests"]), statuses.count(200))
 
+
+    def test_concurrent_streams_stay_within_the_budget(self):
+        """60 concurrent streams on one budget: each reserves its worst case (the input
+        estimate and max_tokens at the priciest backend) when admitted and settles to the
+        real cost, so together they cannot pass the budget (60 concurrent streams on a 50 USD
+        budget once spent 576 USD: all were admitted while nothing was spent yet)."""
+        key = bearer("sk-spender-0123456789")
+        body = dict(CHAT, model="spend", stream=True, max_tokens=100)
+        with concurrent.futures.ThreadPoolExecutor(60) as ex:
+            res = list(ex.map(lambda i: post((self.a, self.b)[i % 2].port,
+                                             "/v1/chat/completions", body, key, timeout=60),
+                              range(60)))
+        codes = [r[0] for r in res]
+        self.assertGreater(codes.count(200), 0)
+        self.assertGreater(codes.count(429), 0)
+        time.sleep(0.3)  # the last settlements land after the answers
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        cost = int(self.redis.cmd("HGET", "knoway:usage:{default/spender}:" + day, "cost"))
+        one = (4 * 1_000_000 + 100 * 2_000_000) // 1000  # a stream's real cost
+        self.assertLessEqual(cost, 1_000_000, "spent %d nano-USD of 1,000,000" % cost)
+        self.assertEqual(cost, one * codes.count(200), "settled to the real cost")
 
     def test_int64_extremes(self):
         """max_tokens at and past the INT64 extremes is refused before any arithmetic (it
