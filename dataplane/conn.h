@@ -10,6 +10,14 @@
 
 #include "request.h"
 
+/* libmicrohttpd's accept policy (cls: the worker): a client address past its share of
+ * limits.maxConnectionsPerClient (ceil(limit / workers): SO_REUSEPORT spreads a client's
+ * connections over the workers) is refused; spec.trustedProxies are not counted (they
+ * carry every client behind them). IPv6 clients are counted by their /64. */
+enum MHD_Result dp_conn_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen);
+/* Free the worker's counts (at its end). */
+void dp_conn_peers_free(struct dp_worker *w);
+
 /* libmicrohttpd's connection notification (the worker's hook). */
 void dp_conn_notify(struct dp_worker *w, struct MHD_Connection *conn, void **socket_context,
                     enum MHD_ConnectionNotificationCode toe);

@@ -349,15 +349,16 @@ static const char *key_value(struct dp_request *r, const struct kw_rate_limit *l
         v = dp_request_header(r, l->header);
         break;
     case KW_LIMIT_KEY_CLIENT_IP: {
-        const union MHD_ConnectionInfo *ci =
-            MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-        if (ci != NULL && ci->client_addr != NULL) {
-            const struct sockaddr *sa = ci->client_addr;
-            const void *a = sa->sa_family == AF_INET6
-                                ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
-                                : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
-            if (inet_ntop(sa->sa_family, a, buf, (socklen_t)len) != NULL)
-                return buf;
+        /* the client (behind trusted proxies, from X-Forwarded-For); IPv6 by its /64 */
+        unsigned char a[16] = {0};
+        size_t n = dp_request_client_addr(r, a);
+        if (n == 4 && inet_ntop(AF_INET, a, buf, (socklen_t)len) != NULL)
+            return buf;
+        if (n == 8 && inet_ntop(AF_INET6, a, buf, (socklen_t)len) != NULL) {
+            size_t bl = strlen(buf);
+            if (bl + 4 < len)
+                memcpy(buf + bl, "/64", 4);
+            return buf;
         }
         break;
     }

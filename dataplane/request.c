@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -26,6 +27,7 @@
 #include "knoway/kw.h"
 #include "knoway/limits.h"
 #include "knoway/log.h"
+#include "knoway/net.h"
 #include "server.h"
 
 const char *dp_request_header(struct dp_request *r, const char *name)
@@ -517,14 +519,10 @@ int dp_request_add_header(struct dp_request *r, const char *name, const char *va
     return KW_OK;
 }
 
-size_t dp_request_client_addr(const struct dp_request *r, unsigned char out[16])
+size_t dp_addr_key(const struct sockaddr *sa, unsigned char out[16])
 {
-    const union MHD_ConnectionInfo *ci =
-        r->conn != NULL ? MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS)
-                        : NULL;
-    if (ci == NULL || ci->client_addr == NULL)
+    if (sa == NULL)
         return 0;
-    const struct sockaddr *sa = ci->client_addr;
     if (sa->sa_family == AF_INET) {
         memcpy(out, &((const struct sockaddr_in *)sa)->sin_addr, 4);
         return 4;
@@ -539,4 +537,66 @@ size_t dp_request_client_addr(const struct dp_request *r, unsigned char out[16])
     }
     memcpy(out, a, 8); /* a host holds a whole /64: keyed by it */
     return 8;
+}
+
+/* One X-Forwarded-For entry (spaces trimmed) as an address; false when it is none. */
+static bool forwarded_addr(const char *s, size_t n, struct sockaddr_storage *ss)
+{
+    while (n > 0 && (*s == ' ' || *s == '\t'))
+        s++, n--;
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+        n--;
+    char buf[64];
+    if (n == 0 || n >= sizeof(buf))
+        return false;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    memset(ss, 0, sizeof(*ss));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, buf, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        return true;
+    }
+    if (inet_pton(AF_INET6, buf, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        return true;
+    }
+    return false;
+}
+
+size_t dp_request_client_addr(struct dp_request *r, unsigned char out[16])
+{
+    const union MHD_ConnectionInfo *ci =
+        r->conn != NULL ? MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS)
+                        : NULL;
+    if (ci == NULL || ci->client_addr == NULL)
+        return 0;
+    const struct sockaddr *peer = ci->client_addr;
+    const struct kw_dataplane *dp = r->w->server->dp;
+    if (dp->ntrusted_proxies == 0 ||
+        !kw_cidr_match(dp->trusted_proxies, dp->ntrusted_proxies, peer))
+        return dp_addr_key(peer, out);
+    /* the peer is a trusted proxy: the client is the right-most address of X-Forwarded-For
+     * that is not one (each proxy appends whom it heard from; what is left of the first
+     * untrusted entry is the client's to invent) */
+    const char *xff = dp_request_header(r, "x-forwarded-for");
+    struct sockaddr_storage ss;
+    size_t len = xff != NULL ? strlen(xff) : 0;
+    while (len > 0) {
+        const char *comma = NULL;
+        for (size_t i = len; i-- > 0;)
+            if (xff[i] == ',') {
+                comma = xff + i;
+                break;
+            }
+        const char *start = comma != NULL ? comma + 1 : xff;
+        if (!forwarded_addr(start, (size_t)(xff + len - start), &ss))
+            break; /* not an address: the last trusted hop is what is known */
+        peer = (const struct sockaddr *)&ss;
+        if (!kw_cidr_match(dp->trusted_proxies, dp->ntrusted_proxies, peer))
+            break;
+        len = comma != NULL ? (size_t)(comma - xff) : 0;
+    }
+    return dp_addr_key(peer, out);
 }

@@ -60,6 +60,7 @@ struct dp_usage {
 };
 
 struct dp_provider_ops;
+struct sockaddr;
 struct dp_front_ops;
 struct dp_conn;
 struct dp_backend_state;
@@ -227,9 +228,12 @@ int64_t dp_cost_nano(const struct kw_backend *b, int64_t in, int64_t cached, int
  * map Anthropic's max_tokens and the Responses API's max_output_tokens there): its value,
  * 0 when it asks for none, -1 when the field is not an integer of 1..max (the route's
  * maxOutputTokens, else KW_MAX_OUTPUT_TOKENS); the field's name in *field then. */
-/* The client's address as bytes for keying per-client state: 4 for IPv4 (and IPv4-mapped
- * IPv6), the /64 prefix (8 bytes) for IPv6; 0 when unknown. */
-size_t dp_request_client_addr(const struct dp_request *r, unsigned char out[16]);
+/* An address as bytes for keying per-client state: 4 for IPv4 (and IPv4-mapped IPv6), the
+ * /64 prefix (8 bytes) for IPv6; 0 when it is neither. */
+size_t dp_addr_key(const struct sockaddr *sa, unsigned char out[16]);
+/* The client's (dp_addr_key): the connection's peer, or, when the peer is one of DataPlane
+ * spec.trustedProxies, the right-most X-Forwarded-For address that is not; 0 when unknown. */
+size_t dp_request_client_addr(struct dp_request *r, unsigned char out[16]);
 int64_t dp_request_max_output(const struct dp_request *r, int64_t max, const char **field);
 /* Clamps every count of r->usage to 0..KW_MAX_USAGE_TOKENS (an upstream's numbers are
  * input like any other), before anything adds them up. */

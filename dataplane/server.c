@@ -406,6 +406,7 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
         }
         static const struct dp_worker_hooks hooks = {
             .on_access = dp_on_access,
+            .on_accept = dp_conn_accept,
             .on_completed = dp_on_completed,
             .on_connection = dp_conn_notify,
             .abort_all = dp_request_abort_all,
@@ -540,6 +541,7 @@ out:
         if (s.workers[i].ep != 0) {
             dp_upstream_cleanup(&s.workers[i]);
             dp_worker_cleanup(&s.workers[i]);
+            dp_conn_peers_free(&s.workers[i]);
         }
     free(s.workers);
     free(s.threads);

@@ -175,12 +175,11 @@ int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int
     w->conn_limit = conns;
     /* SO_REUSEPORT spreads one client's connections over the workers by hash: each worker
      * enforces its share of the per-client limit */
-    uint32_t per_client = s->dp->limits.max_connections_per_client;
-    unsigned per_ip = per_client == 0 ? 0 : (per_client + s->nworkers - 1) / s->nworkers;
+    /* (conn.c counts each client's connections, so that trusted proxies are exempt) */
     w->mhd = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-        hooks->on_access, w, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, w, MHD_OPTION_LISTEN_SOCKET,
-        listen_fd, MHD_OPTION_CONNECTION_LIMIT, conns, MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0,
+        hooks->on_accept, w, hooks->on_access, w, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, w,
+        MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_CONNECTION_LIMIT, conns,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)DP_CONN_MEMORY, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)75, MHD_OPTION_NOTIFY_COMPLETED, hooks->on_completed, w,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, w, MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1,

@@ -53,10 +53,11 @@ struct dp_worker {
     int ep;       /* epoll */
     int event_fd; /* messages from the main thread */
     int listen_fd;
-    unsigned conn_limit; /* libmicrohttpd's connection limit for this worker */
-    bool limit_wake;     /* reached it: keep waking until a run starts below it */
-    bool accept_stalled; /* libmicrohttpd hit EMFILE and stopped accepting until one of its
-                            connections closes: accept ourselves meanwhile (worker.c) */
+    unsigned conn_limit;    /* libmicrohttpd's connection limit for this worker */
+    struct dp_peers *peers; /* conn.c's: open connections per client address */
+    bool limit_wake;        /* reached it: keep waking until a run starts below it */
+    bool accept_stalled;    /* libmicrohttpd hit EMFILE and stopped accepting until one of its
+                               connections closes: accept ourselves meanwhile (worker.c) */
     struct MHD_Daemon *mhd;
     struct dp_watch mhd_watch, event_watch;
     CURLM *multi;               /* upstream.c's */
@@ -110,6 +111,7 @@ void dp_worker_arena_done(struct dp_worker *w, struct kw_arena *a);
  * by dp_worker_post (a query waiting in the worker, such as /debug/routes). */
 struct dp_worker_hooks {
     MHD_AccessHandlerCallback on_access;
+    MHD_AcceptPolicyCallback on_accept; /* cls: the worker */
     MHD_RequestCompletedCallback on_completed;
     void (*on_connection)(struct dp_worker *w, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe);

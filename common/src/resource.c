@@ -1853,6 +1853,28 @@ static void decode_secret(struct kw_dec *d, const struct kw_node *doc, struct kw
 
 /* ---- DataPlane ---------------------------------------------------------------------- */
 
+/* A list of address ranges ("10.0.0.0/8", "::1/128"); NULL when absent. */
+static const struct kw_cidr *get_cidrs(struct kw_dec *d, const struct kw_node *m, const char *key,
+                                       size_t *n)
+{
+    size_t mark;
+    *n = 0;
+    const struct kw_node *seq = get_seq(d, m, key, false, 64, &mark);
+    struct kw_cidr *ranges =
+        seq != NULL ? kw_arena_alloc(d->a, (seq->n + 1) * sizeof(*ranges)) : NULL;
+    for (size_t i = 0; ranges != NULL && i < seq->n; i++) {
+        size_t im = push_index(d, i);
+        const struct kw_node *it = seq->items[i];
+        if (it->type != KW_NODE_STRING || kw_cidr_parse(it->str, &ranges[*n]) != KW_OK)
+            kw_dec_error(d, it, "must be an address range like \"10.0.0.0/8\" or \"::1/128\"");
+        else
+            (*n)++;
+        pop(d, im);
+    }
+    pop(d, mark);
+    return ranges;
+}
+
 /* spec.auth.jwt[] */
 static void decode_jwt(struct kw_dec *d, const struct kw_node *auth, struct kw_dataplane *dp)
 {
@@ -2167,9 +2189,9 @@ static void decode_redis(struct kw_dec *d, const struct kw_node *spec, struct kw
 
 static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
 {
-    static const char *const fields[] = {"listen",    "admin",     "adminDebugFrom", "workers",
-                                         "discovery", "limits",    "auth",           "redis",
-                                         "usage",     "telemetry", "vertexAI",       NULL};
+    static const char *const fields[] = {
+        "listen", "admin", "adminDebugFrom", "workers",  "discovery",      "limits", "auth",
+        "redis",  "usage", "telemetry",      "vertexAI", "trustedProxies", NULL};
     static const char *const auth_fields[] = {"required", "jwt", "failedAttempts", NULL};
     static const char *const fail_fields[] = {"limit", "window", NULL};
     static const char *const disc_fields[] = {"url",       "tokenFile", "nodeId",
@@ -2185,23 +2207,9 @@ static void decode_dataplane(struct kw_dec *d, const struct kw_node *spec, struc
         dp->admin = s;
     get_u32(d, spec, "workers", 0, 256, &dp->workers);
     size_t mark;
-    const struct kw_node *from = get_seq(d, spec, "adminDebugFrom", false, 64, &mark);
-    if (from != NULL) {
-        struct kw_cidr *ranges = kw_arena_alloc(d->a, (from->n + 1) * sizeof(*ranges));
-        size_t n = 0;
-        for (size_t i = 0; ranges != NULL && i < from->n; i++) {
-            size_t im = push_index(d, i);
-            const struct kw_node *it = from->items[i];
-            if (it->type != KW_NODE_STRING || kw_cidr_parse(it->str, &ranges[n]) != KW_OK)
-                kw_dec_error(d, it, "must be an address range like \"10.0.0.0/8\" or \"::1/128\"");
-            else
-                n++;
-            pop(d, im);
-        }
-        dp->debug_from = ranges;
-        dp->ndebug_from = n;
-    }
-    pop(d, mark);
+    if (kw_node_get(spec, "adminDebugFrom") != NULL)
+        dp->debug_from = get_cidrs(d, spec, "adminDebugFrom", &dp->ndebug_from);
+    dp->trusted_proxies = get_cidrs(d, spec, "trustedProxies", &dp->ntrusted_proxies);
     const struct kw_node *m = get_map(d, spec, "discovery", false, &mark);
     if (m != NULL) {
         check_fields(d, m, disc_fields, NULL);

@@ -3,6 +3,7 @@ reservations, budgets, mid-stream enforcement, Redis failure modes."""
 import concurrent.futures
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -69,6 +70,52 @@ class Local(unittest.TestCase):
         r = post(self.dp.port, "/v1/chat/completions", CHAT, {"x-user": "v"})
         self.assertEqual(r[0], 200)  # without the header the vip limit does not apply
         self.assertIn("vip", err(post(self.dp.port, "/v1/chat/completions", CHAT, vip))["message"])
+
+
+class TrustedProxies(unittest.TestCase):
+    """Behind an ingress every connection comes from the ingress: with trustedProxies the
+    right-most X-Forwarded-For address that is not a trusted proxy is the client (ClientIP
+    limits; IPv6 by its /64), and the proxies' own connections are not capped per client.
+    Without it the header is ignored (a client cannot pick its bucket)."""
+
+    LIMIT = ("  rateLimits:\n"
+             "    - {name: per-ip, key: ClientIP, requests: {limit: 2, window: 1m}}\n")
+
+    def test_forwarded_client_is_the_key(self):
+        mock = Mock()
+        res = backend("b", mock.url()) + route("demo", ["demo"], ["b"], self.LIMIT)
+        dp = Dataplane(res, extra_spec="  trustedProxies: [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n"
+                       "  limits: {maxConnectionsPerClient: 4}\n")
+        plain = Dataplane(res)
+        try:
+            def codes(d, xff, n=3):
+                return [post(d.port, "/v1/chat/completions", CHAT,
+                             {"X-Forwarded-For": xff})[0] for _ in range(n)]
+            self.assertEqual(codes(dp, "203.0.113.7"), [200, 200, 429])
+            self.assertEqual(codes(dp, "203.0.113.8", 1), [200])
+            # a second trusted hop is skipped; what the client wrote on the left is not read
+            self.assertEqual(codes(dp, "198.51.100.1, 203.0.113.7, 10.1.2.3", 1), [429])
+            self.assertEqual(codes(dp, "203.0.113.7, 203.0.113.9", 2), [200, 200])
+            # IPv6: one /64 is one client
+            self.assertEqual(codes(dp, "2001:db8:1:2::1", 2), [200, 200])
+            self.assertEqual(codes(dp, "2001:db8:1:2:ffff::9", 1), [429])
+            self.assertEqual(codes(dp, "2001:db8:1:3::1", 1), [200])
+            # not trusted: the header is ignored, everyone is 127.0.0.1
+            self.assertEqual(codes(plain, "203.0.113.1", 1) + codes(plain, "203.0.113.2", 2),
+                             [200, 200, 429])
+            # the proxy's own connections are not capped at maxConnectionsPerClient (4)
+            socks = [socket.create_connection(("127.0.0.1", dp.port)) for _ in range(12)]
+            time.sleep(0.3)
+            for s in socks:
+                s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+            for s in socks:
+                s.settimeout(5)
+                self.assertTrue(s.recv(64).startswith(b"HTTP/1.1 200"))
+                s.close()
+        finally:
+            dp.stop()
+            plain.stop()
+            mock.stop()
 
 
 class Global(unittest.TestCase):

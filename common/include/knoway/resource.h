@@ -315,6 +315,9 @@ struct kw_dataplane {
     /* who may read the admin listener's debug endpoints: loopback by default */
     const struct kw_cidr *debug_from;
     size_t ndebug_from;
+    /* proxies whose X-Forwarded-For names the client (limits, connection counting) */
+    const struct kw_cidr *trusted_proxies;
+    size_t ntrusted_proxies;
     struct {
         const char *url; /* NULL = static mode */
         const char *token_file;
