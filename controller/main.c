@@ -774,7 +774,7 @@ out:
     ctl_cache_free(c.builder.src.cache);
     ctl_discovery_stop(&c.disc); /* no more acks kick the status writer */
     ctl_status_stop(&c.status);
-    kw_otlp_stop(c.otlp); /* after the builder and discovery: it sends what they queued */
+    kw_otlp_stop(c.otlp, 2000); /* after the builder and discovery: what they queued, for 2 s */
     c.disc.otlp = NULL;
     ctl_discovery_cleanup(&c.disc);
     for (int i = 0; i < INF__COUNT; i++)

@@ -22,6 +22,7 @@
 #define DP_POOL_MAX          256   /* idle arenas and curl handles kept per worker */
 #define DP_TRIM_EVERY_MS     2000  /* the main thread returns freed memory after bursts */
 #define DP_HEARTBEAT_MS      1000  /* the main thread pings every worker loop */
+#define DP_SPAN_DRAIN_MS     2000  /* at exit, queued spans are sent for at most this */
 #define DP_LIVENESS_MS       5000  /* /healthz fails when a loop has not answered for this */
 #define DP_ADMIN_CONNECTIONS 1024u /* the admin listener's connections ... */
 #define DP_ADMIN_PER_IP      16u   /* ... and of them from one client address */

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "dp_limits.h"
 #include "filter.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
@@ -65,6 +66,9 @@ static int init(struct dp_server *s, void **out)
         .timeout_ms = s->dp->telemetry.timeout_ms,
         .protocol = s->dp->telemetry.protobuf ? KW_OTLP_PROTOBUF : KW_OTLP_JSON,
         .service = "knoway-dataplane",
+        /* queued spans are memory like requests' (a hung collector held 280 MB) */
+        .account = &s->mem_used,
+        .budget = (long long)s->dp->limits.max_memory_bytes,
     };
     bool full;
     kw_otlp_from_env(&oc, &full);
@@ -83,7 +87,7 @@ static void fini(void *p)
     struct conf *c = p;
     if (c == NULL)
         return;
-    kw_otlp_stop(c->otlp);
+    kw_otlp_stop(c->otlp, DP_SPAN_DRAIN_MS); /* a hung collector cannot hold up the exit */
     free(c);
 }
 

@@ -592,8 +592,11 @@ struct kw_otlp {
     pthread_mutex_t mu;
     pthread_cond_t cond;
     struct kw_otlp_item *head, *tail;
-    size_t depth;
+    size_t depth, bytes;
+    atomic_llong *account;
+    long long budget;
     bool stop;
+    int64_t stop_by_ms; /* monotonic: past it what waits is dropped */
     pthread_t thread;
     atomic_uint_fast64_t exported, dropped, failed;
 };
@@ -605,13 +608,19 @@ bool kw_otlp_submit(struct kw_otlp *o, const struct kw_span *s)
         atomic_fetch_add(&o->dropped, 1);
         return false;
     }
+    size_t size = sizeof(*it) + it->len;
     pthread_mutex_lock(&o->mu);
-    if (o->depth >= KW_OTLP_MAX_QUEUE) {
+    if (o->depth >= KW_OTLP_MAX_QUEUE || o->bytes + size > KW_OTLP_MAX_QUEUE_BYTES ||
+        (o->account != NULL && o->budget > 0 &&
+         atomic_load_explicit(o->account, memory_order_relaxed) + (long long)size > o->budget)) {
         pthread_mutex_unlock(&o->mu);
         free(it);
         atomic_fetch_add(&o->dropped, 1);
         return false;
     }
+    o->bytes += size;
+    if (o->account != NULL)
+        atomic_fetch_add_explicit(o->account, (long long)size, memory_order_relaxed);
     if (o->tail != NULL)
         o->tail->next = it;
     else
@@ -630,8 +639,26 @@ static size_t discard(char *ptr, size_t size, size_t nmemb, void *ud)
     return size * nmemb;
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* An export in flight when a stop's deadline passes is abandoned there. */
+static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    (void)dt, (void)dn, (void)ut, (void)un;
+    struct kw_otlp *o = ud;
+    pthread_mutex_lock(&o->mu);
+    bool late = o->stop && mono_ms() >= o->stop_by_ms;
+    pthread_mutex_unlock(&o->mu);
+    return late ? 1 : 0;
+}
+
 static void send_batch(struct kw_otlp *o, CURL *c, struct kw_otlp_item *list, size_t n,
-                       struct kw_buf *b)
+                       struct kw_buf *b, int64_t timeout_ms)
 {
     if (kw_otlp_encode(o->protocol, o->service, list, b) != KW_OK) {
         atomic_fetch_add(&o->failed, n);
@@ -642,7 +669,10 @@ static void send_batch(struct kw_otlp *o, CURL *c, struct kw_otlp_item *list, si
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, o->headers);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, b->data);
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)b->len);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)o->timeout_ms);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, o);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
     CURLcode rc = curl_easy_perform(c);
@@ -675,22 +705,33 @@ static void *otlp_main(void *arg)
             pthread_cond_timedwait(&o->cond, &o->mu, &ts);
         }
         bool stop = o->stop;
+        int64_t left = stop ? o->stop_by_ms - mono_ms() : o->timeout_ms;
         struct kw_otlp_item *list = o->head, *last = NULL;
-        size_t n = 0;
-        for (struct kw_otlp_item *s = o->head; s != NULL && n < KW_OTLP_BATCH; s = s->next, n++)
+        size_t n = 0, bytes = 0;
+        /* past the stop's deadline everything left goes at once, unsent */
+        for (struct kw_otlp_item *s = o->head;
+             s != NULL && (n < KW_OTLP_BATCH || (stop && left <= 0)); s = s->next, n++) {
             last = s;
+            bytes += sizeof(*s) + s->len;
+        }
         if (last != NULL) {
             o->head = last->next;
             if (o->head == NULL)
                 o->tail = NULL;
             last->next = NULL;
             o->depth -= n;
+            o->bytes -= bytes;
         }
         pthread_mutex_unlock(&o->mu);
-        if (n > 0 && c != NULL)
-            send_batch(o, c, list, n, &b);
+        if (n > 0 && stop && left <= 0)
+            atomic_fetch_add(&o->dropped, n);
+        else if (n > 0 && c != NULL)
+            send_batch(o, c, list, n, &b,
+                       left < o->timeout_ms ? (left > 1 ? left : 1) : o->timeout_ms);
         else if (n > 0)
             atomic_fetch_add(&o->failed, n);
+        if (o->account != NULL && bytes > 0)
+            atomic_fetch_sub_explicit(o->account, (long long)bytes, memory_order_relaxed);
         while (list != NULL) {
             struct kw_otlp_item *next = list->next;
             free(list);
@@ -744,6 +785,8 @@ struct kw_otlp *kw_otlp_start(const struct kw_otlp_config *cfg, bool full_url)
     snprintf(o->service, sizeof(o->service), "%s", cfg->service);
     o->protocol = cfg->protocol;
     o->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 5000;
+    o->account = cfg->account;
+    o->budget = cfg->budget;
     o->headers = curl_slist_append(NULL, cfg->protocol == KW_OTLP_PROTOBUF
                                              ? "Content-Type: application/x-protobuf"
                                              : "Content-Type: application/json");
@@ -766,12 +809,13 @@ struct kw_otlp *kw_otlp_start(const struct kw_otlp_config *cfg, bool full_url)
     return o;
 }
 
-void kw_otlp_stop(struct kw_otlp *o)
+void kw_otlp_stop(struct kw_otlp *o, int64_t wait_ms)
 {
     if (o == NULL)
         return;
     pthread_mutex_lock(&o->mu);
     o->stop = true;
+    o->stop_by_ms = mono_ms() + (wait_ms > 0 ? wait_ms : 0);
     pthread_cond_signal(&o->cond);
     pthread_mutex_unlock(&o->mu);
     pthread_join(o->thread, NULL);

@@ -1,5 +1,6 @@
 """W3C trace context: a client's traceparent is joined (or a new trace started), the access
 log carries trace_id and span_id, the upstream gets traceparent and tracestate."""
+import concurrent.futures
 import json
 import os
 import re
@@ -295,6 +296,43 @@ class SlowCollector(unittest.TestCase):
             self.assertEqual(post(dp.port, "/v1/chat/completions", CHAT)[0], 200)
         finally:
             self.assertEqual(dp.stop(), 0)
+            mock.stop()
+            collector.stop()
+
+
+class HungCollector(unittest.TestCase):
+    """A collector that never answers, with captureContent: the queued spans are bounded
+    (32 MiB) and counted in the memory budget, and a stop waits at most 2 s for them (a hung
+    collector once took the RSS from 20 to 296 MB and the shutdown to 48 s)."""
+
+    def test_queue_bounded_and_stop_prompt(self):
+        collector = Collector()
+        mock = Mock()
+        collector.fault(delayMs=120000)
+        spec = ("  telemetry: {otlp: {endpoint: \"%s\", timeout: 30s, captureContent: true}}\n"
+                % collector.url())
+        dp = Dataplane(backend("b", mock.url()) + route("demo", ["demo"], ["b"]), extra_spec=spec)
+        stopped = False
+        try:
+            # about 50 KB of content a span (captureContent keeps up to 64 KiB)
+            big = dict(CHAT, messages=[{"role": "user", "content": "x" * 50000}])
+            with concurrent.futures.ThreadPoolExecutor(8) as ex:
+                codes = list(ex.map(lambda _: post(dp.port, "/v1/chat/completions", big)[0],
+                                    range(1000)))
+            self.assertEqual(set(codes), {200})
+            m = dp.metrics()
+            used = m['knoway_memory_budget_bytes{state="used"}']
+            self.assertGreater(m['knoway_trace_spans_total{result="dropped"}'], 0)
+            self.assertGreater(used, 24 << 20, "queued spans count in the memory budget")
+            # 32 MiB queued, the batch in flight (256 spans) and the requests' own memory
+            self.assertLess(used, (32 << 20) + (16 << 20), "at most 32 MiB of spans wait")
+            t0 = time.time()
+            self.assertEqual(dp.stop(), 0)
+            stopped = True
+            self.assertLess(time.time() - t0, 10, "the exit did not wait for the collector")
+        finally:
+            if not stopped:
+                dp.stop()
             mock.stop()
             collector.stop()
 

@@ -7,9 +7,11 @@
  *   queue's mutex for a pointer swap  -->  encoded (JSON or protobuf), one POST
  *   (a full queue drops and counts)        (failures counted, never retried)
  *
- * At most KW_OTLP_MAX_QUEUE spans wait; more are dropped and counted, as are batches the
- * collector refused or never answered: a slow or absent collector costs a counter, never
- * a wait on a worker.
+ * At most KW_OTLP_MAX_QUEUE spans and KW_OTLP_MAX_QUEUE_BYTES wait (and, with an account,
+ * no more than the owner's memory budget allows: their bytes are counted in it); more are
+ * dropped and counted, as are batches the collector refused or never answered: a slow or
+ * absent collector costs a counter, never a wait on a worker nor unbounded memory. At a
+ * stop what waits is sent until the stop's deadline, and the rest is dropped (counted).
  *
  * The protobuf encoding is written here (the messages of opentelemetry-proto's
  * trace/v1, common/v1 and collector/trace/v1 that spans need: a few dozen lines of varint
@@ -20,6 +22,7 @@
 #ifndef KNOWAY_OTLP_H
 #define KNOWAY_OTLP_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -27,9 +30,10 @@
 #include "knoway/buf.h"
 #include "knoway/resource.h"
 
-#define KW_OTLP_MAX_QUEUE 8192
-#define KW_OTLP_BATCH     256
-#define KW_SPAN_MAX_BYTES (256 * 1024) /* one span's attributes and events */
+#define KW_OTLP_MAX_QUEUE       8192
+#define KW_OTLP_MAX_QUEUE_BYTES (32u * 1024 * 1024)
+#define KW_OTLP_BATCH           256
+#define KW_SPAN_MAX_BYTES       (256 * 1024) /* one span's attributes and events */
 
 enum kw_otlp_protocol { KW_OTLP_JSON, KW_OTLP_PROTOBUF };
 enum kw_span_kind { KW_SPAN_INTERNAL = 1, KW_SPAN_SERVER = 2, KW_SPAN_CLIENT = 3 };
@@ -73,6 +77,10 @@ struct kw_otlp_config {
     int64_t timeout_ms;
     enum kw_otlp_protocol protocol;
     const char *service; /* resource service.name */
+    /* optional: queued spans' bytes are added to *account (the data plane's memory
+     * budget), and a span is dropped rather than take *account past budget (0: no budget) */
+    atomic_llong *account;
+    long long budget;
 };
 
 /* The environment's OTEL_EXPORTER_OTLP_{TRACES_,}ENDPOINT and _PROTOCOL applied to what
@@ -84,8 +92,9 @@ struct kw_otlp;
 
 /* Start the exporter thread. full_url: endpoint is the whole URL. NULL on failure. */
 struct kw_otlp *kw_otlp_start(const struct kw_otlp_config *c, bool full_url);
-/* Send what waits, then stop. _stop(NULL) is a no-op. */
-void kw_otlp_stop(struct kw_otlp *o);
+/* Send what waits for at most wait_ms (each export's timeout shortened to fit), drop the
+ * rest (counted), then stop. _stop(NULL) is a no-op. */
+void kw_otlp_stop(struct kw_otlp *o, int64_t wait_ms);
 /* Queue a copy of s. false when dropped (queue full or out of memory; counted). */
 bool kw_otlp_submit(struct kw_otlp *o, const struct kw_span *s);
 
