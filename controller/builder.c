@@ -515,6 +515,8 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
     if (b == NULL)
         goto fail;
     atomic_init(&b->refs, 1);
+    cfg->claim_namespaces = src->claim_namespaces;
+    cfg->nclaim_namespaces = src->nclaim_namespaces;
     struct ctl_cache *c = src->cache;
     if (c != NULL)
         c->build++;

@@ -70,6 +70,10 @@ struct ctl_sources {
     const char *secret_selector; /* the Secrets informer's label selector, or NULL (hints) */
     struct ctl_store *consumers; /* LLMConsumers, or NULL */
     struct ctl_cache *cache;     /* or NULL: every build decodes every object */
+    /* namespaces whose prefix and wildcard claims may capture and block others'
+     * (--prefix-claim-namespaces; struct kw_config.claim_namespaces) */
+    const char *const *claim_namespaces;
+    size_t nclaim_namespaces;
 };
 
 /* Build once from the sources (locks each store while reading it). NULL on out-of-memory. */

@@ -80,6 +80,9 @@ static void usage(FILE *out)
         "                          carry credentials)\n"
         "  --insecure-no-token     serve snapshots to anyone who can reach --listen (tests on\n"
         "                          loopback only)\n"
+        "  --prefix-claim-namespaces NS,...  namespaces whose prefix and wildcard model claims\n"
+        "                          may capture and block other namespaces' names (\"*\": all;\n"
+        "                          default none)\n"
         "  --tls-cert-file FILE    serve discovery over TLS with this certificate (PEM)\n"
         "  --tls-key-file FILE     ... and this key\n"
         "  --leader-elect          elect one replica (Lease) to write status\n"
@@ -372,6 +375,7 @@ int main(int argc, char **argv)
         {"admin", required_argument, NULL, 'a'},
         {"token-file", required_argument, NULL, 't'},
         {"insecure-no-token", no_argument, NULL, 'I'},
+        {"prefix-claim-namespaces", required_argument, NULL, 'W'},
         {"tls-cert-file", required_argument, NULL, 'C'},
         {"tls-key-file", required_argument, NULL, 'K'},
         {"leader-elect", no_argument, NULL, 'L'},
@@ -399,6 +403,8 @@ int main(int argc, char **argv)
     const char *debug_from = NULL, *secret_selector = CTL_SECRET_SELECTOR;
     double qps = 20, burst = 40, node_grace_s = CTL_NODE_STALE_MS / 1000.0;
     bool leader_elect = false, no_token = false;
+    static const char *wide[64];
+    size_t nwide = 0;
     const char *redis_url = NULL, *redis_pw_file = NULL;
     double usage_interval_s = 30;
     struct kw_otlp_config otlp = {.protocol = KW_OTLP_JSON, .service = "knoway-controller"};
@@ -423,6 +429,12 @@ int main(int argc, char **argv)
         case 'I':
             no_token = true;
             break;
+        case 'W': { /* comma-separated: split in place (argv outlives the process) */
+            for (char *p = optarg, *tok; (tok = strsep(&p, ",")) != NULL;)
+                if (*tok != '\0' && nwide < KW_ARRAY_LEN(wide))
+                    wide[nwide++] = tok;
+            break;
+        }
         case 'C':
             tls_cert = optarg;
             break;
@@ -694,6 +706,8 @@ int main(int argc, char **argv)
                                          .secrets = &c.inf[INF_SECRETS].store,
                                          .slices = &c.inf[INF_SLICES].store,
                                          .secret_selector = secret_selector,
+                                         .claim_namespaces = wide,
+                                         .nclaim_namespaces = nwide,
                                          .cache = ctl_cache_new()};
     c.builder.on_build = on_build;
     c.builder.ready = all_synced;

@@ -170,6 +170,12 @@ static int on_request(struct dp_request *r, void *ctx)
 static int on_route(struct dp_request *r, void *ctx)
 {
     (void)ctx;
+    if (!dp_route_admits(r->route, r->consumer))
+        /* another namespace's route (a tenant's keys work on its own namespace's routes
+         * unless a route admits more): as if the model were unknown */
+        return dp_error_set(r, 404, "invalid_request_error", "model_not_found", "model",
+                            "The model `%s` does not exist or you do not have access to it.",
+                            r->model);
     if (r->consumer == NULL || r->model == NULL || dp_consumer_allows(r->consumer, r->model))
         return KW_DECLINED;
     return dp_error_set(r, 403, "invalid_request_error", "model_not_allowed", "model",

@@ -155,7 +155,7 @@ void dp_engine_resume(struct dp_request *r)
 static int respond_models(struct dp_request *r)
 {
     int rc;
-    if (r->consumer != NULL && r->consumer->nmodels > 0) {
+    if (r->consumer != NULL) { /* its models, on the routes that admit it */
         struct kw_buf b;
         rc = dp_table_models_for(r->table, r->consumer, &b);
         if (rc == KW_OK)

@@ -38,6 +38,27 @@ bool dp_consumer_allows(const struct kw_consumer *c, const char *model)
     return false;
 }
 
+bool dp_route_admits(const struct kw_route *r, const struct kw_consumer *c)
+{
+    if (r == NULL || c == NULL)
+        return true; /* anonymous, or a token without a consumer: the platform's callers */
+    bool ns = r->consumers.nnamespaces == 0 && strcmp(c->meta.ns, r->meta.ns) == 0;
+    for (size_t i = 0; !ns && i < r->consumers.nnamespaces; i++)
+        ns = strcmp(r->consumers.namespaces[i], "*") == 0 ||
+             strcmp(r->consumers.namespaces[i], c->meta.ns) == 0;
+    if (!ns)
+        return false;
+    for (size_t i = 0; i < r->consumers.nmatch; i++) {
+        bool found = false;
+        for (size_t j = 0; j < c->nattributes && !found; j++)
+            found = strcmp(c->attributes[j].name, r->consumers.match[i].name) == 0 &&
+                    strcmp(c->attributes[j].value, r->consumers.match[i].value) == 0;
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
 static int models_json(const struct dp_table *t, const struct kw_consumer *c, struct kw_buf *out)
 {
     struct kw_buf b;
@@ -52,7 +73,7 @@ static int models_json(const struct dp_table *t, const struct kw_consumer *c, st
         for (size_t j = 0; j < i && !seen; j++)
             seen =
                 !t->matches[j].model->prefix && strcmp(t->matches[j].model->value, m->value) == 0;
-        if (seen || !dp_consumer_allows(c, m->value))
+        if (seen || !dp_consumer_allows(c, m->value) || !dp_route_admits(t->matches[i].route, c))
             continue;
         rc |= kw_buf_puts(&b, n++ > 0 ? ",{\"id\":" : "{\"id\":");
         rc |= kw_json_write_string(&b, m->value, strlen(m->value));

@@ -58,6 +58,9 @@ const struct kw_consumer *dp_table_consumer(const struct dp_table *t,
 const struct kw_consumer *dp_table_consumer_named(const struct dp_table *t, const char *name);
 /* Whether model is one the consumer may call (its spec.models, or every model). */
 bool dp_consumer_allows(const struct kw_consumer *c, const char *model);
+/* Whether route r admits consumer c (LLMRoute spec.consumers: by default the consumers of
+ * its own namespace); NULL c (anonymous, or a token without a consumer) always. */
+bool dp_route_admits(const struct kw_route *r, const struct kw_consumer *c);
 
 /* The /v1/models answer as the consumer sees it (malloc'd into out: only the models it may
  * call). KW_OK or KW_ERROR. */

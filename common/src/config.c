@@ -461,8 +461,21 @@ static bool overlap(const struct kw_model_match *a, const struct kw_model_match 
 /* Routes of different namespaces may not claim the same model: the oldest claim wins and
  * the younger route is left out and reported Conflicted, so whoever may create an LLMRoute
  * in one namespace cannot outrank the platform's route and receive everyone's prompts.
- * Within a namespace, specificity and age decide as before. Exact claims are found through
- * a sorted index (linear-logarithmic); prefix claims, which are few, are compared with all. */
+ * Prefix and wildcard claims ("llama-*", "*") take part only when their namespace is one of
+ * cfg->claim_namespaces: elsewhere they block nobody (routing prefers any exact name, then
+ * the longest prefix, so another namespace's exact or longer claim wins over them at once)
+ * and only the same prefix twice conflicts. So a tenant's "*" can neither squat the
+ * platform's later names nor keep their prompts. Within a namespace, specificity and age
+ * decide as before. Exact claims are found through a sorted index (linear-logarithmic);
+ * prefix claims, which are few, are compared with all. */
+static bool claims_widely(const struct kw_config *cfg, const char *ns)
+{
+    for (size_t i = 0; i < cfg->nclaim_namespaces; i++)
+        if (strcmp(cfg->claim_namespaces[i], "*") == 0 || strcmp(cfg->claim_namespaces[i], ns) == 0)
+            return true;
+    return false;
+}
+
 struct claim {
     const char *model;
     const struct kw_route *route;
@@ -511,7 +524,7 @@ static void check_conflicts(struct kw_config *cfg)
                         winner = c->route;
                         break;
                     }
-            } else {
+            } else if (claims_widely(cfg, r->meta.ns)) {
                 for (size_t k = 0; k < ne && winner == NULL; k++) {
                     const struct kw_route *o = exact[k].route;
                     struct kw_model_match em = {exact[k].model, false};
@@ -523,7 +536,12 @@ static void check_conflicts(struct kw_config *cfg)
             for (size_t k = 0; k < np && winner == NULL; k++) {
                 const struct kw_route *o = prefixes[k].route;
                 struct kw_model_match pm = {prefixes[k].model, true};
-                if (strcmp(o->meta.ns, r->meta.ns) != 0 && overlap(m, &pm))
+                if (strcmp(o->meta.ns, r->meta.ns) == 0 || !overlap(m, &pm))
+                    continue;
+                /* an older wide prefix blocks what it overlaps; any other only its own
+                 * prefix claimed again, and a wide claim is not blocked by narrow ones */
+                if (claims_widely(cfg, o->meta.ns) ||
+                    (m->prefix && strcmp(m->value, pm.value) == 0))
                     winner = o;
             }
         }

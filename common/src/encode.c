@@ -329,6 +329,22 @@ struct kw_node *kw_encode_route_spec(struct kw_arena *a, const struct kw_route *
         put_int(&e, spec, "estimatedOutputTokens", r->estimated_output_tokens);
     if (r->max_output_tokens != 0)
         put_int(&e, spec, "maxOutputTokens", r->max_output_tokens);
+    if (r->consumers.nnamespaces > 0 || r->consumers.nmatch > 0) {
+        struct kw_node *cm = map(&e);
+        if (r->consumers.nnamespaces > 0) {
+            struct kw_node *ns = seq(&e);
+            for (size_t i = 0; i < r->consumers.nnamespaces; i++)
+                push(&e, ns, kw_node_cstring(e.a, r->consumers.namespaces[i]));
+            put(&e, cm, "namespaces", ns);
+        }
+        if (r->consumers.nmatch > 0) {
+            struct kw_node *ma = map(&e);
+            for (size_t i = 0; i < r->consumers.nmatch; i++)
+                put_str(&e, ma, r->consumers.match[i].name, r->consumers.match[i].value);
+            put(&e, cm, "matchAttributes", ma);
+        }
+        put(&e, spec, "consumers", cm);
+    }
     if (r->load_balancer.strategy != KW_LB_WEIGHTED_RANDOM || r->load_balancer.client_override) {
         static const char *const strategies[] = {"WeightedRandom", "RoundRobin", "LeastRequest",
                                                  "Latency"};

@@ -1526,12 +1526,56 @@ static void decode_rate_limits(struct kw_dec *d, const struct kw_node *spec, con
     *nout = n;
 }
 
+/* spec.consumers {namespaces, matchAttributes} */
+static void decode_route_consumers(struct kw_dec *d, const struct kw_node *spec, struct kw_route *r)
+{
+    static const char *const fields[] = {"namespaces", "matchAttributes", NULL};
+    size_t mark, sm;
+    const struct kw_node *m = get_map(d, spec, "consumers", false, &mark);
+    if (m != NULL) {
+        check_fields(d, m, fields, NULL);
+        const struct kw_node *ns = get_seq(d, m, "namespaces", false, 64, &sm);
+        if (ns != NULL && ns->n > 0)
+            r->consumers.namespaces = kw_arena_alloc(d->a, ns->n * sizeof(char *));
+        for (size_t i = 0; r->consumers.namespaces != NULL && i < ns->n; i++) {
+            size_t im = push_index(d, i);
+            const struct kw_node *it = ns->items[i];
+            if (it->type != KW_NODE_STRING ||
+                (strcmp(it->str, "*") != 0 && !kw_valid_dns_label(it->str)))
+                kw_dec_error(d, it, "must be a namespace name or \"*\" (any namespace)");
+            else
+                r->consumers.namespaces[r->consumers.nnamespaces++] =
+                    kw_arena_strndup(d->a, it->str, it->len);
+            pop(d, im);
+        }
+        pop(d, sm);
+        const struct kw_node *ma = get_map(d, m, "matchAttributes", false, &sm);
+        if (ma != NULL && ma->n > KW_MAX_ATTRIBUTES)
+            kw_dec_error(d, ma, "must have at most %u entries", KW_MAX_ATTRIBUTES);
+        else if (ma != NULL && ma->n > 0)
+            r->consumers.match = kw_arena_alloc(d->a, ma->n * sizeof(*r->consumers.match));
+        for (size_t i = 0; r->consumers.match != NULL && i < ma->n; i++) {
+            const struct kw_node *k = ma->pairs[i].key, *v = ma->pairs[i].val;
+            size_t am = push(d, k->str);
+            if (v->type != KW_NODE_STRING || v->len > 256 || k->len == 0 || k->len > 63)
+                kw_dec_error(d, v, "must be a string of at most 256 bytes (names 1..63)");
+            else
+                r->consumers.match[r->consumers.nmatch++] =
+                    (struct kw_header){.name = kw_arena_strndup(d->a, k->str, k->len),
+                                       .value = kw_arena_strndup(d->a, v->str, v->len)};
+            pop(d, am);
+        }
+        pop(d, sm);
+    }
+    pop(d, mark);
+}
+
 void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_route *r)
 {
     static const char *const fields[] = {
         "match",           "backendRefs", "timeout",    "streamIdleTimeout",
         "loadBalancer",    "retry",       "rateLimits", "estimatedOutputTokens",
-        "maxOutputTokens", NULL};
+        "maxOutputTokens", "consumers",   NULL};
     static const char *const ref_fields[] = {"name", "weight", "priority", "modelOverride", NULL};
     check_fields(d, spec, fields, NULL);
     decode_match(d, spec, r);
@@ -1586,6 +1630,7 @@ void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct k
     r->estimated_output_tokens = KW_DEFAULT_ESTIMATED_OUTPUT;
     get_int(d, spec, "estimatedOutputTokens", 1, KW_MAX_OUTPUT_TOKENS, &r->estimated_output_tokens);
     get_int(d, spec, "maxOutputTokens", 1, KW_MAX_OUTPUT_TOKENS, &r->max_output_tokens);
+    decode_route_consumers(d, spec, r);
 }
 
 /* ---- LLMConsumer ---------------------------------------------------------------------- */

@@ -297,6 +297,41 @@ class ControlPlane(unittest.TestCase):
         kubectl("delete", "llmroute", "after-deep")
         self.serve_all("gpt-after-deep", 404)
 
+    def test_04c2_a_tenants_wildcard_and_keys_stay_in_its_namespace(self):
+        """A tenant's older "*" once made the platform's later exact route Conflicted (the
+        tenant kept its prompts), and a tenant's self-issued key worked on every route of
+        every namespace. Now the platform's route is Accepted and serves, and the key calls
+        only its own namespace's routes."""
+        kubectl("create", "namespace", "squat")
+        apply(("---\napiVersion: %s\nkind: LLMBackend\nmetadata: {name: thief, namespace: squat}\n"
+               "spec:\n  provider: vLLM\n  upstream: {baseURL: \"http://127.0.0.1:9/v1\"}\n"
+               "---\napiVersion: %s\nkind: LLMRoute\nmetadata: {name: all, namespace: squat}\n"
+               "spec:\n  match: {models: [\"*\"]}\n  backendRefs: [{name: thief}]\n"
+               "---\napiVersion: v1\nkind: Secret\nmetadata: {name: mine, namespace: squat, "
+               "labels: {llm.knoway.dev/secret: \"true\"}}\n"
+               "stringData: {k: sk-self-issued-0123456789}\n"
+               "---\napiVersion: %s\nkind: LLMConsumer\nmetadata: {name: me, namespace: squat}\n"
+               "spec:\n  apiKeys: [{secretRef: {name: mine}}]\n") % (API, API, API))
+
+        def accepted(ns, name):
+            obj = json.loads(kubectl("-n", ns, "get", "llmroute", name, "-o", "json").stdout)
+            c = {x["type"]: x for x in obj.get("status", {}).get("conditions", [])}
+            return c["Accepted"] if "Accepted" in c else None
+        self.assertEqual(wait_for(lambda: accepted("squat", "all"), 10, "status")["status"], "True")
+        apply(route("later", ["gpt-later"], ["mock"]))
+        out = wait_for(lambda: accepted("default", "later"), 10, "status on the platform's route")
+        self.assertEqual(out["status"], "True", out)
+        self.serve_all("gpt-later")  # the platform's backend (the mock), not the thief's
+        key = {"Authorization": "Bearer sk-self-issued-0123456789"}
+        wait_for(lambda: all(post(dp.port, "/v1/chat/completions",
+                                  {"model": "gpt-e2e", "messages": [{"role": "user",
+                                                                     "content": "hi"}]},
+                                  headers=key)[0] == 404 for dp in self.dps), 10,
+                 "the tenant's key refused on the platform's route")
+        kubectl("-n", "default", "delete", "llmroute", "later")
+        kubectl("delete", "namespace", "squat", "--wait=false")
+        self.serve_all("gpt-later", 404, 10)
+
     def test_04c_younger_claim_from_another_namespace_is_conflicted(self):
         """Regression: routes of every namespace competed on specificity, so a tenant could
         outrank the platform's route for a model and receive everyone's prompts."""

@@ -123,6 +123,42 @@ class Identity(unittest.TestCase):
 
 
 
+class Tenancy(unittest.TestCase):
+    """Whoever can create an LLMConsumer and a Secret in a namespace issues keys: those keys
+    call the routes of that namespace, and others only where a route admits them
+    (spec.consumers). Such keys once worked on every route of every namespace."""
+
+    def test_keys_call_their_namespace_unless_admitted(self):
+        mock = Mock()
+        res = (backend("b", mock.url()) + route("demo", ["demo"], ["b"])
+               + route("shared", ["shared"], ["b"], "  consumers:\n    namespaces: [\"*\"]\n"
+                       "    matchAttributes: {tier: gold}\n")
+               + CONSUMERS +
+               "---\napiVersion: v1\nkind: Secret\nmetadata: {name: k, namespace: team-x}\n"
+               "stringData: {k: sk-team-x-0123456789abcdef}\n"
+               "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMConsumer\n"
+               "metadata: {name: self-issued, namespace: team-x}\n"
+               "spec:\n  apiKeys: [{secretRef: {name: k}}]\n  attributes: {tier: gold}\n")
+        dp = Dataplane(res)
+        try:
+            own, other = bearer("sk-ops-0123456789abcdef"), bearer("sk-team-x-0123456789abcdef")
+            self.assertEqual(post(dp.port, "/v1/chat/completions", CHAT, headers=own)[0], 200)
+            r = post(dp.port, "/v1/chat/completions", CHAT, headers=other)
+            self.assertEqual(r[0], 404)
+            self.assertEqual(json.loads(r[2])["error"]["code"], "model_not_found")
+            shared = dict(CHAT, model="shared")
+            self.assertEqual(post(dp.port, "/v1/chat/completions", shared, headers=other)[0], 200)
+            # admitted from any namespace, but only with the attribute
+            self.assertEqual(post(dp.port, "/v1/chat/completions", shared, headers=own)[0], 404)
+            # anonymous callers are the platform's (auth not required here)
+            self.assertEqual(post(dp.port, "/v1/chat/completions", CHAT)[0], 200)
+            models = json.loads(request("GET", dp.port, "/v1/models", headers=other)[2])
+            self.assertEqual([m["id"] for m in models["data"]], ["shared"])
+        finally:
+            dp.stop()
+            mock.stop()
+
+
 class Guessing(unittest.TestCase):
     """Failed authentication is throttled per client address (it once allowed 20,000 guesses
     in half a second on one connection); a short key in a Secret is reported, not accepted."""

@@ -136,7 +136,7 @@ int main(int argc, char **argv)
     for (int i = 0; i <= half / 100; i++)
         secret(&secrets, a, i);
     long rss_stored = rss_kib();
-    struct ctl_sources src = {&backends, &routes, &secrets, &slices, NULL, NULL, NULL};
+    struct ctl_sources src = {&backends, &routes, &secrets, &slices, NULL, NULL, NULL, NULL, 0};
 
     /* cold: every object parsed and decoded (a restarted controller's first build) */
     double best = 1e18, sum = 0;

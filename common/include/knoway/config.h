@@ -26,6 +26,13 @@ struct kw_config {
     size_t nconsumers, cap_consumers;
     struct kw_dataplane dataplane; /* defaults unless a DataPlane document was given */
     bool has_dataplane;
+    /* namespaces whose prefix and wildcard model claims may capture and block other
+     * namespaces' names (an administrator's choice: knoway-controller
+     * --prefix-claim-namespaces; "*" = all, the old rule). Elsewhere such a claim neither
+     * blocks another namespace's claim nor wins over its exact names. Set before
+     * kw_config_check; the strings outlive the config. */
+    const char *const *claim_namespaces;
+    size_t nclaim_namespaces;
     struct kw_diag diag;
     /* Built by kw_config_check: the first backend / Secret of each namespace/name, sorted,
      * so that lookups are O(log n) (a controller holds 10,000 resources). Used while

@@ -240,8 +240,17 @@ struct kw_route {
     size_t nrate_limits;
     int64_t estimated_output_tokens; /* token reservations without max_tokens; default 1024 */
     int64_t max_output_tokens;       /* largest max_tokens a request may ask; 0: the ceiling */
-    bool valid;                      /* false when the route itself has an error */
-    bool resolved;                   /* every backendRef names an existing, valid LLMBackend */
+    /* spec.consumers: which LLMConsumers may call it (anonymous and token-only callers are
+     * not consumers): those of these namespaces (none listed: the route's own; "*": any)
+     * whose attributes hold every pair of match */
+    struct {
+        const char **namespaces;
+        size_t nnamespaces;
+        struct kw_header *match; /* matchAttributes */
+        size_t nmatch;
+    } consumers;
+    bool valid;      /* false when the route itself has an error */
+    bool resolved;   /* every backendRef names an existing, valid LLMBackend */
     bool conflicted; /* an older route of another namespace claims one of its models */
 };
 

@@ -91,43 +91,92 @@ static void test_errors_are_collected(void **state)
 
 /* Regression: routes of every namespace competed on specificity, so whoever could create an
  * LLMRoute anywhere could outrank the platform's route for gpt-4o and receive everyone's
- * prompts. The oldest claim wins; younger claims from other namespaces are Conflicted. */
-static void test_cross_namespace_claims_conflict(void **state)
+ * prompts. The oldest exact claim wins; younger claims from other namespaces are
+ * Conflicted. */
+static const char *claims_text(void)
 {
-    (void)state;
-    struct kw_config *cfg = kw_config_new();
-    const char *text = R("platform", "main",
-                         "[gpt-4o, \"claude*\"]") "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: "
-                                                  "LLMRoute\nmetadata: {name: same-ns, "
-                                                  "namespace: platform}\nspec: {match: {models: "
-                                                  "[gpt-4o]}, backendRefs: [{name: b}]}\n"
+    return R("platform", "main",
+             "[gpt-4o, \"claude*\"]") "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: "
+                                      "LLMRoute\nmetadata: {name: same-ns, "
+                                      "namespace: platform}\nspec: {match: {models: [gpt-4o]}, "
+                                      "backendRefs: [{name: b}]}\n"
         /* ^ same namespace: specificity and age decide, as before */
         R("team-a", "steal", "[x, gpt-4o]") /* exact claim of an older exact claim */
         R("team-b", "wide", "[\"gpt*\"]")   /* prefix over an older exact claim */
         R("team-c", "narrow", "[claude-3]") /* exact under an older prefix claim */
-        R("team-d", "own", "[\"mistral*\", llama]");
+        R("team-d", "own", "[\"mistral*\", llama]")
+            R("team-e", "again", "[\"gpt*\"]") /* the same prefix as an older one */
+        R("tenant", "squat", "[\"*\"]")        /* a wildcard older than ... */
+        "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: later, "
+        "namespace: platform}\nspec: {match: {models: [gpt-5]}, backendRefs: [{name: b}]}\n";
+    /* ^ ... the platform's next exact name */
+}
+
+static void check_lost(const struct kw_config *cfg, const char *const *lost, size_t n)
+{
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const struct kw_route *r = cfg->routes[i];
+        bool l = false;
+        for (size_t j = 0; j < n; j++)
+            l |= strcmp(r->meta.ns, lost[j]) == 0;
+        assert_int_equal(r->conflicted, l);
+        assert_int_equal(r->valid, !l);
+    }
+}
+
+/* Prefix and wildcard claims of a namespace that may not claim widely (the default) block
+ * nobody: a tenant's older "*" does not keep the platform from its later exact name (that
+ * route is Accepted and, being exact, wins routing), and only the same prefix twice
+ * conflicts. Exact claims: the oldest wins. */
+static void test_wildcards_neither_block_nor_capture(void **state)
+{
+    (void)state;
+    struct kw_config *cfg = kw_config_new();
+    const char *text = claims_text();
     kw_config_add_yaml(cfg, "t.yaml", text, strlen(text));
-    /* the backend named b is declared in each namespace once; fine */
     assert_int_equal(kw_config_check(cfg), KW_ERROR);
     char *e = errors_of(cfg);
     assert_string_equal(
         e, "t.yaml:17:1: LLMRoute/team-a/steal: spec.match.models: model \"gpt-4o\" is already "
            "claimed by the older LLMRoute platform/main in another namespace: the oldest claim "
            "wins\n"
-           "t.yaml:27:1: LLMRoute/team-b/wide: spec.match.models: model \"gpt*\" is already "
+           "t.yaml:57:1: LLMRoute/team-e/again: spec.match.models: model \"gpt*\" is already "
+           "claimed by the older LLMRoute team-b/wide in another namespace: the oldest claim "
+           "wins\n");
+    free(e);
+    check_lost(cfg, (const char *const[]){"team-a", "team-e"}, 2);
+    kw_config_free(cfg);
+}
+
+/* A namespace the administrator lets claim widely keeps the old rule for its prefixes: they
+ * conflict with younger overlapping claims of other namespaces, and its own younger
+ * prefixes lose to older exact claims elsewhere. */
+static void test_wide_claims_when_allowed(void **state)
+{
+    (void)state;
+    struct kw_config *cfg = kw_config_new();
+    static const char *const wide[] = {"platform"};
+    cfg->claim_namespaces = wide;
+    cfg->nclaim_namespaces = 1;
+    const char *text = claims_text();
+    kw_config_add_yaml(cfg, "t.yaml", text, strlen(text));
+    assert_int_equal(kw_config_check(cfg), KW_ERROR);
+    char *e = errors_of(cfg);
+    assert_string_equal(
+        e, "t.yaml:17:1: LLMRoute/team-a/steal: spec.match.models: model \"gpt-4o\" is already "
            "claimed by the older LLMRoute platform/main in another namespace: the oldest claim "
            "wins\n"
            "t.yaml:37:1: LLMRoute/team-c/narrow: spec.match.models: model \"claude-3\" is "
            "already claimed by the older LLMRoute platform/main in another namespace: the oldest "
-           "claim wins\n");
+           "claim wins\n"
+           "t.yaml:57:1: LLMRoute/team-e/again: spec.match.models: model \"gpt*\" is already "
+           "claimed by the older LLMRoute team-b/wide in another namespace: the oldest claim "
+           "wins\n"
+           "t.yaml:67:1: LLMRoute/tenant/squat: spec.match.models: model \"*\" is already "
+           "claimed by the older LLMRoute platform/main in another namespace: the oldest claim "
+           "wins\n");
     free(e);
-    for (size_t i = 0; i < cfg->nroutes; i++) {
-        const struct kw_route *r = cfg->routes[i];
-        bool lost = strcmp(r->meta.ns, "team-a") == 0 || strcmp(r->meta.ns, "team-b") == 0 ||
-                    strcmp(r->meta.ns, "team-c") == 0;
-        assert_int_equal(r->conflicted, lost);
-        assert_int_equal(r->valid, !lost);
-    }
+    check_lost(cfg, (const char *const[]){"team-a", "team-c", "team-e", "tenant"}, 4);
     kw_config_free(cfg);
 }
 
@@ -137,7 +186,8 @@ int main(void)
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_file_and_defaults),
         cmocka_unit_test(test_errors_are_collected),
-        cmocka_unit_test(test_cross_namespace_claims_conflict),
+        cmocka_unit_test(test_wildcards_neither_block_nor_capture),
+        cmocka_unit_test(test_wide_claims_when_allowed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -44,7 +44,7 @@ static int setup(void **state)
     ctl_store_init(&f->r);
     ctl_store_init(&f->s);
     ctl_store_init(&f->e);
-    f->src = (struct ctl_sources){&f->b, &f->r, &f->s, &f->e, NULL, NULL, NULL};
+    f->src = (struct ctl_sources){&f->b, &f->r, &f->s, &f->e, NULL, NULL, NULL, NULL, 0};
     *state = f;
     return 0;
 }
