@@ -51,10 +51,10 @@ test('a rate limit is a RateLimitError (429) with the retry headers', async () =
       && Number(hdr(e, 'retry-after')) >= 1);
 });
 
-test('a spent budget is a RateLimitError with code insufficient_quota', async () => {
+test('a budget the request cannot fit is a RateLimitError with code insufficient_quota', async () => {
   const c = openai('sk-payer-0123456789abcdef');
-  await c.chat.completions.create(chat); // 12 tokens at 1000 USD per million: 0.012 USD
-  await new Promise((r) => setTimeout(r, 100));
+  // its worst case (the input and 1,024 output tokens at 1000 USD per million) is reserved
+  // on admission: more than the 0.01 USD budget holds
   await assert.rejects(c.chat.completions.create(chat),
     (e) => e instanceof OpenAI.RateLimitError && e.code === 'insufficient_quota' && e.type === 'insufficient_quota');
 });
