@@ -329,6 +329,11 @@ class ControlPlane(unittest.TestCase):
                                   headers=key)[0] == 404 for dp in self.dps), 10,
                  "the tenant's key refused on the platform's route")
         kubectl("-n", "default", "delete", "llmroute", "later")
+        # (no namespace controller runs here: what is in it goes first)
+        kubectl("-n", "squat", "delete", "llmroute", "all")
+        kubectl("-n", "squat", "delete", "llmconsumer", "me")
+        kubectl("-n", "squat", "delete", "secret", "mine")
+        kubectl("-n", "squat", "delete", "llmbackend", "thief")
         kubectl("delete", "namespace", "squat", "--wait=false")
         self.serve_all("gpt-later", 404, 10)
 
