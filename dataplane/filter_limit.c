@@ -538,6 +538,16 @@ static void refund_local(struct conf *c, struct ctx *x)
     }
 }
 
+/* Limits that cannot be counted refuse (503): what was charged is given back. */
+static int unavailable(struct dp_request *r, struct conf *c, struct ctx *x, const char *what,
+                       const char *why)
+{
+    refund_local(c, x);
+    x->stage = 3;
+    return dp_error_set(r, 503, "server_error", "rate_limit_unavailable", NULL,
+                        "%s cannot be checked (%s); try again later.", what, why);
+}
+
 /* Local buckets (and the global ones when Redis is out of the picture). KW_OK when
  * admitted; else the refusal. */
 static int take_local(struct dp_request *r, struct conf *c, struct ctx *x, bool globals_too)
@@ -554,13 +564,8 @@ static int take_local(struct dp_request *r, struct conf *c, struct ctx *x, bool 
                              it->cost, true, now, &it->st);
         if (rc < 0 || it->st.spilled)
             kw_metric_add(c->table_full, 1 + r->w->index, NULL, 1);
-        if (rc < 0) { /* neither the key nor its limit found room: never admitted uncounted */
-            refund_local(c, x);
-            x->stage = 3;
-            return dp_error_set(r, 503, "server_error", "rate_limit_unavailable", NULL,
-                                "Rate limits cannot be checked (the limit table is full); try "
-                                "again later.");
-        }
+        if (rc < 0) /* neither the key nor its limit found room: never admitted uncounted */
+            return unavailable(r, c, x, "Rate limits", "the limit table is full");
         if (rc == 0) {
             refund_local(c, x);
             return refuse(r, x, it);
@@ -578,11 +583,7 @@ static int take_local(struct dp_request *r, struct conf *c, struct ctx *x, bool 
             spent -= x->reserve;
         if (spent < 0) { /* no room to count the budget: never spent uncounted */
             kw_metric_add(c->table_full, 1 + r->w->index, NULL, 1);
-            refund_local(c, x);
-            x->stage = 3;
-            return dp_error_set(r, 503, "server_error", "rate_limit_unavailable", NULL,
-                                "The budget cannot be checked (the limit table is full); try "
-                                "again later.");
+            return unavailable(r, c, x, "The budget", "the limit table is full");
         }
         x->spent = spent;
         if (spent >= r->consumer->budget.limit_nusd ||
@@ -657,11 +658,9 @@ static void on_take(void *ud, const redisReply *rp, const char *why)
         if (rp != NULL && rp->type == REDIS_REPLY_ERROR)
             kw_log(KW_LOG_ERROR, "redis limit script failed", "error", rp->str, NULL);
         if (c->fail_closed) {
-            refund_local(c, x);
-            x->stage = 3;
-            dp_error_set(r, 503, "server_error", "rate_limit_unavailable", NULL,
-                         "Rate limits cannot be checked (Redis: %s); try again later.",
-                         why != NULL ? why : "bad answer");
+            char w[160];
+            snprintf(w, sizeof(w), "Redis: %s", why != NULL ? why : "bad answer");
+            unavailable(r, c, x, "Rate limits", w);
         } else {
             x->budget_global = false;
             if (take_local(r, c, x, true) == KW_OK)
@@ -837,13 +836,8 @@ static int on_request(struct dp_request *r, void *p)
     /* Redis is down (backing off) or the call could not be queued */
     const char *mode = c->fail_closed ? "closed" : "open";
     kw_metric_add(c->redis_failures, 1 + r->w->index, (const char *const[]){mode}, 1);
-    if (c->fail_closed) {
-        refund_local(c, x);
-        x->stage = 3;
-        return dp_error_set(r, 503, "server_error", "rate_limit_unavailable", NULL,
-                            "Rate limits cannot be checked (Redis is unavailable); try again "
-                            "later.");
-    }
+    if (c->fail_closed)
+        return unavailable(r, c, x, "Rate limits", "Redis is unavailable");
     x->budget_global = false;
     rc = take_local(r, c, x, true);
     if (rc != KW_OK)
