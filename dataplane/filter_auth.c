@@ -10,10 +10,9 @@
  * gets the client's credentials (providers build their own headers).
  *
  * Guessing is throttled: each client address (IPv6 by its /64) may fail authentication
- * spec.auth.failedAttempts.limit times per its window (a sliding window, the limiter's
- * table);
- * past that its requests with a credential get 429 until the window slides, before any key
- * is looked up. */
+ * spec.auth.failedAttempts.limit times per its window (a sliding window in the limiter's
+ * table); past that its requests with a credential get 429 until the window slides, before
+ * any key is looked up. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +48,7 @@ struct conf {
     struct dp_jwt *jwt;        /* NULL without spec.auth.jwt */
     struct dp_rl_store *fails; /* failed attempts per client address */
     int64_t max_fails, window_ms;
+    uint64_t family; /* the table's spill family for these counts */
 };
 
 static int init(struct dp_server *s, void **out)
@@ -59,6 +59,7 @@ static int init(struct dp_server *s, void **out)
         return KW_ERROR;
     c->max_fails = s->dp->auth.max_failures;
     c->window_ms = s->dp->auth.failure_window_ms;
+    c->family = dp_rl_family("auth", "failures");
     if (s->dp->auth.njwt == 0)
         return KW_OK;
     c->jwt = dp_jwt_start(s->dp->auth.jwt, s->dp->auth.njwt);
@@ -75,8 +76,6 @@ static void fini(void *conf)
     free(c);
 }
 
-static uint64_t fails_family;
-
 /* The failures the client's address has in the window; counts one more when add. */
 static int64_t failures(struct conf *c, struct dp_request *r, bool add)
 {
@@ -85,9 +84,7 @@ static int64_t failures(struct conf *c, struct dp_request *r, bool add)
     if (n == 0)
         return 0;
     struct dp_rl_state st;
-    if (fails_family == 0)
-        fails_family = dp_rl_family("auth", "failures");
-    if (dp_rl_local(c->fails, dp_rl_hash((const char *)addr, n), fails_family, c->max_fails,
+    if (dp_rl_local(c->fails, dp_rl_hash((const char *)addr, n), c->family, c->max_fails,
                     c->window_ms, add ? 1 : 0, false, dp_now_ms(), &st) < 0)
         return add ? 0 : c->max_fails; /* no room to count: refuse rather than let guess */
     if (!add && dp_rl_estimate(&st) >= c->max_fails) {
