@@ -144,8 +144,6 @@ struct dp_table *dp_server_table(struct dp_server *s)
     return t;
 }
 
-/* Hand a new table to every worker: one pointer exchange each, then a wake-up. The
- * caller keeps its own reference to t. */
 int dp_server_workers_alive(struct dp_server *s, int64_t within_ms, int64_t *stalled_ms)
 {
     int64_t now = dp_now_ms();
@@ -160,6 +158,8 @@ int dp_server_workers_alive(struct dp_server *s, int64_t within_ms, int64_t *sta
     return -1;
 }
 
+/* Hand a new table to every worker: one pointer exchange each, then a wake-up. The
+ * caller keeps its own reference to t. */
 static void publish(struct dp_server *s, struct dp_table *t)
 {
     dp_vertex_prefetch(t->snap); /* Vertex AI access tokens, fetched off the workers */
@@ -423,10 +423,8 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
         kw_log(KW_LOG_ERROR, "cannot listen", "address", s.dp->admin, "what", "admin", NULL);
         goto out;
     }
-    for (unsigned i = 0; i < s.nworkers; i++) {
-        atomic_store(&s.workers[i].alive_ms, dp_now_ms());
+    for (unsigned i = 0; i < s.nworkers; i++)
         pthread_create(&s.threads[i], NULL, dp_worker_main, &s.workers[i]);
-    }
     atomic_store(&s.ready, s.table != NULL);
     if (discovery && dp_discovery_start(&s.discovery, &s) != KW_OK) {
         kw_log(KW_LOG_ERROR, "cannot start the discovery client", NULL);

@@ -171,6 +171,7 @@ int dp_worker_init(struct dp_worker *w, struct dp_server *s, unsigned index, int
     w->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (w->ep == -1 || w->event_fd == -1 || w->scratch == NULL || w->lb == NULL)
         return KW_ERROR;
+    atomic_store(&w->alive_ms, dp_now_ms()); /* live from the start (/healthz) */
     unsigned conns = s->max_connections / s->nworkers + 1;
     w->conn_limit = conns;
     /* SO_REUSEPORT spreads one client's connections over the workers by hash: each worker
