@@ -151,8 +151,8 @@ static int read_key(struct kw_arena *a, const char *json, size_t len, struct key
         /* the key comes from a Secret a tenant writes: without this, the data plane would
          * post to any address the key names (a scanner of its network) */
         snprintf(err, errlen,
-                 "the service-account key's token_uri %.200s is not one of Google's token "
-                 "endpoints nor listed in DataPlane spec.vertexAI.tokenURLs",
+                 "the service-account key's token_uri is not one of Google's token endpoints "
+                 "nor listed in DataPlane spec.vertexAI.tokenURLs: %.80s",
                  k->token_uri);
         return KW_DECLINED;
     }
