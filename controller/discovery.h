@@ -1,5 +1,4 @@
-/* knoway controller: the discovery server (DESIGN.md, "Snapshot and the discovery
- * protocol").
+/* knoway controller: the discovery server (docs/snapshot.md, docs/controller.md).
  *
  *   data plane                                   controller
  *   POST /v1/discovery?wait=30                   node state: last poll, acked, nacked

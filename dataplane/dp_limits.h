@@ -1,5 +1,5 @@
-/* knoway data plane: every limit and fixed size, named (STYLE.md: every buffer has a
- * maximum, and the maxima live in one header). */
+/* knoway data plane: every limit and fixed size, named (every buffer has a maximum, and
+ * the maxima live in one header). */
 #ifndef DP_LIMITS_H
 #define DP_LIMITS_H
 

@@ -1,6 +1,6 @@
 /* knoway data plane: request filters - cross-cutting behaviour (access log, metrics, later
  * auth, rate limits, usage records, tracing) as a table of callbacks the engine calls at
- * fixed points (STYLE.md; HAProxy's flt_ops, nginx's phase handlers). A filter is one file
+ * fixed points (HAProxy's flt_ops, nginx's phase handlers). A filter is one file
  * and one entry in dp_filters (filter.c); the engine never changes for a new one.
  *
  * Contract, for every callback optional:

@@ -1,6 +1,6 @@
 /* knoway data plane: providers (the upstream's schema) and fronts (the client's schema).
  *
- * STYLE.md: a table of callbacks; a provider is a file and an entry. Providers and fronts
+ * A table of callbacks: a provider is a file and an entry. Providers and fronts
  * translate only: they read the request, write into the buffers they are handed, and
  * report failures with dp_error_set (never a response); they reach the worker only through
  * r->scratch (a per-event arena) and what the request carries (r->base_url: the endpoint

@@ -19,6 +19,8 @@ RULES = [
      "VertexAI is implemented (docs/providers.md)"),
     (r"(JWT|rate limits|budgets)[^.]*(not in this version|are refused as unknown)", None,
      "JWT, rate limits and budgets are implemented (docs/limits.md)"),
+    (r"\b(DESIGN|STYLE)\.md\b", None,
+     "the design documents live outside the repository: cite docs/architecture.md"),
 ]
 
 

@@ -2,7 +2,7 @@
 #ifndef KNOWAY_KW_H
 #define KNOWAY_KW_H
 
-/* One return-code enum for the whole code base (DESIGN.md: phases return these). */
+/* One return-code enum for the whole code base (phases and filters return these). */
 enum kw_rc {
     KW_OK = 0,        /* done, go on */
     KW_ERROR = -1,    /* failed; details were reported to the caller's diagnostics */

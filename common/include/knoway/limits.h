@@ -1,4 +1,4 @@
-/* knoway: every limit on a buffer or a count, by name, in one place (STYLE.md). */
+/* knoway: every limit on a buffer or a count, by name, in one place. */
 #ifndef KNOWAY_LIMITS_H
 #define KNOWAY_LIMITS_H
 

@@ -1,4 +1,4 @@
-/* knoway: the resource model of DESIGN.md as C structs (LLMBackend, LLMRoute, Secret,
+/* knoway: the resource model (docs/configuration.md) as C structs (LLMBackend, LLMRoute, Secret,
  * DataPlane) and the decoder from kw_node that validates them.
  *
  * All strings and arrays belong to the arena of the kw_config (or kw_snapshot) that holds
@@ -421,7 +421,7 @@ void kw_period_name(enum kw_period p, long long now, char *name, size_t len, int
  * "0.000022"; rounded down). */
 void kw_usd_format(int64_t nano, char *buf, size_t len);
 
-/* Fill a DataPlane with the defaults of DESIGN.md. */
+/* Fill a DataPlane with its defaults (docs/configuration.md). */
 void kw_dataplane_defaults(struct kw_dataplane *dp);
 
 /* Look up a secret item by key, or NULL. */

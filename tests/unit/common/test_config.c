@@ -44,7 +44,7 @@ static void test_file_and_defaults(void **state)
     assert_int_equal(kw_config_load_file(cfg, path), KW_OK);
     assert_int_equal(kw_config_check(cfg), KW_OK);
     assert_false(cfg->has_dataplane);
-    assert_string_equal(cfg->dataplane.listen, "0.0.0.0:8080"); /* DESIGN.md defaults */
+    assert_string_equal(cfg->dataplane.listen, "0.0.0.0:8080"); /* the documented defaults */
     assert_int_equal(cfg->dataplane.limits.max_body_bytes, 10485760);
     assert_int_equal(cfg->dataplane.limits.max_connections, 20000);
     assert_string_equal(cfg->backends[0]->meta.file, path);
