@@ -103,7 +103,7 @@ void dp_gcp_auth_allow(const char *const *urls, size_t n)
 
 static bool token_uri_allowed(const char *u)
 {
-    for (size_t i = 0; i < sizeof(google_token_uris) / sizeof(*google_token_uris); i++)
+    for (size_t i = 0; i < KW_ARRAY_LEN(google_token_uris); i++)
         if (strcmp(u, google_token_uris[i]) == 0)
             return true;
     for (size_t i = 0; i < nextra_uris; i++)

@@ -93,6 +93,14 @@ static struct slot *find(struct dp_rl_store *s, uint64_t key, uint64_t fam, int6
     return probe(s->spill, DP_RL_SPILL - 1, fam, now_ms, keep_until);
 }
 
+/* A change of a count, within what a count can hold: a sum with a count cannot wrap. */
+static int64_t clamp_delta(int64_t d)
+{
+    return d < -(int64_t)CNT_MASK  ? -(int64_t)CNT_MASK
+           : d > (int64_t)CNT_MASK ? (int64_t)CNT_MASK
+                                   : d;
+}
+
 static int64_t count_of(uint64_t word, int64_t win)
 {
     return (word >> TAG_SHIFT) == ((uint64_t)win & TAG_MASK) ? (int64_t)(word & CNT_MASK) : 0;
@@ -209,9 +217,7 @@ int dp_rl_local(struct dp_rl_store *s, uint64_t key, uint64_t fam, int64_t limit
         if (take && (cost < 0 || cost > (int64_t)CNT_MASK ||
                      dp_rl_estimate(out) + (cost > 0 ? cost : 1) > limit))
             return 0;
-        int64_t n = out->cur + (cost < -(int64_t)CNT_MASK  ? -(int64_t)CNT_MASK
-                                : cost > (int64_t)CNT_MASK ? (int64_t)CNT_MASK
-                                                           : cost);
+        int64_t n = out->cur + clamp_delta(cost);
         n = n < 0 ? 0 : n > (int64_t)CNT_MASK ? (int64_t)CNT_MASK : n;
         uint64_t word = ((uint64_t)win & TAG_MASK) << TAG_SHIFT | (uint64_t)n;
         if (atomic_compare_exchange_weak(cw, &old, word)) {
@@ -241,11 +247,7 @@ void dp_rl_local_adjust(struct dp_rl_store *s, uint64_t key, uint64_t fam,
     for (;;) {
         if ((old >> TAG_SHIFT) != ((uint64_t)win & TAG_MASK))
             return; /* that window is gone: nothing to correct */
-        /* delta clamped first: the count is at most CNT_MASK, so the sum cannot wrap */
-        int64_t d = delta < -(int64_t)CNT_MASK  ? -(int64_t)CNT_MASK
-                    : delta > (int64_t)CNT_MASK ? (int64_t)CNT_MASK
-                                                : delta;
-        int64_t n = (int64_t)(old & CNT_MASK) + d;
+        int64_t n = (int64_t)(old & CNT_MASK) + clamp_delta(delta);
         n = n < 0 ? 0 : n > (int64_t)CNT_MASK ? (int64_t)CNT_MASK : n;
         if (atomic_compare_exchange_weak(cw, &old,
                                          ((uint64_t)win & TAG_MASK) << TAG_SHIFT | (uint64_t)n))

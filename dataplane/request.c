@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -551,18 +550,7 @@ static bool forwarded_addr(const char *s, size_t n, struct sockaddr_storage *ss)
         return false;
     memcpy(buf, s, n);
     buf[n] = '\0';
-    memset(ss, 0, sizeof(*ss));
-    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
-    if (inet_pton(AF_INET, buf, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        return true;
-    }
-    if (inet_pton(AF_INET6, buf, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        return true;
-    }
-    return false;
+    return kw_addr_parse(buf, ss);
 }
 
 size_t dp_request_client_addr(struct dp_request *r, unsigned char out[16])

@@ -109,22 +109,27 @@ bool kw_url_host(const char *u, char *out, size_t len)
     return true;
 }
 
-bool kw_url_host_is_loopback(const char *u)
+bool kw_addr_parse(const char *s, struct sockaddr_storage *ss)
 {
-    char host[256];
-    if (!kw_url_host(u, host, sizeof(host)))
-        return false;
-    if (strcmp(host, "localhost") == 0)
-        return true;
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof(ss));
-    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1)
+    memset(ss, 0, sizeof(*ss));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, s, &v4->sin_addr) == 1)
         v4->sin_family = AF_INET;
-    else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1)
+    else if (inet_pton(AF_INET6, s, &v6->sin6_addr) == 1)
         v6->sin6_family = AF_INET6;
     else
         return false;
-    return kw_cidr_match(kw_cidr_loopback, 2, (const struct sockaddr *)&ss);
+    return true;
+}
+
+bool kw_url_host_is_loopback(const char *u)
+{
+    char host[256];
+    struct sockaddr_storage ss;
+    if (!kw_url_host(u, host, sizeof(host)))
+        return false;
+    return strcmp(host, "localhost") == 0 ||
+           (kw_addr_parse(host, &ss) &&
+            kw_cidr_match(kw_cidr_loopback, 2, (const struct sockaddr *)&ss));
 }

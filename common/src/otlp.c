@@ -596,7 +596,8 @@ struct kw_otlp {
     atomic_llong *account;
     long long budget;
     bool stop;
-    int64_t stop_by_ms; /* monotonic: past it what waits is dropped */
+    int64_t stop_by_ms;            /* monotonic: past it what waits is dropped */
+    _Atomic int64_t abandon_at_ms; /* the same, for the export in flight (0: none) */
     pthread_t thread;
     atomic_uint_fast64_t exported, dropped, failed;
 };
@@ -651,10 +652,8 @@ static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, cu
 {
     (void)dt, (void)dn, (void)ut, (void)un;
     struct kw_otlp *o = ud;
-    pthread_mutex_lock(&o->mu);
-    bool late = o->stop && mono_ms() >= o->stop_by_ms;
-    pthread_mutex_unlock(&o->mu);
-    return late ? 1 : 0;
+    int64_t at = atomic_load_explicit(&o->abandon_at_ms, memory_order_relaxed);
+    return at != 0 && mono_ms() >= at ? 1 : 0; /* no lock: workers submit under it */
 }
 
 static void send_batch(struct kw_otlp *o, CURL *c, struct kw_otlp_item *list, size_t n,
@@ -816,6 +815,7 @@ void kw_otlp_stop(struct kw_otlp *o, int64_t wait_ms)
     pthread_mutex_lock(&o->mu);
     o->stop = true;
     o->stop_by_ms = mono_ms() + (wait_ms > 0 ? wait_ms : 0);
+    atomic_store(&o->abandon_at_ms, o->stop_by_ms);
     pthread_cond_signal(&o->cond);
     pthread_mutex_unlock(&o->mu);
     pthread_join(o->thread, NULL);

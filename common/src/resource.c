@@ -1526,6 +1526,44 @@ static void decode_rate_limits(struct kw_dec *d, const struct kw_node *spec, con
     *nout = n;
 }
 
+static int attr_cmp(const void *x, const void *y)
+{
+    return strcmp(((const struct kw_header *)x)->name, ((const struct kw_header *)y)->name);
+}
+
+/* A map of attributes (LLMConsumer spec.attributes, LLMRoute spec.consumers.matchAttributes):
+ * names 1..63 printable bytes, values at most 256, at most KW_MAX_ATTRIBUTES; sorted by
+ * name. NULL when absent. */
+static struct kw_header *decode_attributes(struct kw_dec *d, const struct kw_node *m,
+                                           const char *key, size_t *n)
+{
+    size_t mark;
+    struct kw_header *out = NULL;
+    *n = 0;
+    const struct kw_node *attrs = get_map(d, m, key, false, &mark);
+    if (attrs != NULL && attrs->n > KW_MAX_ATTRIBUTES)
+        kw_dec_error(d, attrs, "must have at most %u entries", KW_MAX_ATTRIBUTES);
+    else if (attrs != NULL)
+        out = kw_arena_alloc(d->a, (attrs->n + 1) * sizeof(*out));
+    for (size_t i = 0; out != NULL && i < attrs->n; i++) {
+        const struct kw_node *k = attrs->pairs[i].key, *v = attrs->pairs[i].val;
+        size_t am = push(d, k->str);
+        if (k->len == 0 || k->len > 63 || has_ctl(k->str, k->len))
+            kw_dec_error(d, k, "attribute names are 1..63 printable bytes");
+        else if (v->type != KW_NODE_STRING || v->len > 256 || has_ctl(v->str, v->len) ||
+                 strlen(v->str) != v->len)
+            kw_dec_error(d, v, "must be a string of at most 256 printable bytes");
+        else
+            out[(*n)++] = (struct kw_header){.name = kw_arena_strndup(d->a, k->str, k->len),
+                                             .value = kw_arena_strndup(d->a, v->str, v->len)};
+        pop(d, am);
+    }
+    pop(d, mark);
+    if (*n > 1)
+        qsort(out, *n, sizeof(*out), attr_cmp);
+    return out;
+}
+
 /* spec.consumers {namespaces, matchAttributes} */
 static void decode_route_consumers(struct kw_dec *d, const struct kw_node *spec, struct kw_route *r)
 {
@@ -1549,23 +1587,7 @@ static void decode_route_consumers(struct kw_dec *d, const struct kw_node *spec,
             pop(d, im);
         }
         pop(d, sm);
-        const struct kw_node *ma = get_map(d, m, "matchAttributes", false, &sm);
-        if (ma != NULL && ma->n > KW_MAX_ATTRIBUTES)
-            kw_dec_error(d, ma, "must have at most %u entries", KW_MAX_ATTRIBUTES);
-        else if (ma != NULL && ma->n > 0)
-            r->consumers.match = kw_arena_alloc(d->a, ma->n * sizeof(*r->consumers.match));
-        for (size_t i = 0; r->consumers.match != NULL && i < ma->n; i++) {
-            const struct kw_node *k = ma->pairs[i].key, *v = ma->pairs[i].val;
-            size_t am = push(d, k->str);
-            if (v->type != KW_NODE_STRING || v->len > 256 || k->len == 0 || k->len > 63)
-                kw_dec_error(d, v, "must be a string of at most 256 bytes (names 1..63)");
-            else
-                r->consumers.match[r->consumers.nmatch++] =
-                    (struct kw_header){.name = kw_arena_strndup(d->a, k->str, k->len),
-                                       .value = kw_arena_strndup(d->a, v->str, v->len)};
-            pop(d, am);
-        }
-        pop(d, sm);
+        r->consumers.match = decode_attributes(d, m, "matchAttributes", &r->consumers.nmatch);
     }
     pop(d, mark);
 }
@@ -1634,11 +1656,6 @@ void kw_decode_route_spec(struct kw_dec *d, const struct kw_node *spec, struct k
 }
 
 /* ---- LLMConsumer ---------------------------------------------------------------------- */
-
-static int attr_cmp(const void *x, const void *y)
-{
-    return strcmp(((const struct kw_header *)x)->name, ((const struct kw_header *)y)->name);
-}
 
 /* Snapshots carry a consumer's keys as SHA-256 digests only: 64 hex digits each, sorted. */
 static void decode_key_hashes(struct kw_dec *d, const struct kw_node *spec, struct kw_consumer *c)
@@ -1714,28 +1731,7 @@ void kw_decode_consumer_spec(struct kw_dec *d, const struct kw_node *spec, struc
         pop(d, im);
     }
     pop(d, mark);
-    const struct kw_node *attrs = get_map(d, spec, "attributes", false, &mark);
-    if (attrs != NULL && attrs->n > KW_MAX_ATTRIBUTES)
-        kw_dec_error(d, attrs, "must have at most %u entries", KW_MAX_ATTRIBUTES);
-    else if (attrs != NULL)
-        c->attributes = kw_arena_alloc(d->a, (attrs->n + 1) * sizeof(*c->attributes));
-    for (size_t i = 0; c->attributes != NULL && i < attrs->n; i++) {
-        const struct kw_node *k = attrs->pairs[i].key, *v = attrs->pairs[i].val;
-        size_t am = push(d, k->str);
-        if (k->len == 0 || k->len > 63 || has_ctl(k->str, k->len))
-            kw_dec_error(d, k, "attribute names are 1..63 printable bytes");
-        else if (v->type != KW_NODE_STRING || v->len > 256 || has_ctl(v->str, v->len) ||
-                 strlen(v->str) != v->len)
-            kw_dec_error(d, v, "must be a string of at most 256 printable bytes");
-        else
-            c->attributes[c->nattributes++] =
-                (struct kw_header){.name = kw_arena_strndup(d->a, k->str, k->len),
-                                   .value = kw_arena_strndup(d->a, v->str, v->len)};
-        pop(d, am);
-    }
-    pop(d, mark);
-    if (c->nattributes > 1)
-        qsort(c->attributes, c->nattributes, sizeof(*c->attributes), attr_cmp);
+    c->attributes = decode_attributes(d, spec, "attributes", &c->nattributes);
     decode_models(d, spec, "models", false, &c->models, &c->nmodels);
     decode_rate_limits(d, spec, "limits", true, &c->limits, &c->nlimits);
     const struct kw_node *b = get_map(d, spec, "budget", false, &mark);

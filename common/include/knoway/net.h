@@ -18,6 +18,9 @@ int kw_cidr_parse(const char *s, struct kw_cidr *out);
 /* Whether sa (IPv4, IPv6, or IPv4-mapped IPv6) is in one of the n ranges. */
 bool kw_cidr_match(const struct kw_cidr *ranges, size_t n, const struct sockaddr *sa);
 
+/* An IPv4 or IPv6 address (no brackets, no port) into *ss; false when s is neither. */
+bool kw_addr_parse(const char *s, struct sockaddr_storage *ss);
+
 /* The host of an absolute URL ("https://HOST:port/path", "http://[::1]/"), without brackets
  * or port, lower-cased, into out (len bytes). false when u has no scheme or the host does
  * not fit. */
