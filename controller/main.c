@@ -20,6 +20,7 @@
 #include "knoway/kw.h"
 #include "knoway/log.h"
 #include "knoway/metrics.h"
+#include "knoway/probeguard.h"
 #include "knoway/otlp.h"
 #include "knoway/net.h"
 #include "knoway/proc.h"
@@ -35,6 +36,7 @@ enum { INF_BACKENDS, INF_ROUTES, INF_SECRETS, INF_SLICES, INF_CONSUMERS, INF__CO
 #define CTL_SECRET_SELECTOR "llm.knoway.dev/secret"
 
 struct ctl {
+    struct kw_probe_guard *admin_guard;
     struct ctl_kube kube;
     struct ctl_informer inf[INF__COUNT];
     struct ctl_builder builder;
@@ -335,6 +337,7 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *conn, const ch
                                 size_t *upload_size, void **con_cls)
 {
     struct ctl *c = cls;
+    kw_probe_guard_request(conn); /* its headers are in */
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
         return reply(conn, 405, "text/plain", "method not allowed\n", 19);
     if (strcmp(url, "/healthz") == 0)
@@ -669,12 +672,17 @@ int main(int argc, char **argv)
         token = NULL;
     }
     int afd = ctl_listen(admin_addr);
-    if (afd != -1)
+    c.admin_guard = kw_probe_guard_new(KW_ADMIN_CONNECTIONS, KW_ADMIN_SPARE, KW_ADMIN_HEADER_MS);
+    if (afd != -1 && c.admin_guard != NULL)
         c.admin = MHD_start_daemon(
             MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, 0, NULL, NULL, on_admin, &c,
-            MHD_OPTION_LISTEN_SOCKET, afd, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-            /* probes answer whatever else connects: one address holds at most 16 slots */
-            MHD_OPTION_CONNECTION_LIMIT, 128u, MHD_OPTION_PER_IP_CONNECTION_LIMIT, 16u,
+            MHD_OPTION_LISTEN_SOCKET, afd, MHD_OPTION_CONNECTION_TIMEOUT, KW_ADMIN_IDLE_S,
+            /* probes answer whatever else connects: one address holds at most
+             * KW_ADMIN_PER_IP slots, and when they run out the guard closes the connection
+             * that waited longest for its headers (knoway/probeguard.h) */
+            MHD_OPTION_CONNECTION_LIMIT, KW_ADMIN_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+            KW_ADMIN_PER_IP, MHD_OPTION_NOTIFY_CONNECTION, kw_probe_guard_on_connection,
+            c.admin_guard, MHD_OPTION_NOTIFY_COMPLETED, kw_probe_guard_on_completed, c.admin_guard,
             MHD_OPTION_END);
     if (c.admin == NULL) {
         kw_log(KW_LOG_ERROR, "cannot listen", "address", admin_addr, "what", "admin", NULL);
@@ -796,6 +804,7 @@ out:
             ctl_store_cleanup(&c.inf[i].store);
     if (c.admin != NULL)
         MHD_stop_daemon(c.admin);
+    kw_probe_guard_free(c.admin_guard);
     ctl_kube_cleanup(&c.kube);
     kw_metrics_free(c.reg);
     free(token);

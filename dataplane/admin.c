@@ -14,6 +14,7 @@
 #include "knoway/limits.h"
 #include "knoway/log.h"
 #include "knoway/net.h"
+#include "knoway/probeguard.h"
 #include "server.h"
 
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *ctype,
@@ -222,6 +223,7 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
     struct dp_server *s = cls;
     if (*con_cls == NULL) {
         *con_cls = (void *)1;
+        kw_probe_guard_request(c); /* its headers are in */
         return MHD_YES;
     }
     if (*upload_size > 0) {
@@ -287,16 +289,23 @@ int dp_admin_start(struct dp_server *s)
     if (dp_parse_address(s->dp->admin, &ss, &len) != KW_OK)
         return KW_ERROR;
     int act = dp_activated_admin_fd();
+    s->admin_guard = kw_probe_guard_new(KW_ADMIN_CONNECTIONS, KW_ADMIN_SPARE, KW_ADMIN_HEADER_MS);
+    if (s->admin_guard == NULL)
+        return KW_ERROR;
     s->admin = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
             (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
         0, NULL, NULL, on_admin, s, act != -1 ? MHD_OPTION_LISTEN_SOCKET : MHD_OPTION_SOCK_ADDR,
         act != -1 ? (void *)(intptr_t)act : (void *)&ss,
         /* probes must answer whatever else connects: one client address holds at most
-         * DP_ADMIN_PER_IP of the slots (kubelet probes come from the node's address) */
-        MHD_OPTION_CONNECTION_LIMIT, DP_ADMIN_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-        DP_ADMIN_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
-        MHD_OPTION_END);
+         * KW_ADMIN_PER_IP of the slots (kubelet probes come from the node's address), and
+         * when the slots run out the guard closes the connection that waited longest for
+         * its headers (knoway/probeguard.h) */
+        MHD_OPTION_CONNECTION_LIMIT, KW_ADMIN_CONNECTIONS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        KW_ADMIN_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT, KW_ADMIN_IDLE_S,
+        MHD_OPTION_NOTIFY_CONNECTION, kw_probe_guard_on_connection, s->admin_guard,
+        MHD_OPTION_NOTIFY_COMPLETED, kw_probe_guard_on_completed, s->admin_guard,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_END);
     return s->admin != NULL ? KW_OK : KW_ERROR;
 }
 
@@ -305,6 +314,8 @@ void dp_admin_stop(struct dp_server *s)
     if (s->admin != NULL)
         MHD_stop_daemon(s->admin);
     s->admin = NULL;
+    kw_probe_guard_free(s->admin_guard);
+    s->admin_guard = NULL;
     free(s->admin_metrics);
     s->admin_metrics = NULL;
 }

@@ -22,8 +22,8 @@ static int init(struct dp_server *s, void **out)
         return KW_ERROR;
     struct kw_metrics *m = s->metrics;
     c->requests = kw_metrics_add(m, KW_METRIC_COUNTER, "knoway_requests_total",
-                                 "Client requests answered, by HTTP status.",
-                                 (const char *const[]){"code", NULL}, 600, NULL, 0);
+                                 "Client requests answered, by HTTP status and the API called.",
+                                 (const char *const[]){"code", "api", NULL}, 2048, NULL, 0);
     c->upstream_errors = kw_metrics_add(m, KW_METRIC_COUNTER, "knoway_upstream_errors_total",
                                         "Failed upstream transfers, by kind.",
                                         (const char *const[]){"kind", NULL}, 8, NULL, 0);
@@ -171,7 +171,7 @@ static void on_end(struct dp_request *r, void *ctx)
     if (r->status >= 100 && r->status < 600) {
         char code[8];
         snprintf(code, sizeof(code), "%u", r->status);
-        kw_metric_add(c->requests, shard, (const char *const[]){code}, 1);
+        kw_metric_add(c->requests, shard, (const char *const[]){code, r->api_name}, 1);
     }
 }
 

@@ -160,22 +160,6 @@ static void rfc3339(int64_t unix_ms, char out[32])
     *p = '\0';
 }
 
-static const char *api_name(const struct dp_request *r)
-{
-    if (r->front != NULL)
-        return "messages";
-    switch (r->api) {
-    case DP_API_CHAT:
-        return "chat";
-    case DP_API_COMPLETIONS:
-        return "completions";
-    case DP_API_EMBEDDINGS:
-        return "embeddings";
-    default:
-        return "models";
-    }
-}
-
 static void build(struct dp_request *r, struct ctx *x, struct conf *c, unsigned status,
                   struct kw_buf *b)
 {
@@ -236,7 +220,7 @@ static void build(struct dp_request *r, struct ctx *x, struct conf *c, unsigned 
     field_str(b, "provider", r->backend != NULL ? kw_provider_name(r->backend->provider) : NULL);
     field_str(b, "model", r->model);
     field_str(b, "upstream_model", r->upstream_model);
-    field_str(b, "api", api_name(r));
+    field_str(b, "api", r->api_name);
     key(b, "stream");
     kw_buf_puts(b, r->stream ? "true" : "false");
     field_int(b, "status", status);

@@ -148,28 +148,31 @@ void dp_request_usage(struct dp_request *r, const struct kw_node *usage)
 /* ---- the body and the backend --------------------------------------------------------------- */
 
 static enum dp_api api_of(const char *url, const char *method, unsigned *status,
-                          const struct dp_front_ops **front)
+                          const struct dp_front_ops **front, const char **name)
 {
+    /* name: the API the client called, as the usage record and the metrics label it */
     static const struct {
-        const char *path, *method;
+        const char *path, *method, *name;
         enum dp_api api;
         const struct dp_front_ops *front;
     } apis[] = {
-        {"/v1/chat/completions", "POST", DP_API_CHAT, NULL},
-        {"/v1/completions", "POST", DP_API_COMPLETIONS, NULL},
-        {"/v1/embeddings", "POST", DP_API_EMBEDDINGS, NULL},
-        {"/v1/models", "GET", DP_API_MODELS, NULL},
-        {"/v1/messages", "POST", DP_API_CHAT, &dp_front_anthropic},
-        {"/v1/responses", "POST", DP_API_CHAT, &dp_front_responses},
+        {"/v1/chat/completions", "POST", "chat", DP_API_CHAT, NULL},
+        {"/v1/completions", "POST", "completions", DP_API_COMPLETIONS, NULL},
+        {"/v1/embeddings", "POST", "embeddings", DP_API_EMBEDDINGS, NULL},
+        {"/v1/models", "GET", "models", DP_API_MODELS, NULL},
+        {"/v1/messages", "POST", "messages", DP_API_CHAT, &dp_front_anthropic},
+        {"/v1/responses", "POST", "responses", DP_API_CHAT, &dp_front_responses},
     };
     for (size_t i = 0; i < KW_ARRAY_LEN(apis); i++) {
         if (strcmp(url, apis[i].path) != 0)
             continue;
         *status = strcmp(method, apis[i].method) == 0 ? 0 : 405;
         *front = apis[i].front;
+        *name = apis[i].name;
         return apis[i].api;
     }
     *status = 404;
+    *name = "other";
     return DP_API_NONE;
 }
 
@@ -386,6 +389,7 @@ static struct dp_request *request_new(struct dp_worker *w, struct MHD_Connection
     r->conn = conn;
     r->start_ms = dp_now_ms();
     r->thinking_budget = -1;
+    r->api_name = "other";
     kw_heap_node_init(&r->timer.node);
     kw_heap_node_init(&r->watch_timer.node);
     kw_heap_node_init(&r->attempt_timer.node);
@@ -426,7 +430,7 @@ enum MHD_Result dp_on_access(void *cls, struct MHD_Connection *conn, const char 
         if (r == NULL)
             return MHD_NO;
         unsigned early = 0;
-        r->api = api_of(url, method, &early, &r->front);
+        r->api = api_of(url, method, &early, &r->front, &r->api_name);
         r->early_status = early;
         *con_cls = r;
         dp_conn_request_started(conn, r);

@@ -74,6 +74,7 @@ struct dp_request {
     char id[40];
     enum dp_api api;
     const struct dp_front_ops *front; /* the client's API when not OpenAI's (NULL) */
+    const char *api_name;             /* the API the client called: chat, messages, responses... */
     void *front_state;                /* its per-request state (arena) */
     const char *path;
     const char *method;

@@ -468,10 +468,16 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
         int64_t now = dp_now_ms(), next = trim_due;
         if (now >= trim_due) {
             /* after a burst, give freed heap memory back: workers free into glibc's arenas,
-             * which would keep it */
+             * which would keep it; mimalloc's heaps are per thread and purge only when their
+             * thread calls it, so each worker collects its own on the next ping */
+#ifdef KW_MIMALLOC
+            atomic_fetch_add(&s.trim, 1);
+            mi_collect(true);
+#else
             struct mallinfo2 mi = mallinfo2();
             if (mi.fordblks > DP_TRIM_AFTER_BYTES)
                 malloc_trim(0);
+#endif
             trim_due = now + DP_TRIM_EVERY_MS;
             continue;
         }

@@ -18,6 +18,7 @@
 struct dp_worker;
 struct dp_filter_ops;
 struct dp_server;
+struct kw_probe_guard;
 
 /* The discovery client (discovery.c): its own thread, long-polling the controller. */
 struct dp_discovery {
@@ -51,6 +52,7 @@ struct dp_server {
     atomic_bool ready;      /* a table is applied and we are not draining */
     atomic_uint_fast64_t reloads_ok, reloads_failed;
     atomic_uint_fast64_t ping; /* watchdog: bumped by main, echoed by every worker loop */
+    atomic_uint_fast64_t trim; /* bumped by main: each worker gives its freed heap back */
     atomic_llong mem_used;     /* requests' memory: arenas and buffers (the budget) */
     atomic_uint_fast64_t rejected_memory, read_timeouts;
     struct kw_metrics *metrics;                 /* shard 0: admin thread, 1 + i: worker i */
@@ -59,7 +61,8 @@ struct dp_server {
     void *filter_conf[DP_MAX_FILTERS]; /* each filter's server-wide state (filter.h) */
     void *admin_metrics;               /* admin.c's families */
     struct MHD_Daemon *admin;
-    struct dp_discovery discovery; /* used when dp->discovery.url is set */
+    struct kw_probe_guard *admin_guard; /* admin.c: slow clients cannot starve the probes */
+    struct dp_discovery discovery;      /* used when dp->discovery.url is set */
 };
 
 /* Run the data plane from a validated first configuration. Returns the exit code. */

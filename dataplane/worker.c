@@ -30,6 +30,10 @@
 #include "knoway/log.h"
 #include "server.h"
 
+#ifdef KW_MIMALLOC
+#include <mimalloc.h>
+#endif
+
 int64_t dp_now_ms(void)
 {
     struct timespec ts;
@@ -230,6 +234,13 @@ static void on_message(struct dp_worker *w)
         ;
     atomic_store(&w->pong, atomic_load(&w->server->ping)); /* this loop is alive */
     atomic_store(&w->alive_ms, dp_now_ms());
+#ifdef KW_MIMALLOC
+    uint64_t trim = atomic_load(&w->server->trim);
+    if (trim != w->trimmed) { /* this thread's heap: freed pages back to the OS */
+        w->trimmed = trim;
+        mi_collect(true);
+    }
+#endif
     struct dp_table *t = atomic_exchange(&w->next, NULL);
     if (t != NULL) {
         dp_table_unref(w->table); /* requests keep the old one pinned until they end */

@@ -69,6 +69,7 @@ struct dp_worker {
     _Atomic(struct dp_debug_query *) debug; /* atomic: posted by the admin thread */
     atomic_uint_fast64_t pong;              /* atomic: the last watchdog ping this loop saw */
     atomic_int_fast64_t alive_ms;           /* atomic: when this loop last answered a ping */
+    uint64_t trimmed;                       /* the last trim request this loop served */
     bool draining;
     uint64_t next_id;
     struct dp_lb *lb; /* per-backend runtime state and the random source */

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: install dependencies, build, run every test.
 #   hack/test.sh           everything CI runs: deps, Debug build + ctest, ASan+UBSan build +
-#                          ctest, valgrind on the unit tests, lint, fuzzing (FUZZ_SECONDS each)
+#                          ctest, Release build + the integration tests, valgrind on the unit
+#                          tests, lint, fuzzing (FUZZ_SECONDS each)
 #   hack/test.sh --quick   Debug build + ctest only; once set up it installs nothing (the
 #                          dependency and kube-apiserver steps find everything in place)
 set -euo pipefail
@@ -44,6 +45,9 @@ step "Release build"
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build-release -j"$jobs"
 build-release/dataplane/knoway-dataplane --check -c examples/quickstart.yaml
+
+step "Release build: the integration suite against the build users run (mimalloc, -O2)"
+(cd build-release && ctest -L integration --output-on-failure -j"$jobs")
 
 step "benchmark smoke: fails only on a gross regression (knoway below 0.25x nginx's RPS)"
 ulimit -n "$(ulimit -Hn)"

@@ -746,6 +746,29 @@ class Abuse(unittest.TestCase):
             ctl.stop()
 
 
+class ProbesUnderAFlood(unittest.TestCase):
+    def test_1100_slow_connections_from_70_addresses(self):
+        """Regression: 1,100 slow connections from 70 addresses filled the controller's admin
+        listener (128 slots, 16 per address) and its probes went unanswered for the whole
+        attack. It now closes the connection that waited longest for its headers."""
+        token = os.path.join(DIR, "flood-token")
+        with open(token, "w") as f:
+            f.write("flood-token\n")
+        ctl = Controller("flood", token, leader_elect=False)
+        try:
+            res, opened = harness.slow_flood(ctl.admin, 5.0, probe=lambda: (
+                harness.timed_probe(ctl.admin, "/healthz"),
+                harness.timed_probe(ctl.admin, "/readyz")))
+            flat = [p for pair in res for p in pair]
+            print("\n    %d probes, %d attack connections opened, slowest probe %.3f s"
+                  % (len(flat), opened, max(p[1] for p in flat)))
+            self.assertGreaterEqual(opened, 1100, "the attack filled the listener")
+            self.assertEqual([p for p in flat if p[0] != 200 or p[1] >= 1.0], [],
+                             "every probe answered 200 within 1 s")
+        finally:
+            ctl.stop()
+
+
 class DiscoveryTLS(unittest.TestCase):
     def test_data_planes_verify_the_controller_certificate(self):
         """The chart serves discovery over TLS by default (the token and every referenced

@@ -49,6 +49,21 @@ grep -q "kind: NetworkPolicy" <<<"$out" || fail "no NetworkPolicy for Redis"
 ! grep -q 'protected-mode, "no"' <<<"$out" || fail "Redis with protected mode off"
 echo "ok   bundled Redis: password and NetworkPolicy"
 
+# the admin ports behind a NetworkPolicy on request: only the listed peers reach them, the
+# API and discovery ports stay reachable
+out=$(render -f tests/golden/values-custom.yaml)
+printf '%s\n' "$out" | python3 -c '
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(sys.stdin) if d and d["kind"] == "NetworkPolicy"]
+pols = {d["metadata"]["name"]: d["spec"]["ingress"] for d in docs}
+mon = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+dp, ctl = pols["knoway-dataplane-admin"], pols["knoway-controller-admin"]
+assert dp == [{"ports": [{"port": "http"}]}, {"from": mon, "ports": [{"port": "admin"}]}], dp
+assert ctl[0]["ports"] == [{"port": "discovery"}] and ctl[1] == {"from": mon, "ports": [{"port": "admin"}]}, ctl
+' || fail "admin NetworkPolicy"
+! render | grep -q "name: knoway-dataplane-admin" || fail "admin NetworkPolicy on by default"
+echo "ok   admin NetworkPolicy (metrics.networkPolicy)"
+
 if out=$("$helm" template knoway charts/knoway --set dataplane.port=0 2>&1); then
     fail "values schema accepted dataplane.port=0"
 fi

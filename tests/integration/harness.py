@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 BUILD = os.environ.get("KW_BUILD", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
@@ -377,6 +378,100 @@ def route(name, models, refs, extra=""):
 
 
 CLIENTS = os.path.join(os.path.dirname(__file__), "clients")
+
+
+def _raw(port, data, src):
+    s = socket.socket()
+    s.bind((src, 0))
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(data)
+    return s
+
+
+def _get(port, path, src, timeout):
+    """GET over a fresh connection from src: the status, 0 when nothing came in time."""
+    s = socket.socket()
+    try:
+        s.bind((src, 0))
+        s.settimeout(timeout)
+        s.connect(("127.0.0.1", port))
+        s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path).encode())
+        out = b""
+        while b"\r\n" not in out:  # the status line
+            d = s.recv(4096)
+            if not d:
+                break
+            out += d
+        return int(out.split(b" ", 2)[1]) if out.startswith(b"HTTP/1.1 ") else 0
+    except (OSError, ValueError):
+        return 0
+    finally:
+        s.close()
+
+
+def slow_flood(port, seconds, conns=1100, addrs=70, probe=None):
+    """conns slow connections from addrs loopback addresses (127.0.x.y), each sending part of
+    its headers, reopened as soon as the server closes them, for seconds. Meanwhile probe()
+    runs every 0.1 s; returns its results and how many attack connections were opened."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    srcs = ["127.0.%d.%d" % (1 + i // 200, 2 + i % 200) for i in range(addrs)]
+    socks, opened, stop = [], [0], threading.Event()
+
+    def attack():
+        i = 0
+        while not stop.is_set():
+            live = []
+            for s in socks:
+                try:
+                    s.setblocking(False)
+                    if s.recv(1, socket.MSG_PEEK) == b"":
+                        s.close()
+                        continue
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    s.close()
+                    continue
+                live.append(s)
+            socks[:] = live
+            while len(socks) < conns and not stop.is_set():
+                try:
+                    socks.append(_raw(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n",
+                                     srcs[i % addrs]))
+                    opened[0] += 1
+                except OSError:
+                    pass
+                i += 1
+            time.sleep(0.05)
+
+    t = threading.Thread(target=attack)
+    t.start()
+    results = []
+    try:
+        time.sleep(1.0)  # the attack fills the listener
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            results.append(probe())
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        t.join()
+        for s in socks:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return results, opened[0]
+
+
+def timed_probe(port, path, src="127.0.0.1"):
+    t = time.time()
+    try:
+        st = _get(port, path, src, 1.0)
+    except OSError:
+        st = 0
+    return st, time.time() - t
+
 
 
 class Collector:

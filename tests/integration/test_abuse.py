@@ -12,7 +12,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import (Dataplane, Mock, backend, post, request, route,  # noqa: E402
-                     wait_for)
+                     slow_flood, timed_probe, wait_for)
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -223,6 +223,27 @@ class Probes(unittest.TestCase):
         finally:
             for s in slow:
                 s.close()
+            dp.stop()
+            mock.stop()
+
+
+class ProbesUnderAFlood(unittest.TestCase):
+    def test_1100_slow_connections_from_70_addresses(self):
+        """Regression: 1,100 slow connections from 70 addresses (16 allowed per address,
+        1,024 in all) kept /healthz and /readyz from answering for the whole attack. The
+        listener now closes the connection that waited longest for its headers."""
+        mock = Mock()
+        dp = Dataplane(backend("demo", mock.url()) + route("demo", ["demo"], ["demo"]))
+        try:
+            res, opened = slow_flood(dp.admin, 5.0, probe=lambda: (
+                timed_probe(dp.admin, "/healthz"), timed_probe(dp.admin, "/readyz")))
+            flat = [p for pair in res for p in pair]
+            slow = [p for p in flat if p[0] != 200 or p[1] >= 1.0]
+            print("\n    %d probes, %d attack connections opened, slowest probe %.3f s"
+                  % (len(flat), opened, max(p[1] for p in flat)))
+            self.assertGreaterEqual(opened, 1100, "the attack filled the listener")
+            self.assertEqual(slow, [], "every probe answered 200 within 1 s")
+        finally:
             dp.stop()
             mock.stop()
 

@@ -109,7 +109,7 @@ class Identity(unittest.TestCase):
     def test_the_log_names_the_consumer_never_the_key(self):
         post(self.dp.port, "/v1/chat/completions", CHAT, headers=bearer("sk-search-1-0123456789abcdef"))
         post(self.dp.port, "/v1/chat/completions", CHAT, headers=bearer("sk-wrong"))
-        self.dp.wait_metric('knoway_requests_total{code="401"}', 1)
+        self.dp.wait_metric('knoway_requests_total{code="401",api="chat"}', 1)
         logs = self.dp.logs()
         self.assertIn('"consumer":"default/search","attributes":"team=search"', logs)
         self.assertNotIn("sk-search-1-0123456789abcdef", logs)

@@ -16,8 +16,8 @@ import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import (DATAPLANE, Dataplane, Mock, Postgres, backend, post,  # noqa: E402
-                     request, route, wait_port)
+from harness import (DATAPLANE, Dataplane, Mock, MockProviders, Postgres, backend,  # noqa: E402
+                     post, request, route, wait_for, wait_port)
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
 KW_OUTAGE = float(os.environ.get("KW_PG_OUTAGE_SECONDS", "30"))
@@ -366,6 +366,70 @@ class OnFull(unittest.TestCase):
         self.assertEqual(codes, [200] * 30)
         self.assertGreater(st["records"]["dropped"], 0)
         self.assertEqual(st["records"]["dropped"] + st["records"]["written"], 30)
+
+
+class ApiLabels(unittest.TestCase):
+    """Each API the client called is labelled as such in the usage record the JSON-lines sink
+    ships and in knoway_requests_total: it once said "messages" for every front and "chat"
+    for a /v1/responses request passed through to OpenAI."""
+
+    def test_each_api(self):
+        mock = Mock()  # OpenAI-compatible (vLLM) and Anthropic's Messages API
+        providers = MockProviders()  # OpenAI's own Responses API
+        out = tempfile.mkdtemp(prefix="kwjsonl-")
+        res = (backend("b", mock.url()) + route("demo", ["demo"], ["b"])
+               + "---\napiVersion: v1\nkind: Secret\nmetadata: {name: k}\n"
+                 "stringData: {apiKey: k-1}\n"
+               + backend("claude", "http://127.0.0.1:%d" % mock.port, provider="Anthropic",
+                         extra="  credentials: {secretRef: {name: k}}\n")
+               + route("claude", ["claude"], ["claude"])
+               + backend("oai", providers.url() + "/v1", provider="OpenAI",
+                         extra="  credentials: {secretRef: {name: k}}\n")
+               + route("oai", ["oai"], ["oai"]))
+        dp = Dataplane(res, extra_spec=("  usage:\n    spool: {dir: \"%s/spool\"}\n"
+                                        "    sinks: [{jsonl: {path: \"%s/usage.jsonl\"}}]\n"
+                                        % (out, out)))
+        calls = [  # (method, path, body, the API the record and the metric must name)
+            ("POST", "/v1/chat/completions", CHAT, "chat"),
+            ("POST", "/v1/completions", {"model": "demo", "prompt": "hi"}, "completions"),
+            ("POST", "/v1/embeddings", {"model": "demo", "input": "hi"}, "embeddings"),
+            ("GET", "/v1/models", None, "models"),
+            ("POST", "/v1/messages", {"model": "demo", "max_tokens": 16,
+                                      "messages": [{"role": "user", "content": "hi"}]},
+             "messages"),
+            ("POST", "/v1/responses", {"model": "claude", "input": "hi"}, "responses"),
+            ("POST", "/v1/responses", {"model": "oai", "input": "hi"}, "responses"),
+            ("POST", "/v1/responses", {"model": "demo", "input": "hi", "stream": True},
+             "responses"),
+        ]
+        try:
+            want, count = {}, {}
+            for method, path, body, api in calls:
+                rid = uuid.uuid4().hex
+                st, _, data = request(method, dp.port, path, body, {"x-request-id": rid})
+                self.assertEqual(st, 200, (path, body, data[:300]))
+                if api != "models":  # answered by the gateway itself: nothing to bill
+                    want[rid] = api
+                count[api] = count.get(api, 0) + 1
+            wait_shipped([dp])
+
+            def shipped():
+                with open(os.path.join(out, "usage.jsonl")) as f:
+                    recs = [json.loads(line) for line in f if line.strip()]
+                return len(recs) >= len(want) and recs
+            recs = wait_for(shipped, 10)
+            got = {r["client_request_id"]: r["api"] for r in recs}
+            self.assertEqual(got, want)
+            for r in recs:  # the shipped record is the whole record
+                self.assertEqual(r["status"], 200)
+                self.assertGreater(r["input_tokens"], 0, r)
+            for api, n in count.items():
+                self.assertEqual(dp.wait_metric('knoway_requests_total{code="200",api="%s"}' % api,
+                                                n), n, api)
+        finally:
+            dp.stop()
+            mock.stop()
+            providers.stop()
 
 
 if __name__ == "__main__":
