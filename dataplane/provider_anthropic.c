@@ -228,6 +228,61 @@ static struct kw_node *message_content(struct dp_request *r, size_t i, const str
     return all;
 }
 
+/* response_format -> Anthropic. Native (the backend's structuredOutputs: Native, for the
+ * models Anthropic documents it for): output_config.format {type: json_schema, schema}.
+ * Tool (the default, every Claude model): one more tool whose input_schema is the schema,
+ * forced by tool_choice (any, when the client's own tools may be called first); its input
+ * comes back as the message's text. Extended thinking refuses a forced tool: 400. */
+static int structured_output(struct dp_request *r, const struct kw_node *in, struct kw_node *body,
+                             struct kw_node *tools, struct kw_node *tc, bool thinking)
+{
+    struct kw_arena *a = r->arena;
+    struct dp_tr_format f;
+    if (dp_tr_format(r, in, &f) != KW_OK)
+        return KW_ERROR;
+    if (f.kind == DP_TR_FORMAT_TEXT)
+        return KW_OK;
+    if (r->backend->structured_outputs == KW_STRUCTURED_NATIVE) {
+        struct kw_node *fmt = dp_tr_map1(a, "type", kw_node_cstring(a, "json_schema"));
+        kw_node_map_put(a, fmt, "schema", f.schema);
+        kw_node_map_put(a, body, "output_config", dp_tr_map1(a, "format", fmt));
+        return KW_OK;
+    }
+    if (thinking)
+        return dp_error_set(r, 400, "invalid_request_error", "unsupported_parameter",
+                            "response_format",
+                            "response_format cannot be combined with reasoning on backend %s: "
+                            "it answers in the schema through a forced tool call, and Anthropic "
+                            "refuses extended thinking when a tool is forced (structuredOutputs: "
+                            "Native uses Anthropic's own structured outputs instead)",
+                            r->backend->meta.name);
+    for (size_t i = 0; tools != NULL && i < tools->n; i++) {
+        const struct kw_node *n = kw_node_get(tools->items[i], "name");
+        if (n != NULL && n->type == KW_NODE_STRING && strlen(f.name) == n->len &&
+            memcmp(n->str, f.name, n->len) == 0)
+            return dp_error_set(r, 400, "invalid_request_error", NULL, "response_format",
+                                "response_format.json_schema.name \"%s\" is also the name of a "
+                                "tool: rename one of them",
+                                f.name);
+    }
+    if (tools == NULL) {
+        tools = kw_node_new(a, KW_NODE_SEQ);
+        kw_node_map_put(a, body, "tools", tools);
+    }
+    kw_node_seq_push(
+        a, tools,
+        tool_decl(a, kw_node_cstring(a, f.name), kw_node_cstring(a, DP_TR_FORMAT_DESC), f.schema));
+    const struct kw_node *ct = kw_node_get(tc, "type");
+    bool own_tools = tools->n > 1 && !(ct != NULL && strcmp(ct->str, "none") == 0);
+    struct kw_node *choice = dp_tr_map1(a, "type", kw_node_cstring(a, own_tools ? "any" : "tool"));
+    if (!own_tools)
+        kw_node_map_put(a, choice, "name", kw_node_cstring(a, f.name));
+    kw_node_map_put(a, choice, "disable_parallel_tool_use", kw_node_bool(a, true));
+    kw_node_map_put(a, body, "tool_choice", choice);
+    r->format_tool = f.name;
+    return KW_OK;
+}
+
 static int translate_request(struct dp_request *r, struct kw_node **out)
 {
     struct kw_arena *a = r->arena;
@@ -281,6 +336,8 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
         return KW_ERROR;
     if (tc != NULL)
         kw_node_map_put(a, body, "tool_choice", tc);
+    if (structured_output(r, in, body, tools, tc, budget > 0) != KW_OK)
+        return KW_ERROR;
     const struct kw_node *user = kw_node_get(in, "user");
     if (user != NULL && user->type == KW_NODE_STRING) {
         struct kw_node *meta = kw_node_new(a, KW_NODE_MAP);
@@ -373,7 +430,7 @@ static int anthropic_on_response(struct dp_request *r, const char *body, size_t 
     kw_buf_init(&calls, DP_MAX_UPSTREAM_RESPONSE);
     dp_tr_reasoning_init(&rs);
     const struct kw_node *content = kw_node_get(root, "content");
-    bool any = false;
+    bool any = false, answered = false;
     for (size_t i = 0; content != NULL && content->type == KW_NODE_SEQ && i < content->n; i++) {
         const struct kw_node *b = content->items[i], *type = kw_node_get(b, "type");
         const struct kw_node *t = kw_node_get(b, "text");
@@ -398,6 +455,13 @@ static int anthropic_on_response(struct dp_request *r, const char *body, size_t 
             if (id == NULL || id->type != KW_NODE_STRING || name == NULL ||
                 name->type != KW_NODE_STRING)
                 continue;
+            if (dp_tr_format_tool(r, name->str, name->len)) { /* the answer, as JSON text */
+                const struct kw_node *input = kw_node_get(b, "input");
+                if (input != NULL)
+                    kw_json_write(input, &text);
+                any = answered = true;
+                continue;
+            }
             dp_tr_tool_call_json(&calls, id->str, id->len, name->str, name->len,
                                  kw_node_get(b, "input"));
         } else if (t != NULL && t->type == KW_NODE_STRING) {
@@ -405,8 +469,10 @@ static int anthropic_on_response(struct dp_request *r, const char *body, size_t 
             any = true;
         }
     }
-    int rc = dp_tr_completion_r(out, r, &st->tr.ident, any ? &text : NULL, &rs, &calls,
-                                finish_reason(kw_node_get(root, "stop_reason")));
+    const char *fr = finish_reason(kw_node_get(root, "stop_reason"));
+    if (answered && calls.len == 0 && fr != NULL && strcmp(fr, "tool_calls") == 0)
+        fr = "stop"; /* the structured answer is the message, not a call */
+    int rc = dp_tr_completion_r(out, r, &st->tr.ident, any ? &text : NULL, &rs, &calls, fr);
     kw_buf_cleanup(&text);
     kw_buf_cleanup(&calls);
     dp_tr_reasoning_cleanup(&rs);
@@ -441,6 +507,13 @@ static int anthropic_on_event(struct dp_request *r, const char *raw, size_t raw_
         const char *ty = bt != NULL && bt->type == KW_NODE_STRING ? bt->str : "";
         st->tr.tool_open = strcmp(ty, "tool_use") == 0;
         st->tr.thinking_open = strcmp(ty, "thinking") == 0;
+        const struct kw_node *bn = kw_node_get(b, "name");
+        if (st->tr.tool_open && bn != NULL && bn->type == KW_NODE_STRING &&
+            dp_tr_format_tool(r, bn->str, bn->len)) { /* its input streams as the content */
+            st->tr.tool_open = false;
+            st->tr.answer_open = st->tr.answered = true;
+            return KW_OK;
+        }
         if (strcmp(ty, "redacted_thinking") == 0) {
             const struct kw_node *rd = kw_node_get(b, "data");
             if (rd == NULL || rd->type != KW_NODE_STRING)
@@ -466,6 +539,9 @@ static int anthropic_on_event(struct dp_request *r, const char *raw, size_t raw_
         const struct kw_node *d = kw_node_get(ev, "delta");
         const struct kw_node *text = kw_node_get(d, "text");
         const struct kw_node *partial = kw_node_get(d, "partial_json");
+        if (st->tr.answer_open && partial != NULL && partial->type == KW_NODE_STRING)
+            return partial->len > 0 ? dp_tr_chunk_text(out, &st->tr, partial->str, partial->len)
+                                    : KW_OK;
         if (st->tr.tool_open && partial != NULL && partial->type == KW_NODE_STRING)
             return partial->len > 0 ? dp_tr_chunk_args(out, &st->tr, partial->str, partial->len)
                                     : KW_OK;
@@ -487,7 +563,7 @@ static int anthropic_on_event(struct dp_request *r, const char *raw, size_t raw_
         return KW_OK; /* citations deltas */
     }
     if (strcmp(type, "content_block_stop") == 0) {
-        st->tr.tool_open = st->tr.thinking_open = false;
+        st->tr.tool_open = st->tr.thinking_open = st->tr.answer_open = false;
         return KW_OK;
     }
     if (strcmp(type, "message_delta") == 0) {

@@ -179,6 +179,73 @@ static int tool_config(struct dp_request *r, const struct kw_node *in, struct kw
     return KW_OK;
 }
 
+/* response_format -> Converse. Native (structuredOutputs: Native): outputConfig.textFormat
+ * {type: json_schema, structure: {jsonSchema: {schema (as a string), name}}}. Tool (the
+ * default): one more toolSpec whose inputSchema is the schema, forced by toolChoice (any
+ * when the client's own tools may be called first); its input comes back as the text.
+ * Claude's thinking refuses a forced tool: 400. */
+static int structured_output(struct dp_request *r, const struct kw_node *in, struct kw_node *body,
+                             bool thinking)
+{
+    struct kw_arena *a = r->arena;
+    struct dp_tr_format f;
+    if (dp_tr_format(r, in, &f) != KW_OK)
+        return KW_ERROR;
+    if (f.kind == DP_TR_FORMAT_TEXT)
+        return KW_OK;
+    if (r->backend->structured_outputs == KW_STRUCTURED_NATIVE) {
+        struct kw_buf schema;
+        kw_buf_init(&schema, DP_MAX_UPSTREAM_RESPONSE);
+        int rc = kw_json_write(f.schema, &schema);
+        struct kw_node *js = dp_tr_map1(a, "schema", kw_node_string(a, schema.data, schema.len));
+        kw_buf_cleanup(&schema);
+        if (rc != KW_OK)
+            return dp_error_set(r, 400, "invalid_request_error", NULL, "response_format",
+                                "response_format.json_schema.schema is too large");
+        kw_node_map_put(a, js, "name", kw_node_cstring(a, f.name));
+        struct kw_node *tf = dp_tr_map1(a, "type", kw_node_cstring(a, "json_schema"));
+        kw_node_map_put(a, tf, "structure", dp_tr_map1(a, "jsonSchema", js));
+        kw_node_map_put(a, body, "outputConfig", dp_tr_map1(a, "textFormat", tf));
+        return KW_OK;
+    }
+    if (thinking)
+        return dp_error_set(r, 400, "invalid_request_error", "unsupported_parameter",
+                            "response_format",
+                            "response_format cannot be combined with reasoning on backend %s: "
+                            "it answers in the schema through a forced tool call, and Claude "
+                            "refuses thinking when a tool is forced (structuredOutputs: Native "
+                            "uses Bedrock's own structured outputs instead)",
+                            r->backend->meta.name);
+    struct kw_node *cfg = kw_node_get(body, "toolConfig");
+    struct kw_node *specs = kw_node_get(cfg, "tools");
+    for (size_t i = 0; specs != NULL && i < specs->n; i++) {
+        const struct kw_node *n = kw_node_get(kw_node_get(specs->items[i], "toolSpec"), "name");
+        if (n != NULL && n->type == KW_NODE_STRING && strlen(f.name) == n->len &&
+            memcmp(n->str, f.name, n->len) == 0)
+            return dp_error_set(r, 400, "invalid_request_error", NULL, "response_format",
+                                "response_format.json_schema.name \"%s\" is also the name of a "
+                                "tool: rename one of them",
+                                f.name);
+    }
+    const struct kw_node *tc = kw_node_get(in, "tool_choice");
+    bool own = specs != NULL && specs->n > 0 &&
+               !(tc != NULL && tc->type == KW_NODE_STRING && strcmp(tc->str, "none") == 0);
+    if (cfg == NULL) {
+        specs = kw_node_new(a, KW_NODE_SEQ);
+        cfg = dp_tr_map1(a, "tools", specs);
+        kw_node_map_put(a, body, "toolConfig", cfg);
+    }
+    kw_node_seq_push(
+        a, specs,
+        tool_spec(a, kw_node_cstring(a, f.name), kw_node_cstring(a, DP_TR_FORMAT_DESC), f.schema));
+    struct kw_node *choice =
+        own ? dp_tr_map1(a, "any", kw_node_new(a, KW_NODE_MAP))
+            : dp_tr_map1(a, "tool", dp_tr_map1(a, "name", kw_node_cstring(a, f.name)));
+    kw_node_map_put(a, cfg, "toolChoice", choice);
+    r->format_tool = f.name;
+    return KW_OK;
+}
+
 static int translate_request(struct dp_request *r, struct kw_node **out)
 {
     struct kw_arena *a = r->arena;
@@ -245,7 +312,9 @@ static int translate_request(struct dp_request *r, struct kw_node **out)
         if (known) /* auto: Bedrock's own choice, as when unset */
             kw_node_map_put(a, body, "serviceTier", dp_tr_map1(a, "type", dp_tr_str(a, tier)));
     }
-    if (tool_config(r, in, body) != KW_OK)
+    if (tool_config(r, in, body) != KW_OK ||
+        structured_output(r, in, body, budget > 0 && strstr(r->upstream_model, "anthropic.")) !=
+            KW_OK)
         return KW_ERROR;
     *out = body;
     return KW_OK;
@@ -416,7 +485,7 @@ static int bedrock_on_response(struct dp_request *r, const char *body, size_t le
     kw_buf_init(&text, DP_MAX_UPSTREAM_RESPONSE);
     kw_buf_init(&calls, DP_MAX_UPSTREAM_RESPONSE);
     dp_tr_reasoning_init(&rs);
-    bool any = false;
+    bool any = false, answered = false;
     for (size_t i = 0; content != NULL && content->type == KW_NODE_SEQ && i < content->n; i++) {
         const struct kw_node *b = content->items[i], *t = kw_node_get(b, "text");
         const struct kw_node *tu = kw_node_get(b, "toolUse");
@@ -435,10 +504,17 @@ static int bedrock_on_response(struct dp_request *r, const char *body, size_t le
         if (tu != NULL) {
             const struct kw_node *id = kw_node_get(tu, "toolUseId"),
                                  *name = kw_node_get(tu, "name");
-            if (id != NULL && id->type == KW_NODE_STRING && name != NULL &&
-                name->type == KW_NODE_STRING)
+            if (name != NULL && name->type == KW_NODE_STRING &&
+                dp_tr_format_tool(r, name->str, name->len)) { /* the answer, as JSON text */
+                const struct kw_node *input = kw_node_get(tu, "input");
+                if (input != NULL)
+                    kw_json_write(input, &text);
+                any = answered = true;
+            } else if (id != NULL && id->type == KW_NODE_STRING && name != NULL &&
+                       name->type == KW_NODE_STRING) {
                 dp_tr_tool_call_json(&calls, id->str, id->len, name->str, name->len,
                                      kw_node_get(tu, "input"));
+            }
         } else if (t != NULL && t->type == KW_NODE_STRING) {
             kw_buf_append(&text, t->str, t->len);
             any = true;
@@ -447,8 +523,9 @@ static int bedrock_on_response(struct dp_request *r, const char *body, size_t le
     read_tier(&st->tr.ident, root);
     /* no stopReason: what the content says (a tool call: tool_calls, else stop) */
     const char *fr = finish_reason(kw_node_get(root, "stopReason"));
-    int rc = dp_tr_completion_r(out, r, &st->tr.ident, any ? &text : NULL, &rs, &calls,
-                                fr != NULL ? fr : "stop");
+    if (fr == NULL || (answered && calls.len == 0 && strcmp(fr, "tool_calls") == 0))
+        fr = "stop"; /* a structured answer is the message, not a call */
+    int rc = dp_tr_completion_r(out, r, &st->tr.ident, any ? &text : NULL, &rs, &calls, fr);
     kw_buf_cleanup(&text);
     kw_buf_cleanup(&calls);
     dp_tr_reasoning_cleanup(&rs);
@@ -495,6 +572,12 @@ static int on_message(void *ud, const struct dp_es_message *m)
         if (tu == NULL)
             return KW_OK;
         const struct kw_node *id = kw_node_get(tu, "toolUseId"), *name = kw_node_get(tu, "name");
+        if (name != NULL && name->type == KW_NODE_STRING &&
+            dp_tr_format_tool(r, name->str, name->len)) { /* its input streams as the content */
+            st->tr.tool_open = false;
+            st->tr.answer_open = st->tr.answered = true;
+            return KW_OK;
+        }
         if (id == NULL || id->type != KW_NODE_STRING || name == NULL ||
             name->type != KW_NODE_STRING)
             return KW_ERROR;
@@ -504,6 +587,9 @@ static int on_message(void *ud, const struct dp_es_message *m)
         const struct kw_node *d = kw_node_get(ev, "delta");
         const struct kw_node *t = kw_node_get(d, "text");
         const struct kw_node *input = kw_node_get(kw_node_get(d, "toolUse"), "input");
+        if (st->tr.answer_open && input != NULL && input->type == KW_NODE_STRING)
+            return input->len > 0 ? dp_tr_chunk_text(c->out, &st->tr, input->str, input->len)
+                                  : KW_OK;
         if (st->tr.tool_open && input != NULL && input->type == KW_NODE_STRING)
             return input->len > 0 ? dp_tr_chunk_args(c->out, &st->tr, input->str, input->len)
                                   : KW_OK;
@@ -526,7 +612,7 @@ static int on_message(void *ud, const struct dp_es_message *m)
         return KW_OK;
     }
     if (strcmp(type, "contentBlockStop") == 0) {
-        st->tr.tool_open = false;
+        st->tr.tool_open = st->tr.answer_open = false;
         return KW_OK;
     }
     if (strcmp(type, "messageStop") == 0) {

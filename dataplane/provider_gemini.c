@@ -11,7 +11,8 @@
  * assistant tool_calls -> functionCall parts; tool messages -> functionResponse parts of one
  * user turn (the function name looked up by tool_call_id, the content as
  * {"content": ...} unless it is a JSON object). temperature, top_p, max(_completion)_tokens,
- * stop, presence/frequency_penalty, seed, response_format json -> generationConfig; tools ->
+ * stop, presence/frequency_penalty, seed, response_format (responseMimeType, and the
+ * schema as responseJsonSchema) -> generationConfig; tools ->
  * functionDeclarations; tool_choice -> toolConfig.functionCallingConfig (AUTO/NONE/ANY,
  * allowedFunctionNames).
  *
@@ -192,9 +193,16 @@ static struct kw_node *generation_config(struct dp_request *r, const struct kw_n
     struct kw_node *stop = dp_tr_stop_list(a, in);
     if (stop != NULL)
         kw_node_map_put(a, gc, "stopSequences", stop);
-    const struct kw_node *rf = kw_node_get(kw_node_get(in, "response_format"), "type");
-    if (rf != NULL && rf->type == KW_NODE_STRING && strncmp(rf->str, "json_", 5) == 0)
+    /* response_format: JSON output, and for json_schema the schema itself as JSON Schema
+     * (responseJsonSchema: the whole of it, where responseSchema takes only an OpenAPI
+     * subset that refuses additionalProperties and the like) */
+    struct dp_tr_format f;
+    if (dp_tr_format(r, in, &f) != KW_OK)
+        return NULL;
+    if (f.kind != DP_TR_FORMAT_TEXT)
         kw_node_map_put(a, gc, "responseMimeType", kw_node_cstring(a, "application/json"));
+    if (f.kind == DP_TR_FORMAT_JSON_SCHEMA)
+        kw_node_map_put(a, gc, "responseJsonSchema", f.schema);
     /* reasoning_effort -> thinkingConfig: Gemini's budgets are larger than Anthropic's for
      * the same effort (docs/providers.md); thought summaries asked for unless omitted */
     int64_t budget = dp_tr_thinking_budget(r);
@@ -294,6 +302,8 @@ static int chat_body(struct dp_request *r, struct kw_node **out)
     }
     kw_buf_cleanup(&sys);
     struct kw_node *gc = generation_config(r, in);
+    if (gc == NULL)
+        return KW_ERROR;
     if (gc->n > 0)
         kw_node_map_put(a, body, "generationConfig", gc);
     if (translate_tools(r, in, body) != KW_OK)

@@ -75,7 +75,8 @@ struct dp_request {
     enum dp_api api;
     const struct dp_front_ops *front; /* the client's API when not OpenAI's (NULL) */
     const char *api_name;             /* the API the client called: chat, messages, responses... */
-    void *front_state;                /* its per-request state (arena) */
+    const char *format_tool; /* structured output through a forced tool: its name (translate.c) */
+    void *front_state;       /* its per-request state (arena) */
     const char *path;
     const char *method;
     int64_t start_ms;

@@ -392,6 +392,71 @@ int dp_tr_tools(struct dp_request *r, const struct kw_node *req,
     return KW_OK;
 }
 
+int dp_tr_format(struct dp_request *r, const struct kw_node *req, struct dp_tr_format *f)
+{
+    struct kw_arena *a = r->arena;
+    const struct kw_node *rf = kw_node_get(req, "response_format");
+    const struct kw_node *type = kw_node_get(rf, "type");
+    memset(f, 0, sizeof(*f));
+    r->format_tool = NULL;
+    if (rf == NULL || rf->type == KW_NODE_NULL)
+        return KW_OK;
+    if (type == NULL || type->type != KW_NODE_STRING) {
+        dp_error_set(r, 400, "invalid_request_error", NULL, "response_format",
+                     "response_format must be {\"type\": \"text\"}, {\"type\": \"json_object\"} "
+                     "or {\"type\": \"json_schema\", \"json_schema\": {...}}");
+        return KW_ERROR;
+    }
+    if (strcmp(type->str, "text") == 0)
+        return KW_OK;
+    if (strcmp(type->str, "json_object") == 0) {
+        f->kind = DP_TR_FORMAT_JSON_OBJECT;
+        f->name = "json_response";
+        f->schema = dp_tr_map1(a, "type", kw_node_cstring(a, "object"));
+    } else if (strcmp(type->str, "json_schema") == 0) {
+        const struct kw_node *js = kw_node_get(rf, "json_schema");
+        const struct kw_node *name = kw_node_get(js, "name");
+        const struct kw_node *schema = kw_node_get(js, "schema");
+        const struct kw_node *strict = kw_node_get(js, "strict");
+        bool ok = name != NULL && name->type == KW_NODE_STRING && name->len > 0 && name->len <= 64;
+        for (size_t i = 0; ok && i < name->len; i++)
+            ok = (name->str[i] >= 'a' && name->str[i] <= 'z') ||
+                 (name->str[i] >= 'A' && name->str[i] <= 'Z') ||
+                 (name->str[i] >= '0' && name->str[i] <= '9') || name->str[i] == '_' ||
+                 name->str[i] == '-';
+        if (!ok) {
+            dp_error_set(r, 400, "invalid_request_error", NULL, "response_format.json_schema.name",
+                         "response_format.json_schema.name must be 1 to 64 letters, digits, "
+                         "underscores or dashes");
+            return KW_ERROR;
+        }
+        if (schema != NULL && schema->type != KW_NODE_MAP) {
+            dp_error_set(r, 400, "invalid_request_error", NULL,
+                         "response_format.json_schema.schema",
+                         "response_format.json_schema.schema must be a JSON Schema object");
+            return KW_ERROR;
+        }
+        f->kind = DP_TR_FORMAT_JSON_SCHEMA;
+        f->name = kw_arena_strndup(a, name->str, name->len);
+        f->schema = schema != NULL ? (struct kw_node *)schema
+                                   : dp_tr_map1(a, "type", kw_node_cstring(a, "object"));
+        f->strict = strict != NULL && strict->type == KW_NODE_BOOL && strict->b;
+    } else {
+        dp_error_set(r, 400, "invalid_request_error", NULL, "response_format.type",
+                     "response_format.type must be \"text\", \"json_object\" or \"json_schema\"");
+        return KW_ERROR;
+    }
+    if (f->name == NULL || f->schema == NULL)
+        return dp_error_set(r, 500, "server_error", NULL, NULL, "out of memory");
+    return KW_OK;
+}
+
+bool dp_tr_format_tool(const struct dp_request *r, const char *name, size_t len)
+{
+    return r->format_tool != NULL && strlen(r->format_tool) == len &&
+           memcmp(r->format_tool, name, len) == 0;
+}
+
 int64_t dp_tr_max_tokens(const struct kw_node *req, int64_t dflt)
 {
     const struct kw_node *max = kw_node_get(req, "max_completion_tokens");
@@ -507,6 +572,8 @@ int dp_tr_chunk_finish(struct kw_buf *out, struct dp_tr_stream *st, const char *
     dp_tr_chunk_role(out, st);
     if (fr != NULL && st->any_tool && strcmp(fr, "stop") == 0)
         fr = "tool_calls";
+    else if (fr != NULL && st->answered && !st->any_tool && strcmp(fr, "tool_calls") == 0)
+        fr = "stop"; /* the structured output's answer tool is the message, not a call */
     return dp_tr_chunk(out, &st->ident, "{}", fr);
 }
 

@@ -31,6 +31,8 @@ struct dp_tr_stream {
     bool finished;       /* the finish chunk was sent */
     bool omit_reasoning; /* the backend's reasoning.content: Omit */
     bool thinking_open;  /* the current upstream block is reasoning (Anthropic thinking) */
+    bool answer_open;    /* the current upstream block is the structured output's answer tool */
+    bool answered;       /* ... and there was one: finish_reason tool_calls becomes stop */
     const char *finish;
 };
 
@@ -135,6 +137,27 @@ int dp_tr_tools(struct dp_request *r, const struct kw_node *req,
                 struct kw_node *(*decl)(struct kw_arena *a, const struct kw_node *name,
                                         const struct kw_node *desc, struct kw_node *params),
                 struct kw_node **out);
+
+/* response_format, read once for the providers that translate it (structured outputs). */
+enum dp_tr_format_kind { DP_TR_FORMAT_TEXT, DP_TR_FORMAT_JSON_OBJECT, DP_TR_FORMAT_JSON_SCHEMA };
+struct dp_tr_format {
+    enum dp_tr_format_kind kind;
+    const char *name;       /* json_schema.name; "json_response" for json_object */
+    struct kw_node *schema; /* json_schema.schema; {"type":"object"} for json_object */
+    bool strict;            /* json_schema.strict */
+};
+/* The request's response_format into *f (TEXT when unset). KW_OK, or KW_ERROR with a 400
+ * prepared (an unknown type, a json_schema without a name or with a schema that is not an
+ * object). */
+int dp_tr_format(struct dp_request *r, const struct kw_node *req, struct dp_tr_format *f);
+
+/* The name a forced answer tool (structured outputs through tool use) goes by; the
+ * response side turns that tool's input into the message's text (dp_tr_format_tool). */
+#define DP_TR_FORMAT_DESC                                                                          \
+    "Give your final answer by calling this tool: its input is the answer, as JSON that "          \
+    "matches the schema."
+/* Whether a tool call of that name (len bytes) is the answer tool of r's structured output. */
+bool dp_tr_format_tool(const struct dp_request *r, const char *name, size_t len);
 
 /* max_completion_tokens, else max_tokens, else dflt. */
 int64_t dp_tr_max_tokens(const struct kw_node *req, int64_t dflt);

@@ -216,6 +216,8 @@ struct kw_node *kw_encode_backend_spec(struct kw_arena *a, const struct kw_backe
         put(&e, spec, "limits", lim);
     }
 
+    if (b->structured_outputs == KW_STRUCTURED_NATIVE)
+        put_str(&e, spec, "structuredOutputs", "Native");
     if (b->reasoning_omit) {
         struct kw_node *rs = map(&e);
         put_str(&e, rs, "content", "Omit");

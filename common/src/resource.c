@@ -1073,8 +1073,9 @@ static void decode_backend_traffic(struct kw_dec *d, const struct kw_node *spec,
 void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct kw_backend *b)
 {
     static const char *const fields[] = {
-        "provider",       "modelName", "upstream", "credentials", "params",
-        "circuitBreaker", "limits",    "pricing",  "reasoning",   NULL};
+        "provider", "modelName", "upstream",  "credentials",       "params", "circuitBreaker",
+        "limits",   "pricing",   "reasoning", "structuredOutputs", NULL};
+    static const char *const structured[] = {"Tool", "Native", NULL};
     static const char *const reasoning_fields[] = {"content", NULL};
     static const char *const reasoning_content[] = {"Include", "Omit", NULL};
     static const char *const pricing_fields[] = {"inputPerMillion", "outputPerMillion",
@@ -1112,6 +1113,10 @@ void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct
             b->reasoning_omit = v == 1;
     }
     pop(d, rmark);
+    int so;
+    if (kw_node_get(spec, "structuredOutputs") != NULL &&
+        get_enum(d, spec, "structuredOutputs", structured, 2, &so))
+        b->structured_outputs = (enum kw_structured)so;
     size_t pmark;
     const struct kw_node *pr = get_map(d, spec, "pricing", false, &pmark);
     if (pr != NULL) {

@@ -11,7 +11,10 @@
  *                               as OpenAI answers). With tools and no tool message last it
  *                               calls the first tool with {"city": "Paris"} (streamed: the
  *                               call, then its arguments in two deltas); after a tool message
- *                               it answers "tool said: RESULT"
+ *                               it answers "tool said: RESULT". response_format
+ *                               json_schema: the content is an instance of the schema (as
+ *                               constrained decoding gives), in two pieces; json_object:
+ *                               {"answer":"tok0"}
  *   POST /v1/completions        (stream)
  *   POST /v1/embeddings
  *   POST /openai/deployments/{d}/{chat/completions|completions|embeddings}?api-version=V
@@ -26,7 +29,11 @@
  *                               content_block_*, ping, message_delta, message_stop. With
  *                               tools and no tool_result in the last turn it calls the first
  *                               tool with {"city": "Paris"} (tool_use, input_json_delta);
- *                               after a tool_result it answers "tool said: RESULT"
+ *                               after a tool_result it answers "tool said: RESULT".
+ *                               tool_choice {type: tool, name} (or any): that tool (the
+ *                               first), its input an instance of its input_schema; refused
+ *                               with thinking, as Anthropic does. output_config.format
+ *                               {type: json_schema, schema}: the text is an instance
  *   GET  /_mock/requests        what was received: a JSON array of the last requests
  *   DELETE /_mock/requests      forget them
  *   GET  /_mock/stats           {"requests": N, "errors": E}: completion requests received
@@ -241,6 +248,9 @@ struct conn {
     bool thinking;   /* Anthropic extended thinking asked for: a thinking block first */
     bool include_usage;
     char tool[64];             /* call this tool (the first declared one) */
+    char tool_input[1024];     /* ... with this input (JSON) */
+    size_t tool_split;         /* ... streamed in two pieces split here */
+    char json_out[1024];       /* structured output: the answer is this JSON, in two pieces */
     char tool_result[256];     /* answer "tool said: " and this result */
     struct kw_heap_node tnode; /* the next stream step or delayed answer */
     uint64_t rec_id;
@@ -351,6 +361,95 @@ static void out_json_str(struct out *o, const char *s)
             out_put(o, (const char *)&ch, 1);
         }
     }
+}
+
+/* A JSON instance of a JSON Schema (the subset structured outputs use: object properties,
+ * arrays, enum/const, anyOf/oneOf, type lists), compact, at most cap bytes: what a model
+ * under constrained decoding could answer. */
+static void schema_instance(yajl_val sc, char *buf, size_t cap, size_t *len, int depth)
+{
+#define PUT(str) (*len += (size_t)snprintf(buf + *len, *len < cap ? cap - *len : 0, "%s", (str)))
+    const char *p_type[] = {"type", NULL}, *p_props[] = {"properties", NULL};
+    const char *p_items[] = {"items", NULL}, *p_enum[] = {"enum", NULL};
+    const char *p_const[] = {"const", NULL}, *p_any[] = {"anyOf", NULL}, *p_one[] = {"oneOf", NULL};
+    if (sc == NULL || !YAJL_IS_OBJECT(sc) || depth > 8 || *len >= cap) {
+        PUT("null");
+        return;
+    }
+    yajl_val e = yajl_tree_get(sc, p_const, yajl_t_any);
+    if (e == NULL) {
+        yajl_val en = yajl_tree_get(sc, p_enum, yajl_t_array);
+        e = en != NULL && en->u.array.len > 0 ? en->u.array.values[0] : NULL;
+    }
+    if (e != NULL) {
+        if (YAJL_IS_STRING(e)) {
+            struct out o = {0};
+            PUT("\"");
+            out_json_str(&o, e->u.string);
+            out_put(&o, "", 1);
+            PUT(o.data);
+            free(o.data);
+            PUT("\"");
+        } else if (YAJL_IS_NUMBER(e)) {
+            PUT(YAJL_GET_NUMBER(e));
+        } else {
+            PUT(YAJL_IS_TRUE(e) ? "true" : YAJL_IS_FALSE(e) ? "false" : "null");
+        }
+        return;
+    }
+    yajl_val alt = yajl_tree_get(sc, p_any, yajl_t_array);
+    if (alt == NULL)
+        alt = yajl_tree_get(sc, p_one, yajl_t_array);
+    if (alt != NULL && alt->u.array.len > 0) {
+        schema_instance(alt->u.array.values[0], buf, cap, len, depth + 1);
+        return;
+    }
+    yajl_val t = yajl_tree_get(sc, p_type, yajl_t_any);
+    const char *type = t != NULL && YAJL_IS_STRING(t) ? t->u.string : NULL;
+    for (size_t i = 0; t != NULL && YAJL_IS_ARRAY(t) && type == NULL && i < t->u.array.len; i++)
+        if (YAJL_IS_STRING(t->u.array.values[i]) && strcmp(t->u.array.values[i]->u.string, "null"))
+            type = t->u.array.values[i]->u.string;
+    yajl_val props = yajl_tree_get(sc, p_props, yajl_t_object);
+    if (type == NULL)
+        type = props != NULL ? "object" : "string";
+    if (strcmp(type, "object") == 0) {
+        PUT("{");
+        for (size_t i = 0; props != NULL && i < props->u.object.len; i++) {
+            struct out k = {0};
+            out_json_str(&k, props->u.object.keys[i]);
+            out_put(&k, "", 1);
+            PUT(i > 0 ? ",\"" : "\"");
+            PUT(k.data);
+            PUT("\":");
+            free(k.data);
+            schema_instance(props->u.object.values[i], buf, cap, len, depth + 1);
+        }
+        PUT("}");
+    } else if (strcmp(type, "array") == 0) {
+        PUT("[");
+        schema_instance(yajl_tree_get(sc, p_items, yajl_t_object), buf, cap, len, depth + 1);
+        PUT("]");
+    } else if (strcmp(type, "integer") == 0) {
+        PUT("7");
+    } else if (strcmp(type, "number") == 0) {
+        PUT("1.5");
+    } else if (strcmp(type, "boolean") == 0) {
+        PUT("true");
+    } else if (strcmp(type, "null") == 0) {
+        PUT("null");
+    } else {
+        PUT("\"tok0\"");
+    }
+#undef PUT
+}
+
+/* The instance of schema in dst ("" when it does not fit). */
+static void set_instance(char *dst, size_t cap, yajl_val schema)
+{
+    size_t len = 0;
+    schema_instance(schema, dst, cap, &len, 0);
+    if (len >= cap)
+        dst[0] = '\0';
 }
 
 /* A complete JSON response (errors carry Retry-After when asked for). Takes body's memory. */
@@ -496,10 +595,18 @@ static int prompt_tokens_of(yajl_val root, enum kind kind)
     return tokens;
 }
 
-/* The whole tool-call stream, at once. */
+/* The whole tool-call stream, at once: the input in two input_json_delta pieces. */
 static void anthropic_tool_stream(struct conn *c)
 {
-    char ev[4096];
+    char a[2048], b[2048];
+    struct out e1 = {0}, e2 = {0};
+    snprintf(a, sizeof(a), "%.*s", (int)c->tool_split, c->tool_input);
+    snprintf(b, sizeof(b), "%s", c->tool_input + c->tool_split);
+    out_json_str(&e1, a);
+    out_put(&e1, "", 1);
+    out_json_str(&e2, b);
+    out_put(&e2, "", 1);
+    char ev[8192];
     int n = snprintf(
         ev, sizeof(ev),
         "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":"
@@ -512,21 +619,28 @@ static void anthropic_tool_stream(struct conn *c)
         "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
         "\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n"
         "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
-        "\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\": \"}}\n\n"
+        "\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"%s\"}}\n\n"
         "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
-        "\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Paris\\\"}\"}}\n\n"
+        "\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"%s\"}}\n\n"
         "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
         "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":"
         "\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":5}}\n\n"
         "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-        c->model, c->prompt_tokens, c->tool);
+        c->model, c->prompt_tokens, c->tool, e1.data, e2.data);
+    free(e1.data);
+    free(e2.data);
     out_chunk(&c->out, ev, (size_t)n);
 }
 
 /* The text of content piece i: "tokI ", or "tool said: " and the tool result. */
 static void piece(const struct conn *c, int i, char *buf, size_t cap)
 {
-    if (c->tool_result[0] != '\0')
+    size_t half = strlen(c->json_out) / 2;
+    if (c->json_out[0] != '\0' && i == 0)
+        snprintf(buf, cap, "%.*s", (int)half, c->json_out);
+    else if (c->json_out[0] != '\0')
+        snprintf(buf, cap, "%s", c->json_out + half);
+    else if (c->tool_result[0] != '\0')
         snprintf(buf, cap, "%s", i == 0 ? "tool said: " : c->tool_result);
     else
         snprintf(buf, cap, "tok%d ", i);
@@ -759,9 +873,9 @@ static void reply_completion_body(struct conn *c)
             &b,
             "{\"id\":\"msg_mock\",\"type\":\"message\",\"role\":\"assistant\",\"model\":"
             "\"%s\",\"content\":[{\"type\":\"tool_use\",\"id\":\"toolu_mock01\",\"name\":\"%s\","
-            "\"input\":{\"city\":\"Paris\"}}],\"stop_reason\":\"tool_use\",\"stop_sequence\":"
+            "\"input\":%s}],\"stop_reason\":\"tool_use\",\"stop_sequence\":"
             "null,\"usage\":{\"input_tokens\":%d,\"output_tokens\":5}}",
-            c->model, c->tool, c->prompt_tokens);
+            c->model, c->tool, c->tool_input, c->prompt_tokens);
         send_json(c, b.data, b.len);
         free(b.data);
         free(text.data);
@@ -914,7 +1028,17 @@ static void reply_completion(struct worker *w, struct conn *c, yajl_val root, en
         send_error(c, 400, "invalid_request_error", NULL, "you must provide a model parameter");
         return;
     }
-    c->tool[0] = c->tool_result[0] = '\0';
+    c->tool[0] = c->tool_result[0] = c->json_out[0] = '\0';
+    if (kind == K_CHAT) { /* structured outputs: the answer is an instance of the schema */
+        const char *p_rft[] = {"response_format", "type", NULL};
+        const char *p_rfs[] = {"response_format", "json_schema", "schema", NULL};
+        yajl_val rft = yajl_tree_get(root, p_rft, yajl_t_string);
+        if (rft != NULL && strcmp(rft->u.string, "json_schema") == 0)
+            set_instance(c->json_out, sizeof(c->json_out),
+                         yajl_tree_get(root, p_rfs, yajl_t_object));
+        else if (rft != NULL && strcmp(rft->u.string, "json_object") == 0)
+            snprintf(c->json_out, sizeof(c->json_out), "{\"answer\":\"tok0\"}");
+    }
     if (kind == K_CHAT) {
         const char *p_msgs[] = {"messages", NULL};
         yajl_val msgs = yajl_tree_get(root, p_msgs, yajl_t_array);
@@ -950,8 +1074,8 @@ static void reply_completion(struct worker *w, struct conn *c, yajl_val root, en
     c->prompt_tokens = prompt_tokens_of(root, kind);
     if (c->tool[0] != '\0')
         c->chunks = 3; /* the call, then its arguments in two pieces */
-    else if (c->tool_result[0] != '\0')
-        c->chunks = 2; /* "tool said: " and the result */
+    else if (c->tool_result[0] != '\0' || c->json_out[0] != '\0')
+        c->chunks = 2; /* "tool said: " and the result; a JSON answer in two pieces */
     yajl_val stream = yajl_tree_get(root, p_stream, yajl_t_any);
     yajl_val usage = yajl_tree_get(root, p_usage, yajl_t_any);
     c->include_usage = usage != NULL && YAJL_IS_TRUE(usage);
@@ -1022,7 +1146,9 @@ static void reply_anthropic(struct worker *w, struct conn *c)
     yajl_val sys = yajl_tree_get(root, p_sys, yajl_t_string);
     if (sys != NULL)
         tokens += count_words(sys->u.string);
-    c->tool[0] = c->tool_result[0] = '\0';
+    c->tool[0] = c->tool_result[0] = c->json_out[0] = '\0';
+    snprintf(c->tool_input, sizeof(c->tool_input), "{\"city\": \"Paris\"}");
+    c->tool_split = 9;
     const char *p_tools[] = {"tools", NULL}, *p_name[] = {"name", NULL};
     const char *p_content[] = {"content", NULL}, *p_type[] = {"type", NULL};
     yajl_val tools = yajl_tree_get(root, p_tools, yajl_t_array);
@@ -1046,6 +1172,40 @@ static void reply_anthropic(struct worker *w, struct conn *c)
             if (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20)
                 *q = '_';
     }
+    /* tool_choice {type: tool, name}: that tool, its input an instance of its input_schema
+     * (structured outputs by the forced-tool method); output_config.format: the text is an
+     * instance of the schema (native structured outputs) */
+    const char *p_tct[] = {"tool_choice", "type", NULL}, *p_tcn[] = {"tool_choice", "name", NULL};
+    const char *p_ischema[] = {"input_schema", NULL};
+    const char *p_oft[] = {"output_config", "format", "type", NULL};
+    const char *p_ofs[] = {"output_config", "format", "schema", NULL};
+    yajl_val tct = yajl_tree_get(root, p_tct, yajl_t_string);
+    yajl_val tcn = yajl_tree_get(root, p_tcn, yajl_t_string);
+    yajl_val oft = yajl_tree_get(root, p_oft, yajl_t_string);
+    bool forced =
+        tct != NULL && (strcmp(tct->u.string, "tool") == 0 || strcmp(tct->u.string, "any") == 0);
+    if (forced && c->tool_result[0] == '\0') {
+        yajl_val chosen = NULL;
+        for (size_t i = 0; tools != NULL && i < tools->u.array.len && chosen == NULL; i++) {
+            yajl_val nm = yajl_tree_get(tools->u.array.values[i], p_name, yajl_t_string);
+            if (nm != NULL && (strcmp(tct->u.string, "any") == 0 ||
+                               (tcn != NULL && strcmp(nm->u.string, tcn->u.string) == 0)))
+                chosen = tools->u.array.values[i];
+        }
+        if (chosen == NULL) {
+            send_anthropic_error(c, 400, "invalid_request_error",
+                                 "tool_choice: the tool named is not among the tools");
+            yajl_tree_free(root);
+            return;
+        }
+        yajl_val nm = yajl_tree_get(chosen, p_name, yajl_t_string);
+        set_plain(c->tool, sizeof(c->tool), nm->u.string);
+        set_instance(c->tool_input, sizeof(c->tool_input),
+                     yajl_tree_get(chosen, p_ischema, yajl_t_object));
+        c->tool_split = strlen(c->tool_input) / 2;
+    }
+    if (oft != NULL && strcmp(oft->u.string, "json_schema") == 0 && c->tool[0] == '\0')
+        set_instance(c->json_out, sizeof(c->json_out), yajl_tree_get(root, p_ofs, yajl_t_object));
     /* a final assistant message is a prefill: Anthropic refuses trailing whitespace and
      * continues right after it; it must be what this mock generated so far */
     const char *p_role[] = {"role", NULL}, *p_text[] = {"text", NULL};
@@ -1113,6 +1273,12 @@ static void reply_anthropic(struct worker *w, struct conn *c)
         yajl_tree_free(root);
         return;
     }
+    if (c->thinking && forced) {
+        send_anthropic_error(c, 400, "invalid_request_error",
+                             "Thinking may not be enabled when tool_choice forces tool use.");
+        yajl_tree_free(root);
+        return;
+    }
     if (c->tool[0] != '\0')
         c->thinking = false; /* the mock's tool turns carry no thinking */
     c->kind = K_ANTHROPIC;
@@ -1121,8 +1287,8 @@ static void reply_anthropic(struct worker *w, struct conn *c)
         if (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20)
             *q = '_';
     c->prompt_tokens = tokens;
-    if (c->tool_result[0] != '\0')
-        c->chunks = 2; /* "tool said: " and the result */
+    if (c->tool_result[0] != '\0' || c->json_out[0] != '\0')
+        c->chunks = 2; /* "tool said: " and the result; a JSON answer in two pieces */
     yajl_val stream = yajl_tree_get(root, p_stream, yajl_t_any);
     bool streaming = stream != NULL && YAJL_IS_TRUE(stream);
     yajl_tree_free(root);

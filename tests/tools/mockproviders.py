@@ -111,18 +111,45 @@ def words(s):
 
 # ---- the model's behaviour, shared by both schemas -------------------------------------
 
-class Turn:
-    """What the mock model answers: text pieces or one tool call, and token counts."""
+def schema_instance(sc, depth=0):
+    """A JSON instance of a JSON Schema (the subset structured outputs use), as a model under
+    constrained decoding could answer."""
+    if not isinstance(sc, dict) or depth > 8:
+        return None
+    if "const" in sc:
+        return sc["const"]
+    if sc.get("enum"):
+        return sc["enum"][0]
+    for k in ("anyOf", "oneOf"):
+        if sc.get(k):
+            return schema_instance(sc[k][0], depth + 1)
+    t = sc.get("type")
+    if isinstance(t, list):
+        t = next((x for x in t if x != "null"), "null")
+    t = (t or "object" if "properties" in sc else t or "string").lower()  # Gemini: "OBJECT"
+    if t == "object":
+        return {k: schema_instance(v, depth + 1) for k, v in sc.get("properties", {}).items()}
+    if t == "array":
+        return [schema_instance(sc.get("items", {}), depth + 1)]
+    return {"integer": 7, "number": 1.5, "boolean": True, "null": None}.get(t, "tok0")
 
-    def __init__(self, chunks, prompt_tokens, tool=None, tool_result=None):
+
+class Turn:
+    """What the mock model answers: text pieces or one tool call, and token counts. json:
+    the answer is this JSON value (structured outputs), in two pieces."""
+
+    def __init__(self, chunks, prompt_tokens, tool=None, tool_result=None, args=None, json_value=None):
         self.prompt_tokens = prompt_tokens
         self.tool = tool  # the tool name to call
         if tool_result is not None:
             self.pieces = ["tool said: ", tool_result]
+        elif json_value is not None:
+            text = json.dumps(json_value)
+            self.pieces = [text[:len(text) // 2], text[len(text) // 2:]]
         else:
             self.pieces = ["tok%d " % i for i in range(chunks)]
         self.completion_tokens = 5 if tool else len(self.pieces)
-        self.args = {"city": "Paris"}
+        self.args = args if args is not None else {"city": "Paris"}
 
 
 # ---- event stream ---------------------------------------------------------------------
@@ -358,6 +385,7 @@ class Handler(BaseHTTPRequestHandler):
                   "safetySettings", "cachedContent", "labels"}
     GC_FIELDS = {"temperature", "topP", "topK", "maxOutputTokens", "stopSequences", "candidateCount",
                  "presencePenalty", "frequencyPenalty", "seed", "responseMimeType", "responseSchema",
+                 "responseJsonSchema",
                  "responseLogprobs", "logprobs", "thinkingConfig", "responseModalities"}
     PART_FIELDS = {"text", "inlineData", "fileData", "functionCall", "functionResponse",
                    "executableCode", "codeExecutionResult", "thought", "thoughtSignature"}
@@ -388,6 +416,12 @@ class Handler(BaseHTTPRequestHandler):
                 fr = p.get("functionResponse")
                 if fr is not None and not isinstance(fr.get("response"), dict):
                     return "* GenerateContentRequest.contents[%d].parts[0].function_response.response: must be an object" % i
+        gc = req.get("generationConfig", {})
+        if "responseSchema" in gc and "responseJsonSchema" in gc:
+            return "* GenerateContentRequest.generation_config: response_schema and response_json_schema cannot both be set"
+        if ("responseSchema" in gc or "responseJsonSchema" in gc) and gc.get("responseMimeType") != "application/json":
+            return ("* GenerateContentRequest.generation_config.response_mime_type: response_mime_type must be "
+                    "application/json when a response schema is set")
         si = req.get("systemInstruction")
         if si is not None and not (isinstance(si, dict) and si.get("parts")):
             return "* GenerateContentRequest.system_instruction.parts: must not be empty"
@@ -415,6 +449,12 @@ class Handler(BaseHTTPRequestHandler):
         mode = req.get("toolConfig", {}).get("functionCallingConfig", {}).get("mode", "AUTO")
         if decls and mode != "NONE":
             return Turn(self.nchunks, tokens, tool=decls[0]["name"])
+        gc = req.get("generationConfig", {})
+        schema = gc.get("responseJsonSchema", gc.get("responseSchema"))
+        if schema is not None:
+            return Turn(self.nchunks, tokens, json_value=schema_instance(schema))
+        if gc.get("responseMimeType") == "application/json":
+            return Turn(self.nchunks, tokens, json_value={"answer": "tok0"})
         return Turn(self.nchunks, tokens)
 
     def gemini(self, rest, query, hdrs, body):
@@ -511,6 +551,11 @@ class Handler(BaseHTTPRequestHandler):
         inp = req["input"]
         text = inp if isinstance(inp, str) else json.dumps(inp)
         answer = "native: %d words" % words(text)
+        fmt = (req.get("text") or {}).get("format") or {}
+        if fmt.get("type") == "json_schema":  # structured outputs: an instance of the schema
+            answer = json.dumps(schema_instance(fmt.get("schema", {})))
+        elif fmt.get("type") == "json_object":
+            answer = '{"answer": "tok0"}'
         usage = {"input_tokens": words(text) + 3, "input_tokens_details": {"cached_tokens": 0},
                  "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0},
                  "total_tokens": words(text) + 6}
@@ -553,7 +598,7 @@ class Handler(BaseHTTPRequestHandler):
     CONVERSE_FIELDS = {"messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig",
                        "additionalModelRequestFields", "promptVariables",
                        "additionalModelResponseFieldPaths", "requestMetadata", "performanceConfig",
-                       "serviceTier"}
+                       "serviceTier", "outputConfig"}
     IC_FIELDS = {"maxTokens", "temperature", "topP", "stopSequences"}
     BLOCK_FIELDS = {"text", "image", "document", "video", "toolUse", "toolResult", "guardContent",
                     "reasoningContent", "cachePoint"}
@@ -602,8 +647,19 @@ class Handler(BaseHTTPRequestHandler):
             text = "".join(c.get("text", json.dumps(c.get("json"))) for c in results[0]["content"])
             return Turn(self.nchunks, tokens, tool_result=text)
         specs = [t["toolSpec"] for t in req.get("toolConfig", {}).get("tools", []) if "toolSpec" in t]
+        choice = req.get("toolConfig", {}).get("toolChoice", {})
+        if "tool" in choice:  # forced: that tool, its input an instance of its schema
+            spec = next((t for t in specs if t["name"] == choice["tool"].get("name")), None)
+            if spec is None:
+                return None
+            return Turn(self.nchunks, tokens, tool=spec["name"],
+                        args=schema_instance(spec.get("inputSchema", {}).get("json", {})))
         if specs:
             return Turn(self.nchunks, tokens, tool=specs[0]["name"])
+        fmt = req.get("outputConfig", {}).get("textFormat", {})
+        if fmt.get("type") == "json_schema":
+            schema = json.loads(fmt.get("structure", {}).get("jsonSchema", {}).get("schema", "{}"))
+            return Turn(self.nchunks, tokens, json_value=schema_instance(schema))
         return Turn(self.nchunks, tokens)
 
     def bedrock(self, path, query, hdrs, body):
@@ -624,6 +680,9 @@ class Handler(BaseHTTPRequestHandler):
         if problem:
             return self.bedrock_error(400, "ValidationException", problem)
         turn = self.bedrock_turn(req)
+        if turn is None:
+            return self.bedrock_error(400, "ValidationException",
+                                      "The tool named in toolChoice is not in toolConfig.tools.")
         usage = {"inputTokens": turn.prompt_tokens, "outputTokens": turn.completion_tokens,
                  "totalTokens": turn.prompt_tokens + turn.completion_tokens}
         stop = "tool_use" if turn.tool else "end_turn"

@@ -148,7 +148,10 @@ struct kw_backend {
         int64_t input_per_million, output_per_million, cached_input_per_million;
     } pricing;
     bool reasoning_omit; /* spec.reasoning.content: Omit (default Include) */
-    bool valid;          /* false when any error was reported for it */
+    /* spec.structuredOutputs: how a translating provider (Anthropic, Bedrock, Vertex AI
+     * Claude) honours response_format: a forced tool call (default), or the provider's own */
+    enum kw_structured { KW_STRUCTURED_TOOL, KW_STRUCTURED_NATIVE } structured_outputs;
+    bool valid; /* false when any error was reported for it */
 };
 
 struct kw_model_match {

@@ -52,13 +52,18 @@ static const char CONFIG[] = SECRETS BACKEND("openai", "OpenAI", "    secretRef:
     BACKEND("anthropic", "Anthropic", "    secretRef: {name: keys}\n")
         BACKEND("anthropic-omit", "Anthropic",
                 "    secretRef: {name: keys}\n  reasoning: {content: Omit}\n")
-            BACKEND("gemini", "Gemini", "    secretRef: {name: keys}\n")
-                BACKEND("bedrock", "AWSBedrock",
+            BACKEND("anthropic-native", "Anthropic",
+                    "    secretRef: {name: keys}\n  structuredOutputs: Native\n")
+                BACKEND("bedrock-native", "AWSBedrock",
                         "    secretRef: {name: keys}\n    bedrock: {region: eu-west-1, "
-                        "sessionTokenKey: AWS_SESSION_TOKEN}\n")
-                    BACKEND("vertex", "VertexAI",
-                            "    secretRef: {name: keys, key: vertexToken}\n"
-                            "    vertex: {project: proj-1, region: us-east5}\n");
+                        "sessionTokenKey: AWS_SESSION_TOKEN}\n  structuredOutputs: Native\n")
+                    BACKEND("gemini", "Gemini", "    secretRef: {name: keys}\n")
+                        BACKEND("bedrock", "AWSBedrock",
+                                "    secretRef: {name: keys}\n    bedrock: {region: eu-west-1, "
+                                "sessionTokenKey: AWS_SESSION_TOKEN}\n")
+                            BACKEND("vertex", "VertexAI",
+                                    "    secretRef: {name: keys, key: vertexToken}\n"
+                                    "    vertex: {project: proj-1, region: us-east5}\n");
 
 /* The front a vector names: "anthropic" (POST /v1/messages) or "responses". */
 static const struct dp_front_ops *front_of(const struct kw_node *c)
@@ -79,7 +84,7 @@ static struct fixture *fixture(void)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     f->snap = kwt_snapshot(CONFIG, NULL);
-    assert_int_equal(f->snap->nbackends, 6);
+    assert_int_equal(f->snap->nbackends, 8);
     f->table.snap = f->snap;
     f->scratch = kw_arena_new(64u << 20);
     return f;
@@ -281,6 +286,20 @@ static void check_usage(const char *file, const struct kw_node *c, const struct 
                  (long long)u->items[2]->i);
 }
 
+/* Some providers keep what build decided (the structured output's answer tool): the
+ * response and stream vectors run after the request's translation, as requests do. */
+static void build(struct dp_request *r)
+{
+    if (r->provider->build == NULL)
+        return;
+    struct kw_buf url;
+    struct curl_slist *h = NULL;
+    kw_buf_init(&url, 8192);
+    assert_int_equal(r->provider->build(r, &url, &h), KW_OK);
+    curl_slist_free_all(h);
+    kw_buf_cleanup(&url);
+}
+
 static void check_response(const char *file, struct fixture *f, const struct kw_node *c,
                            struct kw_arena *a)
 {
@@ -292,14 +311,7 @@ static void check_response(const char *file, struct fixture *f, const struct kw_
     kw_buf_init(&body, 1 << 24);
     kw_buf_init(&out, 1 << 24);
     assert_int_equal(kw_json_write(resp, &body), KW_OK);
-    if (r->provider->build != NULL) { /* some providers keep what build decided */
-        struct kw_buf url;
-        struct curl_slist *h = NULL;
-        kw_buf_init(&url, 8192);
-        assert_int_equal(r->provider->build(r, &url, &h), KW_OK);
-        curl_slist_free_all(h);
-        kw_buf_cleanup(&url);
-    }
+    build(r);
     assert_int_equal(r->provider->on_response(r, body.data, body.len, &out), KW_OK);
     if (r->front != NULL) {
         struct kw_buf client;
@@ -358,6 +370,7 @@ static char *run_stream(struct fixture *f, const struct kw_node *c, struct kw_ar
                         struct dp_request **rout)
 {
     struct dp_request *r = request(f, c, a);
+    build(r);
     struct dp_sse sse;
     dp_sse_init(&sse, DP_MAX_SSE_EVENT);
     if (r->front != NULL) /* as dp_request_begin_stream does */
