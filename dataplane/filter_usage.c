@@ -228,11 +228,21 @@ static void build(struct dp_request *r, struct ctx *x, struct conf *c, unsigned 
               status >= 400 && r->err.code[0] != '\0' ? r->err.code
               : status >= 400                         ? r->err.type
                                                       : NULL);
+    /* Without the provider's usage (a stream the client left, or one cut) an upstream that
+     * started answering has billed the input: the count it reported at the stream's start,
+     * else an estimate from the body (4 bytes a token, as the limits reserve), flagged */
     int64_t in = r->usage.have ? r->usage.prompt : 0;
     int64_t out = r->usage.have ? r->usage.completion : x->chunks; /* a stream left: what it got */
     int64_t cached = r->usage.have ? r->usage.cached : 0;
+    bool estimated = false;
+    if (!r->usage.have && r->attempts > 0 && (r->client_gone || x->chunks > 0)) {
+        estimated = r->usage.input_seen < 0;
+        in = estimated ? (int64_t)(r->body_len / 4) : r->usage.input_seen;
+    }
     field_int(b, "attempts", r->attempts);
     field_int(b, "input_tokens", in);
+    key(b, "input_tokens_estimated");
+    kw_buf_puts(b, estimated ? "true" : "false");
     field_int(b, "output_tokens", out);
     field_int(b, "cached_tokens", cached);
     if (r->usage.have)
@@ -242,6 +252,15 @@ static void build(struct dp_request *r, struct ctx *x, struct conf *c, unsigned 
     char cost[48];
     kw_usd_format(dp_cost_nano(r->backend, in, cached, out), cost, sizeof(cost));
     field_str(b, "cost", cost);
+    key(b, "provider_usage");
+    if (r->usage.nraw == 0) {
+        kw_buf_puts(b, "null");
+    } else {
+        for (unsigned i = 0; i < r->usage.nraw; i++)
+            kw_buf_printf(b, "%s\"%s\":%lld", i == 0 ? "{" : ",", r->usage.raw[i].name,
+                          (long long)r->usage.raw[i].value);
+        kw_buf_puts(b, "}");
+    }
     field_int(b, "duration_ms", dur);
     if (r->up.ttfb_ms >= 0 && r->attempts > 0)
         field_int(b, "ttft_ms", r->up.ttfb_ms);

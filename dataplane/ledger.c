@@ -274,9 +274,12 @@ static bool pg_migrate(struct sink *k)
                   "cost numeric(24,9), duration_ms bigint, ttft_ms bigint);"
                   "CREATE INDEX IF NOT EXISTS %s_start_time ON %s (start_time);"
                   "CREATE INDEX IF NOT EXISTS %s_consumer ON %s (consumer, start_time);"
-                  "INSERT INTO knoway_schema VALUES ('%s', 1) ON CONFLICT (component) DO UPDATE "
-                  "SET version = GREATEST(knoway_schema.version, 1);",
-                  t, t, t, t, t, t);
+                  /* version 2: the input count's origin and the provider's own counts */
+                  "ALTER TABLE %s ADD COLUMN IF NOT EXISTS input_tokens_estimated boolean;"
+                  "ALTER TABLE %s ADD COLUMN IF NOT EXISTS provider_usage jsonb;"
+                  "INSERT INTO knoway_schema VALUES ('%s', 2) ON CONFLICT (component) DO UPDATE "
+                  "SET version = GREATEST(knoway_schema.version, 2);",
+                  t, t, t, t, t, t, t, t);
     PGresult *res = PQexec(k->pg, sql.data);
     bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     if (!ok)

@@ -403,12 +403,18 @@ static void read_usage(struct anth_state *st, const struct kw_node *usage)
         st->output = dp_tr_int(usage, "output_tokens");
 }
 
+/* Anthropic's input_tokens leave out cache reads and writes: prompt_tokens counts all three
+ * (as OpenAI's include cached ones), cached_tokens the reads; the raw counts are kept. */
 static void set_usage(struct dp_request *r, const struct anth_state *st)
 {
     r->usage.prompt = st->input + st->cache_read + st->cache_create;
     r->usage.completion = st->output;
     r->usage.cached = st->cache_read;
     r->usage.have = true;
+    dp_usage_raw(&r->usage, "input_tokens", st->input);
+    dp_usage_raw(&r->usage, "cache_read_input_tokens", st->cache_read);
+    dp_usage_raw(&r->usage, "cache_creation_input_tokens", st->cache_create);
+    dp_usage_raw(&r->usage, "output_tokens", st->output);
 }
 
 static int anthropic_on_response(struct dp_request *r, const char *body, size_t len,
@@ -499,6 +505,7 @@ static int anthropic_on_event(struct dp_request *r, const char *raw, size_t raw_
         dp_tr_copy(st->tr.ident.model, sizeof(st->tr.ident.model), kw_node_get(msg, "model"),
                    r->upstream_model);
         read_usage(st, kw_node_get(msg, "usage"));
+        r->usage.input_seen = st->input + st->cache_read + st->cache_create; /* a stream cut */
         return dp_tr_chunk_role(out, &st->tr);
     }
     if (strcmp(type, "content_block_start") == 0) {

@@ -453,12 +453,17 @@ static void read_usage(struct dp_request *r, const struct kw_node *u)
 {
     if (u == NULL || u->type != KW_NODE_MAP)
         return;
+    /* inputTokens leave out cache reads and writes (as Anthropic's do) */
     int64_t cache_read = dp_tr_int(u, "cacheReadInputTokens");
-    r->usage.prompt =
-        dp_tr_int(u, "inputTokens") + cache_read + dp_tr_int(u, "cacheWriteInputTokens");
+    int64_t cache_write = dp_tr_int(u, "cacheWriteInputTokens");
+    r->usage.prompt = dp_tr_int(u, "inputTokens") + cache_read + cache_write;
     r->usage.completion = dp_tr_int(u, "outputTokens");
     r->usage.cached = cache_read;
     r->usage.have = true;
+    dp_usage_raw(&r->usage, "inputTokens", dp_tr_int(u, "inputTokens"));
+    dp_usage_raw(&r->usage, "cacheReadInputTokens", cache_read);
+    dp_usage_raw(&r->usage, "cacheWriteInputTokens", cache_write);
+    dp_usage_raw(&r->usage, "outputTokens", r->usage.completion);
 }
 
 /* serviceTier {type} of a response or a stream's metadata, for service_tier. */

@@ -420,11 +420,16 @@ static void read_usage(struct dp_request *r, struct gem_state *st, const struct 
     st->candidates = dp_tr_int(u, "candidatesTokenCount");
     st->thoughts = dp_tr_int(u, "thoughtsTokenCount");
     st->cached = dp_tr_int(u, "cachedContentTokenCount");
+    /* promptTokenCount includes cachedContentTokenCount (as OpenAI's prompt_tokens do) */
     r->usage.prompt = st->prompt;
     r->usage.completion = st->candidates + st->thoughts; /* OpenAI counts reasoning in it */
     r->usage.reasoning = st->thoughts;
     r->usage.cached = st->cached;
     r->usage.have = true;
+    dp_usage_raw(&r->usage, "promptTokenCount", st->prompt);
+    dp_usage_raw(&r->usage, "cachedContentTokenCount", st->cached);
+    dp_usage_raw(&r->usage, "candidatesTokenCount", st->candidates);
+    dp_usage_raw(&r->usage, "thoughtsTokenCount", st->thoughts);
 }
 
 static void read_ident(struct dp_request *r, struct gem_state *st, const struct kw_node *root)
@@ -549,6 +554,8 @@ static int embeddings_response(struct dp_request *r, struct gem_state *st,
     r->usage.prompt = dp_tr_int(u, "promptTokenCount");
     r->usage.completion = 0;
     r->usage.have = u != NULL;
+    if (u != NULL)
+        dp_usage_raw(&r->usage, "promptTokenCount", r->usage.prompt);
     kw_buf_puts(out, "],\"model\":");
     kw_json_write_string(out, r->upstream_model, strlen(r->upstream_model));
     return kw_buf_printf(out, ",\"usage\":{\"prompt_tokens\":%lld,\"total_tokens\":%lld}}",

@@ -119,6 +119,19 @@ int64_t dp_request_max_output(const struct dp_request *r, int64_t max, const cha
     return 0;
 }
 
+void dp_usage_raw(struct dp_usage *u, const char *name, int64_t value)
+{
+    unsigned i = 0;
+    while (i < u->nraw && strcmp(u->raw[i].name, name) != 0)
+        i++;
+    if (i == DP_USAGE_RAW)
+        return;
+    u->raw[i].name = name;
+    u->raw[i].value = value;
+    if (i == u->nraw)
+        u->nraw++;
+}
+
 void dp_request_usage(struct dp_request *r, const struct kw_node *usage)
 {
     if (usage == NULL || usage->type != KW_NODE_MAP)
@@ -134,14 +147,23 @@ void dp_request_usage(struct dp_request *r, const struct kw_node *usage)
     const struct kw_node *rt = kw_node_get(
         kw_node_get(usage, chat ? "completion_tokens_details" : "output_tokens_details"),
         "reasoning_tokens");
-    if (p != NULL && p->type == KW_NODE_INT)
+    /* OpenAI's prompt_tokens (input_tokens) include the cached ones */
+    if (p != NULL && p->type == KW_NODE_INT) {
         r->usage.prompt = p->i;
-    if (c != NULL && c->type == KW_NODE_INT)
+        dp_usage_raw(&r->usage, chat ? "prompt_tokens" : "input_tokens", p->i);
+    }
+    if (c != NULL && c->type == KW_NODE_INT) {
         r->usage.completion = c->i;
-    if (d != NULL && d->type == KW_NODE_INT)
+        dp_usage_raw(&r->usage, chat ? "completion_tokens" : "output_tokens", c->i);
+    }
+    if (d != NULL && d->type == KW_NODE_INT) {
         r->usage.cached = d->i;
-    if (rt != NULL && rt->type == KW_NODE_INT)
+        dp_usage_raw(&r->usage, "cached_tokens", d->i);
+    }
+    if (rt != NULL && rt->type == KW_NODE_INT) {
         r->usage.reasoning = rt->i;
+        dp_usage_raw(&r->usage, "reasoning_tokens", rt->i);
+    }
     r->usage.have = p != NULL || c != NULL;
 }
 
@@ -390,6 +412,7 @@ static struct dp_request *request_new(struct dp_worker *w, struct MHD_Connection
     r->start_ms = dp_now_ms();
     r->thinking_budget = -1;
     r->api_name = "other";
+    r->usage.input_seen = -1;
     kw_heap_node_init(&r->timer.node);
     kw_heap_node_init(&r->watch_timer.node);
     kw_heap_node_init(&r->attempt_timer.node);

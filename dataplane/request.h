@@ -53,11 +53,25 @@ struct dp_error {
     char msg[512];
 };
 
+#define DP_USAGE_RAW 8
 struct dp_usage {
     bool have;
     int64_t prompt, completion, cached;
     int64_t reasoning; /* of completion: reasoning tokens (0: none or not reported) */
+    /* the input count a stream reported at its start (Anthropic's message_start), for a
+     * stream that ends without its usage; -1 when none was */
+    int64_t input_seen;
+    /* the provider's own counts, as it named them (dp_usage_raw): the usage record keeps
+     * them (provider_usage) so bills can be checked against each provider's */
+    struct {
+        const char *name; /* a string literal */
+        int64_t value;
+    } raw[DP_USAGE_RAW];
+    unsigned nraw;
 };
+
+/* Keep one of the provider's counts (replaced when the name is there already). */
+void dp_usage_raw(struct dp_usage *u, const char *name, int64_t value);
 
 struct dp_provider_ops;
 struct sockaddr;

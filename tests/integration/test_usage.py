@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import sys
@@ -430,6 +431,128 @@ class ApiLabels(unittest.TestCase):
             dp.stop()
             mock.stop()
             providers.stop()
+
+
+class StreamLeft(unittest.TestCase):
+    """A stream the client leaves: the provider billed its input, so the record has it: the
+    count the stream reported at its start (Anthropic's message_start), else an estimate
+    from the body, flagged (input_tokens_estimated). It once recorded 0."""
+
+    def test_left_streams_record_their_input(self):
+        mock = Mock()
+        out = tempfile.mkdtemp(prefix="kwleft-")
+        slow = {"x-mock-chunks": "40", "x-mock-interval-ms": "50"}
+        res = (backend("b", mock.url(), headers=slow) + route("demo", ["demo"], ["b"])
+               + "---\napiVersion: v1\nkind: Secret\nmetadata: {name: k}\n"
+                 "stringData: {apiKey: k-1}\n"
+               + backend("claude", "http://127.0.0.1:%d" % mock.port, provider="Anthropic",
+                         headers=slow, extra="  credentials: {secretRef: {name: k}}\n")
+               + route("claude", ["claude"], ["claude"]))
+        dp = Dataplane(res, extra_spec=("  usage:\n    spool: {dir: \"%s/spool\"}\n"
+                                        "    sinks: [{jsonl: {path: \"%s/usage.jsonl\"}}]\n"
+                                        % (out, out)))
+        text = "count the words in this sentence please " * 50
+        try:
+            sent = {}
+            for model in ("demo", "claude"):
+                body = json.dumps({"model": model, "stream": True,
+                                   "messages": [{"role": "user", "content": text}]})
+                rid = uuid.uuid4().hex
+                c = http.client.HTTPConnection("127.0.0.1", dp.port, timeout=10)
+                c.request("POST", "/v1/chat/completions", body,
+                          {"Content-Type": "application/json", "x-request-id": rid})
+                r = c.getresponse()
+                self.assertEqual(r.status, 200)
+                got = b""
+                while got.count(b"data: {") < 3:  # a few chunks, then the client leaves
+                    got += r.read1(4096)
+                c.sock.shutdown(socket.SHUT_RDWR)
+                c.close()
+                sent[model] = (rid, len(body))
+            # ... and one stream read to its end: the provider's own counts, not estimated
+            st, _, data = request("POST", dp.port, "/v1/chat/completions",
+                                  {"model": "claude", "stream": True,
+                                   "messages": [{"role": "user", "content": "hi"}]},
+                                  {"x-request-id": "whole-stream"})
+            self.assertEqual(st, 200)
+
+            def shipped():
+                wait_shipped([dp])
+                with open(os.path.join(out, "usage.jsonl")) as f:
+                    recs = {json.loads(l)["client_request_id"]: json.loads(l) for l in f if l.strip()}
+                return len(recs) >= 3 and recs
+            recs = wait_for(shipped, 15)
+            demo = recs[sent["demo"][0]]
+            self.assertTrue(demo["input_tokens_estimated"], demo)
+            self.assertEqual(demo["input_tokens"], sent["demo"][1] // 4)
+            self.assertGreaterEqual(demo["output_tokens"], 2)
+            self.assertLess(demo["output_tokens"], 40)
+            claude = recs[sent["claude"][0]]
+            # the mock: 3 per message and a token a word, plus 2 cache reads and 1 write
+            words = len(text.split())
+            self.assertEqual((claude["input_tokens"], claude["input_tokens_estimated"]),
+                             (3 + words + 3, False), claude)
+            whole = recs["whole-stream"]
+            self.assertFalse(whole["input_tokens_estimated"])
+            self.assertEqual(whole["provider_usage"],
+                             {"input_tokens": 4, "cache_read_input_tokens": 2,
+                              "cache_creation_input_tokens": 1, "output_tokens": 40})
+            self.assertEqual(whole["input_tokens"], 4 + 2 + 1)
+            self.assertEqual(whole["cached_tokens"], 2)
+        finally:
+            dp.stop()
+            mock.stop()
+
+
+class SinksIndependent(unittest.TestCase):
+    """One failing sink never blocks another: PostgreSQL is down while the JSON-lines sink
+    ships every record; when it comes back its rows arrive exactly once, with the
+    provider's own counts (provider_usage, jsonb)."""
+
+    def test_jsonl_ships_while_postgres_is_down(self):
+        pg = Postgres()
+        mock = Mock()
+        out = tempfile.mkdtemp(prefix="kwsinks-")
+        dsn = os.path.join(pg.dir, "dsn")
+        with open(dsn, "w") as f:
+            f.write(pg.dsn() + "\n")
+        pg.stop()
+        dp = Dataplane(backend("b", mock.url()) + route("demo", ["demo"], ["b"]),
+                       extra_spec=("  usage:\n    spool: {dir: \"%s/spool\"}\n"
+                                   "    sinks:\n"
+                                   "      - {postgres: {dsnFile: \"%s\", flushInterval: 200ms}}\n"
+                                   "      - {jsonl: {path: \"%s/usage.jsonl\"}}\n"
+                                   % (out, dsn, out)))
+        try:
+            ids = set()
+            for i in range(50):
+                rid = "req-%d" % i
+                self.assertEqual(post(dp.port, "/v1/chat/completions", CHAT,
+                                      {"x-request-id": rid})[0], 200)
+                ids.add(rid)
+
+            def jsonl_ids():
+                with open(os.path.join(out, "usage.jsonl")) as f:
+                    got = [json.loads(line)["client_request_id"] for line in f if line.strip()]
+                return len(got) >= 50 and got
+            got = wait_for(jsonl_ids, 10)  # shipped while the database is down
+            self.assertEqual(sorted(got), sorted(ids))
+            sinks = debug_usage(dp)["sinks"]
+            pg_sink = [k for k in sinks if k.get("lastError")]
+            self.assertEqual(len(pg_sink), 1, sinks)  # the database sink is failing meanwhile
+            self.assertIn("PostgreSQL", pg_sink[0]["lastError"])
+            pg.start()
+            wait_shipped([dp], 30)
+            rows = pg.query("SELECT client_request_id, input_tokens, input_tokens_estimated, "
+                            "provider_usage->>'prompt_tokens' FROM knoway_usage")
+            self.assertEqual(sorted(r[0] for r in rows), sorted(ids), "exactly once")
+            for r in rows:
+                self.assertEqual(str(r[2]).lower()[0], "f")
+                self.assertEqual(int(r[3]), int(r[1]))
+        finally:
+            dp.stop()
+            mock.stop()
+            pg.cleanup()
 
 
 if __name__ == "__main__":

@@ -349,26 +349,25 @@ static void test_cache_builds_what_a_full_decode_builds(void **state)
 /* The builder thread publishes nothing before its sources are whole, and the first build
  * it publishes holds what completed the view: a build begun before the last informer
  * listed published routes without their consumers once (their keys then served as
- * anonymous). */
+ * anonymous). Readiness must be checked before the build starts, not when it is published:
+ * here the last list lands just as readiness is checked the second time, so a build made
+ * before that check lacks it (it fails with the check moved after ctl_build_run). */
 struct watcher {
     struct fixture *f;
     struct ctl_builder *bl;
     atomic_int ready_calls, builds, last_backends;
-    atomic_bool synced;
 };
 
 static bool watcher_ready(void *ud)
 {
     struct watcher *w = ud;
-    if (atomic_fetch_add(&w->ready_calls, 1) == 0) {
-        /* the last list lands right after the check: its kick must bring the build */
-        put(&w->f->b, "ml/late",
-            BACKEND("late", "{\"provider\":\"vLLM\",\"upstream\":"
-                            "{\"baseURL\":\"http://v:8000/v1\"}}"));
-        atomic_store(&w->synced, true);
-        return false;
-    }
-    return atomic_load(&w->synced);
+    if (atomic_fetch_add(&w->ready_calls, 1) == 0)
+        return false; /* an informer has not listed yet */
+    /* the last list lands now, completing the view */
+    put(&w->f->b, "ml/late",
+        BACKEND("late", "{\"provider\":\"vLLM\",\"upstream\":"
+                        "{\"baseURL\":\"http://v:8000/v1\"}}"));
+    return true;
 }
 
 static void watcher_build(void *ud, struct ctl_build *b)
@@ -392,12 +391,13 @@ static void test_builder_publishes_only_whole_views(void **state)
     assert_int_equal(atomic_load(&w.ready_calls), 1);
     usleep(50000); /* ten debounce periods: nothing is built without a kick */
     assert_int_equal(atomic_load(&w.builds), 0);
-    ctl_builder_kick(&bl); /* the informer's notify after its list */
+    ctl_builder_kick(&bl); /* the last informer's notify after its list */
     for (int i = 0; i < 400 && atomic_load(&w.builds) == 0; i++)
         usleep(5000);
+    usleep(50000);
     ctl_builder_stop(&bl);
     assert_int_equal(atomic_load(&w.builds), 1);
-    assert_int_equal(atomic_load(&w.last_backends), 1);
+    assert_int_equal(atomic_load(&w.last_backends), 1); /* with what completed the view */
 }
 
 int main(void)
