@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
@@ -405,6 +406,53 @@ class RedisFailure(unittest.TestCase):
             self.assertGreaterEqual(self.redis_sockets(dp), 1)
         self.assertIsNone(self.open.proc.poll())
         self.assertIsNone(self.closed.proc.poll())
+
+
+class RedisOpenFallsBackToLocal(unittest.TestCase):
+    def test_local_limit_enforced_while_redis_is_down(self):
+        """failureMode: Open with Redis killed during a run: the Global limit is still
+        enforced, counted by the data plane alone (30 of 120 concurrent requests), not
+        waved through."""
+        redis = Redis()
+        mock = Mock(threads=2)
+        res = (backend("b", mock.url())
+               + route("demo", ["demo"], ["b"],
+                       "  rateLimits:\n"
+                       "    - {name: g, key: Header/x-user, scope: Global,"
+                       " requests: {limit: 30, window: 1m}}\n"))
+        dp = Dataplane(res, extra_spec="  redis: {url: \"%s\", timeout: 200ms, failureMode: Open}\n"
+                       % redis.url())
+        try:
+            def burst(user, n):
+                with concurrent.futures.ThreadPoolExecutor(20) as ex:
+                    return [r[0] for r in ex.map(
+                        lambda i: post(dp.port, "/v1/chat/completions", CHAT, {"x-user": user},
+                                       timeout=10), range(n))]
+            before = burst("alice", 40)  # Redis counts: 30 pass
+            self.assertEqual((before.count(200), before.count(429)), (30, 10))
+            stop = threading.Event()
+            during = []
+
+            def load():  # traffic goes on while Redis dies
+                while not stop.is_set():
+                    during.append(post(dp.port, "/v1/chat/completions", CHAT,
+                                       {"x-user": "bob"}, timeout=10)[0])
+            t = threading.Thread(target=load)
+            t.start()
+            time.sleep(0.2)
+            redis.stop()
+            codes = burst("carol", 120)
+            stop.set()
+            t.join()
+            self.assertEqual((codes.count(200), codes.count(429)), (30, 90),
+                             "the limit counted locally while Redis is down")
+            self.assertEqual(set(during) - {200, 429}, set(), "no 503 in Open mode")
+            self.assertLessEqual(during.count(200), 60, "bob: at most 30 by Redis, 30 locally")
+            self.assertIn('knoway_ratelimit_redis_failures_total{mode="open"}', dp.metrics())
+        finally:
+            dp.stop()
+            mock.stop()
+            redis.stop()
 
 
 if __name__ == "__main__":

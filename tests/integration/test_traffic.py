@@ -181,6 +181,22 @@ class Breaker(Base):
         # (at most one per client connection) reach it
         self.assertLessEqual(storm.stats()["requests"], 4)
 
+    def test_cooldown_from_retry_after_ms(self):
+        """A 429 with retry-after-ms: 3000 (OpenAI's and Azure's millisecond hint) rests the
+        backend 3 s, not the default second of a 429 without a hint."""
+        storm, room = self.instances({"status": 429, "retry_after_ms": 3000}, {})
+        dp = self.start(backend("storm", storm.url()) + backend("room", room.url())
+                        + route("r", ["m"], ["storm", "room"]))
+        t0 = time.time()
+        while time.time() - t0 < 2.0:  # one connection: requests one after another
+            self.assertEqual(chat(dp)[0], 200)
+        self.assertEqual(storm.stats()["requests"], 1, "resting for the 3 s it asked for")
+        time.sleep(max(0.0, t0 + 3.3 - time.time()))
+        deadline = time.time() + 5
+        while storm.stats()["requests"] < 2 and time.time() < deadline:
+            self.assertEqual(chat(dp)[0], 200)
+        self.assertEqual(storm.stats()["requests"], 2, "back in rotation after it")
+
     def test_429_alone_is_relayed_with_retry_after(self):
         storm, = self.instances({"status": 429, "retry_after": 7})
         dp = self.start(backend("storm", storm.url()) + route("r", ["m"], ["storm"]))

@@ -113,5 +113,37 @@ class UpstreamTLS(unittest.TestCase):
         self.assertEqual(self.chat("skip")[0], 200)
 
 
+class CaSecretReplacesTheSystemBundle(unittest.TestCase):
+    def test_system_bundle_trusted_but_not_by_a_backend_with_its_own_ca(self):
+        """The server's CA (ca-a) is in the system bundle (bind-mounted over libcurl's
+        /etc/ssl/certs/ca-certificates.crt in a mount namespace of the data plane): the
+        backend without tls trusts it, the backend whose caSecretRef holds only ca-b must
+        refuse it. The test above cannot tell "replaces" from "adds to"; this one can."""
+        UpstreamTLS.setUpClass()  # the CAs and the server
+        try:
+            d = UpstreamTLS.dir
+            bundle = os.path.join(d, "system-bundle.crt")
+            with open("/etc/ssl/certs/ca-certificates.crt") as f, open(bundle, "w") as out:
+                out.write(f.read() + open(os.path.join(d, "ca-a.crt")).read())
+            UpstreamTLS.dp.stop()
+            url = "https://127.0.0.1:%d/v1" % UpstreamTLS.httpd.server_address[1]
+            ca_b = open(os.path.join(d, "ca-b.crt")).read()
+            wrap = ["unshare", "-m", "sh", "-c",
+                    "mount --bind \"$0\" /etc/ssl/certs/ca-certificates.crt && exec \"$@\"",
+                    bundle]
+            dp = Dataplane(secret("ca-b", ca_b)
+                           + backend("plain", url) + route("plain", ["plain"], ["plain"])
+                           + backend("ca-b", url, extra="    tls: {caSecretRef: {name: ca-b}}\n")
+                           + route("ca-b", ["ca-b"], ["ca-b"]), wrap=wrap)
+            try:
+                chat = lambda m: post(dp.port, "/v1/chat/completions", dict(CHAT, model=m))[0]
+                self.assertEqual(chat("plain"), 200, "the system bundle trusts ca-a")
+                self.assertEqual(chat("ca-b"), 502, "caSecretRef replaces the system bundle")
+            finally:
+                dp.stop()
+        finally:
+            UpstreamTLS.httpd.shutdown()
+
+
 if __name__ == "__main__":
     unittest.main()
