@@ -166,6 +166,25 @@ spec:
 ${route('bedrock', 'bedrock')}---
 apiVersion: llm.knoway.dev/v1alpha1
 kind: LLMBackend
+metadata: {name: claude-native}
+spec:
+  provider: Anthropic
+  structuredOutputs: Native
+  upstream: {baseURL: "http://127.0.0.1:${mock}"}
+  credentials: {secretRef: {name: keys}}
+${route('claude-native', 'claude-native')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
+metadata: {name: bedrock-native}
+spec:
+  provider: AWSBedrock
+  structuredOutputs: Native
+  modelName: "anthropic.claude-sonnet-4-5-20250929-v1:0"
+  upstream: {baseURL: "http://127.0.0.1:${mock2}"}
+  credentials: {secretRef: {name: keys}, bedrock: {region: eu-central-1, sessionTokenKey: AWS_SESSION_TOKEN}}
+${route('bedrock-native', 'bedrock-native')}---
+apiVersion: llm.knoway.dev/v1alpha1
+kind: LLMBackend
 metadata: {name: openai-native}
 spec:
   provider: OpenAI

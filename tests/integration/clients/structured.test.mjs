@@ -29,7 +29,8 @@ const Weather = z.object({
 const EXPECTED = { city: 'tok0', temperature: 1.5, conditions: 'sunny', days: [{ day: 7, note: 'tok0' }] };
 const messages = [{ role: 'user', content: 'Weather in Paris?' }];
 
-const CHAT = ['demo', 'azure', 'claude', 'gemini', 'bedrock', 'vertex-gemini', 'vertex-claude'];
+const CHAT = ['demo', 'azure', 'claude', 'gemini', 'bedrock', 'vertex-gemini', 'vertex-claude',
+  'claude-native', 'bedrock-native']; // the last two: the providers' own structured outputs
 
 for (const model of CHAT) {
   test(`chat.completions.parse with zodResponseFormat through ${model}`, async () => {
@@ -83,6 +84,13 @@ test('a client tool and a structured answer: both declared, the answer tool forc
   // the mock calls the first tool declared when any tool may be chosen: the client's own
   assert.equal(r.choices[0].message.tool_calls[0].function.name, 'get_weather');
   assert.equal(r.choices[0].finish_reason, 'tool_calls');
+});
+
+test('reasoning and the native structured outputs go together', async () => {
+  const r = await client.chat.completions.parse({
+    model: 'claude-native', messages, reasoning_effort: 'low', response_format: zodResponseFormat(Weather, 'weather'),
+  });
+  assert.deepEqual(r.choices[0].message.parsed, EXPECTED);
 });
 
 test('reasoning with a forced answer tool is refused with a clear 400', async () => {
