@@ -59,7 +59,7 @@ test('models', async () => {
   const ids = [];
   for await (const m of client.models.list()) ids.push(m.id);
   assert.deepEqual(ids.sort(), ['azure', 'azure-native', 'bedrock', 'bedrock-broken',
-    'bedrock-crc', 'bedrock-throttled', 'claude', 'continued', 'cut', 'demo', 'gemini',
+    'bedrock-crc', 'bedrock-native', 'bedrock-throttled', 'claude', 'claude-native', 'continued', 'cut', 'demo', 'gemini',
     'gemini-badkey', 'messages-only', 'openai-native', 'vertex-claude', 'vertex-gemini']);
 });
 
