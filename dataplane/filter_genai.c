@@ -21,6 +21,7 @@
 
 #include "filter.h"
 #include "knoway/kw.h"
+#include "knoway/provider.h"
 #include "knoway/metrics.h"
 #include "server.h"
 
@@ -109,33 +110,7 @@ const char *dp_genai_operation(const struct dp_request *r)
 
 const char *dp_genai_provider(enum kw_provider p)
 {
-    switch (p) {
-    case KW_PROVIDER_OPENAI:
-        return "openai";
-    case KW_PROVIDER_AZURE_OPENAI:
-        return "azure.ai.openai";
-    case KW_PROVIDER_ANTHROPIC:
-        return "anthropic";
-    case KW_PROVIDER_AWS_BEDROCK:
-        return "aws.bedrock";
-    case KW_PROVIDER_GEMINI:
-        return "gcp.gemini";
-    case KW_PROVIDER_VERTEX_AI:
-        return "gcp.vertex_ai";
-    case KW_PROVIDER_COHERE:
-        return "cohere";
-    case KW_PROVIDER_MISTRAL:
-        return "mistral_ai";
-    case KW_PROVIDER_VLLM:
-        return "vllm";
-    case KW_PROVIDER_KSERVE:
-        return "kserve";
-    case KW_PROVIDER_OLLAMA:
-        return "ollama";
-    case KW_PROVIDER__COUNT:
-        break;
-    }
-    return "other";
+    return kw_provider_info(p)->genai_name;
 }
 
 /* The request model as configuration names it (bounded): the client's model when the

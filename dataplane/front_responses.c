@@ -436,8 +436,7 @@ void dp_responses_bind(struct dp_request *r)
         return;
     /* OpenAI and Azure serve the Responses API themselves (server-side tools, reasoning):
      * passed through; a fallback to another backend goes back to the translation */
-    r->responses_native = r->backend->provider == KW_PROVIDER_OPENAI ||
-                          r->backend->provider == KW_PROVIDER_AZURE_OPENAI;
+    r->responses_native = dp_provider_desc(r->backend->provider)->responses_native;
     r->front = r->responses_native ? NULL : &dp_front_responses;
     r->json = r->responses_native ? (struct kw_node *)rs->req : rs->chat;
 }

@@ -74,8 +74,19 @@ extern const struct dp_front_ops dp_front_responses;
  * through the front. Called by dp_request_bind before the body is rewritten. */
 void dp_responses_bind(struct dp_request *r);
 
+/* The provider registry (providers.c), one row per provider of knoway/provider.h. */
+struct kw_snapshot;
+struct dp_provider_desc {
+    const struct dp_provider_ops *ops; /* NULL: refused when the configuration is read */
+    bool responses_native;             /* takes /v1/responses as it came (else the front's) */
+    /* A configuration was applied (main thread): what it fetches off the workers, or NULL */
+    void (*applied)(const struct kw_snapshot *snap);
+};
+const struct dp_provider_desc *dp_provider_desc(enum kw_provider p);
 /* The provider that serves a backend (NULL: none in this build). */
 const struct dp_provider_ops *dp_provider_for(const struct kw_backend *b);
+/* Every provider's applied hook, for a snapshot just applied. */
+void dp_providers_applied(const struct kw_snapshot *snap);
 extern const struct dp_provider_ops dp_provider_openai;
 extern const struct dp_provider_ops dp_provider_azure;
 extern const struct dp_provider_ops dp_provider_anthropic;

@@ -181,20 +181,3 @@ const struct dp_provider_ops dp_provider_openai = {
     .on_response = dp_openai_on_response,
     .on_event = dp_openai_on_event,
 };
-
-const struct dp_provider_ops *dp_provider_for(const struct kw_backend *b)
-{
-    if (kw_provider_is_openai_compatible(b->provider))
-        return &dp_provider_openai;
-    if (b->provider == KW_PROVIDER_AZURE_OPENAI)
-        return &dp_provider_azure;
-    if (b->provider == KW_PROVIDER_ANTHROPIC)
-        return &dp_provider_anthropic;
-    if (b->provider == KW_PROVIDER_GEMINI)
-        return &dp_provider_gemini;
-    if (b->provider == KW_PROVIDER_AWS_BEDROCK)
-        return &dp_provider_bedrock;
-    if (b->provider == KW_PROVIDER_VERTEX_AI)
-        return &dp_provider_vertex;
-    return NULL; /* Cohere: refused when the configuration is read */
-}

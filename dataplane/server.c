@@ -162,7 +162,7 @@ int dp_server_workers_alive(struct dp_server *s, int64_t within_ms, int64_t *sta
  * caller keeps its own reference to t. */
 static void publish(struct dp_server *s, struct dp_table *t)
 {
-    dp_vertex_prefetch(t->snap); /* Vertex AI access tokens, fetched off the workers */
+    dp_providers_applied(t->snap); /* e.g. Vertex AI access tokens, fetched off the workers */
     pthread_mutex_lock(&s->mu);
     struct dp_table *old = s->table;
     s->table = dp_table_ref(t);
@@ -371,7 +371,7 @@ int dp_server_run(const char *config_path, struct kw_config *cfg, struct kw_snap
     if (snap != NULL && (s.table = dp_table_new(snap)) == NULL)
         return 1;
     if (s.table != NULL)
-        dp_vertex_prefetch(s.table->snap);
+        dp_providers_applied(s.table->snap);
     signal(SIGPIPE, SIG_IGN);
     s.max_connections = s.dp->limits.max_connections;
     raise_nofile(&s);

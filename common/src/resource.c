@@ -18,61 +18,9 @@
 #include "knoway/duration.h"
 #include "knoway/net.h"
 #include "knoway/kw.h"
+#include "knoway/provider.h"
 
 /* ---- names ------------------------------------------------------------------------- */
-
-static const char *const provider_names[KW_PROVIDER__COUNT] = {
-    [KW_PROVIDER_OPENAI] = "OpenAI",       [KW_PROVIDER_AZURE_OPENAI] = "AzureOpenAI",
-    [KW_PROVIDER_ANTHROPIC] = "Anthropic", [KW_PROVIDER_AWS_BEDROCK] = "AWSBedrock",
-    [KW_PROVIDER_GEMINI] = "Gemini",       [KW_PROVIDER_VERTEX_AI] = "VertexAI",
-    [KW_PROVIDER_COHERE] = "Cohere",       [KW_PROVIDER_MISTRAL] = "Mistral",
-    [KW_PROVIDER_VLLM] = "vLLM",           [KW_PROVIDER_KSERVE] = "KServe",
-    [KW_PROVIDER_OLLAMA] = "Ollama",
-};
-
-const char *kw_provider_name(enum kw_provider p)
-{
-    return (unsigned)p < KW_PROVIDER__COUNT ? provider_names[p] : "?";
-}
-
-const char *kw_provider_default_base_url(enum kw_provider p)
-{
-    switch (p) {
-    case KW_PROVIDER_OPENAI:
-        return "https://api.openai.com/v1";
-    case KW_PROVIDER_ANTHROPIC:
-        return "https://api.anthropic.com";
-    case KW_PROVIDER_GEMINI:
-        return "https://generativelanguage.googleapis.com";
-    case KW_PROVIDER_MISTRAL:
-        return "https://api.mistral.ai/v1";
-    case KW_PROVIDER_COHERE:
-        return "https://api.cohere.com";
-    default:
-        return NULL;
-    }
-}
-
-const char *kw_provider_service_path(enum kw_provider p)
-{
-    switch (p) {
-    case KW_PROVIDER_VLLM:
-    case KW_PROVIDER_OLLAMA:
-    case KW_PROVIDER_OPENAI:
-    case KW_PROVIDER_MISTRAL:
-        return "/v1";
-    case KW_PROVIDER_KSERVE:
-        return "/openai/v1";
-    default:
-        return "";
-    }
-}
-
-bool kw_provider_is_openai_compatible(enum kw_provider p)
-{
-    return p == KW_PROVIDER_OPENAI || p == KW_PROVIDER_MISTRAL || p == KW_PROVIDER_VLLM ||
-           p == KW_PROVIDER_KSERVE || p == KW_PROVIDER_OLLAMA;
-}
 
 const char *kw_kind_name(enum kw_kind k)
 {
@@ -1080,22 +1028,27 @@ void kw_decode_backend_spec(struct kw_dec *d, const struct kw_node *spec, struct
     static const char *const reasoning_content[] = {"Include", "Omit", NULL};
     static const char *const pricing_fields[] = {"inputPerMillion", "outputPerMillion",
                                                  "cachedInputPerMillion", NULL};
-    static const char *const provider_list[KW_PROVIDER__COUNT + 1] = {
-        "OpenAI", "AzureOpenAI", "Anthropic", "AWSBedrock", "Gemini", "VertexAI",
-        "Cohere", "Mistral",     "vLLM",      "KServe",     "Ollama", NULL};
+    const char *provider_list[KW_PROVIDER__COUNT + 1];
+    for (int p = 0; p < KW_PROVIDER__COUNT; p++)
+        provider_list[p] = kw_provider_name((enum kw_provider)p);
+    provider_list[KW_PROVIDER__COUNT] = NULL;
     check_fields(d, spec, fields, NULL);
     int provider = -1;
     bool have_provider =
         get_enum(d, spec, "provider", provider_list, KW_PROVIDER__COUNT, &provider);
     b->provider = have_provider ? (enum kw_provider)provider : KW_PROVIDER_OPENAI;
-    if (have_provider && b->provider == KW_PROVIDER_COHERE) {
+    if (have_provider && !kw_provider_info(b->provider)->supported) {
         /* named so that the message is clear, refused so that nothing answers 501 later */
+        char supported[256] = "";
+        for (int p = 0; p < KW_PROVIDER__COUNT; p++)
+            if (kw_provider_info((enum kw_provider)p)->supported)
+                snprintf(supported + strlen(supported), sizeof(supported) - strlen(supported),
+                         "%s%s", supported[0] ? ", " : "", kw_provider_name((enum kw_provider)p));
         size_t pm = push(d, "provider");
         kw_dec_error(d, kw_node_get(spec, "provider"),
                      "%s is not supported by this version (its API is not translated yet); "
-                     "supported: OpenAI, AzureOpenAI, Anthropic, AWSBedrock, Gemini, VertexAI, "
-                     "Mistral, vLLM, KServe, Ollama",
-                     kw_provider_name(b->provider));
+                     "supported: %s",
+                     kw_provider_name(b->provider), supported);
         pop(d, pm);
     }
     b->model_name = get_string(d, spec, "modelName", false, KW_MAX_MODEL_LEN, NULL);

@@ -34,6 +34,7 @@
 #include "knoway/config.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
+#include "knoway/provider.h"
 #include "knoway/snapshot.h"
 #include "router.h"
 #include "sigv4.h"
@@ -817,12 +818,51 @@ static void test_eventstream_linear(void **state)
     free(payload);
 }
 
+/* Every provider has its row in both tables, and they agree: a name that parses back, a
+ * GenAI name, ops exactly when it is supported (the OpenAI pass-through for the compatible
+ * ones), an https default address when it has one, a backend of it that --check accepts
+ * (or refuses by name when unsupported). */
+static void test_provider_registry(void **state)
+{
+    (void)state;
+    for (int p = 0; p < KW_PROVIDER__COUNT; p++) {
+        const struct kw_provider_info *in = kw_provider_info((enum kw_provider)p);
+        const struct dp_provider_desc *d = dp_provider_desc((enum kw_provider)p);
+        assert_non_null(in->name);
+        assert_int_equal(kw_provider_parse(in->name), p);
+        assert_true(in->genai_name != NULL && in->genai_name[0] != '\0');
+        assert_true(in->supported == (d->ops != NULL));
+        if (in->openai_compatible)
+            assert_ptr_equal(d->ops, &dp_provider_openai);
+        if (in->default_base_url != NULL)
+            assert_int_equal(strncmp(in->default_base_url, "https://", 8), 0);
+        char yaml[1024];
+        snprintf(yaml, sizeof(yaml),
+                 SECRETS "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\n"
+                         "metadata: {name: b, namespace: t}\nspec:\n  provider: %s\n"
+                         "  upstream: {baseURL: \"http://up.example:8080\"}\n"
+                         "  credentials:\n    secretRef: {name: keys%s}\n%s",
+                 in->name, p == KW_PROVIDER_VERTEX_AI ? ", key: vertexToken" : "",
+                 p == KW_PROVIDER_AWS_BEDROCK    ? "    bedrock: {region: eu-west-1}\n"
+                 : p == KW_PROVIDER_VERTEX_AI    ? "    vertex: {project: p, region: us-east5}\n"
+                 : p == KW_PROVIDER_AZURE_OPENAI ? "    azure: {deployment: d}\n"
+                                                 : "");
+        struct kw_config *cfg = kw_config_new();
+        bool refused = kw_config_add_yaml(cfg, "t.yaml", yaml, strlen(yaml)) != KW_OK ||
+                       kw_config_check(cfg) != KW_OK;
+        if (refused != !in->supported)
+            fail_msg("provider %s: %s", in->name, refused ? "refused" : "accepted");
+        kw_config_free(cfg);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sigv4_vectors),      cmocka_unit_test(test_sigv4_bedrock_path),
         cmocka_unit_test(test_eventstream_splits), cmocka_unit_test(test_eventstream_errors),
         cmocka_unit_test(test_eventstream_linear), cmocka_unit_test(test_golden),
+        cmocka_unit_test(test_provider_registry),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
