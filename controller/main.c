@@ -21,6 +21,7 @@
 #include "knoway/log.h"
 #include "knoway/metrics.h"
 #include "knoway/probeguard.h"
+#include "knoway/redis_contract.h"
 #include "knoway/otlp.h"
 #include "knoway/net.h"
 #include "knoway/proc.h"
@@ -96,7 +97,7 @@ static void usage(FILE *out)
         "                          " CTL_SECRET_SELECTOR "; \"\" watches every Secret)\n"
         "  --debug-from CIDRS      who may read /debug/* on the admin listener, comma-separated\n"
         "                          (default 127.0.0.0/8,::1/128)\n"
-        "  --redis redis://HOST[:PORT][/DB]  where the data planes count usage: the leader\n"
+        "  --redis redis://[USER@]HOST[:PORT][/DB]  where the data planes count usage: the leader\n"
         "                          writes LLMConsumer status.usage from it every 30 s\n"
         "  --redis-password-file FILE  Redis password (AUTH)\n"
         "  --usage-interval SECONDS    how often status.usage is refreshed (default 30)\n"
@@ -533,38 +534,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "knoway-controller: --node-grace must be at least 1 second\n");
         return 2;
     }
-    static char redis_host[256];
-    int redis_port = 6379;
-    unsigned redis_db = 0;
+    static struct kw_redis_url redis;
     if (redis_url != NULL) {
-        char rest[300];
-        long port = 6379, db = 0;
-        int n = 0;
-        if (strncmp(redis_url, "redis://", 8) != 0 || strlen(redis_url + 8) >= sizeof(rest) ||
-            strchr(redis_url, '@') != NULL) {
-            fprintf(stderr, "knoway-controller: --redis must be redis://HOST[:PORT][/DB] (the "
-                            "password goes in --redis-password-file)\n");
+        char err[256];
+        if (kw_redis_url_parse(redis_url, &redis, err, sizeof(err)) != KW_OK) {
+            fprintf(stderr,
+                    "knoway-controller: --redis: %s (the password goes in "
+                    "--redis-password-file)\n",
+                    err);
             return 2;
         }
-        snprintf(rest, sizeof(rest), "%s", redis_url + 8);
-        char *slash = strchr(rest, '/');
-        if (slash != NULL) {
-            *slash = '\0';
-            db = strtol(slash + 1, NULL, 10);
-        }
-        char *colon = strrchr(rest, ':');
-        if (colon != NULL) {
-            *colon = '\0';
-            port = strtol(colon + 1, NULL, 10);
-        }
-        n = snprintf(redis_host, sizeof(redis_host), "%s", rest);
-        if (n <= 0 || port < 1 || port > 65535 || db < 0 || db > 15) {
-            fprintf(stderr, "knoway-controller: --redis: bad host, port or db in \"%s\"\n",
-                    redis_url);
-            return 2;
-        }
-        redis_port = (int)port;
-        redis_db = (unsigned)db;
     }
     if (usage_interval_s < 1) {
         fprintf(stderr, "knoway-controller: --usage-interval must be at least 1 second\n");
@@ -700,9 +679,10 @@ int main(int argc, char **argv)
         c.usage = (struct ctl_usage){.kube = &c.kube,
                                      .consumers = &c.inf[INF_CONSUMERS].store,
                                      .leader = &c.leader,
-                                     .host = redis_host,
-                                     .port = redis_port,
-                                     .db = redis_db,
+                                     .host = redis.host,
+                                     .user = redis.user[0] != '\0' ? redis.user : NULL,
+                                     .port = redis.port,
+                                     .db = redis.db,
                                      .password = redis_pw,
                                      .interval_ms = (int64_t)(usage_interval_s * 1000)};
         if (ctl_usage_start(&c.usage) != KW_OK)

@@ -12,6 +12,7 @@
 #include "knoway/limits.h"
 #include "knoway/log.h"
 #include "knoway/resource.h"
+#include "knoway/redis_contract.h"
 #include "usage.h"
 
 #define MAX_CONSUMERS 100000
@@ -32,7 +33,9 @@ static redisContext *connect_redis(struct ctl_usage *u)
     }
     redisSetTimeout(c, tv);
     redisReply *r = NULL;
-    if (u->password != NULL)
+    if (u->password != NULL && u->user != NULL)
+        r = redisCommand(c, "AUTH %s %s", u->user, u->password); /* an ACL user (Redis 6) */
+    else if (u->password != NULL)
         r = redisCommand(c, "AUTH %s", u->password);
     if (u->password != NULL && (r == NULL || r->type == REDIS_REPLY_ERROR)) {
         kw_log(KW_LOG_WARN, "usage: Redis refused AUTH", NULL);
@@ -81,7 +84,10 @@ static void one(struct ctl_usage *u, redisContext *rc, const char *json, size_t 
     char period[32];
     int64_t end;
     kw_period_name(p, (long long)time(NULL), period, sizeof(period), &end);
-    redisReply *r = redisCommand(rc, "HGETALL knoway:usage:{%s/%s}:%s", ns, name, period);
+    char key[KW_USAGE_KEY_MAX];
+    if (!kw_usage_key(key, sizeof(key), ns, name, period))
+        return;
+    redisReply *r = redisCommand(rc, "HGETALL %s", key);
     if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
         atomic_fetch_add(&u->failures, 1);
         freeReplyObject(r);
@@ -132,9 +138,9 @@ static void one(struct ctl_usage *u, redisContext *rc, const char *json, size_t 
         atomic_fetch_add(&u->writes, 1);
     } else if (code != 404) {
         atomic_fetch_add(&u->failures, 1);
-        char key[600];
-        snprintf(key, sizeof(key), "%s/%s", ns, name);
-        kw_log(KW_LOG_WARN, "usage: cannot write status", "object", key, "error", err, NULL);
+        char object[600];
+        snprintf(object, sizeof(object), "%s/%s", ns, name);
+        kw_log(KW_LOG_WARN, "usage: cannot write status", "object", object, "error", err, NULL);
     }
 }
 

@@ -23,6 +23,7 @@ struct ctl_usage {
     struct ctl_store *consumers;
     atomic_bool *leader;
     const char *host; /* Redis */
+    const char *user; /* NULL: the default user */
     int port;
     unsigned db;
     const char *password; /* NULL: no AUTH */

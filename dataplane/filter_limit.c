@@ -38,6 +38,7 @@
 #include "filter.h"
 #include "knoway/digest.h"
 #include "knoway/kw.h"
+#include "knoway/redis_contract.h"
 #include "knoway/limits.h"
 #include "knoway/log.h"
 #include "knoway/metrics.h"
@@ -802,11 +803,10 @@ static int on_request(struct dp_request *r, void *p)
         char period[32];
         enum kw_period per = budget ? k->budget.period : KW_PERIOD_MONTH;
         kw_period_name(per, (long long)time(NULL), period, sizeof(period), &x->budget_expires_ms);
-        size_t ulen;
-        x->usage_key =
-            join(r->arena,
-                 (const char *[]){"knoway:usage:{", k->meta.ns, "/", k->meta.name, "}:", period}, 6,
-                 &ulen);
+        char key[KW_USAGE_KEY_MAX];
+        x->usage_key = kw_usage_key(key, sizeof(key), k->meta.ns, k->meta.name, period)
+                           ? kw_arena_strdup(r->arena, key)
+                           : NULL;
         if (x->usage_key == NULL)
             return dp_error_set(r, 500, "server_error", NULL, NULL, "out of memory");
         x->budget_global = budget && c->have_redis;

@@ -19,6 +19,7 @@
 #include "knoway/net.h"
 #include "knoway/kw.h"
 #include "knoway/provider.h"
+#include "knoway/redis_contract.h"
 
 /* ---- names ------------------------------------------------------------------------- */
 
@@ -2107,9 +2108,7 @@ static void decode_usage(struct kw_dec *d, const struct kw_node *spec, struct kw
     pop(d, mark);
 }
 
-/* spec.redis: redis://[[user]:password@]host[:port][/db] is refused with a password in it
- * (it would sit in a file in clear: passwordFile); rediss:// is refused because Debian's
- * hiredis (0.14) has no TLS. */
+/* spec.redis: the URL grammar both binaries share (knoway/redis_contract.h). */
 static void decode_redis(struct kw_dec *d, const struct kw_node *spec, struct kw_dataplane *dp)
 {
     static const char *const fields[] = {"url",     "passwordFile", "caFile",
@@ -2123,51 +2122,16 @@ static void decode_redis(struct kw_dec *d, const struct kw_node *spec, struct kw
         const char *url = get_string(d, m, "url", true, KW_MAX_URL_LEN, &where);
         if (url != NULL) {
             size_t um = push(d, "url");
-            const char *rest = NULL;
-            if (strncmp(url, "redis://", 8) == 0)
-                rest = url + 8;
-            else if (strncmp(url, "rediss://", 9) == 0)
-                kw_dec_error(d, where,
-                             "rediss:// (TLS) is not supported: the distribution's hiredis 0.14 "
-                             "has no TLS; reach Redis over a trusted network or a TLS sidecar");
-            else
-                kw_dec_error(d, where, "must start with redis://");
-            if (rest != NULL) {
-                const char *at = strchr(rest, '@');
-                if (at != NULL && memchr(rest, ':', (size_t)(at - rest)) != NULL) {
-                    kw_dec_error(d, where, "must not carry a password: use passwordFile");
-                    rest = NULL;
-                } else if (at != NULL) {
-                    dp->redis.user = kw_arena_strndup(d->a, rest, (size_t)(at - rest));
-                    rest = at + 1;
-                }
-            }
-            if (rest != NULL) {
-                size_t hl = strcspn(rest, ":/");
-                char *end = NULL;
-                long port = 6379, db = 0;
-                const char *p = rest + hl;
-                bool ok = hl > 0 && hl < 254;
-                if (ok && *p == ':') {
-                    port = strtol(p + 1, &end, 10);
-                    ok = end != p + 1 && port >= 1 && port <= 65535;
-                    p = end;
-                }
-                if (ok && *p == '/' && p[1] != '\0') {
-                    db = strtol(p + 1, &end, 10);
-                    ok = end != p + 1 && *end == '\0' && db >= 0 && db <= 15;
-                } else if (ok) {
-                    ok = *p == '\0' || (*p == '/' && p[1] == '\0');
-                }
-                if (!ok) {
-                    kw_dec_error(d, where, "\"%.200s\" must be redis://host[:port][/db] (db 0..15)",
-                                 url);
-                } else {
-                    dp->redis.url = url;
-                    dp->redis.host = kw_arena_strndup(d->a, rest, hl);
-                    dp->redis.port = (uint16_t)port;
-                    dp->redis.db = (unsigned)db;
-                }
+            struct kw_redis_url u;
+            char err[256];
+            if (kw_redis_url_parse(url, &u, err, sizeof(err)) != KW_OK) {
+                kw_dec_error(d, where, "%s", err);
+            } else {
+                dp->redis.url = url;
+                dp->redis.host = kw_arena_strdup(d->a, u.host);
+                dp->redis.user = u.user[0] != '\0' ? kw_arena_strdup(d->a, u.user) : NULL;
+                dp->redis.port = u.port;
+                dp->redis.db = u.db;
             }
             pop(d, um);
         }
