@@ -13,6 +13,8 @@
 #include "discovery.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
+#include "knoway/httpd.h"
+#include "knoway/net.h"
 #include "knoway/log.h"
 #include "knoway/metrics.h"
 #include "knoway/otlp.h"
@@ -35,46 +37,25 @@ struct ctl_waiter {
 
 int ctl_listen(const char *addr)
 {
-    char host[256];
-    const char *colon = strrchr(addr, ':');
-    if (colon == NULL || (size_t)(colon - addr) >= sizeof(host))
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (kw_listen_address(addr, &ss, &len) != KW_OK)
         return -1;
-    const char *h = addr;
-    size_t hl = (size_t)(colon - addr);
-    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']')
-        h++, hl -= 2;
-    memcpy(host, h, hl);
-    host[hl] = '\0';
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *res;
-    if (getaddrinfo(hl > 0 ? host : NULL, colon + 1, &hints, &res) != 0)
-        return -1;
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd != -1)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (fd != -1 && (bind(fd, res->ai_addr, res->ai_addrlen) == -1 || listen(fd, 1024) == -1)) {
+    if (fd != -1 && (bind(fd, (struct sockaddr *)&ss, len) == -1 || listen(fd, 1024) == -1)) {
         close(fd);
         fd = -1;
     }
-    freeaddrinfo(res);
     return fd;
 }
 
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *body)
 {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_MUST_COPY);
-    if (r == NULL)
-        return MHD_NO;
-    MHD_add_response_header(r, "Content-Type", "application/json");
-    if (status == 401)
-        MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
-    enum MHD_Result rc = MHD_queue_response(c, status, r);
-    MHD_destroy_response(r);
-    return rc;
+    return kw_httpd_reply(c, status, "application/json", body, strlen(body),
+                          status == 401 ? "WWW-Authenticate" : NULL, "Bearer");
 }
 
 static enum MHD_Result fail(struct MHD_Connection *c, unsigned status, const char *code,

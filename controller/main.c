@@ -20,6 +20,7 @@
 #include "knoway/kw.h"
 #include "knoway/log.h"
 #include "knoway/metrics.h"
+#include "knoway/httpd.h"
 #include "knoway/probeguard.h"
 #include "knoway/redis_contract.h"
 #include "knoway/otlp.h"
@@ -185,17 +186,10 @@ static void on_leader(void *ud, bool leader)
         ctl_status_kick(&c->status);
 }
 
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *ctype,
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *ctype,
                              const char *body, size_t len)
 {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
-    if (r == NULL)
-        return MHD_NO;
-    MHD_add_response_header(r, "Content-Type", ctype);
-    enum MHD_Result rc = MHD_queue_response(conn, status, r);
-    MHD_destroy_response(r);
-    return rc;
+    return kw_httpd_reply(c, status, ctype, body, len, NULL, NULL);
 }
 
 static void metrics(struct ctl *c, struct kw_buf *b)

@@ -14,20 +14,14 @@
 #include "knoway/limits.h"
 #include "knoway/log.h"
 #include "knoway/net.h"
+#include "knoway/httpd.h"
 #include "knoway/probeguard.h"
 #include "server.h"
 
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *ctype,
                              const char *body, size_t len)
 {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
-    if (r == NULL)
-        return MHD_NO;
-    MHD_add_response_header(r, "Content-Type", ctype);
-    enum MHD_Result rc = MHD_queue_response(c, status, r);
-    MHD_destroy_response(r);
-    return rc;
+    return kw_httpd_reply(c, status, ctype, body, len, NULL, NULL);
 }
 
 /* The process's gauges and counters kept outside the request path: set in the admin
@@ -286,7 +280,7 @@ int dp_admin_start(struct dp_server *s)
         return KW_ERROR;
     struct sockaddr_storage ss;
     socklen_t len;
-    if (dp_parse_address(s->dp->admin, &ss, &len) != KW_OK)
+    if (kw_listen_address(s->dp->admin, &ss, &len) != KW_OK)
         return KW_ERROR;
     int act = dp_activated_admin_fd();
     s->admin_guard = kw_probe_guard_new(KW_ADMIN_CONNECTIONS, KW_ADMIN_SPARE, KW_ADMIN_HEADER_MS);

@@ -35,35 +35,12 @@
 #include "worker.h"
 #include "knoway/kw.h"
 #include "knoway/log.h"
+#include "knoway/net.h"
 #ifdef KW_MIMALLOC
 #include <mimalloc.h>
 #endif
 #include "knoway/proc.h"
 #include "server.h"
-
-int dp_parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len)
-{
-    char host[256];
-    const char *colon = strrchr(addr, ':');
-    if (colon == NULL || (size_t)(colon - addr) >= sizeof(host))
-        return KW_ERROR;
-    const char *h = addr;
-    size_t hlen = (size_t)(colon - addr);
-    if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']')
-        h++, hlen -= 2;
-    memcpy(host, h, hlen);
-    host[hlen] = '\0';
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *res;
-    if (getaddrinfo(hlen > 0 ? host : NULL, colon + 1, &hints, &res) != 0)
-        return KW_ERROR;
-    memcpy(ss, res->ai_addr, res->ai_addrlen);
-    *len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return KW_OK;
-}
 
 /* Socket activation (knoway-dataplane.socket): the first passed stream socket serves the
  * API, one named "admin" the admin listener. -1 when none was passed. */
@@ -103,7 +80,7 @@ static int listen_socket(const char *addr, bool first)
     }
     struct sockaddr_storage ss;
     socklen_t len;
-    if (dp_parse_address(addr, &ss, &len) != KW_OK)
+    if (kw_listen_address(addr, &ss, &len) != KW_OK)
         return -1;
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1)

@@ -84,9 +84,6 @@ struct dp_table *dp_server_table(struct dp_server *s);
  * it has not. Any thread (the admin thread's /healthz, the main thread's watchdog). */
 int dp_server_workers_alive(struct dp_server *s, int64_t within_ms, int64_t *stalled_ms);
 
-/* Parse "host:port" / "[v6]:port" / ":port" into a socket address. KW_OK or KW_ERROR. */
-int dp_parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len);
-
 /* The admin socket passed by socket activation (FileDescriptorName=admin), or -1. */
 int dp_activated_admin_fd(void);
 

@@ -1,4 +1,5 @@
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,4 +133,28 @@ bool kw_url_host_is_loopback(const char *u)
     return strcmp(host, "localhost") == 0 ||
            (kw_addr_parse(host, &ss) &&
             kw_cidr_match(kw_cidr_loopback, 2, (const struct sockaddr *)&ss));
+}
+
+int kw_listen_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[256];
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL || (size_t)(colon - addr) >= sizeof(host) || colon[1] == '\0')
+        return KW_ERROR;
+    const char *h = addr;
+    size_t hlen = (size_t)(colon - addr);
+    if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']')
+        h++, hlen -= 2;
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res;
+    if (getaddrinfo(hlen > 0 ? host : NULL, colon + 1, &hints, &res) != 0)
+        return KW_ERROR;
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return KW_OK;
 }

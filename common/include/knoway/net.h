@@ -18,6 +18,10 @@ int kw_cidr_parse(const char *s, struct kw_cidr *out);
 /* Whether sa (IPv4, IPv6, or IPv4-mapped IPv6) is in one of the n ranges. */
 bool kw_cidr_match(const struct kw_cidr *ranges, size_t n, const struct sockaddr *sa);
 
+/* A listener's address as both binaries take it: "host:port", "[v6]:port" or ":port" (every
+ * address), the host a name or a literal, into *ss (*len its length). KW_OK or KW_ERROR. */
+int kw_listen_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len);
+
 /* An IPv4 or IPv6 address (no brackets, no port) into *ss; false when s is neither. */
 bool kw_addr_parse(const char *s, struct sockaddr_storage *ss);
 
