@@ -610,7 +610,7 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
     for (size_t i = 0; i < cfg->diag.n; i++) {
         const struct kw_diag_entry *e = &cfg->diag.entries[i];
         char kind[32], ns[KW_MAX_NAMESPACE_LEN + 1], name[KW_MAX_NAME_LEN + 1];
-        if (e->object == NULL || sscanf(e->object, "%31[^/]/%63[^/]/%253s", kind, ns, name) != 3)
+        if (!kw_diag_object(e, kind, sizeof(kind), ns, sizeof(ns), name, sizeof(name)))
             continue;
         enum kw_kind k = strcmp(kind, "LLMBackend") == 0    ? KW_KIND_LLMBACKEND
                          : strcmp(kind, "LLMRoute") == 0    ? KW_KIND_LLMROUTE
@@ -623,14 +623,14 @@ struct ctl_build *ctl_build_run(const struct ctl_sources *src)
             s->resolved = false;
             set_msg(&s->resolved_msg, e);
             /* a Secret the informer does not see because it lacks the label */
-            if (src->secret_selector != NULL && strstr(e->message, "Secret \"") != NULL &&
-                strstr(e->message, "not found") != NULL &&
-                strstr(s->resolved_msg, "labelled") == NULL) {
+            if (src->secret_selector != NULL && e->code == KW_DIAG_SECRET_MISSING &&
+                !s->label_hint) {
                 char *hint;
                 if (asprintf(&hint, "%s (the controller reads only Secrets labelled %s)",
                              s->resolved_msg, src->secret_selector) != -1) {
                     free(s->resolved_msg);
                     s->resolved_msg = hint;
+                    s->label_hint = true;
                 }
             }
         } else {

@@ -30,6 +30,7 @@ struct ctl_resource_state {
     char *accepted_msg; /* the first error, or NULL */
     bool resolved;
     char *resolved_msg;
+    bool label_hint; /* resolved_msg says which Secrets the controller reads */
     bool programmed; /* in the snapshot */
     size_t order;    /* the resource's position among its kind in the build's config */
 };

@@ -124,8 +124,6 @@ static bool authorized(struct ctl_discovery *d, struct MHD_Connection *c)
     return CRYPTO_memcmp(got, d->token_hash, sizeof(got)) == 0;
 }
 
-#define TOO_MANY_NODES "too many data planes connected"
-
 static bool live(const struct ctl_discovery *d, const struct ctl_node *n, int64_t now)
 {
     return n->waiting || now - n->last_seen_ms <= d->node_grace_ms;
@@ -260,19 +258,24 @@ static void push_finished(struct ctl_discovery *d, const struct push_done *pd)
     kw_span_cleanup(&s);
 }
 
-/* Parse the poll and record what it says about its node. NULL, or an error message. */
-static const char *take_poll(struct ctl_discovery *d, struct ctl_waiter *w, bool *acked)
+/* Parse the poll and record what it says about its node: 0, or the status to refuse it
+ * with (400: a bad poll; 503: out of memory or too many data planes) and *why. */
+static unsigned take_poll(struct ctl_discovery *d, struct ctl_waiter *w, bool *acked,
+                          const char **why)
 {
     struct push_done pd = {0};
     struct kw_arena *a = kw_arena_new(1u << 20);
     *acked = false;
-    if (a == NULL)
-        return "out of memory";
+    *why = NULL;
+    if (a == NULL) {
+        *why = "out of memory";
+        return 503;
+    }
     struct ctl_poll p;
-    const char *why = ctl_poll_parse(a, w->body.data != NULL ? w->body.data : "", w->body.len, &p);
-    if (why != NULL) {
+    *why = ctl_poll_parse(a, w->body.data != NULL ? w->body.data : "", w->body.len, &p);
+    if (*why != NULL) {
         kw_arena_free(a);
-        return why;
+        return 400;
     }
     const char *id = p.id, *version = p.version, *nonce = p.nonce, *cluster = p.cluster;
     const struct kw_node *error = p.error;
@@ -320,7 +323,11 @@ static const char *take_poll(struct ctl_discovery *d, struct ctl_waiter *w, bool
     pthread_mutex_unlock(&d->mu);
     push_finished(d, &pd);
     kw_arena_free(a);
-    return n == NULL ? TOO_MANY_NODES : NULL;
+    if (n == NULL) {
+        *why = "too many data planes connected";
+        return 503;
+    }
+    return 0;
 }
 
 static void unlink_waiter(struct ctl_discovery *d, struct ctl_waiter *w)
@@ -388,11 +395,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (w->body.max == 0)
             return fail(c, 413, "too_large", "the poll body is larger than 64 KiB");
         bool acked;
-        const char *why = take_poll(d, w, &acked);
-        if (why != NULL && strcmp(why, TOO_MANY_NODES) == 0)
-            return fail(c, 503, "unavailable", why);
-        if (why != NULL)
-            return fail(c, 400, "invalid_request", why);
+        const char *why;
+        unsigned refused = take_poll(d, w, &acked, &why);
+        if (refused != 0)
+            return fail(c, refused, refused == 503 ? "unavailable" : "invalid_request", why);
         w->parsed = true;
         atomic_fetch_add(&d->polls, 1);
         const char *ws = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "wait");

@@ -42,6 +42,7 @@
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "provider.h"
+#include "respond.h"
 
 #define RESP_MAX_ITEMS 130 /* output items of one streamed response (128 tool calls) */
 
@@ -636,24 +637,9 @@ static int resp_response(struct dp_request *r, const char *body, size_t len, str
 static int resp_error_body(struct dp_request *r, unsigned status, const char *msg, size_t len,
                            struct kw_buf *out)
 {
-    kw_buf_puts(out, "{\"error\":{\"message\":");
-    kw_json_write_string(out, msg, len);
-    kw_buf_puts(out, ",\"type\":");
-    wstr(out, status == 429   ? "rate_limit_exceeded"
-              : status >= 500 ? "server_error"
-              : status == 401 ? "authentication_error"
-                              : "invalid_request_error");
-    kw_buf_puts(out, ",\"param\":");
-    if (r->err.param[0] != '\0')
-        wstr(out, r->err.param);
-    else
-        kw_buf_puts(out, "null");
-    kw_buf_puts(out, ",\"code\":");
-    if (r->err.code[0] != '\0')
-        wstr(out, r->err.code);
-    else
-        kw_buf_puts(out, "null");
-    return kw_buf_puts(out, "}}");
+    /* the gateway's own error keeps its type; an upstream's status has the table's */
+    return dp_openai_error(out, status, msg, len, r->err.status == status ? r->err.type : NULL,
+                           r->err.param, r->err.code);
 }
 
 /* ---- stream ------------------------------------------------------------------------------ */

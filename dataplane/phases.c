@@ -876,11 +876,8 @@ static int relay_error(struct dp_request *r)
     /* an upstream's body is the client's to see, not the log's: it may echo what was sent,
      * credentials included; so it goes into the response only, not into r->err */
     struct dp_error saved = r->err;
-    dp_error_set(r, (unsigned)status,
-                 status == 429   ? "rate_limit_exceeded"
-                 : status >= 500 ? "server_error"
-                                 : "invalid_request_error",
-                 "upstream_error", NULL, "upstream answered %ld: %.200s", status, body);
+    dp_error_set(r, (unsigned)status, dp_error_type(status), "upstream_error", NULL,
+                 "upstream answered %ld: %.200s", status, body);
     dp_respond_error(r);
     if (r->pending != NULL && r->up.retry_after[0] != '\0')
         MHD_add_response_header(r->pending, "Retry-After", r->up.retry_after);

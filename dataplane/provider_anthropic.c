@@ -600,9 +600,9 @@ int dp_anthropic_error(long status, const struct kw_node *root, struct kw_buf *o
     const struct kw_node *msg = kw_node_get(e, "message"), *type = kw_node_get(e, "type");
     if (msg == NULL || msg->type != KW_NODE_STRING)
         return KW_OK;
-    return dp_tr_error_body(
-        out, msg->str, msg->len,
-        type != NULL && type->type == KW_NODE_STRING ? type->str : dp_tr_error_type(status), NULL);
+    return dp_openai_error(out, status, msg->str, msg->len,
+                           type != NULL && type->type == KW_NODE_STRING ? type->str : NULL, NULL,
+                           NULL);
 }
 
 static int anthropic_on_error(struct dp_request *r, long status, const char *body, size_t len,

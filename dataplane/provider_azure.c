@@ -47,16 +47,6 @@ static int azure_build(struct dp_request *r, struct kw_buf *url, struct curl_sli
     return dp_openai_finish(r, headers, r->up_json);
 }
 
-static void put_string_or_null(struct kw_buf *out, const struct kw_node *n)
-{
-    if (n != NULL && n->type == KW_NODE_STRING)
-        kw_json_write_string(out, n->str, n->len);
-    else if (n != NULL && (n->type == KW_NODE_INT || n->type == KW_NODE_FLOAT))
-        kw_json_write_string(out, n->str, n->len); /* Azure writes codes as "429" or 429 */
-    else
-        kw_buf_puts(out, "null");
-}
-
 static int azure_on_error(struct dp_request *r, long status, const char *body, size_t len,
                           struct kw_buf *out)
 {
@@ -68,24 +58,14 @@ static int azure_on_error(struct dp_request *r, long status, const char *body, s
         return KW_OK;
     const struct kw_node *msg = kw_node_get(e, "message");
     const struct kw_node *type = kw_node_get(e, "type");
-    const char *dflt = status == 429   ? "rate_limit_exceeded"
-                       : status >= 500 ? "server_error"
-                                       : "invalid_request_error";
-    kw_buf_puts(out, "{\"error\":{\"message\":");
-    if (msg != NULL && msg->type == KW_NODE_STRING)
-        kw_json_write_string(out, msg->str, msg->len);
-    else
-        kw_buf_printf(out, "\"Azure OpenAI answered %ld\"", status);
-    kw_buf_puts(out, ",\"type\":");
-    if (type != NULL && type->type == KW_NODE_STRING)
-        kw_json_write_string(out, type->str, type->len);
-    else
-        kw_json_write_string(out, dflt, strlen(dflt));
-    kw_buf_puts(out, ",\"param\":");
-    put_string_or_null(out, kw_node_get(e, "param"));
-    kw_buf_puts(out, ",\"code\":");
-    put_string_or_null(out, kw_node_get(e, "code"));
-    return kw_buf_puts(out, "}}");
+    const struct kw_node *param = kw_node_get(e, "param"), *code = kw_node_get(e, "code");
+    char fallback[64];
+    int flen = snprintf(fallback, sizeof(fallback), "Azure OpenAI answered %ld", status);
+    bool m = msg != NULL && msg->type == KW_NODE_STRING;
+    return dp_openai_error(out, status, m ? msg->str : fallback, m ? msg->len : (size_t)flen,
+                           type != NULL && type->type == KW_NODE_STRING ? type->str : NULL,
+                           param != NULL && param->type == KW_NODE_STRING ? param->str : NULL,
+                           code != NULL && code->type == KW_NODE_STRING ? code->str : NULL);
 }
 
 const struct dp_provider_ops dp_provider_azure = {

@@ -675,7 +675,7 @@ static int bedrock_on_stream_end(struct dp_request *r, struct kw_buf *out)
 }
 
 /* AWS error types (x-amzn-errortype, an event stream's exception) -> OpenAI error types;
- * the AWS type goes in "code". Others: by status (dp_tr_error_type). docs/providers.md. */
+ * the AWS type goes in "code". Others: by status (dp_error_type). docs/providers.md. */
 static const char *const aws_types[][2] = {
     {"ThrottlingException", "rate_limit_exceeded"},
     {"ServiceQuotaExceededException", "rate_limit_exceeded"},
@@ -697,7 +697,7 @@ static const char *aws_error_type(const char *aws, long status)
     for (size_t i = 0; aws != NULL && i < KW_ARRAY_LEN(aws_types); i++)
         if (strcasecmp(aws, aws_types[i][0]) == 0)
             return aws_types[i][1];
-    return dp_tr_error_type(status);
+    return dp_error_type(status);
 }
 
 /* {"message": "..."} (and {"Message"} from some front ends) with x-amzn-errortype ->
@@ -719,10 +719,11 @@ static int bedrock_on_error(struct dp_request *r, long status, const char *body,
     }
     const char *code = aws[0] != '\0' ? aws : NULL;
     if (msg != NULL && msg->type == KW_NODE_STRING)
-        return dp_tr_error_body(out, msg->str, msg->len, aws_error_type(code, status), code);
+        return dp_openai_error(out, status, msg->str, msg->len, aws_error_type(code, status), NULL,
+                               code);
     if (code == NULL)
         return KW_OK; /* not Bedrock's shape: relayed as it came */
-    return dp_tr_error_body(out, aws, strlen(aws), aws_error_type(code, status), code);
+    return dp_openai_error(out, status, aws, strlen(aws), aws_error_type(code, status), NULL, code);
 }
 
 const struct dp_provider_ops dp_provider_bedrock = {

@@ -663,8 +663,8 @@ int dp_gemini_error(long status, const struct kw_node *root, struct kw_buf *out)
     const struct kw_node *msg = kw_node_get(e, "message"), *st = kw_node_get(e, "status");
     if (msg == NULL || msg->type != KW_NODE_STRING)
         return KW_OK;
-    return dp_tr_error_body(out, msg->str, msg->len, dp_tr_error_type(status),
-                            st != NULL && st->type == KW_NODE_STRING ? st->str : NULL);
+    return dp_openai_error(out, status, msg->str, msg->len, NULL, NULL,
+                           st != NULL && st->type == KW_NODE_STRING ? st->str : NULL);
 }
 
 static int gemini_on_error(struct dp_request *r, long status, const char *body, size_t len,

@@ -245,8 +245,7 @@ int dp_request_parse_body(struct dp_request *r)
     char err[256];
     dp_request_arena_grow(r, r->body.len);
     if (kw_json_parse(r->arena, r->body.data != NULL ? r->body.data : "", r->body.len, &r->json,
-                      err, sizeof(err)) != KW_OK &&
-        strncmp(err, "out of memory", 13) == 0) {
+                      err, sizeof(err)) == KW_NOMEM) {
         dp_error_set(r, 413, "invalid_request_error", "request_too_large", NULL,
                      "the request body needs more memory to parse than a request may use "
                      "(%u MiB plus %u times its size): send fewer, larger JSON values",

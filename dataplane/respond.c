@@ -36,12 +36,39 @@ void dp_respond_suspend(struct dp_request *r)
     }
 }
 
-static void write_nullable(struct kw_buf *b, const char *s)
+const char *dp_error_type(long status)
 {
-    if (s[0] != '\0')
-        kw_json_write_string(b, s, strlen(s));
+    if (status == 401 || status == 403)
+        return "authentication_error";
+    if (status == 404)
+        return "not_found_error";
+    if (status == 429)
+        return "rate_limit_exceeded";
+    if (status >= 500)
+        return "server_error";
+    return "invalid_request_error";
+}
+
+int dp_openai_error(struct kw_buf *out, long status, const char *msg, size_t msg_len,
+                    const char *type, const char *param, const char *code)
+{
+    if (type == NULL || type[0] == '\0')
+        type = dp_error_type(status);
+    kw_buf_puts(out, "{\"error\":{\"message\":");
+    kw_json_write_string(out, msg, msg_len);
+    kw_buf_puts(out, ",\"type\":");
+    kw_json_write_string(out, type, strlen(type));
+    kw_buf_puts(out, ",\"param\":");
+    if (param != NULL && param[0] != '\0')
+        kw_json_write_string(out, param, strlen(param));
     else
-        kw_buf_puts(b, "null");
+        kw_buf_puts(out, "null");
+    kw_buf_puts(out, ",\"code\":");
+    if (code != NULL && code[0] != '\0')
+        kw_json_write_string(out, code, strlen(code));
+    else
+        kw_buf_puts(out, "null");
+    return kw_buf_puts(out, "}}");
 }
 
 /* The error body in the client's API shape into b (malloc'd: the arena may be the very
@@ -53,15 +80,7 @@ static void error_body(struct dp_request *r, const struct dp_error *e, struct kw
         r->front->error_body(r, e->status, e->msg, strlen(e->msg), b);
         return;
     }
-    kw_buf_puts(b, "{\"error\":{\"message\":");
-    kw_json_write_string(b, e->msg, strlen(e->msg));
-    kw_buf_puts(b, ",\"type\":");
-    kw_json_write_string(b, e->type, strlen(e->type));
-    kw_buf_puts(b, ",\"param\":");
-    write_nullable(b, e->param);
-    kw_buf_puts(b, ",\"code\":");
-    write_nullable(b, e->code);
-    kw_buf_puts(b, "}}");
+    dp_openai_error(b, e->status, e->msg, strlen(e->msg), e->type, e->param, e->code);
 }
 
 static void set_pending(struct dp_request *r, struct MHD_Response *resp, unsigned status)
@@ -170,16 +189,20 @@ int dp_respond_buffer(struct dp_request *r, unsigned status, const char *ctype, 
 
 void dp_respond_read_timeout(struct dp_request *r, int fd, int64_t timeout_ms)
 {
-    static const char body[] =
-        "{\"error\":{\"message\":\"the request was not received within limits.readTimeout\","
-        "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"request_timeout\"}}";
-    char resp[512];
+    static const char msg[] = "the request was not received within limits.readTimeout";
+    struct kw_buf body;
+    kw_buf_init(&body, 1024);
+    dp_openai_error(&body, 408, msg, sizeof(msg) - 1, "invalid_request_error", NULL,
+                    "request_timeout");
+    char resp[1024];
     int len = snprintf(resp, sizeof(resp),
                        "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                        "Content-Type: application/json\r\nx-request-id: %s\r\n"
-                       "Content-Length: %zu\r\n\r\n%s",
-                       r->id, sizeof(body) - 1, body);
-    ssize_t n = send(fd, resp, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+                       "Content-Length: %zu\r\n\r\n%.*s",
+                       r->id, body.len, (int)body.len, body.data != NULL ? body.data : "");
+    kw_buf_cleanup(&body);
+    ssize_t n = send(fd, resp, (size_t)len < sizeof(resp) ? (size_t)len : sizeof(resp) - 1,
+                     MSG_NOSIGNAL | MSG_DONTWAIT);
     (void)n;
     r->status = 408;
     dp_error_set(r, 408, "invalid_request_error", "request_timeout", NULL,

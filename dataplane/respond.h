@@ -13,6 +13,8 @@
 
 #include "request.h"
 
+struct kw_buf;
+
 /* The headers every response carries (x-request-id, the front's id header). */
 void dp_respond_headers(struct dp_request *r, struct MHD_Response *resp);
 /* Resume a suspended connection (no-op otherwise); suspend it. */
@@ -22,6 +24,14 @@ void dp_respond_suspend(struct dp_request *r);
 /* Send r->err: a JSON error response before a stream started, the stream's final error
  * event after. */
 void dp_respond_error(struct dp_request *r);
+/* The one writer of OpenAI error bodies: {"error":{"message","type","param","code"}};
+ * type NULL: dp_error_type(status); param and code NULL or "": null. */
+int dp_openai_error(struct kw_buf *out, long status, const char *msg, size_t msg_len,
+                    const char *type, const char *param, const char *code);
+/* The one table from an HTTP status to an OpenAI error type, where a status is all there
+ * is (an upstream's error without a type): 401/403 authentication_error, 404
+ * not_found_error, 429 rate_limit_exceeded, 5xx server_error, else invalid_request_error. */
+const char *dp_error_type(long status);
 /* dp_error_set, then dp_respond_error. Returns KW_DONE. */
 int dp_respond_fail(struct dp_request *r, unsigned status, const char *type, const char *code,
                     const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));

@@ -594,26 +594,11 @@ int dp_tr_stream_end(struct kw_buf *out, struct dp_request *r, struct dp_tr_stre
     return kw_buf_puts(out, "data: [DONE]\n\n");
 }
 
-int dp_tr_error_body(struct kw_buf *out, const char *msg, size_t msg_len, const char *type,
-                     const char *code)
-{
-    kw_buf_puts(out, "{\"error\":{\"message\":");
-    kw_json_write_string(out, msg, msg_len);
-    kw_buf_puts(out, ",\"type\":");
-    kw_json_write_string(out, type, strlen(type));
-    kw_buf_puts(out, ",\"param\":null,\"code\":");
-    if (code != NULL)
-        kw_json_write_string(out, code, strlen(code));
-    else
-        kw_buf_puts(out, "null");
-    return kw_buf_puts(out, "}}");
-}
-
 int dp_tr_error_event(struct kw_buf *out, const char *msg, size_t msg_len, const char *type,
                       const char *code)
 {
     kw_buf_puts(out, "data: ");
-    dp_tr_error_body(out, msg, msg_len, type, code);
+    dp_openai_error(out, 500, msg, msg_len, type, NULL, code);
     return kw_buf_puts(out, "\n\n");
 }
 
@@ -623,19 +608,6 @@ struct kw_node *dp_tr_error_json(struct dp_request *r, const char *body, size_t 
     char err[128];
     kw_arena_reset(r->scratch);
     return kw_json_parse(r->scratch, body, len, &root, err, sizeof(err)) == KW_OK ? root : NULL;
-}
-
-const char *dp_tr_error_type(long status)
-{
-    if (status == 401 || status == 403)
-        return "authentication_error";
-    if (status == 404)
-        return "not_found_error";
-    if (status == 429)
-        return "rate_limit_exceeded";
-    if (status >= 500)
-        return "server_error";
-    return "invalid_request_error";
 }
 
 void dp_tr_reasoning_init(struct dp_tr_reasoning *rs)

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "provider.h"
+#include "respond.h"
 
 /* The identity of a translated response: its chunks and body carry the same id, created
  * and model. */
@@ -192,11 +193,6 @@ int dp_tr_stream_end(struct kw_buf *out, struct dp_request *r, struct dp_tr_stre
 /* data: {"error":{...}} for an error inside a stream. */
 int dp_tr_error_event(struct kw_buf *out, const char *msg, size_t msg_len, const char *type,
                       const char *code);
-/* {"error":{"message","type","param":null,"code"}}; code may be NULL. */
-int dp_tr_error_body(struct kw_buf *out, const char *msg, size_t msg_len, const char *type,
-                     const char *code);
-/* The OpenAI error type for an HTTP status. */
-const char *dp_tr_error_type(long status);
 /* An upstream error body parsed in r->scratch, or NULL when it is not JSON (the caller
  * then leaves its output empty: the body is wrapped as it is). */
 struct kw_node *dp_tr_error_json(struct dp_request *r, const char *body, size_t len);

@@ -387,12 +387,14 @@ done:
 }
 
 /* Errors point at the reference (line/col kept by the decoder), else at the document. */
-static void ref_error(struct kw_config *cfg, enum kw_kind k, const struct kw_meta *m, unsigned line,
-                      unsigned col, const char *path, const char *fmt, ...)
-    __attribute__((format(printf, 7, 8)));
+static void ref_error_code(struct kw_config *cfg, int code, enum kw_kind k, const struct kw_meta *m,
+                           unsigned line, unsigned col, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 8, 9)));
 
-static void ref_error(struct kw_config *cfg, enum kw_kind k, const struct kw_meta *m, unsigned line,
-                      unsigned col, const char *path, const char *fmt, ...)
+#define ref_error(cfg, ...) ref_error_code(cfg, KW_DIAG_OTHER, __VA_ARGS__)
+
+static void ref_error_code(struct kw_config *cfg, int code, enum kw_kind k, const struct kw_meta *m,
+                           unsigned line, unsigned col, const char *path, const char *fmt, ...)
 {
     char msg[600];
     va_list ap;
@@ -403,7 +405,7 @@ static void ref_error(struct kw_config *cfg, enum kw_kind k, const struct kw_met
         line = m->line;
         col = m->col;
     }
-    kw_diag_add(&cfg->diag, m->file, line, col, objname(cfg, k, m), path, "%s", msg);
+    kw_diag_add_code(&cfg->diag, code, m->file, line, col, objname(cfg, k, m), path, "%s", msg);
 }
 
 static bool check_secret_ref(struct kw_config *cfg, const struct kw_backend *b,
@@ -415,8 +417,8 @@ static bool check_secret_ref(struct kw_config *cfg, const struct kw_backend *b,
     char p[128];
     if (s == NULL) {
         snprintf(p, sizeof(p), "%s.name", path);
-        ref_error(cfg, KW_KIND_LLMBACKEND, &b->meta, ref->line, ref->col, p,
-                  "Secret \"%s/%s\" not found", b->meta.ns, ref->name);
+        ref_error_code(cfg, KW_DIAG_SECRET_MISSING, KW_KIND_LLMBACKEND, &b->meta, ref->line,
+                       ref->col, p, "Secret \"%s/%s\" not found", b->meta.ns, ref->name);
         return false;
     }
     if (!s->valid) {
@@ -591,8 +593,9 @@ int kw_config_check(struct kw_config *cfg)
             char path[64];
             snprintf(path, sizeof(path), "spec.apiKeys[%zu].secretRef", j);
             if (sec == NULL) {
-                ref_error(cfg, KW_KIND_LLMCONSUMER, &c->meta, ref->line, ref->col, path,
-                          "Secret \"%s/%s\" not found", c->meta.ns, ref->name);
+                ref_error_code(cfg, KW_DIAG_SECRET_MISSING, KW_KIND_LLMCONSUMER, &c->meta,
+                               ref->line, ref->col, path, "Secret \"%s/%s\" not found", c->meta.ns,
+                               ref->name);
             } else if (ref->key != NULL && kw_secret_get(sec, ref->key) == NULL) {
                 ref_error(cfg, KW_KIND_LLMCONSUMER, &c->meta, ref->line, ref->col, path,
                           "Secret \"%s/%s\" has no key \"%s\"", c->meta.ns, ref->name, ref->key);

@@ -38,8 +38,8 @@ static char *dup_or_null(const char *s, int *fail)
     return p;
 }
 
-void kw_diag_add(struct kw_diag *d, const char *file, unsigned line, unsigned col,
-                 const char *object, const char *path, const char *fmt, ...)
+static void add(struct kw_diag *d, int code, const char *file, unsigned line, unsigned col,
+                const char *object, const char *path, const char *fmt, va_list ap)
 {
     if (d->n >= KW_MAX_ERRORS) {
         d->dropped++;
@@ -58,13 +58,11 @@ void kw_diag_add(struct kw_diag *d, const char *file, unsigned line, unsigned co
     struct kw_diag_entry e = {0};
     int fail = 0;
     char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
     e.file = dup_or_null(file, &fail);
     e.line = line;
     e.col = col;
+    e.code = code;
     e.object = dup_or_null(object, &fail);
     e.path = dup_or_null(path != NULL && path[0] != '\0' ? path : NULL, &fail);
     e.message = dup_or_null(msg, &fail);
@@ -74,6 +72,42 @@ void kw_diag_add(struct kw_diag *d, const char *file, unsigned line, unsigned co
         return;
     }
     d->entries[d->n++] = e;
+}
+
+void kw_diag_add(struct kw_diag *d, const char *file, unsigned line, unsigned col,
+                 const char *object, const char *path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    add(d, KW_DIAG_OTHER, file, line, col, object, path, fmt, ap);
+    va_end(ap);
+}
+
+void kw_diag_add_code(struct kw_diag *d, int code, const char *file, unsigned line, unsigned col,
+                      const char *object, const char *path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    add(d, code, file, line, col, object, path, fmt, ap);
+    va_end(ap);
+}
+
+bool kw_diag_object(const struct kw_diag_entry *e, char *kind, size_t kind_len, char *ns,
+                    size_t ns_len, char *name, size_t name_len)
+{
+    const char *o = e->object, *s1, *s2;
+    if (o == NULL || (s1 = strchr(o, '/')) == NULL || (s2 = strchr(s1 + 1, '/')) == NULL)
+        return false;
+    size_t kl = (size_t)(s1 - o), nl = (size_t)(s2 - s1 - 1), ml = strlen(s2 + 1);
+    if (kl == 0 || kl >= kind_len || nl == 0 || nl >= ns_len || ml == 0 || ml >= name_len ||
+        strchr(s2 + 1, '/') != NULL)
+        return false;
+    memcpy(kind, o, kl);
+    kind[kl] = '\0';
+    memcpy(ns, s1 + 1, nl);
+    ns[nl] = '\0';
+    memcpy(name, s2 + 1, ml + 1);
+    return true;
 }
 
 size_t kw_diag_count(const struct kw_diag *d)

@@ -33,6 +33,7 @@ struct ctx {
     struct kw_node *root;
     char *err;
     size_t errlen;
+    bool nomem; /* an allocation failed: KW_NOMEM, not a bad document */
 };
 
 static int fail(struct ctx *c, const char *msg)
@@ -42,10 +43,16 @@ static int fail(struct ctx *c, const char *msg)
     return 0; /* stop yajl */
 }
 
+static int fail_nomem(struct ctx *c)
+{
+    c->nomem = true;
+    return fail(c, "out of memory (document too large)");
+}
+
 static int attach(struct ctx *c, struct kw_node *n)
 {
     if (n == NULL)
-        return fail(c, "out of memory (document too large)");
+        return fail_nomem(c);
     if (c->depth == 0) {
         c->root = n;
         return 1;
@@ -108,7 +115,7 @@ static int open_container(struct ctx *c, enum kw_node_type t)
     if (c->depth >= c->max_depth && c->cut) {
         struct kw_node *m = kw_node_new(c->a, KW_NODE_NULL);
         if (m == NULL)
-            return fail(c, "out of memory (document too large)");
+            return fail_nomem(c);
         m->str = kw_json_cut_marker;
         m->len = sizeof(kw_json_cut_marker) - 1;
         c->skip = 1;
@@ -121,7 +128,7 @@ static int open_container(struct ctx *c, enum kw_node_type t)
     }
     struct kw_node *n = kw_node_new(c->a, t);
     if (n == NULL)
-        return fail(c, "out of memory (document too large)");
+        return fail_nomem(c);
     c->stack[c->depth] = (struct frame){.node = n};
     c->depth++;
     return 1;
@@ -157,7 +164,7 @@ static int on_map_key(void *ud, const unsigned char *s, size_t len)
     struct frame *f = &c->stack[c->depth - 1];
     const struct kw_node *dup;
     if (kw_keyset_find(&f->keys, f->node, (const char *)s, len, &dup) != KW_OK)
-        return fail(c, "out of memory (document too large)");
+        return fail_nomem(c);
     if (dup != NULL) {
         char msg[300];
         snprintf(msg, sizeof(msg), "duplicate key \"%.*s\"", (int)(len > 200 ? 200 : len),
@@ -166,7 +173,7 @@ static int on_map_key(void *ud, const unsigned char *s, size_t len)
     }
     f->key = kw_node_string(c->a, (const char *)s, len);
     if (f->key == NULL || kw_keyset_add(&f->keys, f->key) != KW_OK)
-        return fail(c, "out of memory (document too large)");
+        return fail_nomem(c);
     return 1;
 }
 
@@ -269,7 +276,7 @@ int kw_json_parse_ex(struct kw_arena *a, const char *buf, size_t len, unsigned m
     yajl_handle h = yajl_alloc(&callbacks, NULL, &c);
     if (h == NULL) {
         snprintf(err, errlen, "out of memory");
-        return KW_ERROR;
+        return KW_NOMEM;
     }
     yajl_status st = yajl_parse(h, (const unsigned char *)buf, len);
     if (st == yajl_status_ok)
@@ -289,7 +296,7 @@ int kw_json_parse_ex(struct kw_arena *a, const char *buf, size_t len, unsigned m
             yajl_free_error(h, msg);
         }
         yajl_free(h);
-        return KW_ERROR;
+        return c.nomem ? KW_NOMEM : KW_ERROR;
     }
     yajl_free(h);
     if (c.root == NULL) {

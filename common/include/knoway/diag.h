@@ -5,6 +5,7 @@
 #ifndef KNOWAY_DIAG_H
 #define KNOWAY_DIAG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "buf.h"
@@ -16,6 +17,14 @@ struct kw_diag_entry {
     char *object;  /* "LLMBackend/default/openai", or NULL for file-level errors */
     char *path;    /* "spec.upstream.timeout", or NULL */
     char *message; /* what is wrong, never NULL */
+    int code;      /* what kind of error, for code that acts on it: enum kw_diag_code */
+};
+
+/* Errors other code acts on (the controller's status hints), so that nothing matches the
+ * text of a message. */
+enum kw_diag_code {
+    KW_DIAG_OTHER = 0,
+    KW_DIAG_SECRET_MISSING, /* a secretRef names a Secret that is not there */
 };
 
 struct kw_diag {
@@ -33,6 +42,16 @@ void kw_diag_cleanup(struct kw_diag *d);
 void kw_diag_add(struct kw_diag *d, const char *file, unsigned line, unsigned col,
                  const char *object, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 7, 8)));
+
+/* The same, with a code (enum kw_diag_code). */
+void kw_diag_add_code(struct kw_diag *d, int code, const char *file, unsigned line, unsigned col,
+                      const char *object, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 8, 9)));
+
+/* An entry's object ("Kind/namespace/name", as every producer writes it) split into its
+ * kind's name, namespace and name; false when it is not an object's. */
+bool kw_diag_object(const struct kw_diag_entry *e, char *kind, size_t kind_len, char *ns,
+                    size_t ns_len, char *name, size_t name_len);
 
 /* Errors recorded, kept or not. */
 size_t kw_diag_count(const struct kw_diag *d);

@@ -9,8 +9,9 @@
 #include "buf.h"
 #include "node.h"
 
-/* Parse one JSON value. On error returns KW_ERROR and writes a one-line reason to err.
- * Duplicate keys in an object are an error. Depth and sizes are limited (limits.h). */
+/* Parse one JSON value. On error returns KW_ERROR (KW_NOMEM when memory ran out: the arena's
+ * limit or the process's) and writes a one-line reason to err. Duplicate keys in an object
+ * are an error. Depth and sizes are limited (limits.h). */
 int kw_json_parse(struct kw_arena *a, const char *buf, size_t len, struct kw_node **out, char *err,
                   size_t errlen);
 

@@ -9,6 +9,7 @@ enum kw_rc {
     KW_AGAIN = -2,    /* suspended; an event will resume the work */
     KW_DECLINED = -3, /* not mine; the next handler decides */
     KW_DONE = -4,     /* a response was produced; stop the phase chain */
+    KW_NOMEM = -5,    /* failed for want of memory (an arena's limit or the process's) */
 };
 
 #define KW_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))

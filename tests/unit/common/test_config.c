@@ -180,10 +180,49 @@ static void test_wide_claims_when_allowed(void **state)
     kw_config_free(cfg);
 }
 
+/* Errors code acts on carry a code, not only text (the controller's status hint for a
+ * Secret it cannot see), and their object splits into kind, namespace and name. */
+static void test_error_codes_and_objects(void **state)
+{
+    (void)state;
+    static const char yaml[] =
+        "apiVersion: llm.knoway.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: b, namespace: "
+        "ml}\n"
+        "spec:\n  provider: OpenAI\n  credentials: {secretRef: {name: gone}}\n"
+        "---\napiVersion: llm.knoway.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: r, namespace: "
+        "ml}\n"
+        "spec:\n  match: {models: [m]}\n  backendRefs: [{name: nope}]\n";
+    struct kw_config *cfg = kw_config_new();
+    assert_int_equal(kw_config_add_yaml(cfg, "t.yaml", yaml, strlen(yaml)), KW_OK);
+    assert_int_equal(kw_config_check(cfg), KW_ERROR);
+    int secret = 0, other = 0;
+    for (size_t i = 0; i < cfg->diag.n; i++) {
+        const struct kw_diag_entry *e = &cfg->diag.entries[i];
+        char kind[32], ns[64], name[254];
+        assert_true(kw_diag_object(e, kind, sizeof(kind), ns, sizeof(ns), name, sizeof(name)));
+        assert_string_equal(ns, "ml");
+        if (e->code == KW_DIAG_SECRET_MISSING) {
+            assert_string_equal(kind, "LLMBackend");
+            assert_string_equal(name, "b");
+            secret++;
+        } else {
+            assert_string_equal(kind, "LLMRoute");
+            other++;
+        }
+    }
+    assert_int_equal(secret, 1);
+    assert_int_equal(other, 1);
+    struct kw_diag_entry e = {.object = "snapshot"};
+    char kind[32], ns[64], name[254];
+    assert_false(kw_diag_object(&e, kind, sizeof(kind), ns, sizeof(ns), name, sizeof(name)));
+    kw_config_free(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_error_codes_and_objects),
         cmocka_unit_test(test_file_and_defaults),
         cmocka_unit_test(test_errors_are_collected),
         cmocka_unit_test(test_wildcards_neither_block_nor_capture),
