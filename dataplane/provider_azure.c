@@ -47,6 +47,15 @@ static int azure_build(struct dp_request *r, struct kw_buf *url, struct curl_sli
     return dp_openai_finish(r, headers, r->up_json);
 }
 
+/* A string's or a number's text (Azure writes codes as "429" or 429), else NULL. */
+static const char *text_of(const struct kw_node *n)
+{
+    return n != NULL &&
+                   (n->type == KW_NODE_STRING || n->type == KW_NODE_INT || n->type == KW_NODE_FLOAT)
+               ? n->str
+               : NULL;
+}
+
 static int azure_on_error(struct dp_request *r, long status, const char *body, size_t len,
                           struct kw_buf *out)
 {
@@ -64,8 +73,7 @@ static int azure_on_error(struct dp_request *r, long status, const char *body, s
     bool m = msg != NULL && msg->type == KW_NODE_STRING;
     return dp_openai_error(out, status, m ? msg->str : fallback, m ? msg->len : (size_t)flen,
                            type != NULL && type->type == KW_NODE_STRING ? type->str : NULL,
-                           param != NULL && param->type == KW_NODE_STRING ? param->str : NULL,
-                           code != NULL && code->type == KW_NODE_STRING ? code->str : NULL);
+                           text_of(param), text_of(code));
 }
 
 const struct dp_provider_ops dp_provider_azure = {

@@ -55,18 +55,20 @@ static const char CONFIG[] = SECRETS BACKEND("openai", "OpenAI", "    secretRef:
     BACKEND("anthropic", "Anthropic", "    secretRef: {name: keys}\n")
         BACKEND("anthropic-omit", "Anthropic",
                 "    secretRef: {name: keys}\n  reasoning: {content: Omit}\n")
-            BACKEND("anthropic-native", "Anthropic",
-                    "    secretRef: {name: keys}\n  structuredOutputs: Native\n")
-                BACKEND("bedrock-native", "AWSBedrock",
-                        "    secretRef: {name: keys}\n    bedrock: {region: eu-west-1, "
-                        "sessionTokenKey: AWS_SESSION_TOKEN}\n  structuredOutputs: Native\n")
-                    BACKEND("gemini", "Gemini", "    secretRef: {name: keys}\n")
-                        BACKEND("bedrock", "AWSBedrock",
-                                "    secretRef: {name: keys}\n    bedrock: {region: eu-west-1, "
-                                "sessionTokenKey: AWS_SESSION_TOKEN}\n")
-                            BACKEND("vertex", "VertexAI",
-                                    "    secretRef: {name: keys, key: vertexToken}\n"
-                                    "    vertex: {project: proj-1, region: us-east5}\n");
+            BACKEND("azure", "AzureOpenAI",
+                    "    secretRef: {name: keys}\n    azure: {deployment: dep-1}\n")
+                BACKEND("anthropic-native", "Anthropic",
+                        "    secretRef: {name: keys}\n  structuredOutputs: Native\n")
+                    BACKEND("bedrock-native", "AWSBedrock",
+                            "    secretRef: {name: keys}\n    bedrock: {region: eu-west-1, "
+                            "sessionTokenKey: AWS_SESSION_TOKEN}\n  structuredOutputs: Native\n")
+                        BACKEND("gemini", "Gemini", "    secretRef: {name: keys}\n")
+                            BACKEND("bedrock", "AWSBedrock",
+                                    "    secretRef: {name: keys}\n    bedrock: {region: eu-west-1, "
+                                    "sessionTokenKey: AWS_SESSION_TOKEN}\n")
+                                BACKEND("vertex", "VertexAI",
+                                        "    secretRef: {name: keys, key: vertexToken}\n"
+                                        "    vertex: {project: proj-1, region: us-east5}\n");
 
 /* The front a vector names: "anthropic" (POST /v1/messages) or "responses". */
 static const struct dp_front_ops *front_of(const struct kw_node *c)
@@ -87,7 +89,7 @@ static struct fixture *fixture(void)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     f->snap = kwt_snapshot(CONFIG, NULL);
-    assert_int_equal(f->snap->nbackends, 8);
+    assert_int_equal(f->snap->nbackends, 9);
     f->table.snap = f->snap;
     f->scratch = kw_arena_new(64u << 20);
     return f;
