@@ -13,6 +13,7 @@
 #include "discovery.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
+#include "knoway/discovery.h"
 #include "knoway/httpd.h"
 #include "knoway/net.h"
 #include "knoway/log.h"
@@ -106,7 +107,7 @@ static enum MHD_Result send_build(struct MHD_Connection *c, struct ctl_build *b)
     MHD_add_response_header(r, "Vary", "Accept-Encoding");
     if (gz)
         MHD_add_response_header(r, "Content-Encoding", "gzip");
-    MHD_add_response_header(r, "X-Knoway-Version", b->version);
+    MHD_add_response_header(r, KW_DISCOVERY_VERSION_HD, b->version);
     enum MHD_Result rc = MHD_queue_response(c, 200, r);
     MHD_destroy_response(r);
     return rc;
@@ -177,12 +178,6 @@ static struct ctl_node *node_get(struct ctl_discovery *d, const char *id)
     return n;
 }
 
-static const char *jstr(const struct kw_node *m, const char *k)
-{
-    const struct kw_node *v = kw_node_get(m, k);
-    return v != NULL && v->type == KW_NODE_STRING ? v->str : NULL;
-}
-
 static void peer_addr(struct MHD_Connection *c, char *out, size_t len)
 {
     const union MHD_ConnectionInfo *ci =
@@ -195,34 +190,6 @@ static void peer_addr(struct MHD_Connection *c, char *out, size_t len)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)len);
     else if (sa->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)len);
-}
-
-const char *ctl_poll_parse(struct kw_arena *a, const char *body, size_t len, struct ctl_poll *p)
-{
-    static __thread char why[300];
-    struct kw_node *root = NULL;
-    char err[256];
-    memset(p, 0, sizeof(*p));
-    if (kw_json_parse(a, body, len, &root, err, sizeof(err)) != KW_OK) {
-        snprintf(why, sizeof(why), "the body is not JSON: %s", err);
-        return why;
-    }
-    const struct kw_node *node = kw_node_get(root, "node");
-    p->id = jstr(node, "id");
-    p->version = jstr(root, "version");
-    p->nonce = jstr(root, "nonce");
-    p->cluster = jstr(node, "cluster");
-    p->error = kw_node_get(root, "error");
-    if (p->id == NULL || p->id[0] == '\0' || strlen(p->id) > CTL_NODE_ID_MAX)
-        return "node.id: a string of 1..253 bytes is required";
-    if (p->error != NULL && p->error->type != KW_NODE_NULL && p->error->type != KW_NODE_MAP)
-        return "error: must be null or {\"message\": ...}";
-    if (p->version == NULL)
-        p->version = "";
-    if (p->nonce == NULL || p->nonce[0] == '\0')
-        p->nonce = p->version;
-    p->message = p->error != NULL ? jstr(p->error, "message") : NULL;
-    return NULL;
 }
 
 /* A push ended (the node acked or nacked it): its latency and span. */
@@ -271,8 +238,8 @@ static unsigned take_poll(struct ctl_discovery *d, struct ctl_waiter *w, bool *a
         *why = "out of memory";
         return 503;
     }
-    struct ctl_poll p;
-    *why = ctl_poll_parse(a, w->body.data != NULL ? w->body.data : "", w->body.len, &p);
+    struct kw_poll p;
+    *why = kw_poll_parse(a, w->body.data != NULL ? w->body.data : "", w->body.len, &p);
     if (*why != NULL) {
         kw_arena_free(a);
         return 400;
@@ -368,7 +335,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     struct ctl_discovery *d = cls;
     struct ctl_waiter *w = *con_cls;
     if (w == NULL) {
-        if (strcmp(url, "/v1/discovery") != 0)
+        if (strcmp(url, KW_DISCOVERY_PATH) != 0)
             return fail(c, 404, "not_found", "no such endpoint (POST /v1/discovery)");
         if (strcmp(method, "POST") != 0)
             return fail(c, 405, "method_not_allowed", "use POST");
@@ -434,7 +401,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (r == NULL)
             return MHD_NO;
         if (b != NULL)
-            MHD_add_response_header(r, "X-Knoway-Version", b->version);
+            MHD_add_response_header(r, KW_DISCOVERY_VERSION_HD, b->version);
         enum MHD_Result rc = MHD_queue_response(c, 304, r);
         MHD_destroy_response(r);
         return rc;

@@ -19,6 +19,8 @@
 #ifndef CTL_DISCOVERY_H
 #define CTL_DISCOVERY_H
 
+#include "knoway/discovery.h"
+
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -28,7 +30,7 @@
 #include "builder.h"
 #include "knoway/buf.h"
 
-#define CTL_NODE_ID_MAX   253
+#define CTL_NODE_ID_MAX   KW_DISCOVERY_NODE_ID_MAX
 #define CTL_DISC_PER_IP   64 /* discovery connections from one address (a data plane uses 1) */
 #define CTL_DISC_TIMEOUT  10 /* seconds a connection may idle outside a held poll */
 #define CTL_MAX_NODES     10000
@@ -112,14 +114,6 @@ void ctl_discovery_counts(struct ctl_discovery *d, const char *version,
                           struct ctl_node_counts *out);
 
 /* One poll's body, parsed (strings live in the arena). */
-struct ctl_poll {
-    const char *id, *cluster, *version, *nonce; /* nonce defaults to version */
-    const struct kw_node *error;                /* null or {"message"}; NULL when absent */
-    const char *message;                        /* error.message, or NULL */
-};
-/* Parse a poll body. NULL, or why it is refused (a 400's message). Pure: no node state. */
-const char *ctl_poll_parse(struct kw_arena *a, const char *body, size_t len, struct ctl_poll *p);
-
 /* Listening socket for addr, or -1. Shared with the admin listener. */
 int ctl_listen(const char *addr);
 

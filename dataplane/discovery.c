@@ -24,6 +24,7 @@
 #include <openssl/crypto.h>
 
 #include "worker.h"
+#include "knoway/discovery.h"
 #include "knoway/json.h"
 #include "knoway/kw.h"
 #include "knoway/limits.h"
@@ -170,7 +171,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
 {
     struct poll_ctx *c = ud;
     size_t len = size * n;
-    static const char name[] = "x-knoway-version:";
+    static const char name[] = KW_DISCOVERY_VERSION_HD ":";
     if (len > sizeof(name) && strncasecmp(p, name, sizeof(name) - 1) == 0) {
         const char *v = p + sizeof(name) - 1;
         size_t vl = len - (sizeof(name) - 1);
@@ -198,24 +199,10 @@ static void nap(struct dp_discovery *d, int64_t ms)
         usleep(50000);
 }
 
-/* The poll body. */
+/* The poll body (knoway/discovery.h). */
 static void poll_body(struct dp_discovery *d, struct kw_buf *b)
 {
-    kw_buf_reset(b);
-    kw_buf_puts(b, "{\"node\":{\"id\":");
-    kw_json_write_string(b, d->node_id, strlen(d->node_id));
-    kw_buf_puts(b, ",\"cluster\":\"\"},\"version\":");
-    kw_json_write_string(b, d->version, strlen(d->version));
-    kw_buf_puts(b, ",\"nonce\":");
-    kw_json_write_string(b, d->nonce, strlen(d->nonce));
-    kw_buf_puts(b, ",\"error\":");
-    if (d->error[0] != '\0') {
-        kw_buf_puts(b, "{\"message\":");
-        kw_json_write_string(b, d->error, strlen(d->error));
-        kw_buf_puts(b, "}}");
-    } else {
-        kw_buf_puts(b, "null}");
-    }
+    kw_poll_write(b, d->node_id, "", d->version, d->nonce, d->error);
 }
 
 /* One poll. KW_OK when the controller answered (200 or 304), else KW_ERROR. */
@@ -226,7 +213,7 @@ static int poll_once(struct dp_discovery *d, CURL *h, struct poll_ctx *c, struct
     size_t ul = strlen(dp->discovery.url);
     while (ul > 0 && dp->discovery.url[ul - 1] == '/')
         ul--;
-    snprintf(url, sizeof(url), "%.*s/v1/discovery?wait=%d", (int)ul, dp->discovery.url,
+    snprintf(url, sizeof(url), "%.*s" KW_DISCOVERY_PATH "?wait=%d", (int)ul, dp->discovery.url,
              POLL_WAIT_S);
     struct curl_slist *hl = curl_slist_append(NULL, "Content-Type: application/json");
     if (dp->discovery.token_file != NULL) {
