@@ -40,6 +40,10 @@ static char *dup_or_null(const char *s, int *fail)
 
 static void add(struct kw_diag *d, int code, const char *file, unsigned line, unsigned col,
                 const char *object, const char *path, const char *fmt, va_list ap)
+    __attribute__((format(printf, 8, 0)));
+
+static void add(struct kw_diag *d, int code, const char *file, unsigned line, unsigned col,
+                const char *object, const char *path, const char *fmt, va_list ap)
 {
     if (d->n >= KW_MAX_ERRORS) {
         d->dropped++;

@@ -45,8 +45,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 break;
         ctl_lines_cleanup(&lines);
     } else {
-        struct ctl_poll p;
-        ctl_poll_parse(a, in, len, &p);
+        struct kw_poll p;
+        kw_poll_parse(a, in, len, &p);
     }
     kw_arena_free(a);
     return 0;
